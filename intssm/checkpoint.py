@@ -1,0 +1,70 @@
+"""Checkpoints: a plain dict loaded with ``torch.load(..., weights_only=True)``.
+
+Keys: ``format`` ("intssm-ckpt"), ``intssm_version``, ``model_config`` (dict), ``state_dict``,
+``metrics`` (training history), ``dataset`` ({"seq", "checksum"}), ``train_args``, and for
+quantized models ``qspec`` (the datapath description, see :mod:`intssm.qspec`).
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import IntssmError
+from .model import ModelConfig, S4DModel
+
+FORMAT = "intssm-ckpt"
+
+
+def save(path, model: S4DModel, **extra) -> None:
+    ck = {
+        "format": FORMAT,
+        "intssm_version": __version__,
+        "model_config": model.cfg.to_dict(),
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+    }
+    ck.update(extra)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ck, path)
+
+
+def load_raw(path) -> dict:
+    """The checkpoint dict, with every failure turned into a one-line :class:`IntssmError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise IntssmError(f"checkpoint not found: {p}")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise IntssmError(f"{p}: not a readable intssm checkpoint ({msg[:160]})") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise IntssmError(f"{p}: not an intssm checkpoint (no format={FORMAT!r} entry)")
+    for key in ("model_config", "state_dict"):
+        if key not in ck:
+            raise IntssmError(f"{p}: checkpoint lacks {key!r}")
+    return ck
+
+
+def load(path) -> tuple[S4DModel, dict]:
+    """(float model in eval mode, checkpoint dict). Rejects wrong shapes and non-finite weights."""
+    ck = load_raw(path)
+    cfg = ModelConfig.from_dict(dict(ck["model_config"]))
+    model = S4DModel(cfg)
+    sd = ck["state_dict"]
+    for k, v in sd.items():
+        if not torch.is_tensor(v):
+            raise IntssmError(f"{path}: state_dict entry {k!r} is not a tensor")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise IntssmError(f"{path}: weight {k!r} contains NaN or inf")
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        first = [ln.strip() for ln in str(e).splitlines() if ln.strip()][1:2] or [str(e)[:160]]
+        raise IntssmError(f"{path}: weights do not fit the model config ({first[0][:200]})") from None
+    model.eval()
+    return model, ck

@@ -1,0 +1,5 @@
+"""The one exception type users see: the CLI prints its message on one line and exits non-zero."""
+
+
+class IntssmError(Exception):
+    """Bad input (file, shape, bit width, dataset, ...) described in one human-readable line."""

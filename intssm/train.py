@@ -1,0 +1,109 @@
+"""Float training in convolution mode: AdamW, cosine schedule, best-on-validation kept."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data
+from .model import S4DModel
+
+
+@dataclass
+class TrainArgs:
+    epochs: int = 30  # full passes over the 50k training sequences
+    batch_size: int = 128
+    lr: float = 1e-2  # encoder, mixing, decoder, C, D
+    ssm_lr: float = 1e-3  # dt, A, B: lower lr, no weight decay (S4D recipe)
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine to 0
+    seed: int = 0
+    limit: int | None = None  # first N training / validation sequences (quick runs)
+    threads: int = 0  # torch threads, 0 = leave torch's default
+
+
+def set_determinism(seed: int, threads: int = 0):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@torch.no_grad()
+def evaluate(model: S4DModel, x: np.ndarray, y: np.ndarray, mode: str = "conv", batch: int = 500, progress=None):
+    """(accuracy, mean loss) of ``model`` on float inputs ``x`` (n L d) and labels ``y``."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(y), batch):
+        u = torch.from_numpy(x[i : i + batch])
+        t = torch.from_numpy(y[i : i + batch])
+        logits = model(u, mode=mode)
+        loss_sum += F.cross_entropy(logits, t, reduction="sum").item()
+        correct += (logits.argmax(-1) == t).sum().item()
+        if progress:
+            progress(len(t))
+    return correct / len(y), loss_sum / len(y)
+
+
+def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=None):
+    """Train ``model`` in place; returns (best state_dict, history list of per-epoch dicts)."""
+    set_determinism(args.seed, args.threads)
+    tr = data.load(seq, "train", args.limit)
+    va = data.load(seq, "val", args.limit)
+    xtr, ytr = tr.as_float(), tr.y
+    xva, yva = va.as_float(), va.y
+    opt = torch.optim.AdamW(model.param_groups(args.lr, args.ssm_lr, args.weight_decay))
+    steps_per_epoch = math.ceil(len(ytr) / args.batch_size)
+    total = args.epochs * steps_per_epoch
+    warm = int(args.warmup_epochs * steps_per_epoch)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    gen = np.random.default_rng(args.seed)
+    best, best_acc, history, step = None, -1.0, [], 0
+    for epoch in range(args.epochs):
+        model.train()
+        t0 = time.time()
+        perm = gen.permutation(len(ytr))
+        run_loss, run_correct, seen = 0.0, 0, 0
+        for i in range(0, len(perm), args.batch_size):
+            idx = np.sort(perm[i : i + args.batch_size])
+            u, t = torch.from_numpy(xtr[idx]), torch.from_numpy(ytr[idx])
+            f = (step + 1) / max(1, warm) if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+            for g, lr0 in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr0 * f
+            logits = model(u)
+            loss = F.cross_entropy(logits, t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            run_loss += loss.item() * len(t)
+            run_correct += (logits.argmax(-1) == t).sum().item()
+            seen += len(t)
+            if on_step:
+                on_step(epoch, len(t), run_loss / seen, run_correct / seen)
+        val_acc, val_loss = evaluate(model, xva, yva)
+        rec = {
+            "epoch": epoch + 1,
+            "train_loss": run_loss / seen,
+            "train_acc": run_correct / seen,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "seconds": time.time() - t0,
+        }
+        history.append(rec)
+        if val_acc > best_acc:
+            best_acc = val_acc
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch:
+            on_epoch(rec)
+    return best, history
+
+
+def args_dict(args: TrainArgs) -> dict:
+    return asdict(args)
