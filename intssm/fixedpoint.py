@@ -1,0 +1,140 @@
+"""Fixed-point primitives of the integer datapath, each with a Torch twin of the same semantics.
+
+Integers live in ``int64`` in the simulator and as exactly-representable integers in
+``float64`` tensors in the Torch quantized model. Every site of the datapath is checked at build
+time (:mod:`intssm.qspec`) so that its largest possible accumulator, rounding constant included,
+stays below 2**53: then int64 never wraps and float64 never rounds, and the two agree bit for bit.
+
+The only place where float scales turn into integers is :func:`quantize_multiplier`
+(the role of TFLite's ``QuantizeMultiplier``); kernels never see a float.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit
+
+from .errors import IntssmError
+
+#: Largest magnitude any accumulator (rounding constant included) may reach: float64's exact range.
+EXACT_LIMIT = 2**53
+#: Multipliers are unsigned and below 2**MULT_BITS (15-bit, like a 16-bit signed hardware multiplier).
+MULT_BITS = 15
+#: Shifts lie in [0, MAX_SHIFT].
+MAX_SHIFT = 46
+
+
+# ---------------------------------------------------------------- integer primitives (Numba) ---
+
+@njit(cache=True, inline="always")
+def rounding_rshift(v, s):
+    """floor((v + 2**(s-1)) / 2**s): divide by 2**s, rounding half up (ties toward +inf).
+
+    ``s = 0`` returns ``v``. Valid for ``0 <= s <= 62`` and ``|v| + 2**(s-1) < 2**63``; the
+    datapath guarantees ``< 2**53``. Mirrors an arithmetic shift right after adding the rounding
+    bit (ARM ``SRSHR``-style rounding is half-up too). Differs from gemmlowp's
+    ``RoundingDivideByPOT``, which rounds ties away from zero, only at negative ties.
+    Never saturates: the result magnitude is at most that of ``v`` (plus one).
+    """
+    if s == 0:
+        return v
+    return (v + (np.int64(1) << (s - 1))) >> s
+
+
+@njit(cache=True, inline="always")
+def saturate(v, lo, hi):
+    """min(max(v, lo), hi): clamp to the code range [lo, hi]. Returns (value, 1 if clamped else 0)."""
+    if v < lo:
+        return lo, 1
+    if v > hi:
+        return hi, 1
+    return v, 0
+
+
+@njit(cache=True, inline="always")
+def saturating_add(a, b, bits):
+    """a + b clamped to the signed ``bits``-wide range [-2**(bits-1), 2**(bits-1) - 1].
+
+    Inputs must already be ``bits``-wide (so ``a + b`` fits int64 for ``bits <= 62``).
+    Returns (value, 1 if clamped else 0).
+    """
+    hi = (np.int64(1) << (bits - 1)) - 1
+    return saturate(a + b, -hi - 1, hi)
+
+
+@njit(cache=True, inline="always")
+def requantize(acc, m, s, z, lo, hi):
+    """clamp(rounding_rshift(acc * m, s) + z, lo, hi): rescale by m / 2**s, add zero point, saturate.
+
+    ``m`` is a non-negative integer multiplier below 2**15, ``s`` in [0, 46]. A single rounding
+    (TFLite's single-rounding ``MultiplyByQuantizedMultiplier`` is the same idea, with a 31-bit
+    multiplier). Returns (code, 1 if saturated else 0).
+    """
+    return saturate(rounding_rshift(acc * m, s) + z, lo, hi)
+
+
+# ------------------------------------------------------------------- Torch twins (float64) ---
+
+def rounding_rshift_t(v: torch.Tensor, s: torch.Tensor, ste: bool = False) -> torch.Tensor:
+    """Twin of :func:`rounding_rshift` on float64 tensors holding integers below 2**53.
+
+    ``(v + 2**(s-1)) * 2**-s`` is exact in float64 (a power-of-two scaling of an exact integer),
+    so ``floor`` gives the same integer as the arithmetic shift. With ``ste`` the gradient is that
+    of ``v * 2**-s`` (straight-through rounding).
+    """
+    inv = torch.exp2(-s)
+    half = torch.where(s > 0, torch.exp2(s - 1), torch.zeros_like(s))
+    r = torch.floor((v + half) * inv)
+    if ste:
+        lin = v * inv
+        return lin + (r - lin).detach()
+    return r
+
+
+def clamp_t(v: torch.Tensor, lo, hi) -> torch.Tensor:
+    """Twin of :func:`saturate` (value only); gradient zero where clamped."""
+    return torch.clamp(v, lo, hi) if not torch.is_tensor(lo) else torch.minimum(torch.maximum(v, lo), hi)
+
+
+def round_half_up_t(v: torch.Tensor, ste: bool = False) -> torch.Tensor:
+    """floor(v + 0.5); with ``ste`` the gradient passes straight through."""
+    r = torch.floor(v + 0.5)
+    return v + (r - v).detach() if ste else r
+
+
+# ------------------------------------------------------------ float -> integer, one place ---
+
+def quantize_multiplier(ratios: np.ndarray, site: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Integer multipliers M (T, C) and one shift S (C,) with M[t, c] / 2**S[c] ~= ratios[t, c].
+
+    For each output channel c the largest ratio sets the shift so that its multiplier lies in
+    [2**14, 2**15); the other terms share that shift (one rounding per output). Ratios must be
+    finite and >= 0; a largest ratio of 2**15 or more cannot be represented and is an error.
+    Relative precision of the largest term is 2**-15; a shift is capped at ``MAX_SHIFT``.
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.ndim != 2:
+        raise ValueError("ratios must be (terms, channels)")
+    if not np.isfinite(r).all() or (r < 0).any():
+        raise IntssmError(f"datapath site {site}: scale ratios must be finite and non-negative")
+    rmax = r.max(axis=0)
+    S = np.empty(r.shape[1], dtype=np.int64)
+    for c, v in enumerate(rmax):
+        if v <= 0:
+            S[c] = MAX_SHIFT
+            continue
+        e = math.floor(math.log2(v))
+        s = (MULT_BITS - 1) - e
+        if s < 0:
+            raise IntssmError(f"datapath site {site}: scale ratio {v:.3g} too large for a {MULT_BITS}-bit multiplier")
+        S[c] = min(s, MAX_SHIFT)
+    M = np.floor(r * np.exp2(S.astype(np.float64))[None, :] + 0.5).astype(np.int64)
+    over = M >= 2**MULT_BITS  # rounding up to 2**15: halve both
+    if over.any():
+        for c in np.nonzero(over.any(axis=0))[0]:
+            S[c] -= 1
+            M[:, c] = np.floor(r[:, c] * 2.0 ** S[c] + 0.5).astype(np.int64)
+    return M, S

@@ -1,0 +1,288 @@
+"""Torch quantized S4D in recurrent mode: integer codes carried in float64 tensors.
+
+Every value is an exact integer below 2**53 (proved per site by :func:`intssm.qspec.build_datapath`),
+so this forward pass computes the same integers as the Numba simulator, while straight-through
+estimators let gradients reach the float weights (QAT). It reads the integer constants of the
+:class:`~intssm.qspec.Datapath`; it never calls the simulator.
+
+Weight codes:  q = clamp(floor(w / s + 0.5) + z, qmin, qmax),  used centred: q - z.
+Biases:        int32 codes at the scale of the accumulator they join.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import IntssmError
+from .fixedpoint import clamp_t, round_half_up_t, rounding_rshift_t
+from .model import S4DModel
+from .qspec import BIAS_BITS, INPUT_SCALE, Datapath, QuantConfig, build_datapath, calibrated_range_keys
+
+T64 = torch.float64
+
+
+def ssm_discrete64(ssm) -> dict:
+    """Abar, Bbar, C, D of one S4D layer in float64 (zero-order hold), as real/imag parts."""
+    dt = torch.exp(ssm.log_dt.to(T64))
+    A = torch.complex(-torch.exp(ssm.log_A_re.to(T64)), ssm.A_im.to(T64))
+    Abar = torch.exp(A * dt[:, None])
+    Bbar = (Abar - 1) / A * torch.view_as_complex(ssm.B.to(T64).contiguous())
+    C = torch.view_as_complex(ssm.C.to(T64).contiguous())
+    return {"A_re": Abar.real, "A_im": Abar.imag, "B_re": Bbar.real, "B_im": Bbar.imag,
+            "C_re": C.real, "C_im": C.imag, "D": ssm.D.to(T64)}
+
+
+def _rows(t: torch.Tensor):
+    """Per-row (first axis) min and max as numpy arrays."""
+    f = t.detach().reshape(t.shape[0], -1)
+    return f.min(1).values.numpy().astype(np.float64), f.max(1).values.numpy().astype(np.float64)
+
+
+@torch.no_grad()
+def calibrate(model: S4DModel, u: torch.Tensor) -> dict:
+    """Per-channel (lo, hi) of every tensor of the datapath, from the float model run recurrently.
+
+    ``u`` (B, L, d_input) float inputs (``p / 255``). Weights' ranges come from the weights.
+    """
+    model = copy.deepcopy(model).double().eval()
+    u = u.to(T64)
+    Bsz, L, _ = u.shape
+    cfg = model.cfg
+    R: dict = {}
+
+    def upd(key, lo, hi):
+        if key in R:
+            R[key] = (np.minimum(R[key][0], lo), np.maximum(R[key][1], hi))
+        else:
+            R[key] = (lo, hi)
+
+    def upd_ch(key, t):  # t (..., C): channels last
+        f = t.reshape(-1, t.shape[-1])
+        upd(key, f.min(0).values.numpy(), f.max(0).values.numpy())
+
+    R["enc_w"] = _rows(model.encoder.weight)
+    discs = []
+    for i, layer in enumerate(model.layers):
+        d = ssm_discrete64(layer.ssm)
+        discs.append(d)
+        p = f"l{i}."
+        R[p + "A_re"], R[p + "A_im"] = _rows(d["A_re"]), _rows(d["A_im"])
+        R[p + "B"] = _rows(torch.stack([d["B_re"], d["B_im"]], -1))
+        R[p + "C"] = _rows(torch.stack([d["C_re"], d["C_im"]], -1))
+        R[p + "D"] = _rows(d["D"][:, None])
+        R[p + "mix_w"] = _rows(layer.mix.weight)
+    R["dec_w"] = _rows(model.decoder.weight)
+    xs = [torch.zeros(Bsz, cfg.d_model, cfg.d_state // 2, dtype=torch.complex128) for _ in model.layers]
+    Abars = [torch.complex(d["A_re"], d["A_im"]) for d in discs]
+    Bbars = [torch.complex(d["B_re"], d["B_im"]) for d in discs]
+    Cs = [torch.complex(d["C_re"], d["C_im"]) for d in discs]
+    acc = torch.zeros(Bsz, cfg.d_model, dtype=T64)
+    for k in range(L):
+        h = model.encoder(u[:, k])
+        upd_ch("h0", h)
+        for i, layer in enumerate(model.layers):
+            p = f"l{i}."
+            xs[i] = Abars[i] * xs[i] + Bbars[i] * h[..., None]
+            x = xs[i].permute(0, 2, 1)  # (B N2 H): channel last
+            upd_ch(p + "x_re", x.real)
+            upd_ch(p + "x_im", x.imag)
+            y = 2 * torch.einsum("hn,bhn->bh", Cs[i], xs[i]).real + discs[i]["D"] * h
+            upd_ch(p + "y", y)
+            a = F.gelu(y)
+            upd_ch(p + "act", a)
+            z = layer.mix(a)
+            upd_ch(p + "glu", z)
+            h = h + F.glu(z, dim=-1)
+            upd_ch(p + "h", h)
+        acc = acc + h if cfg.pool == "mean" else h
+    pooled = acc / L if cfg.pool == "mean" else acc
+    upd_ch("pool", pooled)
+    upd_ch("logits", model.decoder(pooled))
+    return R
+
+
+class QuantS4D(torch.nn.Module):
+    """Quantized recurrent S4D over a float :class:`S4DModel` (whose weights QAT trains)."""
+
+    def __init__(self, model: S4DModel, dp: Datapath):
+        super().__init__()
+        self.model = model
+        self.dp = dp
+        self.c = datapath_tensors(dp)
+
+    # --------------------------------------------------------------------- weight codes ---
+    def _wq(self, w, key, ste):
+        t = self.dp.tq[key]
+        s = torch.as_tensor(t.scale, dtype=T64)
+        z = torch.as_tensor(t.zero, dtype=T64)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        q = round_half_up_t(w.to(T64) / s.view(shape), ste) + z.view(shape)
+        return clamp_t(q, float(t.qmin), float(t.qmax))
+
+    def _bq(self, b, scale, ste):
+        lim = 2 ** (BIAS_BITS - 1)
+        return clamp_t(round_half_up_t(b.to(T64) / torch.as_tensor(scale, dtype=T64), ste), -lim, lim - 1)
+
+    def weight_codes(self, ste: bool = False) -> dict:
+        """Integer codes (float64 tensors) of every weight and bias, keyed as in the exported artifact."""
+        m, tq = self.model, self.dp.tq
+        W = {
+            "enc_w": self._wq(m.encoder.weight, "enc_w", ste),
+            "enc_b": self._bq(m.encoder.bias, tq["enc_w"].scale * INPUT_SCALE, ste),
+        }
+        per = {k: [] for k in ("A_re", "A_im", "B_re", "B_im", "C_re", "C_im", "D", "mix_w", "mix_b")}
+        for i, layer in enumerate(m.layers):
+            p = f"l{i}."
+            d = ssm_discrete64(layer.ssm)
+            for k in ("A_re", "A_im", "D"):
+                per[k].append(self._wq(d[k], p + k, ste))
+            for k in ("B_re", "B_im", "C_re", "C_im"):
+                per[k].append(self._wq(d[k], p + k[0], ste))
+            per["mix_w"].append(self._wq(layer.mix.weight, p + "mix_w", ste))
+            per["mix_b"].append(self._bq(layer.mix.bias, tq[p + "mix_w"].scale * tq[p + "act"].scale[0], ste))
+        W.update({k: torch.stack(v) for k, v in per.items()})
+        W["dec_w"] = self._wq(m.decoder.weight, "dec_w", ste)
+        W["dec_b"] = self._bq(m.decoder.bias, tq["dec_w"].scale * tq["pool"].scale[0], ste)
+        return W
+
+    # -------------------------------------------------------------------------- forward ---
+    def forward(self, p: torch.Tensor, ste: bool = False, counts: bool = False):
+        """Raw pixels ``p`` (B, L, d_input) -> (integer logit codes (B, d_output), counters or None).
+
+        Every step follows docs/datapath.md; counters[name] = how often that site saturated.
+        """
+        c, dp = self.c, self.dp
+        W = self.weight_codes(ste)
+        p = p.to(T64)
+        Bsz, L, _ = p.shape
+        nl, H = dp.cfg.n_layers, dp.cfg.d_model
+        if L != dp.seq_len and dp.cfg.pool == "mean":
+            raise IntssmError(f"model was quantized for sequences of length {dp.seq_len}, got {L}")
+        cnt = {n: torch.zeros((), dtype=torch.int64) for n in dp.counters} if counts else None
+
+        def rq(acc, S, z, lo, hi, name):
+            r = rounding_rshift_t(acc, S, ste) + z
+            if cnt is not None:
+                cnt[name] += ((r < lo) | (r > hi)).sum()
+            return clamp_t(r, lo, hi)
+
+        ew = W["enc_w"] - c["enc_w_z"][:, None]  # (H d)
+        A_re = W["A_re"] - c["A_re_z"][..., None]  # (nl H N2)
+        A_im = W["A_im"] - c["A_im_z"][..., None]
+        B_re, B_im = W["B_re"] - c["B_z"][..., None], W["B_im"] - c["B_z"][..., None]
+        C_re, C_im = W["C_re"] - c["C_z"][..., None], W["C_im"] - c["C_z"][..., None]
+        D = W["D"] - c["D_z"]  # (nl H)
+        mw = W["mix_w"] - c["mix_w_z"][..., None]  # (nl 2H H)
+        xre = [c["x_re_z"][i][None, :, None].expand(Bsz, H, dp.cfg.d_state // 2) for i in range(nl)]
+        xim = [c["x_im_z"][i][None, :, None].expand(Bsz, H, dp.cfg.d_state // 2) for i in range(nl)]
+        pool_acc = torch.zeros(Bsz, H, dtype=T64)
+        qr = c["qrange"]
+        for k in range(L):
+            acc = p[:, k] @ ew.T + W["enc_b"]  # (B H)
+            h = rq(acc * c["enc_M"], c["enc_S"], c["h_z"][0], *qr["h"], "h0")
+            for i in range(nl):
+                pre = f"l{i}."
+                u = (h - c["h_z"][i])[..., None]  # (B H 1)
+                zr, zi = c["x_re_z"][i][:, None], c["x_im_z"][i][:, None]  # (H 1)
+                xr, xi = xre[i] - zr, xim[i] - zi  # centred (B H N2)
+                M, S = c["x_re_M"][i], c["x_re_S"][i][:, None]  # (3 H), (H 1)
+                acc_r = (A_re[i] * xr) * M[0][:, None] - (A_im[i] * xi) * M[1][:, None] + (B_re[i] * u) * M[2][:, None]
+                nr = rq(acc_r, S, zr, *qr["x_re"], pre + "x_re")
+                M, S = c["x_im_M"][i], c["x_im_S"][i][:, None]
+                acc_i = (A_re[i] * xi) * M[0][:, None] + (A_im[i] * xr) * M[1][:, None] + (B_im[i] * u) * M[2][:, None]
+                ni = rq(acc_i, S, zi, *qr["x_im"], pre + "x_im")
+                xre[i], xim[i] = nr, ni
+                M, S = c["y_M"][i], c["y_S"][i]
+                t1 = ((nr - zr) * C_re[i]).sum(-1)
+                t2 = ((ni - zi) * C_im[i]).sum(-1)
+                acc_y = t1 * M[0] - t2 * M[1] + (D[i] * u[..., 0]) * M[2]
+                y = rq(acc_y, S, c["y_z"][i], *qr["y"], pre + "y")
+                a = self._lut(y, i, "gelu", qr["y"][0], F.gelu, c["y_s"][i], c["act_s"][i], c["y_z"][i], ste)
+                acc_g = (a - c["act_z"][i]) @ mw[i].T + W["mix_b"][i]  # (B 2H)
+                g = rq(acc_g * c["glu_M"][i], c["glu_S"][i], c["glu_z"][i], *qr["glu"], pre + "glu")
+                sg = self._lut(g[:, H:], i, "sig", qr["glu"][0], torch.sigmoid, c["glu_s"][i], c["sig_s"][i], c["glu_z"][i], ste)
+                M, S = c["h_M"][i], c["h_S"][i]
+                acc_h = (h - c["h_z"][i]) * M[0] + ((g[:, :H] - c["glu_z"][i]) * sg) * M[1]
+                h = rq(acc_h, S, c["h_z"][i + 1], *qr["h"], pre + "h")
+            hc = h - c["h_z"][nl]
+            pool_acc = pool_acc + hc if dp.cfg.pool == "mean" else hc
+        pooled = rq(pool_acc * c["pool_M"], c["pool_S"], c["pool_z"], *qr["pool"], "pool")
+        acc_l = (pooled - c["pool_z"]) @ (W["dec_w"] - c["dec_w_z"][:, None]).T + W["dec_b"]
+        logits = rq(acc_l * c["logits_M"], c["logits_S"], c["logits_z"], *qr["logits"], "logits")
+        return logits, ({k: int(v) for k, v in cnt.items()} if cnt is not None else None)
+
+    def _lut(self, code, i, name, lo, fn, s_in, s_out, z_in, ste):
+        """Table lookup out = LUT[code - lo]; with ``ste`` the gradient is fn'(v) s_in / s_out."""
+        out = self.c[name + "_lut"][i][(code.detach() - lo).long()]
+        if not ste:
+            return out
+        v = s_in * (code - z_in)
+        f = fn(v) / s_out
+        return out + (f - f.detach())
+
+    def real_logits(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.c["logits_s"] * (codes - self.c["logits_z"])
+
+
+def datapath_tensors(dp: Datapath) -> dict:
+    """The datapath's integer constants as float64 tensors (plus the few real scales STE needs)."""
+    arr = datapath_arrays(dp)
+    c = {k: torch.as_tensor(v, dtype=T64) for k, v in arr.items()}
+    names = ["h", "x_re", "x_im", "y", "act", "glu", "sig", "pool", "logits"]
+    c["qrange"] = {n: (float(arr["qrange"][j, 0]), float(arr["qrange"][j, 1])) for j, n in enumerate(names)}
+    nl = dp.cfg.n_layers
+    for n in ("y", "act", "glu", "sig"):
+        c[n + "_s"] = [float(dp.tq[f"l{i}.{n}"].scale[0]) for i in range(nl)]
+    c["logits_s"] = float(dp.tq["logits"].scale[0])
+    # per-site multipliers with a single term are stored (C,), the simulator's layout
+    return c
+
+
+QRANGE_ORDER = ("h", "x_re", "x_im", "y", "act", "glu", "sig", "pool", "logits")
+
+
+def datapath_arrays(dp: Datapath) -> dict:
+    """Integer constants of the datapath as int64 numpy arrays, per-layer ones stacked on axis 0.
+
+    The names are those of the exported artifact (docs/datapath.md); weight codes are not here.
+    """
+    nl = dp.cfg.n_layers
+    tq, S, L = dp.tq, dp.sites, range(nl)
+    st = lambda f: np.stack([f(i) for i in L])  # noqa: E731
+    a = {
+        "enc_w_z": tq["enc_w"].zero, "enc_M": S["enc"][0][0], "enc_S": S["enc"][1],
+        "h_z": np.array([tq["h0"].zero[0]] + [tq[f"l{i}.h"].zero[0] for i in L]),
+        "A_re_z": st(lambda i: tq[f"l{i}.A_re"].zero), "A_im_z": st(lambda i: tq[f"l{i}.A_im"].zero),
+        "B_z": st(lambda i: tq[f"l{i}.B"].zero), "C_z": st(lambda i: tq[f"l{i}.C"].zero),
+        "D_z": st(lambda i: tq[f"l{i}.D"].zero),
+        "x_re_z": st(lambda i: tq[f"l{i}.x_re"].zero), "x_im_z": st(lambda i: tq[f"l{i}.x_im"].zero),
+        "x_re_M": st(lambda i: S[f"l{i}.x_re"][0]), "x_re_S": st(lambda i: S[f"l{i}.x_re"][1]),
+        "x_im_M": st(lambda i: S[f"l{i}.x_im"][0]), "x_im_S": st(lambda i: S[f"l{i}.x_im"][1]),
+        "y_M": st(lambda i: S[f"l{i}.y"][0]), "y_S": st(lambda i: S[f"l{i}.y"][1]),
+        "y_z": np.array([tq[f"l{i}.y"].zero[0] for i in L]),
+        "gelu_lut": st(lambda i: dp.luts[f"l{i}.gelu"]),
+        "act_z": np.array([tq[f"l{i}.act"].zero[0] for i in L]),
+        "mix_w_z": st(lambda i: tq[f"l{i}.mix_w"].zero),
+        "glu_M": st(lambda i: S[f"l{i}.glu"][0][0]), "glu_S": st(lambda i: S[f"l{i}.glu"][1]),
+        "glu_z": np.array([tq[f"l{i}.glu"].zero[0] for i in L]),
+        "sig_lut": st(lambda i: dp.luts[f"l{i}.sig"]),
+        "h_M": st(lambda i: S[f"l{i}.h"][0]), "h_S": st(lambda i: S[f"l{i}.h"][1]),
+        "pool_M": S["pool"][0][0], "pool_S": S["pool"][1], "pool_z": tq["pool"].zero[:1],
+        "dec_w_z": tq["dec_w"].zero,
+        "logits_M": S["logits"][0][0], "logits_S": S["logits"][1], "logits_z": tq["logits"].zero[:1],
+    }
+    q = dp.qcfg
+    a["qrange"] = np.array([[getattr(q, n).qmin, getattr(q, n).qmax] for n in QRANGE_ORDER])
+    return {k: np.ascontiguousarray(np.asarray(v, dtype=np.int64)) for k, v in a.items()}
+
+
+def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor) -> tuple[QuantS4D, dict]:
+    """Post-training quantization: calibrate ranges on ``calib_u`` (B, L, d) floats, build the datapath."""
+    ranges = calibrate(model, calib_u)
+    assert set(calibrated_range_keys(model.cfg)) <= set(ranges)
+    dp = build_datapath(model.cfg, qcfg, ranges, calib_u.shape[1])
+    return QuantS4D(model, dp), ranges

@@ -1,0 +1,342 @@
+"""The one description of the quantized datapath, read by the Torch model, the exporter and the simulator.
+
+A :class:`QuantConfig` says, per component, how it is quantized (bits, symmetric or asymmetric,
+per-tensor or per-channel). Calibrated ranges turn it into a :class:`Datapath`: for every tensor
+a scale, a zero point and a code range; for every *site* (a place where integers are rescaled)
+integer multipliers ``M`` and a shift ``S``; and the lookup tables of the nonlinearities.
+docs/datapath.md gives the arithmetic of every site.
+
+Quantizer of a tensor T:  real ~= s_T * (q - z_T),  q in [qmin, qmax]
+  symmetric:  z = 0,  q in [-2**(b-1), 2**(b-1) - 1],  s = max|T| / (2**(b-1) - 1)
+  asymmetric: q in [0, 2**b - 1],  s = (max(T,0) - min(T,0)) / (2**b - 1),  z = round(-min/s)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import numpy as np
+
+from .errors import IntssmError
+from .fixedpoint import EXACT_LIMIT, quantize_multiplier
+from .model import ModelConfig
+
+DATAPATH_VERSION = 1
+WEIGHTS = ("enc_w", "A_re", "A_im", "B", "C", "D", "mix_w", "dec_w")
+ACTIVATIONS = ("h", "x_re", "x_im", "y", "act", "glu", "sig", "pool", "logits")
+PER_CHANNEL_OK = set(WEIGHTS) | {"x_re", "x_im"}
+BIAS_BITS = 32  # biases are int32 at the scale of the accumulator they are added to
+INPUT_SCALE = 1.0 / 255.0  # the raw uint8 pixel p enters as itself: real input = p / 255
+
+
+@dataclass(frozen=True)
+class QFormat:
+    bits: int = 8  # 2..16
+    symmetric: bool = True  # False: unsigned codes with a zero point
+    per_channel: bool = False  # per head (SSM params, state) or per output row (matrices)
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+    @property
+    def centered_bound(self) -> int:
+        """Largest |q - z| over every code and zero point."""
+        return 2 ** (self.bits - 1) if self.symmetric else 2**self.bits - 1
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How each component is quantized. Names follow docs/datapath.md."""
+
+    enc_w: QFormat = QFormat()  # encoder weight (H, d_input)
+    A_re: QFormat = QFormat()  # Re Abar (H, N/2)
+    A_im: QFormat = QFormat()  # Im Abar (H, N/2)
+    B: QFormat = QFormat()  # Bbar, real and imaginary parts share it
+    C: QFormat = QFormat()  # C, real and imaginary parts share it
+    D: QFormat = QFormat()  # skip (H)
+    mix_w: QFormat = QFormat()  # GLU mixing weight (2H, H)
+    dec_w: QFormat = QFormat()  # decoder weight (d_output, H)
+    h: QFormat = QFormat()  # residual stream (encoder output, each layer's output)
+    x_re: QFormat = QFormat()  # Re state
+    x_im: QFormat = QFormat()  # Im state
+    y: QFormat = QFormat()  # SSM output
+    act: QFormat = QFormat(symmetric=False)  # GELU output
+    glu: QFormat = QFormat()  # both halves of the mixing output
+    sig: QFormat = QFormat(symmetric=False)  # sigmoid output, fixed scale 1 / (2**b - 1)
+    pool: QFormat = QFormat()  # pooled features
+    logits: QFormat = QFormat(bits=16)  # final integer logits
+    state_clip: float = 1.0  # state range = state_clip * calibrated max |x|, clipped every step
+
+    def validate(self) -> "QuantConfig":
+        for name in WEIGHTS + ACTIVATIONS:
+            f = getattr(self, name)
+            if not isinstance(f, QFormat):
+                raise IntssmError(f"quant config: {name} must be a format, got {f!r}")
+            if not isinstance(f.bits, int) or isinstance(f.bits, bool) or not 2 <= f.bits <= 16:
+                raise IntssmError(f"quant config: {name}.bits must be an integer in 2..16, got {f.bits!r}")
+            if f.per_channel and name not in PER_CHANNEL_OK:
+                raise IntssmError(f"quant config: {name} cannot be per-channel (only weights and the state x)")
+        if self.sig.symmetric:
+            raise IntssmError("quant config: sig must be asymmetric (unsigned codes in [0, 1])")
+        if not (isinstance(self.state_clip, (int, float)) and 0 < self.state_clip <= 16 and math.isfinite(self.state_clip)):
+            raise IntssmError(f"quant config: state_clip must be in (0, 16], got {self.state_clip!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        if not isinstance(d, dict):
+            raise IntssmError("quant config must be a JSON object")
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise IntssmError(f"quant config: unknown component(s) {sorted(unknown)}")
+        kw = {}
+        for k, v in d.items():
+            if k == "state_clip":
+                kw[k] = v
+                continue
+            if isinstance(v, int) and not isinstance(v, bool):
+                v = {"bits": v}
+            if not isinstance(v, dict):
+                raise IntssmError(f"quant config: {k} must be an object like {{'bits': 8}}")
+            bad = set(v) - {"bits", "symmetric", "per_channel"}
+            if bad:
+                raise IntssmError(f"quant config: {k} has unknown field(s) {sorted(bad)}")
+            kw[k] = replace(getattr(cls(), k), **v)
+        return cls(**kw).validate()
+
+    def with_bits(self, **bits) -> "QuantConfig":
+        return replace(self, **{k: replace(getattr(self, k), bits=b) for k, b in bits.items()})
+
+
+def _all(fmt: QFormat, names) -> dict:
+    return {n: fmt for n in names}
+
+
+PRESETS: dict[str, QuantConfig] = {
+    "w8a8": QuantConfig(),
+    "w8a8-perhead": QuantConfig(**{n: QFormat(per_channel=True) for n in ("A_re", "A_im", "B", "C", "D", "x_re", "x_im")}),
+    "w16a16": QuantConfig(**_all(QFormat(bits=16), WEIGHTS + ("h", "x_re", "x_im", "y", "glu", "pool", "logits")),
+                          act=QFormat(bits=16, symmetric=False), sig=QFormat(bits=16, symmetric=False)),
+    # the paper's heterogeneous scheme: Bbar, C, D at 4 bits, activations at 6, A and x at 8 with
+    # separate real/imaginary quantizers, state clipped every step
+    "paper-hetero": QuantConfig(
+        B=QFormat(4, per_channel=True), C=QFormat(4, per_channel=True), D=QFormat(4, per_channel=True),
+        A_re=QFormat(8, per_channel=True), A_im=QFormat(8, per_channel=True),
+        x_re=QFormat(8, per_channel=True), x_im=QFormat(8, per_channel=True),
+        h=QFormat(6), y=QFormat(6), act=QFormat(6, symmetric=False), glu=QFormat(6), sig=QFormat(6, symmetric=False),
+        pool=QFormat(8),
+    ),
+}
+
+
+def get_config(name_or_path: str) -> QuantConfig:
+    """A preset name or a JSON file (``{"A_re": {"bits": 6}, ..., "state_clip": 1.0}``)."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    from pathlib import Path
+
+    p = Path(name_or_path)
+    if not p.is_file():
+        raise IntssmError(f"unknown quant config {name_or_path!r}; presets: {', '.join(PRESETS)}, or a JSON file")
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IntssmError(f"{p}: not valid JSON ({e})") from None
+    return QuantConfig.from_dict(d)
+
+
+# ----------------------------------------------------------------------------- quantizers ---
+
+@dataclass
+class TensorQ:
+    """Quantizer of one tensor: per-channel scale and zero point (C,), code range [qmin, qmax]."""
+
+    fmt: QFormat
+    scale: np.ndarray  # float64 (C,)
+    zero: np.ndarray  # int64 (C,)
+
+    @property
+    def qmin(self):
+        return self.fmt.qmin
+
+    @property
+    def qmax(self):
+        return self.fmt.qmax
+
+
+def make_quantizer(fmt: QFormat, lo: np.ndarray, hi: np.ndarray, floor: float) -> TensorQ:
+    """Scale and zero point from a calibrated range [lo, hi] (per channel, shape (C,))."""
+    lo = np.asarray(lo, np.float64)
+    hi = np.asarray(hi, np.float64)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise IntssmError("calibrated range contains NaN or inf (are the weights finite?)")
+    if not fmt.per_channel:
+        lo = np.full_like(lo, lo.min())
+        hi = np.full_like(hi, hi.max())
+    if fmt.symmetric:
+        amax = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), floor)
+        scale = amax / (2 ** (fmt.bits - 1) - 1)
+        zero = np.zeros(len(lo), np.int64)
+    else:
+        lo0, hi0 = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+        scale = np.maximum(hi0 - lo0, floor) / (2**fmt.bits - 1)
+        zero = np.clip(np.floor(-lo0 / scale + 0.5), 0, 2**fmt.bits - 1).astype(np.int64)
+    return TensorQ(fmt, scale, zero)
+
+
+def gelu(v: np.ndarray) -> np.ndarray:
+    """Exact GELU, 0.5 v (1 + erf(v / sqrt 2)), as torch.nn.functional.gelu computes it."""
+    from scipy.special import erf
+
+    return 0.5 * v * (1.0 + erf(v / math.sqrt(2.0)))
+
+
+def sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def build_lut(fn, src: TensorQ, dst: TensorQ) -> np.ndarray:
+    """Table over every source code q in [qmin, qmax]: clamp(round(fn(s_src (q - z_src)) / s_dst) + z_dst)."""
+    q = np.arange(src.qmin, src.qmax + 1, dtype=np.float64)
+    v = fn(src.scale[0] * (q - src.zero[0]))
+    out = np.floor(v / dst.scale[0] + 0.5) + dst.zero[0]
+    return np.clip(out, dst.qmin, dst.qmax).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ datapath ---
+
+ACT_FLOOR = 1e-3  # smallest activation range: avoids absurd scales for dead channels
+W_FLOOR = 1e-8
+
+
+@dataclass
+class Datapath:
+    """All integer constants of the datapath except the weight codes, plus the weight quantizers.
+
+    ``tq[name]`` are the quantizers (per layer ``l{i}.name``); ``sites[name] = (M (T, C), S (C,))``;
+    ``luts[name]`` are lookup tables. Built only by :func:`build_datapath`.
+    """
+
+    cfg: ModelConfig
+    qcfg: QuantConfig
+    seq_len: int
+    tq: dict = field(default_factory=dict)
+    sites: dict = field(default_factory=dict)
+    luts: dict = field(default_factory=dict)
+    bounds: dict = field(default_factory=dict)  # site -> largest |accumulator| (proof of no overflow)
+
+    @property
+    def counters(self) -> list[str]:
+        """Names of the saturation counters, in the simulator's order."""
+        names = ["h0"]
+        for i in range(self.cfg.n_layers):
+            names += [f"l{i}.x_re", f"l{i}.x_im", f"l{i}.y", f"l{i}.glu", f"l{i}.h"]
+        return names + ["pool", "logits"]
+
+
+def calibrated_range_keys(cfg: ModelConfig) -> list[str]:
+    keys = ["enc_w", "h0"]
+    for i in range(cfg.n_layers):
+        keys += [f"l{i}.{n}" for n in ("A_re", "A_im", "B", "C", "D", "x_re", "x_im", "y", "act", "mix_w", "glu", "h")]
+    return keys + ["pool", "dec_w", "logits"]
+
+
+def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: int) -> Datapath:
+    """Scales, zero points, multipliers, shifts and LUTs from calibrated ``ranges[key] = (lo, hi)``.
+
+    Also proves, site by site, that no accumulator can reach 2**53 (see :data:`EXACT_LIMIT`).
+    """
+    qcfg.validate()
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise IntssmError(f"sequence length must be a positive integer, got {seq_len!r}")
+    missing = [k for k in calibrated_range_keys(cfg) if k not in ranges]
+    if missing:
+        raise IntssmError(f"quantization ranges missing for {missing[:4]}")
+    dp = Datapath(cfg, qcfg, seq_len)
+    H, N2, nl = cfg.d_model, cfg.d_state // 2, cfg.n_layers
+
+    def q(key, comp, floor):
+        lo, hi = ranges[key]
+        t = make_quantizer(getattr(qcfg, comp), lo, hi, floor)
+        dp.tq[key] = t
+        return t
+
+    def site(name, ratios, terms_bound, out: TensorQ, bias_bound: int = 0):
+        r = np.stack([np.broadcast_to(np.asarray(x, np.float64), (len(out.scale),)) for x in ratios])
+        M, S = quantize_multiplier(r, name)
+        # largest |accumulator| = sum_t bound_t * M_t (+ bias * M_0) + rounding constant
+        bound = 0
+        for c in range(M.shape[1]):
+            acc = sum(int(b) * int(M[t, c]) for t, b in enumerate(terms_bound)) + bias_bound * int(M[0, c])
+            acc += (1 << int(S[c] - 1)) if S[c] > 0 else 0
+            bound = max(bound, acc)
+        if bound >= EXACT_LIMIT:
+            raise IntssmError(
+                f"datapath site {name}: accumulator may reach 2**{math.log2(bound):.1f} >= 2**53; "
+                "use fewer bits or a smaller model"
+            )
+        dp.sites[name] = (M, S)
+        dp.bounds[name] = bound
+
+    cb = lambda comp: getattr(qcfg, comp).centered_bound  # noqa: E731
+    bias = 2 ** (BIAS_BITS - 1)
+
+    encw = q("enc_w", "enc_w", W_FLOOR)
+    h_in = q("h0", "h", ACT_FLOOR)
+    site("enc", [encw.scale * INPUT_SCALE / h_in.scale[0]], [cfg.d_input * cb("enc_w") * 255], h_in, bias)
+    for i in range(nl):
+        p = f"l{i}."
+        Are, Aim = q(p + "A_re", "A_re", W_FLOOR), q(p + "A_im", "A_im", W_FLOOR)
+        Bq, Cq, Dq = q(p + "B", "B", W_FLOOR), q(p + "C", "C", W_FLOOR), q(p + "D", "D", W_FLOOR)
+        lo, hi = ranges[p + "x_re"]
+        m = qcfg.state_clip * np.maximum(np.abs(lo), np.abs(hi))
+        xre = make_quantizer(qcfg.x_re, -m, m, ACT_FLOOR)
+        lo, hi = ranges[p + "x_im"]
+        m = qcfg.state_clip * np.maximum(np.abs(lo), np.abs(hi))
+        xim = make_quantizer(qcfg.x_im, -m, m, ACT_FLOOR)
+        dp.tq[p + "x_re"], dp.tq[p + "x_im"] = xre, xim
+        yq, aq = q(p + "y", "y", ACT_FLOOR), q(p + "act", "act", ACT_FLOOR)
+        mixw, gq = q(p + "mix_w", "mix_w", W_FLOOR), q(p + "glu", "glu", ACT_FLOOR)
+        sq = TensorQ(qcfg.sig, np.array([1.0 / (2**qcfg.sig.bits - 1)]), np.zeros(1, np.int64))
+        dp.tq[p + "sig"] = sq
+        h_out = q(p + "h", "h", ACT_FLOOR)
+        # x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u
+        site(p + "x_re", [Are.scale, Aim.scale * xim.scale / xre.scale, Bq.scale * h_in.scale[0] / xre.scale],
+             [cb("A_re") * cb("x_re"), cb("A_im") * cb("x_im"), cb("B") * cb("h")], xre)
+        site(p + "x_im", [Are.scale, Aim.scale * xre.scale / xim.scale, Bq.scale * h_in.scale[0] / xim.scale],
+             [cb("A_re") * cb("x_im"), cb("A_im") * cb("x_re"), cb("B") * cb("h")], xim)
+        # y = 2 (sum Cre x_re - sum Cim x_im) + D u
+        site(p + "y", [2 * Cq.scale * xre.scale / yq.scale[0], 2 * Cq.scale * xim.scale / yq.scale[0], Dq.scale * h_in.scale[0] / yq.scale[0]],
+             [N2 * cb("C") * cb("x_re"), N2 * cb("C") * cb("x_im"), cb("D") * cb("h")], yq)
+        dp.luts[p + "gelu"] = build_lut(gelu, yq, aq)
+        site(p + "glu", [mixw.scale * aq.scale[0] / gq.scale[0]], [H * cb("mix_w") * cb("act")], gq, bias)
+        dp.luts[p + "sig"] = build_lut(sigmoid, gq, sq)
+        # h_out = h_in + glu_a * sigmoid(glu_b)
+        site(p + "h", [h_in.scale[0] / h_out.scale[0], gq.scale[0] * sq.scale[0] / h_out.scale[0]],
+             [cb("h"), cb("glu") * cb("sig")], h_out)
+        h_in = h_out
+    pq = q("pool", "pool", ACT_FLOOR)
+    L = seq_len if cfg.pool == "mean" else 1
+    site("pool", [h_in.scale[0] / (L * pq.scale[0])], [L * cb("h")], pq)
+    decw, lq = q("dec_w", "dec_w", W_FLOOR), q("logits", "logits", ACT_FLOOR)
+    site("logits", [decw.scale * pq.scale[0] / lq.scale[0]], [H * cb("dec_w") * cb("pool")], lq, bias)
+    return dp
+
+
+def ranges_to_json(ranges: dict) -> dict:
+    return {k: [np.asarray(lo, np.float64).tolist(), np.asarray(hi, np.float64).tolist()] for k, (lo, hi) in ranges.items()}
+
+
+def ranges_from_json(d: dict) -> dict:
+    return {k: (np.asarray(v[0], np.float64), np.asarray(v[1], np.float64)) for k, v in d.items()}

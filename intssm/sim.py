@@ -1,0 +1,201 @@
+"""Integer-only simulator of the quantized S4D datapath (Numba).
+
+The kernel sees int64 arrays and the raw uint8 input, nothing else: no float, no Torch. It runs
+parallel over the batch (``prange``; each thread writes only its own rows, so results do not
+depend on the thread count) and streams over time, holding one state per sequence
+(memory O(batch x layers x H x N/2), independent of the sequence length).
+
+Arithmetic follows docs/datapath.md site by site; every accumulator's bound below 2**53 is
+proved when the datapath is built, so int64 never wraps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .errors import IntssmError
+from .fixedpoint import rounding_rshift, saturate
+
+# qrange rows (see intssm.qmodel.QRANGE_ORDER)
+_H, _XRE, _XIM, _Y, _ACT, _GLU, _SIG, _POOL, _LOG = range(9)
+
+
+@njit(cache=True)
+def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
+             A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
+             x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
+             gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
+             pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+             out_logits, cnt, trace_re, trace_im, do_trace):
+    """One sequence ``P[b]`` through the datapath; writes ``out_logits[b]`` and ``cnt[b]``."""
+    L, d_in = P.shape[1], P.shape[2]
+    nl, H, N2 = A_re.shape[0], A_re.shape[1], A_re.shape[2]
+    C = dec_w.shape[0]
+    xre = np.empty((nl, H, N2), np.int64)
+    xim = np.empty((nl, H, N2), np.int64)
+    for i in range(nl):
+        for hh in range(H):
+            for n in range(N2):
+                xre[i, hh, n] = x_re_z[i, hh]  # state starts at real value 0
+                xim[i, hh, n] = x_im_z[i, hh]
+    h = np.empty(H, np.int64)
+    a = np.empty(H, np.int64)
+    g = np.empty(2 * H, np.int64)
+    pool_acc = np.zeros(H, np.int64)
+    hlo, hhi = qrange[_H, 0], qrange[_H, 1]
+    for k in range(L):
+        # encoder: h0 = requant(sum_j (W - z) p_j + b)
+        for hh in range(H):
+            acc = enc_b[hh]
+            for j in range(d_in):
+                acc += (enc_w[hh, j] - enc_w_z[hh]) * np.int64(P[b, k, j])
+            v, c = saturate(rounding_rshift(acc * enc_M[hh], enc_S[hh]) + h_z[0], hlo, hhi)
+            h[hh] = v
+            cnt[b, 0] += c
+        for i in range(nl):
+            base = 1 + 5 * i
+            for hh in range(H):
+                u = h[hh] - h_z[i]
+                zr, zi = x_re_z[i, hh], x_im_z[i, hh]
+                ty1 = np.int64(0)
+                ty2 = np.int64(0)
+                for n in range(N2):
+                    ar = A_re[i, hh, n] - A_re_z[i, hh]
+                    ai = A_im[i, hh, n] - A_im_z[i, hh]
+                    xr = xre[i, hh, n] - zr
+                    xi = xim[i, hh, n] - zi
+                    # x_re' = Are x_re - Aim x_im + Bre u ; x_im' = Are x_im + Aim x_re + Bim u
+                    acc_r = (ar * xr) * x_re_M[i, 0, hh] - (ai * xi) * x_re_M[i, 1, hh] \
+                        + ((B_re[i, hh, n] - B_z[i, hh]) * u) * x_re_M[i, 2, hh]
+                    acc_i = (ar * xi) * x_im_M[i, 0, hh] + (ai * xr) * x_im_M[i, 1, hh] \
+                        + ((B_im[i, hh, n] - B_z[i, hh]) * u) * x_im_M[i, 2, hh]
+                    nr, c1 = saturate(rounding_rshift(acc_r, x_re_S[i, hh]) + zr, qrange[_XRE, 0], qrange[_XRE, 1])
+                    ni, c2 = saturate(rounding_rshift(acc_i, x_im_S[i, hh]) + zi, qrange[_XIM, 0], qrange[_XIM, 1])
+                    cnt[b, base] += c1
+                    cnt[b, base + 1] += c2
+                    xre[i, hh, n] = nr
+                    xim[i, hh, n] = ni
+                    ty1 += (nr - zr) * (C_re[i, hh, n] - C_z[i, hh])
+                    ty2 += (ni - zi) * (C_im[i, hh, n] - C_z[i, hh])
+                    if do_trace:
+                        trace_re[k, i, hh, n] = nr
+                        trace_im[k, i, hh, n] = ni
+                # y = 2 Re(C x) + D u
+                acc_y = ty1 * y_M[i, 0, hh] - ty2 * y_M[i, 1, hh] + ((D[i, hh] - D_z[i, hh]) * u) * y_M[i, 2, hh]
+                y, c = saturate(rounding_rshift(acc_y, y_S[i, hh]) + y_z[i], qrange[_Y, 0], qrange[_Y, 1])
+                cnt[b, base + 2] += c
+                a[hh] = gelu_lut[i, y - qrange[_Y, 0]]
+            # GLU mixing: g = requant(W (a - z) + b)
+            for j in range(2 * H):
+                acc = mix_b[i, j]
+                for hh in range(H):
+                    acc += (mix_w[i, j, hh] - mix_w_z[i, j]) * (a[hh] - act_z[i])
+                v, c = saturate(rounding_rshift(acc * glu_M[i, j], glu_S[i, j]) + glu_z[i], qrange[_GLU, 0], qrange[_GLU, 1])
+                g[j] = v
+                cnt[b, base + 3] += c
+            # residual: h <- requant(h + g_a * sigmoid(g_b))
+            for hh in range(H):
+                sg = sig_lut[i, g[H + hh] - qrange[_GLU, 0]]
+                acc = (h[hh] - h_z[i]) * h_M[i, 0, hh] + ((g[hh] - glu_z[i]) * sg) * h_M[i, 1, hh]
+                v, c = saturate(rounding_rshift(acc, h_S[i, hh]) + h_z[i + 1], hlo, hhi)
+                h[hh] = v
+                cnt[b, base + 4] += c
+        for hh in range(H):
+            if mean_pool:
+                pool_acc[hh] += h[hh] - h_z[nl]
+            else:
+                pool_acc[hh] = h[hh] - h_z[nl]
+    ci = 1 + 5 * nl
+    pooled = np.empty(H, np.int64)
+    for hh in range(H):
+        v, c = saturate(rounding_rshift(pool_acc[hh] * pool_M[hh], pool_S[hh]) + pool_z[0], qrange[_POOL, 0], qrange[_POOL, 1])
+        pooled[hh] = v
+        cnt[b, ci] += c
+    for o in range(C):
+        acc = dec_b[o]
+        for hh in range(H):
+            acc += (dec_w[o, hh] - dec_w_z[o]) * (pooled[hh] - pool_z[0])
+        v, c = saturate(rounding_rshift(acc * logits_M[o], logits_S[o]) + logits_z[0], qrange[_LOG, 0], qrange[_LOG, 1])
+        out_logits[b, o] = v
+        cnt[b, ci + 1] += c
+
+
+@njit(cache=True, parallel=True)
+def _run_batch(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
+               A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
+               x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
+               gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
+               pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+               out_logits, cnt):
+    dummy = np.zeros((1, 1, 1, 1), np.int64)
+    for b in prange(P.shape[0]):
+        _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
+                 A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
+                 x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
+                 gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
+                 pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+                 out_logits, cnt, dummy, dummy, False)
+
+
+@njit(cache=True)
+def _run_traced(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
+                A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
+                x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
+                gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
+                pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+                out_logits, cnt, trace_re, trace_im):
+    _run_one(P, 0, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
+             A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
+             x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
+             gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
+             pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+             out_logits, cnt, trace_re, trace_im, True)
+
+
+#: Kernel arguments, in order; each is an int64 array of the integer model (see intssm.export).
+ARG_ORDER = (
+    "enc_w", "enc_w_z", "enc_b", "enc_M", "enc_S", "h_z",
+    "A_re", "A_im", "A_re_z", "A_im_z", "B_re", "B_im", "B_z", "C_re", "C_im", "C_z", "D", "D_z",
+    "x_re_z", "x_im_z", "x_re_M", "x_re_S", "x_im_M", "x_im_S", "y_M", "y_S", "y_z",
+    "gelu_lut", "act_z", "mix_w", "mix_w_z", "mix_b", "glu_M", "glu_S", "glu_z", "sig_lut", "h_M", "h_S",
+    "pool_M", "pool_S", "pool_z", "dec_w", "dec_w_z", "dec_b", "logits_M", "logits_S", "logits_z", "qrange",
+)
+
+
+def _args(arrays: dict):
+    out = []
+    for k in ARG_ORDER:
+        v = arrays[k]
+        if v.dtype != np.int64:
+            v = v.astype(np.int64)
+        out.append(np.ascontiguousarray(v))
+    return out
+
+
+def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trace: bool = False):
+    """Run the integer model ``arrays`` on raw inputs ``P`` (B, L, d_input) uint8.
+
+    Returns (logit codes (B, d_output) int64, saturation counts (B, n_counters) int64, trace) where
+    trace = (x_re, x_im) codes (L, layers, H, N/2) of sequence 0 when ``trace`` is set, else None.
+    """
+    if not isinstance(P, np.ndarray) or P.dtype != np.uint8:
+        raise TypeError(f"simulator input must be a uint8 array of raw pixels, got {getattr(P, 'dtype', type(P))}")
+    if P.ndim != 3:
+        raise IntssmError(f"simulator input must be (batch, length, features), got shape {P.shape}")
+    if P.shape[2] != arrays["enc_w"].shape[1]:
+        raise IntssmError(f"input has {P.shape[2]} features per step, the model expects {arrays['enc_w'].shape[1]}")
+    P = np.ascontiguousarray(P)
+    Bsz = P.shape[0]
+    C = arrays["dec_w"].shape[0]
+    logits = np.zeros((Bsz, C), np.int64)
+    cnt = np.zeros((Bsz, n_counters), np.int64)
+    args = _args(arrays)
+    if trace:
+        nl, H, N2 = arrays["A_re"].shape
+        tr = np.zeros((P.shape[1], nl, H, N2), np.int64)
+        ti = np.zeros_like(tr)
+        _run_traced(P[:1], *args, bool(mean_pool), logits[:1], cnt[:1], tr, ti)
+        return logits[:1], cnt[:1], (tr, ti)
+    _run_batch(P, *args, bool(mean_pool), logits, cnt)
+    return logits, cnt, None
