@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -26,7 +27,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 SeqOpt = Annotated[str, typer.Option("--seq", help="smnist | psmnist | IDX directory | .npz file.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N sequences.")]
 
-DEFAULT_FLOAT_CKPT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "paper-small-fp32.pt"
+CKPT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+DEFAULT_FLOAT_CKPT = CKPT_DIR / "paper-small-fp32.pt"
+DEFAULT_QUANT_CKPT = CKPT_DIR / "paper-small-w8a8.pt"
 
 
 def _emit(obj: dict, as_json: bool, human: str):
@@ -130,6 +133,168 @@ def eval_(
     _emit({"accuracy": acc, "loss": loss, "n": len(ds), "mode": mode, "seq": seq, "split": split,
            "seconds": dt, "sequences_per_s": len(ds) / dt}, as_json,
           f"{ds.name} {mode}: accuracy {acc:.4f} ({round(acc * len(ds))}/{len(ds)}), loss {loss:.4f}, {dt:.1f} s")
+
+
+@app.command()
+def configs(as_json: JsonOpt = False):
+    """List the quantization config presets."""
+    from .qspec import ACTIVATIONS, PRESETS, WEIGHTS
+
+    rows = {}
+    for name, q in PRESETS.items():
+        rows[name] = {n: f"{getattr(q, n).bits}{'s' if getattr(q, n).symmetric else 'a'}{'/ch' if getattr(q, n).per_channel else ''}"
+                      for n in WEIGHTS + ACTIVATIONS}
+        rows[name]["state_clip"] = q.state_clip
+    lines = [f"{name:14s} " + " ".join(f"{k}={v}" for k, v in r.items()) for name, r in rows.items()]
+    _emit({"configs": rows}, as_json, "bits, s = symmetric / a = asymmetric, /ch = per channel\n" + "\n".join(lines))
+
+
+@app.command("ptq")
+def ptq_(
+    ckpt: Annotated[Path, typer.Argument(help="Float checkpoint (.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Quantized checkpoint to write.")],
+    config: Annotated[str, typer.Option(help="Preset name (intssm configs) or JSON file.")] = "w8a8",
+    calib: Annotated[int, typer.Option(help="Training sequences used to calibrate ranges.")] = 256,
+    seq: Annotated[Optional[str], typer.Option(help="Dataset (default: the checkpoint's).")] = None,
+    as_json: JsonOpt = False,
+):
+    """Post-training quantization: calibrate every range on training data, write a quantized checkpoint."""
+    import torch
+
+    from . import checkpoint, data
+    from .qmodel import ptq, qspec_entry
+    from .qspec import get_config
+
+    if calib < 1:
+        raise IntssmError(f"--calib must be positive, got {calib}")
+    qcfg = get_config(config)
+    model, ck = checkpoint.load(ckpt)
+    if "qspec" in ck:
+        raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
+    seq = seq or ck.get("dataset", {}).get("seq", "smnist")
+    cal = data.load(seq, "train", calib)
+    _check_input_dim(model.cfg.d_input, cal)
+    qm, ranges = ptq(model, qcfg, torch.from_numpy(cal.as_float()))
+    extra = {k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict")}
+    extra["qspec"] = qspec_entry(qm, ranges)
+    extra["ptq"] = {"config": config, "calib": calib, "seq": seq}
+    checkpoint.save(out, model.float(), **extra)
+    _emit({"out": str(out), "config": config, "calib": calib}, as_json, f"saved {out} ({config}, calibrated on {calib} sequences of {seq})")
+
+
+@app.command("export")
+def export_(
+    ckpt: Annotated[Path, typer.Argument(help="Quantized (or float: default PTQ) checkpoint.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Integer artifact (.npz) to write.")],
+    as_json: JsonOpt = False,
+):
+    """Write the integer-only model: integer arrays, multipliers, shifts, LUTs and a JSON manifest."""
+    from . import export, integer
+
+    if out.suffix != ".npz":
+        raise IntssmError("--out must end in .npz")
+    im = integer.load(ckpt)
+    man = export.save(out, im.qm)
+    _emit({"out": str(out), "bytes": out.stat().st_size, "format_version": man["format_version"],
+           "datapath_version": man["datapath_version"]}, as_json, f"wrote {out} ({out.stat().st_size} bytes)")
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="Integer artifact (.npz).")],
+    as_json: JsonOpt = False,
+):
+    """Table of the artifact's tensors: shape, bits, scale, code range."""
+    from . import export
+
+    arrays, man = export.load(model)
+    rows = []
+    for k, v in arrays.items():
+        rows.append({"name": k, "shape": list(v.shape), "min": int(v.min()) if v.size else 0,
+                     "max": int(v.max()) if v.size else 0})
+    tens = man["tensors"]
+    if as_json:
+        _emit({"manifest": {k: v for k, v in man.items() if k != "tensors"}, "arrays": rows, "tensors": tens}, True, "")
+        return
+    typer.echo(f"{model}: format {man['format']} v{man['format_version']}, datapath v{man['datapath_version']}, "
+               f"seq_len {man['seq_len']}, model {man['model_config']}")
+    typer.echo(f"{'array':12s} {'shape':>14s} {'min':>12s} {'max':>12s}")
+    for r in rows:
+        typer.echo(f"{r['name']:12s} {str(tuple(r['shape'])):>14s} {r['min']:>12d} {r['max']:>12d}")
+    typer.echo(f"\n{'quantizer':12s} {'bits':>4s} {'sym':>4s} {'per-ch':>6s} {'scale (min..max)':>24s} {'real range':>22s}")
+    for k, t in tens.items():
+        sc = np.asarray(t["scale"])
+        b, sym = t["bits"], t["symmetric"]
+        qmin, qmax = (-(2 ** (b - 1)), 2 ** (b - 1) - 1) if sym else (0, 2**b - 1)
+        z = np.asarray(t["zero"])
+        lo, hi = float((sc * (qmin - z)).min()), float((sc * (qmax - z)).max())
+        typer.echo(f"{k:12s} {b:>4d} {'y' if sym else 'n':>4s} {'y' if t['per_channel'] else 'n':>6s} "
+                   f"{sc.min():>11.4g}..{sc.max():<11.4g} {lo:>10.4g}..{hi:<10.4g}")
+
+
+@app.command()
+def simulate(
+    model: Annotated[Optional[Path], typer.Argument(help="Quantized/float checkpoint or .npz (default: the shipped model).")] = None,
+    seq: SeqOpt = "smnist",
+    split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
+    limit: LimitOpt = None,
+    verify: Annotated[str, typer.Option(help="Sequences checked against the Torch quantized model: N or 'all'.")] = "256",
+    trace: Annotated[Optional[Path], typer.Option(help="Write the integer state trace of sequence 0 (.npz).")] = None,
+    as_json: JsonOpt = False,
+):
+    """Run the integer simulator on a dataset; verify it bit for bit against the Torch quantized model."""
+    from . import data, integer
+    from .sim import simulate as sim
+
+    _check_limit(limit)
+    model = model or DEFAULT_QUANT_CKPT
+    if verify == "all":
+        n_verify = None
+    else:
+        try:
+            n_verify = int(verify)
+        except ValueError:
+            raise IntssmError(f"--verify takes a number or 'all', got {verify!r}") from None
+        if n_verify < 0:
+            raise IntssmError(f"--verify must be >= 0, got {n_verify}")
+    im = integer.load(model)
+    ds = data.load(seq, split, limit)
+    if not ds.is_uint8:
+        raise IntssmError(f"{ds.name}: the integer datapath takes raw uint8 inputs; this dataset is float")
+    if ds.x.shape[-1] != im.arrays["enc_w"].shape[1]:
+        raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {im.arrays['enc_w'].shape[1]}")
+    if im.mean_pool and ds.x.shape[1] != im.seq_len:
+        raise IntssmError(f"model was quantized for sequences of length {im.seq_len}, {ds.name} has {ds.x.shape[1]}")
+    n = len(ds)
+    sim(im.arrays, ds.x[:1], im.mean_pool, len(im.counters))  # compile / load the JIT cache outside the timing
+    with progress_bar("simulate", n, enabled=not as_json) as adv:
+        logits, cnts, secs = integer.run(im, ds.x, progress=adv)
+    pred = logits.argmax(1)
+    acc = float((pred == ds.y).mean())
+    nv = 0 if im.qm is None else (n if n_verify is None else min(n_verify, n))
+    exact = 0
+    if nv:
+        with progress_bar("verify (Torch)", nv, enabled=not as_json) as adv:
+            ref = integer.torch_logits(im.qm, ds.x[:nv], progress=adv)
+        exact = int((ref == logits[:nv]).all(axis=1).sum())
+    sats = {name: int(v) for name, v in zip(im.counters, cnts.sum(0))}
+    steps = n * ds.x.shape[1]
+    res = {"accuracy": acc, "n": n, "n_verified": nv, "bit_exact": exact, "saturations": sats,
+           "steps_per_s": steps / secs, "sequences_per_s": n / secs, "sim_seconds": secs,
+           "model": str(model), "source": im.source, "seq": seq, "split": split}
+    if trace:
+        _, _, (tr, ti) = sim(im.arrays, ds.x[:1], im.mean_pool, len(im.counters), trace=True)
+        np.savez_compressed(trace, x_re=tr, x_im=ti)
+        res["trace"] = str(trace)
+    sat_txt = ", ".join(f"{k} {v}" for k, v in sats.items() if v) or "none"
+    human = (f"{im.source}\n{ds.name}: integer accuracy {acc:.4f} ({int((pred == ds.y).sum())}/{n})\n"
+             f"verified against Torch quantized model: {exact}/{nv} sequences with identical integer logits\n"
+             f"saturations: {sat_txt}\n"
+             f"speed: {steps / secs:,.0f} steps/s, {n / secs:,.0f} sequences/s ({secs:.2f} s in the simulator)")
+    if nv and exact != nv:
+        _emit(res, as_json, human)
+        raise IntssmError(f"simulator and Torch quantized model disagree on {nv - exact} of {nv} sequences")
+    _emit(res, as_json, human)
 
 
 def _check_input_dim(d_input, ds):

@@ -286,3 +286,29 @@ def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor) -> tuple[Quan
     assert set(calibrated_range_keys(model.cfg)) <= set(ranges)
     dp = build_datapath(model.cfg, qcfg, ranges, calib_u.shape[1])
     return QuantS4D(model, dp), ranges
+
+
+def qspec_entry(qm: QuantS4D, ranges: dict) -> dict:
+    """What a quantized checkpoint stores to rebuild its datapath exactly."""
+    from .qspec import ranges_to_json
+
+    from .qspec import DATAPATH_VERSION
+
+    return {"datapath_version": DATAPATH_VERSION, "quant_config": qm.dp.qcfg.to_dict(), "ranges": ranges_to_json(ranges), "seq_len": qm.dp.seq_len}
+
+
+def from_checkpoint(model: S4DModel, ck: dict) -> QuantS4D:
+    """Rebuild the :class:`QuantS4D` stored in a quantized checkpoint's ``qspec`` entry."""
+    from .qspec import DATAPATH_VERSION, ranges_from_json
+
+    qs = ck["qspec"]
+    if not isinstance(qs, dict) or qs.get("datapath_version") != DATAPATH_VERSION:
+        raise IntssmError(f"checkpoint datapath version {qs.get('datapath_version') if isinstance(qs, dict) else None!r} "
+                          f"is not the one this intssm implements ({DATAPATH_VERSION})")
+    try:
+        ranges = ranges_from_json(qs["ranges"])
+        qcfg = QuantConfig.from_dict(dict(qs["quant_config"]))
+        dp = build_datapath(model.cfg, qcfg, ranges, int(qs["seq_len"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise IntssmError(f"checkpoint quantization spec is malformed ({type(e).__name__}: {e})") from None
+    return QuantS4D(model, dp)

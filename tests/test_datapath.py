@@ -1,0 +1,146 @@
+"""The two executions of the datapath agree: Torch quantized model == Numba simulator, as integers."""
+
+import numba
+import numpy as np
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from intssm.errors import IntssmError
+from intssm.export import integer_model
+from intssm.model import ModelConfig, S4DModel
+from intssm.qmodel import ptq
+from intssm.qspec import ACTIVATIONS, PER_CHANNEL_OK, PRESETS, WEIGHTS, QFormat, QuantConfig
+from intssm.sim import simulate
+
+
+@st.composite
+def quant_configs(draw):
+    kw = {}
+    for name in WEIGHTS + ACTIVATIONS:
+        bits = draw(st.integers(2, 16))
+        sym = draw(st.booleans()) if name != "sig" else False
+        pc = draw(st.booleans()) if name in PER_CHANNEL_OK else False
+        kw[name] = QFormat(bits, sym, pc)
+    kw["state_clip"] = draw(st.sampled_from([0.25, 0.5, 1.0, 1.5, 2.0]))
+    return QuantConfig(**kw)
+
+
+@st.composite
+def models(draw, max_layers=3):
+    cfg = ModelConfig(
+        d_model=draw(st.integers(1, 4)), d_state=2 * draw(st.integers(1, 4)), n_layers=draw(st.integers(1, max_layers)),
+        d_input=draw(st.integers(1, 2)), d_output=draw(st.integers(2, 5)), pool=draw(st.sampled_from(["mean", "last"])),
+    )
+    m = S4DModel(cfg, seed=draw(st.integers(0, 2**16)))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(draw(st.sampled_from([0.1, 1.0, 3.0])))
+        if draw(st.booleans()):  # |Abar| close to 1: slow decay, tiny dt
+            for layer in m.layers:
+                layer.ssm.log_A_re.fill_(-8.0)
+                layer.ssm.log_dt.copy_(torch.full_like(layer.ssm.log_dt, -7.0) + torch.rand(layer.ssm.log_dt.shape, generator=g))
+    return m.double()
+
+
+@st.composite
+def inputs(draw, d_input, L):
+    kind = draw(st.sampled_from(["random", "zeros", "max", "mixed"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    B = draw(st.integers(1, 4))
+    if kind == "zeros":
+        return np.zeros((B, L, d_input), np.uint8)
+    if kind == "max":
+        return np.full((B, L, d_input), 255, np.uint8)
+    P = rng.integers(0, 256, (B, L, d_input)).astype(np.uint8)
+    if kind == "mixed":
+        P[:, ::2] = 255
+        P[:, 1::3] = 0
+    return P
+
+
+def _both(m, qcfg, P, calib):
+    try:
+        qm, _ = ptq(m, qcfg, torch.from_numpy(calib))
+    except IntssmError as e:  # configurations beyond the exact range are refused, never run
+        assert "2**53" in str(e) or "too large" in str(e)
+        assume(False)
+    lt, ct = qm(torch.from_numpy(P), counts=True)
+    ls, cs, _ = simulate(integer_model(qm), P, m.cfg.pool == "mean", len(qm.dp.counters))
+    return lt.detach().numpy(), ct, ls, cs, qm
+
+
+@given(models(), quant_configs(), st.data())
+def test_torch_equals_simulator_whole_model(m, qcfg, data):
+    """Random model, random per-component formats: identical integer logits and saturation counts."""
+    L = data.draw(st.integers(1, 12))
+    P = data.draw(inputs(m.cfg.d_input, L))
+    calib = data.draw(st.sampled_from([0.3, 1.0])) * np.random.default_rng(0).random((3, L, m.cfg.d_input))
+    lt, ct, ls, cs, qm = _both(m, qcfg, P, calib)
+    assert np.array_equal(lt, lt.round()), "Torch path left the integer grid"
+    assert (lt.astype(np.int64) == ls).all()
+    assert [ct[k] for k in qm.dp.counters] == cs.sum(0).tolist()
+
+
+@given(models(max_layers=1), quant_configs(), st.data())
+def test_torch_equals_simulator_one_step(m, qcfg, data):
+    """A single S4D step (L = 1) from the zero state: identical integers."""
+    P = data.draw(inputs(m.cfg.d_input, 1))
+    calib = np.random.default_rng(1).random((2, 1, m.cfg.d_input))
+    lt, ct, ls, cs, qm = _both(m, qcfg, P, calib)
+    assert (lt.astype(np.int64) == ls).all()
+    assert [ct[k] for k in qm.dp.counters] == cs.sum(0).tolist()
+
+
+def test_saturation_is_counted_not_wrapped():
+    """Calibrating on tiny inputs then feeding 255s saturates: both paths clamp and count the same events."""
+    m = S4DModel(ModelConfig(d_model=3, d_state=4, n_layers=2), seed=3).double()
+    calib = np.full((2, 16, 1), 0.01)
+    P = np.full((2, 16, 1), 255, np.uint8)
+    lt, ct, ls, cs, qm = _both(m, PRESETS["paper-hetero"], P, calib)
+    assert (lt.astype(np.int64) == ls).all()
+    assert sum(ct.values()) > 0 and [ct[k] for k in qm.dp.counters] == cs.sum(0).tolist()
+    lo, hi = qm.dp.qcfg.logits.qmin, qm.dp.qcfg.logits.qmax
+    assert ls.min() >= lo and ls.max() <= hi
+
+
+def test_state_trace_matches_final_state_bounds():
+    """The traced state codes stay inside their clip range and the traced run gives the same logits."""
+    m = S4DModel(ModelConfig(d_model=2, d_state=4, n_layers=1), seed=0).double()
+    P = np.random.default_rng(0).integers(0, 256, (3, 20, 1)).astype(np.uint8)
+    qm, _ = ptq(m, PRESETS["w8a8"], torch.from_numpy(P / 255.0))
+    arr = integer_model(qm)
+    l_all, _, _ = simulate(arr, P, True, len(qm.dp.counters))
+    l_one, _, (tr, ti) = simulate(arr, P, True, len(qm.dp.counters), trace=True)
+    assert (l_one[0] == l_all[0]).all()
+    assert tr.shape == (20, 1, 2, 2) and tr.min() >= -128 and tr.max() <= 127 and ti.min() >= -128
+    assert np.abs(tr).sum() > 0
+
+
+def test_deterministic_across_threads_and_runs():
+    """Same logits and counts with 1 and 2 Numba threads, and across repeated runs."""
+    m = S4DModel(ModelConfig(d_model=4, d_state=8, n_layers=2), seed=5).double()
+    P = np.random.default_rng(2).integers(0, 256, (16, 40, 1)).astype(np.uint8)
+    qm, _ = ptq(m, PRESETS["paper-hetero"], torch.from_numpy(P[:4] / 255.0))
+    arr = integer_model(qm)
+    n0 = numba.get_num_threads()
+    try:
+        outs = []
+        for t in (1, min(2, numba.config.NUMBA_NUM_THREADS), 1):
+            numba.set_num_threads(t)
+            outs.append(simulate(arr, P, True, len(qm.dp.counters))[:2])
+    finally:
+        numba.set_num_threads(n0)
+    for lg, c in outs[1:]:
+        assert (lg == outs[0][0]).all() and (c == outs[0][1]).all()
+
+
+def test_float_input_rejected():
+    """The integer datapath takes raw uint8 pixels only."""
+    m = S4DModel(ModelConfig(d_model=2, d_state=2), seed=0).double()
+    qm, _ = ptq(m, PRESETS["w8a8"], torch.rand(1, 5, 1, dtype=torch.float64))
+    import pytest
+
+    with pytest.raises(TypeError):
+        simulate(integer_model(qm), np.zeros((1, 5, 1), np.float32), True, len(qm.dp.counters))
