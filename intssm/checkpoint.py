@@ -8,7 +8,7 @@ quantized models ``qspec`` (the datapath description, see :mod:`intssm.qspec`).
 from __future__ import annotations
 
 import pickle
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,15 +38,19 @@ def load_raw(path) -> dict:
     if not p.is_file():
         raise IntssmError(f"checkpoint not found: {p}")
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ck = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise IntssmError(f"{p}: not a readable intssm checkpoint (holds objects other than tensors and plain data)") from None
+    except Exception as e:  # torch raises many types on foreign bytes (RuntimeError, KeyError, ...)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise IntssmError(f"{p}: not a readable intssm checkpoint ({msg[:160]})") from None
+        raise IntssmError(f"{p}: not a readable intssm checkpoint ({type(e).__name__}: {msg[:100]})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise IntssmError(f"{p}: not an intssm checkpoint (no format={FORMAT!r} entry)")
     for key in ("model_config", "state_dict"):
-        if key not in ck:
-            raise IntssmError(f"{p}: checkpoint lacks {key!r}")
+        if not isinstance(ck.get(key), dict):
+            raise IntssmError(f"{p}: checkpoint lacks {key!r} (or it is not a dictionary)")
     return ck
 
 

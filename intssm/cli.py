@@ -42,7 +42,7 @@ def _emit(obj: dict, as_json: bool, human: str):
 @contextmanager
 def progress_bar(desc: str, total: int, enabled: bool = True):
     """A rich progress bar on stderr; yields ``advance(n, **fields)``."""
-    if not enabled or not err.is_terminal and total < 0:
+    if not enabled:
         yield lambda n=1, **kw: None
         return
     cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -314,10 +314,8 @@ def main():
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            err.print(f"error: {e.format_message()}", markup=False, highlight=False)
-            sys.exit(e.exit_code)
+    except Exception as e:  # click (typer's bundled copy) usage errors: format_message + exit_code
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            err.print(f"error: {e.format_message()}", markup=False, highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code or 2)
         raise

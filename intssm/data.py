@@ -12,6 +12,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +67,7 @@ def read_idx(path: str | Path, check_known: bool = True) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise IntssmError(f"{path}: corrupt gzip stream ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 4:
         raise IntssmError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
@@ -130,18 +132,21 @@ def _idx_dir_arrays(d: Path):
 
 def _npz_arrays(p: Path):
     try:
-        with np.load(p, allow_pickle=False) as z:
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise IntssmError(f"{p}: not an .npz archive (a single array)")
+        with z:
             arrs = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except KeyError as e:
         raise IntssmError(f"{p}: npz dataset lacks array {e}") from None
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise IntssmError(f"{p}: not a readable npz dataset ({str(e).splitlines()[0]})") from None
     out = []
     for s in ("train", "test"):
         x, y = arrs[f"x_{s}"], arrs[f"y_{s}"]
         if x.ndim == 2:
             x = x[:, :, None]
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or len(y) == 0 or x.shape[1] == 0 or x.shape[2] == 0:
             raise IntssmError(f"{p}: x_{s} must be [n, L] or [n, L, d] and y_{s} [n], got {x.shape}, {y.shape}")
         if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
             raise IntssmError(f"{p}: x_{s} must be uint8 or float, got {x.dtype}")
@@ -166,7 +171,7 @@ def load(seq: str, split: str = "test", limit: int | None = None) -> SeqData:
         raise IntssmError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if limit is not None and limit < 1:
         raise IntssmError(f"--limit must be a positive number of sequences, got {limit}")
-    key = seq
+    key = seq if seq in SEQS else (seq, os.path.getmtime(seq) if os.path.exists(seq) else None)
     if key not in _CACHE:
         if seq in SEQS:
             src = MNIST_DIR

@@ -48,12 +48,18 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         for f in ("d_input", "d_output", "d_model", "d_state", "n_layers"):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+            if not isinstance(getattr(self, f), int) or isinstance(getattr(self, f), bool) or getattr(self, f) < 1:
                 raise IntssmError(f"model config: {f} must be a positive integer, got {getattr(self, f)!r}")
         if self.d_state % 2:
             raise IntssmError(f"model config: d_state must be even (conjugate pairs), got {self.d_state}")
         if self.pool not in ("mean", "last"):
             raise IntssmError(f"model config: pool must be 'mean' or 'last', got {self.pool!r}")
+        for f in ("dt_min", "dt_max", "dropout"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise IntssmError(f"model config: {f} must be a finite number, got {v!r}")
+        if not 0 <= self.dropout < 1:
+            raise IntssmError(f"model config: dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.dt_min <= self.dt_max:
             raise IntssmError("model config: need 0 < dt_min <= dt_max")
         return self
@@ -157,10 +163,11 @@ class S4DModel(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        self.encoder = nn.Linear(cfg.d_input, cfg.d_model)
-        self.layers = nn.ModuleList([S4DBlock(cfg, g) for _ in range(cfg.n_layers)])
-        self.decoder = nn.Linear(cfg.d_model, cfg.d_output)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(seed)
+            self.encoder = nn.Linear(cfg.d_input, cfg.d_model)
+            self.layers = nn.ModuleList([S4DBlock(cfg, g) for _ in range(cfg.n_layers)])
+            self.decoder = nn.Linear(cfg.d_model, cfg.d_output)
 
     def forward(self, u: torch.Tensor, mode: str = "conv") -> torch.Tensor:
         """u (B L d_input) float -> logits (B d_output)."""

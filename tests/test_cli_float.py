@@ -1,0 +1,144 @@
+"""The float CLI end to end, in subprocesses: ``python -m intssm`` (error handling lives in ``cli.main``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+           COLUMNS="80")
+
+
+def intssm(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "intssm", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, timeout=timeout)
+
+
+def assert_clean_error(r, fragment: str):
+    """Non-zero exit (2, as cli.py documents), exactly one stderr line 'error: ...', no traceback."""
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error:"), r.stderr
+    assert fragment in lines[0], r.stderr
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stdout == ""
+
+
+# --------------------------------------------------------------------------- happy path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    r = intssm("train", "--preset", "tiny", "--epochs", "1", "--limit", "200", "--threads", "1",
+               "-o", "tmp/x.pt", "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    return d, d / "tmp" / "x.pt", r
+
+
+def test_train_json(tiny_ckpt):
+    d, ckpt, r = tiny_ckpt
+    assert ckpt.is_file()
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1, r.stdout
+    out = json.loads(lines[0])
+    assert out["out"] == "tmp/x.pt"
+    assert out["best_epoch"] == 1
+    assert len(out["history"]) == 1
+    h = out["history"][0]
+    assert 0.0 <= h["val_acc"] <= 1.0 and out["val_acc"] == h["val_acc"]
+    assert np.isfinite(h["train_loss"]) and h["train_loss"] > 0
+    assert "Traceback" not in r.stderr
+
+
+def _eval(ckpt, *extra):
+    r = intssm("eval", ckpt, "--limit", "100", "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1, r.stdout
+    return json.loads(lines[0])
+
+
+def test_eval_json_conv_and_recurrent_agree(tiny_ckpt):
+    _, ckpt, _ = tiny_ckpt
+    conv = _eval(ckpt)
+    assert 0.0 <= conv["accuracy"] <= 1.0
+    assert conv["n"] == 100
+    assert conv["mode"] == "conv" and conv["split"] == "test" and conv["seq"] == "smnist"
+    assert round(conv["accuracy"] * 100) == pytest.approx(conv["accuracy"] * 100)  # k / 100
+    rec = _eval(ckpt, "--mode", "recurrent")
+    assert rec["mode"] == "recurrent" and rec["n"] == 100
+    assert rec["accuracy"] == conv["accuracy"]
+    assert rec["loss"] == pytest.approx(conv["loss"], rel=1e-4)
+
+
+def test_eval_matches_library(tiny_ckpt):
+    """The CLI reports what the library computes for the same checkpoint and data."""
+    import torch
+
+    from intssm import checkpoint, data
+    from intssm.train import evaluate
+
+    _, ckpt, _ = tiny_ckpt
+    out = _eval(ckpt, "--split", "val")
+    model, _ = checkpoint.load(ckpt)
+    ds = data.load("smnist", "val", 100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        acc, loss = evaluate(model, ds.as_float(), ds.y)
+    finally:
+        torch.set_num_threads(threads)
+    assert out["accuracy"] == acc and out["split"] == "val"
+    assert out["loss"] == pytest.approx(loss, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_checkpoint(tmp_path):
+    missing = tmp_path / ("a-rather-long-directory-name-" * 3) / "missing.pt"  # longer than the 80 columns
+    r = intssm("eval", missing, "--limit", "10")
+    assert_clean_error(r, "checkpoint not found")
+    assert str(missing) in r.stderr
+
+
+def test_random_bytes_checkpoint(tmp_path):
+    p = tmp_path / "junk.pt"
+    p.write_bytes(np.random.default_rng(0).bytes(4096))
+    r = intssm("eval", p, "--limit", "10")
+    assert_clean_error(r, "not a readable intssm checkpoint")
+
+
+def test_unknown_dataset_train(tmp_path):
+    r = intssm("train", "--preset", "tiny", "--epochs", "1", "--seq", "nosuch", "-o", tmp_path / "x.pt")
+    assert_clean_error(r, "unknown dataset 'nosuch'")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_unknown_dataset_eval(tiny_ckpt):
+    r = intssm("eval", tiny_ckpt[1], "--seq", "nosuch")
+    assert_clean_error(r, "unknown dataset 'nosuch'")
+
+
+@pytest.mark.parametrize("cmd,limit", [("eval", "-5"), ("train", "0")])
+def test_bad_limit(tmp_path, cmd, limit):
+    args = [tmp_path / "x.pt"] if cmd == "eval" else ["--preset", "tiny", "-o", tmp_path / "x.pt"]
+    r = intssm(cmd, *args, "--limit", limit)
+    assert_clean_error(r, f"--limit must be a positive number of sequences, got {limit}")
+
+
+def test_bad_mode(tiny_ckpt):
+    r = intssm("eval", tiny_ckpt[1], "--mode", "fft", "--limit", "10")
+    assert_clean_error(r, "--mode must be conv or recurrent")
+
+
+def test_usage_error_is_clean(tmp_path):
+    r = intssm("eval", tmp_path / "x.pt", "--no-such-option")
+    assert_clean_error(r, "No such option")
