@@ -297,6 +297,29 @@ def simulate(
     _emit(res, as_json, human)
 
 
+@app.command()
+def memory(
+    model: Annotated[Optional[Path], typer.Argument(help="Checkpoint or .npz (default: the shipped model).")] = None,
+    as_json: JsonOpt = False,
+):
+    """Exact memory of the integer model (flash: constants; RAM: state and buffers) vs float32."""
+    from . import cost, integer
+
+    cfg, qcfg, L, src = integer.describe(model or DEFAULT_QUANT_CKPT)
+    m = cost.memory(cfg, qcfg, L)
+    if as_json:
+        _emit(m | {"model": src}, True, "")
+        return
+    typer.echo(f"{src}")
+    typer.echo(f"{'tensor':18s} {'kind':11s} {'count':>7s} {'bits':>5s} {'bytes':>9s}")
+    for r in m["rows"]:
+        typer.echo(f"{r['name']:18s} {r['kind']:11s} {r['count']:>7d} {r['bits_each']:>5d} {r['bits'] / 8:>9.1f}")
+    typer.echo(f"\nflash {m['flash_bytes']} B + RAM {m['ram_bytes']} B = {m['bytes']} B;  float32: "
+               f"{m['fp32_flash_bytes']} + {m['fp32_ram_bytes']} = {m['fp32_bytes']} B;  reduction {m['reduction']:.2f}x")
+    typer.echo(f"weights and biases only: {m['weights_bytes']} B vs {m['fp32_weights_bytes']} B float32 "
+               f"({m['weights_reduction']:.2f}x)")
+
+
 def _check_input_dim(d_input, ds):
     if ds.x.shape[-1] != d_input:
         raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {d_input}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -91,13 +92,16 @@ def load(path) -> tuple[dict, dict]:
     if not p.is_file():
         raise IntssmError(f"integer model not found: {p}")
     try:
-        with np.load(p, allow_pickle=False) as z:
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise IntssmError(f"{p}: not an npz archive (a single .npy array)")
+        with z:
             raw = {k: z[k] for k in z.files}
     except ValueError as e:
-        if "pickle" in str(e).lower() or "object" in str(e).lower():
+        if zipfile.is_zipfile(p) and ("pickle" in str(e).lower() or "object" in str(e).lower()):
             raise IntssmError(f"{p}: contains an object (pickled) array, refused") from None
-        raise IntssmError(f"{p}: not a readable npz ({str(e).splitlines()[0][:160]})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise IntssmError(f"{p}: not an npz archive ({str(e).splitlines()[0][:160]})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as e:
         raise IntssmError(f"{p}: not a readable npz ({type(e).__name__}: {str(e)[:160]})") from None
     if "manifest" not in raw:
         raise IntssmError(f"{p}: no manifest: not an intssm integer model")

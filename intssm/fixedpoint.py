@@ -100,9 +100,21 @@ def clamp_t(v: torch.Tensor, lo, hi) -> torch.Tensor:
 
 
 def round_half_up_t(v: torch.Tensor, ste: bool = False) -> torch.Tensor:
-    """floor(v + 0.5); with ``ste`` the gradient passes straight through."""
-    r = torch.floor(v + 0.5)
+    """Twin of :func:`round_half_up`; with ``ste`` the gradient passes straight through."""
+    f = torch.floor(v)
+    r = f + ((v - f) >= 0.5).to(v.dtype)
     return v + (r - v).detach() if ste else r
+
+
+def round_half_up(v: np.ndarray) -> np.ndarray:
+    """Nearest integer, ties toward +inf, exact for every float64: floor(v) + (v - floor(v) >= 0.5).
+
+    (``floor(v + 0.5)`` is not: for v = 0.49999999999999994 the sum rounds up to 1.0.)
+    ``v - floor(v)`` is exact in float64, so the comparison is too.
+    """
+    v = np.asarray(v, dtype=np.float64)
+    f = np.floor(v)
+    return f + ((v - f) >= 0.5)
 
 
 # ------------------------------------------------------------ float -> integer, one place ---
@@ -131,10 +143,13 @@ def quantize_multiplier(ratios: np.ndarray, site: str = "") -> tuple[np.ndarray,
         if s < 0:
             raise IntssmError(f"datapath site {site}: scale ratio {v:.3g} too large for a {MULT_BITS}-bit multiplier")
         S[c] = min(s, MAX_SHIFT)
-    M = np.floor(r * np.exp2(S.astype(np.float64))[None, :] + 0.5).astype(np.int64)
+    M = round_half_up(r * np.exp2(S.astype(np.float64))[None, :]).astype(np.int64)
     over = M >= 2**MULT_BITS  # rounding up to 2**15: halve both
     if over.any():
         for c in np.nonzero(over.any(axis=0))[0]:
+            if S[c] == 0:
+                raise IntssmError(f"datapath site {site}: scale ratio {rmax[c]:.6g} rounds to 2**{MULT_BITS}, "
+                                  f"too large for a {MULT_BITS}-bit multiplier")
             S[c] -= 1
-            M[:, c] = np.floor(r[:, c] * 2.0 ** S[c] + 0.5).astype(np.int64)
+            M[:, c] = round_half_up(r[:, c] * 2.0 ** S[c]).astype(np.int64)
     return M, S

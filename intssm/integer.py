@@ -80,3 +80,19 @@ def torch_logits(qm: QuantS4D, P: np.ndarray, chunk: int = 500, progress=None):
         if progress:
             progress(len(lg))
     return np.concatenate(out)
+
+
+def describe(path) -> tuple:
+    """(model config, quant config, seq_len, source) of any model source, without calibrating."""
+    from .model import ModelConfig
+    from .qspec import QuantConfig
+
+    p = Path(path)
+    if p.suffix == ".npz":
+        _, man = export.load(p)
+        return ModelConfig.from_dict(man["model_config"]), QuantConfig.from_dict(man["quant_config"]), man["seq_len"], str(p)
+    ck = checkpoint.load_raw(p)
+    cfg = ModelConfig.from_dict(dict(ck["model_config"]))
+    if "qspec" in ck:
+        return cfg, QuantConfig.from_dict(dict(ck["qspec"]["quant_config"])), int(ck["qspec"]["seq_len"]), str(p)
+    return cfg, PRESETS[DEFAULT_CONFIG], 784, f"{p} (float; default {DEFAULT_CONFIG})"

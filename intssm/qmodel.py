@@ -5,7 +5,7 @@ so this forward pass computes the same integers as the Numba simulator, while st
 estimators let gradients reach the float weights (QAT). It reads the integer constants of the
 :class:`~intssm.qspec.Datapath`; it never calls the simulator.
 
-Weight codes:  q = clamp(floor(w / s + 0.5) + z, qmin, qmax),  used centred: q - z.
+Weight codes:  q = clamp(round_half_up(w / s) + z, qmin, qmax),  used centred: q - z.
 Biases:        int32 codes at the scale of the accumulator they join.
 """
 

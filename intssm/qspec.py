@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 
 from .errors import IntssmError
-from .fixedpoint import EXACT_LIMIT, quantize_multiplier
+from .fixedpoint import EXACT_LIMIT, quantize_multiplier, round_half_up
 from .model import ModelConfig
 
 DATAPATH_VERSION = 1
@@ -191,7 +191,7 @@ def make_quantizer(fmt: QFormat, lo: np.ndarray, hi: np.ndarray, floor: float) -
     else:
         lo0, hi0 = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
         scale = np.maximum(hi0 - lo0, floor) / (2**fmt.bits - 1)
-        zero = np.clip(np.floor(-lo0 / scale + 0.5), 0, 2**fmt.bits - 1).astype(np.int64)
+        zero = np.clip(round_half_up(-lo0 / scale), 0, 2**fmt.bits - 1).astype(np.int64)
     return TensorQ(fmt, scale, zero)
 
 
@@ -210,7 +210,7 @@ def build_lut(fn, src: TensorQ, dst: TensorQ) -> np.ndarray:
     """Table over every source code q in [qmin, qmax]: clamp(round(fn(s_src (q - z_src)) / s_dst) + z_dst)."""
     q = np.arange(src.qmin, src.qmax + 1, dtype=np.float64)
     v = fn(src.scale[0] * (q - src.zero[0]))
-    out = np.floor(v / dst.scale[0] + 0.5) + dst.zero[0]
+    out = round_half_up(v / dst.scale[0]) + dst.zero[0]
     return np.clip(out, dst.qmin, dst.qmax).astype(np.int64)
 
 

@@ -1,0 +1,447 @@
+"""C export: the integer model as portable C99 that runs bit-exactly like the simulator.
+
+:func:`write_c` turns the integer arrays of a model (the names of :mod:`intssm.export` /
+:data:`intssm.sim.ARG_ORDER`) into
+
+* ``intssm_model.h`` -- dimensions, the state struct, the four entry points;
+* ``intssm_model.c`` -- every constant as a ``static const`` table of the narrowest C integer type
+  that holds its values, and the step / finalize functions, which follow ``_run_one`` in
+  :mod:`intssm.sim` site by site (same centred operands, same int64 accumulators, same
+  rounding and saturation, same counters);
+* ``main.c`` -- a tiny example: one raw sequence on stdin, logits and class on stdout.
+
+The generated model code uses ``<stdint.h>`` and ``<string.h>`` only: no floating point, no
+``malloc``, no mutable globals (``.bss`` and ``.data`` are empty; all state is in the caller's
+:c:type:`intssm_state`). Portability notes are in the header comment of the generated ``.c``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import IntssmError
+from .sim import ARG_ORDER
+
+H_FILE, C_FILE, MAIN_FILE = "intssm_model.h", "intssm_model.c", "main.c"
+
+#: Candidate C types, narrowest first: (name, bytes, min, max).
+_CTYPES = (
+    ("int8_t", 1, -(2**7), 2**7 - 1),
+    ("uint8_t", 1, 0, 2**8 - 1),
+    ("int16_t", 2, -(2**15), 2**15 - 1),
+    ("uint16_t", 2, 0, 2**16 - 1),
+    ("int32_t", 4, -(2**31), 2**31 - 1),
+    ("uint32_t", 4, 0, 2**32 - 1),
+    ("int64_t", 8, -(2**63), 2**63 - 1),
+)
+
+# qrange rows (intssm.qmodel.QRANGE_ORDER) -> macro suffix
+_QR_NAMES = ("H", "XRE", "XIM", "Y", "ACT", "GLU", "SIG", "POOL", "LOGITS")
+
+#: Every table the C model holds: all kernel arguments except ``qrange`` (compile-time constants).
+TABLES = tuple(k for k in ARG_ORDER if k != "qrange")
+
+
+def ctype_for(lo: int, hi: int) -> tuple[str, int]:
+    """(C type, bytes) of the narrowest exact-width integer type holding [lo, hi]."""
+    for name, nb, tmin, tmax in _CTYPES:
+        if tmin <= lo and hi <= tmax:
+            return name, nb
+    raise IntssmError(f"values in [{lo}, {hi}] do not fit a 64-bit integer")
+
+
+def _lit(v: int) -> str:
+    """A C integer constant of value ``v`` that is well-typed in any initializer."""
+    if -(2**31) < v < 2**31:
+        return str(v)
+    if v == -(2**31):
+        return "(-2147483647 - 1)"
+    if 0 <= v < 2**32:
+        return f"UINT32_C({v})"
+    return f"INT64_C({v})"
+
+
+def _check(arrays: dict, manifest_like: dict) -> tuple[dict, dict]:
+    """int64 copies of the arrays and the dimensions, after checking they describe one model."""
+    try:
+        mc = manifest_like["model_config"]
+        dims = {"H": int(mc["d_model"]), "N2": int(mc["d_state"]) // 2, "LAYERS": int(mc["n_layers"]),
+                "D_IN": int(mc["d_input"]), "D_OUT": int(mc["d_output"]),
+                "MEAN_POOL": {"mean": 1, "last": 0}[mc["pool"]],
+                "SEQ_LEN": int(manifest_like["seq_len"]), "N_COUNTERS": len(manifest_like["counters"])}
+    except (KeyError, TypeError, ValueError) as e:
+        raise IntssmError(f"C export: incomplete model description ({type(e).__name__}: {e})") from None
+    if min(dims["H"], dims["N2"], dims["LAYERS"], dims["D_IN"], dims["D_OUT"], dims["SEQ_LEN"]) < 1:
+        raise IntssmError(f"C export: dimensions must be positive, got {dims}")
+    if dims["N_COUNTERS"] != 1 + 5 * dims["LAYERS"] + 2:
+        raise IntssmError(f"C export: {dims['N_COUNTERS']} counters for {dims['LAYERS']} layer(s), "
+                          f"expected {1 + 5 * dims['LAYERS'] + 2}")
+    missing = [k for k in ARG_ORDER if k not in arrays]
+    if missing:
+        raise IntssmError(f"C export: missing arrays {missing[:5]}")
+    a = {}
+    for k in ARG_ORDER:
+        v = np.asarray(arrays[k])
+        if not np.issubdtype(v.dtype, np.integer):
+            raise IntssmError(f"C export: array {k} has dtype {v.dtype}, expected integers")
+        a[k] = v.astype(np.int64)
+    H, N2, nl, d, C = dims["H"], dims["N2"], dims["LAYERS"], dims["D_IN"], dims["D_OUT"]
+    qr = a["qrange"]
+    if qr.shape != (9, 2) or (qr[:, 0] > qr[:, 1]).any():
+        raise IntssmError(f"C export: qrange must be (9, 2) [qmin, qmax] rows, got shape {qr.shape}")
+    span = lambda row: int(qr[row, 1] - qr[row, 0] + 1)  # noqa: E731
+    want = {
+        "enc_w": (H, d), "enc_b": (H,), "enc_w_z": (H,), "enc_M": (H,), "enc_S": (H,), "h_z": (nl + 1,),
+        **{k: (nl, H, N2) for k in ("A_re", "A_im", "B_re", "B_im", "C_re", "C_im")},
+        **{k: (nl, H) for k in ("A_re_z", "A_im_z", "B_z", "C_z", "D", "D_z", "x_re_z", "x_im_z",
+                                "x_re_S", "x_im_S", "y_S", "h_S")},
+        "x_re_M": (nl, 3, H), "x_im_M": (nl, 3, H), "y_M": (nl, 3, H), "h_M": (nl, 2, H),
+        "y_z": (nl,), "act_z": (nl,), "glu_z": (nl,),
+        "gelu_lut": (nl, span(3)), "sig_lut": (nl, span(5)),
+        "mix_w": (nl, 2 * H, H), "mix_w_z": (nl, 2 * H), "mix_b": (nl, 2 * H), "glu_M": (nl, 2 * H), "glu_S": (nl, 2 * H),
+        "pool_M": (H,), "pool_S": (H,), "pool_z": (1,), "dec_w": (C, H), "dec_w_z": (C,), "dec_b": (C,),
+        "logits_M": (C,), "logits_S": (C,), "logits_z": (1,), "qrange": (9, 2),
+    }
+    for k, shp in want.items():
+        if a[k].shape != shp:
+            raise IntssmError(f"C export: array {k} has shape {a[k].shape}, expected {shp}")
+    for k in ("enc_S", "x_re_S", "x_im_S", "y_S", "glu_S", "h_S", "pool_S", "logits_S"):
+        if a[k].min() < 0 or a[k].max() > 62:
+            raise IntssmError(f"C export: shift {k} outside [0, 62]")
+    for k in ("x_re_z", "x_im_z"):  # the state starts at its zero point, which must be a code
+        row = 1 if k == "x_re_z" else 2
+        if a[k].min() < qr[row, 0] or a[k].max() > qr[row, 1]:
+            raise IntssmError(f"C export: {k} outside the state's code range")
+    return a, dims
+
+
+def table_layout(arrays: dict) -> dict:
+    """name -> (C type, element count, bytes) of every constant table :func:`write_c` emits."""
+    out = {}
+    for k in TABLES:
+        v = np.asarray(arrays[k], dtype=np.int64)
+        ct, nb = ctype_for(int(v.min()), int(v.max()))
+        out[k] = (ct, int(v.size), int(v.size) * nb)
+    return out
+
+
+def rodata_bytes_estimate(arrays: dict) -> int:
+    """Bytes of constant tables (flash / ``.rodata``), without alignment padding."""
+    return sum(nb for _, _, nb in table_layout(arrays).values())
+
+
+def _init(v: np.ndarray, indent: str = "    ", per_line: int = 16) -> str:
+    """A brace-nested C initializer for ``v`` (one brace level per dimension)."""
+    if v.ndim == 1:
+        vals = [_lit(int(x)) for x in v]
+        lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
+        if len(lines) <= 1:
+            return "{" + (lines[0] if lines else "") + "}"
+        return "{\n" + ",\n".join(indent + "    " + ln for ln in lines) + "\n" + indent + "}"
+    inner = [_init(x, indent + "    ", per_line) for x in v]
+    return "{\n" + ",\n".join(indent + "    " + s for s in inner) + "\n" + indent + "}"
+
+
+def _state_type(qr: np.ndarray, row: int) -> str:
+    return ctype_for(int(qr[row, 0]), int(qr[row, 1]))[0]
+
+
+def _header(dims: dict, xre_t: str, xim_t: str, counters: list) -> str:
+    d = dims
+    names = "\n".join(f" *   [{i}] {n}" for i, n in enumerate(counters))
+    return f"""/* intssm_model.h -- generated by intssm (C export). Do not edit.
+ *
+ * Integer-only S4D classifier, bit-exact with intssm's simulator (docs/datapath.md).
+ * Usage: intssm_reset(&s); for each step t: intssm_step(&s, p_t); intssm_logits(&s, logits, counters);
+ * or intssm_classify(seq, L, logits) for a whole sequence (state on the stack: sizeof(intssm_state)).
+ *
+ * Saturation counters (INTSSM_N_COUNTERS), in order:
+{names}
+ */
+#ifndef INTSSM_MODEL_H
+#define INTSSM_MODEL_H
+
+#include <stdint.h>
+
+#define INTSSM_H {d['H']}            /* channels of the residual stream (d_model) */
+#define INTSSM_N2 {d['N2']}           /* complex modes per channel (d_state / 2) */
+#define INTSSM_LAYERS {d['LAYERS']}
+#define INTSSM_D_IN {d['D_IN']}         /* raw uint8 features per time step */
+#define INTSSM_D_OUT {d['D_OUT']}        /* classes (logits) */
+#define INTSSM_N_COUNTERS {d['N_COUNTERS']}
+#define INTSSM_MEAN_POOL {d['MEAN_POOL']}     /* 1: mean over time, 0: last step */
+#define INTSSM_SEQ_LEN {d['SEQ_LEN']}      /* length the model was quantized for (mean pooling divides by it) */
+
+typedef struct {{
+    {xre_t} x_re[INTSSM_LAYERS][INTSSM_H][INTSSM_N2];  /* state codes, real parts */
+    {xim_t} x_im[INTSSM_LAYERS][INTSSM_H][INTSSM_N2];  /* state codes, imaginary parts */
+    int64_t pool_acc[INTSSM_H];  /* sum over time (mean) or last value (last) of the centred output */
+    int64_t counters[INTSSM_N_COUNTERS];  /* saturation events so far */
+}} intssm_state;
+
+/* State codes at their zero points (real value 0), accumulators and counters at 0. */
+void intssm_reset(intssm_state *s);
+/* One time step: p points to INTSSM_D_IN raw pixels. The no-overflow proof covers
+ * INTSSM_SEQ_LEN steps with mean pooling (any number with last-step pooling). */
+void intssm_step(intssm_state *s, const uint8_t *p);
+/* Finalize: pooling requantization and decoder. Writes INTSSM_D_OUT logit codes; if counters is
+ * not NULL, writes INTSSM_N_COUNTERS saturation counts (the state's plus pool and logits). */
+void intssm_logits(const intssm_state *s, int32_t *logits_out, int64_t *counters);
+/* A whole sequence seq (L x INTSSM_D_IN, row-major): the class (first index of the largest logit),
+ * logits in logits_out (if not NULL). Returns -1 if L < 1, or if L != INTSSM_SEQ_LEN with mean pooling. */
+int intssm_classify(const uint8_t *seq, int32_t L, int32_t *logits_out);
+
+#endif /* INTSSM_MODEL_H */
+"""
+
+
+_BODY = r"""
+/* Floor division by 2^s after adding the rounding constant 2^(s-1): rounds half up (ties toward
+ * +inf), exactly intssm.fixedpoint.rounding_rshift. Right-shifting a negative signed integer is
+ * implementation-defined in C99 (6.5.7p5), so negative values are floored through the
+ * non-negative -v - 1: floor(v / 2^s) = -(((-v - 1) >> s) + 1) for v < 0. |v| < 2^53 (proved when
+ * the datapath is built), so -v never overflows. Shifts are in [0, 62]. */
+static int64_t rounding_rshift(int64_t v, int s)
+{
+    if (s == 0)
+        return v;
+    v += (int64_t)1 << (s - 1);
+    return v >= 0 ? (v >> s) : -((-v - 1) >> s) - 1;
+}
+
+/* Clamp to [lo, hi]; every clamp increments *cnt. */
+static int64_t saturate(int64_t v, int64_t lo, int64_t hi, int64_t *cnt)
+{
+    if (v < lo) {
+        ++*cnt;
+        return lo;
+    }
+    if (v > hi) {
+        ++*cnt;
+        return hi;
+    }
+    return v;
+}
+
+void intssm_reset(intssm_state *s)
+{
+    int i, hh, n;
+    for (i = 0; i < INTSSM_LAYERS; ++i)
+        for (hh = 0; hh < INTSSM_H; ++hh)
+            for (n = 0; n < INTSSM_N2; ++n) {
+                s->x_re[i][hh][n] = (XRE_T)x_re_z[i][hh];
+                s->x_im[i][hh][n] = (XIM_T)x_im_z[i][hh];
+            }
+    memset(s->pool_acc, 0, sizeof s->pool_acc);
+    memset(s->counters, 0, sizeof s->counters);
+}
+
+void intssm_step(intssm_state *s, const uint8_t *p)
+{
+    int64_t h[INTSSM_H], a[INTSSM_H], g[2 * INTSSM_H];
+    int64_t *cnt = s->counters;
+    int i, hh, n, j;
+
+    /* encoder: h0 = requant(enc_b + sum_j (enc_w - z) p_j) */
+    for (hh = 0; hh < INTSSM_H; ++hh) {
+        int64_t acc = (int64_t)enc_b[hh];
+        for (j = 0; j < INTSSM_D_IN; ++j)
+            acc += ((int64_t)enc_w[hh][j] - enc_w_z[hh]) * (int64_t)p[j];
+        h[hh] = saturate(rounding_rshift(acc * enc_M[hh], (int)enc_S[hh]) + h_z[0], QMIN_H, QMAX_H, &cnt[0]);
+    }
+    for (i = 0; i < INTSSM_LAYERS; ++i) {
+        const int base = 1 + 5 * i;
+        for (hh = 0; hh < INTSSM_H; ++hh) {
+            const int64_t u = h[hh] - h_z[i];
+            const int64_t zr = x_re_z[i][hh], zi = x_im_z[i][hh];
+            const int64_t azr = A_re_z[i][hh], azi = A_im_z[i][hh], bz = B_z[i][hh], cz = C_z[i][hh];
+            const int sr = (int)x_re_S[i][hh], si = (int)x_im_S[i][hh];
+            int64_t ty1 = 0, ty2 = 0, acc_y, y;
+            for (n = 0; n < INTSSM_N2; ++n) {
+                const int64_t ar = (int64_t)A_re[i][hh][n] - azr;
+                const int64_t ai = (int64_t)A_im[i][hh][n] - azi;
+                const int64_t xr = (int64_t)s->x_re[i][hh][n] - zr;
+                const int64_t xi = (int64_t)s->x_im[i][hh][n] - zi;
+                /* x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u */
+                const int64_t acc_r = (ar * xr) * x_re_M[i][0][hh] - (ai * xi) * x_re_M[i][1][hh]
+                    + (((int64_t)B_re[i][hh][n] - bz) * u) * x_re_M[i][2][hh];
+                const int64_t acc_i = (ar * xi) * x_im_M[i][0][hh] + (ai * xr) * x_im_M[i][1][hh]
+                    + (((int64_t)B_im[i][hh][n] - bz) * u) * x_im_M[i][2][hh];
+                const int64_t nr = saturate(rounding_rshift(acc_r, sr) + zr, QMIN_XRE, QMAX_XRE, &cnt[base]);
+                const int64_t ni = saturate(rounding_rshift(acc_i, si) + zi, QMIN_XIM, QMAX_XIM, &cnt[base + 1]);
+                s->x_re[i][hh][n] = (XRE_T)nr;
+                s->x_im[i][hh][n] = (XIM_T)ni;
+                ty1 += (nr - zr) * ((int64_t)C_re[i][hh][n] - cz);
+                ty2 += (ni - zi) * ((int64_t)C_im[i][hh][n] - cz);
+            }
+            /* y = 2 Re(C x) + D u (the 2 is folded into the multipliers) */
+            acc_y = ty1 * y_M[i][0][hh] - ty2 * y_M[i][1][hh] + (((int64_t)D[i][hh] - D_z[i][hh]) * u) * y_M[i][2][hh];
+            y = saturate(rounding_rshift(acc_y, (int)y_S[i][hh]) + y_z[i], QMIN_Y, QMAX_Y, &cnt[base + 2]);
+            a[hh] = (int64_t)gelu_lut[i][y - QMIN_Y];
+        }
+        /* GLU mixing: g = requant(mix_b + (mix_w - z) (a - z_act)) */
+        for (j = 0; j < 2 * INTSSM_H; ++j) {
+            int64_t acc = (int64_t)mix_b[i][j];
+            for (hh = 0; hh < INTSSM_H; ++hh)
+                acc += ((int64_t)mix_w[i][j][hh] - mix_w_z[i][j]) * (a[hh] - act_z[i]);
+            g[j] = saturate(rounding_rshift(acc * glu_M[i][j], (int)glu_S[i][j]) + glu_z[i], QMIN_GLU, QMAX_GLU, &cnt[base + 3]);
+        }
+        /* residual: h <- requant(h + g_a * sigmoid(g_b)) */
+        for (hh = 0; hh < INTSSM_H; ++hh) {
+            const int64_t sg = (int64_t)sig_lut[i][g[INTSSM_H + hh] - QMIN_GLU];
+            const int64_t acc = (h[hh] - h_z[i]) * h_M[i][0][hh] + ((g[hh] - glu_z[i]) * sg) * h_M[i][1][hh];
+            h[hh] = saturate(rounding_rshift(acc, (int)h_S[i][hh]) + h_z[i + 1], QMIN_H, QMAX_H, &cnt[base + 4]);
+        }
+    }
+    for (hh = 0; hh < INTSSM_H; ++hh) {
+#if INTSSM_MEAN_POOL
+        s->pool_acc[hh] += h[hh] - h_z[INTSSM_LAYERS];
+#else
+        s->pool_acc[hh] = h[hh] - h_z[INTSSM_LAYERS];
+#endif
+    }
+}
+
+void intssm_logits(const intssm_state *s, int32_t *logits_out, int64_t *counters)
+{
+    int64_t c[INTSSM_N_COUNTERS], pooled[INTSSM_H];
+    const int ci = 1 + 5 * INTSSM_LAYERS;
+    int hh, o;
+    memcpy(c, s->counters, sizeof c);
+    for (hh = 0; hh < INTSSM_H; ++hh)
+        pooled[hh] = saturate(rounding_rshift(s->pool_acc[hh] * pool_M[hh], (int)pool_S[hh]) + pool_z[0],
+                              QMIN_POOL, QMAX_POOL, &c[ci]) - pool_z[0];
+    for (o = 0; o < INTSSM_D_OUT; ++o) {
+        int64_t acc = (int64_t)dec_b[o];
+        for (hh = 0; hh < INTSSM_H; ++hh)
+            acc += ((int64_t)dec_w[o][hh] - dec_w_z[o]) * pooled[hh];
+        logits_out[o] = (int32_t)saturate(rounding_rshift(acc * logits_M[o], (int)logits_S[o]) + logits_z[0],
+                                          QMIN_LOGITS, QMAX_LOGITS, &c[ci + 1]);
+    }
+    if (counters)
+        memcpy(counters, c, sizeof c);
+}
+
+int intssm_classify(const uint8_t *seq, int32_t L, int32_t *logits_out)
+{
+    intssm_state s;
+    int32_t lg[INTSSM_D_OUT];
+    int32_t t;
+    int o, best = 0;
+    if (L < 1 || (INTSSM_MEAN_POOL && L != INTSSM_SEQ_LEN))
+        return -1;
+    intssm_reset(&s);
+    for (t = 0; t < L; ++t)
+        intssm_step(&s, seq + (long)t * INTSSM_D_IN);
+    intssm_logits(&s, lg, 0);
+    for (o = 1; o < INTSSM_D_OUT; ++o)
+        if (lg[o] > lg[best])
+            best = o;
+    if (logits_out)
+        memcpy(logits_out, lg, sizeof lg);
+    return best;
+}
+"""
+
+
+def _source(a: dict, dims: dict, xre_t: str, xim_t: str) -> str:
+    layout = table_layout(a)
+    total = sum(nb for _, _, nb in layout.values())
+    qr = a["qrange"]
+    out = [f"""/* intssm_model.c -- generated by intssm (C export). Do not edit.
+ *
+ * Integer-only S4D datapath (docs/datapath.md), bit-exact with intssm.sim (_run_one).
+ *
+ * Portability (C99, freestanding apart from <stdint.h> and <string.h>):
+ *  - no floating point, no malloc, no mutable globals: all state lives in the caller's intssm_state;
+ *  - all arithmetic is on int64_t; every operand is widened before it is used, and every
+ *    accumulator stays below 2^53 in magnitude (proved per site when the datapath is built), so
+ *    no signed overflow can occur;
+ *  - rounding shifts never right-shift a negative number (implementation-defined in C99): see
+ *    rounding_rshift below;
+ *  - exact-width types are two's complement by definition (C99 7.18.1.1).
+ *
+ * Constant tables: {len(layout)} tables, {total} bytes (each of the narrowest exact-width type that
+ * holds its values), plus alignment padding.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "{H_FILE}"
+
+/* code ranges [qmin, qmax] of every quantized tensor */"""]
+    for j, n in enumerate(_QR_NAMES):
+        out.append(f"#define QMIN_{n} ({_lit(int(qr[j, 0]))})\n#define QMAX_{n} ({_lit(int(qr[j, 1]))})")
+    out.append(f"\ntypedef {xre_t} XRE_T;\ntypedef {xim_t} XIM_T;\n")
+    out.append("""/* Keep every table in the object even where the compiler folds all of its reads, so that the
+ * flash footprint is exactly the table sizes above (plus padding). */
+#if defined(__GNUC__)
+#define INTSSM_TABLE __attribute__((used))
+#else
+#define INTSSM_TABLE
+#endif
+""")
+    for k in TABLES:
+        ct, count, nb = layout[k]
+        v = a[k]
+        dims_txt = "".join(f"[{s}]" for s in v.shape)
+        out.append(f"/* {k}: {count} x {ct} = {nb} bytes */\n"
+                   f"INTSSM_TABLE static const {ct} {k}{dims_txt} = {_init(v, '')};\n")
+    out.append(_BODY)
+    return "\n".join(out)
+
+
+_MAIN = r"""/* main.c -- example for the generated intssm model (generated; libc: stdio only here).
+ *
+ * Reads one sequence of INTSSM_SEQ_LEN x INTSSM_D_IN raw bytes (row-major: step by step) from
+ * stdin, prints the integer logit codes and the class.
+ *   cc -std=c99 -O2 main.c intssm_model.c -o intssm_demo && ./intssm_demo < digit.bin
+ */
+#include <stdio.h>
+
+#include "intssm_model.h"
+
+int main(void)
+{
+    uint8_t seq[INTSSM_SEQ_LEN * INTSSM_D_IN];
+    int32_t logits[INTSSM_D_OUT];
+    size_t got = fread(seq, 1, sizeof seq, stdin);
+    int o, cls;
+    if (got != sizeof seq) {
+        fprintf(stderr, "error: expected %lu bytes (%d steps x %d features) on stdin, got %lu\n",
+                (unsigned long)sizeof seq, INTSSM_SEQ_LEN, INTSSM_D_IN, (unsigned long)got);
+        return 2;
+    }
+    cls = intssm_classify(seq, INTSSM_SEQ_LEN, logits);
+    printf("logits:");
+    for (o = 0; o < INTSSM_D_OUT; ++o)
+        printf(" %ld", (long)logits[o]);
+    printf("\nclass: %d\n", cls);
+    return 0;
+}
+"""
+
+
+def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
+    """Write ``intssm_model.h``, ``intssm_model.c`` and ``main.c`` into ``out_dir``; returns their paths.
+
+    ``arrays``: the integer model by name (:func:`intssm.export.integer_model` or
+    :func:`intssm.export.load`); ``manifest_like``: ``model_config`` (d_model, d_state, n_layers,
+    d_input, d_output, pool), ``seq_len`` and ``counters``.
+    """
+    a, dims = _check(arrays, manifest_like)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise IntssmError(f"C export: {out_dir} exists and is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xre_t, xim_t = _state_type(a["qrange"], 1), _state_type(a["qrange"], 2)
+    files = {H_FILE: _header(dims, xre_t, xim_t, list(manifest_like["counters"])),
+             C_FILE: _source(a, dims, xre_t, xim_t), MAIN_FILE: _MAIN}
+    paths = []
+    for name, text in files.items():
+        p = out_dir / name
+        p.write_text(text)
+        paths.append(p)
+    return paths

@@ -1,0 +1,244 @@
+"""What the integer model costs: exact memory (bits of every stored tensor) and per-step operations.
+
+Both are derived from the datapath description (:class:`~intssm.qspec.QuantConfig` and the model
+shapes), the same one the simulator runs; ``tests/naive_sim.py`` counts the operations again while
+simulating, and the tests demand equality.
+
+Operation kinds (per recurrent step unless said otherwise):
+  ``mul AxB``   multiplication of an A-bit by a B-bit operand (centred operands: asymmetric
+                b-bit codes minus their zero point are b+1-bit signed values)
+  ``mac``       multiply-accumulate into an accumulator (counted as its multiplication and an ``add``)
+  ``mul rq``    multiplication of an accumulator by a 15-bit requantization multiplier
+  ``add``       additions/subtractions, by accumulator width
+  ``shift``     rounding right shifts;  ``clamp``: saturations;  ``lut``: table reads
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from .model import ModelConfig
+from .qspec import BIAS_BITS, QuantConfig
+
+MULT_BITS = 16  # stored width of a requantization multiplier (values < 2**15, unsigned)
+SHIFT_BITS = 8  # stored width of a shift (0..46)
+
+
+def _opw(f) -> int:
+    """Width of a centred operand q - z: b bits symmetric, b + 1 bits asymmetric."""
+    return f.bits if f.symmetric else f.bits + 1
+
+
+def SITES(cfg: ModelConfig):
+    """(site, terms per output, outputs) over the whole model."""
+    H, nl, C = cfg.d_model, cfg.n_layers, cfg.d_output
+    return [("enc", 1, H), ("x_re", 3, nl * H), ("x_im", 3, nl * H), ("y", 3, nl * H), ("glu", 1, nl * 2 * H),
+            ("h", 2, nl * H), ("pool", 1, H), ("logits", 1, C)]
+
+
+def memory(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784) -> dict:
+    """Bits of every stored integer tensor, metadata, LUT, state and buffer, and the float32 twin.
+
+    Flash = constants (weights, biases, multipliers, shifts, zero points, LUTs);
+    RAM = what changes while running (state, activation buffers, pooling accumulator).
+    """
+    H, N2, nl, d, C = cfg.d_model, cfg.d_state // 2, cfg.n_layers, cfg.d_input, cfg.d_output
+    rows = []  # (name, kind, count, bits_each)
+
+    def add(name, kind, count, bits):
+        rows.append({"name": name, "kind": kind, "count": int(count), "bits_each": int(bits), "bits": int(count) * int(bits)})
+
+    def channels(f, c):
+        return c if f.per_channel else 1
+
+    add("enc_w", "weight", H * d, q.enc_w.bits)
+    add("enc_b", "bias", H, BIAS_BITS)
+    for nm, f, n in (("A_re", q.A_re, nl * H * N2), ("A_im", q.A_im, nl * H * N2), ("B", q.B, 2 * nl * H * N2),
+                     ("C", q.C, 2 * nl * H * N2), ("D", q.D, nl * H), ("mix_w", q.mix_w, nl * 2 * H * H)):
+        add(nm, "weight", n, f.bits)
+    add("mix_b", "bias", nl * 2 * H, BIAS_BITS)
+    add("dec_w", "weight", C * H, q.dec_w.bits)
+    add("dec_b", "bias", C, BIAS_BITS)
+    # zero points: only asymmetric quantizers have them, one per channel, at the code width
+    zp = [("enc_w", q.enc_w, H), ("dec_w", q.dec_w, C)]
+    zp += [(nm, getattr(q, nm), nl * channels(getattr(q, nm), H)) for nm in ("A_re", "A_im", "B", "C", "D")]
+    zp += [("mix_w", q.mix_w, nl * channels(q.mix_w, 2 * H))]
+    zp += [("x_re", q.x_re, nl * channels(q.x_re, H)), ("x_im", q.x_im, nl * channels(q.x_im, H))]
+    zp += [("h", q.h, nl + 1), ("y", q.y, nl), ("act", q.act, nl), ("glu", q.glu, nl), ("pool", q.pool, 1), ("logits", q.logits, 1)]
+    for nm, f, n in zp:
+        if not f.symmetric and nm != "sig":
+            add(f"{nm}_zero", "zero point", n, f.bits)
+    # multipliers and shifts, one set per site output channel (docs/datapath.md)
+    for nm, terms, ch in SITES(cfg):
+        add(f"{nm}_M", "multiplier", terms * ch, MULT_BITS)
+        add(f"{nm}_S", "shift", ch, SHIFT_BITS)
+    add("gelu_lut", "lut", nl * 2**q.y.bits, q.act.bits)
+    add("sig_lut", "lut", nl * 2**q.glu.bits, q.sig.bits)
+    # RAM
+    add("state x_re", "state", nl * H * N2, q.x_re.bits)
+    add("state x_im", "state", nl * H * N2, q.x_im.bits)
+    add("buf h", "buffer", H, q.h.bits)
+    add("buf y/act", "buffer", H, max(q.y.bits, q.act.bits))
+    add("buf glu", "buffer", 2 * H, q.glu.bits)
+    pool_bits = 1 + math.ceil(math.log2(max(2, (2**q.h.bits) * seq_len))) if cfg.pool == "mean" else q.h.bits + 1
+    add("pool accumulator", "buffer", H, pool_bits)
+    flash = sum(r["bits"] for r in rows if r["kind"] not in ("state", "buffer"))
+    ram = sum(r["bits"] for r in rows if r["kind"] in ("state", "buffer"))
+    n_params = H * d + H + nl * (H + 6 * H * N2 + H + 2 * H * H + 2 * H) + C * H + C  # the float model
+    fp32_flash = 32 * (n_params - nl * H)  # deployed float recurrence: Abar, Bbar, C complex (no log_dt)
+    fp32_ram = 32 * (nl * H * N2 * 2 + H + H + 2 * H + H)  # complex64 state, h, y, glu, pool sum
+    weights_bits = sum(r["bits"] for r in rows if r["kind"] in ("weight", "bias"))
+    fp32_weights = fp32_flash
+    b = lambda bits: math.ceil(bits / 8)  # noqa: E731
+    return {
+        "rows": rows,
+        "flash_bytes": b(flash), "ram_bytes": b(ram), "bytes": b(flash + ram),
+        "fp32_flash_bytes": b(fp32_flash), "fp32_ram_bytes": b(fp32_ram), "fp32_bytes": b(fp32_flash + fp32_ram),
+        "reduction": (fp32_flash + fp32_ram) / (flash + ram),
+        "weights_bytes": b(weights_bits), "fp32_weights_bytes": b(fp32_weights),
+        "weights_reduction": fp32_weights / weights_bits,
+        "fp32_params": n_params,
+    }
+
+
+# ------------------------------------------------------------------------- operation counts ---
+
+def acc_class(bits: int) -> int:
+    """Hardware accumulator width class holding a signed value of ``bits`` bits: 16, 32 or 64."""
+    return 16 if bits <= 16 else 32 if bits <= 32 else 64
+
+
+def site_acc_bits(cfg: ModelConfig, q: QuantConfig, L: int) -> dict:
+    """(pre, post) accumulator width classes of each site, from the worst case.
+
+    ``pre``: the integer summed before rescaling (a dot product, or one product for the sites
+    that rescale each term); ``post``: after the 15-bit multiplier (M <= 2**15 - 1), where terms
+    are combined, rounded and offset. The same bounds :func:`intssm.qspec.build_datapath` proves.
+    """
+    H, N2, d = cfg.d_model, cfg.d_state // 2, cfg.d_input
+    cb = lambda f: f.centered_bound  # noqa: E731
+    Mx = 2**15 - 1
+    bias = 2 ** (BIAS_BITS - 1)
+    Lp = L if cfg.pool == "mean" else 1
+    terms = {
+        "enc": [d * cb(q.enc_w) * 255 + bias],
+        "x_re": [cb(q.A_re) * cb(q.x_re), cb(q.A_im) * cb(q.x_im), cb(q.B) * cb(q.h)],
+        "x_im": [cb(q.A_re) * cb(q.x_im), cb(q.A_im) * cb(q.x_re), cb(q.B) * cb(q.h)],
+        "y": [N2 * cb(q.C) * cb(q.x_re), N2 * cb(q.C) * cb(q.x_im), cb(q.D) * cb(q.h)],
+        "glu": [H * cb(q.mix_w) * cb(q.act) + bias],
+        "h": [cb(q.h), cb(q.glu) * cb(q.sig)],
+        "pool": [Lp * cb(q.h)],
+        "logits": [H * cb(q.dec_w) * cb(q.pool) + bias],
+    }
+    w = lambda v: acc_class(int(v).bit_length() + 1)  # noqa: E731
+    return {k: (w(max(t)), w(sum(t) * Mx)) for k, t in terms.items()}
+
+
+def opw(f) -> int:
+    """Width of a centred operand q - z: b bits symmetric, b + 1 bits asymmetric."""
+    return f.bits if f.symmetric else f.bits + 1
+
+
+class OpCounter(Counter):
+    """Operation tally with the helpers both the cost model and tests/naive_sim.py use for labels."""
+
+    def mul(self, wa: int, wb: int, n: int = 1):
+        a, b = max(wa, wb), min(wa, wb)
+        self[f"mul {a}x{b}"] += n
+
+    def mul_rq(self, acc: int, n: int = 1):
+        self[f"mul {acc}x16 (requant)"] += n
+
+    def add(self, width: int, n: int = 1):
+        self[f"add {width}"] += n
+
+    def shift(self, n: int = 1):
+        self["shift"] += n
+
+    def clamp(self, n: int = 1):
+        self["clamp"] += n
+
+    def lut(self, n: int = 1):
+        self["lut read"] += n
+
+    def requant(self, acc: tuple, terms: int, out_fmt, n: int = 1):
+        """A site output: T multiplier products (pre-width x 16), T - 1 adds to combine them, one
+        rounding add, one zero-point add if the output is asymmetric (post width), one shift, one clamp."""
+        pre, post = acc
+        self.mul_rq(pre, terms * n)
+        self.add(post, (terms - 1 + 1 + (0 if out_fmt.symmetric else 1)) * n)
+        self.shift(n)
+        self.clamp(n)
+
+    def center(self, f, n: int = 1):
+        """q - z of an activation operand: one subtraction when the format is asymmetric."""
+        if not f.symmetric:
+            self.add(16, n)
+
+
+def step_ops(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> OpCounter:
+    """Operations of one recurrent step (all layers), following docs/datapath.md.
+
+    Weight operands are stored centred (constants); only asymmetric *activations* pay a
+    subtraction, counted where they are used.
+    """
+    H, N2, nl, d = cfg.d_model, cfg.d_state // 2, cfg.n_layers, cfg.d_input
+    A = site_acc_bits(cfg, q, L)
+    o = OpCounter()
+    # encoder: H x (d products accumulated onto the bias) + requant
+    o.mul(opw(q.enc_w), 9, H * d)
+    o.add(A["enc"][0], H * d)
+    o.requant(A["enc"], 1, q.h, H)
+    for _ in range(nl):
+        o.center(q.h, H)  # u'
+        # state: per mode, x_re and x_im each from three products
+        o.center(q.x_re, H * N2)
+        o.center(q.x_im, H * N2)
+        o.mul(opw(q.A_re), opw(q.x_re), H * N2)
+        o.mul(opw(q.A_im), opw(q.x_im), H * N2)
+        o.mul(opw(q.B), opw(q.h), H * N2)
+        o.mul(opw(q.A_re), opw(q.x_im), H * N2)
+        o.mul(opw(q.A_im), opw(q.x_re), H * N2)
+        o.mul(opw(q.B), opw(q.h), H * N2)
+        o.requant(A["x_re"], 3, q.x_re, H * N2)
+        o.requant(A["x_im"], 3, q.x_im, H * N2)
+        # output: centred new state, two dot products over modes, D u, requant, GELU table
+        o.center(q.x_re, H * N2)
+        o.center(q.x_im, H * N2)
+        o.mul(opw(q.C), opw(q.x_re), H * N2)
+        o.mul(opw(q.C), opw(q.x_im), H * N2)
+        o.add(A["y"][0], 2 * H * (N2 - 1))
+        o.mul(opw(q.D), opw(q.h), H)
+        o.requant(A["y"], 3, q.y, H)
+        o.lut(H)
+        # mixing
+        o.center(q.act, H)
+        o.mul(opw(q.mix_w), opw(q.act), 2 * H * H)
+        o.add(A["glu"][0], 2 * H * H)
+        o.requant(A["glu"], 1, q.glu, 2 * H)
+        o.lut(H)  # sigmoid
+        # residual
+        o.center(q.h, H)
+        o.center(q.glu, H)
+        o.mul(opw(q.glu), opw(q.sig), H)
+        o.requant(A["h"], 2, q.h, H)
+    # pooling
+    o.center(q.h, H)
+    if cfg.pool == "mean":
+        o.add(A["pool"][0], H)
+    return o
+
+
+def final_ops(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> OpCounter:
+    """Operations once per sequence, after the last step: pooling requant, decoder, argmax."""
+    H, C = cfg.d_model, cfg.d_output
+    A = site_acc_bits(cfg, q, L)
+    o = OpCounter()
+    o.requant(A["pool"], 1, q.pool, H)
+    o.center(q.pool, H)
+    o.mul(opw(q.dec_w), opw(q.pool), C * H)
+    o.add(A["logits"][0], C * H)
+    o.requant(A["logits"], 1, q.logits, C)
+    o.add(16, C - 1)  # argmax comparisons
+    return o

@@ -1,0 +1,351 @@
+"""intssm.cexport: the generated C99 model is bit-exact with the Numba simulator.
+
+Every test that compiles uses ``gcc -std=c99 -Wall -Wextra -Werror -O2`` (skipped without gcc):
+random small models and quantization configs (Hypothesis, a few examples: each compiles C), the
+paper-small model on real sMNIST test sequences (logits, saturation counters, final state, and the
+example ``main.c``), and the object's section sizes (tables take the bytes they claim, no ``.bss``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from intssm import cexport, data
+from intssm.errors import IntssmError
+from intssm.export import integer_model
+from intssm.model import PRESETS as MODEL_PRESETS
+from intssm.model import ModelConfig, S4DModel
+from intssm.qmodel import ptq
+from intssm.qspec import PRESETS, QFormat, QuantConfig
+from intssm.sim import simulate
+
+# tests/ is not a package: pytest puts it on sys.path (rootdir-relative, "prepend" import mode)
+from test_datapath import inputs, models, quant_configs
+
+GCC = shutil.which("gcc")
+SIZE = shutil.which("size")
+needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc not on PATH")
+CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
+
+HARNESS = r"""
+/* test harness: harness IN OUT B L -- B sequences of L x INTSSM_D_IN bytes in IN; for each, int64
+ * records in OUT: logits (step/logits API), counters, final x_re, final x_im, class and logits
+ * (intssm_classify). */
+#include <stdio.h>
+#include <stdlib.h>
+#include "intssm_model.h"
+
+static void put(FILE *f, int64_t v) { fwrite(&v, sizeof v, 1, f); }
+
+int main(int argc, char **argv)
+{
+    FILE *fi, *fo;
+    long B, L, b, t;
+    int i, h, n, o, cls;
+    uint8_t *seq;
+    static intssm_state s;
+    int32_t lg[INTSSM_D_OUT], lg2[INTSSM_D_OUT];
+    int64_t cnt[INTSSM_N_COUNTERS];
+    if (argc != 5) return 2;
+    fi = fopen(argv[1], "rb");
+    fo = fopen(argv[2], "wb");
+    B = atol(argv[3]);
+    L = atol(argv[4]);
+    seq = malloc((size_t)(L * INTSSM_D_IN));
+    if (!fi || !fo || !seq) return 3;
+    for (b = 0; b < B; ++b) {
+        if (fread(seq, 1, (size_t)(L * INTSSM_D_IN), fi) != (size_t)(L * INTSSM_D_IN)) return 4;
+        intssm_reset(&s);
+        for (t = 0; t < L; ++t) intssm_step(&s, seq + t * INTSSM_D_IN);
+        intssm_logits(&s, lg, cnt);
+        for (o = 0; o < INTSSM_D_OUT; ++o) put(fo, lg[o]);
+        for (o = 0; o < INTSSM_N_COUNTERS; ++o) put(fo, cnt[o]);
+        for (i = 0; i < INTSSM_LAYERS; ++i) for (h = 0; h < INTSSM_H; ++h) for (n = 0; n < INTSSM_N2; ++n) put(fo, s.x_re[i][h][n]);
+        for (i = 0; i < INTSSM_LAYERS; ++i) for (h = 0; h < INTSSM_H; ++h) for (n = 0; n < INTSSM_N2; ++n) put(fo, s.x_im[i][h][n]);
+        cls = intssm_classify(seq, (int32_t)L, lg2);
+        put(fo, cls);
+        for (o = 0; o < INTSSM_D_OUT; ++o) put(fo, lg2[o]);
+    }
+    free(seq);
+    fclose(fi);
+    return fclose(fo) != 0;
+}
+"""
+
+
+def manifest_like(qm) -> dict:
+    return {"model_config": qm.dp.cfg.to_dict(), "seq_len": qm.dp.seq_len, "counters": qm.dp.counters}
+
+
+def gcc(*args: str, cwd: Path):
+    r = subprocess.run([GCC, *CFLAGS, *args], cwd=cwd, capture_output=True, text=True)
+    assert r.returncode == 0, f"gcc {' '.join(args)} failed:\n{r.stderr[-4000:]}"
+
+
+def build_harness(arrays: dict, man: dict, d: Path) -> Path:
+    cexport.write_c(arrays, man, d)
+    (d / "harness.c").write_text(HARNESS)
+    gcc("harness.c", "intssm_model.c", "-o", "harness", cwd=d)
+    return d / "harness"
+
+
+def run_c(exe: Path, P: np.ndarray, arrays: dict, n_counters: int) -> dict:
+    B, L, _ = P.shape
+    nl, H, N2 = arrays["A_re"].shape
+    C = arrays["dec_w"].shape[0]
+    d = exe.parent
+    np.ascontiguousarray(P).tofile(d / "in.bin")
+    r = subprocess.run([str(exe), "in.bin", "out.bin", str(B), str(L)], cwd=d, capture_output=True, text=True)
+    assert r.returncode == 0, f"harness exited {r.returncode}: {r.stderr}"
+    widths = {"logits": C, "counts": n_counters, "x_re": nl * H * N2, "x_im": nl * H * N2, "cls": 1, "logits2": C}
+    rec = np.fromfile(d / "out.bin", dtype=np.int64).reshape(B, sum(widths.values()))
+    out, o = {}, 0
+    for k, w in widths.items():
+        out[k] = rec[:, o:o + w]
+        o += w
+    out["x_re"] = out["x_re"].reshape(B, nl, H, N2)
+    out["x_im"] = out["x_im"].reshape(B, nl, H, N2)
+    out["cls"] = out["cls"][:, 0]
+    return out
+
+
+def check_against_simulator(arrays: dict, mean_pool: bool, n_counters: int, P: np.ndarray, c: dict):
+    lg, cnt, _ = simulate(arrays, P, mean_pool, n_counters)
+    assert np.array_equal(c["logits"], lg), "C logits differ from the simulator's"
+    assert np.array_equal(c["counts"], cnt), "C saturation counters differ from the simulator's"
+    assert np.array_equal(c["counts"].sum(0), cnt.sum(0))
+    assert np.array_equal(c["logits2"], lg), "intssm_classify logits differ"
+    assert np.array_equal(c["cls"], lg.argmax(1)), "intssm_classify is not the first argmax"
+    for b in range(len(P)):  # final state codes == the last step of the simulator's trace
+        lg1, _, (tr, ti) = simulate(arrays, P[b:b + 1], mean_pool, n_counters, trace=True)
+        assert np.array_equal(lg1[0], lg[b])
+        assert np.array_equal(c["x_re"][b], tr[-1]) and np.array_equal(c["x_im"][b], ti[-1]), f"final state of sequence {b}"
+
+
+# ------------------------------------------------------------------ (a) random models / configs ---
+
+@needs_gcc
+@settings(max_examples=8)
+@given(models(), quant_configs(), st.data())
+def test_c_equals_simulator_random_models(m, qcfg, data):
+    L = data.draw(st.integers(1, 12))
+    P = data.draw(inputs(m.cfg.d_input, L))
+    calib = data.draw(st.sampled_from([0.3, 1.0])) * np.random.default_rng(0).random((3, L, m.cfg.d_input))
+    try:
+        qm, _ = ptq(m, qcfg, torch.from_numpy(calib))
+    except IntssmError as e:  # refused configurations are never run
+        assert "2**53" in str(e) or "too large" in str(e)
+        assume(False)
+    arrays = integer_model(qm)
+    n = len(qm.dp.counters)
+    with tempfile.TemporaryDirectory() as t:
+        c = run_c(build_harness(arrays, manifest_like(qm), Path(t)), P, arrays, n)
+    check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
+
+
+@needs_gcc
+def test_c_wide_and_unsigned_codes(tmp_path):
+    """16-bit asymmetric state (uint16_t codes), 16-bit everything else, last-step pooling, saturation."""
+    q16, a16 = QFormat(16), QFormat(16, symmetric=False)
+    qcfg = QuantConfig(enc_w=QFormat(16, False, True), A_re=q16, A_im=QFormat(16, True, True), B=a16, C=q16, D=q16,
+                       mix_w=a16, dec_w=QFormat(16, False, True), h=q16, x_re=a16, x_im=QFormat(16, True, True),
+                       y=QFormat(12), act=QFormat(12, False), glu=QFormat(10), sig=QFormat(10, False), pool=q16,
+                       logits=a16, state_clip=0.5)
+    m = S4DModel(ModelConfig(d_model=3, d_state=6, n_layers=2, d_input=2, d_output=4, pool="last"), seed=1).double()
+    rng = np.random.default_rng(3)
+    qm, _ = ptq(m, qcfg, torch.from_numpy(0.2 * rng.random((3, 9, 2))))
+    arrays = integer_model(qm)
+    P = rng.integers(0, 256, (3, 9, 2)).astype(np.uint8)
+    exe = build_harness(arrays, manifest_like(qm), tmp_path)
+    src = (tmp_path / "intssm_model.h").read_text()
+    assert "uint16_t x_re[" in src and "int16_t x_im[" in src
+    n = len(qm.dp.counters)
+    c = run_c(exe, P, arrays, n)
+    check_against_simulator(arrays, False, n, P, c)
+    assert c["counts"].sum() > 0, "the test should exercise saturation"
+
+
+# -------------------------------------------------------------------------- (b) real sMNIST ---
+
+@pytest.fixture(scope="module")
+def smnist_build(tmp_path_factory):
+    """paper-small (seed 0, untrained) with w8a8 PTQ on 16 training sequences, compiled."""
+    if GCC is None:
+        pytest.skip("gcc not on PATH")
+    model = S4DModel(MODEL_PRESETS["paper-small"], seed=0)
+    calib = torch.from_numpy(data.load("smnist", "train", 16).as_float())
+    qm, _ = ptq(model.double(), PRESETS["w8a8"], calib)
+    arrays = integer_model(qm)
+    d = tmp_path_factory.mktemp("cexport_smnist")
+    exe = build_harness(arrays, manifest_like(qm), d)
+    return qm, arrays, d, exe
+
+
+@needs_gcc
+def test_c_equals_simulator_smnist(smnist_build):
+    qm, arrays, d, exe = smnist_build
+    P = data.load("smnist", "test", 20).x
+    assert P.dtype == np.uint8 and P.shape == (20, 784, 1)
+    n = len(qm.dp.counters)
+    c = run_c(exe, P, arrays, n)
+    check_against_simulator(arrays, True, n, P, c)
+    # the example program: one sequence on stdin -> the same logits and class
+    gcc("main.c", "intssm_model.c", "-o", "demo", cwd=d)
+    r = subprocess.run([str(d / "demo")], input=P[3].tobytes(), capture_output=True, cwd=d)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "logits: " + " ".join(str(v) for v in c["logits"][3])
+    assert lines[1] == f"class: {c['cls'][3]}"
+    r = subprocess.run([str(d / "demo")], input=P[3].tobytes()[:100], capture_output=True, cwd=d)
+    assert r.returncode != 0 and b"expected 784 bytes" in r.stderr
+
+
+# ----------------------------------------------------------------------- (c) section sizes ---
+
+def sections(obj: Path) -> dict:
+    r = subprocess.run([SIZE, "-A", str(obj)], capture_output=True, text=True, check=True)
+    out = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"^(\.\S+)\s+(\d+)\s+\d+", line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+@needs_gcc
+@pytest.mark.skipif(SIZE is None, reason="binutils size not on PATH")
+def test_object_sections_match_tables(smnist_build):
+    qm, arrays, d, _ = smnist_build
+    gcc("-c", "intssm_model.c", "-o", "intssm_model.o", cwd=d)
+    sec = sections(d / "intssm_model.o")
+    layout = cexport.table_layout(arrays)
+    tables = sum(nb for _, _, nb in layout.values())
+    assert tables == cexport.rodata_bytes_estimate(arrays)
+    ro = sum(v for k, v in sec.items() if k.startswith(".rodata") or k.startswith(".data"))
+    bss = sum(v for k, v in sec.items() if k.startswith(".bss"))
+    print(f"\npaper-small w8a8: {len(layout)} tables, {tables} table bytes; .rodata+.data = {ro} "
+          f"(padding {ro - tables}); .bss = {bss}; .text = {sec.get('.text')}")
+    assert bss == 0, "the model must hold no mutable globals"
+    assert sum(v for k, v in sec.items() if k.startswith(".data")) == 0
+    assert tables <= ro <= tables + 64 * len(layout)
+    # narrowest types: the 8-bit weight codes take one byte each
+    for k in ("A_re", "A_im", "B_re", "C_re", "mix_w", "dec_w"):
+        assert layout[k][0] == "int8_t"
+    assert layout["enc_b"][0] in ("int8_t", "int16_t", "int32_t") and layout["enc_M"][0] in ("int16_t", "uint8_t", "int8_t")
+
+
+# ------------------------------------------------------------------------ generator checks ---
+
+PRIMITIVE = r"""
+/* rounding_rshift of the generated model (static: included) on int64 pairs (v, s) from stdin */
+#include <stdio.h>
+#include "intssm_model.c"
+
+int main(void)
+{
+    int64_t vs[2];
+    while (fread(vs, sizeof vs[0], 2, stdin) == 2) {
+        int64_t r = rounding_rshift(vs[0], (int)vs[1]);
+        fwrite(&r, sizeof r, 1, stdout);
+    }
+    return 0;
+}
+"""
+
+
+@needs_gcc
+def test_c_rounding_rshift_is_floor_half_up(tmp_path):
+    """Ties, negatives, s = 0 and large shifts: the C primitive is floor((v + 2^(s-1)) / 2^s), as in Python."""
+    from intssm.fixedpoint import rounding_rshift
+
+    cexport.write_c(integer_model(_tiny()), manifest_like(_tiny()), tmp_path)
+    (tmp_path / "prim.c").write_text(PRIMITIVE)
+    gcc("prim.c", "-o", "prim", cwd=tmp_path)
+    rng = np.random.default_rng(0)
+    pairs = []
+    for s in range(0, 47):
+        half = (1 << (s - 1)) if s else 0
+        for k in (-3, -2, -1, 0, 1, 2, 3, 1000, -1000):  # exact ties and their neighbours
+            for d in (-1, 0, 1):
+                pairs.append((k * (1 << s) + half + d, s))
+                pairs.append((k * (1 << s) - half + d, s))
+        for v in rng.integers(-(2**52), 2**52, 20):
+            pairs.append((int(v), s))
+    pairs = [(v, s) for v, s in pairs if abs(v) < 2**53]
+    arr = np.array(pairs, dtype=np.int64)
+    r = subprocess.run([str(tmp_path / "prim")], input=arr.tobytes(), capture_output=True, cwd=tmp_path)
+    assert r.returncode == 0
+    got = np.frombuffer(r.stdout, dtype=np.int64)
+    want = np.array([(v + ((1 << (s - 1)) if s else 0)) // (1 << s) for v, s in pairs], dtype=np.int64)
+    assert np.array_equal(got, want)
+    assert all(rounding_rshift(np.int64(v), np.int64(s)) == w for (v, s), w in zip(pairs[:400], want[:400]))
+
+def test_ctype_choice_and_literals():
+    assert cexport.ctype_for(-128, 127) == ("int8_t", 1)
+    assert cexport.ctype_for(0, 255) == ("uint8_t", 1)
+    assert cexport.ctype_for(-1, 255) == ("int16_t", 2)
+    assert cexport.ctype_for(0, 65535) == ("uint16_t", 2)
+    assert cexport.ctype_for(-(2**31), 2**31 - 1) == ("int32_t", 4)
+    assert cexport.ctype_for(-1, 2**31) == ("int64_t", 8)
+    assert cexport._lit(-(2**31)) == "(-2147483647 - 1)" and cexport._lit(2**40) == "INT64_C(1099511627776)"
+
+
+def _tiny():
+    m = S4DModel(ModelConfig(d_model=2, d_state=2, n_layers=1), seed=0).double()
+    qm, _ = ptq(m, PRESETS["w8a8"], torch.rand(2, 5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    return qm
+
+
+def test_inconsistent_description_refused(tmp_path):
+    qm = _tiny()
+    arrays, man = integer_model(qm), manifest_like(qm)
+    with pytest.raises(IntssmError, match="shape"):
+        cexport.write_c(arrays, {**man, "model_config": {**man["model_config"], "d_model": 3}}, tmp_path)
+    with pytest.raises(IntssmError, match="missing arrays"):
+        cexport.write_c({k: v for k, v in arrays.items() if k != "sig_lut"}, man, tmp_path)
+    with pytest.raises(IntssmError, match="counters"):
+        cexport.write_c(arrays, {**man, "counters": man["counters"][:-1]}, tmp_path)
+    with pytest.raises(IntssmError, match="incomplete"):
+        cexport.write_c(arrays, {"model_config": man["model_config"]}, tmp_path)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(IntssmError, match="not a directory"):
+        cexport.write_c(arrays, man, tmp_path / "f")
+
+
+def test_cli_export_c(tmp_path):
+    """The export-c command (registered on a fresh app): .npz in, C files and JSON out."""
+    import typer
+    from typer.testing import CliRunner
+
+    from intssm import export
+    from intssm.cli_c import register
+
+    qm = _tiny()
+    npz = tmp_path / "m.npz"
+    export.save(npz, qm)
+    app = typer.Typer()
+
+    @app.callback()
+    def _root():
+        pass
+
+    register(app)
+    r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert [Path(f).name for f in res["files"]] == ["intssm_model.h", "intssm_model.c", "main.c"]
+    assert all(Path(f).is_file() for f in res["files"])
+    assert res["rodata_bytes_estimate"] == cexport.rodata_bytes_estimate(integer_model(qm))
+    r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c2")])
+    assert r.exit_code == 0 and "intssm_model.c" in r.stdout

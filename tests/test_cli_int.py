@@ -1,0 +1,287 @@
+"""The integer CLI end to end, in subprocesses: ptq, simulate, export, inspect, configs, and their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="80")
+L_SMNIST = 784
+TINY_H, TINY_N2 = 4, 4  # preset tiny: d_model 4, d_state 8
+
+
+def intssm(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "intssm", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, timeout=timeout)
+
+
+def ok_json(r) -> dict:
+    """Exit 0, no traceback, exactly one JSON object on stdout."""
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1, r.stdout
+    out = json.loads(lines[0])
+    assert isinstance(out, dict)
+    return out
+
+
+def assert_clean_error(r, fragment: str):
+    """Non-zero exit, exactly one stderr line 'error: ...' containing ``fragment``, no traceback."""
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error:"), r.stderr
+    assert fragment in lines[0], r.stderr
+    assert r.returncode != 0
+    assert r.returncode == 2, (r.returncode, r.stderr)  # as cli.py documents
+    assert r.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A tiny float model trained for one epoch on 300 sequences, and its PTQ (w8a8, 16 calibration sequences)."""
+    d = tmp_path_factory.mktemp("cli_int")
+    r = intssm("train", "--preset", "tiny", "--epochs", "1", "--limit", "300", "--threads", "1",
+               "-o", d / "f.pt", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = intssm("ptq", d / "f.pt", "-o", d / "q.pt", "--config", "w8a8", "--calib", "16", "--json")
+    return {"dir": d, "float": d / "f.pt", "quant": d / "q.pt", "ptq": r}
+
+
+@pytest.fixture(scope="module")
+def sim_q(work):
+    """`simulate q.pt --limit 40 --verify all --json`, run once."""
+    return intssm("simulate", work["quant"], "--limit", "40", "--verify", "all", "--json")
+
+
+@pytest.fixture(scope="module")
+def exported(work):
+    """`export q.pt -o a.npz --json`, run once."""
+    out = work["dir"] / "a.npz"
+    return out, intssm("export", work["quant"], "-o", out, "--json")
+
+
+# ----------------------------------------------------------------------------------- ptq
+
+
+def test_ptq_writes_quantized_checkpoint(work):
+    """ptq writes a checkpoint carrying a qspec (datapath version, quant config, ranges, sequence length)."""
+    from intssm import checkpoint
+    from intssm.qspec import DATAPATH_VERSION, PRESETS, QuantConfig
+
+    out = ok_json(work["ptq"])
+    assert out == {"out": str(work["quant"]), "config": "w8a8", "calib": 16}
+    assert work["quant"].is_file()
+    ck = checkpoint.load_raw(work["quant"])
+    qs = ck["qspec"]
+    assert qs["datapath_version"] == DATAPATH_VERSION
+    assert qs["seq_len"] == L_SMNIST
+    assert QuantConfig.from_dict(qs["quant_config"]) == PRESETS["w8a8"]
+    assert ck["ptq"] == {"config": "w8a8", "calib": 16, "seq": "smnist"}
+
+
+def test_ptq_of_quantized_checkpoint_refused(work, tmp_path):
+    """A quantized checkpoint is not a valid ptq input."""
+    r = intssm("ptq", work["quant"], "-o", tmp_path / "qq.pt")
+    assert_clean_error(r, "already quantized")
+    assert not (tmp_path / "qq.pt").exists()
+
+
+# ------------------------------------------------------------------------------ simulate
+
+
+def test_simulate_verify_all_json(sim_q):
+    """simulate --verify all --json: one JSON object; all 40 sequences verified and bit-exact against Torch."""
+    out = ok_json(sim_q)
+    for k in ("accuracy", "n", "n_verified", "bit_exact", "saturations", "steps_per_s"):
+        assert k in out, k
+    assert out["n"] == 40
+    assert out["n_verified"] == 40
+    assert out["bit_exact"] == 40
+    assert 0.0 <= out["accuracy"] <= 1.0
+    assert round(out["accuracy"] * 40) == out["accuracy"] * 40  # k / 40
+    sats = out["saturations"]
+    assert isinstance(sats, dict)
+    assert list(sats) == ["h0", "l0.x_re", "l0.x_im", "l0.y", "l0.glu", "l0.h", "pool", "logits"]
+    assert all(isinstance(v, int) and v >= 0 for v in sats.values())
+    assert out["steps_per_s"] > 0
+    assert "quantized checkpoint" in out["source"]
+
+
+def test_simulate_float_checkpoint_default_ptq(work):
+    """simulate of a float checkpoint applies the default PTQ and still verifies bit-exactly."""
+    out = ok_json(intssm("simulate", work["float"], "--limit", "20", "--verify", "10", "--json"))
+    assert out["n"] == 20 and out["n_verified"] == 10 and out["bit_exact"] == 10
+    assert "default PTQ" in out["source"]
+    assert out["steps_per_s"] > 0
+
+
+def test_simulate_human_output(work):
+    """Without --json, simulate prints the accuracy, the verification count and the speed."""
+    r = intssm("simulate", work["quant"], "--limit", "5", "--verify", "5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert "5/5 sequences with identical integer logits" in r.stdout
+    assert "steps/s" in r.stdout
+
+
+def test_simulate_trace(work):
+    """--trace writes the integer state x_re, x_im of sequence 0 as (784, layers, H, N/2), equal to the library's trace."""
+    from intssm import data, integer
+    from intssm.sim import simulate
+
+    tr = work["dir"] / "tr.npz"
+    out = ok_json(intssm("simulate", work["quant"], "--trace", tr, "--limit", "2", "--json"))
+    assert out["trace"] == str(tr) and out["n"] == 2
+    with np.load(tr, allow_pickle=False) as z:
+        assert sorted(z.files) == ["x_im", "x_re"]
+        x_re, x_im = z["x_re"], z["x_im"]
+    assert x_re.shape == (L_SMNIST, 1, TINY_H, TINY_N2)
+    assert x_im.shape == (L_SMNIST, 1, TINY_H, TINY_N2)
+    assert np.issubdtype(x_re.dtype, np.integer) and np.issubdtype(x_im.dtype, np.integer)
+    for x in (x_re, x_im):
+        assert x.min() >= -128 and x.max() <= 127  # w8a8: 8-bit symmetric state codes
+    im = integer.load(work["quant"])
+    ds = data.load("smnist", "test", 2)
+    _, _, (ref_re, ref_im) = simulate(im.arrays, ds.x[:1], im.mean_pool, len(im.counters), trace=True)
+    assert np.array_equal(x_re, ref_re)
+    assert np.array_equal(x_im, ref_im)
+
+
+# ------------------------------------------------------------------------ export / inspect
+
+
+def test_export_json(exported):
+    """export writes an .npz and reports its size and versions."""
+    from intssm.export import FORMAT_VERSION
+    from intssm.qspec import DATAPATH_VERSION
+
+    path, r = exported
+    out = ok_json(r)
+    assert out["out"] == str(path) and path.is_file()
+    assert out["bytes"] == path.stat().st_size
+    assert out["format_version"] == FORMAT_VERSION
+    assert out["datapath_version"] == DATAPATH_VERSION
+
+
+def test_inspect_human(exported):
+    """inspect prints the format line and one row per array."""
+    path, r = exported
+    assert r.returncode == 0, r.stderr
+    r = intssm("inspect", path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert "format intssm-int v1" in r.stdout
+    for k in ("A_re", "x_re_M", "gelu_lut", "logits_S", "qrange"):
+        assert k in r.stdout, k
+
+
+def test_inspect_json_lists_arrays(exported):
+    """inspect --json lists every array of the artifact with the shape the model config implies."""
+    from intssm.export import expected_shapes
+    from intssm.model import PRESETS as MODEL_PRESETS
+    from intssm.qspec import PRESETS
+
+    path, r = exported
+    assert r.returncode == 0, r.stderr
+    out = ok_json(intssm("inspect", path, "--json"))
+    shapes = expected_shapes(MODEL_PRESETS["tiny"], PRESETS["w8a8"])
+    rows = {row["name"]: row for row in out["arrays"]}
+    assert sorted(rows) == sorted(shapes)
+    for k, shp in shapes.items():
+        assert tuple(rows[k]["shape"]) == shp, k
+        assert rows[k]["min"] <= rows[k]["max"]
+    assert -128 <= rows["A_re"]["min"] and rows["A_re"]["max"] <= 127
+    man = out["manifest"]
+    assert man["format"] == "intssm-int" and man["seq_len"] == L_SMNIST
+    assert man["model_config"]["d_model"] == TINY_H
+    assert "l0.x_re" in out["tensors"]
+
+
+def test_simulate_exported_matches_checkpoint(exported, sim_q):
+    """The exported artifact simulates to the same accuracy and saturation counts as the quantized checkpoint (nothing to verify against)."""
+    path, r = exported
+    assert r.returncode == 0, r.stderr
+    out = ok_json(intssm("simulate", path, "--limit", "40", "--json"))
+    ref = ok_json(sim_q)
+    assert out["n"] == 40 and out["n_verified"] == 0 and out["bit_exact"] == 0
+    assert out["accuracy"] == ref["accuracy"]
+    assert out["saturations"] == ref["saturations"]
+    assert "integer artifact" in out["source"]
+
+
+def test_export_requires_npz_suffix(work, tmp_path):
+    """export -o must name an .npz file."""
+    r = intssm("export", work["quant"], "-o", tmp_path / "a.bin")
+    assert_clean_error(r, "--out must end in .npz")
+
+
+# ------------------------------------------------------------------------------- configs
+
+
+def test_configs_json():
+    """configs --json lists every preset (w8a8, paper-hetero, ...) with its per-component bits."""
+    from intssm.qspec import PRESETS
+
+    out = ok_json(intssm("configs", "--json"))
+    cfgs = out["configs"]
+    assert "w8a8" in cfgs and "paper-hetero" in cfgs
+    assert sorted(cfgs) == sorted(PRESETS)
+    assert cfgs["w8a8"]["A_re"] == "8s" and cfgs["w8a8"]["act"] == "8a" and cfgs["w8a8"]["logits"] == "16s"
+    assert cfgs["paper-hetero"]["B"] == "4s/ch" and cfgs["paper-hetero"]["h"] == "6s"
+
+
+# -------------------------------------------------------------------------------- errors
+
+
+BAD_CONFIGS = {
+    "bits1": ({"A_re": {"bits": 1}}, "A_re.bits must be an integer in 2..16, got 1"),
+    "unknown": ({"nosuch": 8}, "unknown component(s) ['nosuch']"),
+    "bits33": ({"A_re": {"bits": 33}}, "A_re.bits must be an integer in 2..16, got 33"),
+}
+
+
+@pytest.fixture(scope="module")
+def error_runs(work):
+    """The bad-input commands, run concurrently (each is an independent interpreter start)."""
+    d = work["dir"] / "errors"
+    d.mkdir()
+    jobs = {"config_nosuch": ["ptq", work["float"], "-o", d / "nosuch.pt", "--config", "nosuch"],
+            "verify_neg": ["simulate", work["quant"], "--limit", "5", "--verify", "-3"],
+            "verify_abc": ["simulate", work["quant"], "--limit", "5", "--verify", "abc"]}
+    for name, (cfg, _) in BAD_CONFIGS.items():
+        p = d / f"{name}.json"
+        p.write_text(json.dumps(cfg))
+        jobs[name] = ["ptq", work["float"], "-o", d / f"{name}.pt", "--config", p]
+    with ThreadPoolExecutor(max_workers=3) as ex:
+        futs = {k: ex.submit(intssm, *a) for k, a in jobs.items()}
+        return d, {k: f.result() for k, f in futs.items()}
+
+
+def test_ptq_unknown_config(error_runs):
+    """ptq --config nosuch: not a preset and not a file."""
+    d, runs = error_runs
+    assert_clean_error(runs["config_nosuch"], "unknown quant config 'nosuch'")
+    assert not (d / "nosuch.pt").exists()
+
+
+@pytest.mark.parametrize("name", list(BAD_CONFIGS))
+def test_ptq_bad_json_config(error_runs, name):
+    """ptq with a JSON config of impossible bits or an unknown component fails with one line and writes nothing."""
+    d, runs = error_runs
+    assert_clean_error(runs[name], BAD_CONFIGS[name][1])
+    assert not (d / f"{name}.pt").exists()
+
+
+@pytest.mark.parametrize("name,fragment", [("verify_neg", "--verify must be >= 0, got -3"),
+                                           ("verify_abc", "--verify takes a number or 'all', got 'abc'")])
+def test_simulate_bad_verify(error_runs, name, fragment):
+    """simulate --verify takes a count >= 0 or 'all'."""
+    assert_clean_error(error_runs[1][name], fragment)

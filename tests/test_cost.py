@@ -1,0 +1,71 @@
+"""The cost model (intssm.cost) against an instrumented simulator, and memory against a hand count."""
+
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from naive_sim import run as naive_run
+from test_datapath import models, quant_configs
+
+from intssm.cost import final_ops, memory, step_ops
+from intssm.errors import IntssmError
+from intssm.export import integer_model
+from intssm.model import ModelConfig
+from intssm.qmodel import ptq
+from intssm.qspec import PRESETS, QFormat, QuantConfig
+from intssm.sim import simulate
+
+
+@given(models(max_layers=2), quant_configs(), st.integers(1, 4), st.integers(0, 2**16))
+def test_op_counts_equal_instrumented_simulator(m, q, L, seed):
+    """Every operation the naive simulator performs is predicted exactly by step_ops/final_ops,
+    and the naive simulator computes the same logits as the Numba one."""
+    rng = np.random.default_rng(seed)
+    P = rng.integers(0, 256, (1, L, m.cfg.d_input)).astype(np.uint8)
+    try:
+        qm, _ = ptq(m, q, torch.from_numpy(rng.random((2, L, m.cfg.d_input))))
+    except IntssmError:
+        return
+    arr = integer_model(qm)
+    logits, ops = naive_run(arr, m.cfg, q, P[0])
+    ls, _, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.dp.counters))
+    assert logits == ls[0].tolist()
+    want = step_ops(m.cfg, q, L)
+    for k, v in list(want.items()):
+        want[k] = v * L
+    want.update(final_ops(m.cfg, q, L))
+    assert +ops == +want
+
+
+def test_memory_hand_count():
+    """A tiny model counted by hand: d_model 1, d_state 2 (one complex mode), 1 layer, 2 classes."""
+    cfg = ModelConfig(d_input=1, d_output=2, d_model=1, d_state=2, n_layers=1)
+    q = QuantConfig(A_re=QFormat(6), A_im=QFormat(5), B=QFormat(4), C=QFormat(4), D=QFormat(4),
+                    x_re=QFormat(7), x_im=QFormat(3), h=QFormat(6), y=QFormat(6), act=QFormat(6, False),
+                    glu=QFormat(5), sig=QFormat(4, False), pool=QFormat(8), logits=QFormat(16))
+    m = memory(cfg, q, seq_len=10)
+    rows = {r["name"]: r for r in m["rows"]}
+    # weights: enc_w 1x8, A_re 6, A_im 5, B 2x4, C 2x4, D 4, mix_w 2x8, dec_w 2x8
+    assert sum(r["bits"] for r in m["rows"] if r["kind"] == "weight") == 8 + 6 + 5 + 8 + 8 + 4 + 16 + 16
+    # biases: enc 1, mix 2, dec 2, each 32 bits
+    assert sum(r["bits"] for r in m["rows"] if r["kind"] == "bias") == 5 * 32
+    # zero points: act (6 bits, one per layer); sig has none (fixed)
+    assert sum(r["bits"] for r in m["rows"] if r["kind"] == "zero point") == 6
+    # multipliers: enc 1, x_re 3, x_im 3, y 3, glu 2, h 2, pool 1, logits 2 = 17 x 16 bits
+    assert sum(r["bits"] for r in m["rows"] if r["kind"] == "multiplier") == 17 * 16
+    # shifts: one per site output: 1 + 1 + 1 + 1 + 2 + 1 + 1 + 2 = 10 x 8 bits
+    assert sum(r["bits"] for r in m["rows"] if r["kind"] == "shift") == 10 * 8
+    # LUTs: gelu 2**6 entries x 6 bits, sigmoid 2**5 x 4 bits
+    assert rows["gelu_lut"]["bits"] == 64 * 6 and rows["sig_lut"]["bits"] == 32 * 4
+    # state: 7 + 3 bits
+    assert rows["state x_re"]["bits"] + rows["state x_im"]["bits"] == 10
+    # float32 twin: 3850-style count for this model: enc 2, layer (2 + 6 + 1 + 2 + 2) - log_dt... via fp32_params
+    assert m["fp32_params"] == 2 + (1 + 6 + 1 + 2 + 2) + 2 + 2
+    assert m["fp32_flash_bytes"] == 4 * (m["fp32_params"] - 1)
+
+
+def test_memory_presets_ordered():
+    """Fewer bits never cost more memory; the heterogeneous preset is smaller than w8a8."""
+    cfg = ModelConfig()
+    assert memory(cfg, PRESETS["paper-hetero"])["bytes"] < memory(cfg, PRESETS["w8a8"])["bytes"]
+    assert memory(cfg, PRESETS["w8a8"])["bytes"] < memory(cfg, PRESETS["w16a16"])["bytes"]
