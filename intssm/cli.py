@@ -320,6 +320,92 @@ def memory(
                f"({m['weights_reduction']:.2f}x)")
 
 
+@app.command()
+def profile(
+    model: Annotated[Optional[Path], typer.Argument(help="Checkpoint or .npz (default: the shipped model).")] = None,
+    seq: SeqOpt = "smnist",
+    limit: Annotated[int, typer.Option("--limit", help="Sequences simulated to measure saturation rates (0: none).")] = 100,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG bar chart of operations and bits per part.")] = None,
+    as_json: JsonOpt = False,
+):
+    """Exact integer work of one recurrent step (by kind and width), traffic, energy vs float32, saturation rates."""
+    from . import cost, data, integer
+
+    if limit < 0:
+        raise IntssmError(f"--limit must be >= 0, got {limit}")
+    src = model or DEFAULT_QUANT_CKPT
+    cfg, qcfg, L, name = integer.describe(src)
+    prof = cost.profile(cfg, qcfg, L)
+    parts = {k: dict(sorted(v.items())) for k, v in cost.step_parts(cfg, qcfg, L).items()}
+    mem = cost.memory(cfg, qcfg, L)
+    prof["parts"] = parts
+    prof["memory"] = {k: v for k, v in mem.items() if k != "rows"}
+    if limit:
+        im = integer.load(src)
+        ds = data.load(seq, "test", limit)
+        _, cnts, _ = integer.run(im, ds.x)
+        H, N2, C = cfg.d_model, cfg.d_state // 2, cfg.d_output
+        per_seq = {"h0": H * L, "x_re": H * N2 * L, "x_im": H * N2 * L, "y": H * L, "glu": 2 * H * L, "h": H * L,
+                   "pool": H, "logits": C}
+        rates = {}
+        for name_c, c in zip(im.counters, cnts.sum(0)):
+            events = per_seq[name_c.split(".")[-1]] * len(ds)
+            rates[name_c] = {"saturations": int(c), "events": events, "rate": int(c) / events}
+        prof["saturation_rates"] = rates
+    if plot:
+        _plot_profile(parts, mem, plot)
+        prof["plot"] = str(plot)
+    if as_json:
+        _emit(prof | {"model": name}, True, "")
+        return
+    typer.echo(f"{name}: one recurrent step, then per sequence of {L} steps")
+    kinds = sorted({k for v in parts.values() for k in v})
+    hdr = f"{'operation':22s}" + "".join(f"{p:>10s}" for p in parts) + f"{'step':>10s}{'sequence':>13s}"
+    typer.echo(hdr)
+    for k in kinds:
+        row = f"{k:22s}" + "".join(f"{parts[p].get(k, 0):>10d}" for p in parts)
+        typer.echo(row + f"{prof['step_ops'].get(k, 0):>10d}{prof['sequence_ops'].get(k, 0):>13d}")
+    t = prof["traffic_bits"]
+    typer.echo(f"\nper step: reads {t['read_const_bits']} const + {t['read_lut_bits']} LUT + {t['read_state_bits']} state "
+               f"+ {t['read_act_bits']} activation bits; writes {t['write_state_bits']} state + {t['write_act_bits']} activation bits")
+    typer.echo(f"state held between steps: {t['state_bits_held']} bits; memory: flash {mem['flash_bytes']} B, RAM {mem['ram_bytes']} B")
+    e, f = prof["energy_pj_per_step"], prof["fp32"]["energy_pj_per_step"]
+    typer.echo(f"energy per step (Horowitz 45 nm): integer {e['total'] / 1000:.2f} nJ (ops {e['ops'] / 1000:.2f}, memory "
+               f"{e['memory'] / 1000:.2f}); float32 {f['total'] / 1000:.2f} nJ; ratio {prof['energy_ratio_fp32_over_int']:.1f}x")
+    if limit:
+        typer.echo("\nsaturation / clip rates measured on " + f"{limit} {seq} test sequences:")
+        for k, r in prof["saturation_rates"].items():
+            typer.echo(f"  {k:10s} {r['saturations']:>10d} / {r['events']:<12d} = {r['rate']:.2e}")
+
+
+def _plot_profile(parts: dict, mem: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    kinds = sorted({k for v in parts.values() for k in v})
+    bottom = np.zeros(len(parts))
+    for k in kinds:
+        vals = np.array([parts[p].get(k, 0) for p in parts], dtype=float)
+        a1.bar(list(parts), vals, bottom=bottom, label=k)
+        bottom += vals
+    a1.set_ylabel("operations per step")
+    a1.set_title("integer operations per step, by part")
+    a1.legend(fontsize=7)
+    kinds_m = {}
+    for r in mem["rows"]:
+        kinds_m[r["kind"]] = kinds_m.get(r["kind"], 0) + r["bits"] / 8
+    a2.bar(list(kinds_m), list(kinds_m.values()), color="tab:gray")
+    a2.set_ylabel("bytes")
+    a2.set_title(f"memory: {mem['bytes']} B (float32 {mem['fp32_bytes']} B)")
+    a2.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _check_input_dim(d_input, ds):
     if ds.x.shape[-1] != d_input:
         raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {d_input}")

@@ -183,14 +183,24 @@ def step_ops(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> OpCounter:
     Weight operands are stored centred (constants); only asymmetric *activations* pay a
     subtraction, counted where they are used.
     """
+    o = OpCounter()
+    for part in step_parts(cfg, q, L).values():
+        o.update(part)
+    return o
+
+
+def step_parts(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> dict:
+    """Per-step operations split into ``encoder``, ``layer i`` and ``pooling``."""
     H, N2, nl, d = cfg.d_model, cfg.d_state // 2, cfg.n_layers, cfg.d_input
     A = site_acc_bits(cfg, q, L)
-    o = OpCounter()
+    parts = {}
+    o = parts["encoder"] = OpCounter()
     # encoder: H x (d products accumulated onto the bias) + requant
     o.mul(opw(q.enc_w), 9, H * d)
     o.add(A["enc"][0], H * d)
     o.requant(A["enc"], 1, q.h, H)
-    for _ in range(nl):
+    for i in range(nl):
+        o = parts[f"layer {i}"] = OpCounter()
         o.center(q.h, H)  # u'
         # state: per mode, x_re and x_im each from three products
         o.center(q.x_re, H * N2)
@@ -223,11 +233,11 @@ def step_ops(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> OpCounter:
         o.center(q.glu, H)
         o.mul(opw(q.glu), opw(q.sig), H)
         o.requant(A["h"], 2, q.h, H)
-    # pooling
+    o = parts["pooling"] = OpCounter()
     o.center(q.h, H)
     if cfg.pool == "mean":
         o.add(A["pool"][0], H)
-    return o
+    return parts
 
 
 def final_ops(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> OpCounter:
@@ -242,3 +252,83 @@ def final_ops(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> OpCounter:
     o.requant(A["logits"], 1, q.logits, C)
     o.add(16, C - 1)  # argmax comparisons
     return o
+
+
+# --------------------------------------------------------------------------- traffic, energy ---
+
+def step_traffic(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784) -> dict:
+    """Bits read and written per step: constants (weights, biases, multipliers, shifts, zero points,
+    LUT entries actually read), state (read and written once), activation buffers (written once)."""
+    mem = memory(cfg, q, seq_len)
+    H, nl = cfg.d_model, cfg.n_layers
+    per_seq_only = {"dec_w", "dec_b", "pool_M", "pool_S", "logits_M", "logits_S", "dec_w_zero", "pool_zero", "logits_zero"}
+    const = sum(r["bits"] for r in mem["rows"] if r["kind"] in ("weight", "bias", "multiplier", "shift", "zero point")
+                and r["name"] not in per_seq_only)
+    lut = nl * H * (q.act.bits + q.sig.bits)
+    state = sum(r["bits"] for r in mem["rows"] if r["kind"] == "state")
+    act = nl * H * (q.y.bits + q.act.bits + 2 * q.glu.bits + q.h.bits) + H * q.h.bits
+    return {"read_const_bits": const, "read_lut_bits": lut, "read_state_bits": state, "write_state_bits": state,
+            "write_act_bits": act, "read_act_bits": act, "state_bits_held": state}
+
+
+#: Energy per operation, 45 nm, 0.9 V: M. Horowitz, "Computing's energy problem (and what we can do
+#: about it)", ISSCC 2014, Fig. 1.1.9 table. Integer multiply energy is scaled from the 32-bit
+#: figure by (wa * wb) / 32**2 (giving 0.19 pJ for 8x8 against the table's 0.2 pJ), integer add by
+#: width / 32 (0.025 pJ for 8 bits against 0.03 pJ); memory by the 8 KB SRAM figure per bit.
+HOROWITZ_45NM_PJ = {
+    "int8 add": 0.03, "int16 add": 0.05, "int32 add": 0.1, "int8 mult": 0.2, "int32 mult": 3.1,
+    "fp16 add": 0.4, "fp16 mult": 1.1, "fp32 add": 0.9, "fp32 mult": 3.7, "sram 8KB read 64 bit": 10.0,
+}
+SRAM_PJ_PER_BIT = HOROWITZ_45NM_PJ["sram 8KB read 64 bit"] / 64
+#: Assumed cost of one float GELU or sigmoid: 5 multiplications and 5 additions (a rational/tanh
+#: approximation); the integer datapath uses a table read instead.
+FP_NONLIN_FLOPS = (5, 5)
+
+
+def op_energy_pj(kind: str, n: int) -> float:
+    if kind.startswith("mul "):
+        a, b = kind.split()[1].split("x")
+        return n * HOROWITZ_45NM_PJ["int32 mult"] * int(a) * int(b) / 1024
+    if kind.startswith("add "):
+        return n * HOROWITZ_45NM_PJ["int32 add"] * int(kind.split()[1]) / 32
+    if kind in ("shift", "clamp"):  # a shift ~ a 32-bit add; a clamp = two 16-bit compares
+        return n * (HOROWITZ_45NM_PJ["int32 add"] if kind == "shift" else 2 * HOROWITZ_45NM_PJ["int16 add"])
+    if kind == "lut read":
+        return 0.0  # counted with memory traffic (read_lut_bits)
+    raise KeyError(kind)
+
+
+def fp32_step(cfg: ModelConfig) -> dict:
+    """Float32 recurrent step of the same model: (mults, adds, nonlinearities, bits read, bits written)."""
+    H, N2, nl, d = cfg.d_model, cfg.d_state // 2, cfg.n_layers, cfg.d_input
+    mul = H * d + nl * (H * N2 * (6 + 2) + 2 * H + 2 * H * H + H)
+    add = H * d + nl * (H * N2 * (4 + 2) + H + 2 * H * H + H) + H
+    nonlin = nl * 2 * H
+    mul += nonlin * FP_NONLIN_FLOPS[0]
+    add += nonlin * FP_NONLIN_FLOPS[1]
+    weights = H * d + H + nl * (6 * H * N2 + H + 2 * H * H + 2 * H)
+    state = nl * H * N2 * 2
+    acts = nl * (H + H + 2 * H + H) + H
+    return {"mults": mul, "adds": add, "read_bits": 32 * (weights + state + acts), "write_bits": 32 * (state + acts)}
+
+
+def profile(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784) -> dict:
+    """Per-step and per-sequence integer work, traffic and energy, beside float32."""
+    ops = step_ops(cfg, q, seq_len)
+    fin = final_ops(cfg, q, seq_len)
+    tr = step_traffic(cfg, q, seq_len)
+    e_ops = sum(op_energy_pj(k, v) for k, v in ops.items())
+    e_mem = SRAM_PJ_PER_BIT * (tr["read_const_bits"] + tr["read_lut_bits"] + tr["read_state_bits"]
+                               + tr["write_state_bits"] + tr["read_act_bits"] + tr["write_act_bits"])
+    f = fp32_step(cfg)
+    e_fp_ops = f["mults"] * HOROWITZ_45NM_PJ["fp32 mult"] + f["adds"] * HOROWITZ_45NM_PJ["fp32 add"]
+    e_fp_mem = SRAM_PJ_PER_BIT * (f["read_bits"] + f["write_bits"])
+    return {
+        "step_ops": dict(sorted(ops.items())), "final_ops": dict(sorted(fin.items())), "traffic_bits": tr,
+        "sequence_ops": {k: v * seq_len + fin.get(k, 0) for k, v in sorted((ops + fin).items())},
+        "energy_pj_per_step": {"ops": e_ops, "memory": e_mem, "total": e_ops + e_mem},
+        "fp32": f | {"energy_pj_per_step": {"ops": e_fp_ops, "memory": e_fp_mem, "total": e_fp_ops + e_fp_mem}},
+        "energy_ratio_fp32_over_int": (e_fp_ops + e_fp_mem) / (e_ops + e_mem),
+        "seq_len": seq_len,
+        "energy_table": HOROWITZ_45NM_PJ,
+    }
