@@ -56,6 +56,17 @@ def progress_bar(desc: str, total: int, enabled: bool = True):
         yield advance
 
 
+def _small_torch_ops():
+    """The Torch quantized model runs many tiny ops per step: one thread beats two (no spinning),
+    unless the user set OMP_NUM_THREADS."""
+    import os
+
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def _check_limit(limit):
     if limit is not None and limit < 1:
         raise IntssmError(f"--limit must be a positive number of sequences, got {limit}")
@@ -167,6 +178,7 @@ def ptq_(
 
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
+    _small_torch_ops()
     qcfg = get_config(config)
     model, ck = checkpoint.load(ckpt)
     if "qspec" in ck:
@@ -193,6 +205,7 @@ def export_(
 
     if out.suffix != ".npz":
         raise IntssmError("--out must end in .npz")
+    _small_torch_ops()
     im = integer.load(ckpt)
     man = export.save(out, im.qm)
     _emit({"out": str(out), "bytes": out.stat().st_size, "format_version": man["format_version"],
@@ -247,6 +260,7 @@ def simulate(
     from .sim import simulate as sim
 
     _check_limit(limit)
+    _small_torch_ops()
     model = model or DEFAULT_QUANT_CKPT
     if verify == "all":
         n_verify = None
@@ -333,6 +347,7 @@ def profile(
 
     if limit < 0:
         raise IntssmError(f"--limit must be >= 0, got {limit}")
+    _small_torch_ops()
     src = model or DEFAULT_QUANT_CKPT
     cfg, qcfg, L, name = integer.describe(src)
     prof = cost.profile(cfg, qcfg, L)

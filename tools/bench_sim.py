@@ -1,0 +1,102 @@
+"""Benchmark the integer simulator against the machine's integer roofline, side by side in one run.
+
+    python tools/bench_sim.py [--model data/checkpoints/paper-small-w8a8.pt] [--n 10000] [--json]
+
+Prints: multiplications per second of the simulator (the datapath's exact multiplication count
+per step from intssm.cost, times steps simulated), next to a dense int16 x int16 -> int32 Numba
+mat-vec measured in the same process (the roofline), as a fraction; steps/s; the time of the
+full test set with a warm JIT cache; the reference kernel's time on a subset for the speed-up;
+and the cold start (a new process simulating 100 sequences, JIT cache warm on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from numba import njit, prange
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@njit(parallel=True, cache=True)
+def _matvec_i16(W, x, y):
+    for i in prange(W.shape[0]):
+        acc = np.int32(0)
+        for j in range(W.shape[1]):
+            acc += np.int32(W[i, j]) * np.int32(x[j])
+        y[i] = acc
+
+
+def roofline_macs_per_s(n=2048, reps=200):
+    rng = np.random.default_rng(0)
+    W = rng.integers(-2**15, 2**15, (n, n)).astype(np.int16)
+    x = rng.integers(-2**15, 2**15, n).astype(np.int16)
+    y = np.zeros(n, np.int32)
+    _matvec_i16(W, x, y)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps // 5):
+            _matvec_i16(W, x, y)
+        best = min(best, (time.perf_counter() - t) / (reps // 5))
+    return n * n / best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "data/checkpoints/paper-small-w8a8.pt"))
+    ap.add_argument("--n", type=int, default=10000, help="test sequences to simulate")
+    ap.add_argument("--ref-n", type=int, default=500, help="sequences for the reference kernel")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+
+    from intssm import cost, data, integer
+    from intssm.sim import simulate
+
+    im = integer.load(a.model)
+    cfg, qcfg, L, _ = integer.describe(a.model)
+    ds = data.load("smnist", "test", a.n)
+    muls = sum(v for k, v in cost.step_ops(cfg, qcfg, L).items() if k.startswith("mul"))
+    simulate(im.arrays, ds.x[:2], im.mean_pool, len(im.counters))  # warm
+    simulate(im.arrays, ds.x[:2], im.mean_pool, len(im.counters), reference=True)
+    roof = roofline_macs_per_s()
+    t = time.perf_counter()
+    simulate(im.arrays, ds.x, im.mean_pool, len(im.counters))
+    t_fast = time.perf_counter() - t
+    t = time.perf_counter()
+    simulate(im.arrays, ds.x[: a.ref_n], im.mean_pool, len(im.counters), reference=True)
+    t_ref = (time.perf_counter() - t) * len(ds) / a.ref_n
+    roof2 = roofline_macs_per_s()
+    roof = max(roof, roof2)
+    steps = len(ds) * ds.x.shape[1]
+    cold_cmd = [sys.executable, "-m", "intssm", "simulate", a.model, "--limit", "100", "--verify", "0", "--json"]
+    t = time.perf_counter()
+    subprocess.run(cold_cmd, check=True, capture_output=True, cwd=ROOT)
+    t_cold = time.perf_counter() - t
+    res = {
+        "n": len(ds), "steps": steps, "muls_per_step": muls,
+        "sim_seconds": t_fast, "steps_per_s": steps / t_fast, "sim_muls_per_s": muls * steps / t_fast,
+        "roofline_int16_macs_per_s": roof, "fraction_of_roofline": muls * steps / t_fast / roof,
+        "reference_kernel_seconds_extrapolated": t_ref, "fast_over_reference": t_ref / t_fast,
+        "cold_process_100_seqs_seconds": t_cold,
+    }
+    if a.json:
+        print(json.dumps(res))
+        return
+    print(f"model {a.model}: {muls} multiplications per step")
+    print(f"int16 mat-vec roofline      : {roof / 1e9:8.2f} G MAC/s")
+    print(f"simulator (fast kernel)     : {muls * steps / t_fast / 1e9:8.2f} G mul/s = {res['fraction_of_roofline']:.1%} of roofline")
+    print(f"  {len(ds)} sequences x {ds.x.shape[1]} steps: {t_fast:.2f} s warm, {steps / t_fast:,.0f} steps/s")
+    print(f"reference kernel (extrap.)  : {t_ref:.2f} s  -> fast kernel is {t_ref / t_fast:.1f}x faster")
+    print(f"new process, 100 sequences  : {t_cold:.2f} s (JIT cache on disk)")
+
+
+if __name__ == "__main__":
+    main()
