@@ -325,7 +325,7 @@ def profile(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784) -> dict:
     e_fp_mem = SRAM_PJ_PER_BIT * (f["read_bits"] + f["write_bits"])
     return {
         "step_ops": dict(sorted(ops.items())), "final_ops": dict(sorted(fin.items())), "traffic_bits": tr,
-        "sequence_ops": {k: v * seq_len + fin.get(k, 0) for k, v in sorted((ops + fin).items())},
+        "sequence_ops": {k: ops.get(k, 0) * seq_len + fin.get(k, 0) for k in sorted(set(ops) | set(fin))},
         "energy_pj_per_step": {"ops": e_ops, "memory": e_mem, "total": e_ops + e_mem},
         "fp32": f | {"energy_pj_per_step": {"ops": e_fp_ops, "memory": e_fp_mem, "total": e_fp_ops + e_fp_mem}},
         "energy_ratio_fp32_over_int": (e_fp_ops + e_fp_mem) / (e_ops + e_mem),

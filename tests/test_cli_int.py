@@ -285,3 +285,34 @@ def test_ptq_bad_json_config(error_runs, name):
 def test_simulate_bad_verify(error_runs, name, fragment):
     """simulate --verify takes a count >= 0 or 'all'."""
     assert_clean_error(error_runs[1][name], fragment)
+
+
+# ------------------------------------------------------------------------- memory, profile
+
+
+def test_memory_json_matches_cost_model(exported):
+    """`memory` on the artifact reports bytes, fp32_bytes, reduction equal to intssm.cost.memory."""
+    from intssm import cost, export
+
+    out, _ = exported
+    r = intssm("memory", out, "--json")
+    d = ok_json(r)
+    _, man = export.load(out)
+    from intssm.model import ModelConfig
+    from intssm.qspec import QuantConfig
+
+    want = cost.memory(ModelConfig.from_dict(man["model_config"]), QuantConfig.from_dict(man["quant_config"]), man["seq_len"])
+    assert d["bytes"] == want["bytes"] and d["fp32_bytes"] == want["fp32_bytes"]
+    assert d["reduction"] == pytest.approx(d["fp32_bytes"] / d["bytes"], rel=0.01)
+
+
+def test_profile_json_and_plot(work, tmp_path):
+    """`profile` reports per-step ops whose multiplications sum over parts, rates in [0, 1], and writes a PNG."""
+    png = tmp_path / "p.png"
+    d = ok_json(intssm("profile", work["quant"], "--limit", "3", "--plot", png, "--json"))
+    for k, v in d["step_ops"].items():
+        assert v == sum(p.get(k, 0) for p in d["parts"].values())
+    assert d["sequence_ops"]["shift"] == d["step_ops"]["shift"] * d["seq_len"] + d["final_ops"]["shift"]
+    assert all(0 <= r["rate"] <= 1 for r in d["saturation_rates"].values())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert d["energy_ratio_fp32_over_int"] > 1
