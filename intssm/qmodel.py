@@ -177,43 +177,68 @@ class QuantS4D(torch.nn.Module):
         C_re, C_im = W["C_re"] - c["C_z"][..., None], W["C_im"] - c["C_z"][..., None]
         D = W["D"] - c["D_z"]  # (nl H)
         mw = W["mix_w"] - c["mix_w_z"][..., None]  # (nl 2H H)
-        xre = [c["x_re_z"][i][None, :, None].expand(Bsz, H, dp.cfg.d_state // 2) for i in range(nl)]
-        xim = [c["x_im_z"][i][None, :, None].expand(Bsz, H, dp.cfg.d_state // 2) for i in range(nl)]
-        pool_acc = torch.zeros(Bsz, H, dtype=T64)
         qr = c["qrange"]
-        for k in range(L):
-            acc = p[:, k] @ ew.T + W["enc_b"]  # (B H)
-            h = rq(acc * c["enc_M"], c["enc_S"], c["h_z"][0], *qr["h"], "h0")
-            for i in range(nl):
-                pre = f"l{i}."
-                u = (h - c["h_z"][i])[..., None]  # (B H 1)
-                zr, zi = c["x_re_z"][i][:, None], c["x_im_z"][i][:, None]  # (H 1)
-                xr, xi = xre[i] - zr, xim[i] - zi  # centred (B H N2)
-                M, S = c["x_re_M"][i], c["x_re_S"][i][:, None]  # (3 H), (H 1)
-                acc_r = (A_re[i] * xr) * M[0][:, None] - (A_im[i] * xi) * M[1][:, None] + (B_re[i] * u) * M[2][:, None]
-                nr = rq(acc_r, S, zr, *qr["x_re"], pre + "x_re")
-                M, S = c["x_im_M"][i], c["x_im_S"][i][:, None]
-                acc_i = (A_re[i] * xi) * M[0][:, None] + (A_im[i] * xr) * M[1][:, None] + (B_im[i] * u) * M[2][:, None]
-                ni = rq(acc_i, S, zi, *qr["x_im"], pre + "x_im")
-                xre[i], xim[i] = nr, ni
-                M, S = c["y_M"][i], c["y_S"][i]
-                t1 = ((nr - zr) * C_re[i]).sum(-1)
-                t2 = ((ni - zi) * C_im[i]).sum(-1)
-                acc_y = t1 * M[0] - t2 * M[1] + (D[i] * u[..., 0]) * M[2]
-                y = rq(acc_y, S, c["y_z"][i], *qr["y"], pre + "y")
-                a = self._lut(y, i, "gelu", qr["y"][0], F.gelu, c["y_s"][i], c["act_s"][i], c["y_z"][i], ste)
-                acc_g = (a - c["act_z"][i]) @ mw[i].T + W["mix_b"][i]  # (B 2H)
-                g = rq(acc_g * c["glu_M"][i], c["glu_S"][i], c["glu_z"][i], *qr["glu"], pre + "glu")
-                sg = self._lut(g[:, H:], i, "sig", qr["glu"][0], torch.sigmoid, c["glu_s"][i], c["sig_s"][i], c["glu_z"][i], ste)
-                M, S = c["h_M"][i], c["h_S"][i]
-                acc_h = (h - c["h_z"][i]) * M[0] + ((g[:, :H] - c["glu_z"][i]) * sg) * M[1]
-                h = rq(acc_h, S, c["h_z"][i + 1], *qr["h"], pre + "h")
-            hc = h - c["h_z"][nl]
-            pool_acc = pool_acc + hc if dp.cfg.pool == "mean" else hc
+        # Only the state is recurrent: every other site is pointwise in time, so each layer runs
+        # over the whole sequence at once, around a scan of the state (same integers, same order).
+        acc = p @ ew.T + W["enc_b"]  # (B L H)
+        h = rq(acc * c["enc_M"], c["enc_S"], c["h_z"][0], *qr["h"], "h0")
+        for i in range(nl):
+            pre = f"l{i}."
+            u = h - c["h_z"][i]  # (B L H)
+            t1, t2, nsat_r, nsat_i = self._scan(i, u, A_re[i], A_im[i], B_re[i], B_im[i], C_re[i], C_im[i], ste)
+            if cnt is not None:
+                cnt[pre + "x_re"] += nsat_r
+                cnt[pre + "x_im"] += nsat_i
+            M, S = c["y_M"][i], c["y_S"][i]
+            acc_y = t1 * M[0] - t2 * M[1] + (D[i] * u) * M[2]
+            y = rq(acc_y, S, c["y_z"][i], *qr["y"], pre + "y")
+            a = self._lut(y, i, "gelu", qr["y"][0], F.gelu, c["y_s"][i], c["act_s"][i], c["y_z"][i], ste)
+            acc_g = (a - c["act_z"][i]) @ mw[i].T + W["mix_b"][i]  # (B L 2H)
+            g = rq(acc_g * c["glu_M"][i], c["glu_S"][i], c["glu_z"][i], *qr["glu"], pre + "glu")
+            sg = self._lut(g[..., H:], i, "sig", qr["glu"][0], torch.sigmoid, c["glu_s"][i], c["sig_s"][i], c["glu_z"][i], ste)
+            M, S = c["h_M"][i], c["h_S"][i]
+            acc_h = (h - c["h_z"][i]) * M[0] + ((g[..., :H] - c["glu_z"][i]) * sg) * M[1]
+            h = rq(acc_h, S, c["h_z"][i + 1], *qr["h"], pre + "h")
+        hc = h - c["h_z"][nl]
+        pool_acc = hc.sum(1) if dp.cfg.pool == "mean" else hc[:, -1]
         pooled = rq(pool_acc * c["pool_M"], c["pool_S"], c["pool_z"], *qr["pool"], "pool")
         acc_l = (pooled - c["pool_z"]) @ (W["dec_w"] - c["dec_w_z"][:, None]).T + W["dec_b"]
         logits = rq(acc_l * c["logits_M"], c["logits_S"], c["logits_z"], *qr["logits"], "logits")
         return logits, ({k: int(v) for k, v in cnt.items()} if cnt is not None else None)
+
+    def _scan(self, i, u, A_re, A_im, B_re, B_im, C_re, C_im, ste):
+        """The state recurrence of layer ``i`` over u' (B, L, H): the only sequential part.
+
+        Returns the per-step sums t1 = sum_n C_re' x_re', t2 = sum_n C_im' x_im' (B, L, H) of the
+        new state, and how often x_re and x_im were clipped.
+        """
+        c, qr = self.c, self.c["qrange"]
+        Bsz, L, H = u.shape
+        zr, zi = c["x_re_z"][i][:, None], c["x_im_z"][i][:, None]  # (H 1)
+        Mr, Sr = c["x_re_M"][i], c["x_re_S"][i][:, None]  # (3 H), (H 1)
+        Mi, Si = c["x_im_M"][i], c["x_im_S"][i][:, None]
+        # fold multipliers into the constants: (a' M) x == (a' x) M for exact integers
+        KR = (A_re * Mr[0][:, None], A_im * Mr[1][:, None], B_re * Mr[2][:, None])
+        KI = (A_re * Mi[0][:, None], A_im * Mi[1][:, None], B_im * Mi[2][:, None])
+        lor, hir = qr["x_re"][0] - zr, qr["x_re"][1] - zr  # clip range of the centred state
+        loi, hii = qr["x_im"][0] - zi, qr["x_im"][1] - zi
+        xr = torch.zeros(Bsz, H, A_re.shape[-1], dtype=T64)
+        xi = torch.zeros_like(xr)
+        t1, t2 = [], []
+        nsat_r = torch.zeros((), dtype=torch.int64)
+        nsat_i = torch.zeros((), dtype=torch.int64)
+        for k in range(L):
+            uk = u[:, k, :, None]  # (B H 1)
+            vr = rounding_rshift_t(KR[0] * xr - KR[1] * xi + KR[2] * uk, Sr, ste)
+            vi = rounding_rshift_t(KI[0] * xi + KI[1] * xr + KI[2] * uk, Si, ste)
+            if not ste:
+                nsat_r += ((vr < lor) | (vr > hir)).sum()
+                nsat_i += ((vi < loi) | (vi > hii)).sum()
+            xr = torch.minimum(torch.maximum(vr, lor), hir)
+            xi = torch.minimum(torch.maximum(vi, loi), hii)
+            t1.append((xr * C_re).sum(-1))
+            t2.append((xi * C_im).sum(-1))
+        return torch.stack(t1, 1), torch.stack(t2, 1), nsat_r, nsat_i
 
     def _lut(self, code, i, name, lo, fn, s_in, s_out, z_in, ste):
         """Table lookup out = LUT[code - lo]; with ``ste`` the gradient is fn'(v) s_in / s_out."""
