@@ -443,3 +443,7 @@ def main():
             err.print(f"error: {e.format_message()}", markup=False, highlight=False, soft_wrap=True)
             sys.exit(e.exit_code or 2)
         raise
+
+from .cli_c import register as _register_c  # noqa: E402
+
+_register_c(app)

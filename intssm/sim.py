@@ -12,7 +12,11 @@ proved when the datapath is built, so int64 never wraps.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import config, njit, prange
+
+# Torch and Numba's OpenMP layer share libgomp's global thread count; the workqueue layer keeps
+# Numba's threads out of Torch's way.
+config.THREADING_LAYER = "workqueue"
 
 from .errors import IntssmError
 from .fixedpoint import rounding_rshift, saturate

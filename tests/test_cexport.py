@@ -38,6 +38,22 @@ SIZE = shutil.which("size")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc not on PATH")
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def quantize(m, qcfg, calib):
+    """ptq with one Torch thread: on a busy 2-core machine an oversubscribed calibration can be 100x
+    slower. Set before every call: Numba's OpenMP layer may reset the shared OpenMP thread count."""
+    torch.set_num_threads(1)
+    return ptq(m, qcfg, calib)
+
+
 HARNESS = r"""
 /* test harness: harness IN OUT B L -- B sequences of L x INTSSM_D_IN bytes in IN; for each, int64
  * records in OUT: logits (step/logits API), counters, final x_re, final x_im, class and logits
@@ -143,7 +159,7 @@ def test_c_equals_simulator_random_models(m, qcfg, data):
     P = data.draw(inputs(m.cfg.d_input, L))
     calib = data.draw(st.sampled_from([0.3, 1.0])) * np.random.default_rng(0).random((3, L, m.cfg.d_input))
     try:
-        qm, _ = ptq(m, qcfg, torch.from_numpy(calib))
+        qm, _ = quantize(m, qcfg, torch.from_numpy(calib))
     except IntssmError as e:  # refused configurations are never run
         assert "2**53" in str(e) or "too large" in str(e)
         assume(False)
@@ -164,7 +180,7 @@ def test_c_wide_and_unsigned_codes(tmp_path):
                        logits=a16, state_clip=0.5)
     m = S4DModel(ModelConfig(d_model=3, d_state=6, n_layers=2, d_input=2, d_output=4, pool="last"), seed=1).double()
     rng = np.random.default_rng(3)
-    qm, _ = ptq(m, qcfg, torch.from_numpy(0.2 * rng.random((3, 9, 2))))
+    qm, _ = quantize(m, qcfg, torch.from_numpy(0.2 * rng.random((3, 9, 2))))
     arrays = integer_model(qm)
     P = rng.integers(0, 256, (3, 9, 2)).astype(np.uint8)
     exe = build_harness(arrays, manifest_like(qm), tmp_path)
@@ -185,7 +201,7 @@ def smnist_build(tmp_path_factory):
         pytest.skip("gcc not on PATH")
     model = S4DModel(MODEL_PRESETS["paper-small"], seed=0)
     calib = torch.from_numpy(data.load("smnist", "train", 16).as_float())
-    qm, _ = ptq(model.double(), PRESETS["w8a8"], calib)
+    qm, _ = quantize(model.double(), PRESETS["w8a8"], calib)
     arrays = integer_model(qm)
     d = tmp_path_factory.mktemp("cexport_smnist")
     exe = build_harness(arrays, manifest_like(qm), d)
@@ -303,7 +319,7 @@ def test_ctype_choice_and_literals():
 
 def _tiny():
     m = S4DModel(ModelConfig(d_model=2, d_state=2, n_layers=1), seed=0).double()
-    qm, _ = ptq(m, PRESETS["w8a8"], torch.rand(2, 5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    qm, _ = quantize(m, PRESETS["w8a8"], torch.rand(2, 5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
     return qm
 
 
