@@ -95,8 +95,8 @@ def rounding_rshift_t(v: torch.Tensor, s: torch.Tensor, ste: bool = False) -> to
 
 
 def clamp_t(v: torch.Tensor, lo, hi) -> torch.Tensor:
-    """Twin of :func:`saturate` (value only); gradient zero where clamped."""
-    return torch.clamp(v, lo, hi) if not torch.is_tensor(lo) else torch.minimum(torch.maximum(v, lo), hi)
+    """Twin of :func:`saturate` (value only); gradient passes where lo <= v <= hi, zero outside."""
+    return torch.clamp(v, lo, hi)
 
 
 def round_half_up_t(v: torch.Tensor, ste: bool = False) -> torch.Tensor:

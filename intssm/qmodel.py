@@ -113,6 +113,7 @@ class QuantS4D(torch.nn.Module):
         self.model = model
         self.dp = dp
         self.c = datapath_tensors(dp)
+        self.fused_scan = True  # QAT (ste=True) runs the state scan in intssm.scan; evaluation never does
 
     # --------------------------------------------------------------------- weight codes ---
     def _wq(self, w, key, ste):
@@ -222,6 +223,12 @@ class QuantS4D(torch.nn.Module):
         KI = (A_re * Mi[0][:, None], A_im * Mi[1][:, None], B_im * Mi[2][:, None])
         lor, hir = qr["x_re"][0] - zr, qr["x_re"][1] - zr  # clip range of the centred state
         loi, hii = qr["x_im"][0] - zi, qr["x_im"][1] - zi
+        if self.fused_scan and ste:
+            from .scan import fused_scan
+
+            t = lambda v: v.detach().numpy().reshape(-1)  # noqa: E731
+            return fused_scan(u, torch.stack(KR), torch.stack(KI), C_re, C_im, t(Sr), t(Si),
+                              t(lor), t(hir), t(loi), t(hii))
         xr = torch.zeros(Bsz, H, A_re.shape[-1], dtype=T64)
         xi = torch.zeros_like(xr)
         t1, t2 = [], []
@@ -234,8 +241,8 @@ class QuantS4D(torch.nn.Module):
             if not ste:
                 nsat_r += ((vr < lor) | (vr > hir)).sum()
                 nsat_i += ((vi < loi) | (vi > hii)).sum()
-            xr = torch.minimum(torch.maximum(vr, lor), hir)
-            xi = torch.minimum(torch.maximum(vi, loi), hii)
+            xr = torch.clamp(vr, lor, hir)  # gradient passes for lo <= v <= hi
+            xi = torch.clamp(vi, loi, hii)
             t1.append((xr * C_re).sum(-1))
             t2.append((xi * C_im).sum(-1))
         return torch.stack(t1, 1), torch.stack(t2, 1), nsat_r, nsat_i

@@ -1,0 +1,148 @@
+"""Fused quantized complex diagonal scan: a ``torch.autograd.Function`` backed by Numba kernels.
+
+Forward, per layer, channel h, mode n, step k (centred codes, docs/datapath.md step 2)::
+
+    vr_k = rounding_rshift(KR0 xr_{k-1} - KR1 xi_{k-1} + KR2 u_k, Sr)     KR = (Are' M0, Aim' M1, Bre' M2)
+    vi_k = rounding_rshift(KI0 xi_{k-1} + KI1 xr_{k-1} + KI2 u_k, Si)     KI = (Are' M0', Aim' M1', Bim' M2')
+    xr_k = clamp(vr_k, lor, hir),  xi_k = clamp(vi_k, loi, hii)           the per-step state clip
+    t1_k = sum_n Cre' xr_k,  t2_k = sum_n Cim' xi_k
+
+The forward computes exactly the integers of :meth:`intssm.qmodel.QuantS4D._scan` (int64
+inside; inputs and outputs are float64 tensors holding integers below 2**53). The backward is the
+reverse scan with straight-through rounding (d v / d acc = 2**-S) and the clip masks (zero
+gradient where the state was clipped), giving gradients for KR, KI, Cre', Cim' and u.
+Channels are independent, so both kernels run ``prange`` over channels: each thread writes only
+its own channel's gradients and the results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from .fixedpoint import rounding_rshift
+
+
+@njit(cache=True, parallel=True)
+def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_all, mr_all, mi_all, nsat):
+    """u (B L H) int64; K* (3 H N2); C* (H N2); S*, lo*, hi* (H). Writes t1, t2 (B L H), the states
+    (B L H N2), the clip masks (1 = passed through) and per-channel clip counts nsat (2, H)."""
+    B, L, H = u.shape
+    N2 = KR.shape[2]
+    for h in prange(H):
+        cr_ = np.int64(0)
+        ci_ = np.int64(0)
+        for b in range(B):
+            xr = np.zeros(N2, np.int64)
+            xi = np.zeros(N2, np.int64)
+            for k in range(L):
+                uk = u[b, k, h]
+                s1 = np.int64(0)
+                s2 = np.int64(0)
+                for n in range(N2):
+                    vr = rounding_rshift(KR[0, h, n] * xr[n] - KR[1, h, n] * xi[n] + KR[2, h, n] * uk, Sr[h])
+                    vi = rounding_rshift(KI[0, h, n] * xi[n] + KI[1, h, n] * xr[n] + KI[2, h, n] * uk, Si[h])
+                    okr = lor[h] <= vr <= hir[h]
+                    oki = loi[h] <= vi <= hii[h]
+                    cr_ += 1 - okr
+                    ci_ += 1 - oki
+                    xr[n] = min(max(vr, lor[h]), hir[h])
+                    xi[n] = min(max(vi, loi[h]), hii[h])
+                    xr_all[b, k, h, n] = xr[n]
+                    xi_all[b, k, h, n] = xi[n]
+                    mr_all[b, k, h, n] = okr
+                    mi_all[b, k, h, n] = oki
+                    s1 += Cr[h, n] * xr[n]
+                    s2 += Ci[h, n] * xi[n]
+                t1[b, k, h] = s1
+                t2[b, k, h] = s2
+        nsat[0, h] = cr_
+        nsat[1, h] = ci_
+
+
+@njit(cache=True, parallel=True)
+def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, xr_all, xi_all, mr_all, mi_all, g1, g2, gKR, gKI, gCr, gCi, gu):
+    """Reverse scan. g1, g2 (B L H) = dLoss/dt1, dLoss/dt2. Writes gradients (float64)."""
+    B, L, H = u.shape
+    N2 = KR.shape[2]
+    for h in prange(H):
+        fr = 2.0 ** (-Sr[h])
+        fi = 2.0 ** (-Si[h])
+        for b in range(B):
+            gr = np.zeros(N2)  # dLoss / d xr_k (post clip), accumulated from later steps
+            gi = np.zeros(N2)
+            for k in range(L - 1, -1, -1):
+                uk = float(u[b, k, h])
+                for n in range(N2):
+                    xr_k = float(xr_all[b, k, h, n])
+                    xi_k = float(xi_all[b, k, h, n])
+                    gCr[h, n] += g1[b, k, h] * xr_k
+                    gCi[h, n] += g2[b, k, h] * xi_k
+                    tr = gr[n] + g1[b, k, h] * Cr[h, n]
+                    ti = gi[n] + g2[b, k, h] * Ci[h, n]
+                    dr = tr * mr_all[b, k, h, n] * fr  # d acc_r
+                    di = ti * mi_all[b, k, h, n] * fi  # d acc_i
+                    if k > 0:
+                        xr_p = float(xr_all[b, k - 1, h, n])
+                        xi_p = float(xi_all[b, k - 1, h, n])
+                    else:
+                        xr_p = 0.0
+                        xi_p = 0.0
+                    gKR[0, h, n] += dr * xr_p
+                    gKR[1, h, n] -= dr * xi_p
+                    gKR[2, h, n] += dr * uk
+                    gKI[0, h, n] += di * xi_p
+                    gKI[1, h, n] += di * xr_p
+                    gKI[2, h, n] += di * uk
+                    gu[b, k, h] += dr * KR[2, h, n] + di * KI[2, h, n]
+                    gr[n] = dr * KR[0, h, n] + di * KI[1, h, n]
+                    gi[n] = -dr * KR[1, h, n] + di * KI[0, h, n]
+
+
+def _i64(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().numpy().astype(np.int64))
+
+
+class QuantScan(torch.autograd.Function):
+    """(u, KR, KI, Cr, Ci) -> (t1, t2); constants Sr, Si, lo/hi ranges as int64 numpy arrays."""
+
+    @staticmethod
+    def forward(ctx, u, KR, KI, Cr, Ci, consts):
+        Sr, Si, lor, hir, loi, hii, nsat = consts
+        B, L, H = u.shape
+        N2 = KR.shape[-1]
+        ui, KRi, KIi, Cri, Cii = _i64(u), _i64(KR), _i64(KI), _i64(Cr), _i64(Ci)
+        t1 = np.empty((B, L, H), np.int64)
+        t2 = np.empty((B, L, H), np.int64)
+        xr = np.empty((B, L, H, N2), np.int32)  # state codes are < 2**16: int32 halves the memory
+        xi = np.empty((B, L, H, N2), np.int32)
+        mr = np.empty((B, L, H, N2), np.int8)
+        mi = np.empty((B, L, H, N2), np.int8)
+        _scan_fwd(ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, t1, t2, xr, xi, mr, mi, nsat)
+        ctx.saved = (ui, KRi, KIi, Cri, Cii, Sr, Si, xr, xi, mr, mi)
+        return torch.from_numpy(t1.astype(np.float64)), torch.from_numpy(t2.astype(np.float64))
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        ui, KRi, KIi, Cri, Cii, Sr, Si, xr, xi, mr, mi = ctx.saved
+        gKR = np.zeros(KRi.shape)
+        gKI = np.zeros(KIi.shape)
+        gCr = np.zeros(Cri.shape)
+        gCi = np.zeros(Cii.shape)
+        gu = np.zeros(ui.shape)
+        _scan_bwd(ui, KRi, KIi, Cri, Cii, Sr, Si, xr, xi, mr, mi,
+                  np.ascontiguousarray(g1.numpy(), dtype=np.float64), np.ascontiguousarray(g2.numpy(), dtype=np.float64),
+                  gKR, gKI, gCr, gCi, gu)
+        t = torch.from_numpy
+        return t(gu), t(gKR), t(gKI), t(gCr), t(gCi), None
+
+
+def fused_scan(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii):
+    """(t1, t2, clips of x_re, clips of x_im) for u' (B L H); K* (3 H N2) tensors; S*, lo*, hi* (H)."""
+    H = u.shape[-1]
+    as64 = lambda a: np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=np.int64).reshape(-1), (H,)))  # noqa: E731
+    nsat = np.zeros((2, H), np.int64)
+    consts = tuple(as64(a) for a in (Sr, Si, lor, hir, loi, hii)) + (nsat,)
+    t1, t2 = QuantScan.apply(u, KR, KI, Cr, Ci, consts)
+    return t1, t2, int(nsat[0].sum()), int(nsat[1].sum())
