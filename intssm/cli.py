@@ -194,6 +194,63 @@ def ptq_(
     _emit({"out": str(out), "config": config, "calib": calib}, as_json, f"saved {out} ({config}, calibrated on {calib} sequences of {seq})")
 
 
+@app.command("qat")
+def qat_(
+    ckpt: Annotated[Path, typer.Argument(help="Float or quantized checkpoint (.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Quantized checkpoint to write.")],
+    config: Annotated[str, typer.Option(help="Preset or JSON file (ignored for a quantized checkpoint).")] = "w8a8",
+    param: Annotated[str, typer.Option(help="Abar parameterisation: continuous | frozen | discrete.")] = "frozen",
+    epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 1e-3,
+    calib: Annotated[int, typer.Option(help="Calibration sequences (float checkpoint).")] = 256,
+    limit: LimitOpt = None,
+    val_limit: Annotated[int, typer.Option(help="Validation sequences for model selection.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    as_json: JsonOpt = False,
+):
+    """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
+    import torch
+
+    from . import checkpoint, data
+    from .qat import PARAMS
+    from .qat import train as run_qat
+    from .qmodel import from_checkpoint, ptq, qspec_entry
+    from .qspec import get_config, ranges_from_json
+
+    _check_limit(limit)
+    if param not in PARAMS:
+        raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
+    if epochs < 1 or batch_size < 1 or lr <= 0 or calib < 1 or val_limit < 1:
+        raise IntssmError("--epochs, --batch-size, --lr, --calib and --val-limit must be positive")
+    _small_torch_ops()
+    model, ck = checkpoint.load(ckpt)
+    model = model.double()
+    seq = ck.get("dataset", {}).get("seq", "smnist")
+    if "qspec" in ck:
+        qm = from_checkpoint(model, ck)
+        ranges = ranges_from_json(ck["qspec"]["ranges"])
+    else:
+        cal = data.load(seq, "train", calib)
+        qm, ranges = ptq(model, get_config(config), torch.from_numpy(cal.as_float()))
+    n_train = len(data.load(seq, "train", limit))
+    with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
+        best, history = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
+                                on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
+                                on_epoch=lambda r: err.print(json.dumps(r)))
+    qm.model.load_state_dict(best[0])
+    if best[1] is not None:
+        qm.discrete.load_state_dict(best[1])
+    extra = {k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict", "qspec")}
+    extra["qspec"] = qspec_entry(qm, ranges)
+    extra["qat"] = {"param": param, "epochs": epochs, "batch_size": batch_size, "lr": lr, "history": history,
+                    "config": config if "qspec" not in ck else "from checkpoint"}
+    checkpoint.save(out, qm.model.float(), **extra)
+    best_rec = max(history, key=lambda r: r["val_int_acc"])
+    _emit({"out": str(out), "history": history, "best_val_int_acc": best_rec["val_int_acc"]}, as_json,
+          f"saved {out} (best integer validation accuracy {best_rec['val_int_acc']:.4f} at epoch {best_rec['epoch']})")
+
+
 @app.command("export")
 def export_(
     ckpt: Annotated[Path, typer.Argument(help="Quantized (or float: default PTQ) checkpoint.")],

@@ -114,6 +114,17 @@ class QuantS4D(torch.nn.Module):
         self.dp = dp
         self.c = datapath_tensors(dp)
         self.fused_scan = True  # QAT (ste=True) runs the state scan in intssm.scan; evaluation never does
+        self.discrete = None  # nn.ParameterDict of Abar/Bbar per layer when QAT learns them directly
+
+    def make_discrete(self, values: dict | None = None):
+        """Learn Abar, Bbar directly (QAT 'discrete'): parameters initialised from the float model."""
+        P = {}
+        for i, layer in enumerate(self.model.layers):
+            d = ssm_discrete64(layer.ssm)
+            for k in ("A_re", "A_im", "B_re", "B_im"):
+                v = values[f"{k}_{i}"] if values is not None else d[k].detach()
+                P[f"{k}_{i}"] = torch.nn.Parameter(torch.as_tensor(v, dtype=T64).clone())
+        self.discrete = torch.nn.ParameterDict(P)
 
     # --------------------------------------------------------------------- weight codes ---
     def _wq(self, w, key, ste):
@@ -139,6 +150,8 @@ class QuantS4D(torch.nn.Module):
         for i, layer in enumerate(m.layers):
             p = f"l{i}."
             d = ssm_discrete64(layer.ssm)
+            if self.discrete is not None:  # QAT 'discrete': Abar and Bbar are parameters themselves
+                d = d | {k: self.discrete[f"{k}_{i}"] for k in ("A_re", "A_im", "B_re", "B_im")}
             for k in ("A_re", "A_im", "D"):
                 per[k].append(self._wq(d[k], p + k, ste))
             for k in ("B_re", "B_im", "C_re", "C_im"):
@@ -326,7 +339,8 @@ def qspec_entry(qm: QuantS4D, ranges: dict) -> dict:
 
     from .qspec import DATAPATH_VERSION
 
-    return {"datapath_version": DATAPATH_VERSION, "quant_config": qm.dp.qcfg.to_dict(), "ranges": ranges_to_json(ranges), "seq_len": qm.dp.seq_len}
+    disc = {k: v.detach().clone() for k, v in qm.discrete.items()} if qm.discrete is not None else None
+    return {"datapath_version": DATAPATH_VERSION, "discrete": disc, "quant_config": qm.dp.qcfg.to_dict(), "ranges": ranges_to_json(ranges), "seq_len": qm.dp.seq_len}
 
 
 def from_checkpoint(model: S4DModel, ck: dict) -> QuantS4D:
@@ -343,4 +357,10 @@ def from_checkpoint(model: S4DModel, ck: dict) -> QuantS4D:
         dp = build_datapath(model.cfg, qcfg, ranges, int(qs["seq_len"]))
     except (KeyError, TypeError, ValueError) as e:
         raise IntssmError(f"checkpoint quantization spec is malformed ({type(e).__name__}: {e})") from None
-    return QuantS4D(model, dp)
+    qm = QuantS4D(model, dp)
+    disc = qs.get("discrete")
+    if disc is not None:
+        if not isinstance(disc, dict) or not all(torch.is_tensor(v) and torch.isfinite(v).all() for v in disc.values()):
+            raise IntssmError("checkpoint's discrete Abar/Bbar entry is malformed or not finite")
+        qm.make_discrete(disc)
+    return qm

@@ -1,0 +1,100 @@
+"""Quantization-aware training through the quantized recurrence (straight-through estimators).
+
+The datapath (scales, multipliers, LUTs) is fixed by calibration; QAT moves the float weights
+under their quantizers. Three parameterisations of Abar (the paper's):
+
+  continuous  A and dt are trained; Abar = exp(dt A) is recomputed and quantized every step
+  frozen      A and dt are frozen (Abar fixed from the float model); B, C, D and the rest train
+  discrete    Abar and Bbar are parameters themselves, initialised from the float model
+
+Model selection uses the integer simulator's accuracy on validation sequences.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data
+from .errors import IntssmError
+from .export import integer_model
+from .qmodel import QuantS4D
+from .sim import simulate
+
+PARAMS = ("continuous", "frozen", "discrete")
+SSM_CONTINUOUS = ("log_dt", "log_A_re", "A_im")
+
+
+def configure(qm: QuantS4D, param: str) -> list:
+    """Set requires_grad for the parameterisation; returns the trainable parameters."""
+    if param not in PARAMS:
+        raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
+    if param == "discrete" and qm.discrete is None:
+        qm.make_discrete()
+    for name, p in qm.model.named_parameters():
+        leaf = name.split(".")[-1]
+        if param == "continuous":
+            p.requires_grad_(True)
+        elif param == "frozen":
+            p.requires_grad_(leaf not in SSM_CONTINUOUS)
+        else:
+            p.requires_grad_(leaf not in SSM_CONTINUOUS + ("B",))
+    params = [p for p in qm.model.parameters() if p.requires_grad]
+    if qm.discrete is not None and param == "discrete":
+        params += list(qm.discrete.parameters())
+    return params
+
+
+def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray) -> float:
+    lg, _, _ = simulate(integer_model(qm), x, qm.dp.cfg.pool == "mean", len(qm.dp.counters))
+    return float((lg.argmax(1) == y).mean())
+
+
+def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3,
+          limit: int | None = None, val_limit: int = 2000, seed: int = 0, on_step=None, on_epoch=None):
+    """QAT in place; returns (best snapshot (model state, discrete state), history)."""
+    torch.manual_seed(seed)
+    params = configure(qm, param)
+    tr = data.load(seq, "train", limit)
+    va = data.load(seq, "val", val_limit)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    steps = epochs * math.ceil(len(tr) / batch_size)
+    gen = np.random.default_rng(seed)
+    snap = lambda: (copy.deepcopy(qm.model.state_dict()), copy.deepcopy(qm.discrete.state_dict()) if qm.discrete is not None else None)  # noqa: E731
+    best_acc = int_accuracy(qm, va.x, va.y)
+    best = snap()
+    history = [{"epoch": 0, "val_int_acc": best_acc}]
+    if on_epoch:
+        on_epoch(history[0])
+    step = 0
+    for ep in range(epochs):
+        t0 = time.time()
+        perm = gen.permutation(len(tr))
+        run_loss, seen = 0.0, 0
+        for i in range(0, len(perm), batch_size):
+            idx = np.sort(perm[i : i + batch_size])
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+            lg, _ = qm(torch.from_numpy(tr.x[idx]), ste=True)
+            loss = F.cross_entropy(qm.real_logits(lg), torch.from_numpy(tr.y[idx]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            run_loss += loss.item() * len(idx)
+            seen += len(idx)
+            if on_step:
+                on_step(len(idx), run_loss / seen)
+        acc = int_accuracy(qm, va.x, va.y)
+        rec = {"epoch": ep + 1, "train_loss": run_loss / seen, "val_int_acc": acc, "seconds": time.time() - t0}
+        history.append(rec)
+        if on_epoch:
+            on_epoch(rec)
+        if acc > best_acc:
+            best_acc, best = acc, snap()
+    return best, history
