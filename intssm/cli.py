@@ -276,6 +276,7 @@ def inspect(
 ):
     """Table of the artifact's tensors: shape, bits, scale, code range."""
     from . import export
+    from .qspec import QFormat
 
     arrays, man = export.load(model)
     rows = []
@@ -295,7 +296,8 @@ def inspect(
     for k, t in tens.items():
         sc = np.asarray(t["scale"])
         b, sym = t["bits"], t["symmetric"]
-        qmin, qmax = (-(2 ** (b - 1)), 2 ** (b - 1) - 1) if sym else (0, 2**b - 1)
+        f = QFormat(b, sym)
+        qmin, qmax = f.qmin, f.qmax
         z = np.asarray(t["zero"])
         lo, hi = float((sc * (qmin - z)).min()), float((sc * (qmax - z)).max())
         typer.echo(f"{k:12s} {b:>4d} {'y' if sym else 'n':>4s} {'y' if t['per_channel'] else 'n':>6s} "
