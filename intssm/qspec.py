@@ -128,6 +128,9 @@ PRESETS: dict[str, QuantConfig] = {
     "w8a8-perhead": QuantConfig(**{n: QFormat(per_channel=True) for n in ("A_re", "A_im", "B", "C", "D", "x_re", "x_im")}),
     "w16a16": QuantConfig(**_all(QFormat(bits=16), WEIGHTS + ("h", "x_re", "x_im", "y", "glu", "pool", "logits")),
                           act=QFormat(bits=16, symmetric=False), sig=QFormat(bits=16, symmetric=False)),
+    # 8-bit everywhere except Abar and the state (12 bits, per head): what PTQ needs (tools/reproduce_paper.py)
+    "w8a8-state12": QuantConfig(**{n: QFormat(12, per_channel=True) for n in ("A_re", "A_im", "x_re", "x_im")},
+                                **{n: QFormat(per_channel=True) for n in ("B", "C", "D")}),
     # the paper's heterogeneous scheme: Bbar, C, D at 4 bits, activations at 6, A and x at 8 with
     # separate real/imaginary quantizers, state clipped every step
     "paper-hetero": QuantConfig(

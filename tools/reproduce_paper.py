@@ -51,7 +51,7 @@ def _configs(parts):
     if "d" in parts:
         for wb in (3, 4, 5, 6, 8):
             for ab in (4, 6, 8):
-                for sb in (6, 8, 10):
+                for sb in (6, 8, 10, 12, 14):
                     ph = lambda b: QFormat(b, per_channel=True)  # noqa: E731
                     q = QuantConfig(B=ph(wb), C=ph(wb), D=ph(wb), enc_w=QFormat(8), mix_w=QFormat(wb, per_channel=True),
                                     dec_w=QFormat(8, per_channel=True), A_re=ph(sb), A_im=ph(sb), x_re=ph(sb), x_im=ph(sb),
