@@ -445,3 +445,18 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
         p.write_text(text)
         paths.append(p)
     return paths
+
+
+def c_storage(arrays: dict, n_counters: int) -> dict:
+    """Bytes the C export occupies: flash = its ``static const`` tables (.rodata), RAM = one
+    ``intssm_state`` (the only mutable memory; .data and .bss are empty). Padding not included for
+    flash (the compiler aligns each table); the state struct's size is exact for LP64/ILP32 ABIs."""
+    qr = arrays["qrange"]
+    nl, H, N2 = arrays["A_re"].shape
+    xre_b = ctype_for(int(qr[1, 0]), int(qr[1, 1]))[1]
+    xim_b = ctype_for(int(qr[2, 0]), int(qr[2, 1]))[1]
+    states = nl * H * N2 * xre_b
+    states += -states % xim_b  # x_im aligned to its type
+    states += nl * H * N2 * xim_b
+    states += -states % 8  # int64 members follow
+    return {"c_flash_bytes": rodata_bytes_estimate(arrays), "c_ram_bytes": states + 8 * H + 8 * n_counters}

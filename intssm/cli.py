@@ -377,9 +377,13 @@ def memory(
 ):
     """Exact memory of the integer model (flash: constants; RAM: state and buffers) vs float32."""
     from . import cost, integer
+    from .cexport import c_storage
 
+    _small_torch_ops()
     cfg, qcfg, L, src = integer.describe(model or DEFAULT_QUANT_CKPT)
     m = cost.memory(cfg, qcfg, L)
+    im = integer.load(model or DEFAULT_QUANT_CKPT)
+    m |= c_storage(im.arrays, len(im.counters))
     if as_json:
         _emit(m | {"model": src}, True, "")
         return
@@ -391,6 +395,8 @@ def memory(
                f"{m['fp32_flash_bytes']} + {m['fp32_ram_bytes']} = {m['fp32_bytes']} B;  reduction {m['reduction']:.2f}x")
     typer.echo(f"weights and biases only: {m['weights_bytes']} B vs {m['fp32_weights_bytes']} B float32 "
                f"({m['weights_reduction']:.2f}x)")
+    typer.echo(f"as exported to C (intssm export-c, whole bytes per value): flash {m['c_flash_bytes']} B of tables "
+               f"(.rodata, before alignment), RAM {m['c_ram_bytes']} B (sizeof(intssm_state))")
 
 
 @app.command()

@@ -365,3 +365,28 @@ def test_cli_export_c(tmp_path):
     assert res["rodata_bytes_estimate"] == cexport.rodata_bytes_estimate(integer_model(qm))
     r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c2")])
     assert r.exit_code == 0 and "intssm_model.c" in r.stdout
+
+
+SIZEOF = r"""
+#include <stdio.h>
+#include "intssm_model.h"
+int main(void) { printf("%zu\n", sizeof(intssm_state)); return 0; }
+"""
+
+
+@needs_gcc
+@pytest.mark.skipif(SIZE is None, reason="binutils size not on PATH")
+def test_memory_map_matches_compiled_object(smnist_build):
+    """`intssm memory`'s C storage figures agree with the compiler: flash = .rodata within alignment
+    padding, RAM = sizeof(intssm_state) exactly, and .data + .bss are empty."""
+    qm, arrays, d, _ = smnist_build
+    cs = cexport.c_storage(arrays, len(qm.dp.counters))
+    gcc("-c", "intssm_model.c", "-o", "intssm_model.o", cwd=d)
+    sec = sections(d / "intssm_model.o")
+    ro = sum(v for k, v in sec.items() if k.startswith(".rodata"))
+    assert cs["c_flash_bytes"] <= ro <= cs["c_flash_bytes"] + 8 * len(cexport.table_layout(arrays))
+    assert sum(v for k, v in sec.items() if k.startswith((".data", ".bss"))) == 0
+    (d / "sizeof.c").write_text(SIZEOF)
+    gcc("sizeof.c", "-o", "sizeof", cwd=d)
+    out = subprocess.run([str(d / "sizeof")], capture_output=True, text=True, check=True).stdout
+    assert int(out) == cs["c_ram_bytes"]
