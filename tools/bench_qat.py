@@ -1,0 +1,85 @@
+"""QAT speed: one training step with the fused quantized scan vs the plain Torch loop vs float
+convolution-mode training, measured side by side in one run and extrapolated to an sMNIST epoch.
+
+    python tools/bench_qat.py [--preset paper-small] [--batch-size 64] [--batches 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="paper-small")
+    ap.add_argument("--config", default="paper-hetero")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+    from intssm import data
+    from intssm.model import PRESETS, S4DModel
+    from intssm.qat import configure
+    from intssm.qmodel import ptq
+    from intssm.qspec import PRESETS as QP
+
+    tr = data.load("smnist", "train", a.batch_size * (a.batches + 1))
+    x, y = torch.from_numpy(tr.x), torch.from_numpy(tr.y)
+    xf = torch.from_numpy(tr.as_float())
+    B = a.batch_size
+    fm = S4DModel(PRESETS[a.preset], seed=0)
+    qm, _ = ptq(S4DModel(PRESETS[a.preset], seed=0).double(), QP[a.config], xf[:B].double())
+    opt_q = torch.optim.Adam(configure(qm, "continuous"), 1e-4)
+    opt_f = torch.optim.Adam(fm.parameters(), 1e-4)
+
+    def q_step(i):
+        lg, _ = qm(x[i * B:(i + 1) * B], ste=True)
+        loss = F.cross_entropy(qm.real_logits(lg), y[i * B:(i + 1) * B])
+        opt_q.zero_grad()
+        loss.backward()
+        opt_q.step()
+
+    def f_step(i):
+        loss = F.cross_entropy(fm(xf[i * B:(i + 1) * B]), y[i * B:(i + 1) * B])
+        opt_f.zero_grad()
+        loss.backward()
+        opt_f.step()
+
+    def timed(fn, n):
+        fn(0)  # warm-up (JIT, allocator)
+        t = time.perf_counter()
+        for i in range(1, n + 1):
+            fn(i)
+        return (time.perf_counter() - t) / n
+
+    steps = 50000 / B
+    qm.fused_scan = True
+    t_fused = timed(q_step, a.batches)
+    t_float = timed(f_step, a.batches)
+    qm.fused_scan = False
+    t_naive = timed(q_step, 1)
+    res = {"batch_size": B, "fused_s_per_step": t_fused, "naive_s_per_step": t_naive, "float_conv_s_per_step": t_float,
+           "fused_epoch_s": t_fused * steps, "naive_epoch_s": t_naive * steps, "float_conv_epoch_s": t_float * steps,
+           "naive_over_fused": t_naive / t_fused, "fused_over_float": t_fused / t_float}
+    if a.json:
+        print(json.dumps(res))
+        return
+    print(f"{a.preset} / {a.config}, batch {B}, one torch thread, epoch = 50,000 sequences:")
+    for k, lab in (("float_conv", "float, convolution mode"), ("fused", "QAT, fused quantized scan"), ("naive", "QAT, plain Torch loop")):
+        print(f"  {lab:28s} {res[k + '_s_per_step']:7.3f} s/step -> {res[k + '_epoch_s'] / 60:7.1f} min/epoch")
+    print(f"  fused is {res['naive_over_fused']:.1f}x faster than the plain loop and {res['fused_over_float']:.1f}x slower than float training")
+
+
+if __name__ == "__main__":
+    main()
