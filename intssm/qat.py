@@ -27,6 +27,7 @@ from .qmodel import QuantS4D
 from .sim import simulate
 
 PARAMS = ("continuous", "frozen", "discrete")
+GRAD_CLIP = 1.0  # global gradient-norm clip: straight-through gradients through 784 steps can spike
 SSM_CONTINUOUS = ("log_dt", "log_A_re", "A_im")
 
 
@@ -84,6 +85,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
             loss = F.cross_entropy(qm.real_logits(lg), torch.from_numpy(tr.y[idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
             opt.step()
             step += 1
             run_loss += loss.item() * len(idx)
