@@ -19,7 +19,7 @@ from numba import config, njit, prange
 config.THREADING_LAYER = "workqueue"
 
 from .errors import IntssmError
-from .fixedpoint import rounding_rshift, saturate
+from .fixedpoint import requantize, rounding_rshift, saturate
 
 # qrange rows (see intssm.qmodel.QRANGE_ORDER)
 _H, _XRE, _XIM, _Y, _ACT, _GLU, _SIG, _POOL, _LOG = range(9)
@@ -54,7 +54,7 @@ def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
             acc = enc_b[hh]
             for j in range(d_in):
                 acc += (enc_w[hh, j] - enc_w_z[hh]) * np.int64(P[b, k, j])
-            v, c = saturate(rounding_rshift(acc * enc_M[hh], enc_S[hh]) + h_z[0], hlo, hhi)
+            v, c = requantize(acc, enc_M[hh], enc_S[hh], h_z[0], hlo, hhi)
             h[hh] = v
             cnt[b, 0] += c
         for i in range(nl):
@@ -95,7 +95,7 @@ def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                 acc = mix_b[i, j]
                 for hh in range(H):
                     acc += (mix_w[i, j, hh] - mix_w_z[i, j]) * (a[hh] - act_z[i])
-                v, c = saturate(rounding_rshift(acc * glu_M[i, j], glu_S[i, j]) + glu_z[i], qrange[_GLU, 0], qrange[_GLU, 1])
+                v, c = requantize(acc, glu_M[i, j], glu_S[i, j], glu_z[i], qrange[_GLU, 0], qrange[_GLU, 1])
                 g[j] = v
                 cnt[b, base + 3] += c
             # residual: h <- requant(h + g_a * sigmoid(g_b))
@@ -113,14 +113,14 @@ def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
     ci = 1 + 5 * nl
     pooled = np.empty(H, np.int64)
     for hh in range(H):
-        v, c = saturate(rounding_rshift(pool_acc[hh] * pool_M[hh], pool_S[hh]) + pool_z[0], qrange[_POOL, 0], qrange[_POOL, 1])
+        v, c = requantize(pool_acc[hh], pool_M[hh], pool_S[hh], pool_z[0], qrange[_POOL, 0], qrange[_POOL, 1])
         pooled[hh] = v
         cnt[b, ci] += c
     for o in range(C):
         acc = dec_b[o]
         for hh in range(H):
             acc += (dec_w[o, hh] - dec_w_z[o]) * (pooled[hh] - pool_z[0])
-        v, c = saturate(rounding_rshift(acc * logits_M[o], logits_S[o]) + logits_z[0], qrange[_LOG, 0], qrange[_LOG, 1])
+        v, c = requantize(acc, logits_M[o], logits_S[o], logits_z[0], qrange[_LOG, 0], qrange[_LOG, 1])
         out_logits[b, o] = v
         cnt[b, ci + 1] += c
 
