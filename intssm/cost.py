@@ -25,11 +25,6 @@ MULT_BITS = 16  # stored width of a requantization multiplier (values < 2**15, u
 SHIFT_BITS = 8  # stored width of a shift (0..46)
 
 
-def _opw(f) -> int:
-    """Width of a centred operand q - z: b bits symmetric, b + 1 bits asymmetric."""
-    return f.bits if f.symmetric else f.bits + 1
-
-
 def SITES(cfg: ModelConfig):
     """(site, terms per output, outputs) over the whole model."""
     H, nl, C = cfg.d_model, cfg.n_layers, cfg.d_output

@@ -283,7 +283,6 @@ def datapath_tensors(dp: Datapath) -> dict:
     for n in ("y", "act", "glu", "sig"):
         c[n + "_s"] = [float(dp.tq[f"l{i}.{n}"].scale[0]) for i in range(nl)]
     c["logits_s"] = float(dp.tq["logits"].scale[0])
-    # per-site multipliers with a single term are stored (C,), the simulator's layout
     return c
 
 
