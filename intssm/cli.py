@@ -334,8 +334,7 @@ def simulate(
     ds = data.load(seq, split, limit)
     if not ds.is_uint8:
         raise IntssmError(f"{ds.name}: the integer datapath takes raw uint8 inputs; this dataset is float")
-    if ds.x.shape[-1] != im.arrays["enc_w"].shape[1]:
-        raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {im.arrays['enc_w'].shape[1]}")
+    _check_input_dim(im.arrays["enc_w"].shape[1], ds)
     if im.mean_pool and ds.x.shape[1] != im.seq_len:
         raise IntssmError(f"model was quantized for sequences of length {im.seq_len}, {ds.name} has {ds.x.shape[1]}")
     n = len(ds)
@@ -380,10 +379,9 @@ def memory(
     from .cexport import c_storage
 
     _small_torch_ops()
-    cfg, qcfg, L, src = integer.describe(model or DEFAULT_QUANT_CKPT)
-    m = cost.memory(cfg, qcfg, L)
-    im = integer.load(model or DEFAULT_QUANT_CKPT)
-    m |= c_storage(im.arrays, len(im.counters))
+    im = integer.load(model or DEFAULT_QUANT_CKPT)  # one read: config, quantization and arrays
+    src = im.source
+    m = cost.memory(im.cfg, im.qcfg, im.seq_len) | c_storage(im.arrays, len(im.counters))
     if as_json:
         _emit(m | {"model": src}, True, "")
         return

@@ -30,6 +30,8 @@ class IntegerModel:
     mean_pool: bool
     seq_len: int
     source: str
+    cfg: object = None  # ModelConfig
+    qcfg: object = None  # QuantConfig
     qm: QuantS4D | None = None  # the Torch quantized model, when the source has float weights
     dataset: str | None = None
 
@@ -37,8 +39,13 @@ class IntegerModel:
 def load(path, calib: int = 64, config: str = DEFAULT_CONFIG) -> IntegerModel:
     p = Path(path)
     if p.suffix == ".npz":
+        from .model import ModelConfig
+        from .qspec import QuantConfig
+
         arrays, man = export.load(p)
-        return IntegerModel(arrays, man["counters"], man["model_config"]["pool"] == "mean", man["seq_len"], f"{p} (integer artifact)")
+        return IntegerModel(arrays, man["counters"], man["model_config"]["pool"] == "mean", man["seq_len"],
+                            f"{p} (integer artifact)", ModelConfig.from_dict(man["model_config"]),
+                            QuantConfig.from_dict(man["quant_config"]))
     model, ck = checkpoint.load(p)
     model = model.double()
     if "qspec" in ck:
@@ -52,8 +59,8 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG) -> IntegerModel:
         qm, _ = ptq(model, PRESETS[config], torch.from_numpy(cal.as_float()))
         src = f"{p} (float checkpoint, default PTQ {config} calibrated on {calib} training sequences)"
     arrays = export.integer_model(qm)
-    return IntegerModel(arrays, qm.dp.counters, qm.dp.cfg.pool == "mean", qm.dp.seq_len, src, qm,
-                        ck.get("dataset", {}).get("seq"))
+    return IntegerModel(arrays, qm.dp.counters, qm.dp.cfg.pool == "mean", qm.dp.seq_len, src, qm.dp.cfg, qm.dp.qcfg,
+                        qm, ck.get("dataset", {}).get("seq"))
 
 
 def run(im: IntegerModel, P: np.ndarray, chunk: int = 1000, progress=None):
