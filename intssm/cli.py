@@ -84,6 +84,11 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for init, shuffling and dropout.")] = 0,
     limit: LimitOpt = None,
     threads: Annotated[int, typer.Option(help="Torch threads (0 = default).")] = 0,
+    d_model: Annotated[Optional[int], typer.Option(help="Override the preset's d_model.")] = None,
+    d_state: Annotated[Optional[int], typer.Option(help="Override the preset's d_state (even).")] = None,
+    n_layers: Annotated[Optional[int], typer.Option(help="Override the preset's number of layers.")] = None,
+    device: Annotated[str, typer.Option(help="Torch device: cpu | cuda.")] = "cpu",
+    max_minutes: Annotated[float, typer.Option(help="Stop after the epoch that would pass this many minutes (0 = no limit).")] = 0.0,
     as_json: JsonOpt = False,
 ):
     """Train a float S4D in convolution mode; keeps the best-on-validation weights."""
@@ -95,10 +100,21 @@ def train(
     _check_limit(limit)
     if preset not in PRESETS:
         raise IntssmError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if epochs < 1 or batch_size < 1 or lr <= 0 or ssm_lr <= 0:
-        raise IntssmError("--epochs, --batch-size, --lr and --ssm-lr must be positive")
-    args = TrainArgs(epochs=epochs, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr, seed=seed, limit=limit, threads=threads)
-    model = S4DModel(PRESETS[preset], seed=seed)
+    if epochs < 1 or batch_size < 1 or lr <= 0 or ssm_lr <= 0 or max_minutes < 0:
+        raise IntssmError("--epochs, --batch-size, --lr and --ssm-lr must be positive (--max-minutes >= 0)")
+    import torch
+
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise IntssmError(f"--device must be cpu or cuda (with a GPU present), got {device!r}")
+    over = {k: v for k, v in (("d_model", d_model), ("d_state", d_state), ("n_layers", n_layers)) if v is not None}
+    if any(v < 1 for v in over.values()) or over.get("d_state", 2) % 2:
+        raise IntssmError(f"--d-model, --d-state and --n-layers must be positive (d_state even), got {over}")
+    from dataclasses import replace as dc_replace
+
+    mcfg = dc_replace(PRESETS[preset], **over)
+    args = TrainArgs(epochs=epochs, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr, seed=seed, limit=limit, threads=threads,
+                     device=device, max_minutes=max_minutes)
+    model = S4DModel(mcfg, seed=seed)
     n_train = len(data.load(seq, "train", limit))
     err.print(f"training {preset} ({n_params(model)} parameters) on {seq}: {n_train} sequences x {epochs} epochs")
     with progress_bar("train", epochs * n_train, enabled=not as_json) as adv:
@@ -112,7 +128,7 @@ def train(
     model.load_state_dict(best)
     ds = data.load(seq, "test")
     checkpoint.save(out, model, metrics=history, dataset={"seq": seq, "checksum": ds.checksum},
-                    train_args=args_dict(args) | {"preset": preset})
+                    train_args=args_dict(args) | {"preset": preset, "overrides": over})
     best_rec = max(history, key=lambda r: r["val_acc"])
     _emit({"out": str(out), "best_epoch": best_rec["epoch"], "val_acc": best_rec["val_acc"], "history": history},
           as_json, f"saved {out} (best epoch {best_rec['epoch']}, val acc {best_rec['val_acc']:.4f})")
@@ -207,6 +223,7 @@ def qat_(
     limit: LimitOpt = None,
     val_limit: Annotated[int, typer.Option(help="Validation sequences for model selection.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    max_minutes: Annotated[float, typer.Option(help="Stop training after this many minutes (0 = no limit).")] = 0.0,
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
@@ -221,8 +238,8 @@ def qat_(
     _check_limit(limit)
     if param not in PARAMS:
         raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
-    if epochs < 1 or batch_size < 1 or lr <= 0 or calib < 1 or val_limit < 1:
-        raise IntssmError("--epochs, --batch-size, --lr, --calib and --val-limit must be positive")
+    if epochs < 1 or batch_size < 1 or lr <= 0 or calib < 1 or val_limit < 1 or max_minutes < 0:
+        raise IntssmError("--epochs, --batch-size, --lr, --calib and --val-limit must be positive (--max-minutes >= 0)")
     _small_torch_ops()
     model, ck = checkpoint.load(ckpt)
     model = model.double()
@@ -237,7 +254,7 @@ def qat_(
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
         best, history = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
                                 on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
-                                on_epoch=lambda r: err.print(json.dumps(r)))
+                                on_epoch=lambda r: err.print(json.dumps(r)), max_minutes=max_minutes)
     qm.model.load_state_dict(best[0])
     if best[1] is not None:
         qm.discrete.load_state_dict(best[1])
@@ -249,6 +266,75 @@ def qat_(
     best_rec = max(history, key=lambda r: r["val_int_acc"])
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_rec["val_int_acc"]}, as_json,
           f"saved {out} (best integer validation accuracy {best_rec['val_int_acc']:.4f} at epoch {best_rec['epoch']})")
+
+
+@app.command()
+def search(
+    ckpt: Annotated[Path, typer.Argument(help="Float checkpoint (.pt).")],
+    min_accuracy: Annotated[float, typer.Option(help="Floor on integer validation accuracy (0..1).")] = 0.97,
+    start: Annotated[str, typer.Option(help="Start configuration (preset or JSON file).")] = "w8a8-state12",
+    val_limit: Annotated[int, typer.Option(help="Validation sequences scoring each candidate.")] = 2000,
+    calib: Annotated[int, typer.Option(help="Calibration sequences (ranges are calibrated once).")] = 256,
+    qat_steps: Annotated[int, typer.Option(help="Discrete-Abar QAT steps (batch 64) fine-tuning each candidate before scoring.")] = 0,
+    groups: Annotated[Optional[str], typer.Option(help="Comma-separated groups to lower (default all): " + ", ".join(["Abar", "x", "B", "C", "D", "enc_w", "mix_w", "dec_w", "h", "y", "act", "glu", "sig", "pool"]))] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for points.jsonl, front.json, trace.json, best.json, pareto.png.")] = Path("runs/search"),
+    workers: Annotated[int, typer.Option(help="Parallel candidates (local processes or Ray CPUs).")] = 2,
+    executor: Annotated[str, typer.Option(help="local | ray.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray instance).")] = None,
+    test: Annotated[bool, typer.Option(help="Also score the chosen configuration on the full test set.")] = True,
+    as_json: JsonOpt = False,
+):
+    """Mixed-precision search: the least-memory bit allocation whose integer validation accuracy stays above the floor."""
+    import torch
+
+    from . import checkpoint, data
+    from .executor import get_executor
+    from .qmodel import calibrate
+    from .qspec import get_config, ranges_to_json
+    from .search import GROUPS, greedy, pareto, plot, score, write
+
+    if not 0 < min_accuracy <= 1:
+        raise IntssmError(f"--min-accuracy must be in (0, 1], got {min_accuracy}")
+    if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1:
+        raise IntssmError("--val-limit, --calib and --workers must be positive, --qat-steps >= 0")
+    gs = tuple(g.strip() for g in groups.split(",")) if groups else tuple(GROUPS)
+    bad = [g for g in gs if g not in GROUPS]
+    if bad:
+        raise IntssmError(f"unknown group(s) {bad}; choose from {', '.join(GROUPS)}")
+    _small_torch_ops()
+    q0 = get_config(start)
+    model, ck = checkpoint.load(ckpt)
+    if "qspec" in ck:
+        raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
+    seq = ck.get("dataset", {}).get("seq", "smnist")
+    cal = data.load(seq, "train", calib)
+    _check_input_dim(model.cfg.d_input, cal)
+    ranges = ranges_to_json(calibrate(model, torch.from_numpy(cal.as_float())))
+    t0 = time.time()
+    with get_executor(executor, workers, ray_address) as ex:
+        chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs,
+                                       on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
+        res = {"floor": min_accuracy, "start": start, "scored": len(points), "seconds": round(time.time() - t0, 1),
+               "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
+        if chosen is None:
+            write(out, points, trace, None)
+            raise IntssmError(f"the start configuration {start!r} is already below the floor "
+                              f"({trace[0]['accuracy']}); lower --min-accuracy or start wider")
+        best = trace[-1]
+        res |= {"best": {k: best[k] for k in ("signature", "bytes", "weights_bytes", "reduction", "accuracy")}, "best_config": str(out / "best.json")}
+        if test:
+            n_test = len(data.load(seq, "test"))
+            r = next(ex.map_unordered(score, [dict(ckpt=str(ckpt), seq=seq, qcfg=chosen, ranges=ranges, val_limit=None,
+                                                   qat_steps=qat_steps, split="test")]))[1]
+            res["best"]["test_accuracy"] = r["accuracy"]
+            res["best"]["n_test"] = n_test
+    write(out, points, trace, chosen)
+    plot(points, trace, min_accuracy, out / "pareto.png")
+    b = res["best"]
+    human = (f"scored {len(points)} configurations in {res['seconds']} s; least memory at val >= {min_accuracy}: "
+             f"{b['signature']}\n  {b['bytes']:.0f} B ({b['reduction']:.2f}x vs float32), val {b['accuracy']:.4f}"
+             + (f", test {b['test_accuracy']:.4f}" if "test_accuracy" in b else "") + f"\n  config: {out / 'best.json'}; front: {out / 'pareto.png'}")
+    _emit(res, as_json, human)
 
 
 @app.command("export")

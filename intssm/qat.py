@@ -57,9 +57,15 @@ def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3,
-          limit: int | None = None, val_limit: int = 2000, seed: int = 0, on_step=None, on_epoch=None):
-    """QAT in place; returns (best snapshot (model state, discrete state), history)."""
+          limit: int | None = None, val_limit: int = 2000, seed: int = 0, on_step=None, on_epoch=None,
+          max_minutes: float = 0.0):
+    """QAT in place; returns (best snapshot (model state, discrete state), history).
+
+    ``max_minutes`` > 0 ends training at the first step past the budget (the partial epoch is then
+    validated like a full one).
+    """
     torch.manual_seed(seed)
+    t_start = time.time()
     params = configure(qm, param)
     tr = data.load(seq, "train", limit)
     va = data.load(seq, "val", val_limit)
@@ -72,7 +78,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     history = [{"epoch": 0, "val_int_acc": best_acc}]
     if on_epoch:
         on_epoch(history[0])
-    step = 0
+    step, out_of_time = 0, False
     for ep in range(epochs):
         t0 = time.time()
         perm = gen.permutation(len(tr))
@@ -92,11 +98,18 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
             seen += len(idx)
             if on_step:
                 on_step(len(idx), run_loss / seen)
+            if max_minutes and time.time() - t_start > 60 * max_minutes:
+                out_of_time = True
+                break
         acc = int_accuracy(qm, va.x, va.y)
         rec = {"epoch": ep + 1, "train_loss": run_loss / seen, "val_int_acc": acc, "seconds": time.time() - t0}
+        if out_of_time:
+            rec["stopped"] = f"time budget of {max_minutes} min, after {seen} sequences of this epoch"
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
         if acc > best_acc:
             best_acc, best = acc, snap()
+        if out_of_time:
+            break
     return best, history

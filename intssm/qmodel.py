@@ -112,9 +112,14 @@ class QuantS4D(torch.nn.Module):
         super().__init__()
         self.model = model
         self.dp = dp
-        self.c = datapath_tensors(dp)
+        self.set_datapath(dp)
         self.fused_scan = True  # QAT (ste=True) runs the state scan in intssm.scan; evaluation never does
         self.discrete = None  # nn.ParameterDict of Abar/Bbar per layer when QAT learns them directly
+
+    def set_datapath(self, dp: Datapath):
+        """Use the datapath ``dp`` (its integer constants as tensors)."""
+        self.dp = dp
+        self.c = datapath_tensors(dp)
 
     def make_discrete(self, values: dict | None = None):
         """Learn Abar, Bbar directly (QAT 'discrete'): parameters initialised from the float model."""

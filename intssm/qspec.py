@@ -131,6 +131,9 @@ PRESETS: dict[str, QuantConfig] = {
     # 8-bit everywhere except Abar and the state (12 bits, per head): what PTQ needs (tools/reproduce_paper.py)
     "w8a8-state12": QuantConfig(**{n: QFormat(12, per_channel=True) for n in ("A_re", "A_im", "x_re", "x_im")},
                                 **{n: QFormat(per_channel=True) for n in ("B", "C", "D")}),
+    # sub-8-bit state: Abar and x at 6 bits per head, the rest 8 bits (needs QAT: PTQ collapses below 11 bits)
+    "w8a8-state6": QuantConfig(**{n: QFormat(6, per_channel=True) for n in ("A_re", "A_im", "x_re", "x_im")},
+                               **{n: QFormat(per_channel=True) for n in ("B", "C", "D")}),
     # the paper's heterogeneous scheme: Bbar, C, D at 4 bits, activations at 6, A and x at 8 with
     # separate real/imaginary quantizers, state clipped every step
     "paper-hetero": QuantConfig(

@@ -25,6 +25,8 @@ class TrainArgs:
     seed: int = 0
     limit: int | None = None  # first N training / validation sequences (quick runs)
     threads: int = 0  # torch threads, 0 = leave torch's default
+    device: str = "cpu"  # torch device for float training ("cuda" where one is present)
+    max_minutes: float = 0.0  # stop at the epoch boundary that would pass this budget (0 = none)
 
 
 def set_determinism(seed: int, threads: int = 0):
@@ -39,10 +41,11 @@ def set_determinism(seed: int, threads: int = 0):
 def evaluate(model: S4DModel, x: np.ndarray, y: np.ndarray, mode: str = "conv", batch: int = 500, progress=None):
     """(accuracy, mean loss) of ``model`` on float inputs ``x`` (n L d) and labels ``y``."""
     model.eval()
+    dev = next(model.parameters()).device
     correct, loss_sum = 0, 0.0
     for i in range(0, len(y), batch):
-        u = torch.from_numpy(x[i : i + batch])
-        t = torch.from_numpy(y[i : i + batch])
+        u = torch.from_numpy(x[i : i + batch]).to(dev)
+        t = torch.from_numpy(y[i : i + batch]).to(dev)
         logits = model(u, mode=mode)
         loss_sum += F.cross_entropy(logits, t, reduction="sum").item()
         correct += (logits.argmax(-1) == t).sum().item()
@@ -54,6 +57,9 @@ def evaluate(model: S4DModel, x: np.ndarray, y: np.ndarray, mode: str = "conv", 
 def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=None):
     """Train ``model`` in place; returns (best state_dict, history list of per-epoch dicts)."""
     set_determinism(args.seed, args.threads)
+    dev = torch.device(args.device)
+    model.to(dev)
+    t_start = time.time()
     tr = data.load(seq, "train", args.limit)
     va = data.load(seq, "val", args.limit)
     xtr, ytr = tr.as_float(), tr.y
@@ -72,7 +78,7 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
         run_loss, run_correct, seen = 0.0, 0, 0
         for i in range(0, len(perm), args.batch_size):
             idx = np.sort(perm[i : i + args.batch_size])
-            u, t = torch.from_numpy(xtr[idx]), torch.from_numpy(ytr[idx])
+            u, t = torch.from_numpy(xtr[idx]).to(dev), torch.from_numpy(ytr[idx]).to(dev)
             f = (step + 1) / max(1, warm) if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
             for g, lr0 in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr0 * f
@@ -102,6 +108,12 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if on_epoch:
             on_epoch(rec)
+        spent = time.time() - t_start
+        if args.max_minutes and spent + rec["seconds"] > 60 * args.max_minutes and epoch + 1 < args.epochs:
+            rec["stopped"] = f"time budget of {args.max_minutes} min"
+            break
+    model.to("cpu")
+    best = {k: v.cpu() for k, v in best.items()}
     return best, history
 
 

@@ -1,17 +1,24 @@
 """Post-training-quantization study of arXiv 2506.12480 on real sMNIST, with intssm's integer simulator.
 
-    python tools/reproduce_paper.py [--ckpt data/checkpoints/paper-small-fp32.pt] [--out runs/study]
-                                    [--limit N] [--workers 2] [--parts a,b,d]
+    python tools/reproduce_paper.py [--models d16=data/checkpoints/paper-small-fp32.pt,...] [--out runs/study]
+                                    [--limit N] [--workers 2] [--parts a,b,c,d]
+                                    [--executor local|ray] [--ray-address ADDR]
 
 Every accuracy is the integer simulator's on the sMNIST test set (``--limit`` for a quick run).
 Parts (the paper's numbering):
   a  accuracy vs bits of Abar (A_re and A_im) and, separately, of the state x (2..16), all other
      components at 16 bits (the closest the integer datapath has to "float")
   b  per-tensor vs per-head scales and symmetric vs asymmetric quantizers, everything at 8 bits
+  c  QAT with the three parameterisations of Abar (continuous, frozen, discrete) at Abar/x bits
+     2..8 (every other component 8-bit, per head where the datapath allows), written to qat.csv
+     with the PTQ accuracy of the same configuration before QAT; ``--qat-epochs``,
+     ``--qat-limit`` (training sequences per epoch) and ``--qat-minutes`` (per-run budget) size it
   d  heterogeneous configurations: accuracy vs memory (intssm.cost.memory), with the Pareto front
+``--models`` names several float checkpoints: part a runs on each (model name prefixed to the run
+name unless it is d16); b, c, d run on the first.
 Runs are independent; each writes one CSV row (resumable: rows already in the CSV are skipped),
-runs execute in a process pool, and PNG plots are drawn from the CSVs.
-QAT (part c) is not reproduced here: it needs the fused quantized scan (open issue).
+runs are submitted through :mod:`intssm.executor` (local processes, or ``--executor ray``), and
+PNG plots are drawn from the CSVs.
 """
 
 from __future__ import annotations
@@ -19,9 +26,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
+import re
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 FIELDS = ["part", "name", "config", "accuracy", "n", "bytes", "fp32_bytes", "reduction", "weights_bytes", "saturations"]
+QAT_FIELDS = ["part", "name", "param", "bits", "config", "ptq_accuracy", "accuracy", "best_val_int_acc", "epochs_run",
+              "train_sequences", "seconds", "n", "bytes", "reduction"]
 
 
 def _configs(parts):
@@ -48,6 +56,13 @@ def _configs(parts):
                 kw = {n: fm for n in ("A_re", "A_im", "B", "C", "D", "x_re", "x_im", "enc_w", "mix_w", "dec_w")}
                 kw.update({n: QFormat(8, symmetric=sym) for n in ("h", "y", "glu", "pool")})
                 runs.append(("b", f"8bit {'per-head' if pc else 'per-tensor'} {'sym' if sym else 'asym'}", QuantConfig(**kw)))
+    if "c" in parts:
+        for b in range(2, 9):
+            ph = lambda bb: QFormat(bb, per_channel=True)  # noqa: E731
+            q = QuantConfig(A_re=ph(b), A_im=ph(b), x_re=ph(b), x_im=ph(b), B=ph(8), C=ph(8), D=ph(8),
+                            dec_w=QFormat(8, per_channel=True))
+            for param in ("continuous", "frozen", "discrete"):
+                runs.append(("c", f"{param} Ax{b}", q))
     if "d" in parts:
         for wb in (3, 4, 5, 6, 8):
             for ab in (4, 6, 8):
@@ -61,12 +76,50 @@ def _configs(parts):
     return runs
 
 
-def _run_one(ckpt, part, name, qcfg_dict, limit, calib):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import numpy as np
+def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minutes, val_limit=1000):
+    """One part-c run: PTQ, QAT (param from the run name), integer test accuracy of the best model."""
+    import time
+
     import torch
 
-    torch.set_num_threads(1)
+    from intssm import checkpoint, cost, data
+    from intssm.errors import IntssmError
+    from intssm.export import integer_model
+    from intssm.qat import train
+    from intssm.qmodel import ptq
+    from intssm.qspec import QuantConfig
+    from intssm.sim import simulate
+
+    param, bits = name.split()[0], int(name.split("Ax")[1])
+    q = QuantConfig.from_dict(qcfg_dict)
+    model, _ = checkpoint.load(ckpt)
+    cal = data.load("smnist", "train", calib)
+    te = data.load("smnist", "test", limit)
+    mem = cost.memory(model.cfg, q, te.x.shape[1])
+    row = {"part": part, "name": name, "param": param, "bits": bits, "config": json.dumps(qcfg_dict), "n": len(te),
+           "bytes": mem["bytes"], "reduction": round(mem["reduction"], 4)}
+
+    def test_acc(qm):
+        lg, _, _ = simulate(integer_model(qm), te.x, model.cfg.pool == "mean", len(qm.dp.counters))
+        return float((lg.argmax(1) == te.y).mean())
+
+    try:
+        qm, _ = ptq(model.double(), q, torch.from_numpy(cal.as_float()))
+    except IntssmError as e:
+        return row | {"accuracy": "", "ptq_accuracy": f"refused: {e}"}
+    row["ptq_accuracy"] = test_acc(qm)
+    t0 = time.time()
+    best, hist = train(qm, "smnist", param, epochs, 64, 1e-3, qat_limit, val_limit, 0, max_minutes=minutes)
+    qm.model.load_state_dict(best[0])
+    if best[1] is not None:
+        qm.discrete.load_state_dict(best[1])
+    return row | {"accuracy": test_acc(qm), "best_val_int_acc": max(h["val_int_acc"] for h in hist),
+                  "epochs_run": len(hist) - 1, "train_sequences": qat_limit or 50000, "seconds": round(time.time() - t0, 1)}
+
+
+def _run_one(ckpt, part, name, qcfg_dict, limit, calib):
+    import torch
+
     from intssm import checkpoint, cost, data
     from intssm.errors import IntssmError
     from intssm.export import integer_model
@@ -89,7 +142,7 @@ def _run_one(ckpt, part, name, qcfg_dict, limit, calib):
     return row | {"accuracy": float((lg.argmax(1) == te.y).mean()), "saturations": int(cnt.sum())}
 
 
-def plots(out: Path, rows):
+def plots(out: Path, rows, qrows=()):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,6 +162,38 @@ def plots(out: Path, rows):
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "ptq_bits.png", dpi=110)
+        plt.close(fig)
+    models = sorted({r["name"].split(":")[0] for r in a if ":" in r["name"]})
+    if models:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in ["d16"] + models:
+            pre = "Ax" if m == "d16" else f"{m}:Ax"
+            pts = sorted((int(r["name"][len(pre):]), float(r["accuracy"])) for r in a
+                         if r["name"].startswith(pre) and r["name"][len(pre):].isdigit())
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=m)
+        ax.set_xlabel("bits of Abar and x (rest 16)")
+        ax.set_ylabel("integer test accuracy (%)")
+        ax.set_title("PTQ vs model width (d_model)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "ptq_width.png", dpi=110)
+        plt.close(fig)
+    c = [r for r in qrows if r.get("accuracy", "") != ""]
+    if c:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for param in ("continuous", "frozen", "discrete"):
+            pts = sorted((int(r["bits"]), float(r["accuracy"])) for r in c if r["param"] == param)
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=f"QAT {param}")
+        pts = sorted({(int(r["bits"]), float(r["ptq_accuracy"])) for r in c if r["ptq_accuracy"][:1].isdigit()})
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "k--", label="PTQ")
+        ax.set_xlabel("bits of Abar and x (rest 8)")
+        ax.set_ylabel("integer test accuracy (%)")
+        ax.set_title("QAT parameterisations of Abar")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "qat_bits.png", dpi=110)
         plt.close(fig)
     d = [r for r in rows if r["part"] in ("b", "d") and r["accuracy"] != ""]
     if d:
@@ -134,40 +219,69 @@ def plots(out: Path, rows):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", default=str(ROOT / "data/checkpoints/paper-small-fp32.pt"))
+    ap.add_argument("--models", default="d16=" + str(ROOT / "data/checkpoints/paper-small-fp32.pt"),
+                    help="comma-separated name=checkpoint; part a runs on each, b/c/d on the first")
     ap.add_argument("--out", default=str(ROOT / "runs/study"))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--parts", default="a,b,d")
+    ap.add_argument("--executor", default="local", help="local | ray")
+    ap.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    ap.add_argument("--only", default=None, help="regular expression: run only the runs whose name matches")
+    ap.add_argument("--qat-epochs", type=int, default=1)
+    ap.add_argument("--qat-limit", type=int, default=None, help="training sequences per QAT epoch (default all)")
+    ap.add_argument("--qat-minutes", type=float, default=0.0, help="per-run QAT time budget (0 = none)")
     a = ap.parse_args()
     from rich.progress import Progress
 
+    from intssm.executor import get_executor
+
+    models = dict(m.split("=", 1) for m in a.models.split(","))
+    first = next(iter(models.values()))
+    parts = a.parts.split(",")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "ptq.csv"
-    done = set()
-    rows = []
-    if csv_path.exists():
-        with open(csv_path) as f:
-            rows = list(csv.DictReader(f))
-        done = {(r["part"], r["name"]) for r in rows}
-    todo = [(p, n, q) for p, n, q in _configs(a.parts.split(",")) if (p, n) not in done]
-    new_file = not csv_path.exists()
-    with open(csv_path, "a", newline="") as f, Progress() as prog, ProcessPoolExecutor(a.workers) as ex:
-        w = csv.DictWriter(f, FIELDS)
-        if new_file:
-            w.writeheader()
-        task = prog.add_task("PTQ runs", total=len(todo))
-        futs = [ex.submit(_run_one, a.ckpt, p, n, q.to_dict(), a.limit, a.calib) for p, n, q in todo]
-        for fu in as_completed(futs):
-            r = fu.result()
-            w.writerow(r)
-            f.flush()
-            rows.append({k: str(v) for k, v in r.items()})
-            prog.advance(task)
-    plots(out, rows)
-    print(f"{len(rows)} rows in {csv_path}; plots in {out}")
+    jobs = {"ptq.csv": [], "qat.csv": []}
+    for p, n, q in _configs(parts):
+        if p == "a":
+            for mname, path in models.items():
+                nm = n if mname == "d16" else f"{mname}:{n}"
+                jobs["ptq.csv"].append((_run_one, FIELDS, dict(ckpt=path, part=p, name=nm, qcfg_dict=q.to_dict(), limit=a.limit, calib=a.calib)))
+        elif p == "c":
+            jobs["qat.csv"].append((_run_qat, QAT_FIELDS, dict(ckpt=first, part=p, name=n, qcfg_dict=q.to_dict(), limit=a.limit,
+                                                               calib=a.calib, epochs=a.qat_epochs, qat_limit=a.qat_limit, minutes=a.qat_minutes)))
+        else:
+            jobs["ptq.csv"].append((_run_one, FIELDS, dict(ckpt=first, part=p, name=n, qcfg_dict=q.to_dict(), limit=a.limit, calib=a.calib)))
+    if a.only:
+        jobs = {k: [j for j in v if re.search(a.only, j[2]["name"])] for k, v in jobs.items()}
+    all_rows = {}
+    with get_executor(a.executor, a.workers, a.ray_address) as ex:
+        for fname, todo in jobs.items():
+            csv_path = out / fname
+            rows = []
+            if csv_path.exists():
+                with open(csv_path) as f:
+                    rows = list(csv.DictReader(f))
+            done = {(r["part"], r["name"]) for r in rows}
+            todo = [j for j in todo if (j[2]["part"], j[2]["name"]) not in done]
+            all_rows[fname] = rows
+            if not todo:
+                continue
+            new_file = not csv_path.exists()
+            with open(csv_path, "a", newline="") as f, Progress() as prog:
+                w = csv.DictWriter(f, todo[0][1])
+                if new_file:
+                    w.writeheader()
+                task = prog.add_task(fname.split(".")[0].upper() + " runs", total=len(todo))
+                fn = todo[0][0]
+                for _, r in ex.map_unordered(fn, [j[2] for j in todo]):
+                    w.writerow(r)
+                    f.flush()
+                    rows.append({k: str(v) for k, v in r.items()})
+                    prog.advance(task)
+    plots(out, all_rows["ptq.csv"], all_rows["qat.csv"])
+    print(f"{sum(len(r) for r in all_rows.values())} rows in {out}/ptq.csv, qat.csv; plots in {out}")
 
 
 if __name__ == "__main__":

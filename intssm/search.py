@@ -1,0 +1,176 @@
+"""Mixed-precision search: the per-component bit allocation with the least memory above an accuracy floor.
+
+Greedy descent on the memory of :func:`intssm.cost.memory`. From a start configuration, each round
+lowers one group of components by one rung of ``LADDER`` (16 14 12 10 8 7 6 5 4 3 2); every
+candidate is quantized (ranges calibrated once: they do not depend on the bit widths), optionally
+fine-tuned by a few QAT steps, and scored by the integer simulator on validation sequences. The
+round keeps the candidate that saves the most bytes per point of accuracy lost among those that
+stay at or above the floor; the search stops when none does. Every scored configuration is kept,
+and the Pareto front (fewest bytes for the accuracy) is drawn from all of them.
+
+Candidates of a round are independent: they run through :mod:`intssm.executor`.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from .errors import IntssmError
+from .qspec import QuantConfig
+
+LADDER = (16, 14, 12, 10, 8, 7, 6, 5, 4, 3, 2)
+GROUPS = {  # components lowered together (real and imaginary parts of Abar and of x stay paired)
+    "Abar": ("A_re", "A_im"), "x": ("x_re", "x_im"), "B": ("B",), "C": ("C",), "D": ("D",),
+    "enc_w": ("enc_w",), "mix_w": ("mix_w",), "dec_w": ("dec_w",), "h": ("h",), "y": ("y",),
+    "act": ("act",), "glu": ("glu",), "sig": ("sig",), "pool": ("pool",),
+}
+
+
+def lower(q: QuantConfig, group: str) -> QuantConfig | None:
+    """``q`` with ``group`` one rung down the ladder (None at the bottom)."""
+    names = GROUPS[group]
+    b = max(getattr(q, n).bits for n in names)
+    nxt = [r for r in LADDER if r < b]
+    if not nxt:
+        return None
+    return q.with_bits(**{n: nxt[0] for n in names})
+
+
+def signature(q: QuantConfig) -> str:
+    return " ".join(f"{g}={max(getattr(q, n).bits for n in ns)}" for g, ns in GROUPS.items())
+
+
+@lru_cache(maxsize=4)
+def _split(seq: str, split: str, n: int | None):
+    from . import data
+
+    return data.load(seq, split, n)
+
+
+def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, qat_steps: int = 0, seed: int = 0,
+          split: str = "val") -> dict:
+    """Integer accuracy on ``split`` (first ``val_limit`` sequences) and memory of one configuration."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from . import checkpoint, cost, data
+    from .export import integer_model
+    from .qat import configure
+    from .qmodel import QuantS4D
+    from .qspec import build_datapath, ranges_from_json
+    from .sim import simulate
+
+    q = QuantConfig.from_dict(qcfg)
+    model, _ = checkpoint.load(ckpt)
+    model = model.double()
+    va = _split(seq, split, val_limit)
+    L = va.x.shape[1]
+    mem = cost.memory(model.cfg, q, L)
+    out = {"config": qcfg, "bytes": mem["bytes"], "weights_bytes": mem["weights_bytes"], "reduction": mem["reduction"]}
+    try:
+        qm = QuantS4D(model, build_datapath(model.cfg, q, ranges_from_json(ranges), L))
+    except IntssmError as e:
+        return out | {"accuracy": None, "error": str(e)}
+    if qat_steps:
+        torch.manual_seed(seed)
+        tr = data.load(seq, "train", 64 * qat_steps)
+        params = configure(qm, "discrete")
+        opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
+        for i in range(qat_steps):
+            xb = torch.from_numpy(tr.x[64 * i:64 * (i + 1)])
+            lg, _ = qm(xb, ste=True)
+            loss = F.cross_entropy(qm.real_logits(lg), torch.from_numpy(tr.y[64 * i:64 * (i + 1)]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+    lg, cnt, _ = simulate(integer_model(qm), va.x, model.cfg.pool == "mean", len(qm.dp.counters))
+    return out | {"accuracy": float((lg.argmax(1) == va.y).mean()), "saturations": int(np.sum(cnt))}
+
+
+def pareto(points: list[dict]) -> list[dict]:
+    """Points not dominated in (fewer bytes, higher accuracy), sorted by bytes."""
+    pts = sorted((p for p in points if p.get("accuracy") is not None), key=lambda p: (p["bytes"], -p["accuracy"]))
+    front, best = [], -1.0
+    for p in pts:
+        if p["accuracy"] > best:
+            front.append(p)
+            best = p["accuracy"]
+    return front
+
+
+def greedy(ckpt: str, seq: str, start: QuantConfig, ranges: dict, floor: float, executor, val_limit: int = 2000,
+           qat_steps: int = 0, groups=tuple(GROUPS), max_rounds: int = 60, on_round=None):
+    """Greedy search from ``start``; returns (chosen config dict or None, all scored points, trace)."""
+    common = dict(ckpt=ckpt, seq=seq, ranges=ranges, val_limit=val_limit, qat_steps=qat_steps)
+    seen: dict[str, dict] = {}
+    points: list[dict] = []
+
+    def run(cands: dict[str, QuantConfig]) -> dict[str, dict]:
+        todo = {k: q for k, q in cands.items() if signature(q) not in seen}
+        keys = list(todo)
+        for i, r in executor.map_unordered(score, [common | {"qcfg": todo[k].to_dict()} for k in keys]):
+            r["signature"] = signature(todo[keys[i]])
+            r["move"] = keys[i]
+            seen[r["signature"]] = r
+            points.append(r)
+        return {k: seen[signature(q)] for k, q in cands.items()}
+
+    cur = run({"start": start})["start"]
+    trace = [cur]
+    if cur["accuracy"] is None or cur["accuracy"] < floor:
+        return None, points, trace
+    q = start
+    for _ in range(max_rounds):
+        cands = {g: c for g in groups if (c := lower(q, g)) is not None}
+        if not cands:
+            break
+        res = run(cands)
+        ok = {g: r for g, r in res.items() if r["accuracy"] is not None and r["accuracy"] >= floor and r["bytes"] < cur["bytes"]}
+        if not ok:
+            break
+        # most bytes saved per point of accuracy lost (gains count as a tiny loss)
+        g = max(ok, key=lambda g: (cur["bytes"] - ok[g]["bytes"]) / max(1e-4, cur["accuracy"] - ok[g]["accuracy"]))
+        q, cur = cands[g], ok[g]
+        trace.append(cur | {"move": g})
+        if on_round:
+            on_round(cur)
+    return cur["config"], points, trace
+
+
+def plot(points: list[dict], trace: list[dict], floor: float, path, paper=None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [p for p in points if p.get("accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([p["bytes"] for p in ok], [100 * p["accuracy"] for p in ok], s=10, alpha=0.5, label="scored configurations")
+    fr = pareto(ok)
+    ax.plot([p["bytes"] for p in fr], [100 * p["accuracy"] for p in fr], "r-o", ms=3, label="Pareto front")
+    ax.plot([p["bytes"] for p in trace], [100 * p["accuracy"] for p in trace], "k:", lw=1, label="greedy path")
+    ax.axhline(100 * floor, color="gray", ls="--", lw=1, label=f"floor {100 * floor:.1f}%")
+    ax.set_xscale("log")
+    ax.set_xlabel("memory: flash + RAM (bytes)")
+    ax.set_ylabel("integer validation accuracy (%)")
+    ax.set_title("intssm search: mixed precision")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(out, points, trace, chosen):
+    """points.jsonl, front.json and best.json (a config ``intssm ptq --config`` accepts) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "points.jsonl", "w") as f:
+        for p in points:
+            f.write(json.dumps(p) + "\n")
+    (out / "front.json").write_text(json.dumps([{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)], indent=1))
+    (out / "trace.json").write_text(json.dumps([{k: p.get(k) for k in ("move", "signature", "bytes", "accuracy")} for p in trace], indent=1))
+    if chosen is not None:
+        (out / "best.json").write_text(json.dumps(chosen, indent=1))
