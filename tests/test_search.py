@@ -1,0 +1,131 @@
+"""Mixed-precision search and the executors it runs on: the greedy result obeys its own rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from intssm import checkpoint, data
+from intssm.errors import IntssmError
+from intssm.executor import LocalExecutor, get_executor
+from intssm.model import PRESETS, S4DModel
+from intssm.qmodel import calibrate
+from intssm.qspec import PRESETS as QP
+from intssm.qspec import QuantConfig, get_config, ranges_to_json
+from intssm.search import GROUPS, LADDER, greedy, lower, pareto, signature
+
+from test_cli_int import assert_clean_error, intssm, ok_json
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny float model (untrained weights, seeded) saved as a checkpoint, and its calibrated ranges."""
+    d = tmp_path_factory.mktemp("search")
+    m = S4DModel(PRESETS["tiny"], seed=3)
+    ck = d / "tiny.pt"
+    checkpoint.save(ck, m, dataset={"seq": "smnist"})
+    cal = data.load("smnist", "train", 16)
+    return {"dir": d, "ckpt": ck, "ranges": ranges_to_json(calibrate(m, torch.from_numpy(cal.as_float())))}
+
+
+def test_lower_walks_the_ladder_and_stops_at_the_bottom():
+    q = QP["w8a8"]
+    seen = []
+    while q is not None:
+        seen.append(q.A_re.bits)
+        assert q.A_re.bits == q.A_im.bits  # real and imaginary parts move together
+        q = lower(q, "Abar")
+    assert seen == [b for b in LADDER if b <= 8]
+
+
+pts = st.lists(st.fixed_dictionaries({"bytes": st.integers(1, 50), "accuracy": st.one_of(st.none(), st.floats(0, 1))}), max_size=30)
+
+
+@given(pts)
+def test_pareto_front_is_exactly_the_non_dominated_points(points):
+    front = pareto(points)
+    scored = [p for p in points if p["accuracy"] is not None]
+
+    def dominated(p):
+        return any((q["bytes"] <= p["bytes"] and q["accuracy"] >= p["accuracy"]) and
+                   (q["bytes"] < p["bytes"] or q["accuracy"] > p["accuracy"]) for q in scored)
+
+    for p in front:
+        assert not dominated(p)
+    for p in scored:  # every scored point is on the front or no better than a front point
+        assert any(f["bytes"] <= p["bytes"] and f["accuracy"] >= p["accuracy"] for f in front)
+    assert [p["bytes"] for p in front] == sorted(p["bytes"] for p in front)
+
+
+def test_greedy_result_meets_the_floor_and_is_a_local_minimum(tiny):
+    floor, groups = 0.05, ("B", "C", "x")
+    with LocalExecutor(2) as ex:
+        chosen, points, trace = greedy(str(tiny["ckpt"]), "smnist", QP["w8a8"], tiny["ranges"], floor, ex,
+                                       val_limit=60, groups=groups)
+    assert chosen is not None and chosen == trace[-1]["config"]
+    assert all(t["accuracy"] >= floor for t in trace)
+    assert all(b["bytes"] < a["bytes"] for a, b in zip(trace, trace[1:]))  # every move saves memory
+    final = QuantConfig.from_dict(chosen)
+    by_sig = {p["signature"]: p for p in points}
+    for g in groups:  # no single further step in an allowed group stays above the floor and saves bytes
+        nxt = lower(final, g)
+        if nxt is None:
+            continue
+        p = by_sig[signature(nxt)]
+        assert p["accuracy"] is None or p["accuracy"] < floor or p["bytes"] >= trace[-1]["bytes"]
+    for g in set(GROUPS) - set(groups):  # groups not searched keep the start's widths
+        for n in GROUPS[g]:
+            assert getattr(final, n) == getattr(QP["w8a8"], n)
+
+
+def test_search_cli_writes_a_usable_config(tiny):
+    out = tiny["dir"] / "s"
+    r = ok_json(intssm("search", tiny["ckpt"], "--min-accuracy", "0.05", "--start", "w8a8", "--groups", "D,dec_w",
+                       "--val-limit", "40", "--calib", "8", "--workers", "1", "--no-test", "-o", out, "--json"))
+    assert r["best"]["accuracy"] >= 0.05 and r["scored"] >= 2
+    cfg = get_config(str(out / "best.json"))  # loads as a config file
+    assert cfg.D.bits <= 8 and cfg.dec_w.bits <= 8
+    assert (out / "pareto.png").stat().st_size > 1000
+    front = json.loads((out / "front.json").read_text())
+    assert front == sorted(front, key=lambda p: p["bytes"])
+    r = intssm("ptq", tiny["ckpt"], "-o", tiny["dir"] / "q.pt", "--config", out / "best.json", "--calib", "8", "--json")
+    ok_json(r)
+
+
+def test_search_cli_errors(tiny):
+    assert_clean_error(intssm("search", tiny["ckpt"], "--groups", "B,nope"), "unknown group")
+    assert_clean_error(intssm("search", tiny["ckpt"], "--min-accuracy", "1.5"), "--min-accuracy")
+    assert_clean_error(intssm("search", tiny["ckpt"], "--executor", "slurm", "--groups", "D", "--val-limit", "5",
+                              "--calib", "4", "-o", tiny["dir"] / "e"), "--executor")
+    # a floor the start cannot reach: one line, exit 2
+    assert_clean_error(intssm("search", tiny["ckpt"], "--min-accuracy", "1.0", "--groups", "D", "--val-limit", "20",
+                              "--calib", "4", "--workers", "1", "-o", tiny["dir"] / "f"), "below the floor")
+
+
+def test_executors_return_every_result_once():
+    kws = [{"i": i, "sq": i * i} for i in range(5)]
+    with get_executor("local", 2) as ex:
+        got = dict(ex.map_unordered(dict, kws))
+    assert got == dict(enumerate(kws))
+    with pytest.raises(IntssmError):
+        get_executor("slurm")
+    with pytest.raises(IntssmError):
+        LocalExecutor(0)
+
+
+def test_ray_executor_runs_a_small_sweep_on_a_local_instance(tiny):
+    """CI installs the [cluster] extra: a local Ray instance runs a small search sweep."""
+    pytest.importorskip("ray")
+    with get_executor("ray", 2) as ex:
+        assert dict(ex.map_unordered(dict, [{"a": 1}, {"a": 2}])) == {0: {"a": 1}, 1: {"a": 2}}
+        chosen, points, trace = greedy(str(tiny["ckpt"]), "smnist", QP["w8a8"], tiny["ranges"], 0.05, ex,
+                                       val_limit=30, groups=("D",))
+    with LocalExecutor(2) as ex:  # the same sweep through local processes gives the same answer
+        chosen2, points2, _ = greedy(str(tiny["ckpt"]), "smnist", QP["w8a8"], tiny["ranges"], 0.05, ex,
+                                     val_limit=30, groups=("D",))
+    assert chosen == chosen2
+    assert sorted((p["signature"], p["accuracy"]) for p in points) == sorted((p["signature"], p["accuracy"]) for p in points2)
