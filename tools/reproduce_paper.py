@@ -170,7 +170,8 @@ def plots(out: Path, rows, qrows=()):
             pre = "Ax" if m == "d16" else f"{m}:Ax"
             pts = sorted((int(r["name"][len(pre):]), float(r["accuracy"])) for r in a
                          if r["name"].startswith(pre) and r["name"][len(pre):].isdigit())
-            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=m)
+            lab = f"d_model 16, seed {m[1:]}" if m.startswith("s") else f"d_model {m[1:]}" + (", seed 0" if m == "d16" else "")
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-" if m.startswith("d") else ":", label=lab)
         ax.set_xlabel("bits of Abar and x (rest 16)")
         ax.set_ylabel("integer test accuracy (%)")
         ax.set_title("PTQ vs model width (d_model)")
