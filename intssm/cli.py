@@ -29,7 +29,7 @@ LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the f
 
 CKPT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 DEFAULT_FLOAT_CKPT = CKPT_DIR / "paper-small-fp32.pt"
-DEFAULT_QUANT_CKPT = CKPT_DIR / "paper-small-w8a8-state12.pt"
+DEFAULT_QUANT_CKPT = CKPT_DIR / "paper-small-hetero.pt"  # the best heterogeneous QAT model
 
 
 def _emit(obj: dict, as_json: bool, human: str):

@@ -115,6 +115,14 @@ def test_simulate_verify_all_json(sim_q):
     assert "quantized checkpoint" in out["source"]
 
 
+def test_simulate_without_a_model_runs_the_shipped_heterogeneous_model():
+    """`intssm simulate` with no model runs data/checkpoints/paper-small-hetero.pt, bit-exactly."""
+    out = ok_json(intssm("simulate", "--limit", "30", "--verify", "30", "--json"))
+    assert "paper-small-hetero.pt" in out["source"]
+    assert out["n_verified"] == 30 and out["bit_exact"] == 30
+    assert out["accuracy"] >= 0.8  # the shipped model is 92.92% on the full test set
+
+
 def test_simulate_float_checkpoint_default_ptq(work):
     """simulate of a float checkpoint applies the default PTQ and still verifies bit-exactly."""
     out = ok_json(intssm("simulate", work["float"], "--limit", "20", "--verify", "10", "--json"))
