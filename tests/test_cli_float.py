@@ -142,3 +142,38 @@ def test_bad_mode(tiny_ckpt):
 def test_usage_error_is_clean(tmp_path):
     r = intssm("eval", tmp_path / "x.pt", "--no-such-option")
     assert_clean_error(r, "No such option")
+
+
+def test_train_overrides_and_time_budget(tmp_path):
+    """--d-model/--d-state/--n-layers change the preset; --max-minutes stops at an epoch boundary."""
+    r = intssm("train", "--preset", "tiny", "--d-model", "6", "--d-state", "4", "--n-layers", "2", "--epochs", "3",
+               "--limit", "100", "--threads", "1", "--max-minutes", "0.0001", "-o", tmp_path / "o.pt", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["history"]) == 1 and "time budget" in out["history"][0]["stopped"]
+    from intssm import checkpoint
+
+    m, ck = checkpoint.load(tmp_path / "o.pt")
+    assert (m.cfg.d_model, m.cfg.d_state, m.cfg.n_layers) == (6, 4, 2)
+    assert ck["train_args"]["overrides"] == {"d_model": 6, "d_state": 4, "n_layers": 2}
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--d-state", "5"], "d_state even"),
+    (["--d-model", "0"], "must be positive"),
+    (["--max-minutes", "-1"], "--max-minutes"),
+    (["--device", "tpu"], "--device must be cpu or cuda"),
+])
+def test_train_bad_options(tmp_path, args, fragment):
+    r = intssm("train", "--preset", "tiny", "--epochs", "1", "--limit", "10", *args, "-o", tmp_path / "x.pt")
+    assert_clean_error(r, fragment)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_train_cuda_without_a_gpu_is_a_clean_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = intssm("train", "--preset", "tiny", "--epochs", "1", "--limit", "10", "--device", "cuda", "-o", tmp_path / "x.pt")
+    assert_clean_error(r, "--device must be cpu or cuda (with a GPU present)")

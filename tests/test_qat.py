@@ -78,3 +78,14 @@ def test_short_qat_lowers_loss_and_stays_bit_exact(tmp_path):
     ls, _, _ = simulate(integer_model(qm2), te.x, True, len(qm2.dp.counters))
     assert (lt.numpy().astype(np.int64) == ls).all()
     assert all(np.array_equal(integer_model(qm)[k], integer_model(qm2)[k]) for k in ("A_re", "A_im", "B_re", "C_re"))
+
+
+def test_time_budget_stops_qat_after_a_partial_epoch():
+    """max_minutes ends training at the first step past the budget; that partial epoch is validated."""
+    from intssm.qat import train
+
+    qm, _ = _qm()
+    best, hist = train(qm, "smnist", "frozen", epochs=3, batch_size=8, limit=64, val_limit=16, max_minutes=1e-6)
+    assert len(hist) == 2  # epoch 0 (before training) and the stopped epoch
+    assert "time budget" in hist[1]["stopped"]
+    assert 0.0 <= hist[1]["val_int_acc"] <= 1.0
