@@ -129,3 +129,16 @@ def test_ray_executor_runs_a_small_sweep_on_a_local_instance(tiny):
                                      val_limit=30, groups=("D",))
     assert chosen == chosen2
     assert sorted((p["signature"], p["accuracy"]) for p in points) == sorted((p["signature"], p["accuracy"]) for p in points2)
+
+
+def test_score_with_qat_fine_tuning_changes_the_candidate(tiny):
+    """--qat-steps fine-tunes each candidate (discrete Abar) before it is scored on validation."""
+    from intssm.search import score
+
+    cfg = QP["paper-hetero"].to_dict()
+    plain = score(str(tiny["ckpt"]), "smnist", cfg, tiny["ranges"], 200)
+    tuned = score(str(tiny["ckpt"]), "smnist", cfg, tiny["ranges"], 200, qat_steps=3)
+    assert plain["bytes"] == tuned["bytes"]
+    assert 0 <= tuned["accuracy"] <= 1
+    # three AdamW steps move the weights: the integer model's saturation pattern changes
+    assert (plain["accuracy"], plain["saturations"]) != (tuned["accuracy"], tuned["saturations"])
