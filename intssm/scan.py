@@ -21,42 +21,69 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .fixedpoint import rounding_rshift
 
 
 @njit(cache=True, parallel=True)
 def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_all, mr_all, mi_all, nsat):
     """u (B L H) int64; K* (3 H N2); C* (H N2); S*, lo*, hi* (H). Writes t1, t2 (B L H), the states
-    (B L H N2), the clip masks (1 = passed through) and per-channel clip counts nsat (2, H)."""
+    (B L H N2, int32), the clip masks (1 = passed through) and per-channel clip counts nsat (2, H).
+
+    The rounding shift is ``(acc + 2**(S-1)) >> S`` (``rounding_rshift``: half up; the constant
+    is 0 for S = 0). The mode loop is branch-free (min/max, counted comparisons) and touches only
+    small per-channel buffers; a second loop copies states and masks out. Both vectorise (storing
+    into the large arrays inside the mode loop made it about 5x slower).
+    """
     B, L, H = u.shape
     N2 = KR.shape[2]
     for h in prange(H):
+        kr0, kr1, kr2 = KR[0, h], KR[1, h], KR[2, h]
+        ki0, ki1, ki2 = KI[0, h], KI[1, h], KI[2, h]
+        cr, ci = Cr[h], Ci[h]
+        sr, si = Sr[h], Si[h]
+        rr = (np.int64(1) << (sr - 1)) if sr > 0 else np.int64(0)
+        ri = (np.int64(1) << (si - 1)) if si > 0 else np.int64(0)
+        lr, hr, li, hi = lor[h], hir[h], loi[h], hii[h]
         cr_ = np.int64(0)
         ci_ = np.int64(0)
+        xr = np.zeros(N2, np.int64)
+        xi = np.zeros(N2, np.int64)
+        okr = np.zeros(N2, np.int8)
+        oki = np.zeros(N2, np.int8)
         for b in range(B):
-            xr = np.zeros(N2, np.int64)
-            xi = np.zeros(N2, np.int64)
+            xr[:] = 0
+            xi[:] = 0
             for k in range(L):
                 uk = u[b, k, h]
                 s1 = np.int64(0)
                 s2 = np.int64(0)
                 for n in range(N2):
-                    vr = rounding_rshift(KR[0, h, n] * xr[n] - KR[1, h, n] * xi[n] + KR[2, h, n] * uk, Sr[h])
-                    vi = rounding_rshift(KI[0, h, n] * xi[n] + KI[1, h, n] * xr[n] + KI[2, h, n] * uk, Si[h])
-                    okr = lor[h] <= vr <= hir[h]
-                    oki = loi[h] <= vi <= hii[h]
-                    cr_ += 1 - okr
-                    ci_ += 1 - oki
-                    xr[n] = min(max(vr, lor[h]), hir[h])
-                    xi[n] = min(max(vi, loi[h]), hii[h])
-                    xr_all[b, k, h, n] = xr[n]
-                    xi_all[b, k, h, n] = xi[n]
-                    mr_all[b, k, h, n] = okr
-                    mi_all[b, k, h, n] = oki
-                    s1 += Cr[h, n] * xr[n]
-                    s2 += Ci[h, n] * xi[n]
+                    r0 = xr[n]
+                    i0 = xi[n]
+                    vr = (kr0[n] * r0 - kr1[n] * i0 + kr2[n] * uk + rr) >> sr
+                    vi = (ki0[n] * i0 + ki1[n] * r0 + ki2[n] * uk + ri) >> si
+                    o_r = (vr >= lr) & (vr <= hr)
+                    o_i = (vi >= li) & (vi <= hi)
+                    cr_ += 1 - o_r
+                    ci_ += 1 - o_i
+                    okr[n] = o_r
+                    oki[n] = o_i
+                    vr = min(max(vr, lr), hr)
+                    vi = min(max(vi, li), hi)
+                    xr[n] = vr
+                    xi[n] = vi
+                    s1 += cr[n] * vr
+                    s2 += ci[n] * vi
                 t1[b, k, h] = s1
                 t2[b, k, h] = s2
+                xo_r = xr_all[b, k, h]
+                xo_i = xi_all[b, k, h]
+                mo_r = mr_all[b, k, h]
+                mo_i = mi_all[b, k, h]
+                for n in range(N2):
+                    xo_r[n] = xr[n]
+                    xo_i[n] = xi[n]
+                    mo_r[n] = okr[n]
+                    mo_i[n] = oki[n]
         nsat[0, h] = cr_
         nsat[1, h] = ci_
 
