@@ -303,6 +303,8 @@ def search(
         raise IntssmError(f"unknown group(s) {bad}; choose from {', '.join(GROUPS)}")
     _small_torch_ops()
     q0 = get_config(start)
+    if q0.policies() != {"minmax"}:
+        raise IntssmError("search calibrates min/max ranges once for all candidates; give a start config whose range policies are all 'minmax'")
     model, ck = checkpoint.load(ckpt)
     if "qspec" in ck:
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")

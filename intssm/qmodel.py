@@ -12,6 +12,7 @@ Biases:        int32 codes at the scale of the accumulator they join.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -20,9 +21,11 @@ import torch.nn.functional as F
 from .errors import IntssmError
 from .fixedpoint import clamp_t, round_half_up_t, rounding_rshift_t
 from .model import S4DModel
-from .qspec import BIAS_BITS, INPUT_SCALE, Datapath, QuantConfig, build_datapath, calibrated_range_keys
+from .qspec import (BIAS_BITS, INPUT_SCALE, Datapath, QuantConfig, apply_range_policies, build_datapath,
+                    calibrated_range_keys)
 
 T64 = torch.float64
+SAMPLE_ROWS = 1 << 17  # about this many calibration samples per activation tensor (range policies)
 
 
 def ssm_discrete64(ssm) -> dict:
@@ -43,10 +46,13 @@ def _rows(t: torch.Tensor):
 
 
 @torch.no_grad()
-def calibrate(model: S4DModel, u: torch.Tensor) -> dict:
+def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None) -> dict:
     """Per-channel (lo, hi) of every tensor of the datapath, from the float model run recurrently.
 
     ``u`` (B, L, d_input) float inputs (``p / 255``). Weights' ranges come from the weights.
+    If ``samples`` is a dict, it is filled with ``samples[key]`` (n, C) float32 values per channel
+    for the range policies of :func:`intssm.qspec.apply_range_policies`: every weight, and for
+    activations every ``stride``-th time step, ``stride`` chosen to keep about SAMPLE_ROWS rows.
     """
     model = copy.deepcopy(model).double().eval()
     u = u.to(T64)
@@ -60,11 +66,20 @@ def calibrate(model: S4DModel, u: torch.Tensor) -> dict:
         else:
             R[key] = (lo, hi)
 
-    def upd_ch(key, t):  # t (..., C): channels last
+    acts: dict = {}
+
+    def upd_ch(key, t, k=0):  # t (..., C): channels last; k = time step
         f = t.reshape(-1, t.shape[-1])
         upd(key, f.min(0).values.numpy(), f.max(0).values.numpy())
+        if samples is not None and k % max(1, math.ceil(f.shape[0] * L / SAMPLE_ROWS)) == 0:
+            acts.setdefault(key, []).append(f.numpy().astype(np.float32))
+
+    def wsamp(key, t):  # weight tensor with channels first
+        if samples is not None:
+            samples[key] = t.detach().reshape(t.shape[0], -1).T.numpy().astype(np.float32)
 
     R["enc_w"] = _rows(model.encoder.weight)
+    wsamp("enc_w", model.encoder.weight)
     discs = []
     for i, layer in enumerate(model.layers):
         d = ssm_discrete64(layer.ssm)
@@ -75,7 +90,11 @@ def calibrate(model: S4DModel, u: torch.Tensor) -> dict:
         R[p + "C"] = _rows(torch.stack([d["C_re"], d["C_im"]], -1))
         R[p + "D"] = _rows(d["D"][:, None])
         R[p + "mix_w"] = _rows(layer.mix.weight)
+        for k, t in ((p + "A_re", d["A_re"]), (p + "A_im", d["A_im"]), (p + "B", torch.stack([d["B_re"], d["B_im"]], -1)),
+                     (p + "C", torch.stack([d["C_re"], d["C_im"]], -1)), (p + "D", d["D"][:, None]), (p + "mix_w", layer.mix.weight)):
+            wsamp(k, t)
     R["dec_w"] = _rows(model.decoder.weight)
+    wsamp("dec_w", model.decoder.weight)
     xs = [torch.zeros(Bsz, cfg.d_model, cfg.d_state // 2, dtype=torch.complex128) for _ in model.layers]
     Abars = [torch.complex(d["A_re"], d["A_im"]) for d in discs]
     Bbars = [torch.complex(d["B_re"], d["B_im"]) for d in discs]
@@ -83,25 +102,27 @@ def calibrate(model: S4DModel, u: torch.Tensor) -> dict:
     acc = torch.zeros(Bsz, cfg.d_model, dtype=T64)
     for k in range(L):
         h = model.encoder(u[:, k])
-        upd_ch("h0", h)
+        upd_ch("h0", h, k)
         for i, layer in enumerate(model.layers):
             p = f"l{i}."
             xs[i] = Abars[i] * xs[i] + Bbars[i] * h[..., None]
             x = xs[i].permute(0, 2, 1)  # (B N2 H): channel last
-            upd_ch(p + "x_re", x.real)
-            upd_ch(p + "x_im", x.imag)
+            upd_ch(p + "x_re", x.real, k)
+            upd_ch(p + "x_im", x.imag, k)
             y = 2 * torch.einsum("hn,bhn->bh", Cs[i], xs[i]).real + discs[i]["D"] * h
-            upd_ch(p + "y", y)
+            upd_ch(p + "y", y, k)
             a = F.gelu(y)
-            upd_ch(p + "act", a)
+            upd_ch(p + "act", a, k)
             z = layer.mix(a)
-            upd_ch(p + "glu", z)
+            upd_ch(p + "glu", z, k)
             h = h + F.glu(z, dim=-1)
-            upd_ch(p + "h", h)
+            upd_ch(p + "h", h, k)
         acc = acc + h if cfg.pool == "mean" else h
     pooled = acc / L if cfg.pool == "mean" else acc
     upd_ch("pool", pooled)
     upd_ch("logits", model.decoder(pooled))
+    if samples is not None:
+        samples.update({key: np.concatenate(v) for key, v in acts.items()})
     return R
 
 
@@ -330,8 +351,12 @@ def datapath_arrays(dp: Datapath) -> dict:
 
 
 def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor) -> tuple[QuantS4D, dict]:
-    """Post-training quantization: calibrate ranges on ``calib_u`` (B, L, d) floats, build the datapath."""
-    ranges = calibrate(model, calib_u)
+    """Post-training quantization: calibrate ranges on ``calib_u`` (B, L, d) floats (under each
+    component's range policy), build the datapath."""
+    samples = None if qcfg.policies() == {"minmax"} else {}
+    ranges = calibrate(model, calib_u, samples)
+    if samples is not None:
+        ranges = apply_range_policies(ranges, samples, qcfg)
     assert set(calibrated_range_keys(model.cfg)) <= set(ranges)
     dp = build_datapath(model.cfg, qcfg, ranges, calib_u.shape[1])
     return QuantS4D(model, dp), ranges

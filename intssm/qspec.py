@@ -1,7 +1,8 @@
 """The one description of the quantized datapath, read by the Torch model, the exporter and the simulator.
 
 A :class:`QuantConfig` says, per component, how it is quantized (bits, symmetric or asymmetric,
-per-tensor or per-channel). Calibrated ranges turn it into a :class:`Datapath`: for every tensor
+per-tensor or per-channel, and the range policy: min/max, a percentile, or the clip that minimises
+the quantization MSE on calibration samples). Calibrated ranges turn it into a :class:`Datapath`: for every tensor
 a scale, a zero point and a code range; for every *site* (a place where integers are rescaled)
 integer multipliers ``M`` and a shift ``S``; and the lookup tables of the nonlinearities.
 docs/datapath.md gives the arithmetic of every site.
@@ -36,6 +37,7 @@ class QFormat:
     bits: int = 8  # 2..16
     symmetric: bool = True  # False: unsigned codes with a zero point
     per_channel: bool = False  # per head (SSM params, state) or per output row (matrices)
+    range: str = "minmax"  # "minmax" | "pNN.N" (percentile, e.g. p99.99) | "mse" (see apply_range_policies)
 
     @property
     def qmin(self) -> int:
@@ -83,8 +85,13 @@ class QuantConfig:
                 raise IntssmError(f"quant config: {name}.bits must be an integer in 2..16, got {f.bits!r}")
             if f.per_channel and name not in PER_CHANNEL_OK:
                 raise IntssmError(f"quant config: {name} cannot be per-channel (only weights and the state x)")
+            if not isinstance(f.range, str) or parse_range(f.range) is None:
+                raise IntssmError(f"quant config: {name}.range must be 'minmax', 'mse' or a percentile like 'p99.9' "
+                                  f"(50 < p < 100), got {f.range!r}")
         if self.sig.symmetric:
             raise IntssmError("quant config: sig must be asymmetric (unsigned codes in [0, 1])")
+        if self.sig.range != "minmax":
+            raise IntssmError("quant config: sig has a fixed range [0, 1]; its range policy must be 'minmax'")
         if not (isinstance(self.state_clip, (int, float)) and 0 < self.state_clip <= 16 and math.isfinite(self.state_clip)):
             raise IntssmError(f"quant config: state_clip must be in (0, 16], got {self.state_clip!r}")
         return self
@@ -109,7 +116,7 @@ class QuantConfig:
                 v = {"bits": v}
             if not isinstance(v, dict):
                 raise IntssmError(f"quant config: {k} must be an object like {{'bits': 8}}")
-            bad = set(v) - {"bits", "symmetric", "per_channel"}
+            bad = set(v) - {"bits", "symmetric", "per_channel", "range"}
             if bad:
                 raise IntssmError(f"quant config: {k} has unknown field(s) {sorted(bad)}")
             kw[k] = replace(getattr(cls(), k), **v)
@@ -117,6 +124,79 @@ class QuantConfig:
 
     def with_bits(self, **bits) -> "QuantConfig":
         return replace(self, **{k: replace(getattr(self, k), bits=b) for k, b in bits.items()})
+
+    def policies(self) -> set[str]:
+        return {getattr(self, n).range for n in WEIGHTS + ACTIVATIONS}
+
+
+def parse_range(r: str):
+    """("minmax",) | ("mse",) | ("percentile", p) for a valid range policy string, else None."""
+    if r in ("minmax", "mse"):
+        return (r,)
+    if isinstance(r, str) and r.startswith("p"):
+        try:
+            p = float(r[1:])
+        except ValueError:
+            return None
+        if 50 < p < 100:
+            return ("percentile", p)
+    return None
+
+
+def component_of(key: str) -> str:
+    """The QuantConfig component a calibrated-range key belongs to (``l0.x_re`` -> ``x_re``, ``h0`` -> ``h``)."""
+    base = key.split(".")[-1]
+    return "h" if base == "h0" else base
+
+
+MSE_GRID = np.linspace(0.05, 1.0, 96)  # clip ratios of the min/max range tried by the "mse" policy
+
+
+def _qdq_mse(v: np.ndarray, fmt: QFormat, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Mean squared quantize-dequantize error per column of samples ``v`` (n, C) for ranges lo, hi (C,)."""
+    if fmt.symmetric:
+        scale = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1e-12) / (2 ** (fmt.bits - 1) - 1)
+        zero = np.zeros_like(scale)
+    else:
+        lo0, hi0 = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+        scale = np.maximum(hi0 - lo0, 1e-12) / (2**fmt.bits - 1)
+        zero = np.clip(round_half_up(-lo0 / scale), 0, 2**fmt.bits - 1)
+    q = np.clip(round_half_up(v / scale) + zero, fmt.qmin, fmt.qmax)
+    return np.mean((scale * (q - zero) - v) ** 2, axis=0)
+
+
+def apply_range_policies(ranges: dict, samples: dict, qcfg: QuantConfig) -> dict:
+    """Ranges under each component's policy, from min/max ``ranges`` and calibration ``samples``.
+
+    ``samples[key]`` (n, C): values of that tensor per channel (weights: all of them; activations:
+    a time-strided subsample, :func:`intssm.qmodel.calibrate`). A per-tensor format pools the
+    channels. Policies:
+      minmax       the calibrated min and max
+      pNN.N        the (100 - NN.N)th and NN.Nth percentiles (values beyond are clipped)
+      mse          min/max scaled by the ratio in MSE_GRID with the least quantize-dequantize MSE
+    """
+    out = dict(ranges)
+    for key, (lo, hi) in ranges.items():
+        fmt = getattr(qcfg, component_of(key))
+        pol = parse_range(fmt.range)
+        if pol == ("minmax",):
+            continue
+        if key not in samples:
+            raise IntssmError(f"range policy {fmt.range!r} for {key} needs calibration samples")
+        v = np.asarray(samples[key], np.float64)
+        if not fmt.per_channel:
+            v = v.reshape(-1, 1)
+        if pol[0] == "percentile":
+            nlo = np.percentile(v, 100 - pol[1], axis=0)
+            nhi = np.percentile(v, pol[1], axis=0)
+        else:
+            mlo, mhi = v.min(0), v.max(0)
+            errs = np.stack([_qdq_mse(v, fmt, a * mlo, a * mhi) for a in MSE_GRID])  # (grid, C)
+            a = MSE_GRID[np.argmin(errs, axis=0)]
+            nlo, nhi = a * mlo, a * mhi
+        C = len(np.atleast_1d(lo))
+        out[key] = (np.broadcast_to(nlo, (C,)).astype(np.float64).copy(), np.broadcast_to(nhi, (C,)).astype(np.float64).copy())
+    return out
 
 
 def _all(fmt: QFormat, names) -> dict:

@@ -21,7 +21,8 @@ def quant_configs(draw):
         bits = draw(st.integers(2, 16))
         sym = draw(st.booleans()) if name != "sig" else False
         pc = draw(st.booleans()) if name in PER_CHANNEL_OK else False
-        kw[name] = QFormat(bits, sym, pc)
+        rng = draw(st.sampled_from(["minmax", "minmax", "p99.5", "mse"])) if name != "sig" else "minmax"
+        kw[name] = QFormat(bits, sym, pc, rng)
     kw["state_clip"] = draw(st.sampled_from([0.25, 0.5, 1.0, 1.5, 2.0]))
     return QuantConfig(**kw)
 
