@@ -8,7 +8,8 @@ Every accuracy is the integer simulator's on the sMNIST test set (``--limit`` fo
 Parts (the paper's numbering):
   a  accuracy vs bits of Abar (A_re and A_im) and, separately, of the state x (2..16), all other
      components at 16 bits (the closest the integer datapath has to "float")
-  b  per-tensor vs per-head scales and symmetric vs asymmetric quantizers, everything at 8 bits
+  b  per-tensor vs per-head scales and symmetric vs asymmetric quantizers, everything at 8 bits,
+     under each range policy (min/max, 99.9th percentile, MSE)
   c  QAT with the three parameterisations of Abar (continuous, frozen, discrete) at Abar/x bits
      2..8 (every other component 8-bit, per head where the datapath allows), written to qat.csv
      with the PTQ accuracy of the same configuration before QAT; ``--qat-epochs``,
@@ -50,12 +51,15 @@ def _configs(parts):
             runs.append(("a", f"x{b}", replace(base16, x_re=QFormat(b), x_im=QFormat(b))))
             runs.append(("a", f"Ax{b}", replace(base16, A_re=QFormat(b), A_im=QFormat(b), x_re=QFormat(b), x_im=QFormat(b))))
     if "b" in parts:
-        for pc in (False, True):
-            for sym in (True, False):
-                fm = QFormat(8, symmetric=sym, per_channel=pc)
-                kw = {n: fm for n in ("A_re", "A_im", "B", "C", "D", "x_re", "x_im", "enc_w", "mix_w", "dec_w")}
-                kw.update({n: QFormat(8, symmetric=sym) for n in ("h", "y", "glu", "pool")})
-                runs.append(("b", f"8bit {'per-head' if pc else 'per-tensor'} {'sym' if sym else 'asym'}", QuantConfig(**kw)))
+        for pol in ("minmax", "p99.9", "mse"):
+            for pc in (False, True):
+                for sym in (True, False):
+                    fm = QFormat(8, symmetric=sym, per_channel=pc, range=pol)
+                    kw = {n: fm for n in ("A_re", "A_im", "B", "C", "D", "x_re", "x_im", "enc_w", "mix_w", "dec_w")}
+                    kw.update({n: QFormat(8, symmetric=sym, range=pol) for n in ("h", "y", "glu", "pool")})
+                    kw["act"] = QFormat(8, symmetric=False, range=pol)
+                    name = f"8bit {'per-head' if pc else 'per-tensor'} {'sym' if sym else 'asym'}" + ("" if pol == "minmax" else f" {pol}")
+                    runs.append(("b", name, QuantConfig(**kw)))
     if "c" in parts:
         for b in range(2, 9):
             ph = lambda bb: QFormat(bb, per_channel=True)  # noqa: E731
