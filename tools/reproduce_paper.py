@@ -167,7 +167,7 @@ def plots(out: Path, rows, qrows=()):
         fig.tight_layout()
         fig.savefig(out / "ptq_bits.png", dpi=110)
         plt.close(fig)
-    models = sorted({r["name"].split(":")[0] for r in a if ":" in r["name"]})
+    models = sorted({r["name"].split(":")[0] for r in a if ":" in r["name"]}, key=lambda m: (m[0] != "d", int(m[1:])))
     if models:
         fig, ax = plt.subplots(figsize=(6, 4))
         for m in ["d16"] + models:
