@@ -146,6 +146,25 @@ def _run_one(ckpt, part, name, qcfg_dict, limit, calib):
     return row | {"accuracy": float((lg.argmax(1) == te.y).mean()), "saturations": int(cnt.sum())}
 
 
+def _series(rows, pre):
+    """(bits, accuracy) points of the part-a runs named ``pre`` + bits, sorted by bits."""
+    return sorted((int(r["name"][len(pre):]), float(r["accuracy"])) for r in rows
+                  if r["name"].startswith(pre) and r["name"][len(pre):].isdigit())
+
+
+def _finish(fig, ax, path, xlabel, title, ylabel="integer test accuracy (%)"):
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plots(out: Path, rows, qrows=()):
     import matplotlib
 
@@ -156,34 +175,17 @@ def plots(out: Path, rows, qrows=()):
     if a:
         fig, ax = plt.subplots(figsize=(6, 4))
         for pre, lab in (("A", "Abar bits (rest 16)"), ("x", "state x bits (rest 16)"), ("Ax", "Abar and x bits")):
-            pts = sorted((int(r["name"][len(pre):]), float(r["accuracy"])) for r in a
-                         if r["name"].startswith(pre) and r["name"][len(pre):].isdigit())
+            pts = _series(a, pre)
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=lab)
-        ax.set_xlabel("bits")
-        ax.set_ylabel("integer test accuracy (%)")
-        ax.set_title("PTQ of paper-small on sMNIST (integer simulator)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "ptq_bits.png", dpi=110)
-        plt.close(fig)
+        _finish(fig, ax, out / "ptq_bits.png", "bits", "PTQ of paper-small on sMNIST (integer simulator)")
     models = sorted({r["name"].split(":")[0] for r in a if ":" in r["name"]}, key=lambda m: (m[0] != "d", int(m[1:])))
     if models:
         fig, ax = plt.subplots(figsize=(6, 4))
         for m in ["d16"] + models:
-            pre = "Ax" if m == "d16" else f"{m}:Ax"
-            pts = sorted((int(r["name"][len(pre):]), float(r["accuracy"])) for r in a
-                         if r["name"].startswith(pre) and r["name"][len(pre):].isdigit())
+            pts = _series(a, "Ax" if m == "d16" else f"{m}:Ax")
             lab = f"d_model 16, seed {m[1:]}" if m.startswith("s") else f"d_model {m[1:]}" + (", seed 0" if m == "d16" else "")
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-" if m.startswith("d") else ":", label=lab)
-        ax.set_xlabel("bits of Abar and x (rest 16)")
-        ax.set_ylabel("integer test accuracy (%)")
-        ax.set_title("PTQ vs model width (d_model)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "ptq_width.png", dpi=110)
-        plt.close(fig)
+        _finish(fig, ax, out / "ptq_width.png", "bits of Abar and x (rest 16)", "PTQ vs model width (d_model)")
     c = [r for r in qrows if r.get("accuracy", "") != ""]
     if c:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -192,14 +194,7 @@ def plots(out: Path, rows, qrows=()):
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=f"QAT {param}")
         pts = sorted({(int(r["bits"]), float(r["ptq_accuracy"])) for r in c if r["ptq_accuracy"][:1].isdigit()})
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "k--", label="PTQ")
-        ax.set_xlabel("bits of Abar and x (rest 8)")
-        ax.set_ylabel("integer test accuracy (%)")
-        ax.set_title("QAT parameterisations of Abar")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "qat_bits.png", dpi=110)
-        plt.close(fig)
+        _finish(fig, ax, out / "qat_bits.png", "bits of Abar and x (rest 8)", "QAT parameterisations of Abar")
     d = [r for r in rows if r["part"] in ("b", "d") and r["accuracy"] != ""]
     if d:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -212,14 +207,7 @@ def plots(out: Path, rows, qrows=()):
                 front.append((x, y))
                 best = y
         ax.plot([p[0] for p in front], [p[1] for p in front], "r-o", ms=4, label="Pareto front")
-        ax.set_xlabel("memory: flash + RAM (bytes)")
-        ax.set_ylabel("integer test accuracy (%)")
-        ax.set_title("accuracy vs memory (PTQ)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "pareto.png", dpi=110)
-        plt.close(fig)
+        _finish(fig, ax, out / "pareto.png", "memory: flash + RAM (bytes)", "accuracy vs memory (PTQ)")
 
 
 def main():
