@@ -276,6 +276,7 @@ def search(
     val_limit: Annotated[int, typer.Option(help="Validation sequences scoring each candidate.")] = 2000,
     calib: Annotated[int, typer.Option(help="Calibration sequences (ranges are calibrated once).")] = 256,
     qat_steps: Annotated[int, typer.Option(help="Discrete-Abar QAT steps (batch 64) fine-tuning each candidate before scoring.")] = 0,
+    qat_lr: Annotated[float, typer.Option(help="Learning rate of that fine-tuning.")] = 3e-5,
     groups: Annotated[Optional[str], typer.Option(help="Comma-separated groups to lower (default all): " + ", ".join(["Abar", "x", "B", "C", "D", "enc_w", "mix_w", "dec_w", "h", "y", "act", "glu", "sig", "pool"]))] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for points.jsonl, front.json, trace.json, best.json, pareto.png.")] = Path("runs/search"),
     workers: Annotated[int, typer.Option(help="Parallel candidates (local processes or Ray CPUs).")] = 2,
@@ -295,7 +296,7 @@ def search(
 
     if not 0 < min_accuracy <= 1:
         raise IntssmError(f"--min-accuracy must be in (0, 1], got {min_accuracy}")
-    if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1:
+    if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1 or qat_lr <= 0:
         raise IntssmError("--val-limit, --calib and --workers must be positive, --qat-steps >= 0")
     gs = tuple(g.strip() for g in groups.split(",")) if groups else tuple(GROUPS)
     bad = [g for g in gs if g not in GROUPS]
@@ -314,7 +315,7 @@ def search(
     ranges = ranges_to_json(calibrate(model, torch.from_numpy(cal.as_float())))
     t0 = time.time()
     with get_executor(executor, workers, ray_address) as ex:
-        chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs,
+        chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs, qat_lr=qat_lr,
                                        on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
         res = {"floor": min_accuracy, "start": start, "scored": len(points), "seconds": round(time.time() - t0, 1),
                "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
@@ -327,7 +328,7 @@ def search(
         if test:
             n_test = len(data.load(seq, "test"))
             r = next(ex.map_unordered(score, [dict(ckpt=str(ckpt), seq=seq, qcfg=chosen, ranges=ranges, val_limit=None,
-                                                   qat_steps=qat_steps, split="test")]))[1]
+                                                   qat_steps=qat_steps, qat_lr=qat_lr, split="test")]))[1]
             res["best"]["test_accuracy"] = r["accuracy"]
             res["best"]["n_test"] = n_test
     write(out, points, trace, chosen)
