@@ -2,6 +2,9 @@
 convolution-mode training, measured side by side in one run and extrapolated to an sMNIST epoch.
 
     python tools/bench_qat.py [--preset paper-small] [--batch-size 64] [--batches 3] [--json]
+
+The plain Torch loop keeps every step's tensors for autograd: for ``--preset base`` use
+``--batch-size 16`` on a 24 GB machine (batch 64 needs more than 24 GB and is killed).
 """
 
 from __future__ import annotations
