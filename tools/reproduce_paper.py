@@ -15,8 +15,8 @@ Parts (the paper's numbering):
      with the PTQ accuracy of the same configuration before QAT; ``--qat-epochs``,
      ``--qat-limit`` (training sequences per epoch) and ``--qat-minutes`` (per-run budget) size it
   d  heterogeneous configurations: accuracy vs memory (intssm.cost.memory), with the Pareto front
-``--models`` names several float checkpoints: part a runs on each (model name prefixed to the run
-name unless it is d16); b, c, d run on the first.
+``--models`` names several float checkpoints: parts a and b run on each (model name prefixed to
+the run name unless it is d16); c and d run on the first.
 Runs are independent; each writes one CSV row (resumable: rows already in the CSV are skipped),
 runs are submitted through :mod:`intssm.executor` (local processes, or ``--executor ray``), and
 PNG plots are drawn from the CSVs.
@@ -195,7 +195,7 @@ def plots(out: Path, rows, qrows=()):
         pts = sorted({(int(r["bits"]), float(r["ptq_accuracy"])) for r in c if r["ptq_accuracy"][:1].isdigit()})
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "k--", label="PTQ")
         _finish(fig, ax, out / "qat_bits.png", "bits of Abar and x (rest 8)", "QAT parameterisations of Abar")
-    d = [r for r in rows if r["part"] in ("b", "d") and r["accuracy"] != ""]
+    d = [r for r in rows if r["part"] in ("b", "d") and r["accuracy"] != "" and ":" not in r["name"]]  # the first model only
     if d:
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = [float(r["bytes"]) for r in d]
@@ -213,7 +213,7 @@ def plots(out: Path, rows, qrows=()):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="d16=" + str(ROOT / "data/checkpoints/paper-small-fp32.pt"),
-                    help="comma-separated name=checkpoint; part a runs on each, b/c/d on the first")
+                    help="comma-separated name=checkpoint; parts a and b run on each, c and d on the first")
     ap.add_argument("--out", default=str(ROOT / "runs/study"))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--calib", type=int, default=256)
@@ -237,7 +237,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     jobs = {"ptq.csv": [], "qat.csv": []}
     for p, n, q in _configs(parts):
-        if p == "a":
+        if p in ("a", "b"):
             for mname, path in models.items():
                 nm = n if mname == "d16" else f"{mname}:{n}"
                 jobs["ptq.csv"].append((_run_one, FIELDS, dict(ckpt=path, part=p, name=nm, qcfg_dict=q.to_dict(), limit=a.limit, calib=a.calib)))
