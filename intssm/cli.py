@@ -230,7 +230,7 @@ def qat_(
     import torch
 
     from . import checkpoint, data
-    from .qat import PARAMS
+    from .qat import PARAMS, restore
     from .qat import train as run_qat
     from .qmodel import from_checkpoint, ptq, qspec_entry
     from .qspec import get_config, ranges_from_json
@@ -255,9 +255,7 @@ def qat_(
         best, history = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
                                 on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
                                 on_epoch=lambda r: err.print(json.dumps(r)), max_minutes=max_minutes)
-    qm.model.load_state_dict(best[0])
-    if best[1] is not None:
-        qm.discrete.load_state_dict(best[1])
+    restore(qm, best)
     extra = {k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict", "qspec")}
     extra["qspec"] = qspec_entry(qm, ranges)
     extra["qat"] = {"param": param, "epochs": epochs, "batch_size": batch_size, "lr": lr, "history": history,
@@ -297,7 +295,7 @@ def search(
     if not 0 < min_accuracy <= 1:
         raise IntssmError(f"--min-accuracy must be in (0, 1], got {min_accuracy}")
     if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1 or qat_lr <= 0:
-        raise IntssmError("--val-limit, --calib and --workers must be positive, --qat-steps >= 0")
+        raise IntssmError("--val-limit, --calib, --workers and --qat-lr must be positive, --qat-steps >= 0")
     gs = tuple(g.strip() for g in groups.split(",")) if groups else tuple(GROUPS)
     bad = [g for g in gs if g not in GROUPS]
     if bad:
@@ -326,11 +324,10 @@ def search(
         best = trace[-1]
         res |= {"best": {k: best[k] for k in ("signature", "bytes", "weights_bytes", "reduction", "accuracy")}, "best_config": str(out / "best.json")}
         if test:
-            n_test = len(data.load(seq, "test"))
             r = next(ex.map_unordered(score, [dict(ckpt=str(ckpt), seq=seq, qcfg=chosen, ranges=ranges, val_limit=None,
                                                    qat_steps=qat_steps, qat_lr=qat_lr, split="test")]))[1]
             res["best"]["test_accuracy"] = r["accuracy"]
-            res["best"]["n_test"] = n_test
+            res["best"]["n_test"] = r["n"]
     write(out, points, trace, chosen)
     plot(points, trace, min_accuracy, out / "pareto.png")
     b = res["best"]

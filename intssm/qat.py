@@ -51,6 +51,24 @@ def configure(qm: QuantS4D, param: str) -> list:
     return params
 
 
+def qat_step(qm: QuantS4D, opt, params: list, P: np.ndarray, y: np.ndarray) -> float:
+    """One straight-through step on raw pixels ``P`` (B, L, d) and labels ``y``; returns the loss."""
+    lg, _ = qm(torch.from_numpy(P), ste=True)
+    loss = F.cross_entropy(qm.real_logits(lg), torch.from_numpy(y))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+    opt.step()
+    return loss.item()
+
+
+def restore(qm: QuantS4D, best) -> None:
+    """Load a snapshot returned by :func:`train` into ``qm``."""
+    qm.model.load_state_dict(best[0])
+    if best[1] is not None:
+        qm.discrete.load_state_dict(best[1])
+
+
 def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray) -> float:
     lg, _, _ = simulate(integer_model(qm), x, qm.dp.cfg.pool == "mean", len(qm.dp.counters))
     return float((lg.argmax(1) == y).mean())
@@ -87,14 +105,9 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
             idx = np.sort(perm[i : i + batch_size])
             for g in opt.param_groups:
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-            lg, _ = qm(torch.from_numpy(tr.x[idx]), ste=True)
-            loss = F.cross_entropy(qm.real_logits(lg), torch.from_numpy(tr.y[idx]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-            opt.step()
+            loss = qat_step(qm, opt, params, tr.x[idx], tr.y[idx])
             step += 1
-            run_loss += loss.item() * len(idx)
+            run_loss += loss * len(idx)
             seen += len(idx)
             if on_step:
                 on_step(len(idx), run_loss / seen)

@@ -74,27 +74,24 @@ def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None) -> 
         if samples is not None and k % max(1, math.ceil(f.shape[0] * L / SAMPLE_ROWS)) == 0:
             acts.setdefault(key, []).append(f.numpy().astype(np.float32))
 
-    def wsamp(key, t):  # weight tensor with channels first
+    def weight(key, t):  # weight tensor with channels first: its per-row range (and samples)
+        R[key] = _rows(t)
         if samples is not None:
             samples[key] = t.detach().reshape(t.shape[0], -1).T.numpy().astype(np.float32)
 
-    R["enc_w"] = _rows(model.encoder.weight)
-    wsamp("enc_w", model.encoder.weight)
+    weight("enc_w", model.encoder.weight)
     discs = []
     for i, layer in enumerate(model.layers):
         d = ssm_discrete64(layer.ssm)
         discs.append(d)
         p = f"l{i}."
-        R[p + "A_re"], R[p + "A_im"] = _rows(d["A_re"]), _rows(d["A_im"])
-        R[p + "B"] = _rows(torch.stack([d["B_re"], d["B_im"]], -1))
-        R[p + "C"] = _rows(torch.stack([d["C_re"], d["C_im"]], -1))
-        R[p + "D"] = _rows(d["D"][:, None])
-        R[p + "mix_w"] = _rows(layer.mix.weight)
-        for k, t in ((p + "A_re", d["A_re"]), (p + "A_im", d["A_im"]), (p + "B", torch.stack([d["B_re"], d["B_im"]], -1)),
-                     (p + "C", torch.stack([d["C_re"], d["C_im"]], -1)), (p + "D", d["D"][:, None]), (p + "mix_w", layer.mix.weight)):
-            wsamp(k, t)
-    R["dec_w"] = _rows(model.decoder.weight)
-    wsamp("dec_w", model.decoder.weight)
+        weight(p + "A_re", d["A_re"])
+        weight(p + "A_im", d["A_im"])
+        weight(p + "B", torch.stack([d["B_re"], d["B_im"]], -1))
+        weight(p + "C", torch.stack([d["C_re"], d["C_im"]], -1))
+        weight(p + "D", d["D"][:, None])
+        weight(p + "mix_w", layer.mix.weight)
+    weight("dec_w", model.decoder.weight)
     xs = [torch.zeros(Bsz, cfg.d_model, cfg.d_state // 2, dtype=torch.complex128) for _ in model.layers]
     Abars = [torch.complex(d["A_re"], d["A_im"]) for d in discs]
     Bbars = [torch.complex(d["B_re"], d["B_im"]) for d in discs]
@@ -133,14 +130,9 @@ class QuantS4D(torch.nn.Module):
         super().__init__()
         self.model = model
         self.dp = dp
-        self.set_datapath(dp)
+        self.c = datapath_tensors(dp)
         self.fused_scan = True  # QAT (ste=True) runs the state scan in intssm.scan; evaluation never does
         self.discrete = None  # nn.ParameterDict of Abar/Bbar per layer when QAT learns them directly
-
-    def set_datapath(self, dp: Datapath):
-        """Use the datapath ``dp`` (its integer constants as tensors)."""
-        self.dp = dp
-        self.c = datapath_tensors(dp)
 
     def make_discrete(self, values: dict | None = None):
         """Learn Abar, Bbar directly (QAT 'discrete'): parameters initialised from the float model."""

@@ -153,16 +153,11 @@ MSE_GRID = np.linspace(0.05, 1.0, 96)  # clip ratios of the min/max range tried 
 
 
 def _qdq_mse(v: np.ndarray, fmt: QFormat, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Mean squared quantize-dequantize error per column of samples ``v`` (n, C) for ranges lo, hi (C,)."""
-    if fmt.symmetric:
-        scale = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1e-12) / (2 ** (fmt.bits - 1) - 1)
-        zero = np.zeros_like(scale)
-    else:
-        lo0, hi0 = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
-        scale = np.maximum(hi0 - lo0, 1e-12) / (2**fmt.bits - 1)
-        zero = np.clip(round_half_up(-lo0 / scale), 0, 2**fmt.bits - 1)
-    q = np.clip(round_half_up(v / scale) + zero, fmt.qmin, fmt.qmax)
-    return np.mean((scale * (q - zero) - v) ** 2, axis=0)
+    """Mean squared quantize-dequantize error per column of samples ``v`` (n, C) for ranges lo, hi (C,),
+    with the scale and zero point :func:`make_quantizer` gives (one per column)."""
+    t = make_quantizer(replace(fmt, per_channel=True), lo, hi, 1e-12)
+    q = np.clip(round_half_up(v / t.scale) + t.zero, fmt.qmin, fmt.qmax)
+    return np.mean((t.scale * (q - t.zero) - v) ** 2, axis=0)
 
 
 def apply_range_policies(ranges: dict, samples: dict, qcfg: QuantConfig) -> dict:

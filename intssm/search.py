@@ -57,11 +57,10 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     after ``qat_steps`` discrete-Abar QAT steps (batch 64, AdamW at ``qat_lr``) when > 0."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
     from . import checkpoint, cost, data
     from .export import integer_model
-    from .qat import configure
+    from .qat import configure, qat_step
     from .qmodel import QuantS4D
     from .qspec import build_datapath, ranges_from_json
     from .sim import simulate
@@ -72,7 +71,7 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     va = _split(seq, split, val_limit)
     L = va.x.shape[1]
     mem = cost.memory(model.cfg, q, L)
-    out = {"config": qcfg, "bytes": mem["bytes"], "weights_bytes": mem["weights_bytes"], "reduction": mem["reduction"]}
+    out = {"config": qcfg, "n": len(va), "bytes": mem["bytes"], "weights_bytes": mem["weights_bytes"], "reduction": mem["reduction"]}
     try:
         qm = QuantS4D(model, build_datapath(model.cfg, q, ranges_from_json(ranges), L))
     except IntssmError as e:
@@ -83,13 +82,7 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
         params = configure(qm, "discrete")
         opt = torch.optim.AdamW(params, lr=qat_lr, weight_decay=0.0)
         for i in range(qat_steps):
-            xb = torch.from_numpy(tr.x[64 * i:64 * (i + 1)])
-            lg, _ = qm(xb, ste=True)
-            loss = F.cross_entropy(qm.real_logits(lg), torch.from_numpy(tr.y[64 * i:64 * (i + 1)]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            qat_step(qm, opt, params, tr.x[64 * i:64 * (i + 1)], tr.y[64 * i:64 * (i + 1)])
     lg, cnt, _ = simulate(integer_model(qm), va.x, model.cfg.pool == "mean", len(qm.dp.counters))
     return out | {"accuracy": float((lg.argmax(1) == va.y).mean()), "saturations": int(np.sum(cnt))}
 
@@ -144,7 +137,7 @@ def greedy(ckpt: str, seq: str, start: QuantConfig, ranges: dict, floor: float, 
     return cur["config"], points, trace
 
 
-def plot(points: list[dict], trace: list[dict], floor: float, path, paper=None):
+def plot(points: list[dict], trace: list[dict], floor: float, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,7 +162,7 @@ def plot(points: list[dict], trace: list[dict], floor: float, path, paper=None):
 
 
 def write(out, points, trace, chosen):
-    """points.jsonl, front.json and best.json (a config ``intssm ptq --config`` accepts) in ``out``."""
+    """points.jsonl, front.json, trace.json and best.json (a config ``intssm ptq --config`` accepts) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "points.jsonl", "w") as f:
         for p in points:

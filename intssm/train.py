@@ -106,11 +106,12 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
         if val_acc > best_acc:
             best_acc = val_acc
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        stop = args.max_minutes and time.time() - t_start + rec["seconds"] > 60 * args.max_minutes and epoch + 1 < args.epochs
+        if stop:
+            rec["stopped"] = f"time budget of {args.max_minutes} min"
         if on_epoch:
             on_epoch(rec)
-        spent = time.time() - t_start
-        if args.max_minutes and spent + rec["seconds"] > 60 * args.max_minutes and epoch + 1 < args.epochs:
-            rec["stopped"] = f"time budget of {args.max_minutes} min"
+        if stop:
             break
     model.to("cpu")
     best = {k: v.cpu() for k, v in best.items()}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import zipfile
-import zlib
 
 import numpy as np
 import pytest

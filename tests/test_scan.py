@@ -51,7 +51,6 @@ def test_fused_scan_counts_clips():
     from intssm.scan import fused_scan
 
     m = S4DModel(ModelConfig(d_model=3, d_state=4), seed=0).double()
-    P = np.full((2, 12, 1), 255, np.uint8)
     qm, _ = ptq(m, PRESETS["paper-hetero"], torch.full((2, 12, 1), 0.01, dtype=torch.float64))
     u = torch.full((2, 12, 3), 31.0, dtype=torch.float64)
     c = qm.c

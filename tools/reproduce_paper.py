@@ -89,7 +89,7 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
     from intssm import checkpoint, cost, data
     from intssm.errors import IntssmError
     from intssm.export import integer_model
-    from intssm.qat import train
+    from intssm.qat import restore, train
     from intssm.qmodel import ptq
     from intssm.qspec import QuantConfig
     from intssm.sim import simulate
@@ -114,9 +114,7 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
     row["ptq_accuracy"] = test_acc(qm)
     t0 = time.time()
     best, hist = train(qm, "smnist", param, epochs, 64, 1e-3, qat_limit, val_limit, 0, max_minutes=minutes)
-    qm.model.load_state_dict(best[0])
-    if best[1] is not None:
-        qm.discrete.load_state_dict(best[1])
+    restore(qm, best)
     return row | {"accuracy": test_acc(qm), "best_val_int_acc": max(h["val_int_acc"] for h in hist),
                   "epochs_run": len(hist) - 1, "train_sequences": qat_limit or 50000, "seconds": round(time.time() - t0, 1)}
 
