@@ -39,9 +39,7 @@ def rounding_rshift(v, s):
     ``RoundingDivideByPOT``, which rounds ties away from zero, only at negative ties.
     Never saturates: the result magnitude is at most that of ``v`` (plus one).
     """
-    if s == 0:
-        return v
-    return (v + (np.int64(1) << (s - 1))) >> s
+    return (v + ((np.int64(1) << s) >> 1)) >> s  # (1 << s) >> 1 is 2**(s-1), or 0 for s = 0: no branch
 
 
 @njit(cache=True, inline="always")

@@ -184,8 +184,24 @@ def _fold_constants(A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z
     return K, Cc
 
 
+@njit(cache=True)
+def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
+    """For one input feature: the encoder's code h0[hh] and its saturation flag for each pixel 0..255.
+
+    The same integers as the encoder site of :func:`_run_one`, computed once per value.
+    """
+    H = enc_w.shape[0]
+    tab = np.empty((H, 256), np.int64)
+    sat = np.empty((H, 256), np.int64)
+    for hh in range(H):
+        for px in range(256):
+            acc = enc_b[hh] + (enc_w[hh, 0] - enc_w_z[hh]) * np.int64(px)
+            tab[hh, px], sat[hh, px] = requantize(acc, enc_M[hh], enc_S[hh], h_z[0], hlo, hhi)
+    return tab, sat
+
+
 @njit(cache=True, parallel=True)
-def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, K, Cc, D, D_z,
+def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sat, K, Cc, mwc, D, D_z,
                     x_re_z, x_im_z, x_re_S, x_im_S, y_M, y_S, y_z,
                     gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
                     pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
@@ -200,6 +216,18 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, K, Cc, D, D_z,
     nl, H, N2 = K.shape[0], K.shape[1], K.shape[3]
     C = dec_w.shape[0]
     hlo, hhi = qrange[_H, 0], qrange[_H, 1]
+    ylo, yhi = qrange[_Y, 0], qrange[_Y, 1]
+    glo, ghi = qrange[_GLU, 0], qrange[_GLU, 1]
+    # per-channel constants of the mode loop: centred clip bounds and rounding constants
+    clip = np.empty((nl, H, 6), np.int64)
+    for i in range(nl):
+        for hh in range(H):
+            clip[i, hh, 0] = qrange[_XRE, 0] - x_re_z[i, hh]
+            clip[i, hh, 1] = qrange[_XRE, 1] - x_re_z[i, hh]
+            clip[i, hh, 2] = qrange[_XIM, 0] - x_im_z[i, hh]
+            clip[i, hh, 3] = qrange[_XIM, 1] - x_im_z[i, hh]
+            clip[i, hh, 4] = (np.int64(1) << x_re_S[i, hh]) >> 1
+            clip[i, hh, 5] = (np.int64(1) << x_im_S[i, hh]) >> 1
     for b in prange(Bsz):
         xr = np.zeros((nl, H, N2), np.int64)
         xi = np.zeros((nl, H, N2), np.int64)
@@ -209,32 +237,35 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, K, Cc, D, D_z,
         pool_acc = np.zeros(H, np.int64)
         c_loc = np.zeros(cnt.shape[1], np.int64)
         for k in range(L):
-            for hh in range(H):
-                acc = enc_b[hh]
-                for j in range(d_in):
-                    acc += (enc_w[hh, j] - enc_w_z[hh]) * np.int64(P[b, k, j])
-                v = rounding_rshift(acc * enc_M[hh], enc_S[hh]) + h_z[0]
-                c_loc[0] += (v < hlo) + (v > hhi)
-                h[hh] = min(max(v, hlo), hhi)
+            if d_in == 1:  # one pixel per step: the encoder is a table over its 256 values
+                px = np.int64(P[b, k, 0])
+                for hh in range(H):
+                    h[hh] = enc_tab[hh, px]
+                    c_loc[0] += enc_sat[hh, px]
+            else:
+                for hh in range(H):
+                    acc = enc_b[hh]
+                    for j in range(d_in):
+                        acc += (enc_w[hh, j] - enc_w_z[hh]) * np.int64(P[b, k, j])
+                    v = rounding_rshift(acc * enc_M[hh], enc_S[hh]) + h_z[0]
+                    c_loc[0] += (v < hlo) + (v > hhi)
+                    h[hh] = min(max(v, hlo), hhi)
             for i in range(nl):
                 base = 1 + 5 * i
+                n_r = np.int64(0)
+                n_i = np.int64(0)
+                n_y = np.int64(0)
                 for hh in range(H):
                     u = h[hh] - h_z[i]
-                    zr = x_re_z[i, hh]
-                    zi = x_im_z[i, hh]
-                    lor, hir = qrange[_XRE, 0] - zr, qrange[_XRE, 1] - zr
-                    loi, hii = qrange[_XIM, 0] - zi, qrange[_XIM, 1] - zi
+                    cl = clip[i, hh]
+                    lor, hir, loi, hii, rr, ri = cl[0], cl[1], cl[2], cl[3], cl[4], cl[5]
                     sr, si = x_re_S[i, hh], x_im_S[i, hh]
-                    rr = (np.int64(1) << (sr - 1)) if sr > 0 else np.int64(0)
-                    ri = (np.int64(1) << (si - 1)) if si > 0 else np.int64(0)
                     Kh = K[i, hh]
                     Ch = Cc[i, hh]
                     xrh = xr[i, hh]
                     xih = xi[i, hh]
                     ty1 = np.int64(0)
                     ty2 = np.int64(0)
-                    n_r = np.int64(0)
-                    n_i = np.int64(0)
                     for n in range(N2):
                         r0 = xrh[n]
                         i0 = xih[n]
@@ -248,26 +279,32 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, K, Cc, D, D_z,
                         xih[n] = vi
                         ty1 += Ch[0, n] * vr
                         ty2 += Ch[1, n] * vi
-                    c_loc[base] += n_r
-                    c_loc[base + 1] += n_i
                     acc_y = ty1 * y_M[i, 0, hh] - ty2 * y_M[i, 1, hh] + ((D[i, hh] - D_z[i, hh]) * u) * y_M[i, 2, hh]
                     y = rounding_rshift(acc_y, y_S[i, hh]) + y_z[i]
-                    c_loc[base + 2] += (y < qrange[_Y, 0]) + (y > qrange[_Y, 1])
-                    y = min(max(y, qrange[_Y, 0]), qrange[_Y, 1])
-                    a[hh] = gelu_lut[i, y - qrange[_Y, 0]] - act_z[i]
+                    n_y += (y < ylo) + (y > yhi)
+                    y = min(max(y, ylo), yhi)
+                    a[hh] = gelu_lut[i, y - ylo] - act_z[i]
+                c_loc[base] += n_r
+                c_loc[base + 1] += n_i
+                c_loc[base + 2] += n_y
+                mw = mwc[i]
+                n_g = np.int64(0)
                 for j in range(2 * H):
                     acc = mix_b[i, j]
                     for hh in range(H):
-                        acc += (mix_w[i, j, hh] - mix_w_z[i, j]) * a[hh]
+                        acc += mw[j, hh] * a[hh]
                     v = rounding_rshift(acc * glu_M[i, j], glu_S[i, j]) + glu_z[i]
-                    c_loc[base + 3] += (v < qrange[_GLU, 0]) + (v > qrange[_GLU, 1])
-                    g[j] = min(max(v, qrange[_GLU, 0]), qrange[_GLU, 1])
+                    n_g += (v < glo) + (v > ghi)
+                    g[j] = min(max(v, glo), ghi)
+                c_loc[base + 3] += n_g
+                n_h = np.int64(0)
                 for hh in range(H):
-                    sg = sig_lut[i, g[H + hh] - qrange[_GLU, 0]]
+                    sg = sig_lut[i, g[H + hh] - glo]
                     acc = (h[hh] - h_z[i]) * h_M[i, 0, hh] + ((g[hh] - glu_z[i]) * sg) * h_M[i, 1, hh]
                     v = rounding_rshift(acc, h_S[i, hh]) + h_z[i + 1]
-                    c_loc[base + 4] += (v < hlo) + (v > hhi)
+                    n_h += (v < hlo) + (v > hhi)
                     h[hh] = min(max(v, hlo), hhi)
+                c_loc[base + 4] += n_h
             if mean_pool:
                 for hh in range(H):
                     pool_acc[hh] += h[hh] - h_z[nl]
@@ -348,6 +385,12 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trac
     a = {k: v for k, v in zip(ARG_ORDER, args)}
     K, Cc = _fold_constants(a["A_re"], a["A_im"], a["A_re_z"], a["A_im_z"], a["B_re"], a["B_im"], a["B_z"],
                             a["C_re"], a["C_im"], a["C_z"], a["x_re_M"], a["x_im_M"])
-    fast = [K, Cc] + [a[k] for k in FAST_ARGS]
+    qr = a["qrange"]
+    if P.shape[2] == 1:
+        tab, sat = _encoder_table(*[a[k] for k in ARG_ORDER[:6]], qr[_H, 0], qr[_H, 1])
+    else:
+        tab = sat = np.zeros((1, 1), np.int64)
+    mwc = np.ascontiguousarray(a["mix_w"] - a["mix_w_z"][..., None])  # centred mixing weights
+    fast = [tab, sat, K, Cc, mwc] + [a[k] for k in FAST_ARGS]
     _run_batch_fast(P, *[a[k] for k in ARG_ORDER[:6]], *fast, bool(mean_pool), logits, cnt)
     return logits, cnt, None
