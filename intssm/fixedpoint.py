@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 import torch
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 from .errors import IntssmError
 
@@ -72,6 +73,40 @@ def requantize(acc, m, s, z, lo, hi):
     multiplier). Returns (code, 1 if saturated else 0).
     """
     return saturate(rounding_rshift(acc * m, s) + z, lo, hi)
+
+
+# ----------------------------------------------------- width-generic ops (Numba intrinsics) ---
+# Numba widens every integer product and shift to int64, which keeps LLVM from using 32-bit
+# vector lanes (AVX2 has a native 8-lane int32 multiply and shift, no int64 multiply at all).
+# These emit one LLVM instruction at the operands' own width instead. They WRAP on overflow
+# (two's complement), so a kernel may use them at 32 bits only where a bound proves that no
+# operand, partial sum or product leaves int32 (see ``intssm.sim.state_fits_int32``).
+
+def _same_width_binop(llvm_op: str, doc: str):
+    @intrinsic
+    def op(typingctx, a, b):
+        if not (isinstance(a, types.Integer) and a == b):
+            return None
+        return a(a, b), lambda context, builder, sig, args: getattr(builder, llvm_op)(args[0], args[1])
+
+    op.__doc__ = doc
+    return op
+
+
+wmul = _same_width_binop("mul", "a * b at the operands' width, wrapping (no rounding, no saturation).")
+wadd = _same_width_binop("add", "a + b at the operands' width, wrapping (no saturation).")
+wsub = _same_width_binop("sub", "a - b at the operands' width, wrapping (no saturation).")
+washr = _same_width_binop("ashr", "a >> s, arithmetic (floor division by 2**s) at a's width; needs 0 <= s < width.")
+
+
+@intrinsic
+def cast_like(typingctx, v, like):
+    """``v`` (integer or bool) converted to the integer type of ``like`` (a scalar or an array's dtype):
+    sign-extends or truncates; callers convert only values that fit."""
+    to = like.dtype if isinstance(like, types.Array) else like
+    if not isinstance(to, types.Integer) or not isinstance(v, (types.Integer, types.Boolean)):
+        return None
+    return to(v, like), lambda context, builder, sig, args: context.cast(builder, args[0], sig.args[0], to)
 
 
 # ------------------------------------------------------------------- Torch twins (float64) ---

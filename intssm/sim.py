@@ -19,7 +19,7 @@ from numba import config, njit, prange
 config.THREADING_LAYER = "workqueue"
 
 from .errors import IntssmError
-from .fixedpoint import requantize, rounding_rshift, saturate
+from .fixedpoint import cast_like, requantize, rounding_rshift, saturate, wadd, washr, wmul, wsub
 
 # qrange rows (see intssm.qmodel.QRANGE_ORDER)
 _H, _XRE, _XIM, _Y, _ACT, _GLU, _SIG, _POOL, _LOG = range(9)
@@ -201,7 +201,7 @@ def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
 
 
 @njit(cache=True, parallel=True)
-def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sat, K, Cc, mwc, D, D_z,
+def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sat, K, Cc, clip, mwc, D, D_z,
                     x_re_z, x_im_z, x_re_S, x_im_S, y_M, y_S, y_z,
                     gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
                     pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
@@ -218,21 +218,11 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
     hlo, hhi = qrange[_H, 0], qrange[_H, 1]
     ylo, yhi = qrange[_Y, 0], qrange[_Y, 1]
     glo, ghi = qrange[_GLU, 0], qrange[_GLU, 1]
-    # per-channel constants of the mode loop: centred clip bounds and rounding constants
-    clip = np.empty((nl, H, 6), np.int64)
-    for i in range(nl):
-        for hh in range(H):
-            clip[i, hh, 0] = qrange[_XRE, 0] - x_re_z[i, hh]
-            clip[i, hh, 1] = qrange[_XRE, 1] - x_re_z[i, hh]
-            clip[i, hh, 2] = qrange[_XIM, 0] - x_im_z[i, hh]
-            clip[i, hh, 3] = qrange[_XIM, 1] - x_im_z[i, hh]
-            clip[i, hh, 4] = (np.int64(1) << x_re_S[i, hh]) >> 1
-            clip[i, hh, 5] = (np.int64(1) << x_im_S[i, hh]) >> 1
     for b in prange(Bsz):
-        xr = np.zeros((nl, H, N2), np.int64)
-        xi = np.zeros((nl, H, N2), np.int64)
+        xr = np.zeros_like(K[:, :, 0, :])  # centred state, at the mode loop's width
+        xi = np.zeros_like(K[:, :, 0, :])
         h = np.empty(H, np.int64)
-        a = np.empty(H, np.int64)
+        a = np.empty(H, mwc.dtype)  # centred activation codes, at the mixing loop's width
         g = np.empty(2 * H, np.int64)
         pool_acc = np.zeros(H, np.int64)
         c_loc = np.zeros(cnt.shape[1], np.int64)
@@ -256,29 +246,35 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
                 n_i = np.int64(0)
                 n_y = np.int64(0)
                 for hh in range(H):
-                    u = h[hh] - h_z[i]
-                    cl = clip[i, hh]
-                    lor, hir, loi, hii, rr, ri = cl[0], cl[1], cl[2], cl[3], cl[4], cl[5]
-                    sr, si = x_re_S[i, hh], x_im_S[i, hh]
                     Kh = K[i, hh]
                     Ch = Cc[i, hh]
                     xrh = xr[i, hh]
                     xih = xi[i, hh]
-                    ty1 = np.int64(0)
-                    ty2 = np.int64(0)
+                    cl = clip[i, hh]
+                    lor, hir, loi, hii, rr, ri, sr, si = cl[0], cl[1], cl[2], cl[3], cl[4], cl[5], cl[6], cl[7]
+                    u = cast_like(h[hh] - h_z[i], Kh)
+                    t1 = cast_like(0, Kh)
+                    t2 = cast_like(0, Kh)
+                    c1 = cast_like(0, Kh)
+                    c2 = cast_like(0, Kh)
                     for n in range(N2):
                         r0 = xrh[n]
                         i0 = xih[n]
-                        vr = (Kh[0, n] * r0 - Kh[1, n] * i0 + Kh[2, n] * u + rr) >> sr
-                        vi = (Kh[3, n] * i0 + Kh[4, n] * r0 + Kh[5, n] * u + ri) >> si
-                        n_r += (vr < lor) + (vr > hir)
-                        n_i += (vi < loi) + (vi > hii)
+                        vr = washr(wadd(wadd(wsub(wmul(Kh[0, n], r0), wmul(Kh[1, n], i0)), wmul(Kh[2, n], u)), rr), sr)
+                        vi = washr(wadd(wadd(wadd(wmul(Kh[3, n], i0), wmul(Kh[4, n], r0)), wmul(Kh[5, n], u)), ri), si)
+                        c1 = wadd(c1, wadd(cast_like(vr < lor, Kh), cast_like(vr > hir, Kh)))
+                        c2 = wadd(c2, wadd(cast_like(vi < loi, Kh), cast_like(vi > hii, Kh)))
                         vr = min(max(vr, lor), hir)
                         vi = min(max(vi, loi), hii)
                         xrh[n] = vr
                         xih[n] = vi
-                        ty1 += Ch[0, n] * vr
-                        ty2 += Ch[1, n] * vi
+                        t1 = wadd(t1, wmul(Ch[0, n], vr))
+                        t2 = wadd(t2, wmul(Ch[1, n], vi))
+                    n_r += np.int64(c1)
+                    n_i += np.int64(c2)
+                    ty1 = np.int64(t1)
+                    ty2 = np.int64(t2)
+                    u = h[hh] - h_z[i]
                     acc_y = ty1 * y_M[i, 0, hh] - ty2 * y_M[i, 1, hh] + ((D[i, hh] - D_z[i, hh]) * u) * y_M[i, 2, hh]
                     y = rounding_rshift(acc_y, y_S[i, hh]) + y_z[i]
                     n_y += (y < ylo) + (y > yhi)
@@ -290,9 +286,10 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
                 mw = mwc[i]
                 n_g = np.int64(0)
                 for j in range(2 * H):
-                    acc = mix_b[i, j]
+                    t = cast_like(0, mw)
                     for hh in range(H):
-                        acc += mw[j, hh] * a[hh]
+                        t = wadd(t, wmul(mw[j, hh], a[hh]))
+                    acc = mix_b[i, j] + np.int64(t)
                     v = rounding_rshift(acc * glu_M[i, j], glu_S[i, j]) + glu_z[i]
                     n_g += (v < glo) + (v > ghi)
                     g[j] = min(max(v, glo), ghi)
@@ -354,13 +351,55 @@ def _args(arrays: dict):
     return out
 
 
+def mode_constants(a: dict) -> np.ndarray:
+    """(layers, H, 8) per-channel constants of the mode loop: centred clip bounds of x_re and x_im
+    (lo_r, hi_r, lo_i, hi_i), rounding constants 2**(S-1) (0 for S = 0) and the shifts S_r, S_i."""
+    q = a["qrange"]
+    zr, zi, Sr, Si = a["x_re_z"], a["x_im_z"], a["x_re_S"], a["x_im_S"]
+    return np.ascontiguousarray(np.stack([q[_XRE, 0] - zr, q[_XRE, 1] - zr, q[_XIM, 0] - zi, q[_XIM, 1] - zi,
+                                          (1 << Sr) >> 1, (1 << Si) >> 1, Sr, Si], -1).astype(np.int64))
+
+
+def state_fits_int32(a: dict, K: np.ndarray, Cc: np.ndarray, clip: np.ndarray) -> bool:
+    """True if the mode loop of this model provably never leaves int32, so it may run at 32 bits.
+
+    For every mode, with |x_re'| <= X_r, |x_im'| <= X_i (the clip bounds) and |u'| <= U:
+    |K0| X_r + |K1| X_i + |K2| U + 2**(S_r-1) < 2**31 (and the same for x_im), which bounds every
+    product and partial sum of the update in any order; sum_n |C'| X < 2**31 bounds the output
+    sums; and the shifts are below 32. Computed in int64, exact: every term is below 2**53.
+    """
+    lim = 2**31
+    q, hz = a["qrange"], a["h_z"]
+    U = np.maximum(np.abs(q[_H, 0] - hz[:-1]), np.abs(q[_H, 1] - hz[:-1]))[:, None, None]  # (nl 1 1)
+    Xr = np.maximum(np.abs(clip[..., 0]), np.abs(clip[..., 1]))[..., None]  # (nl H 1)
+    Xi = np.maximum(np.abs(clip[..., 2]), np.abs(clip[..., 3]))[..., None]
+    Ka = np.abs(K)
+    re = Ka[:, :, 0] * Xr + Ka[:, :, 1] * Xi + Ka[:, :, 2] * U + clip[..., 4:5]
+    im = Ka[:, :, 3] * Xi + Ka[:, :, 4] * Xr + Ka[:, :, 5] * U + clip[..., 5:6]
+    out = np.abs(Cc[:, :, 0]).sum(-1) * Xr[..., 0], np.abs(Cc[:, :, 1]).sum(-1) * Xi[..., 0]
+    return bool(re.max() < lim and im.max() < lim and max(o.max() for o in out) < lim
+                and clip[..., 6:].max() < 32)
+
+
+def mix_fits_int32(a: dict, mwc: np.ndarray) -> bool:
+    """True if the mixing sums sum_h W'[j, h] a'[h] (bias excluded) provably fit int32:
+    sum_h |W'[j, h]| max|a'| < 2**31, max|a'| from the activation code range and zero point."""
+    q, az = a["qrange"], a["act_z"]
+    A = np.maximum(np.abs(q[_ACT, 0] - az), np.abs(q[_ACT, 1] - az))  # (nl,)
+    return bool((np.abs(mwc).sum(-1) * A[:, None]).max() < 2**31)
+
+
 def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trace: bool = False,
-             reference: bool = False):
+             reference: bool = False, width: int | None = None):
     """Run the integer model ``arrays`` on raw inputs ``P`` (B, L, d_input) uint8.
 
     Returns (logit codes (B, d_output) int64, saturation counts (B, n_counters) int64, trace) where
     trace = (x_re, x_im) codes (L, layers, H, N/2) of sequence 0 when ``trace`` is set, else None.
+    The fast kernel runs its mode loop in int32 when :func:`state_fits_int32` proves it safe
+    (``width=None``), or at the ``width`` given (64, or 32 where proved); the integers are the same.
     """
+    if width not in (None, 32, 64):
+        raise IntssmError(f"simulator width must be 32 or 64, got {width}")
     if not isinstance(P, np.ndarray) or P.dtype != np.uint8:
         raise TypeError(f"simulator input must be a uint8 array of raw pixels, got {getattr(P, 'dtype', type(P))}")
     if P.ndim != 3:
@@ -391,6 +430,13 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trac
     else:
         tab = sat = np.zeros((1, 1), np.int64)
     mwc = np.ascontiguousarray(a["mix_w"] - a["mix_w_z"][..., None])  # centred mixing weights
-    fast = [tab, sat, K, Cc, mwc] + [a[k] for k in FAST_ARGS]
+    clip = mode_constants(a)
+    if width == 32 or (width is None and state_fits_int32(a, K, Cc, clip)):
+        if width == 32 and not state_fits_int32(a, K, Cc, clip):
+            raise IntssmError("this model's state update does not provably fit int32; use the 64-bit kernel")
+        K, Cc, clip = K.astype(np.int32), Cc.astype(np.int32), clip.astype(np.int32)
+    if width != 64 and mix_fits_int32(a, mwc):
+        mwc = mwc.astype(np.int32)
+    fast = [tab, sat, K, Cc, clip, mwc] + [a[k] for k in FAST_ARGS]
     _run_batch_fast(P, *[a[k] for k in ARG_ORDER[:6]], *fast, bool(mean_pool), logits, cnt)
     return logits, cnt, None

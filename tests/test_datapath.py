@@ -1,9 +1,10 @@
 """The two executions of the datapath agree: Torch quantized model == Numba simulator, as integers."""
 
 import numba
+import pytest
 import numpy as np
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
 from intssm.errors import IntssmError
@@ -11,6 +12,7 @@ from intssm.export import integer_model
 from intssm.model import ModelConfig, S4DModel
 from intssm.qmodel import ptq
 from intssm.qspec import ACTIVATIONS, PER_CHANNEL_OK, PRESETS, WEIGHTS, QFormat, QuantConfig
+from intssm import sim
 from intssm.sim import simulate
 
 
@@ -72,7 +74,16 @@ def _both(m, qcfg, P, calib):
     ls, cs, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.dp.counters))
     lr, cr, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.dp.counters), reference=True)
     assert (ls == lr).all() and (cs == cr).all(), "fast kernel differs from the reference kernel"
+    l64, c64, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.dp.counters), width=64)
+    assert (l64 == lr).all() and (c64 == cr).all(), "64-bit fast kernel differs from the reference kernel"
     return lt.detach().numpy(), ct, ls, cs, qm
+
+
+def _fits32(arr):
+    a = dict(zip(sim.ARG_ORDER, sim._args(arr)))
+    K, Cc = sim._fold_constants(*[a[k] for k in ("A_re", "A_im", "A_re_z", "A_im_z", "B_re", "B_im", "B_z",
+                                                 "C_re", "C_im", "C_z", "x_re_M", "x_im_M")])
+    return sim.state_fits_int32(a, K, Cc, sim.mode_constants(a))
 
 
 @given(models(), quant_configs(), st.data())
@@ -82,6 +93,7 @@ def test_torch_equals_simulator_whole_model(m, qcfg, data):
     P = data.draw(inputs(m.cfg.d_input, L))
     calib = data.draw(st.sampled_from([0.3, 1.0])) * np.random.default_rng(0).random((3, L, m.cfg.d_input))
     lt, ct, ls, cs, qm = _both(m, qcfg, P, calib)
+    event(f"mode loop fits int32: {_fits32(integer_model(qm))}")
     assert np.array_equal(lt, lt.round()), "Torch path left the integer grid"
     assert (lt.astype(np.int64) == ls).all()
     assert [ct[k] for k in qm.dp.counters] == cs.sum(0).tolist()
@@ -148,3 +160,26 @@ def test_float_input_rejected():
 
     with pytest.raises(TypeError):
         simulate(integer_model(qm), np.zeros((1, 5, 1), np.float32), True, len(qm.dp.counters))
+
+
+def test_int32_width_is_proved_or_refused():
+    """A 12-bit state does not fit the 32-bit mode loop: forcing it is an error, auto runs 64-bit;
+    an 8-bit one fits, and every width gives the reference integers."""
+    rng = np.random.default_rng(3)
+    m = S4DModel(ModelConfig(d_model=4, d_state=8, n_layers=1), seed=2).double()
+    calib = torch.from_numpy(rng.random((2, 20, 1)))
+    P = rng.integers(0, 256, (3, 20, 1)).astype(np.uint8)
+    for preset, fits in (("w8a8-state12", False), ("w8a8", True)):
+        qm, _ = ptq(m, PRESETS[preset], calib)
+        arr = integer_model(qm)
+        assert _fits32(arr) is fits
+        ref = simulate(arr, P, True, len(qm.dp.counters), reference=True)
+        widths = (None, 64, 32) if fits else (None, 64)
+        for w in widths:
+            out = simulate(arr, P, True, len(qm.dp.counters), width=w)
+            assert (out[0] == ref[0]).all() and (out[1] == ref[1]).all()
+        if not fits:
+            with pytest.raises(IntssmError, match="int32"):
+                simulate(arr, P, True, len(qm.dp.counters), width=32)
+    with pytest.raises(IntssmError, match="32 or 64"):
+        simulate(arr, P, True, len(qm.dp.counters), width=16)

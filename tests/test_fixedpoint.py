@@ -406,3 +406,25 @@ def test_quantize_multiplier_just_below_limit(v):
     assert S.tolist() == [0] and M.tolist() == [[32767]]
     with pytest.raises(IntssmError, match="edge.*too large"):
         quantize_multiplier(np.array([[1.0], [v]]), "edge")
+
+
+@given(st.integers(-2**31, 2**31 - 1), st.integers(-2**31, 2**31 - 1), st.integers(0, 31))
+def test_width_generic_ops_wrap_at_32_bits(a, b, sh):
+    """wmul/wadd/wsub/washr on int32 operands are two's-complement int32 ops (they wrap); on int64
+    operands in range they are exact; cast_like takes the width of its second argument."""
+    from numba import njit
+
+    from intssm.fixedpoint import cast_like, wadd, washr, wmul, wsub
+
+    @njit
+    def ops(x, y, s, like):
+        x, y, s = cast_like(x, like), cast_like(y, like), cast_like(s, like)
+        return wmul(x, y), wadd(x, y), wsub(x, y), washr(x, s), cast_like(x < y, like)
+
+    def wrap(v):
+        return (v + 2**31) % 2**32 - 2**31
+
+    r32 = ops(a, b, sh, np.zeros(1, np.int32))
+    assert tuple(int(v) for v in r32) == (wrap(a * b), wrap(a + b), wrap(a - b), a >> sh, int(a < b))
+    r64 = ops(a, b, sh, np.zeros(1, np.int64))
+    assert tuple(int(v) for v in r64) == (a * b, a + b, a - b, a >> sh, int(a < b))
