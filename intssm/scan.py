@@ -17,6 +17,8 @@ its own channel's gradients and the results do not depend on the thread count.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from numba import njit, prange
@@ -26,7 +28,8 @@ from numba import njit, prange
 @njit(cache=True, parallel=True)
 def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_all, mr_all, mi_all, nsat):
     """u (B L H) int64; K* (3 H N2); C* (H N2); S*, lo*, hi* (H). Writes t1, t2 (B L H), the states
-    (B L H N2, int32), the clip masks (1 = passed through) and per-channel clip counts nsat (2, H).
+    (H B L N2, int32: each channel's thread streams through its own block), the clip masks
+    (1 = passed through) and per-channel clip counts nsat (2, H).
 
     The rounding shift is ``(acc + 2**(S-1)) >> S`` (``rounding_rshift``: half up; the constant
     is 0 for S = 0). The mode loop is branch-free (min/max, counted comparisons) and touches only
@@ -75,10 +78,10 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_
                     s2 += ci[n] * vi
                 t1[b, k, h] = s1
                 t2[b, k, h] = s2
-                xo_r = xr_all[b, k, h]
-                xo_i = xi_all[b, k, h]
-                mo_r = mr_all[b, k, h]
-                mo_i = mi_all[b, k, h]
+                xo_r = xr_all[h, b, k]
+                xo_i = xi_all[h, b, k]
+                mo_r = mr_all[h, b, k]
+                mo_i = mi_all[h, b, k]
                 for n in range(N2):
                     xo_r[n] = xr[n]
                     xo_i[n] = xi[n]
@@ -88,43 +91,96 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_
         nsat[1, h] = ci_
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, xr_all, xi_all, mr_all, mi_all, g1, g2, gKR, gKI, gCr, gCi, gu):
-    """Reverse scan. g1, g2 (B L H) = dLoss/dt1, dLoss/dt2. Writes gradients (float64)."""
+    """Reverse scan. g1, g2 (B L H) = dLoss/dt1, dLoss/dt2; states and masks (H B L N2). Writes
+    gradients (float64). With d_r = (g_r + g1_k Cre') m_r 2**-Sr (m = clip mask, straight-through
+    rounding) and likewise d_i:  dKR += d_r (xr_{k-1}, -xi_{k-1}, u_k),  dKI += d_i (xi_{k-1},
+    xr_{k-1}, u_k),  du_k = sum_n d_r KR2 + d_i KI2,  g_r <- d_r KR0 + d_i KI1,
+    g_i <- -d_r KR1 + d_i KI0.
+
+    Per channel, all accumulators sit in one small local array and the constants in another, so
+    the mode loop vectorises; floating-point sums may be reassociated (gradients, not codes).
+    """
     B, L, H = u.shape
     N2 = KR.shape[2]
     for h in prange(H):
         fr = 2.0 ** (-Sr[h])
         fi = 2.0 ** (-Si[h])
+        kk = np.empty((8, N2))  # KR0 KR1 KR2 KI0 KI1 KI2 Cre' Cim'
+        for n in range(N2):
+            for j in range(3):
+                kk[j, n] = KR[j, h, n]
+                kk[3 + j, n] = KI[j, h, n]
+            kk[6, n] = Cr[h, n]
+            kk[7, n] = Ci[h, n]
+        acc = np.zeros((10, N2))  # dKR0..2, dKI0..2, dCre', dCim', then g_r, g_i
+        zero = np.zeros(N2, xr_all.dtype)
         for b in range(B):
-            gr = np.zeros(N2)  # dLoss / d xr_k (post clip), accumulated from later steps
-            gi = np.zeros(N2)
+            acc[8] = 0.0
+            acc[9] = 0.0
             for k in range(L - 1, -1, -1):
                 uk = float(u[b, k, h])
+                g1k = g1[b, k, h]
+                g2k = g2[b, k, h]
+                xr_k, xi_k = xr_all[h, b, k], xi_all[h, b, k]
+                mr, mi = mr_all[h, b, k], mi_all[h, b, k]
+                xr_p = xr_all[h, b, k - 1] if k > 0 else zero
+                xi_p = xi_all[h, b, k - 1] if k > 0 else zero
+                su = 0.0
                 for n in range(N2):
-                    xr_k = float(xr_all[b, k, h, n])
-                    xi_k = float(xi_all[b, k, h, n])
-                    gCr[h, n] += g1[b, k, h] * xr_k
-                    gCi[h, n] += g2[b, k, h] * xi_k
-                    tr = gr[n] + g1[b, k, h] * Cr[h, n]
-                    ti = gi[n] + g2[b, k, h] * Ci[h, n]
-                    dr = tr * mr_all[b, k, h, n] * fr  # d acc_r
-                    di = ti * mi_all[b, k, h, n] * fi  # d acc_i
-                    if k > 0:
-                        xr_p = float(xr_all[b, k - 1, h, n])
-                        xi_p = float(xi_all[b, k - 1, h, n])
-                    else:
-                        xr_p = 0.0
-                        xi_p = 0.0
-                    gKR[0, h, n] += dr * xr_p
-                    gKR[1, h, n] -= dr * xi_p
-                    gKR[2, h, n] += dr * uk
-                    gKI[0, h, n] += di * xi_p
-                    gKI[1, h, n] += di * xr_p
-                    gKI[2, h, n] += di * uk
-                    gu[b, k, h] += dr * KR[2, h, n] + di * KI[2, h, n]
-                    gr[n] = dr * KR[0, h, n] + di * KI[1, h, n]
-                    gi[n] = -dr * KR[1, h, n] + di * KI[0, h, n]
+                    p_r = float(xr_p[n])
+                    p_i = float(xi_p[n])
+                    dr = (acc[8, n] + g1k * kk[6, n]) * (float(mr[n]) * fr)
+                    di = (acc[9, n] + g2k * kk[7, n]) * (float(mi[n]) * fi)
+                    acc[0, n] += dr * p_r
+                    acc[1, n] -= dr * p_i
+                    acc[2, n] += dr * uk
+                    acc[3, n] += di * p_i
+                    acc[4, n] += di * p_r
+                    acc[5, n] += di * uk
+                    acc[6, n] += g1k * float(xr_k[n])
+                    acc[7, n] += g2k * float(xi_k[n])
+                    acc[8, n] = dr * kk[0, n] + di * kk[4, n]
+                    acc[9, n] = -dr * kk[1, n] + di * kk[3, n]
+                    su += dr * kk[2, n] + di * kk[5, n]
+                gu[b, k, h] = su
+        for n in range(N2):
+            for j in range(3):
+                gKR[j, h, n] = acc[j, n]
+                gKI[j, h, n] = acc[3 + j, n]
+            gCr[h, n] = acc[6, n]
+            gCi[h, n] = acc[7, n]
+
+
+class _Buffers:
+    """Recycles the large state/mask buffers: a forward takes them, its backward gives them back.
+
+    Fresh ``np.empty`` arrays of this size (hundreds of MB per step) spend most of the forward's
+    time in first-touch page faults; reusing them keeps the pages mapped. A forward whose
+    backward never runs simply lets its buffers be garbage-collected.
+    """
+
+    def __init__(self):
+        self.free: dict = {}
+        self.lock = threading.Lock()
+
+    def take(self, shape, dtype) -> np.ndarray:
+        with self.lock:
+            lst = self.free.get((shape, np.dtype(dtype)))
+            if lst:
+                return lst.pop()
+        return np.empty(shape, dtype)
+
+    def give(self, *arrays):
+        with self.lock:
+            for a in arrays:
+                lst = self.free.setdefault((a.shape, a.dtype), [])
+                if len(lst) < 8:  # bounded: at most a few layers' worth per shape
+                    lst.append(a)
+
+
+_BUFFERS = _Buffers()
 
 
 def _i64(t: torch.Tensor) -> np.ndarray:
@@ -142,10 +198,11 @@ class QuantScan(torch.autograd.Function):
         ui, KRi, KIi, Cri, Cii = _i64(u), _i64(KR), _i64(KI), _i64(Cr), _i64(Ci)
         t1 = np.empty((B, L, H), np.int64)
         t2 = np.empty((B, L, H), np.int64)
-        xr = np.empty((B, L, H, N2), np.int32)  # state codes are < 2**16: int32 halves the memory
-        xi = np.empty((B, L, H, N2), np.int32)
-        mr = np.empty((B, L, H, N2), np.int8)
-        mi = np.empty((B, L, H, N2), np.int8)
+        shape = (H, B, L, N2)
+        xr = _BUFFERS.take(shape, np.int32)  # state codes are < 2**16: int32 halves the memory
+        xi = _BUFFERS.take(shape, np.int32)
+        mr = _BUFFERS.take(shape, np.int8)
+        mi = _BUFFERS.take(shape, np.int8)
         _scan_fwd(ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, t1, t2, xr, xi, mr, mi, nsat)
         ctx.saved = (ui, KRi, KIi, Cri, Cii, Sr, Si, xr, xi, mr, mi)
         return torch.from_numpy(t1.astype(np.float64)), torch.from_numpy(t2.astype(np.float64))
@@ -161,6 +218,8 @@ class QuantScan(torch.autograd.Function):
         _scan_bwd(ui, KRi, KIi, Cri, Cii, Sr, Si, xr, xi, mr, mi,
                   np.ascontiguousarray(g1.numpy(), dtype=np.float64), np.ascontiguousarray(g2.numpy(), dtype=np.float64),
                   gKR, gKI, gCr, gCi, gu)
+        ctx.saved = None
+        _BUFFERS.give(xr, xi, mr, mi)
         t = torch.from_numpy
         return t(gu), t(gKR), t(gKI), t(gCr), t(gCi), None
 
