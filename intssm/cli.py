@@ -89,6 +89,7 @@ def train(
     n_layers: Annotated[Optional[int], typer.Option(help="Override the preset's number of layers.")] = None,
     device: Annotated[str, typer.Option(help="Torch device: cpu | cuda.")] = "cpu",
     max_minutes: Annotated[float, typer.Option(help="Stop after the epoch that would pass this many minutes (0 = no limit).")] = 0.0,
+    min_decay: Annotated[float, typer.Option(help="Keep 1 - |Abar| >= this for every mode (e.g. 2**-b for a b-bit state; 0 = off).")] = 0.0,
     as_json: JsonOpt = False,
 ):
     """Train a float S4D in convolution mode; keeps the best-on-validation weights."""
@@ -111,7 +112,7 @@ def train(
         raise IntssmError(f"--d-model, --d-state and --n-layers must be positive (d_state even), got {over}")
     from dataclasses import replace as dc_replace
 
-    mcfg = dc_replace(PRESETS[preset], **over)
+    mcfg = dc_replace(PRESETS[preset], **over, min_decay=min_decay)
     args = TrainArgs(epochs=epochs, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr, seed=seed, limit=limit, threads=threads,
                      device=device, max_minutes=max_minutes)
     model = S4DModel(mcfg, seed=seed)

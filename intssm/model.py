@@ -45,6 +45,10 @@ class ModelConfig:
     dt_min: float = 1e-3  # log dt ~ U[log dt_min, log dt_max]
     dt_max: float = 1e-1
     dropout: float = 0.0  # dropout after the activation (training only)
+    # lower bound g on 1 - |Abar| of every mode, kept by projection after each optimizer step
+    # (0 = none). A b-bit state with round-to-nearest cannot decay by less than half a step, so
+    # modes with 1 - |Abar| < 2**-b freeze (dead zone); g >= 2**-b keeps every mode able to decay.
+    min_decay: float = 0.0
 
     def validate(self) -> "ModelConfig":
         for f in ("d_input", "d_output", "d_model", "d_state", "n_layers"):
@@ -58,6 +62,8 @@ class ModelConfig:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise IntssmError(f"model config: {f} must be a finite number, got {v!r}")
+        if isinstance(self.min_decay, bool) or not isinstance(self.min_decay, (int, float)) or not 0 <= self.min_decay < 1:
+            raise IntssmError(f"model config: min_decay must be a number in [0, 1), got {self.min_decay!r}")
         if not 0 <= self.dropout < 1:
             raise IntssmError(f"model config: dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.dt_min <= self.dt_max:
@@ -105,6 +111,14 @@ class S4D(nn.Module):
         dt = torch.exp(self.log_dt)
         A = torch.complex(-torch.exp(self.log_A_re), self.A_im)
         return dt, A
+
+    @torch.no_grad()
+    def project(self, min_decay: float):
+        """Enforce 1 - |Abar| >= min_decay for every mode: |Abar| = exp(-exp(log_A_re) dt), so
+        log_A_re >= log(-log(1 - min_decay)) - log dt (a clamp, i.e. projected gradient descent)."""
+        if min_decay > 0:
+            floor = math.log(-math.log1p(-min_decay)) - self.log_dt[:, None]
+            self.log_A_re.copy_(torch.maximum(self.log_A_re, floor.to(self.log_A_re.dtype)))
 
     def discrete(self):
         """Zero-order hold: (Abar, Bbar, C) each (H N2) complex, D (H)."""
@@ -168,6 +182,12 @@ class S4DModel(nn.Module):
             self.encoder = nn.Linear(cfg.d_input, cfg.d_model)
             self.layers = nn.ModuleList([S4DBlock(cfg, g) for _ in range(cfg.n_layers)])
             self.decoder = nn.Linear(cfg.d_model, cfg.d_output)
+        self.project()
+
+    def project(self):
+        """Apply the config's constraints to the weights (``min_decay``); train calls it after each step."""
+        for layer in self.layers:
+            layer.ssm.project(self.cfg.min_decay)
 
     def forward(self, u: torch.Tensor, mode: str = "conv") -> torch.Tensor:
         """u (B L d_input) float -> logits (B d_output)."""

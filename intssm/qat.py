@@ -59,6 +59,7 @@ def qat_step(qm: QuantS4D, opt, params: list, P: np.ndarray, y: np.ndarray) -> f
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
     opt.step()
+    qm.model.project()  # the float model's constraints (min_decay) hold for continuous A too
     return loss.item()
 
 

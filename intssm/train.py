@@ -87,6 +87,7 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            model.project()
             step += 1
             run_loss += loss.item() * len(t)
             run_correct += (logits.argmax(-1) == t).sum().item()

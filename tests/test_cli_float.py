@@ -147,14 +147,15 @@ def test_usage_error_is_clean(tmp_path):
 def test_train_overrides_and_time_budget(tmp_path):
     """--d-model/--d-state/--n-layers change the preset; --max-minutes stops at an epoch boundary."""
     r = intssm("train", "--preset", "tiny", "--d-model", "6", "--d-state", "4", "--n-layers", "2", "--epochs", "3",
-               "--limit", "100", "--threads", "1", "--max-minutes", "0.0001", "-o", tmp_path / "o.pt", "--json")
+               "--limit", "100", "--threads", "1", "--max-minutes", "0.0001", "--min-decay", "0.05",
+               "-o", tmp_path / "o.pt", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["history"]) == 1 and "time budget" in out["history"][0]["stopped"]
     from intssm import checkpoint
 
     m, ck = checkpoint.load(tmp_path / "o.pt")
-    assert (m.cfg.d_model, m.cfg.d_state, m.cfg.n_layers) == (6, 4, 2)
+    assert (m.cfg.d_model, m.cfg.d_state, m.cfg.n_layers, m.cfg.min_decay) == (6, 4, 2, 0.05)
     assert ck["train_args"]["overrides"] == {"d_model": 6, "d_state": 4, "n_layers": 2}
 
 
@@ -163,6 +164,7 @@ def test_train_overrides_and_time_budget(tmp_path):
     (["--d-model", "0"], "must be positive"),
     (["--max-minutes", "-1"], "--max-minutes"),
     (["--device", "tpu"], "--device must be cpu or cuda"),
+    (["--min-decay", "1.5"], "min_decay must be a number in [0, 1)"),
 ])
 def test_train_bad_options(tmp_path, args, fragment):
     r = intssm("train", "--preset", "tiny", "--epochs", "1", "--limit", "10", *args, "-o", tmp_path / "x.pt")

@@ -178,7 +178,8 @@ def test_paper_small_parameter_count():
 def test_presets_valid_and_config_errors():
     for cfg in PRESETS.values():
         assert cfg.validate() is cfg
-    for bad in (dict(d_state=7), dict(d_model=0), dict(pool="max"), dict(dt_min=0.2, dt_max=0.1), dict(nope=1)):
+    for bad in (dict(d_state=7), dict(d_model=0), dict(pool="max"), dict(dt_min=0.2, dt_max=0.1), dict(nope=1),
+                dict(min_decay=-0.1), dict(min_decay=1.0), dict(min_decay=True), dict(min_decay="x")):
         with pytest.raises(IntssmError, match="model config"):
             ModelConfig.from_dict(bad)
 
@@ -335,3 +336,25 @@ def test_checkpoint_wrong_types(tmp_path, trained_like_model, key, value):
 
     with pytest.raises(IntssmError):
         checkpoint.load(_edit_checkpoint(tmp_path, trained_like_model, edit))
+
+
+def test_min_decay_holds_at_init_and_after_training(restore_torch_globals):
+    """With min_decay = g every mode keeps 1 - |Abar| >= g: at init and after optimizer steps that
+    would otherwise slow modes down; the constraint is active (some modes sit on it) and g = 0 is a no-op."""
+    from dataclasses import replace
+
+    g = 1 / 16
+
+    def gap(m):
+        s = m.layers[0].ssm
+        return 1 - torch.exp(-s.log_A_re.exp() * s.log_dt.exp()[:, None])
+
+    free = S4DModel(PRESETS["tiny"], seed=0)
+    assert gap(free).min() < g  # the default init has slower modes than that
+    model = S4DModel(replace(PRESETS["tiny"], min_decay=g), seed=0)
+    assert gap(model).min() >= g * (1 - 1e-6)
+    assert torch.equal(free.layers[0].ssm.log_dt, model.layers[0].ssm.log_dt)
+    train(model, "smnist", TrainArgs(epochs=1, limit=256, batch_size=64, threads=1, ssm_lr=0.05))
+    d = gap(model)
+    assert d.min() >= g * (1 - 1e-6)
+    assert (d < g * 1.001).any()  # some modes sit on the bound
