@@ -215,7 +215,7 @@ def ptq_(
 def qat_(
     ckpt: Annotated[Path, typer.Argument(help="Float or quantized checkpoint (.pt).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Quantized checkpoint to write.")],
-    config: Annotated[str, typer.Option(help="Preset or JSON file (ignored for a quantized checkpoint).")] = "w8a8",
+    config: Annotated[Optional[str], typer.Option(help="Preset or JSON file (default w8a8); for a quantized checkpoint, re-quantizes it at these formats on its stored ranges (default: keep its own).")] = None,
     param: Annotated[str, typer.Option(help="Abar parameterisation: continuous | frozen | discrete.")] = "frozen",
     epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 64,
@@ -233,7 +233,7 @@ def qat_(
     from . import checkpoint, data
     from .qat import PARAMS, restore
     from .qat import train as run_qat
-    from .qmodel import from_checkpoint, ptq, qspec_entry
+    from .qmodel import from_checkpoint, ptq, qspec_entry, requantize
     from .qspec import get_config, ranges_from_json
 
     _check_limit(limit)
@@ -248,9 +248,14 @@ def qat_(
     if "qspec" in ck:
         qm = from_checkpoint(model, ck)
         ranges = ranges_from_json(ck["qspec"]["ranges"])
+        if config is not None:
+            qm = requantize(qm, get_config(config), ranges)
+        how = "from checkpoint" if config is None else f"{config} (re-quantized on the checkpoint's ranges)"
     else:
+        config = config or "w8a8"
         cal = data.load(seq, "train", calib)
         qm, ranges = ptq(model, get_config(config), torch.from_numpy(cal.as_float()))
+        how = config
     n_train = len(data.load(seq, "train", limit))
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
         best, history = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
@@ -260,7 +265,7 @@ def qat_(
     extra = {k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict", "qspec")}
     extra["qspec"] = qspec_entry(qm, ranges)
     extra["qat"] = {"param": param, "epochs": epochs, "batch_size": batch_size, "lr": lr, "history": history,
-                    "config": config if "qspec" not in ck else "from checkpoint"}
+                    "config": how}
     checkpoint.save(out, qm.model.float(), **extra)
     best_rec = max(history, key=lambda r: r["val_int_acc"])
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_rec["val_int_acc"]}, as_json,

@@ -364,6 +364,17 @@ def qspec_entry(qm: QuantS4D, ranges: dict) -> dict:
     return {"datapath_version": DATAPATH_VERSION, "discrete": disc, "quant_config": qm.dp.qcfg.to_dict(), "ranges": ranges_to_json(ranges), "seq_len": qm.dp.seq_len}
 
 
+def requantize(qm: QuantS4D, qcfg: QuantConfig, ranges: dict) -> QuantS4D:
+    """The same weights (and learned Abar/Bbar) under new formats ``qcfg``, on the given calibrated
+    ``ranges`` (range policies are not re-applied: the ranges are already the clipped ones).
+    For lowering bits step by step between QAT runs (progressive quantization)."""
+    dp = build_datapath(qm.model.cfg, qcfg, ranges, qm.dp.seq_len)
+    out = QuantS4D(qm.model, dp)
+    if qm.discrete is not None:
+        out.make_discrete({k: v.detach() for k, v in qm.discrete.items()})
+    return out
+
+
 def from_checkpoint(model: S4DModel, ck: dict) -> QuantS4D:
     """Rebuild the :class:`QuantS4D` stored in a quantized checkpoint's ``qspec`` entry."""
     from .qspec import DATAPATH_VERSION, ranges_from_json

@@ -324,3 +324,27 @@ def test_profile_json_and_plot(work, tmp_path):
     assert all(0 <= r["rate"] <= 1 for r in d["saturation_rates"].values())
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert d["energy_ratio_fp32_over_int"] > 1
+
+
+def test_qat_requantizes_a_quantized_checkpoint_at_new_formats(work, tmp_path):
+    """`qat q.pt --config NEW` keeps the stored ranges and learned weights, switches to NEW's formats
+    (progressive bit lowering), and the result simulates bit-exactly; without --config it keeps its own."""
+    from intssm import checkpoint
+    from intssm.qspec import PRESETS, QuantConfig, ranges_from_json
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    ok_json(intssm("qat", work["quant"], "--param", "discrete", "--epochs", "1", "--limit", "16", "--val-limit", "8",
+                   "--lr", "1e-4", "-o", a, "--json"))
+    ck_a = checkpoint.load_raw(a)
+    assert QuantConfig.from_dict(ck_a["qspec"]["quant_config"]) == PRESETS["w8a8"]
+    assert ck_a["qat"]["config"] == "from checkpoint"
+    ok_json(intssm("qat", a, "--config", "w8a8-state6", "--param", "discrete", "--epochs", "1", "--limit", "16",
+                   "--val-limit", "8", "--lr", "1e-4", "-o", b, "--json"))
+    ck_b = checkpoint.load_raw(b)
+    assert QuantConfig.from_dict(ck_b["qspec"]["quant_config"]) == PRESETS["w8a8-state6"]
+    assert "re-quantized" in ck_b["qat"]["config"]
+    ra, rb = ranges_from_json(ck_a["qspec"]["ranges"]), ranges_from_json(ck_b["qspec"]["ranges"])
+    assert ra.keys() == rb.keys() and all(np.array_equal(ra[k][0], rb[k][0]) and np.array_equal(ra[k][1], rb[k][1]) for k in ra)
+    assert ck_b["qspec"]["discrete"] is not None
+    out = ok_json(intssm("simulate", b, "--limit", "12", "--verify", "all", "--json"))
+    assert out["n_verified"] == out["bit_exact"] == 12
