@@ -219,6 +219,11 @@ PRESETS: dict[str, QuantConfig] = {
         pool=QFormat(8),
     ),
 }
+# the heterogeneous scheme with a narrower state: steps of progressive QAT towards a sub-8-bit
+# A and x (``intssm qat q.pt --config hetero-state7``, then ``hetero-state6``)
+for _b in (7, 6):
+    PRESETS[f"hetero-state{_b}"] = replace(
+        PRESETS["paper-hetero"], **{n: QFormat(_b, per_channel=True) for n in ("A_re", "A_im", "x_re", "x_im")})
 
 
 def get_config(name_or_path: str) -> QuantConfig:
