@@ -132,6 +132,32 @@ def clamp_t(v: torch.Tensor, lo, hi) -> torch.Tensor:
     return torch.clamp(v, lo, hi)
 
 
+class _RshiftClampSTE(torch.autograd.Function):
+    """clamp(rounding_rshift(acc, S) + z, lo, hi) with gradient 2**-S where lo <= r + z <= hi, else 0."""
+
+    @staticmethod
+    def forward(ctx, acc, s, z, lo, hi):
+        inv = torch.exp2(-s)
+        r = torch.floor((acc + torch.where(s > 0, torch.exp2(s - 1), torch.zeros_like(s))) * inv) + z
+        keep = (r >= lo) & (r <= hi)
+        ctx.save_for_backward(keep, inv)
+        return torch.clamp(r, lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        keep, inv = ctx.saved_tensors
+        return g * inv * keep, None, None, None, None
+
+
+def rshift_clamp_t(acc: torch.Tensor, s: torch.Tensor, z, lo: float, hi: float, ste: bool = False) -> torch.Tensor:
+    """clamp_t(rounding_rshift_t(acc, s, ste) + z, lo, hi): the same integers and, with ``ste``, the
+    same gradient (2**-s straight through, zero where the result saturated), as one autograd node
+    instead of a dozen: QAT spends much of its time in these element-wise ops."""
+    if ste and acc.shape == torch.broadcast_shapes(acc.shape, s.shape, torch.as_tensor(z).shape):
+        return _RshiftClampSTE.apply(acc, s, torch.as_tensor(z, dtype=acc.dtype), lo, hi)
+    return clamp_t(rounding_rshift_t(acc, s, ste) + z, lo, hi)
+
+
 def round_half_up_t(v: torch.Tensor, ste: bool = False) -> torch.Tensor:
     """Twin of :func:`round_half_up`; with ``ste`` the gradient passes straight through."""
     f = torch.floor(v)

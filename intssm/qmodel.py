@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import IntssmError
-from .fixedpoint import clamp_t, round_half_up_t, rounding_rshift_t
+from .fixedpoint import clamp_t, round_half_up_t, rounding_rshift_t, rshift_clamp_t
 from .model import S4DModel
 from .qspec import (BIAS_BITS, INPUT_SCALE, Datapath, QuantConfig, apply_range_policies, build_datapath,
                     calibrated_range_keys)
@@ -197,9 +197,10 @@ class QuantS4D(torch.nn.Module):
         cnt = {n: torch.zeros((), dtype=torch.int64) for n in dp.counters} if counts else None
 
         def rq(acc, S, z, lo, hi, name):
+            if cnt is None:
+                return rshift_clamp_t(acc, S, z, lo, hi, ste)
             r = rounding_rshift_t(acc, S, ste) + z
-            if cnt is not None:
-                cnt[name] += ((r < lo) | (r > hi)).sum()
+            cnt[name] += ((r < lo) | (r > hi)).sum()
             return clamp_t(r, lo, hi)
 
         ew = W["enc_w"] - c["enc_w_z"][:, None]  # (H d)

@@ -428,3 +428,25 @@ def test_width_generic_ops_wrap_at_32_bits(a, b, sh):
     assert tuple(int(v) for v in r32) == (wrap(a * b), wrap(a + b), wrap(a - b), a >> sh, int(a < b))
     r64 = ops(a, b, sh, np.zeros(1, np.int64))
     assert tuple(int(v) for v in r64) == (a * b, a + b, a - b, a >> sh, int(a < b))
+
+
+@given(st.integers(0, 2**16), st.integers(0, 20), st.integers(-3, 3), st.sampled_from([(-8.0, 7.0), (0.0, 63.0), (-128.0, 127.0)]))
+def test_fused_rshift_clamp_equals_composite(seed, smax, z, lohi):
+    """rshift_clamp_t (one autograd node) gives exactly the integers and the gradient of
+    clamp_t(rounding_rshift_t(., ste=True) + z): 2**-S where not saturated, 0 where saturated."""
+    from intssm.fixedpoint import clamp_t, rounding_rshift_t, rshift_clamp_t
+
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, smax + 1, (3,), generator=g).double()
+    acc = torch.randint(-2**22, 2**22, (4, 5, 3), generator=g).double() * torch.exp2(s - 12).round()
+    lo, hi = lohi
+    a1 = acc.clone().requires_grad_(True)
+    a2 = acc.clone().requires_grad_(True)
+    o1 = rshift_clamp_t(a1, s, z, lo, hi, ste=True)
+    o2 = clamp_t(rounding_rshift_t(a2, s, ste=True) + z, lo, hi)
+    assert torch.equal(o1, o2)
+    w = torch.randn(o1.shape, generator=g, dtype=torch.float64)
+    (o1 * w).sum().backward()
+    (o2 * w).sum().backward()
+    assert torch.equal(a1.grad, a2.grad)
+    assert torch.equal(rshift_clamp_t(acc, s, z, lo, hi), o2.detach())
