@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from .fixedpoint import cast_like, wadd, washr, wmul, wsub
+
 
 
 @njit(cache=True, parallel=True)
@@ -42,40 +44,46 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_
         kr0, kr1, kr2 = KR[0, h], KR[1, h], KR[2, h]
         ki0, ki1, ki2 = KI[0, h], KI[1, h], KI[2, h]
         cr, ci = Cr[h], Ci[h]
-        sr, si = Sr[h], Si[h]
-        rr = (np.int64(1) << (sr - 1)) if sr > 0 else np.int64(0)
-        ri = (np.int64(1) << (si - 1)) if si > 0 else np.int64(0)
-        lr, hr, li, hi = lor[h], hir[h], loi[h], hii[h]
+        sr, si = cast_like(Sr[h], KR), cast_like(Si[h], KR)
+        rr = cast_like((np.int64(1) << Sr[h]) >> 1, KR)  # 2**(S-1), 0 for S = 0
+        ri = cast_like((np.int64(1) << Si[h]) >> 1, KR)
+        lr, hr = cast_like(lor[h], KR), cast_like(hir[h], KR)
+        li, hi = cast_like(loi[h], KR), cast_like(hii[h], KR)
         cr_ = np.int64(0)
         ci_ = np.int64(0)
-        xr = np.zeros(N2, np.int64)
-        xi = np.zeros(N2, np.int64)
+        xr = np.zeros(N2, KR.dtype)
+        xi = np.zeros(N2, KR.dtype)
         okr = np.zeros(N2, np.int8)
         oki = np.zeros(N2, np.int8)
+        one = cast_like(1, KR)
         for b in range(B):
             xr[:] = 0
             xi[:] = 0
             for k in range(L):
-                uk = u[b, k, h]
-                s1 = np.int64(0)
-                s2 = np.int64(0)
+                uk = cast_like(u[b, k, h], KR)
+                s1 = cast_like(0, KR)
+                s2 = cast_like(0, KR)
+                c1 = cast_like(0, KR)
+                c2 = cast_like(0, KR)
                 for n in range(N2):
                     r0 = xr[n]
                     i0 = xi[n]
-                    vr = (kr0[n] * r0 - kr1[n] * i0 + kr2[n] * uk + rr) >> sr
-                    vi = (ki0[n] * i0 + ki1[n] * r0 + ki2[n] * uk + ri) >> si
-                    o_r = (vr >= lr) & (vr <= hr)
-                    o_i = (vi >= li) & (vi <= hi)
-                    cr_ += 1 - o_r
-                    ci_ += 1 - o_i
+                    vr = washr(wadd(wadd(wsub(wmul(kr0[n], r0), wmul(kr1[n], i0)), wmul(kr2[n], uk)), rr), sr)
+                    vi = washr(wadd(wadd(wadd(wmul(ki0[n], i0), wmul(ki1[n], r0)), wmul(ki2[n], uk)), ri), si)
+                    o_r = cast_like((vr >= lr) & (vr <= hr), KR)
+                    o_i = cast_like((vi >= li) & (vi <= hi), KR)
+                    c1 = wadd(c1, wsub(one, o_r))
+                    c2 = wadd(c2, wsub(one, o_i))
                     okr[n] = o_r
                     oki[n] = o_i
                     vr = min(max(vr, lr), hr)
                     vi = min(max(vi, li), hi)
                     xr[n] = vr
                     xi[n] = vi
-                    s1 += cr[n] * vr
-                    s2 += ci[n] * vi
+                    s1 = wadd(s1, wmul(cr[n], vr))
+                    s2 = wadd(s2, wmul(ci[n], vi))
+                cr_ += np.int64(c1)
+                ci_ += np.int64(c2)
                 t1[b, k, h] = s1
                 t2[b, k, h] = s2
                 xo_r = xr_all[h, b, k]
@@ -183,6 +191,21 @@ class _Buffers:
 _BUFFERS = _Buffers()
 
 
+def _fits_int32(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii) -> bool:
+    """True if this call's mode loop provably stays inside int32 (as ``intssm.sim.state_fits_int32``,
+    with this batch's actual max |u'|): sum of |K| times operand bounds plus the rounding constant,
+    and sum_n |C'| X, below 2**31; shifts below 32."""
+    U = int(np.abs(u).max()) if u.size else 0
+    Xr = np.maximum(np.abs(lor), np.abs(hir))[:, None]
+    Xi = np.maximum(np.abs(loi), np.abs(hii))[:, None]
+    A, C = np.abs(KR), np.abs(KI)
+    re = A[0] * Xr + A[1] * Xi + A[2] * U + ((1 << Sr) >> 1)[:, None]
+    im = C[0] * Xi + C[1] * Xr + C[2] * U + ((1 << Si) >> 1)[:, None]
+    out = max((np.abs(Cr).sum(-1) * Xr[:, 0]).max(), (np.abs(Ci).sum(-1) * Xi[:, 0]).max())
+    lim = 2**31
+    return bool(re.max() < lim and im.max() < lim and out < lim and max(Sr.max(), Si.max()) < 32)
+
+
 def _i64(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().numpy().astype(np.int64))
 
@@ -203,7 +226,10 @@ class QuantScan(torch.autograd.Function):
         xi = _BUFFERS.take(shape, np.int32)
         mr = _BUFFERS.take(shape, np.int8)
         mi = _BUFFERS.take(shape, np.int8)
-        _scan_fwd(ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, t1, t2, xr, xi, mr, mi, nsat)
+        Kf, Cf = (KRi, KIi), (Cri, Cii)
+        if _fits_int32(ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii):  # 8 int32 lanes, same integers
+            Kf, Cf = (KRi.astype(np.int32), KIi.astype(np.int32)), (Cri.astype(np.int32), Cii.astype(np.int32))
+        _scan_fwd(ui, *Kf, *Cf, Sr, Si, lor, hir, loi, hii, t1, t2, xr, xi, mr, mi, nsat)
         ctx.saved = (ui, KRi, KIi, Cri, Cii, Sr, Si, xr, xi, mr, mi)
         return torch.from_numpy(t1.astype(np.float64)), torch.from_numpy(t2.astype(np.float64))
 
