@@ -77,7 +77,8 @@ def requantize(acc, m, s, z, lo, hi):
 
 # ----------------------------------------------------- width-generic ops (Numba intrinsics) ---
 # Numba widens every integer product and shift to int64, which keeps LLVM from using 32-bit
-# vector lanes (AVX2 has a native 8-lane int32 multiply and shift, no int64 multiply at all).
+# vector lanes: a vector holds twice as many int32 as int64, and AVX2 (unlike AVX-512DQ) has no
+# int64 multiply at all, only a native int32 one.
 # These emit one LLVM instruction at the operands' own width instead. They WRAP on overflow
 # (two's complement), so a kernel may use them at 32 bits only where a bound proves that no
 # operand, partial sum or product leaves int32 (see ``intssm.sim.state_fits_int32``).
