@@ -81,7 +81,7 @@ def requantize(acc, m, s, z, lo, hi):
 # int64 multiply at all, only a native int32 one.
 # These emit one LLVM instruction at the operands' own width instead. They WRAP on overflow
 # (two's complement), so a kernel may use them at 32 bits only where a bound proves that no
-# operand, partial sum or product leaves int32 (see ``intssm.sim.state_fits_int32``).
+# operand, partial sum or product leaves int32 (see ``intssm.sim.mode_loop_fits_int32``).
 
 def _same_width_binop(llvm_op: str, doc: str):
     @intrinsic
@@ -138,10 +138,9 @@ class _RshiftClampSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, acc, s, z, lo, hi):
-        inv = torch.exp2(-s)
-        r = torch.floor((acc + torch.where(s > 0, torch.exp2(s - 1), torch.zeros_like(s))) * inv) + z
+        r = rounding_rshift_t(acc, s) + z
         keep = (r >= lo) & (r <= hi)
-        ctx.save_for_backward(keep, inv)
+        ctx.save_for_backward(keep, torch.exp2(-s))
         return torch.clamp(r, lo, hi)
 
     @staticmethod

@@ -192,18 +192,12 @@ _BUFFERS = _Buffers()
 
 
 def _fits_int32(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii) -> bool:
-    """True if this call's mode loop provably stays inside int32 (as ``intssm.sim.state_fits_int32``,
-    with this batch's actual max |u'|): sum of |K| times operand bounds plus the rounding constant,
-    and sum_n |C'| X, below 2**31; shifts below 32."""
-    U = int(np.abs(u).max()) if u.size else 0
-    Xr = np.maximum(np.abs(lor), np.abs(hir))[:, None]
-    Xi = np.maximum(np.abs(loi), np.abs(hii))[:, None]
-    A, C = np.abs(KR), np.abs(KI)
-    re = A[0] * Xr + A[1] * Xi + A[2] * U + ((1 << Sr) >> 1)[:, None]
-    im = C[0] * Xi + C[1] * Xr + C[2] * U + ((1 << Si) >> 1)[:, None]
-    out = max((np.abs(Cr).sum(-1) * Xr[:, 0]).max(), (np.abs(Ci).sum(-1) * Xi[:, 0]).max())
-    lim = 2**31
-    return bool(re.max() < lim and im.max() < lim and out < lim and max(Sr.max(), Si.max()) < 32)
+    """:func:`intssm.sim.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
+    from .sim import mode_loop_fits_int32
+
+    K = np.concatenate([KR, KI]).transpose(1, 0, 2)  # (H 6 N2)
+    clip = np.stack([lor, hir, loi, hii, (1 << Sr) >> 1, (1 << Si) >> 1, Sr, Si], -1)  # (H 8)
+    return mode_loop_fits_int32(K, np.stack([Cr, Ci], 1), clip, int(np.abs(u).max()) if u.size else 0)
 
 
 def _i64(t: torch.Tensor) -> np.ndarray:

@@ -203,7 +203,7 @@ def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
 @njit(cache=True, parallel=True)
 def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sat, K, Cc, clip, mwc, D, D_z,
                     x_re_z, x_im_z, x_re_S, x_im_S, y_M, y_S, y_z,
-                    gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
+                    gelu_lut, act_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
                     pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
                     out_logits, cnt):
     """The datapath of :func:`_run_one`, reorganised for speed; bit-exact with it (tests).
@@ -337,7 +337,7 @@ ARG_ORDER = (
 
 #: Arguments of the fast kernel after (encoder args, K, Cc).
 FAST_ARGS = ("D", "D_z", "x_re_z", "x_im_z", "x_re_S", "x_im_S", "y_M", "y_S", "y_z",
-             "gelu_lut", "act_z", "mix_w", "mix_w_z", "mix_b", "glu_M", "glu_S", "glu_z", "sig_lut", "h_M", "h_S",
+             "gelu_lut", "act_z", "mix_b", "glu_M", "glu_S", "glu_z", "sig_lut", "h_M", "h_S",
              "pool_M", "pool_S", "pool_z", "dec_w", "dec_w_z", "dec_b", "logits_M", "logits_S", "logits_z", "qrange")
 
 
@@ -360,25 +360,33 @@ def mode_constants(a: dict) -> np.ndarray:
                                           (1 << Sr) >> 1, (1 << Si) >> 1, Sr, Si], -1).astype(np.int64))
 
 
-def state_fits_int32(a: dict, K: np.ndarray, Cc: np.ndarray, clip: np.ndarray) -> bool:
-    """True if the mode loop of this model provably never leaves int32, so it may run at 32 bits.
+def mode_loop_fits_int32(K: np.ndarray, Cc: np.ndarray, clip: np.ndarray, U) -> bool:
+    """True if the mode loop provably never leaves int32, so it may run at 32 bits.
 
-    For every mode, with |x_re'| <= X_r, |x_im'| <= X_i (the clip bounds) and |u'| <= U:
+    ``K`` (..., 6, N/2) folded constants, ``Cc`` (..., 2, N/2), ``clip`` (..., 8) as
+    :func:`mode_constants`, ``U`` the bound on |u'| (broadcast against ``...``). For every mode,
+    with |x_re'| <= X_r, |x_im'| <= X_i (the clip bounds):
     |K0| X_r + |K1| X_i + |K2| U + 2**(S_r-1) < 2**31 (and the same for x_im), which bounds every
     product and partial sum of the update in any order; sum_n |C'| X < 2**31 bounds the output
     sums; and the shifts are below 32. Computed in int64, exact: every term is below 2**53.
+    The simulator (per model) and the fused QAT scan (per call) both decide with this.
     """
     lim = 2**31
-    q, hz = a["qrange"], a["h_z"]
-    U = np.maximum(np.abs(q[_H, 0] - hz[:-1]), np.abs(q[_H, 1] - hz[:-1]))[:, None, None]  # (nl 1 1)
-    Xr = np.maximum(np.abs(clip[..., 0]), np.abs(clip[..., 1]))[..., None]  # (nl H 1)
+    U = np.asarray(U, dtype=np.int64)[..., None]
+    Xr = np.maximum(np.abs(clip[..., 0]), np.abs(clip[..., 1]))[..., None]  # (..., 1)
     Xi = np.maximum(np.abs(clip[..., 2]), np.abs(clip[..., 3]))[..., None]
     Ka = np.abs(K)
-    re = Ka[:, :, 0] * Xr + Ka[:, :, 1] * Xi + Ka[:, :, 2] * U + clip[..., 4:5]
-    im = Ka[:, :, 3] * Xi + Ka[:, :, 4] * Xr + Ka[:, :, 5] * U + clip[..., 5:6]
-    out = np.abs(Cc[:, :, 0]).sum(-1) * Xr[..., 0], np.abs(Cc[:, :, 1]).sum(-1) * Xi[..., 0]
-    return bool(re.max() < lim and im.max() < lim and max(o.max() for o in out) < lim
-                and clip[..., 6:].max() < 32)
+    re = Ka[..., 0, :] * Xr + Ka[..., 1, :] * Xi + Ka[..., 2, :] * U + clip[..., 4:5]
+    im = Ka[..., 3, :] * Xi + Ka[..., 4, :] * Xr + Ka[..., 5, :] * U + clip[..., 5:6]
+    out = max((np.abs(Cc[..., 0, :]).sum(-1) * Xr[..., 0]).max(), (np.abs(Cc[..., 1, :]).sum(-1) * Xi[..., 0]).max())
+    return bool(re.max() < lim and im.max() < lim and out < lim and clip[..., 6:].max() < 32)
+
+
+def state_fits_int32(a: dict, K: np.ndarray, Cc: np.ndarray, clip: np.ndarray) -> bool:
+    """:func:`mode_loop_fits_int32` for a whole model, |u'| bounded by each layer's input code range."""
+    q, hz = a["qrange"], a["h_z"]
+    U = np.maximum(np.abs(q[_H, 0] - hz[:-1]), np.abs(q[_H, 1] - hz[:-1]))[:, None]  # (nl 1)
+    return mode_loop_fits_int32(K, Cc, clip, U)
 
 
 def mix_fits_int32(a: dict, mwc: np.ndarray) -> bool:
@@ -431,9 +439,10 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trac
         tab = sat = np.zeros((1, 1), np.int64)
     mwc = np.ascontiguousarray(a["mix_w"] - a["mix_w_z"][..., None])  # centred mixing weights
     clip = mode_constants(a)
-    if width == 32 or (width is None and state_fits_int32(a, K, Cc, clip)):
-        if width == 32 and not state_fits_int32(a, K, Cc, clip):
-            raise IntssmError("this model's state update does not provably fit int32; use the 64-bit kernel")
+    fits = width != 64 and state_fits_int32(a, K, Cc, clip)
+    if width == 32 and not fits:
+        raise IntssmError("this model's state update does not provably fit int32; use the 64-bit kernel")
+    if fits:
         K, Cc, clip = K.astype(np.int32), Cc.astype(np.int32), clip.astype(np.int32)
     if width != 64 and mix_fits_int32(a, mwc):
         mwc = mwc.astype(np.int32)
