@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .fixedpoint import cast_like, wadd, washr, wmul, wsub
+from .fixedpoint import cast_like, wadd, wmul, wsub
+from .sim import mode_loop_fits_int32, state_update
 
 
 
@@ -68,8 +69,7 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_
                 for n in range(N2):
                     r0 = xr[n]
                     i0 = xi[n]
-                    vr = washr(wadd(wadd(wsub(wmul(kr0[n], r0), wmul(kr1[n], i0)), wmul(kr2[n], uk)), rr), sr)
-                    vi = washr(wadd(wadd(wadd(wmul(ki0[n], i0), wmul(ki1[n], r0)), wmul(ki2[n], uk)), ri), si)
+                    vr, vi = state_update(kr0[n], kr1[n], kr2[n], ki0[n], ki1[n], ki2[n], r0, i0, uk, rr, ri, sr, si)
                     o_r = cast_like((vr >= lr) & (vr <= hr), KR)
                     o_i = cast_like((vi >= li) & (vi <= hi), KR)
                     c1 = wadd(c1, wsub(one, o_r))
@@ -193,8 +193,6 @@ _BUFFERS = _Buffers()
 
 def _fits_int32(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii) -> bool:
     """:func:`intssm.sim.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
-    from .sim import mode_loop_fits_int32
-
     K = np.concatenate([KR, KI]).transpose(1, 0, 2)  # (H 6 N2)
     clip = np.stack([lor, hir, loi, hii, (1 << Sr) >> 1, (1 << Si) >> 1, Sr, Si], -1)  # (H 8)
     return mode_loop_fits_int32(K, np.stack([Cr, Ci], 1), clip, int(np.abs(u).max()) if u.size else 0)

@@ -184,6 +184,17 @@ def _fold_constants(A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z
     return K, Cc
 
 
+@njit(cache=True, inline="always")
+def state_update(k0, k1, k2, k3, k4, k5, xr, xi, u, rr, ri, sr, si):
+    """Step 2 of docs/datapath.md on centred codes, before the clip, at the operands' width:
+    (rshift(K0 xr - K1 xi + K2 u + rr, Sr), rshift(K3 xi + K4 xr + K5 u + ri, Si)) with K the
+    folded constants of :func:`_fold_constants` and rr = 2**(Sr-1) (0 for Sr = 0). Shared by the
+    fast simulator kernel and the fused QAT scan (:mod:`intssm.scan`)."""
+    vr = washr(wadd(wadd(wsub(wmul(k0, xr), wmul(k1, xi)), wmul(k2, u)), rr), sr)
+    vi = washr(wadd(wadd(wadd(wmul(k3, xi), wmul(k4, xr)), wmul(k5, u)), ri), si)
+    return vr, vi
+
+
 @njit(cache=True)
 def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
     """For one input feature: the encoder's code h0[hh] and its saturation flag for each pixel 0..255.
@@ -260,8 +271,8 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
                     for n in range(N2):
                         r0 = xrh[n]
                         i0 = xih[n]
-                        vr = washr(wadd(wadd(wsub(wmul(Kh[0, n], r0), wmul(Kh[1, n], i0)), wmul(Kh[2, n], u)), rr), sr)
-                        vi = washr(wadd(wadd(wadd(wmul(Kh[3, n], i0), wmul(Kh[4, n], r0)), wmul(Kh[5, n], u)), ri), si)
+                        vr, vi = state_update(Kh[0, n], Kh[1, n], Kh[2, n], Kh[3, n], Kh[4, n], Kh[5, n],
+                                              r0, i0, u, rr, ri, sr, si)
                         c1 = wadd(c1, wadd(cast_like(vr < lor, Kh), cast_like(vr > hir, Kh)))
                         c2 = wadd(c2, wadd(cast_like(vi < loi, Kh), cast_like(vi > hii, Kh)))
                         vr = min(max(vr, lor), hir)
