@@ -1,7 +1,11 @@
 """QAT speed: one training step with the fused quantized scan vs the plain Torch loop vs float
 convolution-mode training, measured side by side in one run and extrapolated to an sMNIST epoch.
 
-    python tools/bench_qat.py [--preset paper-small] [--batch-size 64] [--batches 3] [--json]
+    python tools/bench_qat.py [--preset paper-small] [--batch-size 64] [--batches 3] [--threads T] [--json]
+
+All three use the same cores: Torch's intra-op threads and Numba's threads are both set to
+``--threads`` (default: every core Numba sees), so float training is not handicapped against the
+parallel scan kernels.
 
 The plain Torch loop keeps every step's tensors for autograd: for ``--preset base`` use
 ``--batch-size 16`` on a 24 GB machine (batch 64 needs more than 24 GB and is killed).
@@ -25,12 +29,16 @@ def main():
     ap.add_argument("--config", default="paper-hetero")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="threads for Torch and Numba alike (0: all cores)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    import numba
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(1)
+    threads = a.threads or numba.config.NUMBA_NUM_THREADS
+    torch.set_num_threads(threads)
+    numba.set_num_threads(threads)
     from intssm import data
     from intssm.model import PRESETS, S4DModel
     from intssm.qat import configure
@@ -72,13 +80,13 @@ def main():
     t_float = timed(f_step, a.batches)
     qm.fused_scan = False
     t_naive = timed(q_step, 1)
-    res = {"batch_size": B, "fused_s_per_step": t_fused, "naive_s_per_step": t_naive, "float_conv_s_per_step": t_float,
+    res = {"batch_size": B, "threads": threads, "fused_s_per_step": t_fused, "naive_s_per_step": t_naive, "float_conv_s_per_step": t_float,
            "fused_epoch_s": t_fused * steps, "naive_epoch_s": t_naive * steps, "float_conv_epoch_s": t_float * steps,
            "naive_over_fused": t_naive / t_fused, "fused_over_float": t_fused / t_float}
     if a.json:
         print(json.dumps(res))
         return
-    print(f"{a.preset} / {a.config}, batch {B}, one torch thread, epoch = 50,000 sequences:")
+    print(f"{a.preset} / {a.config}, batch {B}, {threads} threads (Torch and Numba), epoch = 50,000 sequences:")
     for k, lab in (("float_conv", "float, convolution mode"), ("fused", "QAT, fused quantized scan"), ("naive", "QAT, plain Torch loop")):
         print(f"  {lab:28s} {res[k + '_s_per_step']:7.3f} s/step -> {res[k + '_epoch_s'] / 60:7.1f} min/epoch")
     print(f"  fused is {res['naive_over_fused']:.1f}x faster than the plain loop and {res['fused_over_float']:.1f}x slower than float training")
