@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .errors import IntssmError
 from .fixedpoint import clamp_t, round_half_up_t, rounding_rshift_t, rshift_clamp_t
 from .model import S4DModel
+from .pointwise import layer_tail, tail_constants
 from .qspec import (BIAS_BITS, INPUT_SCALE, Datapath, QuantConfig, apply_range_policies, build_datapath,
                     calibrated_range_keys)
 
@@ -132,6 +133,8 @@ class QuantS4D(torch.nn.Module):
         self.dp = dp
         self.c = datapath_tensors(dp)
         self.fused_scan = True  # QAT (ste=True) runs the state scan in intssm.scan; evaluation never does
+        self.fused_tail = True  # ... and each layer's pointwise steps in intssm.pointwise
+        self._tail_k: dict = {}
         self.discrete = None  # nn.ParameterDict of Abar/Bbar per layer when QAT learns them directly
 
     def make_discrete(self, values: dict | None = None):
@@ -222,6 +225,9 @@ class QuantS4D(torch.nn.Module):
             if cnt is not None:
                 cnt[pre + "x_re"] += nsat_r
                 cnt[pre + "x_im"] += nsat_i
+            if self.fused_tail and ste and cnt is None:  # steps 3-7 in one Numba kernel each way
+                h = layer_tail(t1, t2, h, D[i], mw[i], W["mix_b"][i], self._tail_constants(i))
+                continue
             M, S = c["y_M"][i], c["y_S"][i]
             acc_y = t1 * M[0] - t2 * M[1] + (D[i] * u) * M[2]
             y = rq(acc_y, S, c["y_z"][i], *qr["y"], pre + "y")
@@ -238,6 +244,11 @@ class QuantS4D(torch.nn.Module):
         acc_l = (pooled - c["pool_z"]) @ (W["dec_w"] - c["dec_w_z"][:, None]).T + W["dec_b"]
         logits = rq(acc_l * c["logits_M"], c["logits_S"], c["logits_z"], *qr["logits"], "logits")
         return logits, ({k: int(v) for k, v in cnt.items()} if cnt is not None else None)
+
+    def _tail_constants(self, i: int) -> dict:
+        if i not in self._tail_k:
+            self._tail_k[i] = tail_constants(self.c, i)
+        return self._tail_k[i]
 
     def _scan(self, i, u, A_re, A_im, B_re, B_im, C_re, C_im, ste):
         """The state recurrence of layer ``i`` over u' (B, L, H): the only sequential part.

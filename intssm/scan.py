@@ -27,36 +27,23 @@ from .fixedpoint import cast_like, wadd, wmul, wsub
 from .sim import mode_loop_fits_int32, state_update
 
 
-def _allow_overlap_checks(n: int = 256) -> None:
-    """Let LLVM's loop vectoriser emit up to ``n`` run-time array-overlap checks (default 8).
-
-    Numba cannot tell LLVM that two arrays never overlap, so a loop that writes several arrays
-    vectorises only behind run-time checks, one per pair of arrays that might overlap. The
-    backward's mode loop touches 21 arrays and needs more checks than the default allows: without
-    this it runs scalar, 2.4x slower. The checks cost a few comparisons per loop entry; results
-    are unchanged except for the reassociated float sums that ``fastmath`` already allows.
-    This is a process-wide LLVM option: it affects only how loops compiled afterwards are
-    vectorised, never what they compute.
-    """
-    import llvmlite.binding as llvm
-
-    llvm.set_option("intssm", f"--runtime-memory-check-threshold={n}")
-    llvm.set_option("intssm", f"--vectorize-memory-check-threshold={n}")
-
-
-_allow_overlap_checks()
 
 
 
 @njit(cache=True, parallel=True)
-def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_all, mr_all, mi_all, nsat):
-    """u (B L H) int64; K* (3 H N2); C* (H N2); S*, lo*, hi* (H). Writes t1, t2 (B L H), the states
-    (H B L N2, int32: each channel's thread streams through its own block), the clip masks
-    (1 = passed through) and per-channel clip counts nsat (2, H).
+def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2, vr_all, vi_all, nsat):
+    """u (B L H) int64; K* (3 H N2); C* (H N2); S*, lo*, hi* (H). Writes t1, t2 (B L H), each
+    step's state before the clip, saturated to [smin, smax], the range of the store's type (H B L N2:
+    each channel's thread streams through its own block), and per-channel clip counts nsat (2, H).
+
+    The store's type is chosen so that every clip bound lies strictly inside its range
+    (:func:`_store_type`): then the clipped state ``clamp(v, lo, hi)`` and the clip mask
+    ``lo <= v <= hi`` are the same whether ``v`` was saturated or not, and the backward derives
+    both from the one stored value.
 
     The rounding shift is ``(acc + 2**(S-1)) >> S`` (``rounding_rshift``: half up; the constant
     is 0 for S = 0). The mode loop is branch-free (min/max, counted comparisons) and touches only
-    small per-channel buffers; a second loop copies states and masks out. Both vectorise (storing
+    small per-channel buffers; a second loop copies the values out. Both vectorise (storing
     into the large arrays inside the mode loop made it about 5x slower).
     """
     B, L, H = u.shape
@@ -70,12 +57,13 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_
         ri = cast_like((np.int64(1) << Si[h]) >> 1, KR)
         lr, hr = cast_like(lor[h], KR), cast_like(hir[h], KR)
         li, hi = cast_like(loi[h], KR), cast_like(hii[h], KR)
+        s_lo, s_hi = cast_like(smin, KR), cast_like(smax, KR)
         cr_ = np.int64(0)
         ci_ = np.int64(0)
         xr = np.zeros(N2, KR.dtype)
         xi = np.zeros(N2, KR.dtype)
-        okr = np.zeros(N2, np.int8)
-        oki = np.zeros(N2, np.int8)
+        pr = np.zeros(N2, vr_all.dtype)
+        pi = np.zeros(N2, vr_all.dtype)
         one = cast_like(1, KR)
         for b in range(B):
             xr[:] = 0
@@ -90,12 +78,10 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_
                     r0 = xr[n]
                     i0 = xi[n]
                     vr, vi = state_update(kr0[n], kr1[n], kr2[n], ki0[n], ki1[n], ki2[n], r0, i0, uk, rr, ri, sr, si)
-                    o_r = cast_like((vr >= lr) & (vr <= hr), KR)
-                    o_i = cast_like((vi >= li) & (vi <= hi), KR)
-                    c1 = wadd(c1, wsub(one, o_r))
-                    c2 = wadd(c2, wsub(one, o_i))
-                    okr[n] = o_r
-                    oki[n] = o_i
+                    c1 = wadd(c1, wsub(one, cast_like((vr >= lr) & (vr <= hr), KR)))
+                    c2 = wadd(c2, wsub(one, cast_like((vi >= li) & (vi <= hi), KR)))
+                    pr[n] = cast_like(min(max(vr, s_lo), s_hi), pr)
+                    pi[n] = cast_like(min(max(vi, s_lo), s_hi), pi)
                     vr = min(max(vr, lr), hr)
                     vi = min(max(vi, li), hi)
                     xr[n] = vr
@@ -106,36 +92,35 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, t1, t2, xr_all, xi_
                 ci_ += np.int64(c2)
                 t1[b, k, h] = s1
                 t2[b, k, h] = s2
-                xo_r = xr_all[h, b, k]
-                xo_i = xi_all[h, b, k]
-                mo_r = mr_all[h, b, k]
-                mo_i = mi_all[h, b, k]
+                vo_r = vr_all[h, b, k]
+                vo_i = vi_all[h, b, k]
                 for n in range(N2):
-                    xo_r[n] = xr[n]
-                    xo_i[n] = xi[n]
-                    mo_r[n] = okr[n]
-                    mo_i[n] = oki[n]
+                    vo_r[n] = pr[n]
+                    vo_i[n] = pi[n]
         nsat[0, h] = cr_
         nsat[1, h] = ci_
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
-def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, xr_all, xi_all, mr_all, mi_all, g1, g2, gKR, gKI, gCr, gCi, gu):
-    """Reverse scan. g1, g2 (B L H) = dLoss/dt1, dLoss/dt2; states and masks (H B L N2). Writes
-    gradients (float64). With d_r = (g_r + g1_k Cre') m_r 2**-Sr (m = clip mask, straight-through
-    rounding) and likewise d_i:  dKR += d_r (xr_{k-1}, -xi_{k-1}, u_k),  dKI += d_i (xi_{k-1},
-    xr_{k-1}, u_k),  du_k = sum_n d_r KR2 + d_i KI2,  g_r <- d_r KR0 + d_i KI1,
-    g_i <- -d_r KR1 + d_i KI0.
+def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, vr_all, vi_all, g1, g2, gKR, gKI, gCr, gCi, gu):
+    """Reverse scan. g1, g2 (B L H) = dLoss/dt1, dLoss/dt2; pre-clip states v (H B L N2) as
+    stored by :func:`_scan_fwd`, from which x = clamp(v, lo, hi) and the clip mask
+    m = (lo <= v <= hi). Writes gradients (float64). With d_r = (g_r + g1_k Cre') m_r 2**-Sr
+    (straight-through rounding) and likewise d_i:  dKR += d_r (xr_{k-1}, -xi_{k-1}, u_k),
+    dKI += d_i (xi_{k-1}, xr_{k-1}, u_k),  du_k = sum_n d_r KR2 + d_i KI2,
+    g_r <- d_r KR0 + d_i KI1,  g_i <- -d_r KR1 + d_i KI0.
 
     Per channel, every constant and accumulator is its own small local array, so the mode loop
     vectorises (it needs more run-time overlap checks than LLVM allows by default: see
-    :func:`_allow_overlap_checks`); floating-point sums may be reassociated (gradients, not codes).
+    :func:`intssm.fixedpoint.allow_overlap_checks`); floating-point sums may be reassociated
+    (gradients, not codes).
     """
     B, L, H = u.shape
     N2 = KR.shape[2]
     for h in prange(H):
         fr = 2.0 ** (-Sr[h])
         fi = 2.0 ** (-Si[h])
+        lr, hr, li, hi = lor[h], hir[h], loi[h], hii[h]
         kr0, kr1, kr2 = KR[0, h].astype(np.float64), KR[1, h].astype(np.float64), KR[2, h].astype(np.float64)
         ki0, ki1, ki2 = KI[0, h].astype(np.float64), KI[1, h].astype(np.float64), KI[2, h].astype(np.float64)
         cr, ci = Cr[h].astype(np.float64), Ci[h].astype(np.float64)
@@ -143,7 +128,7 @@ def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, xr_all, xi_all, mr_all, mi_all, g1, g2,
         dki0, dki1, dki2 = np.zeros(N2), np.zeros(N2), np.zeros(N2)
         dcr, dci = np.zeros(N2), np.zeros(N2)
         gr, gi = np.zeros(N2), np.zeros(N2)  # dLoss/dx_{k} carried backwards through the recurrence
-        zero = np.zeros(N2, xr_all.dtype)
+        zero = np.zeros(N2, vr_all.dtype)  # x_{-1} = 0 (0 lies inside every clip range)
         for b in range(B):
             gr[:] = 0.0
             gi[:] = 0.0
@@ -151,24 +136,29 @@ def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, xr_all, xi_all, mr_all, mi_all, g1, g2,
                 uk = float(u[b, k, h])
                 g1k = g1[b, k, h]
                 g2k = g2[b, k, h]
-                xr_k, xi_k = xr_all[h, b, k], xi_all[h, b, k]
-                mr, mi = mr_all[h, b, k], mi_all[h, b, k]
-                xr_p = xr_all[h, b, k - 1] if k > 0 else zero
-                xi_p = xi_all[h, b, k - 1] if k > 0 else zero
+                vr_k, vi_k = vr_all[h, b, k], vi_all[h, b, k]
+                vr_p = vr_all[h, b, k - 1] if k > 0 else zero
+                vi_p = vi_all[h, b, k - 1] if k > 0 else zero
                 su = 0.0
                 for n in range(N2):
-                    p_r = float(xr_p[n])
-                    p_i = float(xi_p[n])
-                    dr = (gr[n] + g1k * cr[n]) * (float(mr[n]) * fr)
-                    di = (gi[n] + g2k * ci[n]) * (float(mi[n]) * fi)
+                    p_r = float(min(max(vr_p[n], lr), hr))
+                    p_i = float(min(max(vi_p[n], li), hi))
+                    wr = vr_k[n]
+                    wi = vi_k[n]
+                    x_r = float(min(max(wr, lr), hr))
+                    x_i = float(min(max(wi, li), hi))
+                    m_r = fr if (wr >= lr) & (wr <= hr) else 0.0
+                    m_i = fi if (wi >= li) & (wi <= hi) else 0.0
+                    dr = (gr[n] + g1k * cr[n]) * m_r
+                    di = (gi[n] + g2k * ci[n]) * m_i
                     dkr0[n] += dr * p_r
                     dkr1[n] -= dr * p_i
                     dkr2[n] += dr * uk
                     dki0[n] += di * p_i
                     dki1[n] += di * p_r
                     dki2[n] += di * uk
-                    dcr[n] += g1k * float(xr_k[n])
-                    dci[n] += g2k * float(xi_k[n])
+                    dcr[n] += g1k * x_r
+                    dci[n] += g2k * x_i
                     gr[n] = dr * kr0[n] + di * ki1[n]
                     gi[n] = -dr * kr1[n] + di * ki0[n]
                     su += dr * kr2[n] + di * ki2[n]
@@ -178,6 +168,13 @@ def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, xr_all, xi_all, mr_all, mi_all, g1, g2,
             gKI[0, h, n], gKI[1, h, n], gKI[2, h, n] = dki0[n], dki1[n], dki2[n]
             gCr[h, n] = dcr[n]
             gCi[h, n] = dci[n]
+
+
+def _store_type(lor, hir, loi, hii):
+    """The narrowest of int16 / int32 whose range holds every clip bound strictly inside it (so a
+    value saturated to the type's range is clipped, and masked, exactly as the original)."""
+    lo, hi = min(lor.min(), loi.min()), max(hir.max(), hii.max())
+    return np.int16 if lo > -(1 << 15) and hi < (1 << 15) - 1 else np.int32
 
 
 class _Buffers:
@@ -232,31 +229,30 @@ class QuantScan(torch.autograd.Function):
         ui, KRi, KIi, Cri, Cii = _i64(u), _i64(KR), _i64(KI), _i64(Cr), _i64(Ci)
         t1 = np.empty((B, L, H), np.int64)
         t2 = np.empty((B, L, H), np.int64)
-        shape = (H, B, L, N2)
-        xr = _BUFFERS.take(shape, np.int32)  # state codes are < 2**16: int32 halves the memory
-        xi = _BUFFERS.take(shape, np.int32)
-        mr = _BUFFERS.take(shape, np.int8)
-        mi = _BUFFERS.take(shape, np.int8)
+        shape, st = (H, B, L, N2), _store_type(lor, hir, loi, hii)
+        vr = _BUFFERS.take(shape, st)
+        vi = _BUFFERS.take(shape, st)
         Kf, Cf = (KRi, KIi), (Cri, Cii)
         if _fits_int32(ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii):  # 8 int32 lanes, same integers
             Kf, Cf = (KRi.astype(np.int32), KIi.astype(np.int32)), (Cri.astype(np.int32), Cii.astype(np.int32))
-        _scan_fwd(ui, *Kf, *Cf, Sr, Si, lor, hir, loi, hii, t1, t2, xr, xi, mr, mi, nsat)
-        ctx.saved = (ui, KRi, KIi, Cri, Cii, Sr, Si, xr, xi, mr, mi)
+        lim = np.iinfo(st)
+        _scan_fwd(ui, *Kf, *Cf, Sr, Si, lor, hir, loi, hii, lim.min, lim.max, t1, t2, vr, vi, nsat)
+        ctx.saved = (ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, vr, vi)
         return torch.from_numpy(t1.astype(np.float64)), torch.from_numpy(t2.astype(np.float64))
 
     @staticmethod
     def backward(ctx, g1, g2):
-        ui, KRi, KIi, Cri, Cii, Sr, Si, xr, xi, mr, mi = ctx.saved
+        ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, vr, vi = ctx.saved
         gKR = np.zeros(KRi.shape)
         gKI = np.zeros(KIi.shape)
         gCr = np.zeros(Cri.shape)
         gCi = np.zeros(Cii.shape)
-        gu = np.zeros(ui.shape)
-        _scan_bwd(ui, KRi, KIi, Cri, Cii, Sr, Si, xr, xi, mr, mi,
+        gu = np.empty(ui.shape)
+        _scan_bwd(ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, vr, vi,
                   np.ascontiguousarray(g1.numpy(), dtype=np.float64), np.ascontiguousarray(g2.numpy(), dtype=np.float64),
                   gKR, gKI, gCr, gCi, gu)
         ctx.saved = None
-        _BUFFERS.give(xr, xi, mr, mi)
+        _BUFFERS.give(vr, vi)
         t = torch.from_numpy
         return t(gu), t(gKR), t(gKI), t(gCr), t(gCi), None
 

@@ -75,10 +75,10 @@ def main():
         return (time.perf_counter() - t) / n
 
     steps = 50000 / B
-    qm.fused_scan = True
+    qm.fused_scan = qm.fused_tail = True
     t_fused = timed(q_step, a.batches)
     t_float = timed(f_step, a.batches)
-    qm.fused_scan = False
+    qm.fused_scan = qm.fused_tail = False
     t_naive = timed(q_step, 1)
     res = {"batch_size": B, "threads": threads, "fused_s_per_step": t_fused, "naive_s_per_step": t_naive, "float_conv_s_per_step": t_float,
            "fused_epoch_s": t_fused * steps, "naive_epoch_s": t_naive * steps, "float_conv_epoch_s": t_float * steps,

@@ -1,0 +1,180 @@
+"""Fused pointwise steps of a layer for QAT: a ``torch.autograd.Function`` over Numba kernels.
+
+After the state scan (:mod:`intssm.scan`), every remaining step of a layer (docs/datapath.md
+steps 3 to 7: output, GELU table, mixing, gate table, residual) is pointwise in time. In Torch
+these are some fifty element-wise operations on (B, L, H) tensors, forward and backward, and
+they cost QAT more than the scan itself. Here one kernel computes them row by row (one row =
+one sequence at one time step), and one kernel computes their straight-through gradient:
+
+    y  = requantize(M0 t1 - M1 t2 + M2 D' u', Sy)            u' = h - z_h,  pass mask m_y
+    a' = LUT_gelu[y - qmin_y] - z_act
+    g  = requantize((mix_b + mix_w' a') Mg, Sg)              pass mask m_g (2H channels)
+    s  = LUT_sig[g[H:] - qmin_glu]
+    h+ = requantize(M0h u' + M1h (g[:H] - z_glu) s, Sh)      pass mask m_h
+
+``requantize(acc, S) = clamp(rounding_rshift(acc, S) + z, qmin, qmax)`` with the gradient
+``2**-S`` where it did not saturate (:func:`intssm.fixedpoint.rshift_clamp_t`), and each table's
+gradient is ``f'(s_in (code - z_in)) s_in / s_out`` (:meth:`intssm.qmodel.QuantS4D._lut`), taken
+per code from Torch's own autograd so that both paths multiply by the same numbers.
+
+The forward gives exactly the integers of the Torch path (int64 inside; every accumulator is
+below 2**53 by :func:`intssm.qspec.build_datapath`). The backward matches autograd through the
+Torch path to rounding (float64; tests). Weight gradients are summed per fixed block of rows
+and the blocks in a fixed order, so results do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit, prange
+
+from .fixedpoint import rounding_rshift
+
+_BLOCKS = 64  # row blocks of the backward's weight-gradient sums (fixed: thread-count independent)
+
+
+@njit(cache=True, parallel=True)
+def _tail_fwd(t1, t2, h, D, mw, mix_b, yM, yS, yz, ylo, yhi, gelu, az, gM, gS, gz, glo, ghi, sig,
+              hM, hS, hz_in, hz_out, hlo, hhi, out, ys, gs, my, mg, mh):
+    """Rows of t1, t2, h (R H) (float64 holding integers) -> out (R H) codes of h+. Saves y codes ys (R H),
+    gate codes gs (R 2H) and pass masks my, mg, mh (1 = not saturated)."""
+    R, H = h.shape
+    for r in prange(R):
+        a = np.empty(H, np.int64)
+        for c in range(H):
+            u = np.int64(h[r, c]) - hz_in
+            acc = np.int64(t1[r, c]) * yM[0, c] - np.int64(t2[r, c]) * yM[1, c] + (D[c] * u) * yM[2, c]
+            v = rounding_rshift(acc, yS[c]) + yz
+            my[r, c] = (v >= ylo) & (v <= yhi)
+            v = min(max(v, ylo), yhi)
+            ys[r, c] = v
+            a[c] = gelu[v - ylo] - az
+        for j in range(2 * H):
+            acc = mix_b[j]
+            for c in range(H):
+                acc += mw[j, c] * a[c]
+            v = rounding_rshift(acc * gM[j], gS[j]) + gz
+            mg[r, j] = (v >= glo) & (v <= ghi)
+            gs[r, j] = min(max(v, glo), ghi)
+        for c in range(H):
+            s = sig[gs[r, H + c] - glo]
+            acc = (np.int64(h[r, c]) - hz_in) * hM[0, c] + ((gs[r, c] - gz) * s) * hM[1, c]
+            v = rounding_rshift(acc, hS[c]) + hz_out
+            mh[r, c] = (v >= hlo) & (v <= hhi)
+            out[r, c] = float(min(max(v, hlo), hhi))
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
+def _tail_bwd(gout, h, D, mw, yM, fy, ylo, gelu, gelu_d, az, gMf, gz, glo, sig, sig_d, hM, fh, hz_in,
+              ys, gs, my, mg, mh, dt1, dt2, dh, dD, dmw, dmb):
+    """Straight-through gradients. gout (R H) = dLoss/dh+; fy, fh (H) = 2**-S; gMf (2H) = Mg 2**-Sg.
+    Writes dt1, dt2, dh (R H) and per-block sums dD (blocks H), dmw (blocks 2H H), dmb (blocks 2H)."""
+    R, H = h.shape
+    nb = dD.shape[0]
+    mwf = mw.astype(np.float64)
+    for blk in prange(nb):
+        dg = np.empty(2 * H)
+        da = np.empty(H)
+        a = np.empty(H)
+        dmw_b = np.zeros((2 * H, H))
+        for r in range(blk * R // nb, (blk + 1) * R // nb):
+            for c in range(H):  # residual: acc_h = M0h u' + M1h (g - z) s
+                ec = gout[r, c] * (mh[r, c] * fh[c])
+                gh = gs[r, H + c] - glo
+                dh[r, c] = ec * hM[0, c]
+                dg[c] = ec * hM[1, c] * sig[gh]
+                dg[H + c] = ec * hM[1, c] * (gs[r, c] - gz) * sig_d[gh]
+                a[c] = gelu[ys[r, c] - ylo] - az
+                da[c] = 0.0
+            for j in range(2 * H):  # mixing: acc_g = mix_b + mix_w' a'
+                d = dg[j] * (mg[r, j] * gMf[j])
+                dmb[blk, j] += d
+                for c in range(H):
+                    da[c] += d * mwf[j, c]
+                    dmw_b[j, c] += d * a[c]
+            for c in range(H):  # output: acc_y = M0 t1 - M1 t2 + M2 D' u'
+                d = da[c] * gelu_d[ys[r, c] - ylo] * (my[r, c] * fy[c])
+                dt1[r, c] = d * yM[0, c]
+                dt2[r, c] = -d * yM[1, c]
+                dh[r, c] += d * yM[2, c] * D[c]
+                dD[blk, c] += d * yM[2, c] * (h[r, c] - hz_in)
+        dmw[blk] = dmw_b
+
+
+def lut_grad(lo: float, hi: float, fn, s_in: float, s_out: float, z_in: float) -> np.ndarray:
+    """d/d code of fn(s_in (code - z_in)) / s_out for every code lo..hi, by Torch's autograd (the
+    same operations as :meth:`intssm.qmodel.QuantS4D._lut`, hence the same numbers)."""
+    code = torch.arange(lo, hi + 1, dtype=torch.float64, requires_grad=True)
+    (fn(s_in * (code - z_in)) / s_out).sum().backward()
+    return code.grad.numpy().copy()
+
+
+def _i64(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().numpy().reshape(-1, t.shape[-1]).astype(np.int64))
+
+
+def _rows(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().numpy().reshape(-1, t.shape[-1]), dtype=np.float64)
+
+
+class LayerTail(torch.autograd.Function):
+    """(t1, t2, h, D', mix_w', mix_b) -> h+ for one layer; ``k`` holds its integer constants."""
+
+    @staticmethod
+    def forward(ctx, t1, t2, h, D, mw, mix_b, k):
+        shape = h.shape
+        H = shape[-1]
+        hf, Di, mwi, mbi = _rows(h), _i64(D[None]).reshape(-1), _i64(mw), _i64(mix_b[None]).reshape(-1)
+        R = hf.shape[0]
+        out = np.empty((R, H))
+        ys = np.empty((R, H), np.int32)
+        gs = np.empty((R, 2 * H), np.int32)
+        my, mg, mh = np.empty((R, H), np.int8), np.empty((R, 2 * H), np.int8), np.empty((R, H), np.int8)
+        _tail_fwd(_rows(t1), _rows(t2), hf, Di, mwi, mbi, k["yM"], k["yS"], k["yz"], k["ylo"], k["yhi"], k["gelu"],
+                  k["az"], k["gM"], k["gS"], k["gz"], k["glo"], k["ghi"], k["sig"], k["hM"], k["hS"], k["hz_in"],
+                  k["hz_out"], k["hlo"], k["hhi"], out, ys, gs, my, mg, mh)
+        ctx.saved = (hf, Di, mwi, ys, gs, my, mg, mh, k, shape)
+        return torch.from_numpy(out.reshape(shape))
+
+    @staticmethod
+    def backward(ctx, gout):
+        hf, Di, mwi, ys, gs, my, mg, mh, k, shape = ctx.saved
+        ctx.saved = None
+        R, H = hf.shape
+        nb = max(1, min(_BLOCKS, R))
+        dt1, dt2, dh = np.empty((R, H)), np.empty((R, H)), np.empty((R, H))
+        dD, dmw, dmb = np.zeros((nb, H)), np.zeros((nb, 2 * H, H)), np.zeros((nb, 2 * H))
+        g = np.ascontiguousarray(gout.numpy().reshape(R, H), dtype=np.float64)
+        _tail_bwd(g, hf, Di, mwi, k["yM"], k["fy"], k["ylo"], k["gelu"], k["gelu_d"], k["az"], k["gMf"], k["gz"],
+                  k["glo"], k["sig"], k["sig_d"], k["hM"], k["fh"], k["hz_in"], ys, gs, my, mg, mh,
+                  dt1, dt2, dh, dD, dmw, dmb)
+        t = lambda a: torch.from_numpy(a.reshape(shape))  # noqa: E731
+        return t(dt1), t(dt2), t(dh), torch.from_numpy(dD.sum(0)), torch.from_numpy(dmw.sum(0)), torch.from_numpy(dmb.sum(0)), None
+
+
+def tail_constants(c: dict, i: int) -> dict:
+    """Layer ``i``'s integer constants (and the two gradient tables) from
+    :func:`intssm.qmodel.datapath_tensors`, as the kernels take them."""
+    n = lambda v: np.ascontiguousarray(np.asarray(v.numpy() if torch.is_tensor(v) else v, dtype=np.int64))  # noqa: E731
+    qr = c["qrange"]
+    ylo, yhi = qr["y"]
+    glo, ghi = qr["glu"]
+    k = {"yM": n(c["y_M"][i]), "yS": n(c["y_S"][i]), "yz": int(c["y_z"][i]), "ylo": int(ylo), "yhi": int(yhi),
+         "gelu": n(c["gelu_lut"][i]), "az": int(c["act_z"][i]), "gM": n(c["glu_M"][i]), "gS": n(c["glu_S"][i]),
+         "gz": int(c["glu_z"][i]), "glo": int(glo), "ghi": int(ghi), "sig": n(c["sig_lut"][i]),
+         "hM": n(c["h_M"][i]), "hS": n(c["h_S"][i]), "hz_in": int(c["h_z"][i]), "hz_out": int(c["h_z"][i + 1]),
+         "hlo": int(qr["h"][0]), "hhi": int(qr["h"][1])}
+    k["fy"] = np.exp2(-k["yS"].astype(np.float64))
+    k["fh"] = np.exp2(-k["hS"].astype(np.float64))
+    k["gMf"] = k["gM"] * np.exp2(-k["gS"].astype(np.float64))
+    k["gelu_d"] = lut_grad(ylo, yhi, F.gelu, c["y_s"][i], c["act_s"][i], float(c["y_z"][i]))
+    k["sig_d"] = lut_grad(glo, ghi, torch.sigmoid, c["glu_s"][i], c["sig_s"][i], float(c["glu_z"][i]))
+    return k
+
+
+def layer_tail(t1, t2, h, D, mw, mix_b, k: dict) -> torch.Tensor:
+    """h+ (B, L, H) of one layer from the scan's sums t1, t2 and its input codes h (float64
+    tensors holding integers); D' (H), mix_w' (2H, H), mix_b (2H) centred codes."""
+    return LayerTail.apply(t1, t2, h, D, mw, mix_b, k)
