@@ -225,6 +225,9 @@ def qat_(
     val_limit: Annotated[int, typer.Option(help="Validation sequences for model selection.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     max_minutes: Annotated[float, typer.Option(help="Stop training after this many minutes (0 = no limit).")] = 0.0,
+    distill: Annotated[float, typer.Option(help="Knowledge-distillation weight alpha in [0, 1]: loss = (1 - alpha) CE + alpha T^2 KL to a float teacher (0 = off).")] = 0.0,
+    distill_temp: Annotated[float, typer.Option(help="Distillation temperature T.")] = 2.0,
+    teacher: Annotated[Optional[Path], typer.Option(help="Float checkpoint to distill from (default: the float weights QAT starts from).")] = None,
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
@@ -241,7 +244,16 @@ def qat_(
         raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
     if epochs < 1 or batch_size < 1 or lr <= 0 or calib < 1 or val_limit < 1 or max_minutes < 0:
         raise IntssmError("--epochs, --batch-size, --lr, --calib and --val-limit must be positive (--max-minutes >= 0)")
+    if not 0 <= distill <= 1 or not distill_temp > 0:
+        raise IntssmError(f"--distill must be in [0, 1] and --distill-temp > 0, got {distill} and {distill_temp}")
+    if teacher is not None and distill == 0:
+        raise IntssmError("--teacher needs --distill > 0")
     _small_torch_ops()
+    teacher_model = None
+    if teacher is not None:
+        teacher_model, tck = checkpoint.load(teacher)
+        if "qspec" in tck:
+            raise IntssmError(f"{teacher}: the teacher must be a float checkpoint, not a quantized one")
     model, ck = checkpoint.load(ckpt)
     model = model.double()
     seq = ck.get("dataset", {}).get("seq", "smnist")
@@ -260,12 +272,15 @@ def qat_(
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
         best, history = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
                                 on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
-                                on_epoch=lambda r: err.print(json.dumps(r)), max_minutes=max_minutes)
+                                on_epoch=lambda r: err.print(json.dumps(r)), max_minutes=max_minutes,
+                                distill=distill, temp=distill_temp, teacher=teacher_model)
     restore(qm, best)
     extra = {k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict", "qspec")}
     extra["qspec"] = qspec_entry(qm, ranges)
     extra["qat"] = {"param": param, "epochs": epochs, "batch_size": batch_size, "lr": lr, "history": history,
                     "config": how}
+    if distill > 0:
+        extra["qat"]["distill"] = {"alpha": distill, "temp": distill_temp, "teacher": str(teacher) if teacher else "start"}
     checkpoint.save(out, qm.model.float(), **extra)
     best_rec = max(history, key=lambda r: r["val_int_acc"])
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_rec["val_int_acc"]}, as_json,

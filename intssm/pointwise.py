@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from .fixedpoint import rounding_rshift
+from .sim import output_acc, residual_acc
 
 _BLOCKS = 64  # row blocks of the backward's weight-gradient sums (fixed: thread-count independent)
 
@@ -45,7 +46,7 @@ def _tail_fwd(t1, t2, h, D, mw, mix_b, yM, yS, yz, ylo, yhi, gelu, az, gM, gS, g
         a = np.empty(H, np.int64)
         for c in range(H):
             u = np.int64(h[r, c]) - hz_in
-            acc = np.int64(t1[r, c]) * yM[0, c] - np.int64(t2[r, c]) * yM[1, c] + (D[c] * u) * yM[2, c]
+            acc = output_acc(np.int64(t1[r, c]), np.int64(t2[r, c]), D[c] * u, yM[:, c])
             v = rounding_rshift(acc, yS[c]) + yz
             my[r, c] = (v >= ylo) & (v <= yhi)
             v = min(max(v, ylo), yhi)
@@ -60,7 +61,7 @@ def _tail_fwd(t1, t2, h, D, mw, mix_b, yM, yS, yz, ylo, yhi, gelu, az, gM, gS, g
             gs[r, j] = min(max(v, glo), ghi)
         for c in range(H):
             s = sig[gs[r, H + c] - glo]
-            acc = (np.int64(h[r, c]) - hz_in) * hM[0, c] + ((gs[r, c] - gz) * s) * hM[1, c]
+            acc = residual_acc(np.int64(h[r, c]) - hz_in, np.int64(gs[r, c]) - gz, s, hM[0, c], hM[1, c])
             v = rounding_rshift(acc, hS[c]) + hz_out
             mh[r, c] = (v >= hlo) & (v <= hhi)
             out[r, c] = float(min(max(v, hlo), hhi))

@@ -51,10 +51,27 @@ def configure(qm: QuantS4D, param: str) -> list:
     return params
 
 
-def qat_step(qm: QuantS4D, opt, params: list, P: np.ndarray, y: np.ndarray) -> float:
-    """One straight-through step on raw pixels ``P`` (B, L, d) and labels ``y``; returns the loss."""
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temp: float) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al., 2015): T**2 KL(softmax(t / T) || softmax(s / T)),
+    batch mean; the T**2 keeps its gradient on the scale of the cross-entropy's."""
+    return F.kl_div(F.log_softmax(logits / temp, -1), F.log_softmax(teacher_logits.to(logits.dtype) / temp, -1),
+                    reduction="batchmean", log_target=True) * temp**2
+
+
+def qat_step(qm: QuantS4D, opt, params: list, P: np.ndarray, y: np.ndarray, teacher=None, distill: float = 0.0,
+             temp: float = 2.0) -> float:
+    """One straight-through step on raw pixels ``P`` (B, L, d) and labels ``y``; returns the loss.
+
+    With a ``teacher`` (a float :class:`~intssm.model.S4DModel`) and ``distill`` = alpha > 0 the
+    loss is (1 - alpha) CE + alpha :func:`distill_loss` against the teacher's logits on ``P / 255``.
+    """
     lg, _ = qm(torch.from_numpy(P), ste=True)
-    loss = F.cross_entropy(qm.real_logits(lg), torch.from_numpy(y))
+    logits = qm.real_logits(lg)
+    loss = F.cross_entropy(logits, torch.from_numpy(y))
+    if teacher is not None and distill > 0:
+        with torch.no_grad():
+            t_logits = teacher(torch.from_numpy(P.astype(np.float32) / 255.0))
+        loss = (1 - distill) * loss + distill * distill_loss(logits, t_logits, temp)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
@@ -77,12 +94,21 @@ def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray) -> float:
 
 def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3,
           limit: int | None = None, val_limit: int = 2000, seed: int = 0, on_step=None, on_epoch=None,
-          max_minutes: float = 0.0):
+          max_minutes: float = 0.0, distill: float = 0.0, temp: float = 2.0, teacher=None):
     """QAT in place; returns (best snapshot (model state, discrete state), history).
 
     ``max_minutes`` > 0 ends training at the first step past the budget (the partial epoch is then
-    validated like a full one).
+    validated like a full one). ``distill`` > 0 adds knowledge distillation (:func:`qat_step`)
+    from ``teacher``, by default a frozen copy of the float model QAT starts from.
     """
+    if not 0 <= distill <= 1 or temp <= 0:
+        raise IntssmError(f"distillation weight must be in [0, 1] and temperature > 0, got {distill} and {temp}")
+    if distill > 0 and teacher is None:
+        teacher = copy.deepcopy(qm.model).float()
+    if teacher is not None:
+        teacher.eval()
+        if teacher.cfg.d_output != qm.model.cfg.d_output or teacher.cfg.d_input != qm.model.cfg.d_input:
+            raise IntssmError("the teacher's inputs and outputs must match the model's")
     torch.manual_seed(seed)
     t_start = time.time()
     params = configure(qm, param)
@@ -106,7 +132,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
             idx = np.sort(perm[i : i + batch_size])
             for g in opt.param_groups:
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-            loss = qat_step(qm, opt, params, tr.x[idx], tr.y[idx])
+            loss = qat_step(qm, opt, params, tr.x[idx], tr.y[idx], teacher, distill, temp)
             step += 1
             run_loss += loss * len(idx)
             seen += len(idx)

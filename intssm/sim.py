@@ -195,6 +195,21 @@ def state_update(k0, k1, k2, k3, k4, k5, xr, xi, u, rr, ri, sr, si):
     return vr, vi
 
 
+@njit(cache=True, inline="always")
+def output_acc(t1, t2, Du, m):
+    """Step 3's accumulator M0 t1 - M1 t2 + M2 D' u' (t1 = sum_n C_re' x_re', t2 = sum_n C_im' x_im',
+    Du = D' u'; ``m`` the site's three multipliers). Shared by the fast simulator kernel and the
+    fused QAT kernels (:mod:`intssm.pointwise`)."""
+    return t1 * m[0] - t2 * m[1] + Du * m[2]
+
+
+@njit(cache=True, inline="always")
+def residual_acc(u, gc, sg, m0, m1):
+    """Step 7's accumulator M0 u' + M1 (g' sigma): the residual input u' = h - z_h plus the gated
+    branch (g' = g[h] - z_glu, sigma = LUT_sig code). Shared like :func:`output_acc`."""
+    return u * m0 + (gc * sg) * m1
+
+
 @njit(cache=True)
 def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
     """For one input feature: the encoder's code h0[hh] and its saturation flag for each pixel 0..255.
@@ -286,7 +301,7 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
                     ty1 = np.int64(t1)
                     ty2 = np.int64(t2)
                     u = h[hh] - h_z[i]
-                    acc_y = ty1 * y_M[i, 0, hh] - ty2 * y_M[i, 1, hh] + ((D[i, hh] - D_z[i, hh]) * u) * y_M[i, 2, hh]
+                    acc_y = output_acc(ty1, ty2, (D[i, hh] - D_z[i, hh]) * u, y_M[i, :, hh])
                     y = rounding_rshift(acc_y, y_S[i, hh]) + y_z[i]
                     n_y += (y < ylo) + (y > yhi)
                     y = min(max(y, ylo), yhi)
@@ -308,7 +323,7 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
                 n_h = np.int64(0)
                 for hh in range(H):
                     sg = sig_lut[i, g[H + hh] - glo]
-                    acc = (h[hh] - h_z[i]) * h_M[i, 0, hh] + ((g[hh] - glu_z[i]) * sg) * h_M[i, 1, hh]
+                    acc = residual_acc(h[hh] - h_z[i], g[hh] - glu_z[i], sg, h_M[i, 0, hh], h_M[i, 1, hh])
                     v = rounding_rshift(acc, h_S[i, hh]) + h_z[i + 1]
                     n_h += (v < hlo) + (v > hhi)
                     h[hh] = min(max(v, hlo), hhi)

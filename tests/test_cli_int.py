@@ -348,3 +348,22 @@ def test_qat_requantizes_a_quantized_checkpoint_at_new_formats(work, tmp_path):
     assert ck_b["qspec"]["discrete"] is not None
     out = ok_json(intssm("simulate", b, "--limit", "12", "--verify", "all", "--json"))
     assert out["n_verified"] == out["bit_exact"] == 12
+
+
+def test_qat_distillation_from_a_float_teacher(work, tmp_path):
+    """`qat --distill A --teacher F` trains, records the setting, and the result simulates bit-exactly;
+    bad distillation settings are one-line errors."""
+    from intssm import checkpoint
+
+    out = tmp_path / "kd.pt"
+    ok_json(intssm("qat", work["float"], "--distill", "0.5", "--teacher", work["float"], "--epochs", "1", "--limit", "16",
+                   "--val-limit", "8", "-o", out, "--json"))
+    assert checkpoint.load_raw(out)["qat"]["distill"] == {"alpha": 0.5, "temp": 2.0, "teacher": str(work["float"])}
+    r = ok_json(intssm("simulate", out, "--limit", "6", "--verify", "all", "--json"))
+    assert r["n_verified"] == r["bit_exact"] == 6
+    bad = tmp_path / "bad.pt"
+    assert_clean_error(intssm("qat", work["float"], "--distill", "1.5", "-o", bad), "--distill")
+    assert_clean_error(intssm("qat", work["float"], "--distill", "0.5", "--distill-temp", "0", "-o", bad), "--distill")
+    assert_clean_error(intssm("qat", work["float"], "--teacher", work["float"], "-o", bad), "--teacher needs")
+    assert_clean_error(intssm("qat", work["float"], "--distill", "0.5", "--teacher", work["quant"], "-o", bad), "float checkpoint")
+    assert not bad.exists()

@@ -89,3 +89,50 @@ def test_time_budget_stops_qat_after_a_partial_epoch():
     assert len(hist) == 2  # epoch 0 (before training) and the stopped epoch
     assert "time budget" in hist[1]["stopped"]
     assert 0.0 <= hist[1]["val_int_acc"] <= 1.0
+
+
+def test_distill_loss_is_zero_only_at_the_teacher():
+    """The distillation term vanishes when the student's logits equal the teacher's and is positive
+    otherwise; at temperature T it is T**2 times the KL of the softened distributions."""
+    from intssm.qat import distill_loss
+
+    t = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], dtype=torch.float64)
+    assert distill_loss(t.clone(), t, 2.0).item() == pytest.approx(0.0, abs=1e-15)
+    s = t.flip(1)
+    p, q = F.softmax(t / 3.0, -1), F.softmax(s / 3.0, -1)
+    expect = 9.0 * (p * (p.log() - q.log())).sum(-1).mean().item()
+    assert distill_loss(s, t, 3.0).item() == pytest.approx(expect, rel=1e-12)
+    assert expect > 0
+
+
+def test_distillation_steps_move_the_student_toward_the_teacher():
+    """QAT with alpha = 1 (distillation only) lowers the KL to the float teacher on the batch it trains on."""
+    from intssm.qat import distill_loss, qat_step
+
+    qm, _ = _qm(seed=2)
+    teacher = S4DModel(ModelConfig(d_model=4, d_state=8, n_layers=1), seed=3).eval()
+    params = configure(qm, "discrete")
+    opt = torch.optim.Adam(params, lr=3e-3)
+    x = data.load("smnist", "train", 32)
+
+    def kl():
+        with torch.no_grad():
+            lg, _ = qm(torch.from_numpy(x.x))
+            return distill_loss(qm.real_logits(lg), teacher(torch.from_numpy(x.as_float())).double(), 2.0).item()
+
+    before = kl()
+    for _ in range(8):
+        qat_step(qm, opt, params, x.x, x.y, teacher, 1.0, 2.0)
+    assert kl() < before
+
+
+def test_distillation_settings_are_checked():
+    from intssm.qat import train
+
+    qm, _ = _qm()
+    for bad in ({"distill": 1.5}, {"distill": -0.1}, {"distill": 0.5, "temp": 0.0}):
+        with pytest.raises(IntssmError):
+            train(qm, "smnist", "frozen", limit=8, val_limit=8, **bad)
+    other = S4DModel(ModelConfig(d_model=4, d_state=8, n_layers=1, d_output=3), seed=0)
+    with pytest.raises(IntssmError, match="teacher"):
+        train(qm, "smnist", "frozen", limit=8, val_limit=8, distill=0.5, teacher=other)
