@@ -32,7 +32,7 @@ from .sim import mode_loop_fits_int32, state_update
 
 @njit(cache=True, parallel=True)
 def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2, vr_all, vi_all, nsat):
-    """u (B L H) int64; K* (3 H N2); C* (H N2); S*, lo*, hi* (H). Writes t1, t2 (B L H), each
+    """u (B L H) integers (in float64); K* (3 H N2); C* (H N2); S*, lo*, hi* (H). Writes t1, t2 (B L H), each
     step's state before the clip, saturated to [smin, smax], the range of the store's type (H B L N2:
     each channel's thread streams through its own block), and per-channel clip counts nsat (2, H).
 
@@ -69,7 +69,7 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2,
             xr[:] = 0
             xi[:] = 0
             for k in range(L):
-                uk = cast_like(u[b, k, h], KR)
+                uk = cast_like(np.int64(u[b, k, h]), KR)
                 s1 = cast_like(0, KR)
                 s2 = cast_like(0, KR)
                 c1 = cast_like(0, KR)
@@ -226,9 +226,10 @@ class QuantScan(torch.autograd.Function):
         Sr, Si, lor, hir, loi, hii, nsat = consts
         B, L, H = u.shape
         N2 = KR.shape[-1]
-        ui, KRi, KIi, Cri, Cii = _i64(u), _i64(KR), _i64(KI), _i64(Cr), _i64(Ci)
-        t1 = np.empty((B, L, H), np.int64)
-        t2 = np.empty((B, L, H), np.int64)
+        ui = np.ascontiguousarray(u.detach().numpy(), dtype=np.float64)  # integers: read exactly by the kernels
+        KRi, KIi, Cri, Cii = _i64(KR), _i64(KI), _i64(Cr), _i64(Ci)
+        t1 = np.empty((B, L, H))  # the kernel's integer sums, stored exactly (|t| < 2**53)
+        t2 = np.empty((B, L, H))
         shape, st = (H, B, L, N2), _store_type(lor, hir, loi, hii)
         vr = _BUFFERS.take(shape, st)
         vi = _BUFFERS.take(shape, st)
@@ -238,7 +239,7 @@ class QuantScan(torch.autograd.Function):
         lim = np.iinfo(st)
         _scan_fwd(ui, *Kf, *Cf, Sr, Si, lor, hir, loi, hii, lim.min, lim.max, t1, t2, vr, vi, nsat)
         ctx.saved = (ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, vr, vi)
-        return torch.from_numpy(t1.astype(np.float64)), torch.from_numpy(t2.astype(np.float64))
+        return torch.from_numpy(t1), torch.from_numpy(t2)
 
     @staticmethod
     def backward(ctx, g1, g2):
