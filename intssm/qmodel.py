@@ -160,6 +160,26 @@ class QuantS4D(torch.nn.Module):
         lim = 2 ** (BIAS_BITS - 1)
         return clamp_t(round_half_up_t(b.to(T64) / torch.as_tensor(scale, dtype=T64), ste), -lim, lim - 1)
 
+    def stable_abar(self, qr: torch.Tensor, qi: torch.Tensor, p: str):
+        """Abar codes (H, N/2) moved inside the unit circle: while a mode's quantized value
+        (s_re (q_re - z_re))**2 + (s_im (q_im - z_im))**2 is >= 1, its larger component (in real
+        units; the real part on a tie) steps one code toward zero. Codes stay in range (the zero
+        point is a code) and stable modes are untouched; the steps carry no gradient (the STE of
+        the rounding passes through)."""
+        tr, ti = self.dp.tq[p + "A_re"], self.dp.tq[p + "A_im"]
+        sr, si = (torch.as_tensor(t.scale, dtype=T64)[:, None] for t in (tr, ti))
+        zr, zi = (torch.as_tensor(t.zero, dtype=T64)[:, None] for t in (tr, ti))
+        cr, ci = (qr - zr).detach(), (qi - zi).detach()
+        while True:
+            vr, vi = cr * sr, ci * si
+            bad = vr * vr + vi * vi >= 1
+            if not bad.any():
+                break
+            step_r = bad & (vr.abs() >= vi.abs())
+            cr = cr - torch.sign(cr) * step_r
+            ci = ci - torch.sign(ci) * (bad & ~step_r)
+        return qr + (cr + zr - qr).detach(), qi + (ci + zi - qi).detach()
+
     def weight_codes(self, ste: bool = False) -> dict:
         """Integer codes (float64 tensors) of every weight and bias, keyed as in the exported artifact."""
         m, tq = self.model, self.dp.tq
@@ -175,6 +195,8 @@ class QuantS4D(torch.nn.Module):
                 d = d | {k: self.discrete[f"{k}_{i}"] for k in ("A_re", "A_im", "B_re", "B_im")}
             for k in ("A_re", "A_im", "D"):
                 per[k].append(self._wq(d[k], p + k, ste))
+            if self.dp.qcfg.stable_abar:
+                per["A_re"][-1], per["A_im"][-1] = self.stable_abar(per["A_re"][-1], per["A_im"][-1], p)
             for k in ("B_re", "B_im", "C_re", "C_im"):
                 per[k].append(self._wq(d[k], p + k[0], ste))
             per["mix_w"].append(self._wq(layer.mix.weight, p + "mix_w", ste))

@@ -75,6 +75,9 @@ class QuantConfig:
     pool: QFormat = QFormat()  # pooled features
     logits: QFormat = QFormat(bits=16)  # final integer logits
     state_clip: float = 1.0  # state range = state_clip * calibrated max |x|, clipped every step
+    # Abar codes chosen so that every mode's quantized |Abar| < 1: rounding can put a slow mode on or
+    # outside the unit circle, where its state grows until the clip holds it (QuantS4D.stable_abar)
+    stable_abar: bool = False
 
     def validate(self) -> "QuantConfig":
         for name in WEIGHTS + ACTIVATIONS:
@@ -94,6 +97,8 @@ class QuantConfig:
             raise IntssmError("quant config: sig has a fixed range [0, 1]; its range policy must be 'minmax'")
         if not (isinstance(self.state_clip, (int, float)) and 0 < self.state_clip <= 16 and math.isfinite(self.state_clip)):
             raise IntssmError(f"quant config: state_clip must be in (0, 16], got {self.state_clip!r}")
+        if not isinstance(self.stable_abar, bool):
+            raise IntssmError(f"quant config: stable_abar must be true or false, got {self.stable_abar!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -109,7 +114,7 @@ class QuantConfig:
             raise IntssmError(f"quant config: unknown component(s) {sorted(unknown)}")
         kw = {}
         for k, v in d.items():
-            if k == "state_clip":
+            if k in ("state_clip", "stable_abar"):
                 kw[k] = v
                 continue
             if isinstance(v, int) and not isinstance(v, bool):

@@ -253,6 +253,7 @@ BAD_CONFIGS = {
     "bits1": ({"A_re": {"bits": 1}}, "A_re.bits must be an integer in 2..16, got 1"),
     "unknown": ({"nosuch": 8}, "unknown component(s) ['nosuch']"),
     "bits33": ({"A_re": {"bits": 33}}, "A_re.bits must be an integer in 2..16, got 33"),
+    "stable_str": ({"stable_abar": "yes"}, "stable_abar must be true or false, got 'yes'"),
 }
 
 

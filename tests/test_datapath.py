@@ -26,6 +26,7 @@ def quant_configs(draw):
         rng = draw(st.sampled_from(["minmax", "minmax", "p99.5", "mse"])) if name != "sig" else "minmax"
         kw[name] = QFormat(bits, sym, pc, rng)
     kw["state_clip"] = draw(st.sampled_from([0.25, 0.5, 1.0, 1.5, 2.0]))
+    kw["stable_abar"] = draw(st.booleans())
     return QuantConfig(**kw)
 
 

@@ -136,3 +136,44 @@ def test_distillation_settings_are_checked():
     other = S4DModel(ModelConfig(d_model=4, d_state=8, n_layers=1, d_output=3), seed=0)
     with pytest.raises(IntssmError, match="teacher"):
         train(qm, "smnist", "frozen", limit=8, val_limit=8, distill=0.5, teacher=other)
+
+
+def test_stable_abar_moves_every_mode_inside_the_unit_circle():
+    """With stable_abar, every quantized |Abar| < 1, modes that were already inside keep their codes,
+    the others move by the fewest steps toward zero, gradients still reach Abar (STE), and the
+    integer model simulates bit-exactly."""
+    from dataclasses import replace
+
+    m = S4DModel(ModelConfig(d_model=4, d_state=16, n_layers=1), seed=0).double()
+    with torch.no_grad():  # slow, oscillating modes: rounding puts many of them on or outside |z| = 1
+        m.layers[0].ssm.log_A_re.fill_(-7.0)
+        m.layers[0].ssm.log_dt.fill_(-2.0)
+    cal = torch.from_numpy(data.load("smnist", "train", 4).as_float())
+    q = replace(PRESETS["paper-hetero"].with_bits(A_re=5, A_im=5), stable_abar=False)
+    plain, _ = ptq(m, q, cal)
+    stable, _ = ptq(m, replace(q, stable_abar=True), cal)
+
+    def mag(qm):
+        W, c, tq = qm.weight_codes(), qm.c, qm.dp.tq
+        vr = (W["A_re"][0] - c["A_re_z"][0][:, None]) * torch.as_tensor(tq["l0.A_re"].scale)[:, None]
+        vi = (W["A_im"][0] - c["A_im_z"][0][:, None]) * torch.as_tensor(tq["l0.A_im"].scale)[:, None]
+        return W, (vr**2 + vi**2)
+
+    Wp, mp = mag(plain)
+    Ws, ms = mag(stable)
+    assert (mp >= 1).any()  # the case is real
+    assert (ms < 1).all()
+    inside = mp < 1
+    assert torch.equal(Wp["A_re"][0][inside], Ws["A_re"][0][inside]) and torch.equal(Wp["A_im"][0][inside], Ws["A_im"][0][inside])
+    moved = (Wp["A_re"][0] - Ws["A_re"][0]).abs() + (Wp["A_im"][0] - Ws["A_im"][0]).abs()
+    assert moved[~inside].min() >= 1 and moved[~inside].max() <= 3
+    params = configure(stable, "discrete")
+    x = data.load("smnist", "train", 4)
+    lg, _ = stable(torch.from_numpy(x.x), ste=True)
+    F.cross_entropy(stable.real_logits(lg), torch.from_numpy(x.y)).backward()
+    assert stable.discrete["A_re_0"].grad is not None and stable.discrete["A_re_0"].grad.abs().sum() > 0
+    assert len(params) > 0
+    with torch.no_grad():
+        lt, _ = stable(torch.from_numpy(x.x))
+    ls, _, _ = simulate(integer_model(stable), x.x, True, len(stable.dp.counters))
+    assert (lt.numpy().astype(np.int64) == ls).all()
