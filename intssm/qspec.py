@@ -229,6 +229,10 @@ PRESETS: dict[str, QuantConfig] = {
 for _b in (7, 6):
     PRESETS[f"hetero-state{_b}"] = replace(
         PRESETS["paper-hetero"], **{n: QFormat(_b, per_channel=True) for n in ("A_re", "A_im", "x_re", "x_im")})
+# the heterogeneous scheme with the state at 10 bits and stable Abar codes: the session-4 ablation
+# (docs/results.md) found the 8-bit state, not Abar or the activations, to be what limits paper-hetero
+PRESETS["hetero-x10"] = replace(PRESETS["paper-hetero"], x_re=QFormat(10, per_channel=True),
+                                x_im=QFormat(10, per_channel=True), stable_abar=True)
 
 
 def get_config(name_or_path: str) -> QuantConfig:
