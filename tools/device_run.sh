@@ -33,7 +33,7 @@ echo "warm-up done at +$(( $(date +%s) - T0 )) s" | tee -a "$W/log/gpu.txt"
 LEFT=$(( ${BUDGET:-500} - ($(date +%s) - T0) ))
 M=$(python3 -c "print(round(($LEFT - 75) / 60, 2))")
 
-OMP_NUM_THREADS=4 NUMBA_NUM_THREADS=4 timeout $LEFT $PY -m intssm qat data/checkpoints/paper-small-hetero.pt -o "$W/ck/hetero-cont.pt" \
+OMP_NUM_THREADS=4 NUMBA_NUM_THREADS=4 timeout $LEFT $PY -m intssm qat data/checkpoints/paper-small-hetero-x8.pt -o "$W/ck/hetero-cont.pt" \
   --param discrete --epochs 6 --lr 3e-4 --max-minutes "$M" --json >"$W/log/hetero-cont.json" 2>"$W/log/hetero-cont.log" &
 OMP_NUM_THREADS=3 NUMBA_NUM_THREADS=3 timeout $LEFT $PY -m intssm qat data/checkpoints/paper-small-fp32.pt -o "$W/ck/state6.pt" \
   --config w8a8-state6 --param discrete --epochs 5 --max-minutes "$M" --json >"$W/log/state6.json" 2>"$W/log/state6.log" &
