@@ -11,29 +11,22 @@ from intssm.errors import IntssmError
 from intssm.qmodel import ptq
 
 
-def _loss_and_grads(qm, P, y, fused):
-    qm.fused_scan = fused
-    qm.model.zero_grad()
+def loss_and_grads(qm, P, y, **flags):
+    """Logit codes, loss and every parameter's gradient of one straight-through step, with the
+    given QuantS4D switches (``fused_scan``, ``fused_tail``) set."""
+    for k, v in flags.items():
+        setattr(qm, k, v)
+    qm.zero_grad()
     lg, _ = qm(torch.from_numpy(P), ste=True)
     loss = F.cross_entropy(qm.real_logits(lg), torch.from_numpy(y))
     loss.backward()
-    grads = {n: p.grad.clone() if p.grad is not None else None for n, p in qm.model.named_parameters()}
+    grads = {n: p.grad.clone() if p.grad is not None else None for n, p in qm.named_parameters()}
     return lg.detach(), loss.item(), grads
 
 
-@given(models(max_layers=2), quant_configs(), st.data())
-def test_fused_scan_forward_exact_backward_matches_autograd(m, q, data):
-    """Fused forward == reference forward (integer equality of the logit codes); fused backward ==
-    autograd through the reference scan (float64, relative 1e-9)."""
-    L = data.draw(st.integers(1, 10))
-    P = data.draw(inputs(m.cfg.d_input, L))
-    y = np.random.default_rng(0).integers(0, m.cfg.d_output, len(P))
-    try:
-        qm, _ = ptq(m, q, torch.from_numpy(np.random.default_rng(1).random((3, L, m.cfg.d_input))))
-    except IntssmError:
-        assume(False)
-    lr, loss_r, gr = _loss_and_grads(qm, P, y, fused=False)
-    lf, loss_f, gf = _loss_and_grads(qm, P, y, fused=True)
+def assert_same_codes_close_grads(ref, new, rel=1e-9):
+    """The same logit codes and loss exactly; every gradient within ``rel`` of its largest entry."""
+    (lr, loss_r, gr), (lf, loss_f, gf) = ref, new
     assert torch.equal(lr, lf)
     assert loss_r == loss_f
     for n in gr:
@@ -41,7 +34,31 @@ def test_fused_scan_forward_exact_backward_matches_autograd(m, q, data):
             assert gf[n] is None or not gf[n].any()
             continue
         scale = max(1e-12, gr[n].abs().max().item())
-        assert (gf[n] - gr[n]).abs().max().item() <= 1e-9 * scale + 1e-12, n
+        assert (gf[n] - gr[n]).abs().max().item() <= rel * scale + 1e-12, n
+
+
+def drawn_case(m, q, data):
+    """A PTQ'd model of the drawn float model and config (cases the datapath refuses are
+    skipped), drawn inputs and labels, with Abar learned directly (discrete QAT) or not."""
+    L = data.draw(st.integers(1, 10))
+    P = data.draw(inputs(m.cfg.d_input, L))
+    y = np.random.default_rng(0).integers(0, m.cfg.d_output, len(P))
+    try:
+        qm, _ = ptq(m, q, torch.from_numpy(np.random.default_rng(1).random((3, L, m.cfg.d_input))))
+    except IntssmError:
+        assume(False)
+    if data.draw(st.booleans()):
+        qm.make_discrete()
+    return qm, P, y
+
+
+@given(models(max_layers=2), quant_configs(), st.data())
+def test_fused_scan_forward_exact_backward_matches_autograd(m, q, data):
+    """Fused forward == reference forward (integer equality of the logit codes); fused backward ==
+    autograd through the reference scan (float64, relative 1e-9); Abar learned or not."""
+    qm, P, y = drawn_case(m, q, data)
+    qm.fused_tail = data.draw(st.booleans())
+    assert_same_codes_close_grads(loss_and_grads(qm, P, y, fused_scan=False), loss_and_grads(qm, P, y, fused_scan=True))
 
 
 def test_fused_scan_counts_clips():
@@ -83,7 +100,7 @@ def test_recycled_buffers_do_not_leak_between_calls():
     for seed in (0, 1):
         m = S4DModel(ModelConfig(d_model=3, d_state=4, n_layers=2), seed=seed).double()
         qms.append(ptq(m, PRESETS["paper-hetero"], torch.from_numpy(rng.random((2, 9, 1))))[0])
-    alone = [_loss_and_grads(qm, P, y, fused=True)[2] for qm in qms]
+    alone = [loss_and_grads(qm, P, y, fused_scan=True)[2] for qm in qms]
     losses = []
     for qm in qms:  # both forwards first: four scans hold buffers at once
         qm.model.zero_grad()
@@ -92,6 +109,6 @@ def test_recycled_buffers_do_not_leak_between_calls():
     for loss in reversed(losses):
         loss.backward()
     for qm, ref in zip(qms, alone):
-        for n, p in qm.model.named_parameters():
+        for n, p in qm.named_parameters():
             if ref[n] is not None:
                 assert torch.equal(p.grad, ref[n]), n
