@@ -1,0 +1,82 @@
+"""Accuracy vs memory of the shipped quantized paper-small checkpoints, beside the paper's point.
+
+    python tools/qat_front.py [--out docs/img/qat_front.png] [--csv docs/qat_front.csv]
+
+Each checkpoint is run by the integer simulator on the full sMNIST test set (10,000 sequences);
+memory is ``intssm memory``'s: everything the datapath stores, and weights and biases only (the
+paper's way of counting). The paper's heterogeneous QAT point, 95.99% at 6.3x, is drawn on the
+weights-and-biases panel at 1/6.3 of our float32 weights and biases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODELS = [  # (checkpoint, how it was made)
+    ("paper-small-w8a8-state12.pt", "PTQ w8a8-state12"),
+    ("paper-small-hetero-x8.pt", "QAT paper-hetero (8-bit state)"),
+    ("paper-small-hetero.pt", "QAT hetero-x10 (shipped default)"),
+    ("paper-small-hetero-x10-small.pt", "QAT hetero-x10, mix/dec 4, B/C 3"),
+    ("paper-small-hetero-state7.pt", "QAT 7-bit A and x"),
+    ("paper-small-hetero-state6.pt", "QAT 6-bit A and x"),
+]
+PAPER = (95.99, 6.3)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "docs/img/qat_front.png")
+    ap.add_argument("--csv", type=Path, default=ROOT / "docs/qat_front.csv")
+    a = ap.parse_args()
+    from intssm import cost, data, integer
+
+    te = data.load("smnist", "test")
+    rows = []
+    for name, how in MODELS:
+        im = integer.load(ROOT / "data/checkpoints" / name)
+        lg, _, _ = integer.run(im, te.x)
+        mem = cost.memory(im.cfg, im.qcfg, im.seq_len)
+        rows.append({"checkpoint": name, "how": how, "test_accuracy": float((lg.argmax(1) == te.y).mean()),
+                     "bytes": mem["bytes"], "reduction": mem["reduction"], "weights_bytes": mem["weights_bytes"],
+                     "weights_reduction": mem["weights_reduction"], "fp32_weights_bytes": mem["fp32_weights_bytes"]})
+        r = rows[-1]
+        print(f"{name:34s} {100 * r['test_accuracy']:6.2f}%  {r['bytes']:6d} B ({r['reduction']:.2f}x)  "
+              f"weights and biases {r['weights_bytes']:5d} B ({r['weights_reduction']:.2f}x)")
+    a.csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(a.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, label in ((axes[0], "bytes", "total memory: flash + RAM (bytes)"),
+                           (axes[1], "weights_bytes", "weights and biases (bytes)")):
+        for j, r in enumerate(rows):
+            ax.scatter(r[key], 100 * r["test_accuracy"], s=36, color=f"C{j}",
+                       label=f"{r['how']}: {100 * r['test_accuracy']:.2f}%")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    paper_bytes = rows[0]["fp32_weights_bytes"] / PAPER[1]
+    axes[1].scatter(paper_bytes, PAPER[0], marker="*", s=140, color="k", label=f"paper, heterogeneous QAT: {PAPER[0]}% at {PAPER[1]}x")
+    axes[1].legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("integer test accuracy (%)")
+    axes[0].set_ylim(30, 100)
+    fig.suptitle("paper-small on sMNIST: shipped quantized models (integer simulator, 10,000 test sequences)")
+    fig.tight_layout()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(a.out, dpi=120)
+    print(f"wrote {a.csv} and {a.out}")
+
+
+if __name__ == "__main__":
+    main()
