@@ -40,31 +40,34 @@ _BLOCKS = 64  # row blocks of the backward's weight-gradient sums (fixed: thread
 def _tail_fwd(t1, t2, h, D, mw, mix_b, yM, yS, yz, ylo, yhi, gelu, az, gM, gS, gz, glo, ghi, sig,
               hM, hS, hz_in, hz_out, hlo, hhi, out, ys, gs, my, mg, mh):
     """Rows of t1, t2, h (R H) (float64 holding integers) -> out (R H) codes of h+. Saves y codes ys (R H),
-    gate codes gs (R 2H) and pass masks my, mg, mh (1 = not saturated)."""
+    gate codes gs (R 2H) and pass masks my, mg, mh (1 = not saturated). Parallel over fixed blocks
+    of rows, with one scratch buffer per block (no allocation per row)."""
     R, H = h.shape
-    for r in prange(R):
-        a = np.empty(H, np.int64)
-        for c in range(H):
-            u = np.int64(h[r, c]) - hz_in
-            acc = output_acc(np.int64(t1[r, c]), np.int64(t2[r, c]), D[c] * u, yM[:, c])
-            v = rounding_rshift(acc, yS[c]) + yz
-            my[r, c] = (v >= ylo) & (v <= yhi)
-            v = min(max(v, ylo), yhi)
-            ys[r, c] = v
-            a[c] = gelu[v - ylo] - az
-        for j in range(2 * H):
-            acc = mix_b[j]
+    nb = min(R, _BLOCKS)
+    for blk in prange(nb):
+        a = np.empty(H, np.int64)  # centred GELU codes of the current row
+        for r in range(blk * R // nb, (blk + 1) * R // nb):
             for c in range(H):
-                acc += mw[j, c] * a[c]
-            v = rounding_rshift(acc * gM[j], gS[j]) + gz
-            mg[r, j] = (v >= glo) & (v <= ghi)
-            gs[r, j] = min(max(v, glo), ghi)
-        for c in range(H):
-            s = sig[gs[r, H + c] - glo]
-            acc = residual_acc(np.int64(h[r, c]) - hz_in, np.int64(gs[r, c]) - gz, s, hM[0, c], hM[1, c])
-            v = rounding_rshift(acc, hS[c]) + hz_out
-            mh[r, c] = (v >= hlo) & (v <= hhi)
-            out[r, c] = float(min(max(v, hlo), hhi))
+                u = np.int64(h[r, c]) - hz_in
+                acc = output_acc(np.int64(t1[r, c]), np.int64(t2[r, c]), D[c] * u, yM[:, c])
+                v = rounding_rshift(acc, yS[c]) + yz
+                my[r, c] = (v >= ylo) & (v <= yhi)
+                v = min(max(v, ylo), yhi)
+                ys[r, c] = v
+                a[c] = gelu[v - ylo] - az
+            for j in range(2 * H):
+                acc = mix_b[j]
+                for c in range(H):
+                    acc += mw[j, c] * a[c]
+                v = rounding_rshift(acc * gM[j], gS[j]) + gz
+                mg[r, j] = (v >= glo) & (v <= ghi)
+                gs[r, j] = min(max(v, glo), ghi)
+            for c in range(H):
+                s = sig[gs[r, H + c] - glo]
+                acc = residual_acc(np.int64(h[r, c]) - hz_in, np.int64(gs[r, c]) - gz, s, hM[0, c], hM[1, c])
+                v = rounding_rshift(acc, hS[c]) + hz_out
+                mh[r, c] = (v >= hlo) & (v <= hhi)
+                out[r, c] = float(min(max(v, hlo), hhi))
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
