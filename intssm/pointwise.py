@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from .fixedpoint import rounding_rshift
+from .fixedpoint import requantize, rounding_rshift, saturate
 from .sim import output_acc, residual_acc
 
 _BLOCKS = 64  # row blocks of the backward's weight-gradient sums (fixed: thread-count independent)
@@ -50,24 +50,20 @@ def _tail_fwd(t1, t2, h, D, mw, mix_b, yM, yS, yz, ylo, yhi, gelu, az, gM, gS, g
             for c in range(H):
                 u = np.int64(h[r, c]) - hz_in
                 acc = output_acc(np.int64(t1[r, c]), np.int64(t2[r, c]), D[c] * u, yM[:, c])
-                v = rounding_rshift(acc, yS[c]) + yz
-                my[r, c] = (v >= ylo) & (v <= yhi)
-                v = min(max(v, ylo), yhi)
-                ys[r, c] = v
+                v, sat = saturate(rounding_rshift(acc, yS[c]) + yz, ylo, yhi)
+                ys[r, c], my[r, c] = v, 1 - sat
                 a[c] = gelu[v - ylo] - az
             for j in range(2 * H):
                 acc = mix_b[j]
                 for c in range(H):
                     acc += mw[j, c] * a[c]
-                v = rounding_rshift(acc * gM[j], gS[j]) + gz
-                mg[r, j] = (v >= glo) & (v <= ghi)
-                gs[r, j] = min(max(v, glo), ghi)
+                v, sat = requantize(acc, gM[j], gS[j], gz, glo, ghi)
+                gs[r, j], mg[r, j] = v, 1 - sat
             for c in range(H):
                 s = sig[gs[r, H + c] - glo]
                 acc = residual_acc(np.int64(h[r, c]) - hz_in, np.int64(gs[r, c]) - gz, s, hM[0, c], hM[1, c])
-                v = rounding_rshift(acc, hS[c]) + hz_out
-                mh[r, c] = (v >= hlo) & (v <= hhi)
-                out[r, c] = float(min(max(v, hlo), hhi))
+                v, sat = saturate(rounding_rshift(acc, hS[c]) + hz_out, hlo, hhi)
+                out[r, c], mh[r, c] = float(v), 1 - sat
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
@@ -107,11 +103,17 @@ def _tail_bwd(gout, h, D, mw, yM, fy, ylo, gelu, gelu_d, az, gMf, gz, glo, sig, 
         dmw[blk] = dmw_b
 
 
+def lut_surrogate(code: torch.Tensor, fn, s_in: float, s_out: float, z_in) -> torch.Tensor:
+    """fn(s_in (code - z_in)) / s_out: the smooth function a lookup table tabulates, whose
+    gradient is the table's straight-through gradient (:meth:`intssm.qmodel.QuantS4D._lut`)."""
+    return fn(s_in * (code - z_in)) / s_out
+
+
 def lut_grad(lo: float, hi: float, fn, s_in: float, s_out: float, z_in: float) -> np.ndarray:
-    """d/d code of fn(s_in (code - z_in)) / s_out for every code lo..hi, by Torch's autograd (the
-    same operations as :meth:`intssm.qmodel.QuantS4D._lut`, hence the same numbers)."""
+    """d/d code of :func:`lut_surrogate` for every code lo..hi, by Torch's autograd: the numbers
+    the Torch path multiplies by."""
     code = torch.arange(lo, hi + 1, dtype=torch.float64, requires_grad=True)
-    (fn(s_in * (code - z_in)) / s_out).sum().backward()
+    lut_surrogate(code, fn, s_in, s_out, z_in).sum().backward()
     return code.grad.numpy().copy()
 
 

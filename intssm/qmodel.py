@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .errors import IntssmError
 from .fixedpoint import clamp_t, round_half_up_t, rounding_rshift_t, rshift_clamp_t
 from .model import S4DModel
-from .pointwise import layer_tail, tail_constants
+from .pointwise import layer_tail, lut_surrogate, tail_constants
 from .qspec import (BIAS_BITS, INPUT_SCALE, Datapath, QuantConfig, apply_range_policies, build_datapath,
                     calibrated_range_keys)
 
@@ -317,8 +317,7 @@ class QuantS4D(torch.nn.Module):
         out = self.c[name + "_lut"][i][(code.detach() - lo).long()]
         if not ste:
             return out
-        v = s_in * (code - z_in)
-        f = fn(v) / s_out
+        f = lut_surrogate(code, fn, s_in, s_out, z_in)
         return out + (f - f.detach())
 
     def real_logits(self, codes: torch.Tensor) -> torch.Tensor:

@@ -27,9 +27,6 @@ from .fixedpoint import cast_like, wadd, wmul, wsub
 from .sim import mode_loop_fits_int32, state_update
 
 
-
-
-
 @njit(cache=True, parallel=True)
 def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2, vr_all, vi_all, nsat):
     """u (B L H) integers (in float64); K* (3 H N2); C* (H N2); S*, lo*, hi* (H). Writes t1, t2 (B L H), each
