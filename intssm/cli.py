@@ -174,6 +174,7 @@ def configs(as_json: JsonOpt = False):
                          + ("" if getattr(q, n).range == "minmax" else f"@{getattr(q, n).range}") for n in WEIGHTS + ACTIVATIONS}
         rows[name]["state_clip"] = q.state_clip
         rows[name]["stable_abar"] = q.stable_abar
+        rows[name]["bias_bits"] = q.bias_bits
     lines = [f"{name:14s} " + " ".join(f"{k}={v}" for k, v in r.items()) for name, r in rows.items()]
     _emit({"configs": rows}, as_json, "bits, s = symmetric / a = asymmetric, /ch = per channel, @policy = range policy other than min/max\n" + "\n".join(lines))
 

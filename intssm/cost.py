@@ -19,7 +19,7 @@ import math
 from collections import Counter
 
 from .model import ModelConfig
-from .qspec import BIAS_BITS, QuantConfig
+from .qspec import QuantConfig
 
 MULT_BITS = 16  # stored width of a requantization multiplier (values < 2**15, unsigned)
 SHIFT_BITS = 8  # stored width of a shift (0..46)
@@ -48,13 +48,13 @@ def memory(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784) -> dict:
         return c if f.per_channel else 1
 
     add("enc_w", "weight", H * d, q.enc_w.bits)
-    add("enc_b", "bias", H, BIAS_BITS)
+    add("enc_b", "bias", H, q.bias_bits)
     for nm, f, n in (("A_re", q.A_re, nl * H * N2), ("A_im", q.A_im, nl * H * N2), ("B", q.B, 2 * nl * H * N2),
                      ("C", q.C, 2 * nl * H * N2), ("D", q.D, nl * H), ("mix_w", q.mix_w, nl * 2 * H * H)):
         add(nm, "weight", n, f.bits)
-    add("mix_b", "bias", nl * 2 * H, BIAS_BITS)
+    add("mix_b", "bias", nl * 2 * H, q.bias_bits)
     add("dec_w", "weight", C * H, q.dec_w.bits)
-    add("dec_b", "bias", C, BIAS_BITS)
+    add("dec_b", "bias", C, q.bias_bits)
     # zero points: only asymmetric quantizers have them, one per channel, at the code width
     zp = [("enc_w", q.enc_w, H), ("dec_w", q.dec_w, C)]
     zp += [(nm, getattr(q, nm), nl * channels(getattr(q, nm), H)) for nm in ("A_re", "A_im", "B", "C", "D")]
@@ -114,7 +114,7 @@ def site_acc_bits(cfg: ModelConfig, q: QuantConfig, L: int) -> dict:
     H, N2, d = cfg.d_model, cfg.d_state // 2, cfg.d_input
     cb = lambda f: f.centered_bound  # noqa: E731
     Mx = 2**15 - 1
-    bias = 2 ** (BIAS_BITS - 1)
+    bias = q.bias_bound
     Lp = L if cfg.pool == "mean" else 1
     terms = {
         "enc": [d * cb(q.enc_w) * 255 + bias],

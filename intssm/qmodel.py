@@ -22,7 +22,7 @@ from .errors import IntssmError
 from .fixedpoint import clamp_t, round_half_up_t, rounding_rshift_t, rshift_clamp_t
 from .model import S4DModel
 from .pointwise import layer_tail, lut_surrogate, tail_constants
-from .qspec import (BIAS_BITS, INPUT_SCALE, Datapath, QuantConfig, apply_range_policies, build_datapath,
+from .qspec import (INPUT_SCALE, Datapath, QuantConfig, apply_range_policies, build_datapath,
                     calibrated_range_keys)
 
 T64 = torch.float64
@@ -157,7 +157,7 @@ class QuantS4D(torch.nn.Module):
         return clamp_t(q, float(t.qmin), float(t.qmax))
 
     def _bq(self, b, scale, ste):
-        lim = 2 ** (BIAS_BITS - 1)
+        lim = self.dp.qcfg.bias_bound
         return clamp_t(round_half_up_t(b.to(T64) / torch.as_tensor(scale, dtype=T64), ste), -lim, lim - 1)
 
     def stable_abar(self, qr: torch.Tensor, qi: torch.Tensor, p: str):

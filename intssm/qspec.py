@@ -28,7 +28,7 @@ DATAPATH_VERSION = 1
 WEIGHTS = ("enc_w", "A_re", "A_im", "B", "C", "D", "mix_w", "dec_w")
 ACTIVATIONS = ("h", "x_re", "x_im", "y", "act", "glu", "sig", "pool", "logits")
 PER_CHANNEL_OK = set(WEIGHTS) | {"x_re", "x_im"}
-BIAS_BITS = 32  # biases are int32 at the scale of the accumulator they are added to
+BIAS_BITS = 32  # default: biases are int32 at the scale of the accumulator they are added to
 INPUT_SCALE = 1.0 / 255.0  # the raw uint8 pixel p enters as itself: real input = p / 255
 
 
@@ -78,6 +78,14 @@ class QuantConfig:
     # Abar codes chosen so that every mode's quantized |Abar| < 1: rounding can put a slow mode on or
     # outside the unit circle, where its state grows until the clip holds it (QuantS4D.stable_abar)
     stable_abar: bool = False
+    # stored width of every bias (enc_b, mix_b, dec_b): signed codes at the scale of the accumulator
+    # they are added to, saturated to [-2**(b-1), 2**(b-1) - 1] when quantized
+    bias_bits: int = BIAS_BITS
+
+    @property
+    def bias_bound(self) -> int:
+        """Largest |bias code|: 2**(bias_bits - 1)."""
+        return 2 ** (self.bias_bits - 1)
 
     def validate(self) -> "QuantConfig":
         for name in WEIGHTS + ACTIVATIONS:
@@ -99,6 +107,8 @@ class QuantConfig:
             raise IntssmError(f"quant config: state_clip must be in (0, 16], got {self.state_clip!r}")
         if not isinstance(self.stable_abar, bool):
             raise IntssmError(f"quant config: stable_abar must be true or false, got {self.stable_abar!r}")
+        if not isinstance(self.bias_bits, int) or isinstance(self.bias_bits, bool) or not 2 <= self.bias_bits <= 32:
+            raise IntssmError(f"quant config: bias_bits must be an integer in 2..32, got {self.bias_bits!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -114,7 +124,7 @@ class QuantConfig:
             raise IntssmError(f"quant config: unknown component(s) {sorted(unknown)}")
         kw = {}
         for k, v in d.items():
-            if k in ("state_clip", "stable_abar"):
+            if k in ("state_clip", "stable_abar", "bias_bits"):
                 kw[k] = v
                 continue
             if isinstance(v, int) and not isinstance(v, bool):
@@ -385,7 +395,7 @@ def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: i
         dp.bounds[name] = bound
 
     cb = lambda comp: getattr(qcfg, comp).centered_bound  # noqa: E731
-    bias = 2 ** (BIAS_BITS - 1)
+    bias = qcfg.bias_bound
 
     encw = q("enc_w", "enc_w", W_FLOOR)
     h_in = q("h0", "h", ACT_FLOOR)

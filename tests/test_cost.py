@@ -1,5 +1,7 @@
 """The cost model (intssm.cost) against an instrumented simulator, and memory against a hand count."""
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from hypothesis import given
@@ -47,8 +49,11 @@ def test_memory_hand_count():
     rows = {r["name"]: r for r in m["rows"]}
     # weights: enc_w 1x8, A_re 6, A_im 5, B 2x4, C 2x4, D 4, mix_w 2x8, dec_w 2x8
     assert sum(r["bits"] for r in m["rows"] if r["kind"] == "weight") == 8 + 6 + 5 + 8 + 8 + 4 + 16 + 16
-    # biases: enc 1, mix 2, dec 2, each 32 bits
+    # biases: enc 1, mix 2, dec 2, each 32 bits (the default), or bias_bits
     assert sum(r["bits"] for r in m["rows"] if r["kind"] == "bias") == 5 * 32
+    m12 = memory(cfg, replace(q, bias_bits=12), seq_len=10)
+    assert sum(r["bits"] for r in m12["rows"] if r["kind"] == "bias") == 5 * 12
+    assert m12["flash_bytes"] < m["flash_bytes"] and m12["ram_bytes"] == m["ram_bytes"]
     # zero points: act (6 bits, one per layer); sig has none (fixed)
     assert sum(r["bits"] for r in m["rows"] if r["kind"] == "zero point") == 6
     # multipliers: enc 1, x_re 3, x_im 3, y 3, glu 2, h 2, pool 1, logits 2 = 17 x 16 bits

@@ -27,6 +27,7 @@ def quant_configs(draw):
         kw[name] = QFormat(bits, sym, pc, rng)
     kw["state_clip"] = draw(st.sampled_from([0.25, 0.5, 1.0, 1.5, 2.0]))
     kw["stable_abar"] = draw(st.booleans())
+    kw["bias_bits"] = draw(st.sampled_from([32, 32, 16, 8, 4]))  # narrow ones saturate some biases
     return QuantConfig(**kw)
 
 
@@ -184,3 +185,27 @@ def test_int32_width_is_proved_or_refused():
                 simulate(arr, P, True, len(qm.dp.counters), width=32)
     with pytest.raises(IntssmError, match="32 or 64"):
         simulate(arr, P, True, len(qm.dp.counters), width=16)
+
+
+def test_bias_codes_saturate_to_bias_bits():
+    """bias_bits b stores every bias as a signed b-bit code: the 32-bit codes saturated to
+    [-2**(b-1), 2**(b-1) - 1], and the narrow model still simulates as the Torch model does."""
+    from dataclasses import replace
+
+    m = S4DModel(ModelConfig(d_model=4, d_state=4, n_layers=1, d_output=3), seed=3)
+    with torch.no_grad():
+        for b in (m.encoder.bias, m.layers[0].mix.bias, m.decoder.bias):
+            b.copy_(torch.linspace(-2.0, 2.0, b.numel()))
+    cal = torch.rand(4, 12, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    wide = integer_model(ptq(m, PRESETS["w8a8"], cal)[0])
+    qm, _ = ptq(m, replace(PRESETS["w8a8"], bias_bits=6), cal)
+    narrow = integer_model(qm)
+    for k in ("enc_b", "mix_b", "dec_b"):
+        assert narrow[k].min() >= -32 and narrow[k].max() <= 31
+        assert np.array_equal(narrow[k], np.clip(wide[k], -32, 31))
+    assert not all(np.array_equal(narrow[k], wide[k]) for k in ("enc_b", "mix_b", "dec_b"))  # some saturated
+    P = np.random.default_rng(0).integers(0, 256, (3, 12, 1)).astype(np.uint8)
+    with torch.no_grad():
+        want, _ = qm(torch.from_numpy(P))
+    got, _, _ = simulate(narrow, P, True, len(qm.dp.counters))
+    assert np.array_equal(got, want.numpy().astype(np.int64))
