@@ -243,6 +243,11 @@ for _b in (7, 6):
 # (docs/results.md) found the 8-bit state, not Abar or the activations, to be what limits paper-hetero
 PRESETS["hetero-x10"] = replace(PRESETS["paper-hetero"], x_re=QFormat(10, per_channel=True),
                                 x_im=QFormat(10, per_channel=True), stable_abar=True)
+# hetero-x10 at the paper's memory (weights and biases <= float32 / 6.3): B and C at 3 bits, the
+# mixing weights at 5 bits per row, 16-bit biases. Reached from a hetero-x10 model by progressive
+# QAT (hetero-x10 -> B, C at 3 bits -> this; docs/results.md, session 5)
+PRESETS["hetero-x10-6x"] = replace(PRESETS["hetero-x10"], B=QFormat(3, per_channel=True),
+                                   C=QFormat(3, per_channel=True), mix_w=QFormat(5, per_channel=True), bias_bits=16)
 
 
 def get_config(name_or_path: str) -> QuantConfig:
