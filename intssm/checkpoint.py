@@ -55,11 +55,16 @@ def load_raw(path) -> dict:
 
 
 def load(path) -> tuple[S4DModel, dict]:
-    """(float model in eval mode, checkpoint dict). Rejects wrong shapes and non-finite weights."""
+    """(float model in eval mode, checkpoint dict). Rejects wrong shapes and non-finite weights.
+
+    The model has the precision of the stored weights: float64 for QAT checkpoints (so the codes
+    ``round(w / s)`` are those QAT validated), float32 otherwise."""
     ck = load_raw(path)
     cfg = ModelConfig.from_dict(dict(ck["model_config"]))
     model = S4DModel(cfg)
     sd = ck["state_dict"]
+    if any(torch.is_tensor(v) and v.dtype == torch.float64 for v in sd.values()):
+        model = model.double()
     for k, v in sd.items():
         if not torch.is_tensor(v):
             raise IntssmError(f"{path}: state_dict entry {k!r} is not a tensor")

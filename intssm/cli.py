@@ -283,7 +283,7 @@ def qat_(
                     "config": how}
     if distill > 0:
         extra["qat"]["distill"] = {"alpha": distill, "temp": distill_temp, "teacher": str(teacher) if teacher else "start"}
-    checkpoint.save(out, qm.model.float(), **extra)
+    checkpoint.save(out, qm.model, **extra)  # float64, as trained: float32 could flip a code at a rounding tie
     best_rec = max(history, key=lambda r: r["val_int_acc"])
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_rec["val_int_acc"]}, as_json,
           f"saved {out} (best integer validation accuracy {best_rec['val_int_acc']:.4f} at epoch {best_rec['epoch']})")
