@@ -21,7 +21,9 @@ sys.path.insert(0, str(ROOT))
 MODELS = [  # (checkpoint, how it was made)
     ("paper-small-w8a8-state12.pt", "PTQ w8a8-state12"),
     ("paper-small-hetero-x8.pt", "QAT paper-hetero (8-bit state)"),
-    ("paper-small-hetero.pt", "QAT hetero-x10 (shipped default)"),
+    ("paper-small-hetero-x10.pt", "QAT hetero-x10 (session 4 default)"),
+    ("paper-small-hetero.pt", "QAT hetero-x10-6x, progressive (shipped default)"),
+    ("paper-small-hetero-6x-x12.pt", "QAT hetero-x10-6x, 12-bit state"),
     ("paper-small-hetero-x10-small.pt", "QAT hetero-x10, mix/dec 4, B/C 3"),
     ("paper-small-hetero-state7.pt", "QAT 7-bit A and x"),
     ("paper-small-hetero-state6.pt", "QAT 6-bit A and x"),
