@@ -224,7 +224,7 @@ def qat_(
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 1e-3,
     calib: Annotated[int, typer.Option(help="Calibration sequences (float checkpoint).")] = 256,
     limit: LimitOpt = None,
-    val_limit: Annotated[int, typer.Option(help="Validation sequences for model selection.")] = 2000,
+    val_limit: Annotated[int, typer.Option(help="Validation sequences for model selection (default: the whole split).")] = 10000,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     max_minutes: Annotated[float, typer.Option(help="Stop training after this many minutes (0 = no limit).")] = 0.0,
     distill: Annotated[float, typer.Option(help="Knowledge-distillation weight alpha in [0, 1]: loss = (1 - alpha) CE + alpha T^2 KL to a float teacher (0 = off).")] = 0.0,
