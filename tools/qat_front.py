@@ -24,6 +24,7 @@ MODELS = [  # (checkpoint, how it was made)
     ("paper-small-hetero-x10.pt", "QAT hetero-x10 (session 4 default)"),
     ("paper-small-hetero.pt", "QAT hetero-x10-6x, progressive (shipped default)"),
     ("paper-small-hetero-6x-x12.pt", "QAT hetero-x10-6x, 12-bit state"),
+    ("paper-small-hetero-6x-mix4.pt", "QAT hetero-x10-6x, mix/dec 4-bit per row"),
     ("paper-small-hetero-x10-small.pt", "QAT hetero-x10, mix/dec 4, B/C 3"),
     ("paper-small-hetero-state7.pt", "QAT 7-bit A and x"),
     ("paper-small-hetero-state6.pt", "QAT 6-bit A and x"),
@@ -60,19 +61,29 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, key, label in ((axes[0], "bytes", "total memory: flash + RAM (bytes)"),
-                           (axes[1], "weights_bytes", "weights and biases (bytes)")):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    paper_bytes = rows[0]["fp32_weights_bytes"] / PAPER[1]
+    panels = ((axes[0], "bytes", "total memory: flash + RAM (bytes)", None),
+              (axes[1], "weights_bytes", "weights and biases (bytes)", None),
+              (axes[2], "weights_bytes", "weights and biases (bytes), near the paper's point", (2150, 3100, 92, 97.5)))
+    for ax, key, label, zoom in panels:
         for j, r in enumerate(rows):
             ax.scatter(r[key], 100 * r["test_accuracy"], s=36, color=f"C{j}",
                        label=f"{r['how']}: {100 * r['test_accuracy']:.2f}%")
+        if key == "weights_bytes":
+            ax.scatter(paper_bytes, PAPER[0], marker="*", s=140, color="k",
+                       label=f"paper, heterogeneous QAT: {PAPER[0]}% at {PAPER[1]}x")
+        if zoom:
+            ax.set_xlim(zoom[0], zoom[1])
+            ax.set_ylim(zoom[2], zoom[3])
+            ax.axvline(paper_bytes, color="k", lw=0.6, ls=":")
+            ax.axhline(PAPER[0], color="k", lw=0.6, ls=":")
+        else:
+            ax.set_ylim(30, 100)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-    paper_bytes = rows[0]["fp32_weights_bytes"] / PAPER[1]
-    axes[1].scatter(paper_bytes, PAPER[0], marker="*", s=140, color="k", label=f"paper, heterogeneous QAT: {PAPER[0]}% at {PAPER[1]}x")
     axes[1].legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("integer test accuracy (%)")
-    axes[0].set_ylim(30, 100)
     fig.suptitle("paper-small on sMNIST: shipped quantized models (integer simulator, 10,000 test sequences)")
     fig.tight_layout()
     a.out.parent.mkdir(parents=True, exist_ok=True)
