@@ -7,6 +7,7 @@ quantized models ``qspec`` (the datapath description, see :mod:`intssm.qspec`).
 
 from __future__ import annotations
 
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -28,8 +29,15 @@ def save(path, model: S4DModel, **extra) -> None:
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
     }
     ck.update(extra)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ck, path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # written beside the target, then renamed over it: a reader (or a crash) never sees half a file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(ck, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_raw(path) -> dict:

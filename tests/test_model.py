@@ -358,3 +358,23 @@ def test_min_decay_holds_at_init_and_after_training(restore_torch_globals):
     d = gap(model)
     assert d.min() >= g * (1 - 1e-6)
     assert (d < g * 1.001).any()  # some modes sit on the bound
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    """A save that fails halfway leaves the previous checkpoint intact and no temporary file."""
+    path = tmp_path / "m.pt"
+    m = S4DModel(PRESETS["tiny"], seed=0)
+    checkpoint.save(path, m)
+    before = path.read_bytes()
+
+    def half_write(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(path, S4DModel(PRESETS["tiny"], seed=1))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    monkeypatch.undo()
+    checkpoint.load(path)  # still a valid checkpoint
