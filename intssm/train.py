@@ -39,13 +39,14 @@ def set_determinism(seed: int, threads: int = 0):
 
 @torch.no_grad()
 def evaluate(model: S4DModel, x: np.ndarray, y: np.ndarray, mode: str = "conv", batch: int = 500, progress=None):
-    """(accuracy, mean loss) of ``model`` on float inputs ``x`` (n L d) and labels ``y``."""
+    """(accuracy, mean loss) of ``model`` on float inputs ``x`` (n L d) and labels ``y``, at the
+    model's precision (float64 for a QAT checkpoint's weights)."""
     model.eval()
-    dev = next(model.parameters()).device
+    p0 = next(model.parameters())
     correct, loss_sum = 0, 0.0
     for i in range(0, len(y), batch):
-        u = torch.from_numpy(x[i : i + batch]).to(dev)
-        t = torch.from_numpy(y[i : i + batch]).to(dev)
+        u = torch.from_numpy(x[i : i + batch]).to(p0.device, p0.dtype)
+        t = torch.from_numpy(y[i : i + batch]).to(p0.device)
         logits = model(u, mode=mode)
         loss_sum += F.cross_entropy(logits, t, reduction="sum").item()
         correct += (logits.argmax(-1) == t).sum().item()

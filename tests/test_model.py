@@ -378,3 +378,16 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
     monkeypatch.undo()
     checkpoint.load(path)  # still a valid checkpoint
+
+
+def test_float64_checkpoint_loads_and_evaluates_at_float64(tmp_path):
+    """QAT checkpoints hold float64 weights: they load at float64, bit for bit, and `evaluate`
+    feeds them float64 inputs (a float32 batch against float64 weights would raise)."""
+    m = S4DModel(PRESETS["tiny"], seed=0).double()
+    checkpoint.save(tmp_path / "d.pt", m)
+    loaded, _ = checkpoint.load(tmp_path / "d.pt")
+    assert all(torch.equal(a, b) and a.dtype == torch.float64 for a, b in zip(m.state_dict().values(), loaded.state_dict().values()))
+    ds = data.load("smnist", "test", 8)
+    acc64, _ = evaluate(loaded, ds.as_float(), ds.y)
+    acc32, _ = evaluate(loaded.float(), ds.as_float(), ds.y)
+    assert acc64 == acc32
