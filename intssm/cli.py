@@ -166,15 +166,13 @@ def eval_(
 @app.command()
 def configs(as_json: JsonOpt = False):
     """List the quantization config presets."""
-    from .qspec import ACTIVATIONS, PRESETS, WEIGHTS
+    from .qspec import ACTIVATIONS, PRESETS, SCALARS, WEIGHTS
 
     rows = {}
     for name, q in PRESETS.items():
         rows[name] = {n: f"{getattr(q, n).bits}{'s' if getattr(q, n).symmetric else 'a'}{'/ch' if getattr(q, n).per_channel else ''}"
                          + ("" if getattr(q, n).range == "minmax" else f"@{getattr(q, n).range}") for n in WEIGHTS + ACTIVATIONS}
-        rows[name]["state_clip"] = q.state_clip
-        rows[name]["stable_abar"] = q.stable_abar
-        rows[name]["bias_bits"] = q.bias_bits
+        rows[name].update({k: getattr(q, k) for k in SCALARS})
     lines = [f"{name:14s} " + " ".join(f"{k}={v}" for k, v in r.items()) for name, r in rows.items()]
     _emit({"configs": rows}, as_json, "bits, s = symmetric / a = asymmetric, /ch = per channel, @policy = range policy other than min/max\n" + "\n".join(lines))
 

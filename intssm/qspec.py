@@ -124,7 +124,7 @@ class QuantConfig:
             raise IntssmError(f"quant config: unknown component(s) {sorted(unknown)}")
         kw = {}
         for k, v in d.items():
-            if k in ("state_clip", "stable_abar", "bias_bits"):
+            if k in SCALARS:
                 kw[k] = v
                 continue
             if isinstance(v, int) and not isinstance(v, bool):
@@ -142,6 +142,10 @@ class QuantConfig:
 
     def policies(self) -> set[str]:
         return {getattr(self, n).range for n in WEIGHTS + ACTIVATIONS}
+
+
+# the config's plain settings (state_clip, stable_abar, bias_bits, ...): every field that is not a QFormat
+SCALARS = tuple(f.name for f in fields(QuantConfig) if f.name not in WEIGHTS + ACTIVATIONS)
 
 
 def parse_range(r: str):

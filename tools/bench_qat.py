@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -49,8 +50,6 @@ def main():
     from intssm.qat import configure
     from intssm.qmodel import ptq
     from intssm.qspec import PRESETS as QP
-
-    from dataclasses import replace
 
     mcfg = replace(PRESETS[a.preset], **({"d_model": a.d_model} if a.d_model else {}),
                    **({"n_layers": a.n_layers} if a.n_layers else {}))
