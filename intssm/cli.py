@@ -228,13 +228,14 @@ def qat_(
     distill: Annotated[float, typer.Option(help="Knowledge-distillation weight alpha in [0, 1]: loss = (1 - alpha) CE + alpha T^2 KL to a float teacher (0 = off).")] = 0.0,
     distill_temp: Annotated[float, typer.Option(help="Distillation temperature T.")] = 2.0,
     teacher: Annotated[Optional[Path], typer.Option(help="Float checkpoint to distill from (default: the float weights QAT starts from).")] = None,
+    ema: Annotated[float, typer.Option(help="Also score an exponential moving average of the weights with this decay each epoch, e.g. 0.999 (0 = off); the better of live and averaged is kept.")] = 0.0,
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
     import torch
 
     from . import checkpoint, data
-    from .qat import PARAMS, restore
+    from .qat import PARAMS, kept, restore
     from .qat import train as run_qat
     from .qmodel import from_checkpoint, ptq, qspec_entry, requantize
     from .qspec import get_config, ranges_from_json
@@ -248,6 +249,8 @@ def qat_(
         raise IntssmError(f"--distill must be in [0, 1] and --distill-temp > 0, got {distill} and {distill_temp}")
     if teacher is not None and distill == 0:
         raise IntssmError("--teacher needs --distill > 0")
+    if not 0 <= ema < 1:
+        raise IntssmError(f"--ema must be in [0, 1) (0 = off), got {ema}")
     _small_torch_ops()
     teacher_model = None
     if teacher is not None:
@@ -273,18 +276,21 @@ def qat_(
         best, history = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
                                 on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
                                 on_epoch=lambda r: err.print(json.dumps(r)), max_minutes=max_minutes,
-                                distill=distill, temp=distill_temp, teacher=teacher_model)
+                                distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema)
     restore(qm, best)
     extra = {k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict", "qspec")}
     extra["qspec"] = qspec_entry(qm, ranges)
     extra["qat"] = {"param": param, "epochs": epochs, "batch_size": batch_size, "lr": lr, "history": history,
                     "config": how}
+    if ema > 0:
+        extra["qat"]["ema"] = ema
     if distill > 0:
         extra["qat"]["distill"] = {"alpha": distill, "temp": distill_temp, "teacher": str(teacher) if teacher else "start"}
     checkpoint.save(out, qm.model, **extra)  # float64, as trained: float32 could flip a code at a rounding tie
-    best_rec = max(history, key=lambda r: r["val_int_acc"])
-    _emit({"out": str(out), "history": history, "best_val_int_acc": best_rec["val_int_acc"]}, as_json,
-          f"saved {out} (best integer validation accuracy {best_rec['val_int_acc']:.4f} at epoch {best_rec['epoch']})")
+    best_acc, best_ep, kind = kept(history)
+    which = " (averaged weights)" if kind == "val_int_acc_ema" else ""
+    _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json,
+          f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
 
 
 @app.command()

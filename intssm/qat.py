@@ -12,6 +12,7 @@ Model selection uses the integer simulator's accuracy on validation sequences.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -80,11 +81,49 @@ def qat_step(qm: QuantS4D, opt, params: list, P: np.ndarray, y: np.ndarray, teac
     return loss.item()
 
 
+class WeightEMA:
+    """Exponential moving average of parameters: a <- d a + (1 - d) w after each :meth:`update`."""
+
+    def __init__(self, params: list, decay: float):
+        self.params, self.decay = list(params), decay
+        self.avg = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for a, p in zip(self.avg, self.params):
+            a.lerp_(p.detach(), 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The averaged weights in place of the live ones inside the ``with`` block."""
+        live = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for a, p in zip(self.avg, self.params):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for w, p in zip(live, self.params):
+                    p.copy_(w)
+
+
 def restore(qm: QuantS4D, best) -> None:
     """Load a snapshot returned by :func:`train` into ``qm``."""
     qm.model.load_state_dict(best[0])
     if best[1] is not None:
         qm.discrete.load_state_dict(best[1])
+
+
+def kept(history: list) -> tuple[float, int, str]:
+    """(accuracy, epoch, key) of the snapshot :func:`train` keeps: the first strictly best score, an
+    epoch's live weights (``val_int_acc``) scored before its averaged ones (``val_int_acc_ema``)."""
+    best = (history[0]["val_int_acc"], 0, "val_int_acc")
+    for r in history[1:]:
+        for k in ("val_int_acc", "val_int_acc_ema"):
+            if k in r and r[k] > best[0]:
+                best = (r[k], r["epoch"], k)
+    return best
 
 
 def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray) -> float:
@@ -94,7 +133,7 @@ def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray) -> float:
 
 def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3,
           limit: int | None = None, val_limit: int | None = None, seed: int = 0, on_step=None, on_epoch=None,
-          max_minutes: float = 0.0, distill: float = 0.0, temp: float = 2.0, teacher=None):
+          max_minutes: float = 0.0, distill: float = 0.0, temp: float = 2.0, teacher=None, ema: float = 0.0):
     """QAT in place; returns (best snapshot (model state, discrete state), history).
 
     After each epoch the integer simulator scores the first ``val_limit`` validation sequences
@@ -104,9 +143,17 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     ``max_minutes`` > 0 ends training at the first step past the budget (the partial epoch is then
     validated like a full one). ``distill`` > 0 adds knowledge distillation (:func:`qat_step`)
     from ``teacher``, by default a frozen copy of the float model QAT starts from.
+
+    ``ema`` = d in (0, 1) also keeps an exponential moving average of the trained float weights,
+    w_ema <- d w_ema + (1 - d) w after every step (:class:`WeightEMA`); each epoch the integer
+    simulator scores the averaged weights too (``val_int_acc_ema``), and either may be kept.
+    Averaging damps the weights that oscillate across a rounding threshold under straight-through
+    gradients (Nagel et al., 2022, "Overcoming Oscillations in Quantization-Aware Training").
     """
     if not 0 <= distill <= 1 or temp <= 0:
         raise IntssmError(f"distillation weight must be in [0, 1] and temperature > 0, got {distill} and {temp}")
+    if not 0 <= ema < 1:
+        raise IntssmError(f"EMA decay must be in [0, 1) (0 = off), got {ema}")
     if distill > 0 and teacher is None:
         teacher = copy.deepcopy(qm.model).float()
     if teacher is not None:
@@ -124,6 +171,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     snap = lambda: (copy.deepcopy(qm.model.state_dict()), copy.deepcopy(qm.discrete.state_dict()) if qm.discrete is not None else None)  # noqa: E731
     best_acc = int_accuracy(qm, va.x, va.y)
     best = snap()
+    avg = WeightEMA(params, ema) if ema > 0 else None
     history = [{"epoch": 0, "val_int_acc": best_acc}]
     if on_epoch:
         on_epoch(history[0])
@@ -137,6 +185,8 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
             for g in opt.param_groups:
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
             loss = qat_step(qm, opt, params, tr.x[idx], tr.y[idx], teacher, distill, temp)
+            if avg is not None:
+                avg.update()
             step += 1
             run_loss += loss * len(idx)
             seen += len(idx)
@@ -149,11 +199,16 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
         rec = {"epoch": ep + 1, "train_loss": run_loss / seen, "val_int_acc": acc, "seconds": time.time() - t0}
         if out_of_time:
             rec["stopped"] = f"time budget of {max_minutes} min, after {seen} sequences of this epoch"
+        if acc > best_acc:
+            best_acc, best = acc, snap()
+        if avg is not None:
+            with avg.swapped_in():
+                rec["val_int_acc_ema"] = acc_ema = int_accuracy(qm, va.x, va.y)
+                if acc_ema > best_acc:
+                    best_acc, best = acc_ema, snap()
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
-        if acc > best_acc:
-            best_acc, best = acc, snap()
         if out_of_time:
             break
     return best, history

@@ -369,3 +369,22 @@ def test_qat_distillation_from_a_float_teacher(work, tmp_path):
     assert_clean_error(intssm("qat", work["float"], "--teacher", work["float"], "-o", bad), "--teacher needs")
     assert_clean_error(intssm("qat", work["float"], "--distill", "0.5", "--teacher", work["quant"], "-o", bad), "float checkpoint")
     assert not bad.exists()
+
+
+def test_qat_ema_weight_averaging(work, tmp_path):
+    """`qat --ema D` scores the averaged weights each epoch, records the decay, and the kept model
+    simulates bit-exactly; a decay outside [0, 1) is a one-line error."""
+    from intssm import checkpoint
+
+    out = tmp_path / "ema.pt"
+    r = ok_json(intssm("qat", work["float"], "--ema", "0.9", "--epochs", "1", "--limit", "16", "--val-limit", "8",
+                       "-o", out, "--json"))
+    assert "val_int_acc_ema" in r["history"][1]
+    assert r["best_val_int_acc"] == max(r["history"][0]["val_int_acc"], r["history"][1]["val_int_acc"],
+                                        r["history"][1]["val_int_acc_ema"])
+    assert checkpoint.load_raw(out)["qat"]["ema"] == 0.9
+    s = ok_json(intssm("simulate", out, "--split", "val", "--limit", "8", "--verify", "all", "--json"))
+    assert s["n_verified"] == s["bit_exact"] == 8 and s["accuracy"] == r["best_val_int_acc"]
+    bad = tmp_path / "bad.pt"
+    assert_clean_error(intssm("qat", work["float"], "--ema", "1", "-o", bad), "--ema")
+    assert not bad.exists()

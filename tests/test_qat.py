@@ -181,3 +181,34 @@ def test_stable_abar_moves_every_mode_inside_the_unit_circle():
         lt, _ = stable(torch.from_numpy(x.x))
     ls, _, _ = simulate(integer_model(stable), x.x, True, len(stable.dp.counters))
     assert (lt.numpy().astype(np.int64) == ls).all()
+
+
+def test_weight_ema_averages_and_swaps_back():
+    """WeightEMA follows a <- d a + (1 - d) w; inside swapped_in() the model holds the average and
+    afterwards exactly its live weights again."""
+    from intssm.qat import WeightEMA
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    avg = WeightEMA([w], 0.75)
+    with torch.no_grad():
+        w.copy_(torch.tensor([5.0, 2.0], dtype=torch.float64))
+    avg.update()  # 0.75 * [1, -2] + 0.25 * [5, 2] = [2, -1]
+    with avg.swapped_in():
+        assert w.tolist() == [2.0, -1.0]
+    assert w.tolist() == [5.0, 2.0]
+
+
+def test_ema_qat_scores_both_and_keeps_the_reported_snapshot():
+    """With ema > 0 every epoch is scored with live and averaged weights; the snapshot train()
+    returns is the one kept() reports, and restoring it reproduces that validation accuracy."""
+    from intssm.qat import int_accuracy, kept, restore, train
+
+    qm, _ = _qm(seed=2)
+    best, hist = train(qm, "smnist", "discrete", epochs=2, batch_size=8, limit=48, val_limit=64, lr=3e-3, ema=0.9)
+    assert all("val_int_acc_ema" in r for r in hist[1:])
+    acc, ep, key = kept(hist)
+    restore(qm, best)
+    va = data.load("smnist", "val", 64)
+    assert int_accuracy(qm, va.x, va.y) == acc
+    with pytest.raises(IntssmError):
+        train(qm, "smnist", "frozen", limit=8, val_limit=8, ema=1.0)
