@@ -19,7 +19,7 @@ import math
 from collections import Counter
 
 from .model import ModelConfig
-from .qspec import QuantConfig
+from .qspec import QuantConfig, site_term_bounds
 
 MULT_BITS = 16  # stored width of a requantization multiplier (values < 2**15, unsigned)
 SHIFT_BITS = 8  # stored width of a shift (0..46)
@@ -109,23 +109,11 @@ def site_acc_bits(cfg: ModelConfig, q: QuantConfig, L: int) -> dict:
 
     ``pre``: the integer summed before rescaling (a dot product, or one product for the sites
     that rescale each term); ``post``: after the 15-bit multiplier (M <= 2**15 - 1), where terms
-    are combined, rounded and offset. The same bounds :func:`intssm.qspec.build_datapath` proves.
+    are combined, rounded and offset. The operand bounds are :func:`intssm.qspec.site_term_bounds`,
+    the ones :func:`intssm.qspec.build_datapath` proves.
     """
-    H, N2, d = cfg.d_model, cfg.d_state // 2, cfg.d_input
-    cb = lambda f: f.centered_bound  # noqa: E731
     Mx = 2**15 - 1
-    bias = q.bias_bound
-    Lp = L if cfg.pool == "mean" else 1
-    terms = {
-        "enc": [d * cb(q.enc_w) * 255 + bias],
-        "x_re": [cb(q.A_re) * cb(q.x_re), cb(q.A_im) * cb(q.x_im), cb(q.B) * cb(q.h)],
-        "x_im": [cb(q.A_re) * cb(q.x_im), cb(q.A_im) * cb(q.x_re), cb(q.B) * cb(q.h)],
-        "y": [N2 * cb(q.C) * cb(q.x_re), N2 * cb(q.C) * cb(q.x_im), cb(q.D) * cb(q.h)],
-        "glu": [H * cb(q.mix_w) * cb(q.act) + bias],
-        "h": [cb(q.h), cb(q.glu) * cb(q.sig)],
-        "pool": [Lp * cb(q.h)],
-        "logits": [H * cb(q.dec_w) * cb(q.pool) + bias],
-    }
+    terms = {k: [t[0] + b] + t[1:] for k, (t, b) in site_term_bounds(cfg, q, L).items()}  # bias rides term 0's M
     w = lambda v: acc_class(int(v).bit_length() + 1)  # noqa: E731
     return {k: (w(max(t)), w(sum(t) * Mx)) for k, t in terms.items()}
 

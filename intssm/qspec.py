@@ -366,6 +366,29 @@ def calibrated_range_keys(cfg: ModelConfig) -> list[str]:
     return keys + ["pool", "dec_w", "logits"]
 
 
+def site_term_bounds(cfg: ModelConfig, qcfg: QuantConfig, seq_len: int) -> dict:
+    """Worst-case |integer| of each term a requantization site sums, and of the bias it adds,
+    keyed by site kind: ``{kind: ([bound_t, ...], bias_bound)}``. A term is one product of centred
+    codes (q - z), or a dot product of them; |q - z| <= ``centered_bound`` of its format. Both
+    :func:`build_datapath` (which proves the accumulators exact) and the cost model read this."""
+    cb = lambda comp: getattr(qcfg, comp).centered_bound  # noqa: E731
+    H, N2, bias = cfg.d_model, cfg.d_state // 2, qcfg.bias_bound
+    L = seq_len if cfg.pool == "mean" else 1
+    return {
+        "enc": ([cfg.d_input * cb("enc_w") * 255], bias),
+        # x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u
+        "x_re": ([cb("A_re") * cb("x_re"), cb("A_im") * cb("x_im"), cb("B") * cb("h")], 0),
+        "x_im": ([cb("A_re") * cb("x_im"), cb("A_im") * cb("x_re"), cb("B") * cb("h")], 0),
+        # y = 2 (sum Cre x_re - sum Cim x_im) + D u
+        "y": ([N2 * cb("C") * cb("x_re"), N2 * cb("C") * cb("x_im"), cb("D") * cb("h")], 0),
+        "glu": ([H * cb("mix_w") * cb("act")], bias),
+        # h_out = h_in + glu_a * sigmoid(glu_b)
+        "h": ([cb("h"), cb("glu") * cb("sig")], 0),
+        "pool": ([L * cb("h")], 0),
+        "logits": ([H * cb("dec_w") * cb("pool")], bias),
+    }
+
+
 def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: int) -> Datapath:
     """Scales, zero points, multipliers, shifts and LUTs from calibrated ``ranges[key] = (lo, hi)``.
 
@@ -378,7 +401,7 @@ def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: i
     if missing:
         raise IntssmError(f"quantization ranges missing for {missing[:4]}")
     dp = Datapath(cfg, qcfg, seq_len)
-    H, N2, nl = cfg.d_model, cfg.d_state // 2, cfg.n_layers
+    nl = cfg.n_layers
 
     def q(key, comp, floor):
         lo, hi = ranges[key]
@@ -386,7 +409,10 @@ def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: i
         dp.tq[key] = t
         return t
 
-    def site(name, ratios, terms_bound, out: TensorQ, bias_bound: int = 0):
+    T = site_term_bounds(cfg, qcfg, seq_len)
+
+    def site(name, ratios, out: TensorQ):
+        terms_bound, bias_bound = T[name.split(".")[-1]]
         r = np.stack([np.broadcast_to(np.asarray(x, np.float64), (len(out.scale),)) for x in ratios])
         M, S = quantize_multiplier(r, name)
         # largest |accumulator| = sum_t bound_t * M_t (+ bias * M_0) + rounding constant
@@ -403,12 +429,9 @@ def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: i
         dp.sites[name] = (M, S)
         dp.bounds[name] = bound
 
-    cb = lambda comp: getattr(qcfg, comp).centered_bound  # noqa: E731
-    bias = qcfg.bias_bound
-
     encw = q("enc_w", "enc_w", W_FLOOR)
     h_in = q("h0", "h", ACT_FLOOR)
-    site("enc", [encw.scale * INPUT_SCALE / h_in.scale[0]], [cfg.d_input * cb("enc_w") * 255], h_in, bias)
+    site("enc", [encw.scale * INPUT_SCALE / h_in.scale[0]], h_in)
     for i in range(nl):
         p = f"l{i}."
         Are, Aim = q(p + "A_re", "A_re", W_FLOOR), q(p + "A_im", "A_im", W_FLOOR)
@@ -425,26 +448,20 @@ def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: i
         sq = TensorQ(qcfg.sig, np.array([1.0 / (2**qcfg.sig.bits - 1)]), np.zeros(1, np.int64))
         dp.tq[p + "sig"] = sq
         h_out = q(p + "h", "h", ACT_FLOOR)
-        # x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u
-        site(p + "x_re", [Are.scale, Aim.scale * xim.scale / xre.scale, Bq.scale * h_in.scale[0] / xre.scale],
-             [cb("A_re") * cb("x_re"), cb("A_im") * cb("x_im"), cb("B") * cb("h")], xre)
-        site(p + "x_im", [Are.scale, Aim.scale * xre.scale / xim.scale, Bq.scale * h_in.scale[0] / xim.scale],
-             [cb("A_re") * cb("x_im"), cb("A_im") * cb("x_re"), cb("B") * cb("h")], xim)
-        # y = 2 (sum Cre x_re - sum Cim x_im) + D u
-        site(p + "y", [2 * Cq.scale * xre.scale / yq.scale[0], 2 * Cq.scale * xim.scale / yq.scale[0], Dq.scale * h_in.scale[0] / yq.scale[0]],
-             [N2 * cb("C") * cb("x_re"), N2 * cb("C") * cb("x_im"), cb("D") * cb("h")], yq)
+        # the terms' ratios in the order of site_term_bounds
+        site(p + "x_re", [Are.scale, Aim.scale * xim.scale / xre.scale, Bq.scale * h_in.scale[0] / xre.scale], xre)
+        site(p + "x_im", [Are.scale, Aim.scale * xre.scale / xim.scale, Bq.scale * h_in.scale[0] / xim.scale], xim)
+        site(p + "y", [2 * Cq.scale * xre.scale / yq.scale[0], 2 * Cq.scale * xim.scale / yq.scale[0], Dq.scale * h_in.scale[0] / yq.scale[0]], yq)
         dp.luts[p + "gelu"] = build_lut(gelu, yq, aq)
-        site(p + "glu", [mixw.scale * aq.scale[0] / gq.scale[0]], [H * cb("mix_w") * cb("act")], gq, bias)
+        site(p + "glu", [mixw.scale * aq.scale[0] / gq.scale[0]], gq)
         dp.luts[p + "sig"] = build_lut(sigmoid, gq, sq)
-        # h_out = h_in + glu_a * sigmoid(glu_b)
-        site(p + "h", [h_in.scale[0] / h_out.scale[0], gq.scale[0] * sq.scale[0] / h_out.scale[0]],
-             [cb("h"), cb("glu") * cb("sig")], h_out)
+        site(p + "h", [h_in.scale[0] / h_out.scale[0], gq.scale[0] * sq.scale[0] / h_out.scale[0]], h_out)
         h_in = h_out
     pq = q("pool", "pool", ACT_FLOOR)
     L = seq_len if cfg.pool == "mean" else 1
-    site("pool", [h_in.scale[0] / (L * pq.scale[0])], [L * cb("h")], pq)
+    site("pool", [h_in.scale[0] / (L * pq.scale[0])], pq)
     decw, lq = q("dec_w", "dec_w", W_FLOOR), q("logits", "logits", ACT_FLOOR)
-    site("logits", [decw.scale * pq.scale[0] / lq.scale[0]], [H * cb("dec_w") * cb("pool")], lq, bias)
+    site("logits", [decw.scale * pq.scale[0] / lq.scale[0]], lq)
     return dp
 
 
