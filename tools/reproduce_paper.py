@@ -1,7 +1,7 @@
 """Post-training-quantization study of arXiv 2506.12480 on real sMNIST, with intssm's integer simulator.
 
     python tools/reproduce_paper.py [--models d16=data/checkpoints/paper-small-fp32.pt,...] [--out runs/study]
-                                    [--limit N] [--workers 2] [--parts a,b,c,d]
+                                    [--limit N] [--workers 2] [--parts a,b,c,d,e]
                                     [--executor local|ray] [--ray-address ADDR]
 
 Every accuracy is the integer simulator's on the sMNIST test set (``--limit`` for a quick run).
@@ -15,8 +15,10 @@ Parts (the paper's numbering):
      with the PTQ accuracy of the same configuration before QAT; ``--qat-epochs``,
      ``--qat-limit`` (training sequences per epoch) and ``--qat-minutes`` (per-run budget) size it
   d  heterogeneous configurations: accuracy vs memory (intssm.cost.memory), with the Pareto front
+  e  part c's question asked of Abar alone: the three parameterisations at Abar bits 5, 6, 7, 8, 10
+     with the state x at 12 bits per head (so its rounding is not the bottleneck), to qat.csv
 ``--models`` names several float checkpoints: parts a and b run on each (model name prefixed to
-the run name unless it is d16); c and d run on the first.
+the run name unless it is d16); c, d and e run on the first.
 Runs are independent; each writes one CSV row (resumable: rows already in the CSV are skipped),
 runs are submitted through :mod:`intssm.executor` (local processes, or ``--executor ray``), and
 PNG plots are drawn from the CSVs.
@@ -67,6 +69,13 @@ def _configs(parts):
                             dec_w=QFormat(8, per_channel=True))
             for param in ("continuous", "frozen", "discrete"):
                 runs.append(("c", f"{param} Ax{b}", q))
+    if "e" in parts:  # the paper's claim is about Abar's precision: keep the state wide enough not to be the bottleneck
+        for b in (5, 6, 7, 8, 10):
+            ph = lambda bb: QFormat(bb, per_channel=True)  # noqa: E731
+            q = QuantConfig(A_re=ph(b), A_im=ph(b), x_re=ph(12), x_im=ph(12), B=ph(8), C=ph(8), D=ph(8),
+                            dec_w=QFormat(8, per_channel=True))
+            for param in ("continuous", "frozen", "discrete"):
+                runs.append(("e", f"{param} A{b}", q))
     if "d" in parts:
         for wb in (3, 4, 5, 6, 8):
             for ab in (4, 6, 8):
@@ -94,7 +103,7 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
     from intssm.qspec import QuantConfig
     from intssm.sim import simulate
 
-    param, bits = name.split()[0], int(name.split("Ax")[1])
+    param, bits = name.split()[0], int(re.search(r"(\d+)$", name).group(1))
     q = QuantConfig.from_dict(qcfg_dict)
     model, _ = checkpoint.load(ckpt)
     cal = data.load("smnist", "train", calib)
@@ -184,15 +193,18 @@ def plots(out: Path, rows, qrows=()):
             lab = f"d_model 16, seed {m[1:]}" if m.startswith("s") else f"d_model {m[1:]}" + (", seed 0" if m == "d16" else "")
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-" if m.startswith("d") else ":", label=lab)
         _finish(fig, ax, out / "ptq_width.png", "bits of Abar and x (rest 16)", "PTQ vs model width (d_model)")
-    c = [r for r in qrows if r.get("accuracy", "") != ""]
-    if c:
+    for part, png, xlab in (("c", "qat_bits.png", "bits of Abar and x (rest 8)"),
+                            ("e", "qat_abar_bits.png", "bits of Abar (state x 12, rest 8)")):
+        c = [r for r in qrows if r.get("accuracy", "") != "" and r["part"] == part]
+        if not c:
+            continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for param in ("continuous", "frozen", "discrete"):
             pts = sorted((int(r["bits"]), float(r["accuracy"])) for r in c if r["param"] == param)
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=f"QAT {param}")
         pts = sorted({(int(r["bits"]), float(r["ptq_accuracy"])) for r in c if r["ptq_accuracy"][:1].isdigit()})
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "k--", label="PTQ")
-        _finish(fig, ax, out / "qat_bits.png", "bits of Abar and x (rest 8)", "QAT parameterisations of Abar")
+        _finish(fig, ax, out / png, xlab, "QAT parameterisations of Abar")
     d = [r for r in rows if r["part"] in ("b", "d") and r["accuracy"] != "" and ":" not in r["name"]]  # the first model only
     if d:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -211,7 +223,7 @@ def plots(out: Path, rows, qrows=()):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="d16=" + str(ROOT / "data/checkpoints/paper-small-fp32.pt"),
-                    help="comma-separated name=checkpoint; parts a and b run on each, c and d on the first")
+                    help="comma-separated name=checkpoint; parts a and b run on each, c, d and e on the first")
     ap.add_argument("--out", default=str(ROOT / "runs/study"))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--calib", type=int, default=256)
@@ -239,7 +251,7 @@ def main():
             for mname, path in models.items():
                 nm = n if mname == "d16" else f"{mname}:{n}"
                 jobs["ptq.csv"].append((_run_one, FIELDS, dict(ckpt=path, part=p, name=nm, qcfg_dict=q.to_dict(), limit=a.limit, calib=a.calib)))
-        elif p == "c":
+        elif p in ("c", "e"):
             jobs["qat.csv"].append((_run_qat, QAT_FIELDS, dict(ckpt=first, part=p, name=n, qcfg_dict=q.to_dict(), limit=a.limit,
                                                                calib=a.calib, epochs=a.qat_epochs, qat_limit=a.qat_limit, minutes=a.qat_minutes)))
         else:
