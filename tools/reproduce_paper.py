@@ -89,8 +89,9 @@ def _configs(parts):
     return runs
 
 
-def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minutes, val_limit=1000):
-    """One part-c run: PTQ, QAT (param from the run name), integer test accuracy of the best model."""
+def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minutes, val_limit=1000, seed=0):
+    """One part-c/e run: PTQ, QAT (param from the run name; ``seed`` orders the training data),
+    integer test accuracy of the best model."""
     import time
 
     import torch
@@ -103,7 +104,7 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
     from intssm.qspec import QuantConfig
     from intssm.sim import simulate
 
-    param, bits = name.split()[0], int(re.search(r"(\d+)$", name).group(1))
+    param, bits = name.split()[0], int(re.search(r" Ax?(\d+)", name).group(1))
     q = QuantConfig.from_dict(qcfg_dict)
     model, _ = checkpoint.load(ckpt)
     cal = data.load("smnist", "train", calib)
@@ -122,7 +123,7 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
         return row | {"accuracy": "", "ptq_accuracy": f"refused: {e}"}
     row["ptq_accuracy"] = test_acc(qm)
     t0 = time.time()
-    best, hist = train(qm, "smnist", param, epochs, 64, 1e-3, qat_limit, val_limit, 0, max_minutes=minutes)
+    best, hist = train(qm, "smnist", param, epochs, 64, 1e-3, qat_limit, val_limit, seed, max_minutes=minutes)
     restore(qm, best)
     return row | {"accuracy": test_acc(qm), "best_val_int_acc": max(h["val_int_acc"] for h in hist),
                   "epochs_run": len(hist) - 1, "train_sequences": qat_limit or 50000, "seconds": round(time.time() - t0, 1)}
@@ -177,6 +178,7 @@ def plots(out: Path, rows, qrows=()):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     a = [r for r in rows if r["part"] == "a" and r["accuracy"] != ""]
     if a:
@@ -200,8 +202,15 @@ def plots(out: Path, rows, qrows=()):
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for param in ("continuous", "frozen", "discrete"):
-            pts = sorted((int(r["bits"]), float(r["accuracy"])) for r in c if r["param"] == param)
-            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=f"QAT {param}")
+            by_bits = {}
+            for r in c:
+                if r["param"] == param:
+                    by_bits.setdefault(int(r["bits"]), []).append(100 * float(r["accuracy"]))
+            if not by_bits:
+                continue
+            xs = sorted(by_bits)
+            ax.errorbar(xs, [np.mean(by_bits[b]) for b in xs], yerr=[np.std(by_bits[b]) for b in xs], fmt="o-",
+                        capsize=3, label=f"QAT {param}" + (" (mean, sd over seeds)" if max(map(len, by_bits.values())) > 1 else ""))
         pts = sorted({(int(r["bits"]), float(r["ptq_accuracy"])) for r in c if r["ptq_accuracy"][:1].isdigit()})
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "k--", label="PTQ")
         _finish(fig, ax, out / png, xlab, "QAT parameterisations of Abar")
@@ -235,6 +244,7 @@ def main():
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat-limit", type=int, default=None, help="training sequences per QAT epoch (default all)")
     ap.add_argument("--qat-minutes", type=float, default=0.0, help="per-run QAT time budget (0 = none)")
+    ap.add_argument("--qat-seeds", type=int, default=1, help="QAT seeds (data order) per part c/e configuration: 0..N-1")
     a = ap.parse_args()
     from rich.progress import Progress
 
@@ -252,8 +262,10 @@ def main():
                 nm = n if mname == "d16" else f"{mname}:{n}"
                 jobs["ptq.csv"].append((_run_one, FIELDS, dict(ckpt=path, part=p, name=nm, qcfg_dict=q.to_dict(), limit=a.limit, calib=a.calib)))
         elif p in ("c", "e"):
-            jobs["qat.csv"].append((_run_qat, QAT_FIELDS, dict(ckpt=first, part=p, name=n, qcfg_dict=q.to_dict(), limit=a.limit,
-                                                               calib=a.calib, epochs=a.qat_epochs, qat_limit=a.qat_limit, minutes=a.qat_minutes)))
+            for sd in range(a.qat_seeds):
+                jobs["qat.csv"].append((_run_qat, QAT_FIELDS, dict(
+                    ckpt=first, part=p, name=n + (f" seed{sd}" if sd else ""), qcfg_dict=q.to_dict(), limit=a.limit,
+                    calib=a.calib, epochs=a.qat_epochs, qat_limit=a.qat_limit, minutes=a.qat_minutes, seed=sd)))
         else:
             jobs["ptq.csv"].append((_run_one, FIELDS, dict(ckpt=first, part=p, name=n, qcfg_dict=q.to_dict(), limit=a.limit, calib=a.calib)))
     if a.only:
