@@ -17,6 +17,7 @@ sequence frac(k phi + lane sqrt 2) per mode (no generator state to store, only t
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def main():
                 print(f"{b:>6}  {r[0]:>18.3f} {r[1]:>27.3f} {r[2]:>34.3f}", flush=True)
 
 
+@functools.lru_cache(maxsize=4)
 def lfsr_dither(n: int, seed: int = 1):
     """n dither offsets in [0, 1): the top 16 bits of a 32-bit Galois LFSR (feedback mask
     0x80200003, maximal length 2**32 - 1), stepped once per value, over 2**16. What a hardware
