@@ -41,7 +41,7 @@ _CTYPES = (
 _QR_NAMES = ("H", "XRE", "XIM", "Y", "ACT", "GLU", "SIG", "POOL", "LOGITS")
 
 #: Every table the C model holds: all kernel arguments except ``qrange`` (compile-time constants).
-TABLES = tuple(k for k in ARG_ORDER if k != "qrange")
+TABLES = tuple(k for k in ARG_ORDER if k not in ("qrange", "x_dither"))  # those two become #defines
 
 
 def ctype_for(lo: int, hi: int) -> tuple[str, int]:
@@ -102,7 +102,7 @@ def _check(arrays: dict, manifest_like: dict) -> tuple[dict, dict]:
         "gelu_lut": (nl, span(3)), "sig_lut": (nl, span(5)),
         "mix_w": (nl, 2 * H, H), "mix_w_z": (nl, 2 * H), "mix_b": (nl, 2 * H), "glu_M": (nl, 2 * H), "glu_S": (nl, 2 * H),
         "pool_M": (H,), "pool_S": (H,), "pool_z": (1,), "dec_w": (C, H), "dec_w_z": (C,), "dec_b": (C,),
-        "logits_M": (C,), "logits_S": (C,), "logits_z": (1,), "qrange": (9, 2),
+        "logits_M": (C,), "logits_S": (C,), "logits_z": (1,), "qrange": (9, 2), "x_dither": (1,),
     }
     for k, shp in want.items():
         if a[k].shape != shp:
@@ -110,6 +110,10 @@ def _check(arrays: dict, manifest_like: dict) -> tuple[dict, dict]:
     for k in ("enc_S", "x_re_S", "x_im_S", "y_S", "glu_S", "h_S", "pool_S", "logits_S"):
         if a[k].min() < 0 or a[k].max() > 62:
             raise IntssmError(f"C export: shift {k} outside [0, 62]")
+    if a["x_dither"][0] not in (0, 1):
+        raise IntssmError(f"C export: x_dither must be 0 or 1, got {int(a['x_dither'][0])}")
+    if a["x_dither"][0] and max(a["x_re_S"].max(), a["x_im_S"].max()) > 32:
+        raise IntssmError("C export: the dithered state rounding needs state shifts <= 32")
     for k in ("x_re_z", "x_im_z"):  # the state starts at its zero point, which must be a code
         row = 1 if k == "x_re_z" else 2
         if a[k].min() < qr[row, 0] or a[k].max() > qr[row, 1]:
@@ -175,6 +179,7 @@ def _header(dims: dict, xre_t: str, xim_t: str, counters: list) -> str:
 #define INTSSM_SEQ_LEN {d['SEQ_LEN']}      /* length the model was quantized for (mean pooling divides by it) */
 
 typedef struct {{
+    uint32_t phase;  /* k * 0x9E3779B9 mod 2^32 at step k: the step phase of the dithered state rounding */
     {xre_t} x_re[INTSSM_LAYERS][INTSSM_H][INTSSM_N2];  /* state codes, real parts */
     {xim_t} x_im[INTSSM_LAYERS][INTSSM_H][INTSSM_N2];  /* state codes, imaginary parts */
     int64_t pool_acc[INTSSM_H];  /* sum over time (mean) or last value (last) of the centred output */
@@ -211,6 +216,25 @@ static int64_t rounding_rshift(int64_t v, int s)
     return v >= 0 ? (v >> s) : -((-v - 1) >> s) - 1;
 }
 
+/* floor((v + d) / 2^s) for an offset d in [0, 2^s): the state's rounding (d = 2^(s-1) is
+ * rounding_rshift), exactly intssm.fixedpoint.offset_rshift; negative values floored as above. */
+static int64_t offset_rshift(int64_t v, int64_t d, int s)
+{
+    v += d;
+    return v >= 0 ? (v >> s) : -((-v - 1) >> s) - 1;
+}
+
+/* The dither offset of lane j at step phase ph, for shifts s in [0, 32]:
+ * ((ph + j * 0x6A09E667) mod 2^32) >> (32 - s), exactly intssm.fixedpoint.weyl_offset (uint32_t
+ * arithmetic wraps mod 2^32; s = 0 is kept apart because a 32-bit shift of a uint32_t is undefined). */
+#if INTSSM_DITHER
+static int64_t weyl_offset(uint32_t ph, uint32_t j, int s)
+{
+    const uint32_t w = ph + j * UINT32_C(0x6A09E667);
+    return s == 0 ? 0 : (int64_t)(w >> (32 - s));
+}
+#endif
+
 /* Clamp to [lo, hi]; every clamp increments *cnt. */
 static int64_t saturate(int64_t v, int64_t lo, int64_t hi, int64_t *cnt)
 {
@@ -236,6 +260,7 @@ void intssm_reset(intssm_state *s)
             }
     memset(s->pool_acc, 0, sizeof s->pool_acc);
     memset(s->counters, 0, sizeof s->counters);
+    s->phase = 0;
 }
 
 void intssm_step(intssm_state *s, const uint8_t *p)
@@ -269,8 +294,15 @@ void intssm_step(intssm_state *s, const uint8_t *p)
                     + (((int64_t)B_re[i][hh][n] - bz) * u) * x_re_M[i][2][hh];
                 const int64_t acc_i = (ar * xi) * x_im_M[i][0][hh] + (ai * xr) * x_im_M[i][1][hh]
                     + (((int64_t)B_im[i][hh][n] - bz) * u) * x_im_M[i][2][hh];
-                const int64_t nr = saturate(rounding_rshift(acc_r, sr) + zr, QMIN_XRE, QMAX_XRE, &cnt[base]);
-                const int64_t ni = saturate(rounding_rshift(acc_i, si) + zi, QMIN_XIM, QMAX_XIM, &cnt[base + 1]);
+#if INTSSM_DITHER  /* lanes j = ((2 i + part) H + hh) N2 + n */
+                const int64_t dr = weyl_offset(s->phase, (uint32_t)(((2 * i) * INTSSM_H + hh) * INTSSM_N2 + n), sr);
+                const int64_t di = weyl_offset(s->phase, (uint32_t)(((2 * i + 1) * INTSSM_H + hh) * INTSSM_N2 + n), si);
+#else  /* half up */
+                const int64_t dr = sr ? (int64_t)1 << (sr - 1) : 0;
+                const int64_t di = si ? (int64_t)1 << (si - 1) : 0;
+#endif
+                const int64_t nr = saturate(offset_rshift(acc_r, dr, sr) + zr, QMIN_XRE, QMAX_XRE, &cnt[base]);
+                const int64_t ni = saturate(offset_rshift(acc_i, di, si) + zi, QMIN_XIM, QMAX_XIM, &cnt[base + 1]);
                 s->x_re[i][hh][n] = (XRE_T)nr;
                 s->x_im[i][hh][n] = (XIM_T)ni;
                 ty1 += (nr - zr) * ((int64_t)C_re[i][hh][n] - cz);
@@ -302,6 +334,7 @@ void intssm_step(intssm_state *s, const uint8_t *p)
         s->pool_acc[hh] = h[hh] - h_z[INTSSM_LAYERS];
 #endif
     }
+    s->phase += UINT32_C(0x9E3779B9);  /* the next step's phase, mod 2^32 */
 }
 
 void intssm_logits(const intssm_state *s, int32_t *logits_out, int64_t *counters)
@@ -375,6 +408,8 @@ def _source(a: dict, xre_t: str, xim_t: str) -> str:
     for j, n in enumerate(_QR_NAMES):
         out.append(f"#define QMIN_{n} ({_lit(int(qr[j, 0]))})\n#define QMAX_{n} ({_lit(int(qr[j, 1]))})")
     out.append(f"\ntypedef {xre_t} XRE_T;\ntypedef {xim_t} XIM_T;\n")
+    out.append(f"/* 1: the state update rounds with the Weyl dither (docs/datapath.md, step 2); 0: half up */\n"
+               f"#define INTSSM_DITHER {int(a['x_dither'][0])}\n")
     out.append("""/* Keep every table in the object even where the compiler folds all of its reads, so that the
  * flash footprint is exactly the table sizes above (plus padding). */
 #if defined(__GNUC__)
@@ -455,7 +490,7 @@ def c_storage(arrays: dict, n_counters: int) -> dict:
     nl, H, N2 = arrays["A_re"].shape
     xre_b = ctype_for(int(qr[1, 0]), int(qr[1, 1]))[1]
     xim_b = ctype_for(int(qr[2, 0]), int(qr[2, 1]))[1]
-    states = nl * H * N2 * xre_b
+    states = 4 + nl * H * N2 * xre_b  # the uint32_t step phase first: x_re needs no padding after it
     states += -states % xim_b  # x_im aligned to its type
     states += nl * H * N2 * xim_b
     states += -states % 8  # int64 members follow

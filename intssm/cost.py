@@ -73,6 +73,8 @@ def memory(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784) -> dict:
     # RAM
     add("state x_re", "state", nl * H * N2, q.x_re.bits)
     add("state x_im", "state", nl * H * N2, q.x_im.bits)
+    if q.state_rounding == "dither":
+        add("dither step phase", "state", 1, 32)  # k WEYL_STEP mod 2**32 (fixedpoint.weyl_offset)
     add("buf h", "buffer", H, q.h.bits)
     add("buf y/act", "buffer", H, max(q.y.bits, q.act.bits))
     add("buf glu", "buffer", 2 * H, q.glu.bits)
@@ -196,6 +198,9 @@ def step_parts(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> dict:
         o.mul(opw(q.B), opw(q.h), H * N2)
         o.requant(A["x_re"], 3, q.x_re, H * N2)
         o.requant(A["x_im"], 3, q.x_im, H * N2)
+        if q.state_rounding == "dither":  # each lane's 32-bit Weyl phase (one add) and its top S bits
+            o.add(32, 2 * H * N2)
+            o.shift(2 * H * N2)
         # output: centred new state, two dot products over modes, D u, requant, GELU table
         o.center(q.x_re, H * N2)
         o.center(q.x_im, H * N2)
@@ -220,6 +225,8 @@ def step_parts(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> dict:
     o.center(q.h, H)
     if cfg.pool == "mean":
         o.add(A["pool"][0], H)
+    if q.state_rounding == "dither":
+        parts["dither phase"] = OpCounter({"add 32": 1})  # k WEYL_STEP mod 2**32, once per step
     return parts
 
 

@@ -51,7 +51,7 @@ def expected_shapes(cfg: ModelConfig, qcfg: QuantConfig) -> dict:
         "gelu_lut": (nl, 2**qcfg.y.bits), "sig_lut": (nl, 2**qcfg.glu.bits),
         "mix_w": (nl, 2 * H, H), "mix_w_z": (nl, 2 * H), "mix_b": (nl, 2 * H), "glu_M": (nl, 2 * H), "glu_S": (nl, 2 * H),
         "pool_M": (H,), "pool_S": (H,), "pool_z": (1,), "dec_w": (C, H), "dec_w_z": (C,), "dec_b": (C,),
-        "logits_M": (C,), "logits_S": (C,), "logits_z": (1,), "qrange": (9, 2),
+        "logits_M": (C,), "logits_S": (C,), "logits_z": (1,), "qrange": (9, 2), "x_dither": (1,),
     }
 
 
@@ -118,6 +118,8 @@ def load(path) -> tuple[dict, dict]:
     cfg = ModelConfig.from_dict(man["model_config"])
     qcfg = QuantConfig.from_dict({k: v for k, v in man["quant_config"].items()})
     shapes = expected_shapes(cfg, qcfg)
+    if "x_dither" not in raw and qcfg.state_rounding == "nearest":  # written before the dithered rounding
+        raw["x_dither"] = np.zeros(1, np.int64)
     missing = sorted(set(shapes) - set(raw))
     if missing:
         raise IntssmError(f"{p}: missing arrays {missing[:5]}")
@@ -156,6 +158,10 @@ def _check_ranges(p, a: dict, q: QuantConfig):
     for k, fmt in (("gelu_lut", q.act), ("sig_lut", q.sig)):
         if a[k].min() < fmt.qmin or a[k].max() > fmt.qmax:
             raise IntssmError(f"{p}: lookup table {k} has entries outside its code range")
+    if a["x_dither"][0] != int(q.state_rounding == "dither"):
+        raise IntssmError(f"{p}: x_dither {int(a['x_dither'][0])} disagrees with state_rounding {q.state_rounding!r}")
+    if q.state_rounding == "dither" and max(a["x_re_S"].max(), a["x_im_S"].max()) > 32:
+        raise IntssmError(f"{p}: the dithered state rounding needs state shifts <= 32")
     want = np.array([[getattr(q, n).qmin, getattr(q, n).qmax] for n in ("h", "x_re", "x_im", "y", "act", "glu", "sig", "pool", "logits")])
     if not np.array_equal(a["qrange"], want):
         raise IntssmError(f"{p}: code ranges disagree with the quant config")

@@ -63,6 +63,33 @@ def rounding_rshift(v, s):
     return (v + ((np.int64(1) << s) >> 1)) >> s  # (1 << s) >> 1 is 2**(s-1), or 0 for s = 0: no branch
 
 
+#: The dithered state rounding (``state_rounding = "dither"``, docs/datapath.md, step 2) adds, in
+#: place of 2**(S-1), an offset read off a two-dimensional Weyl sequence: the 32-bit phase
+#: w = (k WEYL_STEP + j WEYL_LANE) mod 2**32 of step k (from 0) and lane j (one per state part:
+#: j = ((layer 2 + part) H + h) N/2 + n, part 0 for Re, 1 for Im), i.e. frac(k / phi + j sqrt 2).
+#: No generator state: a 32-bit step phase (k WEYL_STEP mod 2**32, one add per step) is all a device keeps.
+WEYL_STEP = 0x9E3779B9  # round(2**32 / golden ratio)
+WEYL_LANE = 0x6A09E667  # floor(2**32 frac(sqrt 2))
+WEYL_MASK = 0xFFFFFFFF
+
+
+@njit(cache=True, inline="always")
+def weyl_offset(phase, j, s):
+    """Dither offset of lane ``j`` at step phase ``phase`` (= k WEYL_STEP mod 2**32), shift ``s``:
+    ((phase + j WEYL_LANE) mod 2**32) >> (32 - s), uniform-like in [0, 2**s); 0 for s = 0.
+    Valid for 0 <= s <= 32 and 0 <= j < 2**31; exact in int64 (every operand < 2**63)."""
+    return ((phase + j * np.int64(WEYL_LANE)) & np.int64(WEYL_MASK)) >> (np.int64(32) - s)
+
+
+@njit(cache=True, inline="always")
+def offset_rshift(v, d, s):
+    """floor((v + d) / 2**s): the state's rounding shift with offset ``d`` in [0, 2**s).
+
+    d = 2**(s-1) is :func:`rounding_rshift` (half up); d from :func:`weyl_offset` is dithered
+    rounding (round up with probability frac(v / 2**s), over the sequence). Never saturates."""
+    return (v + d) >> s
+
+
 @njit(cache=True, inline="always")
 def saturate(v, lo, hi):
     """min(max(v, lo), hi): clamp to the code range [lo, hi]. Returns (value, 1 if clamped else 0)."""
@@ -142,6 +169,24 @@ def rounding_rshift_t(v: torch.Tensor, s: torch.Tensor, ste: bool = False) -> to
     inv = torch.exp2(-s)
     half = torch.where(s > 0, torch.exp2(s - 1), torch.zeros_like(s))
     r = torch.floor((v + half) * inv)
+    if ste:
+        lin = v * inv
+        return lin + (r - lin).detach()
+    return r
+
+
+def weyl_offset_t(phase: int, j: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Twin of :func:`weyl_offset` on float64 tensors: lanes ``j`` (integers), shifts ``s``.
+    ``(phase + j WEYL_LANE mod 2**32) mod 2**32`` is below 2**33, exact in float64; scaling by
+    2**(s-32) and ``floor`` is the shift."""
+    w = torch.remainder(phase + torch.remainder(j * WEYL_LANE, 2.0**32), 2.0**32)
+    return torch.floor(w * torch.exp2(s - 32))
+
+
+def offset_rshift_t(v: torch.Tensor, d: torch.Tensor, s: torch.Tensor, ste: bool = False) -> torch.Tensor:
+    """Twin of :func:`offset_rshift`; with ``ste`` the gradient is that of ``v * 2**-s``."""
+    inv = torch.exp2(-s)
+    r = torch.floor((v + d) * inv)
     if ste:
         lin = v * inv
         return lin + (r - lin).detach()

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import IntssmError
-from .fixedpoint import clamp_t, round_half_up_t, rounding_rshift_t, rshift_clamp_t
+from .fixedpoint import (WEYL_MASK, WEYL_STEP, clamp_t, offset_rshift_t, round_half_up_t, rounding_rshift_t,
+                         rshift_clamp_t, weyl_offset_t)
 from .model import S4DModel
 from .pointwise import layer_tail, lut_surrogate, tail_constants
 from .qspec import (INPUT_SCALE, Datapath, QuantConfig, apply_range_policies, build_datapath,
@@ -288,12 +289,17 @@ class QuantS4D(torch.nn.Module):
         KI = (A_re * Mi[0][:, None], A_im * Mi[1][:, None], B_im * Mi[2][:, None])
         lor, hir = qr["x_re"][0] - zr, qr["x_re"][1] - zr  # clip range of the centred state
         loi, hii = qr["x_im"][0] - zi, qr["x_im"][1] - zi
+        dither = self.dp.qcfg.state_rounding == "dither"
         if self.fused_scan and ste:
             from .scan import fused_scan
 
             t = lambda v: v.detach().numpy().reshape(-1)  # noqa: E731
             return fused_scan(u, torch.stack(KR), torch.stack(KI), C_re, C_im, t(Sr), t(Si),
-                              t(lor), t(hir), t(loi), t(hii))
+                              t(lor), t(hir), t(loi), t(hii), i if dither else -1)
+        if dither:  # lanes j = ((2 i + part) H + h) N/2 + n of fixedpoint.weyl_offset
+            N2 = A_re.shape[-1]
+            jr = torch.arange(H * N2, dtype=T64).view(H, N2) + (2 * i) * H * N2
+            ji = jr + H * N2
         xr = torch.zeros(Bsz, H, A_re.shape[-1], dtype=T64)
         xi = torch.zeros_like(xr)
         t1, t2 = [], []
@@ -301,8 +307,13 @@ class QuantS4D(torch.nn.Module):
         nsat_i = torch.zeros((), dtype=torch.int64)
         for k in range(L):
             uk = u[:, k, :, None]  # (B H 1)
-            vr = rounding_rshift_t(KR[0] * xr - KR[1] * xi + KR[2] * uk, Sr, ste)
-            vi = rounding_rshift_t(KI[0] * xi + KI[1] * xr + KI[2] * uk, Si, ste)
+            if dither:
+                phase = (k * WEYL_STEP) & WEYL_MASK
+                vr = offset_rshift_t(KR[0] * xr - KR[1] * xi + KR[2] * uk, weyl_offset_t(phase, jr, Sr), Sr, ste)
+                vi = offset_rshift_t(KI[0] * xi + KI[1] * xr + KI[2] * uk, weyl_offset_t(phase, ji, Si), Si, ste)
+            else:
+                vr = rounding_rshift_t(KR[0] * xr - KR[1] * xi + KR[2] * uk, Sr, ste)
+                vi = rounding_rshift_t(KI[0] * xi + KI[1] * xr + KI[2] * uk, Si, ste)
             if not ste:
                 nsat_r += ((vr < lor) | (vr > hir)).sum()
                 nsat_i += ((vi < loi) | (vi > hii)).sum()
@@ -371,6 +382,7 @@ def datapath_arrays(dp: Datapath) -> dict:
         "logits_M": S["logits"][0][0], "logits_S": S["logits"][1], "logits_z": tq["logits"].zero[:1],
     }
     q = dp.qcfg
+    a["x_dither"] = np.array([int(q.state_rounding == "dither")])  # 1: state rounded with fixedpoint.weyl_offset
     a["qrange"] = np.array([[getattr(q, n).qmin, getattr(q, n).qmax] for n in QRANGE_ORDER])
     return {k: np.ascontiguousarray(np.asarray(v, dtype=np.int64)) for k, v in a.items()}
 

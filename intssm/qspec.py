@@ -78,6 +78,10 @@ class QuantConfig:
     # Abar codes chosen so that every mode's quantized |Abar| < 1: rounding can put a slow mode on or
     # outside the unit circle, where its state grows until the clip holds it (QuantS4D.stable_abar)
     stable_abar: bool = False
+    # how the state update's shift rounds (docs/datapath.md, step 2): "nearest" adds 2**(S-1) (half
+    # up); "dither" adds a Weyl-sequence offset in [0, 2**S) that changes with the step and the mode
+    # (fixedpoint.weyl_offset), so a slow mode's small increments are not all rounded away
+    state_rounding: str = "nearest"
     # stored width of every bias (enc_b, mix_b, dec_b): signed codes at the scale of the accumulator
     # they are added to, saturated to [-2**(b-1), 2**(b-1) - 1] when quantized
     bias_bits: int = BIAS_BITS
@@ -107,6 +111,9 @@ class QuantConfig:
             raise IntssmError(f"quant config: state_clip must be in (0, 16], got {self.state_clip!r}")
         if not isinstance(self.stable_abar, bool):
             raise IntssmError(f"quant config: stable_abar must be true or false, got {self.stable_abar!r}")
+        if self.state_rounding not in STATE_ROUNDINGS:
+            raise IntssmError(f"quant config: state_rounding must be one of {list(STATE_ROUNDINGS)}, "
+                              f"got {self.state_rounding!r}")
         if not isinstance(self.bias_bits, int) or isinstance(self.bias_bits, bool) or not 2 <= self.bias_bits <= 32:
             raise IntssmError(f"quant config: bias_bits must be an integer in 2..32, got {self.bias_bits!r}")
         return self
@@ -143,6 +150,9 @@ class QuantConfig:
     def policies(self) -> set[str]:
         return {getattr(self, n).range for n in WEIGHTS + ACTIVATIONS}
 
+
+#: state_rounding values: round half up, or add a Weyl-sequence dither (fixedpoint.weyl_offset)
+STATE_ROUNDINGS = ("nearest", "dither")
 
 # the config's plain settings (state_clip, stable_abar, bias_bits, ...): every field that is not a QFormat
 SCALARS = tuple(f.name for f in fields(QuantConfig) if f.name not in WEIGHTS + ACTIVATIONS)
@@ -415,11 +425,15 @@ def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: i
         terms_bound, bias_bound = T[name.split(".")[-1]]
         r = np.stack([np.broadcast_to(np.asarray(x, np.float64), (len(out.scale),)) for x in ratios])
         M, S = quantize_multiplier(r, name)
-        # largest |accumulator| = sum_t bound_t * M_t (+ bias * M_0) + rounding constant
+        # largest |accumulator| = sum_t bound_t * M_t (+ bias * M_0) + largest rounding offset:
+        # 2**(S-1), or 2**S - 1 where the state is rounded with a dither
+        dither = qcfg.state_rounding == "dither" and name.split(".")[-1] in ("x_re", "x_im")
+        if dither and S.max() > 32:
+            raise IntssmError(f"datapath site {name}: the dithered state rounding needs shifts <= 32, got {int(S.max())}")
         bound = 0
         for c in range(M.shape[1]):
             acc = sum(int(b) * int(M[t, c]) for t, b in enumerate(terms_bound)) + bias_bound * int(M[0, c])
-            acc += (1 << int(S[c] - 1)) if S[c] > 0 else 0
+            acc += ((1 << int(S[c])) - 1) if dither else (1 << int(S[c] - 1)) if S[c] > 0 else 0
             bound = max(bound, acc)
         if bound >= EXACT_LIMIT:
             raise IntssmError(

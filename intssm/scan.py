@@ -2,10 +2,13 @@
 
 Forward, per layer, channel h, mode n, step k (centred codes, docs/datapath.md step 2)::
 
-    vr_k = rounding_rshift(KR0 xr_{k-1} - KR1 xi_{k-1} + KR2 u_k, Sr)     KR = (Are' M0, Aim' M1, Bre' M2)
-    vi_k = rounding_rshift(KI0 xi_{k-1} + KI1 xr_{k-1} + KI2 u_k, Si)     KI = (Are' M0', Aim' M1', Bim' M2')
+    vr_k = (KR0 xr_{k-1} - KR1 xi_{k-1} + KR2 u_k + dr) >> Sr     KR = (Are' M0, Aim' M1, Bre' M2)
+    vi_k = (KI0 xi_{k-1} + KI1 xr_{k-1} + KI2 u_k + di) >> Si     KI = (Are' M0', Aim' M1', Bim' M2')
     xr_k = clamp(vr_k, lor, hir),  xi_k = clamp(vi_k, loi, hii)           the per-step state clip
     t1_k = sum_n Cre' xr_k,  t2_k = sum_n Cim' xi_k
+
+with rounding offsets d = 2**(S-1) (half up), or the dithered rounding's Weyl offsets
+(:func:`intssm.fixedpoint.weyl_offset`, which change with k and n).
 
 The forward computes exactly the integers of :meth:`intssm.qmodel.QuantS4D._scan` (int64
 inside; inputs and outputs are float64 tensors holding integers below 2**53). The backward is the
@@ -23,12 +26,12 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .fixedpoint import cast_like, wadd, wmul, wsub
-from .sim import mode_loop_fits_int32, state_update
+from .fixedpoint import WEYL_MASK, WEYL_STEP, cast_like, wadd, weyl_offset, wmul, wsub
+from .sim import max_offsets, mode_loop_fits_int32, state_update
 
 
 @njit(cache=True, parallel=True)
-def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2, vr_all, vi_all, nsat):
+def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2, vr_all, vi_all, nsat, jr0, ji0, dither):
     """u (B L H) integers (in float64); K* (3 H N2); C* (H N2); S*, lo*, hi* (H). Writes t1, t2 (B L H), each
     step's state before the clip, saturated to [smin, smax], the range of the store's type (H B L N2:
     each channel's thread streams through its own block), and per-channel clip counts nsat (2, H).
@@ -39,7 +42,8 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2,
     both from the one stored value.
 
     The rounding shift is ``(acc + 2**(S-1)) >> S`` (``rounding_rshift``: half up; the constant
-    is 0 for S = 0). The mode loop is branch-free (min/max, counted comparisons) and touches only
+    is 0 for S = 0), or with ``dither`` ``(acc + weyl_offset(k WEYL_STEP, j, S)) >> S`` for the
+    lanes j = jr0[h] + n (Re) and ji0[h] + n (Im). The mode loop is branch-free (min/max, counted comparisons) and touches only
     small per-channel buffers; a second loop copies the values out. Both vectorise (storing
     into the large arrays inside the mode loop made it about 5x slower).
     """
@@ -50,8 +54,10 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2,
         ki0, ki1, ki2 = KI[0, h], KI[1, h], KI[2, h]
         cr, ci = Cr[h], Ci[h]
         sr, si = cast_like(Sr[h], KR), cast_like(Si[h], KR)
-        rr = cast_like((np.int64(1) << Sr[h]) >> 1, KR)  # 2**(S-1), 0 for S = 0
-        ri = cast_like((np.int64(1) << Si[h]) >> 1, KR)
+        offr = np.empty(N2, KR.dtype)  # rounding offsets: 2**(S-1) (0 for S = 0), or the dither's
+        offi = np.empty(N2, KR.dtype)
+        offr[:] = cast_like((np.int64(1) << Sr[h]) >> 1, KR)
+        offi[:] = cast_like((np.int64(1) << Si[h]) >> 1, KR)
         lr, hr = cast_like(lor[h], KR), cast_like(hir[h], KR)
         li, hi = cast_like(loi[h], KR), cast_like(hii[h], KR)
         s_lo, s_hi = cast_like(smin, KR), cast_like(smax, KR)
@@ -65,7 +71,13 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2,
         for b in range(B):
             xr[:] = 0
             xi[:] = 0
+            phase = np.int64(0)
             for k in range(L):
+                if dither:
+                    for n in range(N2):
+                        offr[n] = cast_like(weyl_offset(phase, jr0[h] + n, Sr[h]), KR)
+                        offi[n] = cast_like(weyl_offset(phase, ji0[h] + n, Si[h]), KR)
+                    phase = (phase + WEYL_STEP) & WEYL_MASK
                 uk = cast_like(np.int64(u[b, k, h]), KR)
                 s1 = cast_like(0, KR)
                 s2 = cast_like(0, KR)
@@ -74,7 +86,7 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2,
                 for n in range(N2):
                     r0 = xr[n]
                     i0 = xi[n]
-                    vr, vi = state_update(kr0[n], kr1[n], kr2[n], ki0[n], ki1[n], ki2[n], r0, i0, uk, rr, ri, sr, si)
+                    vr, vi = state_update(kr0[n], kr1[n], kr2[n], ki0[n], ki1[n], ki2[n], r0, i0, uk, offr[n], offi[n], sr, si)
                     c1 = wadd(c1, wsub(one, cast_like((vr >= lr) & (vr <= hr), KR)))
                     c2 = wadd(c2, wsub(one, cast_like((vi >= li) & (vi <= hi), KR)))
                     pr[n] = cast_like(min(max(vr, s_lo), s_hi), pr)
@@ -204,10 +216,10 @@ class _Buffers:
 _BUFFERS = _Buffers()
 
 
-def _fits_int32(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii) -> bool:
+def _fits_int32(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither) -> bool:
     """:func:`intssm.sim.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
     K = np.concatenate([KR, KI]).transpose(1, 0, 2)  # (H 6 N2)
-    clip = np.stack([lor, hir, loi, hii, (1 << Sr) >> 1, (1 << Si) >> 1, Sr, Si], -1)  # (H 8)
+    clip = np.stack([lor, hir, loi, hii, *max_offsets(Sr, Si, dither), Sr, Si], -1)  # (H 8)
     return mode_loop_fits_int32(K, np.stack([Cr, Ci], 1), clip, int(np.abs(u).max()) if u.size else 0)
 
 
@@ -220,7 +232,7 @@ class QuantScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, KR, KI, Cr, Ci, consts):
-        Sr, Si, lor, hir, loi, hii, nsat = consts
+        Sr, Si, lor, hir, loi, hii, nsat, jr0, ji0, dither = consts
         B, L, H = u.shape
         N2 = KR.shape[-1]
         ui = np.ascontiguousarray(u.detach().numpy(), dtype=np.float64)  # integers: read exactly by the kernels
@@ -231,10 +243,10 @@ class QuantScan(torch.autograd.Function):
         vr = _BUFFERS.take(shape, st)
         vi = _BUFFERS.take(shape, st)
         Kf, Cf = (KRi, KIi), (Cri, Cii)
-        if _fits_int32(ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii):  # 8 int32 lanes, same integers
+        if _fits_int32(ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, dither):  # 8 int32 lanes, same integers
             Kf, Cf = (KRi.astype(np.int32), KIi.astype(np.int32)), (Cri.astype(np.int32), Cii.astype(np.int32))
         lim = np.iinfo(st)
-        _scan_fwd(ui, *Kf, *Cf, Sr, Si, lor, hir, loi, hii, lim.min, lim.max, t1, t2, vr, vi, nsat)
+        _scan_fwd(ui, *Kf, *Cf, Sr, Si, lor, hir, loi, hii, lim.min, lim.max, t1, t2, vr, vi, nsat, jr0, ji0, dither)
         ctx.saved = (ui, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, vr, vi)
         return torch.from_numpy(t1), torch.from_numpy(t2)
 
@@ -255,11 +267,15 @@ class QuantScan(torch.autograd.Function):
         return t(gu), t(gKR), t(gKI), t(gCr), t(gCi), None
 
 
-def fused_scan(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii):
-    """(t1, t2, clips of x_re, clips of x_im) for u' (B L H); K* (3 H N2) tensors; S*, lo*, hi* (H)."""
-    H = u.shape[-1]
+def fused_scan(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither_layer: int = -1):
+    """(t1, t2, clips of x_re, clips of x_im) for u' (B L H); K* (3 H N2) tensors; S*, lo*, hi* (H).
+    ``dither_layer`` >= 0: the state is rounded with the dither of that layer's lanes (else half up)."""
+    H, N2 = u.shape[-1], KR.shape[-1]
     as64 = lambda a: np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=np.int64).reshape(-1), (H,)))  # noqa: E731
     nsat = np.zeros((2, H), np.int64)
-    consts = tuple(as64(a) for a in (Sr, Si, lor, hir, loi, hii)) + (nsat,)
+    i = max(dither_layer, 0)
+    jr0 = ((2 * i) * H + np.arange(H, dtype=np.int64)) * N2  # lanes ((2 i + part) H + h) N/2 + n
+    ji0 = ((2 * i + 1) * H + np.arange(H, dtype=np.int64)) * N2
+    consts = tuple(as64(a) for a in (Sr, Si, lor, hir, loi, hii)) + (nsat, jr0, ji0, dither_layer >= 0)
     t1, t2 = QuantScan.apply(u, KR, KI, Cr, Ci, consts)
     return t1, t2, int(nsat[0].sum()), int(nsat[1].sum())

@@ -19,7 +19,8 @@ from numba import config, njit, prange
 config.THREADING_LAYER = "workqueue"
 
 from .errors import IntssmError
-from .fixedpoint import cast_like, requantize, rounding_rshift, saturate, wadd, washr, wmul, wsub
+from .fixedpoint import (WEYL_MASK, WEYL_STEP, cast_like, offset_rshift, requantize, rounding_rshift, saturate, wadd,
+                         washr, wmul, wsub, weyl_offset)
 
 # qrange rows (see intssm.qmodel.QRANGE_ORDER)
 _H, _XRE, _XIM, _Y, _ACT, _GLU, _SIG, _POOL, _LOG = range(9)
@@ -30,7 +31,7 @@ def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
              A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
              x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
              gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-             pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+             pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
              out_logits, cnt, trace_re, trace_im, do_trace):
     """One sequence ``P[b]`` through the datapath; writes ``out_logits[b]`` and ``cnt[b]``."""
     L, d_in = P.shape[1], P.shape[2]
@@ -48,6 +49,8 @@ def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
     g = np.empty(2 * H, np.int64)
     pool_acc = np.zeros(H, np.int64)
     hlo, hhi = qrange[_H, 0], qrange[_H, 1]
+    dither = x_dither[0] != 0
+    phase = np.int64(0)  # k WEYL_STEP mod 2**32: the dithered rounding's step phase
     for k in range(L):
         # encoder: h0 = requant(sum_j (W - z) p_j + b)
         for hh in range(H):
@@ -74,8 +77,15 @@ def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                         + ((B_re[i, hh, n] - B_z[i, hh]) * u) * x_re_M[i, 2, hh]
                     acc_i = (ar * xi) * x_im_M[i, 0, hh] + (ai * xr) * x_im_M[i, 1, hh] \
                         + ((B_im[i, hh, n] - B_z[i, hh]) * u) * x_im_M[i, 2, hh]
-                    nr, c1 = saturate(rounding_rshift(acc_r, x_re_S[i, hh]) + zr, qrange[_XRE, 0], qrange[_XRE, 1])
-                    ni, c2 = saturate(rounding_rshift(acc_i, x_im_S[i, hh]) + zi, qrange[_XIM, 0], qrange[_XIM, 1])
+                    sr, si = x_re_S[i, hh], x_im_S[i, hh]
+                    if dither:  # lanes j = ((2 i + part) H + hh) N/2 + n
+                        dr = weyl_offset(phase, ((2 * i) * H + hh) * N2 + n, sr)
+                        di = weyl_offset(phase, ((2 * i + 1) * H + hh) * N2 + n, si)
+                    else:  # half up: 2**(S-1), 0 for S = 0
+                        dr = (np.int64(1) << sr) >> 1
+                        di = (np.int64(1) << si) >> 1
+                    nr, c1 = saturate(offset_rshift(acc_r, dr, sr) + zr, qrange[_XRE, 0], qrange[_XRE, 1])
+                    ni, c2 = saturate(offset_rshift(acc_i, di, si) + zi, qrange[_XIM, 0], qrange[_XIM, 1])
                     cnt[b, base] += c1
                     cnt[b, base + 1] += c2
                     xre[i, hh, n] = nr
@@ -110,6 +120,7 @@ def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                 pool_acc[hh] += h[hh] - h_z[nl]
             else:
                 pool_acc[hh] = h[hh] - h_z[nl]
+        phase = (phase + WEYL_STEP) & WEYL_MASK
     ci = 1 + 5 * nl
     pooled = np.empty(H, np.int64)
     for hh in range(H):
@@ -130,7 +141,7 @@ def _run_batch(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
                x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
                gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-               pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+               pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
                out_logits, cnt):
     dummy = np.zeros((1, 1, 1, 1), np.int64)
     for b in prange(P.shape[0]):
@@ -138,7 +149,7 @@ def _run_batch(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                  A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
                  x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
                  gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-                 pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+                 pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
                  out_logits, cnt, dummy, dummy, False)
 
 
@@ -147,13 +158,13 @@ def _run_traced(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                 A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
                 x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
                 gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-                pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+                pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
                 out_logits, cnt, trace_re, trace_im):
     _run_one(P, 0, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
              A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
              x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
              gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-             pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+             pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
              out_logits, cnt, trace_re, trace_im, True)
 
 
@@ -188,7 +199,8 @@ def _fold_constants(A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z
 def state_update(k0, k1, k2, k3, k4, k5, xr, xi, u, rr, ri, sr, si):
     """Step 2 of docs/datapath.md on centred codes, before the clip, at the operands' width:
     (rshift(K0 xr - K1 xi + K2 u + rr, Sr), rshift(K3 xi + K4 xr + K5 u + ri, Si)) with K the
-    folded constants of :func:`_fold_constants` and rr = 2**(Sr-1) (0 for Sr = 0). Shared by the
+    folded constants of :func:`_fold_constants` and rr, ri the rounding offsets (2**(S-1), 0 for
+    S = 0; or the dither's :func:`~intssm.fixedpoint.weyl_offset`). Shared by the
     fast simulator kernel and the fused QAT scan (:mod:`intssm.scan`)."""
     vr = washr(wadd(wadd(wsub(wmul(k0, xr), wmul(k1, xi)), wmul(k2, u)), rr), sr)
     vi = washr(wadd(wadd(wadd(wmul(k3, xi), wmul(k4, xr)), wmul(k5, u)), ri), si)
@@ -230,7 +242,7 @@ def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
 def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sat, K, Cc, clip, mwc, D, D_z,
                     x_re_z, x_im_z, x_re_S, x_im_S, y_M, y_S, y_z,
                     gelu_lut, act_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-                    pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, mean_pool,
+                    pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
                     out_logits, cnt):
     """The datapath of :func:`_run_one`, reorganised for speed; bit-exact with it (tests).
 
@@ -244,6 +256,7 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
     hlo, hhi = qrange[_H, 0], qrange[_H, 1]
     ylo, yhi = qrange[_Y, 0], qrange[_Y, 1]
     glo, ghi = qrange[_GLU, 0], qrange[_GLU, 1]
+    dither = x_dither[0] != 0
     for b in prange(Bsz):
         xr = np.zeros_like(K[:, :, 0, :])  # centred state, at the mode loop's width
         xi = np.zeros_like(K[:, :, 0, :])
@@ -252,7 +265,26 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
         g = np.empty(2 * H, np.int64)
         pool_acc = np.zeros(H, np.int64)
         c_loc = np.zeros(cnt.shape[1], np.int64)
+        # rounding offsets of the state update, at the mode loop's width: 2**(S-1) (half up), or
+        # refreshed every step from the Weyl sequence (dithered rounding)
+        offr = np.empty_like(K[:, :, 0, :])
+        offi = np.empty_like(K[:, :, 0, :])
+        for i in range(nl):
+            for hh in range(H):
+                offr[i, hh, :] = cast_like((np.int64(1) << x_re_S[i, hh]) >> 1, K)
+                offi[i, hh, :] = cast_like((np.int64(1) << x_im_S[i, hh]) >> 1, K)
+        phase = np.int64(0)
         for k in range(L):
+            if dither:
+                for i in range(nl):
+                    for hh in range(H):
+                        jr = ((2 * i) * H + hh) * N2
+                        ji = ((2 * i + 1) * H + hh) * N2
+                        s_r, s_i = x_re_S[i, hh], x_im_S[i, hh]
+                        for n in range(N2):
+                            offr[i, hh, n] = cast_like(weyl_offset(phase, jr + n, s_r), K)
+                            offi[i, hh, n] = cast_like(weyl_offset(phase, ji + n, s_i), K)
+                phase = (phase + WEYL_STEP) & WEYL_MASK
             if d_in == 1:  # one pixel per step: the encoder is a table over its 256 values
                 px = np.int64(P[b, k, 0])
                 for hh in range(H):
@@ -277,7 +309,9 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
                     xrh = xr[i, hh]
                     xih = xi[i, hh]
                     cl = clip[i, hh]
-                    lor, hir, loi, hii, rr, ri, sr, si = cl[0], cl[1], cl[2], cl[3], cl[4], cl[5], cl[6], cl[7]
+                    lor, hir, loi, hii, sr, si = cl[0], cl[1], cl[2], cl[3], cl[6], cl[7]
+                    orh = offr[i, hh]
+                    oih = offi[i, hh]
                     u = cast_like(h[hh] - h_z[i], Kh)
                     t1 = cast_like(0, Kh)
                     t2 = cast_like(0, Kh)
@@ -287,7 +321,7 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
                         r0 = xrh[n]
                         i0 = xih[n]
                         vr, vi = state_update(Kh[0, n], Kh[1, n], Kh[2, n], Kh[3, n], Kh[4, n], Kh[5, n],
-                                              r0, i0, u, rr, ri, sr, si)
+                                              r0, i0, u, orh[n], oih[n], sr, si)
                         c1 = wadd(c1, wadd(cast_like(vr < lor, Kh), cast_like(vr > hir, Kh)))
                         c2 = wadd(c2, wadd(cast_like(vi < loi, Kh), cast_like(vi > hii, Kh)))
                         vr = min(max(vr, lor), hir)
@@ -358,13 +392,15 @@ ARG_ORDER = (
     "x_re_z", "x_im_z", "x_re_M", "x_re_S", "x_im_M", "x_im_S", "y_M", "y_S", "y_z",
     "gelu_lut", "act_z", "mix_w", "mix_w_z", "mix_b", "glu_M", "glu_S", "glu_z", "sig_lut", "h_M", "h_S",
     "pool_M", "pool_S", "pool_z", "dec_w", "dec_w_z", "dec_b", "logits_M", "logits_S", "logits_z", "qrange",
+    "x_dither",
 )
 
 
 #: Arguments of the fast kernel after (encoder args, K, Cc).
 FAST_ARGS = ("D", "D_z", "x_re_z", "x_im_z", "x_re_S", "x_im_S", "y_M", "y_S", "y_z",
              "gelu_lut", "act_z", "mix_b", "glu_M", "glu_S", "glu_z", "sig_lut", "h_M", "h_S",
-             "pool_M", "pool_S", "pool_z", "dec_w", "dec_w_z", "dec_b", "logits_M", "logits_S", "logits_z", "qrange")
+             "pool_M", "pool_S", "pool_z", "dec_w", "dec_w_z", "dec_b", "logits_M", "logits_S", "logits_z", "qrange",
+             "x_dither")
 
 
 def _args(arrays: dict):
@@ -377,13 +413,23 @@ def _args(arrays: dict):
     return out
 
 
+def max_offsets(Sr: np.ndarray, Si: np.ndarray, dither: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Largest rounding offset of the state update for shifts S: 2**(S-1) (0 for S = 0) when
+    rounding half up, 2**S - 1 with the dither (fixedpoint.weyl_offset)."""
+    if dither:
+        return (1 << Sr) - 1, (1 << Si) - 1
+    return (1 << Sr) >> 1, (1 << Si) >> 1
+
+
 def mode_constants(a: dict) -> np.ndarray:
     """(layers, H, 8) per-channel constants of the mode loop: centred clip bounds of x_re and x_im
-    (lo_r, hi_r, lo_i, hi_i), rounding constants 2**(S-1) (0 for S = 0) and the shifts S_r, S_i."""
+    (lo_r, hi_r, lo_i, hi_i), the largest rounding offsets (:func:`max_offsets`; for the int32 bound)
+    and the shifts S_r, S_i."""
     q = a["qrange"]
     zr, zi, Sr, Si = a["x_re_z"], a["x_im_z"], a["x_re_S"], a["x_im_S"]
+    orr, ori = max_offsets(Sr, Si, bool(a["x_dither"][0]))
     return np.ascontiguousarray(np.stack([q[_XRE, 0] - zr, q[_XRE, 1] - zr, q[_XIM, 0] - zi, q[_XIM, 1] - zi,
-                                          (1 << Sr) >> 1, (1 << Si) >> 1, Sr, Si], -1).astype(np.int64))
+                                          orr, ori, Sr, Si], -1).astype(np.int64))
 
 
 def mode_loop_fits_int32(K: np.ndarray, Cc: np.ndarray, clip: np.ndarray, U) -> bool:

@@ -12,6 +12,14 @@ def rshift(v, s):
     return v if s == 0 else (v + 2 ** (s - 1)) // 2**s
 
 
+WEYL_STEP, WEYL_LANE = 0x9E3779B9, 0x6A09E667  # docs/datapath.md, step 2 (dithered rounding)
+
+
+def weyl(k, j, s):
+    """The dither offset of lane j at step k: floor(frac(k WEYL_STEP / 2**32 + j WEYL_LANE / 2**32) 2**s)."""
+    return ((k * WEYL_STEP + j * WEYL_LANE) % 2**32) // 2 ** (32 - s)
+
+
 def clamp(v, lo, hi):
     return min(max(v, lo), hi)
 
@@ -28,12 +36,23 @@ def run(arrays, cfg, q, P):
     xi = [[[a["x_im_z"][i][h]] * N2 for h in range(H)] for i in range(nl)]
     pool = [0] * H
 
-    def requant(terms, Ms, S, z, rng, pre_post, fmt, signs):
+    dither = q.state_rounding == "dither"
+
+    def requant(terms, Ms, S, z, rng, pre_post, fmt, signs, offset=None):
         acc = 0
         for t, m, sg in zip(terms, Ms, signs):
             acc += sg * t * m
         o.requant(pre_post, len(terms), fmt)
+        if offset is not None:  # dithered: floor((acc + d) / 2**S)
+            return clamp((acc + offset) // 2**S + z, *rng)
         return clamp(rshift(acc, S) + z, *rng)
+
+    def offset(k, i, part, hh, n, S):
+        if not dither:
+            return None
+        o.add(32)  # the lane's phase: the previous lane's plus WEYL_LANE, mod 2**32
+        o.shift()  # its top S bits
+        return weyl(k, ((2 * i + part) * H + hh) * N2 + n, S)
 
     def center(v, z, fmt):
         o.center(fmt)
@@ -63,10 +82,12 @@ def run(arrays, cfg, q, P):
                     i0 = center(xi[i][hh][n], zi, q.x_im)
                     o.mul(opw(q.A_re), opw(q.x_re)); o.mul(opw(q.A_im), opw(q.x_im)); o.mul(opw(q.B), opw(q.h))  # noqa: E702
                     nr = requant([ar * r0, ai * i0, br * u], [a["x_re_M"][i][t][hh] for t in range(3)],
-                                 a["x_re_S"][i][hh], zr, qr["x_re"], A["x_re"], q.x_re, [1, -1, 1])
+                                 a["x_re_S"][i][hh], zr, qr["x_re"], A["x_re"], q.x_re, [1, -1, 1],
+                                 offset(k, i, 0, hh, n, a["x_re_S"][i][hh]))
                     o.mul(opw(q.A_re), opw(q.x_im)); o.mul(opw(q.A_im), opw(q.x_re)); o.mul(opw(q.B), opw(q.h))  # noqa: E702
                     ni = requant([ar * i0, ai * r0, bi * u], [a["x_im_M"][i][t][hh] for t in range(3)],
-                                 a["x_im_S"][i][hh], zi, qr["x_im"], A["x_im"], q.x_im, [1, 1, 1])
+                                 a["x_im_S"][i][hh], zi, qr["x_im"], A["x_im"], q.x_im, [1, 1, 1],
+                                 offset(k, i, 1, hh, n, a["x_im_S"][i][hh]))
                     xr[i][hh][n], xi[i][hh][n] = nr, ni
                     cr = center(nr, zr, q.x_re)
                     ci = center(ni, zi, q.x_im)
@@ -107,6 +128,8 @@ def run(arrays, cfg, q, P):
                 o.add(A["pool"][0])
             else:
                 pool[hh] = v
+        if dither:
+            o.add(32)  # the step phase advances by WEYL_STEP, mod 2**32
     pooled = [center(requant([pool[hh]], [a["pool_M"][hh]], a["pool_S"][hh], a["pool_z"][0], qr["pool"], A["pool"], q.pool, [1]),
                      a["pool_z"][0], q.pool) for hh in range(H)]
     logits = []

@@ -255,6 +255,7 @@ BAD_CONFIGS = {
     "bits33": ({"A_re": {"bits": 33}}, "A_re.bits must be an integer in 2..16, got 33"),
     "stable_str": ({"stable_abar": "yes"}, "stable_abar must be true or false, got 'yes'"),
     "bias33": ({"bias_bits": 33}, "bias_bits must be an integer in 2..32, got 33"),
+    "rounding": ({"state_rounding": "stochastic"}, "state_rounding must be one of ['nearest', 'dither'], got 'stochastic'"),
 }
 
 

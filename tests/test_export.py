@@ -114,6 +114,20 @@ def test_roundtrip_simulation_identical(good):
     assert np.array_equal(lg_t.numpy().astype(np.int64), lg_file)
 
 
+def test_artifact_before_dither_flag_loads(good, tmp_path):
+    """An artifact written before the dithered state rounding (no x_dither array) loads as rounding
+    half up, and simulates exactly as before."""
+    qm, arrays, path, _ = good
+    raw = read_raw(path)
+    del raw["x_dither"]
+    np.savez(tmp_path / "old.npz", **raw)
+    a, _ = intssm.export.load(tmp_path / "old.npz")
+    assert a["x_dither"].tolist() == [0]
+    P = inputs()
+    n = len(qm.dp.counters)
+    assert (intssm.sim.simulate(a, P, True, n)[0] == intssm.sim.simulate(arrays, P, True, n)[0]).all()
+
+
 def test_resave_identical(good, tmp_path):
     """Saving the same model twice gives artifacts that load to the same arrays and manifest."""
     qm, _, path, _ = good
@@ -218,6 +232,7 @@ BAD = {
     "lut_range": (_arr("sig_lut", lambda a: _bump(a, 256)), "lookup table sig_lut has entries outside"),
     "qrange": (_arr("qrange", lambda a: _bump(a, -129)), "code ranges disagree"),
     "weight_too_wide": (_arr("mix_w", lambda a: _bump(a, -129)), "mix_w codes outside the 8-bit range"),
+    "dither_flag": (_arr("x_dither", lambda a: _bump(a, 1)), "x_dither 1 disagrees with state_rounding 'nearest'"),
     # known bugs (see the xfail reasons)
     "plain_npy": (_plain_npy, "npz"),
     "corrupt_deflate": (_corrupt_deflate, "not a readable npz"),

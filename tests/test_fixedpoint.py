@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given
+from numba import njit
 from hypothesis import strategies as st
 
 import naive
 from intssm.errors import IntssmError
 from intssm.fixedpoint import (
+    WEYL_LANE,
+    WEYL_STEP,
+    offset_rshift,
+    offset_rshift_t,
+    weyl_offset,
+    weyl_offset_t,
     EXACT_LIMIT,
     MAX_SHIFT,
     MULT_BITS,
@@ -450,3 +457,52 @@ def test_fused_rshift_clamp_equals_composite(seed, smax, z, lohi):
     (o2 * w).sum().backward()
     assert torch.equal(a1.grad, a2.grad)
     assert torch.equal(rshift_clamp_t(acc, s, z, lo, hi), o2.detach())
+
+
+# ------------------------------------------------------------- the dithered state rounding ---
+
+@njit(cache=True)
+def _weyl_nb(phase, j, s):
+    return weyl_offset(phase, j, s)
+
+
+@njit(cache=True)
+def _offset_nb(v, d, s):
+    return offset_rshift(v, d, s)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**20), st.integers(0, 32))
+def test_weyl_offset_definition(phase, j, s):
+    """Numba and Torch give ((phase + j WEYL_LANE) mod 2**32) >> (32 - s), in [0, 2**s), as integers."""
+    want = ((phase + j * WEYL_LANE) % 2**32) >> (32 - s)
+    assert 0 <= want < 2**s
+    assert _weyl_nb(np.int64(phase), np.int64(j), np.int64(s)) == want
+    got = weyl_offset_t(phase, torch.tensor([float(j)], dtype=torch.float64), torch.tensor([float(s)], dtype=torch.float64))
+    assert got.item() == want
+
+
+@given(st.integers(-(2**50), 2**50), st.integers(0, 32).flatmap(lambda s: st.tuples(st.just(s), st.integers(0, 2**s - 1))))
+def test_offset_rshift_is_floor_of_offset_sum(v, sd):
+    s, d = sd
+    assert _offset_nb(np.int64(v), np.int64(d), np.int64(s)) == (v + d) // 2**s
+    t = offset_rshift_t(torch.tensor([float(v)], dtype=torch.float64), torch.tensor([float(d)], dtype=torch.float64),
+                        torch.tensor([float(s)], dtype=torch.float64))
+    assert t.item() == (v + d) // 2**s
+    if s:
+        assert _offset_nb(np.int64(v), np.int64(1 << (s - 1)), np.int64(s)) == rounding_rshift(np.int64(v), np.int64(s))
+
+
+def test_dither_keeps_small_increments_on_average():
+    """Rounding v / 2**s with the step-varying Weyl offset of one lane is unbiased over a sequence:
+    the mean of the rounded values is within 1% of v / 2**s, where rounding half up is off by up
+    to half a code (a fraction below 1/2 always goes to 0: the dead zone of a slow mode)."""
+    s = 8
+    for j in (0, 1, 17, 1023):
+        for v in (3, 50, 127, 129, 200, 255, -3, -77, 1000 + 31):
+            phases = [(k * WEYL_STEP) % 2**32 for k in range(2000)]
+            r = [(v + (((p + j * WEYL_LANE) % 2**32) >> (32 - s))) >> s for p in phases]
+            err = abs(np.mean(r) - v / 2**s)
+            assert err < 0.01
+            half_up_err = abs((v + 2 ** (s - 1)) // 2**s - v / 2**s)  # the same every step: systematic
+            if half_up_err > 0.02:
+                assert err < half_up_err / 2
