@@ -551,10 +551,11 @@ def profile(
         return
     typer.echo(f"{name}: one recurrent step, then per sequence of {L} steps")
     kinds = sorted({k for v in parts.values() for k in v})
-    hdr = f"{'operation':22s}" + "".join(f"{p:>10s}" for p in parts) + f"{'step':>10s}{'sequence':>13s}"
+    w = {p: max(10, len(p) + 2) for p in parts}
+    hdr = f"{'operation':22s}" + "".join(f"{p:>{w[p]}s}" for p in parts) + f"{'step':>10s}{'sequence':>13s}"
     typer.echo(hdr)
     for k in kinds:
-        row = f"{k:22s}" + "".join(f"{parts[p].get(k, 0):>10d}" for p in parts)
+        row = f"{k:22s}" + "".join(f"{parts[p].get(k, 0):>{w[p]}d}" for p in parts)
         typer.echo(row + f"{prof['step_ops'].get(k, 0):>10d}{prof['sequence_ops'].get(k, 0):>13d}")
     t = prof["traffic_bits"]
     typer.echo(f"\nper step: reads {t['read_const_bits']} const + {t['read_lut_bits']} LUT + {t['read_state_bits']} state "
