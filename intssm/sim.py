@@ -486,6 +486,8 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trac
         raise IntssmError(f"simulator input must be (batch, length, features), got shape {P.shape}")
     if P.shape[2] != arrays["enc_w"].shape[1]:
         raise IntssmError(f"input has {P.shape[2]} features per step, the model expects {arrays['enc_w'].shape[1]}")
+    if arrays["x_dither"][0] and max(arrays["x_re_S"].max(), arrays["x_im_S"].max()) > 32:
+        raise IntssmError("the dithered state rounding needs state shifts <= 32")
     P = np.ascontiguousarray(P)
     Bsz = P.shape[0]
     C = arrays["dec_w"].shape[0]

@@ -211,3 +211,19 @@ def test_bias_codes_saturate_to_bias_bits():
         want, _ = qm(torch.from_numpy(P))
     got, _, _ = simulate(narrow, P, True, len(qm.dp.counters))
     assert np.array_equal(got, want.numpy().astype(np.int64))
+
+
+def test_dither_refused_beyond_32_bit_shifts():
+    """The dither offset is the top S bits of a 32-bit phase: the simulator refuses arrays with a
+    state shift above 32 (build_datapath refuses such a datapath too; the state site's shift is
+    set by its largest term ratio, in practice 14-25)."""
+    m = S4DModel(ModelConfig(d_model=2, d_state=2), seed=0).double()
+    calib = torch.from_numpy(np.random.default_rng(0).random((2, 5, 1)))
+    qm, _ = ptq(m, QuantConfig(state_rounding="dither"), calib)
+    arr = integer_model(qm)
+    P = np.zeros((1, 5, 1), np.uint8)
+    simulate(arr, P, True, len(qm.dp.counters))  # its own shifts are fine
+    bad = dict(arr, x_re_S=np.full_like(arr["x_re_S"], 33))
+    with pytest.raises(IntssmError, match="shifts <= 32"):
+        simulate(bad, P, True, len(qm.dp.counters))
+    assert max(arr["x_re_S"].max(), arr["x_im_S"].max()) <= 32

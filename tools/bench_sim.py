@@ -115,6 +115,13 @@ def main():
     t = time.perf_counter()
     simulate(im.arrays, ds.x[: a.ref_n], im.mean_pool, len(im.counters), reference=True)
     t_ref = (time.perf_counter() - t) * len(ds) / a.ref_n
+    # the same model with the dithered state rounding (docs/datapath.md, step 2): the same constants,
+    # only the rounding offsets differ (refreshed every step), so the time ratio is the option's cost
+    dith = dict(im.arrays, x_dither=np.ones(1, np.int64))
+    simulate(dith, ds.x[:2], im.mean_pool, len(im.counters))
+    t = time.perf_counter()
+    simulate(dith, ds.x, im.mean_pool, len(im.counters))
+    t_dither = time.perf_counter() - t
     roof2 = roofline_macs_per_s()
     roof = max(roof, roof2)
     steps = len(ds) * ds.x.shape[1]
@@ -128,6 +135,7 @@ def main():
         "roofline_int16_macs_per_s": roof, "fraction_of_roofline": muls * steps / t_fast / roof,
         "reference_kernel_seconds_extrapolated": t_ref, "fast_over_reference": t_ref / t_fast,
         "cold_process_100_seqs_seconds": t_cold,
+        "dithered_rounding_seconds": t_dither, "dithered_over_nearest": t_dither / t_fast,
     }
     if a.scaling:
         res["scaling"] = scaling(im, ds.x, a.scaling)
@@ -140,6 +148,7 @@ def main():
     print(f"  {len(ds)} sequences x {ds.x.shape[1]} steps: {t_fast:.2f} s warm, {steps / t_fast:,.0f} steps/s")
     print(f"reference kernel (extrap.)  : {t_ref:.2f} s  -> fast kernel is {t_ref / t_fast:.1f}x faster")
     print(f"new process, 100 sequences  : {t_cold:.2f} s (JIT cache on disk)")
+    print(f"dithered state rounding     : {t_dither:.2f} s, {t_dither / t_fast:.2f}x the time of rounding half up")
     if a.scaling:
         sc = res["scaling"]
         print("time vs length (1,000 sequences): " + ", ".join(f"L={L}: {t:.3f} s" for L, t in sc["length"]))
