@@ -73,6 +73,15 @@ WEYL_LANE = 0x6A09E667  # floor(2**32 frac(sqrt 2))
 WEYL_MASK = 0xFFFFFFFF
 
 
+def weyl_lane_of(layer, part, H, h, N2, n):
+    """The dither lane of layer ``layer``'s state part ``part`` (0: Re, 1: Im), channel ``h``, mode
+    ``n``: ((2 layer + part) H + h) N/2 + n. Plain arithmetic: ints, numpy arrays or tensors."""
+    return ((2 * layer + part) * H + h) * N2 + n
+
+
+weyl_lane = njit(cache=True, inline="always")(weyl_lane_of)  # the same, inside the Numba kernels
+
+
 @njit(cache=True, inline="always")
 def weyl_offset(phase, j, s):
     """Dither offset of lane ``j`` at step phase ``phase`` (= k WEYL_STEP mod 2**32), shift ``s``:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .errors import IntssmError
 from .fixedpoint import (WEYL_MASK, WEYL_STEP, clamp_t, offset_rshift_t, round_half_up_t, rounding_rshift_t,
-                         rshift_clamp_t, weyl_offset_t)
+                         rshift_clamp_t, weyl_lane_of, weyl_offset_t)
 from .model import S4DModel
 from .pointwise import layer_tail, lut_surrogate, tail_constants
 from .qspec import (INPUT_SCALE, Datapath, QuantConfig, apply_range_policies, build_datapath,
@@ -296,10 +296,10 @@ class QuantS4D(torch.nn.Module):
             t = lambda v: v.detach().numpy().reshape(-1)  # noqa: E731
             return fused_scan(u, torch.stack(KR), torch.stack(KI), C_re, C_im, t(Sr), t(Si),
                               t(lor), t(hir), t(loi), t(hii), i if dither else -1)
-        if dither:  # lanes j = ((2 i + part) H + h) N/2 + n of fixedpoint.weyl_offset
+        if dither:  # every mode's lane (fixedpoint.weyl_lane_of), (H N2)
             N2 = A_re.shape[-1]
-            jr = torch.arange(H * N2, dtype=T64).view(H, N2) + (2 * i) * H * N2
-            ji = jr + H * N2
+            hs, ns = torch.arange(H, dtype=T64)[:, None], torch.arange(N2, dtype=T64)
+            jr, ji = weyl_lane_of(i, 0, H, hs, N2, ns), weyl_lane_of(i, 1, H, hs, N2, ns)
         xr = torch.zeros(Bsz, H, A_re.shape[-1], dtype=T64)
         xi = torch.zeros_like(xr)
         t1, t2 = [], []

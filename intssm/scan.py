@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .fixedpoint import WEYL_MASK, WEYL_STEP, cast_like, wadd, weyl_offset, wmul, wsub
+from .fixedpoint import WEYL_MASK, WEYL_STEP, cast_like, wadd, weyl_lane_of, weyl_offset, wmul, wsub
 from .sim import max_offsets, mode_loop_fits_int32, state_update
 
 
@@ -274,8 +274,8 @@ def fused_scan(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither_layer: int 
     as64 = lambda a: np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=np.int64).reshape(-1), (H,)))  # noqa: E731
     nsat = np.zeros((2, H), np.int64)
     i = max(dither_layer, 0)
-    jr0 = ((2 * i) * H + np.arange(H, dtype=np.int64)) * N2  # lanes ((2 i + part) H + h) N/2 + n
-    ji0 = ((2 * i + 1) * H + np.arange(H, dtype=np.int64)) * N2
+    hs = np.arange(H, dtype=np.int64)
+    jr0, ji0 = weyl_lane_of(i, 0, H, hs, N2, 0), weyl_lane_of(i, 1, H, hs, N2, 0)  # + n: the mode's lane
     consts = tuple(as64(a) for a in (Sr, Si, lor, hir, loi, hii)) + (nsat, jr0, ji0, dither_layer >= 0)
     t1, t2 = QuantScan.apply(u, KR, KI, Cr, Ci, consts)
     return t1, t2, int(nsat[0].sum()), int(nsat[1].sum())

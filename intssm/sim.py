@@ -20,7 +20,7 @@ config.THREADING_LAYER = "workqueue"
 
 from .errors import IntssmError
 from .fixedpoint import (WEYL_MASK, WEYL_STEP, cast_like, offset_rshift, requantize, rounding_rshift, saturate, wadd,
-                         washr, wmul, wsub, weyl_offset)
+                         washr, weyl_lane, weyl_offset, wmul, wsub)
 
 # qrange rows (see intssm.qmodel.QRANGE_ORDER)
 _H, _XRE, _XIM, _Y, _ACT, _GLU, _SIG, _POOL, _LOG = range(9)
@@ -78,9 +78,9 @@ def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                     acc_i = (ar * xi) * x_im_M[i, 0, hh] + (ai * xr) * x_im_M[i, 1, hh] \
                         + ((B_im[i, hh, n] - B_z[i, hh]) * u) * x_im_M[i, 2, hh]
                     sr, si = x_re_S[i, hh], x_im_S[i, hh]
-                    if dither:  # lanes j = ((2 i + part) H + hh) N/2 + n
-                        dr = weyl_offset(phase, ((2 * i) * H + hh) * N2 + n, sr)
-                        di = weyl_offset(phase, ((2 * i + 1) * H + hh) * N2 + n, si)
+                    if dither:
+                        dr = weyl_offset(phase, weyl_lane(i, 0, H, hh, N2, n), sr)
+                        di = weyl_offset(phase, weyl_lane(i, 1, H, hh, N2, n), si)
                     else:  # half up: 2**(S-1), 0 for S = 0
                         dr = (np.int64(1) << sr) >> 1
                         di = (np.int64(1) << si) >> 1
@@ -278,8 +278,8 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
             if dither:
                 for i in range(nl):
                     for hh in range(H):
-                        jr = ((2 * i) * H + hh) * N2
-                        ji = ((2 * i + 1) * H + hh) * N2
+                        jr = weyl_lane(i, 0, H, hh, N2, 0)
+                        ji = weyl_lane(i, 1, H, hh, N2, 0)
                         s_r, s_i = x_re_S[i, hh], x_im_S[i, hh]
                         for n in range(N2):
                             offr[i, hh, n] = cast_like(weyl_offset(phase, jr + n, s_r), K)

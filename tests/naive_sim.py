@@ -52,7 +52,7 @@ def run(arrays, cfg, q, P):
             return None
         o.add(32)  # the lane's phase: the previous lane's plus WEYL_LANE, mod 2**32
         o.shift()  # its top S bits
-        return weyl(k, ((2 * i + part) * H + hh) * N2 + n, S)
+        return weyl(k, ((2 * i + part) * H + hh) * N2 + n, S)  # written out: the lane layout is part of what is checked
 
     def center(v, z, fmt):
         o.center(fmt)
