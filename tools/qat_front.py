@@ -69,10 +69,10 @@ def main():
     paper_bytes = rows[0]["fp32_weights_bytes"] / PAPER[1]
     panels = ((axes[0], "bytes", "total memory: flash + RAM (bytes)", None),
               (axes[1], "weights_bytes", "weights and biases (bytes)", None),
-              (axes[2], "weights_bytes", "weights and biases (bytes), near the paper's point", (2150, 3100, 92, 97.5)))
+              (axes[2], "weights_bytes", "weights and biases (bytes), near the paper's point", (2100, 3100, 91.5, 97.5)))
     for ax, key, label, zoom in panels:
         for j, r in enumerate(rows):
-            ax.scatter(r[key], 100 * r["test_accuracy"], s=36, color=f"C{j}",
+            ax.scatter(r[key], 100 * r["test_accuracy"], s=36, color=plt.cm.tab20(j % 20), marker="os^D"[j // 10 % 4],
                        label=f"{r['how']}: {100 * r['test_accuracy']:.2f}%")
         if key == "weights_bytes":
             ax.scatter(paper_bytes, PAPER[0], marker="*", s=140, color="k",
