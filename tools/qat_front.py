@@ -28,6 +28,7 @@ MODELS = [  # (checkpoint, how it was made)
     ("paper-small-hetero-6x-x12-frozen.pt", "QAT hetero-x10-6x-x12, frozen Abar from float seed 2"),
     ("paper-small-hetero-6x-x8-dither.pt", "QAT hetero-x10-6x, 8-bit dithered state, frozen Abar"),
     ("paper-small-hetero-A6-x6-dither.pt", "QAT hetero-x10-6x, 6-bit Abar and dithered state, frozen Abar"),
+    ("paper-small-hetero-A6-x6-dither-a8-BC4.pt", "as above, activations 8 bits, B and C 4 bits"),
     ("paper-small-hetero-6x-mix4.pt", "QAT hetero-x10-6x, mix/dec 4-bit per row"),
     ("paper-small-hetero-x10-small.pt", "QAT hetero-x10, mix/dec 4, B/C 3"),
     ("paper-small-hetero-state7.pt", "QAT 7-bit A and x"),
