@@ -91,6 +91,15 @@ def weyl_offset(phase, j, s):
 
 
 @njit(cache=True, inline="always")
+def state_round_offset(dither, phase, j, s):
+    """The state update's rounding offset for lane ``j`` at step phase ``phase``, shift ``s``:
+    :func:`weyl_offset` with the dither, else 2**(s-1) (0 for s = 0: round half up)."""
+    if dither:
+        return weyl_offset(phase, j, s)
+    return (np.int64(1) << s) >> 1
+
+
+@njit(cache=True, inline="always")
 def offset_rshift(v, d, s):
     """floor((v + d) / 2**s): the state's rounding shift with offset ``d`` in [0, 2**s).
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .fixedpoint import WEYL_MASK, WEYL_STEP, cast_like, wadd, weyl_lane_of, weyl_offset, wmul, wsub
-from .sim import max_offsets, mode_loop_fits_int32, state_update
+from .fixedpoint import WEYL_MASK, WEYL_STEP, cast_like, wadd, weyl_lane_of, wmul, wsub
+from .sim import fill_state_offsets, max_offsets, mode_loop_fits_int32, state_update
 
 
 @njit(cache=True, parallel=True)
@@ -56,8 +56,6 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2,
         sr, si = cast_like(Sr[h], KR), cast_like(Si[h], KR)
         offr = np.empty(N2, KR.dtype)  # rounding offsets: 2**(S-1) (0 for S = 0), or the dither's
         offi = np.empty(N2, KR.dtype)
-        offr[:] = cast_like((np.int64(1) << Sr[h]) >> 1, KR)
-        offi[:] = cast_like((np.int64(1) << Si[h]) >> 1, KR)
         lr, hr = cast_like(lor[h], KR), cast_like(hir[h], KR)
         li, hi = cast_like(loi[h], KR), cast_like(hii[h], KR)
         s_lo, s_hi = cast_like(smin, KR), cast_like(smax, KR)
@@ -73,11 +71,10 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2,
             xi[:] = 0
             phase = np.int64(0)
             for k in range(L):
-                if dither:
-                    for n in range(N2):
-                        offr[n] = cast_like(weyl_offset(phase, jr0[h] + n, Sr[h]), KR)
-                        offi[n] = cast_like(weyl_offset(phase, ji0[h] + n, Si[h]), KR)
-                    phase = (phase + WEYL_STEP) & WEYL_MASK
+                if dither or (b == 0 and k == 0):
+                    fill_state_offsets(offr, dither, phase, jr0[h], Sr[h])
+                    fill_state_offsets(offi, dither, phase, ji0[h], Si[h])
+                phase = (phase + WEYL_STEP) & WEYL_MASK
                 uk = cast_like(np.int64(u[b, k, h]), KR)
                 s1 = cast_like(0, KR)
                 s2 = cast_like(0, KR)

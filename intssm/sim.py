@@ -19,8 +19,8 @@ from numba import config, njit, prange
 config.THREADING_LAYER = "workqueue"
 
 from .errors import IntssmError
-from .fixedpoint import (WEYL_MASK, WEYL_STEP, cast_like, offset_rshift, requantize, rounding_rshift, saturate, wadd,
-                         washr, weyl_lane, weyl_offset, wmul, wsub)
+from .fixedpoint import (WEYL_MASK, WEYL_STEP, cast_like, offset_rshift, requantize, rounding_rshift, saturate,
+                         state_round_offset, wadd, washr, weyl_lane, wmul, wsub)
 
 # qrange rows (see intssm.qmodel.QRANGE_ORDER)
 _H, _XRE, _XIM, _Y, _ACT, _GLU, _SIG, _POOL, _LOG = range(9)
@@ -78,12 +78,8 @@ def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                     acc_i = (ar * xi) * x_im_M[i, 0, hh] + (ai * xr) * x_im_M[i, 1, hh] \
                         + ((B_im[i, hh, n] - B_z[i, hh]) * u) * x_im_M[i, 2, hh]
                     sr, si = x_re_S[i, hh], x_im_S[i, hh]
-                    if dither:
-                        dr = weyl_offset(phase, weyl_lane(i, 0, H, hh, N2, n), sr)
-                        di = weyl_offset(phase, weyl_lane(i, 1, H, hh, N2, n), si)
-                    else:  # half up: 2**(S-1), 0 for S = 0
-                        dr = (np.int64(1) << sr) >> 1
-                        di = (np.int64(1) << si) >> 1
+                    dr = state_round_offset(dither, phase, weyl_lane(i, 0, H, hh, N2, n), sr)
+                    di = state_round_offset(dither, phase, weyl_lane(i, 1, H, hh, N2, n), si)
                     nr, c1 = saturate(offset_rshift(acc_r, dr, sr) + zr, qrange[_XRE, 0], qrange[_XRE, 1])
                     ni, c2 = saturate(offset_rshift(acc_i, di, si) + zi, qrange[_XIM, 0], qrange[_XIM, 1])
                     cnt[b, base] += c1
@@ -208,6 +204,14 @@ def state_update(k0, k1, k2, k3, k4, k5, xr, xi, u, rr, ri, sr, si):
 
 
 @njit(cache=True, inline="always")
+def fill_state_offsets(out, dither, phase, j0, s):
+    """out[n] = the rounding offset of lane j0 + n at step phase ``phase`` (``state_round_offset``),
+    at ``out``'s width: one channel's modes. Shared by the fast simulator kernel and the fused QAT scan."""
+    for n in range(out.shape[0]):
+        out[n] = cast_like(state_round_offset(dither, phase, j0 + n, s), out)
+
+
+@njit(cache=True, inline="always")
 def output_acc(t1, t2, Du, m):
     """Step 3's accumulator M0 t1 - M1 t2 + M2 D' u' (t1 = sum_n C_re' x_re', t2 = sum_n C_im' x_im',
     Du = D' u'; ``m`` the site's three multipliers). Shared by the fast simulator kernel and the
@@ -265,26 +269,18 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
         g = np.empty(2 * H, np.int64)
         pool_acc = np.zeros(H, np.int64)
         c_loc = np.zeros(cnt.shape[1], np.int64)
-        # rounding offsets of the state update, at the mode loop's width: 2**(S-1) (half up), or
-        # refreshed every step from the Weyl sequence (dithered rounding)
+        # rounding offsets of the state update, at the mode loop's width: 2**(S-1) (half up, filled
+        # once), or refreshed every step from the Weyl sequence (dithered rounding)
         offr = np.empty_like(K[:, :, 0, :])
         offi = np.empty_like(K[:, :, 0, :])
-        for i in range(nl):
-            for hh in range(H):
-                offr[i, hh, :] = cast_like((np.int64(1) << x_re_S[i, hh]) >> 1, K)
-                offi[i, hh, :] = cast_like((np.int64(1) << x_im_S[i, hh]) >> 1, K)
         phase = np.int64(0)
         for k in range(L):
-            if dither:
+            if dither or k == 0:
                 for i in range(nl):
                     for hh in range(H):
-                        jr = weyl_lane(i, 0, H, hh, N2, 0)
-                        ji = weyl_lane(i, 1, H, hh, N2, 0)
-                        s_r, s_i = x_re_S[i, hh], x_im_S[i, hh]
-                        for n in range(N2):
-                            offr[i, hh, n] = cast_like(weyl_offset(phase, jr + n, s_r), K)
-                            offi[i, hh, n] = cast_like(weyl_offset(phase, ji + n, s_i), K)
-                phase = (phase + WEYL_STEP) & WEYL_MASK
+                        fill_state_offsets(offr[i, hh], dither, phase, weyl_lane(i, 0, H, hh, N2, 0), x_re_S[i, hh])
+                        fill_state_offsets(offi[i, hh], dither, phase, weyl_lane(i, 1, H, hh, N2, 0), x_im_S[i, hh])
+            phase = (phase + WEYL_STEP) & WEYL_MASK
             if d_in == 1:  # one pixel per step: the encoder is a table over its 256 values
                 px = np.int64(P[b, k, 0])
                 for hh in range(H):
