@@ -184,17 +184,21 @@ def ptq_(
     config: Annotated[str, typer.Option(help="Preset name (intssm configs) or JSON file.")] = "w8a8",
     calib: Annotated[int, typer.Option(help="Training sequences used to calibrate ranges.")] = 256,
     seq: Annotated[Optional[str], typer.Option(help="Dataset (default: the checkpoint's).")] = None,
+    equalize: Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")] = 0.0,
     as_json: JsonOpt = False,
 ):
     """Post-training quantization: calibrate every range on training data, write a quantized checkpoint."""
     import torch
 
     from . import checkpoint, data
+    from .equalize import equalize_states
     from .qmodel import ptq, qspec_entry
     from .qspec import get_config
 
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
+    if not 0 <= equalize <= 1:
+        raise IntssmError(f"--equalize must be in [0, 1] (0 = off), got {equalize}")
     _small_torch_ops()
     qcfg = get_config(config)
     model, ck = checkpoint.load(ckpt)
@@ -203,10 +207,13 @@ def ptq_(
     seq = seq or ck.get("dataset", {}).get("seq", "smnist")
     cal = data.load(seq, "train", calib)
     _check_input_dim(model.cfg.d_input, cal)
-    qm, ranges = ptq(model, qcfg, torch.from_numpy(cal.as_float()))
+    cal_u = torch.from_numpy(cal.as_float())
+    if equalize:
+        model, _ = equalize_states(model, cal_u, equalize)
+    qm, ranges = ptq(model, qcfg, cal_u)
     extra = {k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict")}
     extra["qspec"] = qspec_entry(qm, ranges)
-    extra["ptq"] = {"config": config, "calib": calib, "seq": seq}
+    extra["ptq"] = {"config": config, "calib": calib, "seq": seq, "equalize": equalize}
     checkpoint.save(out, model.float(), **extra)
     _emit({"out": str(out), "config": config, "calib": calib}, as_json, f"saved {out} ({config}, calibrated on {calib} sequences of {seq})")
 
@@ -228,6 +235,7 @@ def qat_(
     distill: Annotated[float, typer.Option(help="Knowledge-distillation weight alpha in [0, 1]: loss = (1 - alpha) CE + alpha T^2 KL to a float teacher (0 = off).")] = 0.0,
     distill_temp: Annotated[float, typer.Option(help="Distillation temperature T.")] = 2.0,
     teacher: Annotated[Optional[Path], typer.Option(help="Float checkpoint to distill from (default: the float weights QAT starts from).")] = None,
+    equalize: Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")] = 0.0,
     ema: Annotated[float, typer.Option(help="Also score an exponential moving average of the weights with this decay each epoch, e.g. 0.999 (0 = off); the better of live and averaged is kept.")] = 0.0,
     as_json: JsonOpt = False,
 ):
@@ -235,6 +243,7 @@ def qat_(
     import torch
 
     from . import checkpoint, data
+    from .equalize import equalize_states
     from .qat import PARAMS, kept, restore
     from .qat import train as run_qat
     from .qmodel import from_checkpoint, ptq, qspec_entry, requantize
@@ -251,6 +260,8 @@ def qat_(
         raise IntssmError("--teacher needs --distill > 0")
     if not 0 <= ema < 1:
         raise IntssmError(f"--ema must be in [0, 1) (0 = off), got {ema}")
+    if not 0 <= equalize <= 1:
+        raise IntssmError(f"--equalize must be in [0, 1] (0 = off), got {equalize}")
     _small_torch_ops()
     teacher_model = None
     if teacher is not None:
@@ -261,6 +272,8 @@ def qat_(
     model = model.double()
     seq = ck.get("dataset", {}).get("seq", "smnist")
     if "qspec" in ck:
+        if equalize:
+            raise IntssmError("--equalize applies to a float checkpoint, before calibration; this one is already quantized")
         qm = from_checkpoint(model, ck)
         ranges = ranges_from_json(ck["qspec"]["ranges"])
         if config is not None:
@@ -269,8 +282,11 @@ def qat_(
     else:
         config = config or "w8a8"
         cal = data.load(seq, "train", calib)
-        qm, ranges = ptq(model, get_config(config), torch.from_numpy(cal.as_float()))
-        how = config
+        cal_u = torch.from_numpy(cal.as_float())
+        if equalize:
+            model, _ = equalize_states(model, cal_u, equalize)
+        qm, ranges = ptq(model, get_config(config), cal_u)
+        how = config if not equalize else f"{config}, states equalized (alpha {equalize})"
     n_train = len(data.load(seq, "train", limit))
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
         best, history = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
@@ -284,6 +300,8 @@ def qat_(
                     "config": how}
     if ema > 0:
         extra["qat"]["ema"] = ema
+    if equalize:
+        extra["qat"]["equalize"] = equalize
     if distill > 0:
         extra["qat"]["distill"] = {"alpha": distill, "temp": distill_temp, "teacher": str(teacher) if teacher else "start"}
     checkpoint.save(out, qm.model, **extra)  # float64, as trained: float32 could flip a code at a rounding tie

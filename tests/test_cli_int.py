@@ -84,7 +84,7 @@ def test_ptq_writes_quantized_checkpoint(work):
     assert qs["datapath_version"] == DATAPATH_VERSION
     assert qs["seq_len"] == L_SMNIST
     assert QuantConfig.from_dict(qs["quant_config"]) == PRESETS["w8a8"]
-    assert ck["ptq"] == {"config": "w8a8", "calib": 16, "seq": "smnist"}
+    assert ck["ptq"] == {"config": "w8a8", "calib": 16, "seq": "smnist", "equalize": 0.0}
 
 
 def test_ptq_of_quantized_checkpoint_refused(work, tmp_path):
@@ -266,7 +266,9 @@ def error_runs(work):
     d.mkdir()
     jobs = {"config_nosuch": ["ptq", work["float"], "-o", d / "nosuch.pt", "--config", "nosuch"],
             "verify_neg": ["simulate", work["quant"], "--limit", "5", "--verify", "-3"],
-            "verify_abc": ["simulate", work["quant"], "--limit", "5", "--verify", "abc"]}
+            "verify_abc": ["simulate", work["quant"], "--limit", "5", "--verify", "abc"],
+            "equalize_big": ["ptq", work["float"], "-o", d / "eq.pt", "--equalize", "1.5"],
+            "equalize_quantized": ["qat", work["quant"], "-o", d / "eqq.pt", "--equalize", "0.5", "--limit", "64"]}
     for name, (cfg, _) in BAD_CONFIGS.items():
         p = d / f"{name}.json"
         p.write_text(json.dumps(cfg))
@@ -296,6 +298,15 @@ def test_ptq_bad_json_config(error_runs, name):
 def test_simulate_bad_verify(error_runs, name, fragment):
     """simulate --verify takes a count >= 0 or 'all'."""
     assert_clean_error(error_runs[1][name], fragment)
+
+
+@pytest.mark.parametrize("name,fragment", [("equalize_big", "--equalize must be in [0, 1] (0 = off), got 1.5"),
+                                           ("equalize_quantized", "--equalize applies to a float checkpoint")])
+def test_equalize_bad_input(error_runs, name, fragment):
+    """--equalize takes a strength in [0, 1], and only for a float checkpoint (before calibration)."""
+    d, runs = error_runs
+    assert_clean_error(runs[name], fragment)
+    assert not (d / "eq.pt").exists() and not (d / "eqq.pt").exists()
 
 
 # ------------------------------------------------------------------------- memory, profile

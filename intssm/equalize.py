@@ -1,0 +1,65 @@
+"""State equalization: a diagonal change of state basis that gives every mode the same range.
+
+A per-head state quantizer has one scale for all N/2 modes of a head, set by the mode with the
+largest state. The others use a few of its codes: in the trained ``paper-small`` float models the
+median mode spans 1/3 to 1/15 of its head's range, so at 6 bits (31 codes a side) it gets 2 to 10.
+
+For real d_n > 0 the substitution x_n = d_n x'_n leaves the model's function unchanged:
+
+    x'_k = Abar x'_{k-1} + (Bbar / d) u_k,      y_k = 2 Re(sum_n (C d)_n x'_{k,n}) + D u_k
+
+(Abar is diagonal, so it commutes with d). With r_n the largest |Re x_n|, |Im x_n| of mode n on
+calibration data and r_max its head's largest,
+
+    d_n = (r_n / r_max) ** alpha,   alpha in [0, 1],
+
+every mode's range becomes r_n ** (1 - alpha) r_max ** alpha: alpha = 1 gives all modes the head's
+range. The range moves into B and C (B / d grows for small modes, C d shrinks), so alpha trades
+state resolution against B and C resolution, as SmoothQuant trades activations against weights.
+It is applied to the float model before calibration; the datapath itself is unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .errors import IntssmError
+from .model import S4DModel
+
+
+@torch.no_grad()
+def mode_ranges(model: S4DModel, u: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, r (H, N/2): the largest |Re x_n| or |Im x_n| of each mode over ``u`` (B, L, d)
+    float inputs, from the float model run recurrently in float64."""
+    m = copy.deepcopy(model).double().eval()
+    u = u.to(torch.float64)
+    discs = [layer.ssm.discrete() for layer in m.layers]
+    xs = [layer.ssm.default_state(u.shape[0], torch.complex128) for layer in m.layers]
+    r = [torch.zeros(x.shape[1:], dtype=torch.float64) for x in xs]
+    for k in range(u.shape[1]):
+        h = m.encoder(u[:, k])
+        for i, layer in enumerate(m.layers):
+            y, xs[i] = layer.ssm.step(h, xs[i], discs[i])
+            r[i] = torch.maximum(r[i], torch.maximum(xs[i].real.abs(), xs[i].imag.abs()).amax(0))
+            h = h + layer.mixing(y)
+    return r
+
+
+@torch.no_grad()
+def equalize_states(model: S4DModel, u: torch.Tensor, alpha: float) -> tuple[S4DModel, list[torch.Tensor]]:
+    """A copy of ``model`` with B / d and C d per mode, d = (r / r_max) ** alpha (module docstring);
+    returns it and d per layer (H, N/2). Modes that never move (r = 0) keep d = 1."""
+    if not 0 <= alpha <= 1:
+        raise IntssmError(f"state equalization strength must be in [0, 1], got {alpha}")
+    out = copy.deepcopy(model)
+    ds = []
+    for layer, r in zip(out.layers, mode_ranges(model, u)):
+        rmax = r.amax(1, keepdim=True)
+        d = torch.where((r > 0) & (rmax > 0), r / rmax.clamp_min(1e-300), torch.ones_like(r)) ** alpha
+        ssm = layer.ssm
+        ssm.B.copy_((ssm.B.to(torch.float64) / d[..., None]).to(ssm.B.dtype))
+        ssm.C.copy_((ssm.C.to(torch.float64) * d[..., None]).to(ssm.C.dtype))
+        ds.append(d)
+    return out, ds
