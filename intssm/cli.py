@@ -26,6 +26,7 @@ err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 SeqOpt = Annotated[str, typer.Option("--seq", help="smnist | psmnist | IDX directory | .npz file.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N sequences.")]
+EqualizeOpt = Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")]
 
 CKPT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 DEFAULT_FLOAT_CKPT = CKPT_DIR / "paper-small-fp32.pt"
@@ -184,7 +185,7 @@ def ptq_(
     config: Annotated[str, typer.Option(help="Preset name (intssm configs) or JSON file.")] = "w8a8",
     calib: Annotated[int, typer.Option(help="Training sequences used to calibrate ranges.")] = 256,
     seq: Annotated[Optional[str], typer.Option(help="Dataset (default: the checkpoint's).")] = None,
-    equalize: Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")] = 0.0,
+    equalize: EqualizeOpt = 0.0,
     as_json: JsonOpt = False,
 ):
     """Post-training quantization: calibrate every range on training data, write a quantized checkpoint."""
@@ -197,8 +198,7 @@ def ptq_(
 
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
-    if not 0 <= equalize <= 1:
-        raise IntssmError(f"--equalize must be in [0, 1] (0 = off), got {equalize}")
+    _check_equalize(equalize)
     _small_torch_ops()
     qcfg = get_config(config)
     model, ck = checkpoint.load(ckpt)
@@ -235,7 +235,7 @@ def qat_(
     distill: Annotated[float, typer.Option(help="Knowledge-distillation weight alpha in [0, 1]: loss = (1 - alpha) CE + alpha T^2 KL to a float teacher (0 = off).")] = 0.0,
     distill_temp: Annotated[float, typer.Option(help="Distillation temperature T.")] = 2.0,
     teacher: Annotated[Optional[Path], typer.Option(help="Float checkpoint to distill from (default: the float weights QAT starts from).")] = None,
-    equalize: Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")] = 0.0,
+    equalize: EqualizeOpt = 0.0,
     ema: Annotated[float, typer.Option(help="Also score an exponential moving average of the weights with this decay each epoch, e.g. 0.999 (0 = off); the better of live and averaged is kept.")] = 0.0,
     as_json: JsonOpt = False,
 ):
@@ -260,8 +260,7 @@ def qat_(
         raise IntssmError("--teacher needs --distill > 0")
     if not 0 <= ema < 1:
         raise IntssmError(f"--ema must be in [0, 1) (0 = off), got {ema}")
-    if not 0 <= equalize <= 1:
-        raise IntssmError(f"--equalize must be in [0, 1] (0 = off), got {equalize}")
+    _check_equalize(equalize)
     _small_torch_ops()
     teacher_model = None
     if teacher is not None:
@@ -614,6 +613,11 @@ def _plot_profile(parts: dict, mem: dict, path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _check_equalize(alpha: float) -> None:
+    if not 0 <= alpha <= 1:
+        raise IntssmError(f"--equalize must be in [0, 1] (0 = off), got {alpha}")
 
 
 def _check_input_dim(d_input, ds):
