@@ -7,9 +7,11 @@ For each config and alpha: equalize the float model on 256 training sequences, c
 the same sequences, score the first ``--n`` validation sequences with the integer simulator.
 Writes ``OUT.csv`` (config, alpha, accuracy) and ``OUT.png`` (accuracy against alpha, one line per
 config), and prints the table. The default configs isolate the two low-bit parts: the 6-bit state
-with 12-bit Abar, the 6-bit Abar with a 12-bit state, both at 6 bits, and the shipped 6.36x
-configuration; B, C and D are 8 bits in the first three, so that the range equalization moves
-into them costs little.
+with 12-bit Abar, the 6-bit Abar with a 12-bit state, both at 6 bits, and both at 6 bits with B and C at 4 bits
+(6.36x weights); then the last three with Abar asymmetric (``A6asym``: unsigned codes and a zero
+point per head, which doubles the resolution of heads whose Abar parts are all of one sign).
+B, C and D are 8 bits in the ``BCD8`` configs, so that the range equalization moves into them
+costs little.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PROG = ROOT / "docs/configs/progressive"
 DEFAULT_CONFIGS = ["hetero-A12-x6-dither-a8-BCD8.json", "hetero-A6-x12-dither-a8-BCD8.json",
-                   "hetero-A6-x6-dither-a8-BCD8.json", "hetero-6x-A6-x6-dither-a8-BC4.json"]
+                   "hetero-A6-x6-dither-a8-BCD8.json", "hetero-6x-A6-x6-dither-a8-BC4.json",
+                   "hetero-A6asym-x12-dither-a8-BCD8.json", "hetero-A6asym-x6-dither-a8-BCD8.json",
+                   "hetero-6x-A6asym-x6-dither-a8-BC4.json"]
 
 
 def main():
