@@ -1,8 +1,8 @@
 """State equalization: a diagonal change of state basis that gives every mode the same range.
 
 A per-head state quantizer has one scale for all N/2 modes of a head, set by the mode with the
-largest state. The others use a few of its codes: in the trained ``paper-small`` float models the
-median mode spans 1/3 to 1/15 of its head's range, so at 6 bits (31 codes a side) it gets 2 to 10.
+largest state. The others use a few of its codes: in the seed-7 ``paper-small`` float model the
+median mode spans 1/2.5 to 1/15.5 of its head's range, so at 6 bits (31 codes a side) it gets 2 to 12.
 
 For real d_n > 0 the substitution x_n = d_n x'_n leaves the model's function unchanged:
 
