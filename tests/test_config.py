@@ -1,0 +1,42 @@
+"""Quant config validation (intssm.qspec.QuantConfig): every impossible setting is refused with a
+message naming the component and the value; good configs round-trip through their dict form."""
+
+from __future__ import annotations
+
+import pytest
+
+from intssm.errors import IntssmError
+from intssm.qspec import PRESETS, QuantConfig
+
+BAD = [
+    ({"A_re": {"bits": 0}}, "A_re.bits must be an integer in 2..16, got 0"),
+    ({"x_re": {"bits": 1}}, "x_re.bits must be an integer in 2..16, got 1"),
+    ({"B": {"bits": 33}}, "B.bits must be an integer in 2..16, got 33"),
+    ({"C": {"bits": True}}, "C.bits must be an integer in 2..16, got True"),
+    ({"C": {"bits": 4.5}}, "C.bits must be an integer in 2..16, got 4.5"),
+    ({"nosuch": {"bits": 8}}, "unknown component(s) ['nosuch']"),
+    ({"D": {"bits": 8, "scale": 2}}, "D has unknown field(s) ['scale']"),
+    ({"state_clip": 0}, "state_clip must be in (0, 16], got 0"),
+    ({"state_clip": -0.5}, "state_clip must be in (0, 16], got -0.5"),  # an inverted clip range
+    ({"state_clip": float("nan")}, "state_clip must be in (0, 16], got nan"),
+    ({"state_clip": 17}, "state_clip must be in (0, 16], got 17"),
+    ({"h": {"range": "p101"}}, "h.range must be 'minmax', 'mse' or a percentile"),
+    ({"h": {"per_channel": True}}, "h cannot be per-channel"),
+    ({"sig": {"symmetric": True}}, "sig must be asymmetric"),
+    ({"bias_bits": 1}, "bias_bits must be an integer in 2..32, got 1"),
+    ({"state_rounding": "up"}, "state_rounding must be one of ['nearest', 'dither'], got 'up'"),
+]
+
+
+@pytest.mark.parametrize("cfg,fragment", BAD, ids=[str(c) for c, _ in BAD])
+def test_bad_config_refused(cfg, fragment):
+    with pytest.raises(IntssmError) as e:
+        QuantConfig.from_dict(cfg)
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip(name):
+    q = PRESETS[name]
+    assert QuantConfig.from_dict(q.to_dict()) == q
