@@ -192,13 +192,13 @@ def ptq_(
     import torch
 
     from . import checkpoint, data
-    from .equalize import equalize_states
+    from .equalize import check_strength
     from .qmodel import ptq, qspec_entry
     from .qspec import get_config
 
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
-    _check_equalize(equalize)
+    check_strength(equalize, "--equalize")
     _small_torch_ops()
     qcfg = get_config(config)
     model, ck = checkpoint.load(ckpt)
@@ -207,14 +207,11 @@ def ptq_(
     seq = seq or ck.get("dataset", {}).get("seq", "smnist")
     cal = data.load(seq, "train", calib)
     _check_input_dim(model.cfg.d_input, cal)
-    cal_u = torch.from_numpy(cal.as_float())
-    if equalize:
-        model, _ = equalize_states(model, cal_u, equalize)
-    qm, ranges = ptq(model, qcfg, cal_u)
+    qm, ranges = ptq(model, qcfg, torch.from_numpy(cal.as_float()), equalize)
     extra = {k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict")}
     extra["qspec"] = qspec_entry(qm, ranges)
     extra["ptq"] = {"config": config, "calib": calib, "seq": seq, "equalize": equalize}
-    checkpoint.save(out, model.float(), **extra)
+    checkpoint.save(out, qm.model.float(), **extra)
     _emit({"out": str(out), "config": config, "calib": calib}, as_json, f"saved {out} ({config}, calibrated on {calib} sequences of {seq})")
 
 
@@ -243,7 +240,7 @@ def qat_(
     import torch
 
     from . import checkpoint, data
-    from .equalize import equalize_states
+    from .equalize import check_strength
     from .qat import PARAMS, kept, restore
     from .qat import train as run_qat
     from .qmodel import from_checkpoint, ptq, qspec_entry, requantize
@@ -260,7 +257,7 @@ def qat_(
         raise IntssmError("--teacher needs --distill > 0")
     if not 0 <= ema < 1:
         raise IntssmError(f"--ema must be in [0, 1) (0 = off), got {ema}")
-    _check_equalize(equalize)
+    check_strength(equalize, "--equalize")
     _small_torch_ops()
     teacher_model = None
     if teacher is not None:
@@ -281,10 +278,7 @@ def qat_(
     else:
         config = config or "w8a8"
         cal = data.load(seq, "train", calib)
-        cal_u = torch.from_numpy(cal.as_float())
-        if equalize:
-            model, _ = equalize_states(model, cal_u, equalize)
-        qm, ranges = ptq(model, get_config(config), cal_u)
+        qm, ranges = ptq(model, get_config(config), torch.from_numpy(cal.as_float()), equalize)
         how = config if not equalize else f"{config}, states equalized (alpha {equalize})"
     n_train = len(data.load(seq, "train", limit))
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
@@ -613,11 +607,6 @@ def _plot_profile(parts: dict, mem: dict, path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _check_equalize(alpha: float) -> None:
-    if not 0 <= alpha <= 1:
-        raise IntssmError(f"--equalize must be in [0, 1] (0 = off), got {alpha}")
 
 
 def _check_input_dim(d_input, ds):

@@ -27,32 +27,28 @@ import torch
 
 from .errors import IntssmError
 from .model import S4DModel
+from .qmodel import calibrate
 
 
-@torch.no_grad()
 def mode_ranges(model: S4DModel, u: torch.Tensor) -> list[torch.Tensor]:
     """Per layer, r (H, N/2): the largest |Re x_n| or |Im x_n| of each mode over ``u`` (B, L, d)
-    float inputs, from the float model run recurrently in float64."""
-    m = copy.deepcopy(model).double().eval()
-    u = u.to(torch.float64)
-    discs = [layer.ssm.discrete() for layer in m.layers]
-    xs = [layer.ssm.default_state(u.shape[0], torch.complex128) for layer in m.layers]
-    r = [torch.zeros(x.shape[1:], dtype=torch.float64) for x in xs]
-    for k in range(u.shape[1]):
-        h = m.encoder(u[:, k])
-        for i, layer in enumerate(m.layers):
-            y, xs[i] = layer.ssm.step(h, xs[i], discs[i])
-            r[i] = torch.maximum(r[i], torch.maximum(xs[i].real.abs(), xs[i].imag.abs()).amax(0))
-            h = h + layer.mixing(y)
-    return r
+    float inputs, from the float model run recurrently in float64 (:func:`intssm.qmodel.calibrate`)."""
+    modes: list = []
+    calibrate(model, u, modes=modes)
+    return modes
+
+
+def check_strength(alpha: float, what: str = "state equalization strength") -> None:
+    """Refuse an equalization strength outside [0, 1] (NaN included), naming it as ``what``."""
+    if not 0 <= alpha <= 1:
+        raise IntssmError(f"{what} must be in [0, 1] (0 = off), got {alpha}")
 
 
 @torch.no_grad()
 def equalize_states(model: S4DModel, u: torch.Tensor, alpha: float) -> tuple[S4DModel, list[torch.Tensor]]:
     """A copy of ``model`` with B / d and C d per mode, d = (r / r_max) ** alpha (module docstring);
     returns it and d per layer (H, N/2). Modes that never move (r = 0) keep d = 1."""
-    if not 0 <= alpha <= 1:
-        raise IntssmError(f"state equalization strength must be in [0, 1], got {alpha}")
+    check_strength(alpha)
     out = copy.deepcopy(model)
     ds = []
     for layer, r in zip(out.layers, mode_ranges(model, u)):

@@ -48,13 +48,15 @@ def _rows(t: torch.Tensor):
 
 
 @torch.no_grad()
-def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None) -> dict:
+def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None, modes: list | None = None) -> dict:
     """Per-channel (lo, hi) of every tensor of the datapath, from the float model run recurrently.
 
     ``u`` (B, L, d_input) float inputs (``p / 255``). Weights' ranges come from the weights.
     If ``samples`` is a dict, it is filled with ``samples[key]`` (n, C) float32 values per channel
     for the range policies of :func:`intssm.qspec.apply_range_policies`: every weight, and for
     activations every ``stride``-th time step, ``stride`` chosen to keep about SAMPLE_ROWS rows.
+    If ``modes`` is a list, it is filled with one (H, N/2) tensor per layer: each mode's largest
+    |Re x_n| or |Im x_n| (what :mod:`intssm.equalize` evens out).
     """
     model = copy.deepcopy(model).double().eval()
     u = u.to(T64)
@@ -95,6 +97,8 @@ def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None) -> 
         weight(p + "mix_w", layer.mix.weight)
     weight("dec_w", model.decoder.weight)
     xs = [torch.zeros(Bsz, cfg.d_model, cfg.d_state // 2, dtype=torch.complex128) for _ in model.layers]
+    if modes is not None:
+        modes[:] = [None] * len(xs)
     Abars = [torch.complex(d["A_re"], d["A_im"]) for d in discs]
     Bbars = [torch.complex(d["B_re"], d["B_im"]) for d in discs]
     Cs = [torch.complex(d["C_re"], d["C_im"]) for d in discs]
@@ -108,6 +112,9 @@ def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None) -> 
             x = xs[i].permute(0, 2, 1)  # (B N2 H): channel last
             upd_ch(p + "x_re", x.real, k)
             upd_ch(p + "x_im", x.imag, k)
+            if modes is not None:
+                r = torch.maximum(xs[i].real.abs(), xs[i].imag.abs()).amax(0)
+                modes[i] = r if k == 0 else torch.maximum(modes[i], r)
             y = 2 * torch.einsum("hn,bhn->bh", Cs[i], xs[i]).real + discs[i]["D"] * h
             upd_ch(p + "y", y, k)
             a = F.gelu(y)
@@ -387,9 +394,15 @@ def datapath_arrays(dp: Datapath) -> dict:
     return {k: np.ascontiguousarray(np.asarray(v, dtype=np.int64)) for k, v in a.items()}
 
 
-def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor) -> tuple[QuantS4D, dict]:
+def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor, equalize: float = 0.0) -> tuple[QuantS4D, dict]:
     """Post-training quantization: calibrate ranges on ``calib_u`` (B, L, d) floats (under each
-    component's range policy), build the datapath."""
+    component's range policy), build the datapath. ``equalize`` > 0 first evens the modes' state
+    ranges (:func:`intssm.equalize.equalize_states`, on the same sequences); the returned model's
+    ``.model`` is then the equalized copy, which computes the same float function."""
+    if equalize:
+        from .equalize import equalize_states
+
+        model, _ = equalize_states(model, calib_u, equalize)
     samples = None if qcfg.policies() == {"minmax"} else {}
     ranges = calibrate(model, calib_u, samples)
     if samples is not None:

@@ -43,7 +43,6 @@ def main():
 
     from intssm import checkpoint, data
     from intssm.cli import progress_bar
-    from intssm.equalize import equalize_states
     from intssm.qat import int_accuracy
     from intssm.qmodel import ptq
     from intssm.qspec import get_config
@@ -59,9 +58,8 @@ def main():
     rows = []
     with progress_bar("PTQ per alpha", len(alphas) * len(configs)) as adv:
         for alpha in alphas:
-            m = equalize_states(model, u, alpha)[0] if alpha else model
             for c in configs:
-                qm, _ = ptq(m, get_config(c), u)
+                qm, _ = ptq(model, get_config(c), u, equalize=alpha)
                 rows.append({"config": Path(c).stem, "alpha": alpha, "accuracy": int_accuracy(qm, va.x, va.y)})
                 adv(1, info=f"{Path(c).stem} alpha {alpha}")
     out = Path(a.out)
