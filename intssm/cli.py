@@ -319,12 +319,14 @@ def search(
     executor: Annotated[str, typer.Option(help="local | ray.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray instance).")] = None,
     test: Annotated[bool, typer.Option(help="Also score the chosen configuration on the full test set.")] = True,
+    equalize: EqualizeOpt = 0.0,
     as_json: JsonOpt = False,
 ):
     """Mixed-precision search: the least-memory bit allocation whose integer validation accuracy stays above the floor."""
     import torch
 
     from . import checkpoint, data
+    from .equalize import check_strength, equalize_states
     from .executor import get_executor
     from .qmodel import calibrate
     from .qspec import get_config, ranges_to_json
@@ -334,6 +336,7 @@ def search(
         raise IntssmError(f"--min-accuracy must be in (0, 1], got {min_accuracy}")
     if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1 or qat_lr <= 0:
         raise IntssmError("--val-limit, --calib, --workers and --qat-lr must be positive, --qat-steps >= 0")
+    check_strength(equalize, "--equalize")
     gs = tuple(g.strip() for g in groups.split(",")) if groups else tuple(GROUPS)
     bad = [g for g in gs if g not in GROUPS]
     if bad:
@@ -345,15 +348,22 @@ def search(
     model, ck = checkpoint.load(ckpt)
     if "qspec" in ck:
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
+    ckpt_in = ckpt
     seq = ck.get("dataset", {}).get("seq", "smnist")
     cal = data.load(seq, "train", calib)
     _check_input_dim(model.cfg.d_input, cal)
-    ranges = ranges_to_json(calibrate(model, torch.from_numpy(cal.as_float())))
+    u = torch.from_numpy(cal.as_float())
+    if equalize:  # every candidate quantizes the one equalized model (the change does not depend on bits)
+        model, _ = equalize_states(model, u, equalize)
+        ckpt = out / "equalized-fp32.pt"
+        checkpoint.save(ckpt, model, **{k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict")},
+                        equalized={"alpha": equalize, "calib": calib, "seq": seq})
+    ranges = ranges_to_json(calibrate(model, u))
     t0 = time.time()
     with get_executor(executor, workers, ray_address) as ex:
         chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs, qat_lr=qat_lr,
                                        on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
-        res = {"floor": min_accuracy, "start": start, "scored": len(points), "seconds": round(time.time() - t0, 1),
+        res = {"floor": min_accuracy, "start": start, "equalize": equalize, "scored": len(points), "seconds": round(time.time() - t0, 1),
                "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
         if chosen is None:
             write(out, points, trace, None)
@@ -361,6 +371,8 @@ def search(
                               f"({trace[0]['accuracy']}); lower --min-accuracy or start wider")
         best = trace[-1]
         res |= {"best": {k: best[k] for k in ("signature", "bytes", "weights_bytes", "reduction", "accuracy")}, "best_config": str(out / "best.json")}
+        if equalize:  # the config was chosen for the equalized model: PTQ must equalize the same way
+            res["ptq_command"] = f"intssm ptq {ckpt_in} --config {out / 'best.json'} --equalize {equalize} --calib {calib} -o q.pt"
         if test:
             r = next(ex.map_unordered(score, [dict(ckpt=str(ckpt), seq=seq, qcfg=chosen, ranges=ranges, val_limit=None,
                                                    qat_steps=qat_steps, qat_lr=qat_lr, split="test")]))[1]
@@ -371,7 +383,8 @@ def search(
     b = res["best"]
     human = (f"scored {len(points)} configurations in {res['seconds']} s; least memory at val >= {min_accuracy}: "
              f"{b['signature']}\n  {b['bytes']:.0f} B ({b['reduction']:.2f}x vs float32), val {b['accuracy']:.4f}"
-             + (f", test {b['test_accuracy']:.4f}" if "test_accuracy" in b else "") + f"\n  config: {out / 'best.json'}; front: {out / 'pareto.png'}")
+             + (f", test {b['test_accuracy']:.4f}" if "test_accuracy" in b else "") + f"\n  config: {out / 'best.json'}; front: {out / 'pareto.png'}"
+             + (f"\n  chosen for the equalized model ({ckpt}); quantize with: {res['ptq_command']}" if equalize else ""))
     _emit(res, as_json, human)
 
 

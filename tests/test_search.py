@@ -99,6 +99,7 @@ def test_search_cli_writes_a_usable_config(tiny):
 def test_search_cli_errors(tiny):
     assert_clean_error(intssm("search", tiny["ckpt"], "--groups", "B,nope"), "unknown group")
     assert_clean_error(intssm("search", tiny["ckpt"], "--min-accuracy", "1.5"), "--min-accuracy")
+    assert_clean_error(intssm("search", tiny["ckpt"], "--equalize", "1.5"), "--equalize")
     assert_clean_error(intssm("search", tiny["ckpt"], "--executor", "slurm", "--groups", "D", "--val-limit", "5",
                               "--calib", "4", "-o", tiny["dir"] / "e"), "--executor")
     # a floor the start cannot reach: one line, exit 2
@@ -142,3 +143,31 @@ def test_score_with_qat_fine_tuning_changes_the_candidate(tiny):
     assert 0 <= tuned["accuracy"] <= 1
     # three AdamW steps move the weights: the integer model's saturation pattern changes
     assert (plain["accuracy"], plain["saturations"]) != (tuned["accuracy"], tuned["saturations"])
+
+
+def test_search_with_equalized_states_scores_the_model_its_ptq_command_builds(tiny):
+    """``--equalize``: the candidates quantize one equalized copy of the float model, written beside
+    the results; the PTQ command the search prints rebuilds exactly that model (same weights), and
+    the same integer model as the search's own scoring (same logits on validation sequences)."""
+    from intssm.equalize import mode_ranges
+
+    out = tiny["dir"] / "eq"
+    r = ok_json(intssm("search", tiny["ckpt"], "--min-accuracy", "0.05", "--start", "w8a8", "--groups", "D",
+                       "--val-limit", "20", "--calib", "8", "--workers", "1", "--no-test", "--equalize", "1", "-o", out, "--json"))
+    assert r["equalize"] == 1.0
+    cmd = r["ptq_command"].split()
+    assert cmd[:3] == ["intssm", "ptq", str(tiny["ckpt"])] and "--equalize" in cmd and cmd[cmd.index("--calib") + 1] == "8"
+    eq, _ = checkpoint.load(out / "equalized-fp32.pt")
+    orig, _ = checkpoint.load(tiny["ckpt"])
+    u = torch.from_numpy(data.load("smnist", "train", 8).as_float())
+    r_eq, r_orig = mode_ranges(eq, u)[0], mode_ranges(orig, u)[0]
+    assert not torch.allclose(r_orig, r_orig.amax(1, keepdim=True))  # the tiny model's modes differ in range ...
+    torch.testing.assert_close(r_eq, r_eq.amax(1, keepdim=True).expand_as(r_eq), rtol=1e-6, atol=0)  # ... not after alpha 1
+    q = tiny["dir"] / "eq-q.pt"
+    ok_json(intssm(*cmd[1:-2], "-o", q, "--json"))
+    qm_model, ck = checkpoint.load(q)
+    for k, v in eq.state_dict().items():
+        assert torch.equal(qm_model.state_dict()[k], v), k
+    assert ck["ptq"]["equalize"] == 1.0
+    sim = ok_json(intssm("simulate", q, "--split", "val", "--limit", "20", "--verify", "0", "--json"))
+    assert sim["n"] == 20 and sim["accuracy"] == r["best"]["accuracy"]
