@@ -3,6 +3,7 @@ convolution-mode training, measured side by side in one run and extrapolated to 
 
     python tools/bench_qat.py [--preset paper-small] [--d-model H] [--n-layers N] [--batch-size 64] [--batches 3] [--threads T] [--json]
     python tools/bench_qat.py --agree 500     # the textbook loop's accuracy next to the integer model's
+    python tools/bench_qat.py --profile [--d-model 64 --n-layers 1]   # where a fused step's time goes
 
 ``--d-model 64 --n-layers 1`` is the performance issue's own reference model (one layer, d_model 64,
 d_state 64, batch 64), for which it measured the plain loop at ~90x float training.
@@ -107,6 +108,26 @@ def agreement(n: int, ckpt: str, config: str) -> dict:
     return {"n": n, "float": acc(pf), "textbook": acc(pt), "integer": acc(pq), "agree": float((pt == pq).double().mean())}
 
 
+def profile_steps(step, n: int, what: str, top: int = 12) -> None:
+    """Self CPU time per operator and per step over ``n`` steps (after one warm-up step). The fused
+    kernels appear as QuantScan / QuantScanBackward (the state scan, intssm.scan) and LayerTail /
+    LayerTailBackward (each layer's pointwise steps, intssm.pointwise); the rest are Torch
+    operators (encoder, weight codes, pooling, decoder, optimizer). Times include the profiler's
+    own overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step(0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(1, n + 1):
+            step(i)
+    ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ev) / n / 1e3
+    print(f"{what}: {total:.1f} ms per step under the profiler")
+    for e in ev[:top]:
+        ms = e.self_cpu_time_total / n / 1e3
+        print(f"  {e.key:32s} {ms:8.1f} ms  {100 * ms / total:5.1f}%")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="paper-small")
@@ -124,6 +145,8 @@ def main():
                     help="instead: accuracy of the textbook loop vs the integer model on N test sequences")
     ap.add_argument("--agree-model", default=str(ROOT / "data/checkpoints/paper-small-fp32.pt"))
     ap.add_argument("--agree-config", default="w8a8-state12")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: where a fused QAT step spends its time (torch.profiler over --batches steps, by operator)")
     a = ap.parse_args()
     import numba
     import torch
@@ -163,6 +186,10 @@ def main():
         opt_q.zero_grad()
         loss.backward()
         opt_q.step()
+
+    if a.profile:
+        return profile_steps(q_step, a.batches, f"{a.preset} (d_model {mcfg.d_model}, {mcfg.n_layers} layer(s)) / {a.config}, "
+                             f"batch {B}, {threads} threads")
 
     def q_forward(i):  # forward only, keeping the graph as training does
         lg, _ = qm(x[i * B:(i + 1) * B], ste=True)
