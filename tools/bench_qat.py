@@ -81,7 +81,7 @@ def textbook_forward(m, tq, P):
                             fq(Ar * xi[i] + Ai * xr[i] + Bi * hn, p + "x_im", 1))
             y = fq(2 * ((Cr * xr[i]).sum(-1) - (Ci * xi[i]).sum(-1)) + D * h, p + "y")
             g = fq(fq(F.gelu(y), p + "act") @ W.T + b, p + "glu")
-            h = fq(h + g[..., :W.shape[1]] * torch.sigmoid(g[..., W.shape[1]:]), p + "h")
+            h = fq(h + g[..., :W.shape[1]] * fq(torch.sigmoid(g[..., W.shape[1]:]), p + "sig"), p + "h")
         pool = pool + h
     return fq(m.decoder(fq(pool / L, "pool")), "logits")
 
