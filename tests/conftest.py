@@ -1,10 +1,12 @@
-"""Shared test setup: Hypothesis profiles.
+"""Shared test setup: Hypothesis profiles, and :func:`load_tool` for the scripts in ``tools/``.
 
 ``ci`` (default) keeps the whole run within a few minutes on 2 cores; ``thorough`` runs thousands
 of examples: ``HYPOTHESIS_PROFILE=thorough pytest``.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
@@ -17,3 +19,11 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def load_tool(name: str):
+    """The script ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

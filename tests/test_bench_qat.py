@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from conftest import load_tool
 from intssm.model import ModelConfig, S4DModel
 from intssm.qmodel import ptq
 from intssm.qspec import PRESETS
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_qat", ROOT / "tools" / "bench_qat.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("bench_qat")
 
 
 def test_textbook_loop_is_the_model_stepped_with_fake_quantization():

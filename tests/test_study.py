@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+from conftest import load_tool
 from intssm import checkpoint
 from intssm.model import PRESETS, S4DModel
 
@@ -15,10 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("reproduce_paper", ROOT / "tools" / "reproduce_paper.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("reproduce_paper")
 
 
 def test_part_e_varies_abar_alone_with_a_12_bit_state():
