@@ -40,6 +40,15 @@ def save(path, model: S4DModel, **extra) -> None:
         tmp.unlink(missing_ok=True)
 
 
+MODEL_KEYS = ("format", "intssm_version", "model_config", "state_dict")
+
+
+def extras(ck: dict, *drop: str) -> dict:
+    """A checkpoint's entries other than the model itself (and ``drop``): what a command carries
+    from the checkpoint it read into the one it writes (dataset, training log, ...)."""
+    return {k: v for k, v in ck.items() if k not in MODEL_KEYS + drop}
+
+
 def load_raw(path) -> dict:
     """The checkpoint dict, with every failure turned into a one-line :class:`IntssmError`."""
     p = Path(path)

@@ -208,7 +208,7 @@ def ptq_(
     cal = data.load(seq, "train", calib)
     _check_input_dim(model.cfg.d_input, cal)
     qm, ranges = ptq(model, qcfg, torch.from_numpy(cal.as_float()), equalize)
-    extra = {k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict")}
+    extra = checkpoint.extras(ck)
     extra["qspec"] = qspec_entry(qm, ranges)
     extra["ptq"] = {"config": config, "calib": calib, "seq": seq, "equalize": equalize}
     checkpoint.save(out, qm.model.float(), **extra)
@@ -287,7 +287,7 @@ def qat_(
                                 on_epoch=lambda r: err.print(json.dumps(r)), max_minutes=max_minutes,
                                 distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema)
     restore(qm, best)
-    extra = {k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict", "qspec")}
+    extra = checkpoint.extras(ck, "qspec")
     extra["qspec"] = qspec_entry(qm, ranges)
     extra["qat"] = {"param": param, "epochs": epochs, "batch_size": batch_size, "lr": lr, "history": history,
                     "config": how}
@@ -326,9 +326,9 @@ def search(
     import torch
 
     from . import checkpoint, data
-    from .equalize import check_strength, equalize_states
+    from .equalize import check_strength
     from .executor import get_executor
-    from .qmodel import calibrate
+    from .qmodel import ptq
     from .qspec import get_config, ranges_to_json
     from .search import GROUPS, greedy, pareto, plot, score, write
 
@@ -352,13 +352,12 @@ def search(
     seq = ck.get("dataset", {}).get("seq", "smnist")
     cal = data.load(seq, "train", calib)
     _check_input_dim(model.cfg.d_input, cal)
-    u = torch.from_numpy(cal.as_float())
-    if equalize:  # every candidate quantizes the one equalized model (the change does not depend on bits)
-        model, _ = equalize_states(model, u, equalize)
+    # ranges calibrated once, by the PTQ step `intssm ptq` runs (equalization included): they do not depend on bits
+    qm0, ranges = ptq(model, q0, torch.from_numpy(cal.as_float()), equalize)
+    ranges = ranges_to_json(ranges)
+    if equalize:  # every candidate quantizes the one equalized model
         ckpt = out / "equalized-fp32.pt"
-        checkpoint.save(ckpt, model, **{k: v for k, v in ck.items() if k not in ("format", "intssm_version", "model_config", "state_dict")},
-                        equalized={"alpha": equalize, "calib": calib, "seq": seq})
-    ranges = ranges_to_json(calibrate(model, u))
+        checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), equalized={"alpha": equalize, "calib": calib, "seq": seq})
     t0 = time.time()
     with get_executor(executor, workers, ray_address) as ex:
         chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs, qat_lr=qat_lr,
