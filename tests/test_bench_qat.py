@@ -13,7 +13,6 @@ from intssm.qmodel import ptq
 from intssm.qspec import PRESETS
 
 
-
 def _bench():
     return load_tool("bench_qat")
 

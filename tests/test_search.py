@@ -148,7 +148,7 @@ def test_score_with_qat_fine_tuning_changes_the_candidate(tiny):
 def test_search_with_equalized_states_scores_the_model_its_ptq_command_builds(tiny):
     """``--equalize``: the candidates quantize one equalized copy of the float model, written beside
     the results; the PTQ command the search prints rebuilds exactly that model (same weights), and
-    the same integer model as the search's own scoring (same logits on validation sequences)."""
+    an integer model that scores the search's own validation accuracy."""
     from intssm.equalize import mode_ranges
 
     out = tiny["dir"] / "eq"
