@@ -24,7 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-SeqOpt = Annotated[str, typer.Option("--seq", help="smnist | psmnist | IDX directory | .npz file.")]
+SeqOpt = Annotated[str, typer.Option("--seq", help="smnist | psmnist | UEA/UCR .ts dataset (directory or NAME_TRAIN.ts) | IDX directory | .npz file.")]
+ValFracOpt = Annotated[Optional[float], typer.Option(help="Validation share of the training sequences, stratified and seeded (default 0.2; 0 = none, the last epoch is kept). sMNIST always holds out its last 10,000.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N sequences.")]
 EqualizeOpt = Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")]
 
@@ -79,8 +80,12 @@ def train(
     preset: Annotated[str, typer.Option(help="Model preset: paper-small | base | tiny.")] = "paper-small",
     seq: SeqOpt = "smnist",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 128,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default 128, or n/16 (>= 8) for small datasets).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate (non-SSM parameters).")] = 1e-2,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay of the non-SSM parameters.")] = 0.01,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout after the activation (default: the preset's).")] = None,
+    pool: Annotated[Optional[str], typer.Option(help="mean | last (default: the preset's; 'last' for variable-length data, which the integer datapath needs).")] = None,
+    val_fraction: ValFracOpt = None,
     ssm_lr: Annotated[float, typer.Option(help="Learning rate of dt, A, B (no weight decay).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for init, shuffling and dropout.")] = 0,
     limit: LimitOpt = None,
@@ -93,17 +98,28 @@ def train(
     min_decay: Annotated[float, typer.Option(help="Keep 1 - |Abar| >= this for every mode (e.g. 2**-b for a b-bit state; 0 = off).")] = 0.0,
     as_json: JsonOpt = False,
 ):
-    """Train a float S4D in convolution mode; keeps the best-on-validation weights."""
+    """Train a float S4D in convolution mode; keeps the best-on-validation weights.
+
+    The dataset sets the model's ends (features per step, classes); the preset its body."""
+    import math
+
     from . import checkpoint, data
     from .model import PRESETS, S4DModel, n_params
-    from .train import TrainArgs, args_dict
+    from .train import TrainArgs, args_dict, auto_batch_size
     from .train import train as run_train
 
     _check_limit(limit)
     if preset not in PRESETS:
         raise IntssmError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if epochs < 1 or batch_size < 1 or lr <= 0 or ssm_lr <= 0 or max_minutes < 0:
-        raise IntssmError("--epochs, --batch-size, --lr and --ssm-lr must be positive (--max-minutes >= 0)")
+    nums = {"--lr": lr, "--ssm-lr": ssm_lr, "--max-minutes": max_minutes, "--weight-decay": weight_decay,
+            "--min-decay": min_decay, "--dropout": dropout or 0.0, "--val-fraction": val_fraction or 0.0}
+    bad = [k for k, v in nums.items() if not math.isfinite(v)]
+    if bad:
+        raise IntssmError(f"{', '.join(bad)} must be finite numbers")
+    if epochs < 1 or (batch_size is not None and batch_size < 1) or lr <= 0 or ssm_lr <= 0 or max_minutes < 0 or weight_decay < 0:
+        raise IntssmError("--epochs, --batch-size, --lr and --ssm-lr must be positive (--max-minutes, --weight-decay >= 0)")
+    if pool is not None and pool not in ("mean", "last"):
+        raise IntssmError(f"--pool must be mean or last, got {pool!r}")
     import torch
 
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
@@ -113,27 +129,39 @@ def train(
         raise IntssmError(f"--d-model, --d-state and --n-layers must be positive (d_state even), got {over}")
     from dataclasses import replace as dc_replace
 
-    mcfg = dc_replace(PRESETS[preset], **over, min_decay=min_decay)
-    args = TrainArgs(epochs=epochs, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr, seed=seed, limit=limit, threads=threads,
-                     device=device, max_minutes=max_minutes)
+    info = data.info(seq)
+    ends = {"d_input": info.d_input, "d_output": info.n_classes}
+    if pool is None and info.varlen:
+        pool = "last"
+    ends |= {"pool": pool} if pool else {}
+    ends |= {"dropout": dropout} if dropout is not None else {}
+    mcfg = dc_replace(PRESETS[preset], **over, **ends, min_decay=min_decay)
+    n_train = len(data.load(seq, "train", limit, val_fraction))
+    args = TrainArgs(epochs=epochs, batch_size=batch_size or auto_batch_size(n_train), lr=lr, ssm_lr=ssm_lr,
+                     weight_decay=weight_decay, seed=seed, limit=limit, threads=threads, device=device,
+                     max_minutes=max_minutes, val_fraction=val_fraction)
     model = S4DModel(mcfg, seed=seed)
-    n_train = len(data.load(seq, "train", limit))
-    err.print(f"training {preset} ({n_params(model)} parameters) on {seq}: {n_train} sequences x {epochs} epochs")
+    err.print(f"training {preset} ({n_params(model)} parameters; {info.d_input} features/step, {info.n_classes} classes, "
+              f"pool {mcfg.pool}) on {seq}: {n_train} sequences x {epochs} epochs, batch {args.batch_size}")
     with progress_bar("train", epochs * n_train, enabled=not as_json) as adv:
         def on_step(ep, n, loss, acc):
             adv(n, info=f"ep {ep + 1} loss {loss:.3f} acc {acc:.3f}")
 
         def on_epoch(rec):
-            err.print(json.dumps(rec))
+            err.print(json.dumps(rec), soft_wrap=True)
 
         best, history = run_train(model, seq, args, on_step=on_step, on_epoch=on_epoch)
     model.load_state_dict(best)
     ds = data.load(seq, "test")
-    checkpoint.save(out, model, metrics=history, dataset={"seq": seq, "checksum": ds.checksum},
+    checkpoint.save(out, model, metrics=history, dataset=_dataset_entry(seq, ds, val_fraction),
                     train_args=args_dict(args) | {"preset": preset, "overrides": over})
-    best_rec = max(history, key=lambda r: r["val_acc"])
-    _emit({"out": str(out), "best_epoch": best_rec["epoch"], "val_acc": best_rec["val_acc"], "history": history},
-          as_json, f"saved {out} (best epoch {best_rec['epoch']}, val acc {best_rec['val_acc']:.4f})")
+    if history[-1]["val_acc"] is None:
+        best_rec = history[-1]
+        txt = f"saved {out} (no validation split: last epoch {best_rec['epoch']} kept)"
+    else:
+        best_rec = max(history, key=lambda r: r["val_acc"])
+        txt = f"saved {out} (best epoch {best_rec['epoch']}, val acc {best_rec['val_acc']:.4f})"
+    _emit({"out": str(out), "best_epoch": best_rec["epoch"], "val_acc": best_rec["val_acc"], "history": history}, as_json, txt)
 
 
 @app.command("eval")
@@ -152,12 +180,20 @@ def eval_(
     _check_limit(limit)
     if mode not in ("conv", "recurrent"):
         raise IntssmError(f"--mode must be conv or recurrent, got {mode!r}")
-    model, _ = checkpoint.load(ckpt)
+    model, ck = checkpoint.load(ckpt)
     ds = data.load(seq, split, limit)
     _check_input_dim(model.cfg.d_input, ds)
+    _check_labels(model.cfg.d_output, ds)
+    x = ds.as_float()
+    if "qspec" in ck:  # the float weights of a quantized checkpoint, on the inputs they read
+        from .qmodel import from_checkpoint
+
+        qm = from_checkpoint(model, ck)
+        x = qm.input_codes(ds.x, ds.lengths).astype(np.float32) / np.float32(255.0)
+        err.print(f"{ckpt} is quantized: scoring its float weights (intssm simulate scores the integer model)")
     t0 = time.time()
     with progress_bar(f"eval {mode}", len(ds), enabled=not as_json) as adv:
-        acc, loss = evaluate(model, ds.as_float(), ds.y, mode=mode, progress=adv)
+        acc, loss = evaluate(model, x, ds.y, mode=mode, progress=adv, lengths=ds.lengths)
     dt = time.time() - t0
     _emit({"accuracy": acc, "loss": loss, "n": len(ds), "mode": mode, "seq": seq, "split": split,
            "seconds": dt, "sequences_per_s": len(ds) / dt}, as_json,
@@ -189,11 +225,9 @@ def ptq_(
     as_json: JsonOpt = False,
 ):
     """Post-training quantization: calibrate every range on training data, write a quantized checkpoint."""
-    import torch
-
     from . import checkpoint, data
     from .equalize import check_strength
-    from .qmodel import ptq, qspec_entry
+    from .qmodel import ptq_dataset, qspec_entry
     from .qspec import get_config
 
     if calib < 1:
@@ -205,9 +239,9 @@ def ptq_(
     if "qspec" in ck:
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
     seq = seq or ck.get("dataset", {}).get("seq", "smnist")
-    cal = data.load(seq, "train", calib)
+    cal = data.load(seq, "train", calib, _val_fraction_of(ck))
     _check_input_dim(model.cfg.d_input, cal)
-    qm, ranges = ptq(model, qcfg, torch.from_numpy(cal.as_float()), equalize)
+    qm, ranges = ptq_dataset(model, qcfg, cal, equalize)
     extra = checkpoint.extras(ck)
     extra["qspec"] = qspec_entry(qm, ranges)
     extra["ptq"] = {"config": config, "calib": calib, "seq": seq, "equalize": equalize}
@@ -237,18 +271,20 @@ def qat_(
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
-    import torch
+    import math
 
     from . import checkpoint, data
     from .equalize import check_strength
     from .qat import PARAMS, kept, restore
     from .qat import train as run_qat
-    from .qmodel import from_checkpoint, ptq, qspec_entry, requantize
+    from .qmodel import from_checkpoint, ptq_dataset, qspec_entry, requantize
     from .qspec import get_config, ranges_from_json
 
     _check_limit(limit)
     if param not in PARAMS:
         raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
+    if not all(math.isfinite(v) for v in (lr, max_minutes, distill, distill_temp, ema)):
+        raise IntssmError("--lr, --max-minutes, --distill, --distill-temp and --ema must be finite numbers")
     if epochs < 1 or batch_size < 1 or lr <= 0 or calib < 1 or val_limit < 1 or max_minutes < 0:
         raise IntssmError("--epochs, --batch-size, --lr, --calib and --val-limit must be positive (--max-minutes >= 0)")
     if not 0 <= distill <= 1 or not distill_temp > 0:
@@ -267,6 +303,7 @@ def qat_(
     model, ck = checkpoint.load(ckpt)
     model = model.double()
     seq = ck.get("dataset", {}).get("seq", "smnist")
+    vfrac = _val_fraction_of(ck)
     if "qspec" in ck:
         if equalize:
             raise IntssmError("--equalize applies to a float checkpoint, before calibration; this one is already quantized")
@@ -277,15 +314,16 @@ def qat_(
         how = "from checkpoint" if config is None else f"{config} (re-quantized on the checkpoint's ranges)"
     else:
         config = config or "w8a8"
-        cal = data.load(seq, "train", calib)
-        qm, ranges = ptq(model, get_config(config), torch.from_numpy(cal.as_float()), equalize)
+        cal = data.load(seq, "train", calib, vfrac)
+        _check_input_dim(model.cfg.d_input, cal)
+        qm, ranges = ptq_dataset(model, get_config(config), cal, equalize)
         how = config if not equalize else f"{config}, states equalized (alpha {equalize})"
-    n_train = len(data.load(seq, "train", limit))
+    n_train = len(data.load(seq, "train", limit, vfrac))
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
         best, history = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
                                 on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
-                                on_epoch=lambda r: err.print(json.dumps(r)), max_minutes=max_minutes,
-                                distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema)
+                                on_epoch=lambda r: err.print(json.dumps(r), soft_wrap=True), max_minutes=max_minutes,
+                                distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema, val_fraction=vfrac)
     restore(qm, best)
     extra = checkpoint.extras(ck, "qspec")
     extra["qspec"] = qspec_entry(qm, ranges)
@@ -300,8 +338,9 @@ def qat_(
     checkpoint.save(out, qm.model, **extra)  # float64, as trained: float32 could flip a code at a rounding tie
     best_acc, best_ep, kind = kept(history)
     which = " (averaged weights)" if kind == "val_int_acc_ema" else ""
-    _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json,
-          f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
+    txt = (f"saved {out} (no validation split: last epoch {best_ep} kept)" if best_acc is None else
+           f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
+    _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
 
 
 @app.command()
@@ -328,7 +367,7 @@ def search(
     from . import checkpoint, data
     from .equalize import check_strength
     from .executor import get_executor
-    from .qmodel import ptq
+    from .qmodel import ptq_dataset
     from .qspec import get_config, ranges_to_json
     from .search import GROUPS, greedy, pareto, plot, score, write
 
@@ -350,14 +389,18 @@ def search(
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
     ckpt_in = ckpt
     seq = ck.get("dataset", {}).get("seq", "smnist")
-    cal = data.load(seq, "train", calib)
+    cal = data.load(seq, "train", calib, _val_fraction_of(ck))
     _check_input_dim(model.cfg.d_input, cal)
     # ranges calibrated once, by the PTQ step `intssm ptq` runs (equalization included): they do not depend on bits
-    qm0, ranges = ptq(model, q0, torch.from_numpy(cal.as_float()), equalize)
+    qm0, ranges = ptq_dataset(model, q0, cal, equalize)
     ranges = ranges_to_json(ranges)
     if equalize:  # every candidate quantizes the one equalized model
         ckpt = out / "equalized-fp32.pt"
-        checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), equalized={"alpha": equalize, "calib": calib, "seq": seq})
+        checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), equalized={"alpha": equalize, "calib": calib, "seq": seq},
+                        input_quant=qm0.iq.to_dict() if qm0.iq is not None else None)
+    elif qm0.iq is not None:  # float data: every candidate quantizes the model folded to read the input codes
+        ckpt = out / "input-folded-fp32.pt"
+        checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), input_quant=qm0.iq.to_dict())
     t0 = time.time()
     with get_executor(executor, workers, ray_address) as ex:
         chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs, qat_lr=qat_lr,
@@ -468,30 +511,27 @@ def simulate(
             raise IntssmError(f"--verify must be >= 0, got {n_verify}")
     im = integer.load(model)
     ds = data.load(seq, split, limit)
-    if not ds.is_uint8:
-        raise IntssmError(f"{ds.name}: the integer datapath takes raw uint8 inputs; this dataset is float")
-    _check_input_dim(im.arrays["enc_w"].shape[1], ds)
-    if im.mean_pool and ds.x.shape[1] != im.seq_len:
-        raise IntssmError(f"model was quantized for sequences of length {im.seq_len}, {ds.name} has {ds.x.shape[1]}")
+    P = im.input_codes(ds)
+    im.check_data(ds)
     n = len(ds)
-    sim(im.arrays, ds.x[:1], im.mean_pool, len(im.counters))  # compile / load the JIT cache outside the timing
+    sim(im.arrays, P[:1], im.mean_pool, len(im.counters), lengths=ds.lengths[:1])  # compile / load the JIT cache outside the timing
     with progress_bar("simulate", n, enabled=not as_json) as adv:
-        logits, cnts, secs = integer.run(im, ds.x, progress=adv)
+        logits, cnts, secs = integer.run(im, P, progress=adv, lengths=ds.lengths)
     pred = logits.argmax(1)
     acc = float((pred == ds.y).mean())
     nv = 0 if im.qm is None else (n if n_verify is None else min(n_verify, n))
     exact = 0
     if nv:
         with progress_bar("verify (Torch)", nv, enabled=not as_json) as adv:
-            ref = integer.torch_logits(im.qm, ds.x[:nv], progress=adv)
+            ref = integer.torch_logits(im.qm, P[:nv], progress=adv, lengths=ds.lengths[:nv])
         exact = int((ref == logits[:nv]).all(axis=1).sum())
     sats = {name: int(v) for name, v in zip(im.counters, cnts.sum(0))}
-    steps = n * ds.x.shape[1]
+    steps = int(ds.lengths.sum())
     res = {"accuracy": acc, "n": n, "n_verified": nv, "bit_exact": exact, "saturations": sats,
            "steps_per_s": steps / secs, "sequences_per_s": n / secs, "sim_seconds": secs,
            "model": str(model), "source": im.source, "seq": seq, "split": split}
     if trace:
-        _, _, (tr, ti) = sim(im.arrays, ds.x[:1], im.mean_pool, len(im.counters), trace=True)
+        _, _, (tr, ti) = sim(im.arrays, P[:1], im.mean_pool, len(im.counters), trace=True, lengths=ds.lengths[:1])
         np.savez_compressed(trace, x_re=tr, x_im=ti)
         res["trace"] = str(trace)
     sat_txt = ", ".join(f"{k} {v}" for k, v in sats.items() if v) or "none"
@@ -557,13 +597,15 @@ def profile(
     if limit:
         im = integer.load(src)
         ds = data.load(seq, "test", limit)
-        _, cnts, _ = integer.run(im, ds.x)
+        im.check_data(ds)
+        _, cnts, _ = integer.run(im, im.input_codes(ds), lengths=ds.lengths)
         H, N2, C = cfg.d_model, cfg.d_state // 2, cfg.d_output
-        per_seq = {"h0": H * L, "x_re": H * N2 * L, "x_im": H * N2 * L, "y": H * L, "glu": 2 * H * L, "h": H * L,
-                   "pool": H, "logits": C}
+        steps = int(ds.lengths.sum())
+        per_step = {"h0": H, "x_re": H * N2, "x_im": H * N2, "y": H, "glu": 2 * H, "h": H}
         rates = {}
         for name_c, c in zip(im.counters, cnts.sum(0)):
-            events = per_seq[name_c.split(".")[-1]] * len(ds)
+            kind = name_c.split(".")[-1]
+            events = per_step[kind] * steps if kind in per_step else {"pool": H, "logits": C}[kind] * len(ds)
             rates[name_c] = {"saturations": int(c), "events": events, "rate": int(c) / events}
         prof["saturation_rates"] = rates
     if plot:
@@ -624,6 +666,22 @@ def _plot_profile(parts: dict, mem: dict, path: Path):
 def _check_input_dim(d_input, ds):
     if ds.x.shape[-1] != d_input:
         raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {d_input}")
+
+
+def _check_labels(n_classes, ds):
+    if len(ds.y) and int(ds.y.max()) >= n_classes:
+        raise IntssmError(f"{ds.name}: label {int(ds.y.max())} is beyond the model's {n_classes} classes")
+
+
+def _dataset_entry(seq: str, ds, val_fraction) -> dict:
+    """What a checkpoint records of its dataset: the source, its checksum, the validation split."""
+    return {"seq": seq, "checksum": ds.checksum, "val_fraction": val_fraction}
+
+
+def _val_fraction_of(ck: dict):
+    """The validation fraction a checkpoint was trained with (None: the default split)."""
+    v = ck.get("dataset", {}).get("val_fraction") if isinstance(ck.get("dataset"), dict) else None
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def main():

@@ -25,11 +25,12 @@ def register(app: typer.Typer) -> None:
 
         if model.suffix == ".npz":
             arrays, man = export.load(model)
-            cfg, seq_len, counters = man["model_config"], man["seq_len"], man["counters"]
+            cfg, seq_len, counters, iq = man["model_config"], man["seq_len"], man["counters"], man.get("input")
         else:
             im = integer.load(model)
             arrays, cfg, seq_len, counters = im.arrays, im.qm.dp.cfg.to_dict(), im.seq_len, im.counters
-        files = cexport.write_c(arrays, {"model_config": cfg, "seq_len": seq_len, "counters": counters}, out)
+            iq = im.iq.to_dict() if im.iq is not None else None
+        files = cexport.write_c(arrays, {"model_config": cfg, "seq_len": seq_len, "counters": counters, "input": iq}, out)
         ro = cexport.rodata_bytes_estimate(arrays)
         _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
               as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant tables)")

@@ -30,11 +30,12 @@ from .model import S4DModel
 from .qmodel import calibrate
 
 
-def mode_ranges(model: S4DModel, u: torch.Tensor) -> list[torch.Tensor]:
+def mode_ranges(model: S4DModel, u: torch.Tensor, lengths=None) -> list[torch.Tensor]:
     """Per layer, r (H, N/2): the largest |Re x_n| or |Im x_n| of each mode over ``u`` (B, L, d)
-    float inputs, from the float model run recurrently in float64 (:func:`intssm.qmodel.calibrate`)."""
+    float inputs (valid steps only, ``lengths`` (B,)), from the float model run recurrently in
+    float64 (:func:`intssm.qmodel.calibrate`)."""
     modes: list = []
-    calibrate(model, u, modes=modes)
+    calibrate(model, u, modes=modes, lengths=lengths)
     return modes
 
 
@@ -45,13 +46,13 @@ def check_strength(alpha: float, what: str = "state equalization strength") -> N
 
 
 @torch.no_grad()
-def equalize_states(model: S4DModel, u: torch.Tensor, alpha: float) -> tuple[S4DModel, list[torch.Tensor]]:
+def equalize_states(model: S4DModel, u: torch.Tensor, alpha: float, lengths=None) -> tuple[S4DModel, list[torch.Tensor]]:
     """A copy of ``model`` with B / d and C d per mode, d = (r / r_max) ** alpha (module docstring);
     returns it and d per layer (H, N/2). Modes that never move (r = 0) keep d = 1."""
     check_strength(alpha)
     out = copy.deepcopy(model)
     ds = []
-    for layer, r in zip(out.layers, mode_ranges(model, u)):
+    for layer, r in zip(out.layers, mode_ranges(model, u, lengths)):
         rmax = r.amax(1, keepdim=True)
         d = torch.where((r > 0) & (rmax > 0), r / rmax.clamp_min(1e-300), torch.ones_like(r)) ** alpha
         ssm = layer.ssm

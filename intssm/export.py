@@ -2,7 +2,8 @@
 
 Manifest (stored as the ``manifest`` array, UTF-8 JSON bytes): ``format`` ("intssm-int"),
 ``format_version``, ``datapath_version``, ``intssm_version``, ``model_config``, ``quant_config``,
-``seq_len``, ``counters`` (saturation counter names), and per tensor its scale / bits.
+``seq_len``, ``counters`` (saturation counter names), ``input`` (the input quantizer of float
+data, :mod:`intssm.inputq`, or null for raw uint8 inputs), and per tensor its scale / bits.
 Loads with ``np.load(..., allow_pickle=False)``; versions, names, dtypes, shapes and code ranges
 are validated before anything runs.
 """
@@ -69,6 +70,7 @@ def manifest_of(qm) -> dict:
         "format": FORMAT, "format_version": FORMAT_VERSION, "datapath_version": DATAPATH_VERSION,
         "intssm_version": __version__, "model_config": dp.cfg.to_dict(), "quant_config": dp.qcfg.to_dict(),
         "seq_len": dp.seq_len, "counters": dp.counters,
+        "input": qm.iq.to_dict() if qm.iq is not None else None,
         "tensors": {k: {"bits": t.fmt.bits, "symmetric": t.fmt.symmetric, "per_channel": t.fmt.per_channel,
                         "scale": t.scale.tolist(), "zero": t.zero.tolist()} for k, t in dp.tq.items()},
     }
@@ -135,6 +137,11 @@ def load(path) -> tuple[dict, dict]:
             raise IntssmError(f"{p}: array {k} has shape {v.shape}, expected {shp}")
         arrays[k] = v.astype(np.int64)
     _check_ranges(p, arrays, qcfg)
+    if man.get("input") is not None:
+        from .inputq import InputQuant
+
+        if len(InputQuant.from_dict(man["input"]).lo) != cfg.d_input:
+            raise IntssmError(f"{p}: the input quantizer's channels disagree with d_input {cfg.d_input}")
     return arrays, man
 
 

@@ -16,7 +16,7 @@ import torch
 
 from . import checkpoint, data, export
 from .errors import IntssmError
-from .qmodel import QuantS4D, from_checkpoint, ptq
+from .qmodel import QuantS4D, from_checkpoint, ptq_dataset
 from .qspec import PRESETS
 from .sim import simulate
 
@@ -34,6 +34,29 @@ class IntegerModel:
     qcfg: object = None  # QuantConfig
     qm: QuantS4D | None = None  # the Torch quantized model, when the source has float weights
     dataset: str | None = None
+    iq: object = None  # intssm.inputq.InputQuant of a model for float data, else None (raw uint8 inputs)
+
+    def input_codes(self, ds) -> np.ndarray:
+        """The uint8 codes the datapath takes for dataset ``ds`` (:class:`intssm.data.SeqData`):
+        raw uint8 data as themselves, float data through the input quantizer."""
+        if ds.x.shape[-1] != self.cfg.d_input:
+            raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {self.cfg.d_input}")
+        if self.iq is None:
+            if not ds.is_uint8:
+                raise IntssmError(f"{ds.name}: float data, but this model takes raw uint8 inputs (it was quantized on uint8 data)")
+            return ds.x
+        if ds.is_uint8:
+            raise IntssmError(f"{ds.name}: uint8 data, but this model quantizes float inputs (it was calibrated on float data)")
+        return self.iq.codes(ds.x, ds.lengths)
+
+    def check_data(self, ds) -> None:
+        """Refuse data the integer model cannot score: labels beyond its classes, or sequences of
+        another length for a mean-pooling model."""
+        if len(ds.y) and int(ds.y.max()) >= self.cfg.d_output:
+            raise IntssmError(f"{ds.name}: label {int(ds.y.max())} is beyond the model's {self.cfg.d_output} classes")
+        if self.mean_pool and (ds.x.shape[1] != self.seq_len or ds.varlen):
+            raise IntssmError(f"model mean-pools over exactly {self.seq_len} steps; {ds.name} has sequences of "
+                              f"length {int(ds.lengths.min())}..{int(ds.lengths.max())}")
 
 
 def load(path, calib: int = 64, config: str = DEFAULT_CONFIG) -> IntegerModel:
@@ -42,10 +65,13 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG) -> IntegerModel:
         from .model import ModelConfig
         from .qspec import QuantConfig
 
+        from .inputq import InputQuant
+
         arrays, man = export.load(p)
+        iq = InputQuant.from_dict(man["input"]) if man.get("input") is not None else None
         return IntegerModel(arrays, man["counters"], man["model_config"]["pool"] == "mean", man["seq_len"],
                             f"{p} (integer artifact)", ModelConfig.from_dict(man["model_config"]),
-                            QuantConfig.from_dict(man["quant_config"]))
+                            QuantConfig.from_dict(man["quant_config"]), iq=iq)
     model, ck = checkpoint.load(p)
     model = model.double()
     if "qspec" in ck:
@@ -56,19 +82,21 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG) -> IntegerModel:
             raise IntssmError(f"unknown quant config {config!r}")
         seq = ck.get("dataset", {}).get("seq", "smnist")
         cal = data.load(seq, "train", calib)
-        qm, _ = ptq(model, PRESETS[config], torch.from_numpy(cal.as_float()))
+        qm, _ = ptq_dataset(model, PRESETS[config], cal)
         src = f"{p} (float checkpoint, default PTQ {config} calibrated on {calib} training sequences)"
     arrays = export.integer_model(qm)
     return IntegerModel(arrays, qm.dp.counters, qm.dp.cfg.pool == "mean", qm.dp.seq_len, src, qm.dp.cfg, qm.dp.qcfg,
-                        qm, ck.get("dataset", {}).get("seq"))
+                        qm, ck.get("dataset", {}).get("seq"), qm.iq)
 
 
-def run(im: IntegerModel, P: np.ndarray, chunk: int = 1000, progress=None):
-    """(logit codes (n, C), saturation counts (n, counters), seconds in the simulator)."""
+def run(im: IntegerModel, P: np.ndarray, chunk: int = 1000, progress=None, lengths: np.ndarray | None = None):
+    """(logit codes (n, C), saturation counts (n, counters), seconds in the simulator) of input
+    codes ``P`` (n, L, d), sequence i run for ``lengths[i]`` steps (None: all L)."""
     out, cnts, t = [], [], 0.0
     for i in range(0, len(P), chunk):
         t0 = time.perf_counter()
-        lg, c, _ = simulate(im.arrays, P[i : i + chunk], im.mean_pool, len(im.counters))
+        lens = None if lengths is None else lengths[i : i + chunk]
+        lg, c, _ = simulate(im.arrays, P[i : i + chunk], im.mean_pool, len(im.counters), lengths=lens)
         t += time.perf_counter() - t0
         out.append(lg)
         cnts.append(c)
@@ -78,11 +106,12 @@ def run(im: IntegerModel, P: np.ndarray, chunk: int = 1000, progress=None):
 
 
 @torch.no_grad()
-def torch_logits(qm: QuantS4D, P: np.ndarray, chunk: int = 500, progress=None):
+def torch_logits(qm: QuantS4D, P: np.ndarray, chunk: int = 500, progress=None, lengths: np.ndarray | None = None):
     """Logit codes from the Torch quantized model, as an int64 numpy array."""
     out = []
     for i in range(0, len(P), chunk):
-        lg, _ = qm(torch.from_numpy(P[i : i + chunk]))
+        lens = None if lengths is None else torch.from_numpy(lengths[i : i + chunk])
+        lg, _ = qm(torch.from_numpy(P[i : i + chunk]), lengths=lens)
         out.append(lg.numpy().astype(np.int64))
         if progress:
             progress(len(lg))
@@ -102,4 +131,6 @@ def describe(path) -> tuple:
     cfg = ModelConfig.from_dict(dict(ck["model_config"]))
     if "qspec" in ck:
         return cfg, QuantConfig.from_dict(dict(ck["qspec"]["quant_config"])), int(ck["qspec"]["seq_len"]), str(p)
-    return cfg, PRESETS[DEFAULT_CONFIG], 784, f"{p} (float; default {DEFAULT_CONFIG})"
+    ds = ck.get("dataset")
+    L = data.info(ds["seq"]).max_len if isinstance(ds, dict) and isinstance(ds.get("seq"), str) else 784
+    return cfg, PRESETS[DEFAULT_CONFIG], L, f"{p} (float; default {DEFAULT_CONFIG})"

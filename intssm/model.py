@@ -12,7 +12,8 @@ Symbols follow the paper: H = d_model channels, N = d_state, of which N/2 comple
     K_l  = 2 Re(sum_n C_n Bbar_n Abar_n^l)  convolution mode: y = K * u + D u (FFT)
 
 Backbone (per layer, no norm): ``h <- h + GLU(W gelu(S4D(h)) + b)``; encoder ``Linear(d_input, H)``
-on ``u = p / 255``; mean (or last-step) pooling; decoder ``Linear(H, d_output)``.
+on ``u`` (``p / 255`` for raw uint8 codes); mean (or last-step) pooling over each sequence's own
+length; decoder ``Linear(H, d_output)``.
 
 Design note -- every block has an exact integer realisation (docs/datapath.md):
 the encoder, GLU mixing and decoder are integer matrix products with int32 accumulators;
@@ -189,33 +190,44 @@ class S4DModel(nn.Module):
         for layer in self.layers:
             layer.ssm.project(self.cfg.min_decay)
 
-    def forward(self, u: torch.Tensor, mode: str = "conv") -> torch.Tensor:
-        """u (B L d_input) float -> logits (B d_output)."""
+    def forward(self, u: torch.Tensor, mode: str = "conv", lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """u (B L d_input) float -> logits (B d_output).
+
+        ``lengths`` (B,): sequence b ends at step lengths[b]; the steps after it are padding. Every
+        block is causal, so padding cannot reach an earlier step; the pooling reads valid steps only
+        (the mean over the first lengths[b] steps, or step lengths[b] - 1)."""
         if mode == "recurrent":
-            return self.forward_recurrent(u)
+            return self.forward_recurrent(u, lengths)
         h = self.encoder(u)  # (B L H)
         for layer in self.layers:
             y = layer.ssm(h.transpose(1, 2)).transpose(1, 2)  # (B L H)
             h = h + layer.mixing(y)
-        return self.decoder(self.pool(h))
+        return self.decoder(self.pool(h, lengths))
 
-    def pool(self, h):
-        return h.mean(1) if self.cfg.pool == "mean" else h[:, -1]
+    def pool(self, h, lengths=None):
+        """h (B L H) -> (B H): mean over each sequence's valid steps, or its last valid step."""
+        if lengths is None:
+            return h.mean(1) if self.cfg.pool == "mean" else h[:, -1]
+        lengths = torch.as_tensor(lengths, device=h.device).long()
+        if self.cfg.pool == "last":
+            return h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+        mask = (torch.arange(h.shape[1], device=h.device)[None, :] < lengths[:, None]).to(h.dtype)  # (B L)
+        return (h * mask[..., None]).sum(1) / lengths[:, None].to(h.dtype)
 
-    def forward_recurrent(self, u: torch.Tensor) -> torch.Tensor:
+    def forward_recurrent(self, u: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The same function one time step at a time (what the hardware runs)."""
         B, L, _ = u.shape
         cdtype = torch.complex128 if u.dtype == torch.float64 else torch.complex64
         discs = [layer.ssm.discrete() for layer in self.layers]
         xs = [layer.ssm.default_state(B, cdtype) for layer in self.layers]
-        acc = 0
+        hs = []
         for k in range(L):
             h = self.encoder(u[:, k])
             for i, layer in enumerate(self.layers):
                 y, xs[i] = layer.ssm.step(h, xs[i], discs[i])
                 h = h + layer.mixing(y)
-            acc = acc + h if self.cfg.pool == "mean" else h
-        return self.decoder(acc / L if self.cfg.pool == "mean" else acc)
+            hs.append(h)
+        return self.decoder(self.pool(torch.stack(hs, 1), lengths))
 
     def param_groups(self, lr: float, ssm_lr: float, weight_decay: float):
         ssm, other = [], []

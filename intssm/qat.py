@@ -60,18 +60,20 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temp: float
 
 
 def qat_step(qm: QuantS4D, opt, params: list, P: np.ndarray, y: np.ndarray, teacher=None, distill: float = 0.0,
-             temp: float = 2.0) -> float:
-    """One straight-through step on raw pixels ``P`` (B, L, d) and labels ``y``; returns the loss.
+             temp: float = 2.0, lengths: np.ndarray | None = None) -> float:
+    """One straight-through step on input codes ``P`` (B, L, d), labels ``y`` and sequence
+    ``lengths`` (B,) (None: all L); returns the loss.
 
-    With a ``teacher`` (a float :class:`~intssm.model.S4DModel`) and ``distill`` = alpha > 0 the
-    loss is (1 - alpha) CE + alpha :func:`distill_loss` against the teacher's logits on ``P / 255``.
+    With a ``teacher`` (a float :class:`~intssm.model.S4DModel` reading codes as ``P / 255``) and
+    ``distill`` = alpha > 0 the loss is (1 - alpha) CE + alpha :func:`distill_loss` against its logits.
     """
-    lg, _ = qm(torch.from_numpy(P), ste=True)
+    lens = None if lengths is None else torch.from_numpy(lengths)
+    lg, _ = qm(torch.from_numpy(P), ste=True, lengths=lens)
     logits = qm.real_logits(lg)
     loss = F.cross_entropy(logits, torch.from_numpy(y))
     if teacher is not None and distill > 0:
         with torch.no_grad():
-            t_logits = teacher(torch.from_numpy(P.astype(np.float32) / 255.0))
+            t_logits = teacher(torch.from_numpy(P.astype(np.float32) / 255.0), lengths=lens)
         loss = (1 - distill) * loss + distill * distill_loss(logits, t_logits, temp)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -118,6 +120,8 @@ def restore(qm: QuantS4D, best) -> None:
 def kept(history: list) -> tuple[float, int, str]:
     """(accuracy, epoch, key) of the snapshot :func:`train` keeps: the first strictly best score, an
     epoch's live weights (``val_int_acc``) scored before its averaged ones (``val_int_acc_ema``)."""
+    if history[0]["val_int_acc"] is None:  # no validation split: the last epoch was kept
+        return None, history[-1]["epoch"], "val_int_acc"
     best = (history[0]["val_int_acc"], 0, "val_int_acc")
     for r in history[1:]:
         for k in ("val_int_acc", "val_int_acc_ema"):
@@ -126,19 +130,23 @@ def kept(history: list) -> tuple[float, int, str]:
     return best
 
 
-def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray) -> float:
-    lg, _, _ = simulate(integer_model(qm), x, qm.dp.cfg.pool == "mean", len(qm.dp.counters))
+def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
+    """Integer-simulator accuracy on input codes ``x`` (n, L, d) of lengths ``lengths``."""
+    lg, _, _ = simulate(integer_model(qm), x, qm.dp.cfg.pool == "mean", len(qm.dp.counters), lengths=lengths)
     return float((lg.argmax(1) == y).mean())
 
 
 def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3,
           limit: int | None = None, val_limit: int | None = None, seed: int = 0, on_step=None, on_epoch=None,
-          max_minutes: float = 0.0, distill: float = 0.0, temp: float = 2.0, teacher=None, ema: float = 0.0):
+          max_minutes: float = 0.0, distill: float = 0.0, temp: float = 2.0, teacher=None, ema: float = 0.0,
+          val_fraction: float | None = None):
     """QAT in place; returns (best snapshot (model state, discrete state), history).
 
     After each epoch the integer simulator scores the first ``val_limit`` validation sequences
-    (None: all 10,000); the best epoch is kept. On 2,000 the score moves by 1-2 points between
-    epochs, enough to pick a worse model.
+    (None: the whole validation split); the best epoch is kept. On 2,000 sMNIST sequences the
+    score moves by 1-2 points between epochs, enough to pick a worse model. With no validation
+    split (``val_fraction`` 0) the last epoch is kept. Float data enter through the model's input
+    quantizer (``qm.iq``); a user ``teacher`` reads the data's own floats and is folded to read its codes.
 
     ``max_minutes`` > 0 ends training at the first step past the budget (the partial epoch is then
     validated like a full one). ``distill`` > 0 adds knowledge distillation (:func:`qat_step`)
@@ -156,6 +164,10 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
         raise IntssmError(f"EMA decay must be in [0, 1) (0 = off), got {ema}")
     if distill > 0 and teacher is None:
         teacher = copy.deepcopy(qm.model).float()
+    elif teacher is not None and qm.iq is not None:
+        from .inputq import fold_input
+
+        teacher = fold_input(teacher, qm.iq)
     if teacher is not None:
         teacher.eval()
         if teacher.cfg.d_output != qm.model.cfg.d_output or teacher.cfg.d_input != qm.model.cfg.d_input:
@@ -163,13 +175,18 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     torch.manual_seed(seed)
     t_start = time.time()
     params = configure(qm, param)
-    tr = data.load(seq, "train", limit)
-    va = data.load(seq, "val", val_limit)
+    tr = data.load(seq, "train", limit, val_fraction)
+    va = data.load(seq, "val", val_limit, val_fraction)
+    for ds in (tr, va):
+        if len(ds) and int(ds.y.max()) >= qm.dp.cfg.d_output:
+            raise IntssmError(f"{ds.name}: label {int(ds.y.max())} is beyond the model's {qm.dp.cfg.d_output} classes")
+    Ptr, Pva = qm.input_codes(tr.x, tr.lengths), qm.input_codes(va.x, va.lengths)
+    score = (lambda: int_accuracy(qm, Pva, va.y, va.lengths)) if len(va) else (lambda: None)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     steps = epochs * math.ceil(len(tr) / batch_size)
     gen = np.random.default_rng(seed)
     snap = lambda: (copy.deepcopy(qm.model.state_dict()), copy.deepcopy(qm.discrete.state_dict()) if qm.discrete is not None else None)  # noqa: E731
-    best_acc = int_accuracy(qm, va.x, va.y)
+    best_acc = score()
     best = snap()
     avg = WeightEMA(params, ema) if ema > 0 else None
     history = [{"epoch": 0, "val_int_acc": best_acc}]
@@ -184,7 +201,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
             idx = np.sort(perm[i : i + batch_size])
             for g in opt.param_groups:
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-            loss = qat_step(qm, opt, params, tr.x[idx], tr.y[idx], teacher, distill, temp)
+            loss = qat_step(qm, opt, params, Ptr[idx], tr.y[idx], teacher, distill, temp, tr.lengths[idx])
             if avg is not None:
                 avg.update()
             step += 1
@@ -195,15 +212,15 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
             if max_minutes and time.time() - t_start > 60 * max_minutes:
                 out_of_time = True
                 break
-        acc = int_accuracy(qm, va.x, va.y)
+        acc = score()
         rec = {"epoch": ep + 1, "train_loss": run_loss / seen, "val_int_acc": acc, "seconds": time.time() - t0}
         if out_of_time:
             rec["stopped"] = f"time budget of {max_minutes} min, after {seen} sequences of this epoch"
-        if acc > best_acc:
+        if acc > best_acc or not len(va):  # no validation split: the last epoch
             best_acc, best = acc, snap()
-        if avg is not None:
+        if avg is not None and len(va):
             with avg.swapped_in():
-                rec["val_int_acc_ema"] = acc_ema = int_accuracy(qm, va.x, va.y)
+                rec["val_int_acc_ema"] = acc_ema = score()
                 if acc_ema > best_acc:
                     best_acc, best = acc_ema, snap()
         history.append(rec)

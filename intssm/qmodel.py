@@ -48,10 +48,12 @@ def _rows(t: torch.Tensor):
 
 
 @torch.no_grad()
-def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None, modes: list | None = None) -> dict:
+def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None, modes: list | None = None,
+              lengths=None) -> dict:
     """Per-channel (lo, hi) of every tensor of the datapath, from the float model run recurrently.
 
-    ``u`` (B, L, d_input) float inputs (``p / 255``). Weights' ranges come from the weights.
+    ``u`` (B, L, d_input) float inputs (``p / 255``), ``lengths`` (B,) each sequence's valid steps
+    (None: all L); padding steps never enter a range. Weights' ranges come from the weights.
     If ``samples`` is a dict, it is filled with ``samples[key]`` (n, C) float32 values per channel
     for the range policies of :func:`intssm.qspec.apply_range_policies`: every weight, and for
     activations every ``stride``-th time step, ``stride`` chosen to keep about SAMPLE_ROWS rows.
@@ -71,8 +73,12 @@ def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None, mod
             R[key] = (lo, hi)
 
     acts: dict = {}
+    lens = torch.full((Bsz,), L, dtype=torch.long) if lengths is None else torch.as_tensor(lengths).long()
+    valid = None  # rows of the batch still inside their sequence at the current step
 
-    def upd_ch(key, t, k=0):  # t (..., C): channels last; k = time step
+    def upd_ch(key, t, k=0, rows=True):  # t (B, ..., C): channels last; k = time step
+        if rows and valid is not None:
+            t = t[valid]
         f = t.reshape(-1, t.shape[-1])
         upd(key, f.min(0).values.numpy(), f.max(0).values.numpy())
         if samples is not None and k % max(1, math.ceil(f.shape[0] * L / SAMPLE_ROWS)) == 0:
@@ -104,6 +110,9 @@ def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None, mod
     Cs = [torch.complex(d["C_re"], d["C_im"]) for d in discs]
     acc = torch.zeros(Bsz, cfg.d_model, dtype=T64)
     for k in range(L):
+        valid = k < lens
+        if not bool(valid.any()):
+            break
         h = model.encoder(u[:, k])
         upd_ch("h0", h, k)
         for i, layer in enumerate(model.layers):
@@ -113,7 +122,7 @@ def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None, mod
             upd_ch(p + "x_re", x.real, k)
             upd_ch(p + "x_im", x.imag, k)
             if modes is not None:
-                r = torch.maximum(xs[i].real.abs(), xs[i].imag.abs()).amax(0)
+                r = torch.maximum(xs[i].real.abs(), xs[i].imag.abs())[valid].amax(0)
                 modes[i] = r if k == 0 else torch.maximum(modes[i], r)
             y = 2 * torch.einsum("hn,bhn->bh", Cs[i], xs[i]).real + discs[i]["D"] * h
             upd_ch(p + "y", y, k)
@@ -123,8 +132,12 @@ def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None, mod
             upd_ch(p + "glu", z, k)
             h = h + F.glu(z, dim=-1)
             upd_ch(p + "h", h, k)
-        acc = acc + h if cfg.pool == "mean" else h
-    pooled = acc / L if cfg.pool == "mean" else acc
+        if cfg.pool == "mean":
+            acc = acc + h * valid[:, None]
+        else:
+            acc = torch.where((k == lens - 1)[:, None], h, acc)
+    valid = None
+    pooled = acc / lens[:, None] if cfg.pool == "mean" else acc
     upd_ch("pool", pooled)
     upd_ch("logits", model.decoder(pooled))
     if samples is not None:
@@ -144,6 +157,18 @@ class QuantS4D(torch.nn.Module):
         self.fused_tail = True  # ... and each layer's pointwise steps in intssm.pointwise
         self._tail_k: dict = {}
         self.discrete = None  # nn.ParameterDict of Abar/Bbar per layer when QAT learns them directly
+        self.iq = None  # intssm.inputq.InputQuant for float data (self.model then reads its codes / 255)
+
+    def input_codes(self, x: np.ndarray, lengths=None) -> np.ndarray:
+        """The datapath's uint8 input codes of sequences ``x``: raw uint8 data as itself, float
+        data through the input quantizer (a model calibrated on one kind refuses the other)."""
+        if self.iq is None:
+            if x.dtype != np.uint8:
+                raise IntssmError("this model takes raw uint8 inputs (it was quantized on uint8 data); the data are float")
+            return x
+        if x.dtype == np.uint8:
+            raise IntssmError("this model quantizes float inputs (it was calibrated on float data); the data are uint8")
+        return self.iq.codes(x, lengths)
 
     def make_discrete(self, values: dict | None = None):
         """Learn Abar, Bbar directly (QAT 'discrete'): parameters initialised from the float model."""
@@ -215,25 +240,34 @@ class QuantS4D(torch.nn.Module):
         return W
 
     # -------------------------------------------------------------------------- forward ---
-    def forward(self, p: torch.Tensor, ste: bool = False, counts: bool = False):
-        """Raw pixels ``p`` (B, L, d_input) -> (integer logit codes (B, d_output), counters or None).
+    def forward(self, p: torch.Tensor, ste: bool = False, counts: bool = False, lengths=None):
+        """Input codes ``p`` (B, L, d_input) -> (integer logit codes (B, d_output), counters or None).
 
-        Every step follows docs/datapath.md; counters[name] = how often that site saturated.
+        ``lengths`` (B,): sequence b runs for lengths[b] steps (None: all L); later steps are
+        padding, computed here in the batch but never pooled or counted, so the integers equal a
+        run that stops at lengths[b]. Every step follows docs/datapath.md; counters[name] = how
+        many values that site clipped.
         """
         c, dp = self.c, self.dp
         W = self.weight_codes(ste)
         p = p.to(T64)
         Bsz, L, _ = p.shape
         nl, H = dp.cfg.n_layers, dp.cfg.d_model
-        if L != dp.seq_len and dp.cfg.pool == "mean":
-            raise IntssmError(f"model was quantized for sequences of length {dp.seq_len}, got {L}")
+        lens = None if lengths is None else torch.as_tensor(lengths).long()
+        if lens is not None and (lens.shape != (Bsz,) or int(lens.min()) < 1 or int(lens.max()) > L):
+            raise IntssmError(f"lengths must be (batch,) values in 1..{L}")
+        if dp.cfg.pool == "mean" and (L != dp.seq_len or (lens is not None and bool((lens != L).any()))):
+            raise IntssmError(f"this model mean-pools over exactly {dp.seq_len} steps (quantized so); "
+                              "variable-length data need a model with pool 'last'")
         cnt = {n: torch.zeros((), dtype=torch.int64) for n in dp.counters} if counts else None
+        valid = None if lens is None else (torch.arange(L)[None, :] < lens[:, None])[..., None]  # (B L 1)
 
-        def rq(acc, S, z, lo, hi, name):
+        def rq(acc, S, z, lo, hi, name, timed=True):
             if cnt is None:
                 return rshift_clamp_t(acc, S, z, lo, hi, ste)
             r = rounding_rshift_t(acc, S, ste) + z
-            cnt[name] += ((r < lo) | (r > hi)).sum()
+            out = (r < lo) | (r > hi)
+            cnt[name] += (out & valid).sum() if timed and valid is not None else out.sum()
             return clamp_t(r, lo, hi)
 
         ew = W["enc_w"] - c["enc_w_z"][:, None]  # (H d)
@@ -251,7 +285,7 @@ class QuantS4D(torch.nn.Module):
         for i in range(nl):
             pre = f"l{i}."
             u = h - c["h_z"][i]  # (B L H)
-            t1, t2, nsat_r, nsat_i = self._scan(i, u, A_re[i], A_im[i], B_re[i], B_im[i], C_re[i], C_im[i], ste)
+            t1, t2, nsat_r, nsat_i = self._scan(i, u, A_re[i], A_im[i], B_re[i], B_im[i], C_re[i], C_im[i], ste, valid)
             if cnt is not None:
                 cnt[pre + "x_re"] += nsat_r
                 cnt[pre + "x_im"] += nsat_i
@@ -269,10 +303,13 @@ class QuantS4D(torch.nn.Module):
             acc_h = (h - c["h_z"][i]) * M[0] + ((g[..., :H] - c["glu_z"][i]) * sg) * M[1]
             h = rq(acc_h, S, c["h_z"][i + 1], *qr["h"], pre + "h")
         hc = h - c["h_z"][nl]
-        pool_acc = hc.sum(1) if dp.cfg.pool == "mean" else hc[:, -1]
-        pooled = rq(pool_acc * c["pool_M"], c["pool_S"], c["pool_z"], *qr["pool"], "pool")
+        if dp.cfg.pool == "mean":
+            pool_acc = hc.sum(1)
+        else:
+            pool_acc = hc[:, -1] if lens is None else hc[torch.arange(Bsz), lens - 1]
+        pooled = rq(pool_acc * c["pool_M"], c["pool_S"], c["pool_z"], *qr["pool"], "pool", False)
         acc_l = (pooled - c["pool_z"]) @ (W["dec_w"] - c["dec_w_z"][:, None]).T + W["dec_b"]
-        logits = rq(acc_l * c["logits_M"], c["logits_S"], c["logits_z"], *qr["logits"], "logits")
+        logits = rq(acc_l * c["logits_M"], c["logits_S"], c["logits_z"], *qr["logits"], "logits", False)
         return logits, ({k: int(v) for k, v in cnt.items()} if cnt is not None else None)
 
     def _tail_constants(self, i: int) -> dict:
@@ -280,11 +317,11 @@ class QuantS4D(torch.nn.Module):
             self._tail_k[i] = tail_constants(self.c, i)
         return self._tail_k[i]
 
-    def _scan(self, i, u, A_re, A_im, B_re, B_im, C_re, C_im, ste):
+    def _scan(self, i, u, A_re, A_im, B_re, B_im, C_re, C_im, ste, valid=None):
         """The state recurrence of layer ``i`` over u' (B, L, H): the only sequential part.
 
         Returns the per-step sums t1 = sum_n C_re' x_re', t2 = sum_n C_im' x_im' (B, L, H) of the
-        new state, and how often x_re and x_im were clipped.
+        new state, and how often x_re and x_im were clipped (at steps where ``valid`` (B, L, 1) holds).
         """
         c, qr = self.c, self.c["qrange"]
         Bsz, L, H = u.shape
@@ -322,8 +359,9 @@ class QuantS4D(torch.nn.Module):
                 vr = rounding_rshift_t(KR[0] * xr - KR[1] * xi + KR[2] * uk, Sr, ste)
                 vi = rounding_rshift_t(KI[0] * xi + KI[1] * xr + KI[2] * uk, Si, ste)
             if not ste:
-                nsat_r += ((vr < lor) | (vr > hir)).sum()
-                nsat_i += ((vi < loi) | (vi > hii)).sum()
+                ok = valid[:, k, :, None] if valid is not None else True  # (B 1 1)
+                nsat_r += (((vr < lor) | (vr > hir)) & ok).sum()
+                nsat_i += (((vi < loi) | (vi > hii)) & ok).sum()
             xr = torch.clamp(vr, lor, hir)  # gradient passes for lo <= v <= hi
             xi = torch.clamp(vi, loi, hii)
             t1.append((xr * C_re).sum(-1))
@@ -394,22 +432,46 @@ def datapath_arrays(dp: Datapath) -> dict:
     return {k: np.ascontiguousarray(np.asarray(v, dtype=np.int64)) for k, v in a.items()}
 
 
-def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor, equalize: float = 0.0) -> tuple[QuantS4D, dict]:
+def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor, equalize: float = 0.0,
+        lengths=None) -> tuple[QuantS4D, dict]:
     """Post-training quantization: calibrate ranges on ``calib_u`` (B, L, d) floats (under each
-    component's range policy), build the datapath. ``equalize`` > 0 first evens the modes' state
-    ranges (:func:`intssm.equalize.equalize_states`, on the same sequences); the returned model's
-    ``.model`` is then the equalized copy, which computes the same float function."""
+    component's range policy; ``lengths`` (B,) the valid steps, None: all), build the datapath.
+    ``equalize`` > 0 first evens the modes' state ranges (:func:`intssm.equalize.equalize_states`,
+    on the same sequences); the returned model's ``.model`` is then the equalized copy, which
+    computes the same float function."""
     if equalize:
         from .equalize import equalize_states
 
-        model, _ = equalize_states(model, calib_u, equalize)
+        model, _ = equalize_states(model, calib_u, equalize, lengths)
     samples = None if qcfg.policies() == {"minmax"} else {}
-    ranges = calibrate(model, calib_u, samples)
+    ranges = calibrate(model, calib_u, samples, lengths=lengths)
     if samples is not None:
         ranges = apply_range_policies(ranges, samples, qcfg)
     assert set(calibrated_range_keys(model.cfg)) <= set(ranges)
     dp = build_datapath(model.cfg, qcfg, ranges, calib_u.shape[1])
     return QuantS4D(model, dp), ranges
+
+
+def ptq_dataset(model: S4DModel, qcfg: QuantConfig, ds, equalize: float = 0.0) -> tuple[QuantS4D, dict]:
+    """:func:`ptq` on the calibration sequences ``ds`` (:class:`intssm.data.SeqData`). Raw uint8
+    data enter as ``p / 255``; float data get an input quantizer calibrated on ``ds``
+    (``qcfg.input_bits``, ``qcfg.input_range``) and the model's encoder is folded to read its
+    codes (:mod:`intssm.inputq`)."""
+    from .inputq import calibrate_input, fold_input
+
+    if ds.x.shape[-1] != model.cfg.d_input:
+        raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {model.cfg.d_input}")
+    iq = None
+    if ds.is_uint8:
+        u = ds.as_float()
+    else:
+        iq = calibrate_input(ds.x, ds.lengths, qcfg.input_bits, qcfg.input_range)
+        model = fold_input(model, iq)
+        u = iq.codes(ds.x, ds.lengths).astype(np.float32) / np.float32(255.0)
+    p0 = next(model.parameters())
+    qm, ranges = ptq(model, qcfg, torch.from_numpy(u).to(p0.dtype), equalize, torch.from_numpy(ds.lengths))
+    qm.iq = iq
+    return qm, ranges
 
 
 def qspec_entry(qm: QuantS4D, ranges: dict) -> dict:
@@ -419,7 +481,9 @@ def qspec_entry(qm: QuantS4D, ranges: dict) -> dict:
     from .qspec import DATAPATH_VERSION
 
     disc = {k: v.detach().clone() for k, v in qm.discrete.items()} if qm.discrete is not None else None
-    return {"datapath_version": DATAPATH_VERSION, "discrete": disc, "quant_config": qm.dp.qcfg.to_dict(), "ranges": ranges_to_json(ranges), "seq_len": qm.dp.seq_len}
+    return {"datapath_version": DATAPATH_VERSION, "discrete": disc, "quant_config": qm.dp.qcfg.to_dict(),
+            "ranges": ranges_to_json(ranges), "seq_len": qm.dp.seq_len,
+            "input": qm.iq.to_dict() if qm.iq is not None else None}
 
 
 def requantize(qm: QuantS4D, qcfg: QuantConfig, ranges: dict) -> QuantS4D:
@@ -428,6 +492,7 @@ def requantize(qm: QuantS4D, qcfg: QuantConfig, ranges: dict) -> QuantS4D:
     For lowering bits step by step between QAT runs (progressive quantization)."""
     dp = build_datapath(qm.model.cfg, qcfg, ranges, qm.dp.seq_len)
     out = QuantS4D(qm.model, dp)
+    out.iq = qm.iq
     if qm.discrete is not None:
         out.make_discrete({k: v.detach() for k, v in qm.discrete.items()})
     return out
@@ -448,6 +513,12 @@ def from_checkpoint(model: S4DModel, ck: dict) -> QuantS4D:
     except (KeyError, TypeError, ValueError) as e:
         raise IntssmError(f"checkpoint quantization spec is malformed ({type(e).__name__}: {e})") from None
     qm = QuantS4D(model, dp)
+    if qs.get("input") is not None:
+        from .inputq import InputQuant
+
+        qm.iq = InputQuant.from_dict(qs["input"])
+        if len(qm.iq.lo) != model.cfg.d_input:
+            raise IntssmError(f"checkpoint's input quantizer has {len(qm.iq.lo)} channels, the model {model.cfg.d_input}")
     disc = qs.get("discrete")
     if disc is not None:
         if not isinstance(disc, dict) or not all(torch.is_tensor(v) and torch.isfinite(v).all() for v in disc.values()):

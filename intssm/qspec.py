@@ -85,6 +85,10 @@ class QuantConfig:
     # stored width of every bias (enc_b, mix_b, dec_b): signed codes at the scale of the accumulator
     # they are added to, saturated to [-2**(b-1), 2**(b-1) - 1] when quantized
     bias_bits: int = BIAS_BITS
+    # float data only (raw uint8 data enter as themselves): the input quantizer's bits (2..8) and
+    # range policy per channel, "minmax" or a percentile (intssm.inputq)
+    input_bits: int = 8
+    input_range: str = "minmax"
 
     @property
     def bias_bound(self) -> int:
@@ -116,6 +120,10 @@ class QuantConfig:
                               f"got {self.state_rounding!r}")
         if not isinstance(self.bias_bits, int) or isinstance(self.bias_bits, bool) or not 2 <= self.bias_bits <= 32:
             raise IntssmError(f"quant config: bias_bits must be an integer in 2..32, got {self.bias_bits!r}")
+        if isinstance(self.input_bits, bool) or not isinstance(self.input_bits, int) or not 2 <= self.input_bits <= 8:
+            raise IntssmError(f"quant config: input_bits must be an integer in 2..8, got {self.input_bits!r}")
+        if not isinstance(self.input_range, str) or parse_range(self.input_range) in (None, ("mse",)):
+            raise IntssmError(f"quant config: input_range must be 'minmax' or a percentile like 'p99.9', got {self.input_range!r}")
         return self
 
     def to_dict(self) -> dict:

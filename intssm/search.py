@@ -66,24 +66,33 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     from .sim import simulate
 
     q = QuantConfig.from_dict(qcfg)
-    model, _ = checkpoint.load(ckpt)
+    model, ck = checkpoint.load(ckpt)
     model = model.double()
     va = _split(seq, split, val_limit)
     L = va.x.shape[1]
+    iq = None
+    if ck.get("input_quant") is not None:  # float data: the model was folded to read this quantizer's codes
+        from .inputq import InputQuant
+
+        iq = InputQuant.from_dict(ck["input_quant"])
     mem = cost.memory(model.cfg, q, L)
     out = {"config": qcfg, "n": len(va), "bytes": mem["bytes"], "weights_bytes": mem["weights_bytes"], "reduction": mem["reduction"]}
     try:
         qm = QuantS4D(model, build_datapath(model.cfg, q, ranges_from_json(ranges), L))
     except IntssmError as e:
         return out | {"accuracy": None, "error": str(e)}
+    qm.iq = iq
     if qat_steps:
         torch.manual_seed(seed)
         tr = data.load(seq, "train", 64 * qat_steps)
+        Ptr = qm.input_codes(tr.x, tr.lengths)
         params = configure(qm, "discrete")
         opt = torch.optim.AdamW(params, lr=qat_lr, weight_decay=0.0)
         for i in range(qat_steps):
-            qat_step(qm, opt, params, tr.x[64 * i:64 * (i + 1)], tr.y[64 * i:64 * (i + 1)])
-    lg, cnt, _ = simulate(integer_model(qm), va.x, model.cfg.pool == "mean", len(qm.dp.counters))
+            b = slice(64 * i, 64 * (i + 1))
+            qat_step(qm, opt, params, Ptr[b], tr.y[b], lengths=tr.lengths[b])
+    lg, cnt, _ = simulate(integer_model(qm), qm.input_codes(va.x, va.lengths), model.cfg.pool == "mean",
+                          len(qm.dp.counters), lengths=va.lengths)
     return out | {"accuracy": float((lg.argmax(1) == va.y).mean()), "saturations": int(np.sum(cnt))}
 
 

@@ -27,14 +27,15 @@ _H, _XRE, _XIM, _Y, _ACT, _GLU, _SIG, _POOL, _LOG = range(9)
 
 
 @njit(cache=True)
-def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
+def _run_one(P, lengths, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
              A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
              x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
              gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
              pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
              out_logits, cnt, trace_re, trace_im, do_trace):
-    """One sequence ``P[b]`` through the datapath; writes ``out_logits[b]`` and ``cnt[b]``."""
-    L, d_in = P.shape[1], P.shape[2]
+    """One sequence ``P[b]``, its first ``lengths[b]`` steps, through the datapath; writes
+    ``out_logits[b]`` and ``cnt[b]``."""
+    L, d_in = lengths[b], P.shape[2]
     nl, H, N2 = A_re.shape[0], A_re.shape[1], A_re.shape[2]
     C = dec_w.shape[0]
     xre = np.empty((nl, H, N2), np.int64)
@@ -133,7 +134,7 @@ def _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
 
 
 @njit(cache=True, parallel=True)
-def _run_batch(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
+def _run_batch(P, lengths, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
                x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
                gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
@@ -141,7 +142,7 @@ def _run_batch(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                out_logits, cnt):
     dummy = np.zeros((1, 1, 1, 1), np.int64)
     for b in prange(P.shape[0]):
-        _run_one(P, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
+        _run_one(P, lengths, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                  A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
                  x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
                  gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
@@ -150,13 +151,13 @@ def _run_batch(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
 
 
 @njit(cache=True)
-def _run_traced(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
+def _run_traced(P, lengths, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
                 A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
                 x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
                 gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
                 pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
                 out_logits, cnt, trace_re, trace_im):
-    _run_one(P, 0, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
+    _run_one(P, lengths, 0, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
              A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
              x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
              gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
@@ -243,7 +244,7 @@ def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
 
 
 @njit(cache=True, parallel=True)
-def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sat, K, Cc, clip, mwc, D, D_z,
+def _run_batch_fast(P, lengths, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sat, K, Cc, clip, mwc, D, D_z,
                     x_re_z, x_im_z, x_re_S, x_im_S, y_M, y_S, y_z,
                     gelu_lut, act_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
                     pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
@@ -274,7 +275,7 @@ def _run_batch_fast(P, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sa
         offr = np.empty_like(K[:, :, 0, :])
         offi = np.empty_like(K[:, :, 0, :])
         phase = np.int64(0)
-        for k in range(L):
+        for k in range(lengths[b]):
             if dither or k == 0:
                 for i in range(nl):
                     for hh in range(H):
@@ -466,11 +467,13 @@ def mix_fits_int32(a: dict, mwc: np.ndarray) -> bool:
 
 
 def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trace: bool = False,
-             reference: bool = False, width: int | None = None):
-    """Run the integer model ``arrays`` on raw inputs ``P`` (B, L, d_input) uint8.
+             reference: bool = False, width: int | None = None, lengths: np.ndarray | None = None):
+    """Run the integer model ``arrays`` on input codes ``P`` (B, L, d_input) uint8, sequence b for
+    its first ``lengths[b]`` steps (None: all L; a mean-pooling model needs all L).
 
     Returns (logit codes (B, d_output) int64, saturation counts (B, n_counters) int64, trace) where
-    trace = (x_re, x_im) codes (L, layers, H, N/2) of sequence 0 when ``trace`` is set, else None.
+    trace = (x_re, x_im) codes (L, layers, H, N/2) of sequence 0 when ``trace`` is set, else None
+    (steps from lengths[0] on stay 0).
     The fast kernel runs its mode loop in int32 when :func:`state_fits_int32` proves it safe
     (``width=None``), or at the ``width`` given (64, or 32 where proved); the integers are the same.
     """
@@ -486,6 +489,14 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trac
         raise IntssmError("the dithered state rounding needs state shifts <= 32")
     P = np.ascontiguousarray(P)
     Bsz = P.shape[0]
+    if lengths is None:
+        lengths = np.full(Bsz, P.shape[1], np.int64)
+    lengths = np.ascontiguousarray(np.asarray(lengths).astype(np.int64))
+    if lengths.shape != (Bsz,) or (Bsz and (lengths.min() < 1 or lengths.max() > P.shape[1])):
+        raise IntssmError(f"lengths must be one value in 1..{P.shape[1]} per sequence, got shape {lengths.shape}")
+    if mean_pool and Bsz and lengths.min() != P.shape[1]:
+        raise IntssmError("a mean-pooling model runs every sequence for its full length; variable-length "
+                          "data need a model with pool 'last'")
     C = arrays["dec_w"].shape[0]
     logits = np.zeros((Bsz, C), np.int64)
     cnt = np.zeros((Bsz, n_counters), np.int64)
@@ -494,10 +505,10 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trac
         nl, H, N2 = arrays["A_re"].shape
         tr = np.zeros((P.shape[1], nl, H, N2), np.int64)
         ti = np.zeros_like(tr)
-        _run_traced(P[:1], *args, bool(mean_pool), logits[:1], cnt[:1], tr, ti)
+        _run_traced(P[:1], lengths[:1], *args, bool(mean_pool), logits[:1], cnt[:1], tr, ti)
         return logits[:1], cnt[:1], (tr, ti)
     if reference:
-        _run_batch(P, *args, bool(mean_pool), logits, cnt)
+        _run_batch(P, lengths, *args, bool(mean_pool), logits, cnt)
         return logits, cnt, None
     a = {k: v for k, v in zip(ARG_ORDER, args)}
     K, Cc = _fold_constants(a["A_re"], a["A_im"], a["A_re_z"], a["A_im_z"], a["B_re"], a["B_im"], a["B_z"],
@@ -517,5 +528,5 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trac
     if width != 64 and mix_fits_int32(a, mwc):
         mwc = mwc.astype(np.int32)
     fast = [tab, sat, K, Cc, clip, mwc] + [a[k] for k in FAST_ARGS]
-    _run_batch_fast(P, *[a[k] for k in ARG_ORDER[:6]], *fast, bool(mean_pool), logits, cnt)
+    _run_batch_fast(P, lengths, *[a[k] for k in ARG_ORDER[:6]], *fast, bool(mean_pool), logits, cnt)
     return logits, cnt, None
