@@ -216,7 +216,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
         rec = {"epoch": ep + 1, "train_loss": run_loss / seen, "val_int_acc": acc, "seconds": time.time() - t0}
         if out_of_time:
             rec["stopped"] = f"time budget of {max_minutes} min, after {seen} sequences of this epoch"
-        if acc > best_acc or not len(va):  # no validation split: the last epoch
+        if not len(va) or acc > best_acc:  # no validation split: the last epoch
             best_acc, best = acc, snap()
         if avg is not None and len(va):
             with avg.swapped_in():

@@ -265,7 +265,7 @@ def test_unknown_dataset_and_split(tmp_path):
 
 # --------------------------------------------------------------------------- data.load: .npz datasets
 
-N_TR = data.N_VAL + 10  # the validation split needs more than 10k training rows
+N_TR = data.N_VAL + 10  # a user dataset of any size: validation is a stratified fraction of it
 
 
 def _unique_rows(n: int, L: int) -> np.ndarray:
@@ -283,12 +283,13 @@ def test_npz_uint8_2d(tmp_path):
     p = tmp_path / "u8.npz"
     np.savez(p, x_train=x, y_train=y, x_test=xt, y_test=yt)
     tr, va, te = (data.load(str(p), s) for s in ("train", "val", "test"))
-    assert tr.x.shape == (10, 5, 1) and va.x.shape == (10000, 5, 1) and te.x.shape == (13, 5, 1)
+    tri, vai = data.stratified_split(y, data.VAL_FRACTION)
+    assert len(va) == len(vai) and abs(len(va) - data.VAL_FRACTION * N_TR) <= 7 and te.x.shape == (13, 5, 1)
     assert tr.x.dtype == np.uint8 and te.y.dtype == np.int64
-    np.testing.assert_array_equal(tr.x[:, :, 0], x[:10])
-    np.testing.assert_array_equal(va.x[:, :, 0], x[10:])
+    np.testing.assert_array_equal(tr.x[:, :, 0], x[tri])
+    np.testing.assert_array_equal(va.x[:, :, 0], x[vai])
     np.testing.assert_array_equal(te.y, yt)
-    # val = last 10k, disjoint from train, together all rows
+    # val = a stratified fraction, disjoint from train, together all rows
     idx = lambda d: set((d.x[:, 0, 0].astype(int) + 256 * d.x[:, 1, 0].astype(int)).tolist())  # noqa: E731
     assert idx(tr).isdisjoint(idx(va)) and idx(tr) | idx(va) == set(range(N_TR))
     np.testing.assert_allclose(te.as_float(), xt[:, :, None] / 255.0, rtol=1e-6)
@@ -306,7 +307,7 @@ def test_npz_float_3d(tmp_path):
     np.testing.assert_allclose(te.as_float(), xt.astype(np.float32))  # floats are used as they are
     assert te.as_float().dtype == np.float32
     tr = data.load(str(p), "train")
-    np.testing.assert_array_equal(tr.x, x[:10])
+    np.testing.assert_array_equal(tr.x, x[data.stratified_split(np.zeros(N_TR, np.int64), data.VAL_FRACTION)[0]])
 
 
 def test_npz_object_array_refused(tmp_path):
@@ -341,7 +342,6 @@ def test_npz_missing_key(tmp_path):
         (dict(x_train=np.zeros((N_TR, 3), np.uint8), y_train=np.full(N_TR, -1)), "non-negative integer labels"),
         (dict(x_train=np.zeros((N_TR, 3), np.uint8), y_train=np.zeros(N_TR, np.float32)), "non-negative integer labels"),
         (dict(x_train=np.zeros((0, 3), np.uint8), y_train=np.zeros(0, np.int64)), "must be \\[n, L\\]"),
-        (dict(x_train=np.zeros((100, 3), np.uint8), y_train=np.zeros(100, np.int64)), "more than 10000 training"),
     ],
 )
 def test_npz_bad_shapes(tmp_path, arrays, fragment):
@@ -404,12 +404,13 @@ def _write_idx_dir(d, n_train=N_TR, n_test=5, gz_names=False, labels_train=None)
 def test_idx_directory_loads(tmp_path):
     xtr, ytr, xte, yte = _write_idx_dir(tmp_path / "mini")
     tr, va, te = (data.load(str(tmp_path / "mini"), s) for s in ("train", "val", "test"))
-    assert tr.x.shape == (10, 4, 1) and va.x.shape == (10000, 4, 1) and te.x.shape == (5, 4, 1)
+    tri, vai = data.stratified_split(ytr.astype(np.int64), data.VAL_FRACTION)
+    assert tr.x.shape == (len(tri), 4, 1) and va.x.shape == (len(vai), 4, 1) and te.x.shape == (5, 4, 1)
     assert tr.x.dtype == np.uint8 and tr.y.dtype == np.int64
-    np.testing.assert_array_equal(tr.x[:, :, 0], xtr[:10].reshape(10, 4))
-    np.testing.assert_array_equal(va.x[:, :, 0], xtr[10:].reshape(10000, 4))
+    np.testing.assert_array_equal(tr.x[:, :, 0], xtr[tri].reshape(len(tri), 4))
+    np.testing.assert_array_equal(va.x[:, :, 0], xtr[vai].reshape(len(vai), 4))
     np.testing.assert_array_equal(te.x[:, :, 0], xte.reshape(5, 4))
-    np.testing.assert_array_equal(tr.y, ytr[:10])
+    np.testing.assert_array_equal(tr.y, ytr[tri])
     np.testing.assert_array_equal(te.y, yte)
     rid = lambda d: set((d.x[:, 0, 0].astype(int) + 256 * d.x[:, 1, 0].astype(int)).tolist())  # noqa: E731
     assert rid(tr).isdisjoint(rid(va)) and len(rid(tr) | rid(va)) == N_TR
@@ -417,9 +418,13 @@ def test_idx_directory_loads(tmp_path):
 
 
 def test_idx_directory_with_official_gz_names_but_other_bytes(tmp_path):
-    _write_idx_dir(tmp_path / "fake", gz_names=True)
+    """A user's IDX directory named like MNIST's files is their data, not a corrupt MNIST: it loads;
+    the checksums guard the shipped copy (read_idx with check_known, as smnist loads it)."""
+    xtr, ytr, xte, yte = _write_idx_dir(tmp_path / "fake", gz_names=True)
+    te = data.load(str(tmp_path / "fake"), "test")
+    np.testing.assert_array_equal(te.x[:, :, 0], xte.reshape(len(xte), -1))
     with pytest.raises(IntssmError, match="checksum does not match the official MNIST file"):
-        data.load(str(tmp_path / "fake"), "test")
+        data.read_idx(tmp_path / "fake" / "t10k-images-idx3-ubyte.gz", check_known=True)
 
 
 def test_idx_directory_missing_file(tmp_path):
@@ -435,7 +440,8 @@ def test_idx_directory_label_count_mismatch(tmp_path):
         data.load(str(tmp_path / "mm"), "test")
 
 
-def test_idx_directory_too_few_training_rows(tmp_path):
+def test_idx_directory_small_dataset_loads(tmp_path):
+    """100 training rows (not MNIST-sized) load with a stratified validation split."""
     _write_idx_dir(tmp_path / "small", n_train=100)
-    with pytest.raises(IntssmError, match="needs more than 10000 training sequences"):
-        data.load(str(tmp_path / "small"), "test")
+    tr, va = data.load(str(tmp_path / "small"), "train"), data.load(str(tmp_path / "small"), "val")
+    assert len(tr) + len(va) == 100 and len(va) >= 1
