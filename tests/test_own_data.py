@@ -26,6 +26,7 @@ from intssm.qmodel import ptq_dataset
 from intssm.sim import simulate
 from intssm.tsformat import read_ts
 
+from test_cexport import build_harness, manifest_like, run_c
 from test_datapath import models, quant_configs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -325,3 +326,68 @@ def test_train_takes_the_ends_from_the_data(tmp_path):
     assert ck["dataset"]["val_fraction"] == 0.0
     r = _cli("eval", f, "--seq", BM)
     assert r.returncode == 2 and "6 features per step, the model expects 12" in r.stderr
+
+
+# ------------------------------------------------------------------------ C on the real datasets ---
+
+def _c_equals_simulator(qm, P, lens, tmp: Path):
+    """Run the exported C (harness of test_cexport) per length group; logits, counters and final
+    state equal the simulator's, each sequence stepped exactly lengths[b] times."""
+    arr = integer_model(qm)
+    n = len(qm.dp.counters)
+    man = manifest_like(qm) | {"input": qm.iq.to_dict() if qm.iq is not None else None}
+    exe = build_harness(arr, man, tmp)
+    assert "Inputs: float features quantized per channel" in (tmp / "intssm_model.h").read_text() or qm.iq is None
+    lg, cnt, _ = simulate(arr, P, qm.dp.cfg.pool == "mean", n, lengths=lens)
+    for L in np.unique(lens):
+        idx = np.flatnonzero(lens == L)
+        c = run_c(exe, np.ascontiguousarray(P[idx, :L]), arr, n)
+        assert np.array_equal(c["logits"], lg[idx]) and np.array_equal(c["logits2"], lg[idx])
+        assert np.array_equal(c["counts"], cnt[idx])
+        for j, b in enumerate(idx[:3]):
+            _, _, (tr, ti) = simulate(arr, P[b:b + 1], qm.dp.cfg.pool == "mean", n, trace=True, lengths=lens[b:b + 1])
+            assert np.array_equal(c["x_re"][j], tr[L - 1]) and np.array_equal(c["x_im"][j], ti[L - 1])
+    return lg
+
+
+@pytest.mark.skipif(__import__("shutil").which("gcc") is None, reason="gcc not on PATH")
+@pytest.mark.parametrize("ds_path,cfg_name", [(BM, "hetero-x10-6x"), (JV, "hetero-x10-6x"), (JV, "paper-hetero")])
+def test_c_equals_simulator_on_real_sequences(ds_path, cfg_name):
+    """A small float model trained one epoch on the real data, quantized with its input quantizer:
+    the C export (compiled with -Werror) equals the simulator on every test sequence."""
+    from intssm.qspec import PRESETS
+    from intssm.train import TrainArgs, train
+
+    info = data.info(str(ds_path))
+    cfg = ModelConfig(d_input=info.d_input, d_output=info.n_classes, d_model=8, d_state=16,
+                      pool="last" if info.varlen else "mean")
+    m = S4DModel(cfg, seed=0)
+    best, _ = train(m, str(ds_path), TrainArgs(epochs=1, batch_size=16, val_fraction=0.0))
+    m.load_state_dict(best)
+    qm, _ = ptq_dataset(m.double(), PRESETS[cfg_name], data.load(str(ds_path), "train"))
+    te = data.load(str(ds_path), "test")
+    P = qm.input_codes(te.x, te.lengths)
+    with tempfile.TemporaryDirectory() as t:
+        _c_equals_simulator(qm, P, te.lengths, Path(t))
+
+
+@pytest.mark.skipif(__import__("shutil").which("gcc") is None, reason="gcc not on PATH")
+@settings(max_examples=6)
+@given(models(max_layers=2), quant_configs(), st.data())
+def test_c_equals_simulator_random_multichannel_varlen(m, qcfg, draw):
+    """Random models with d_in in 1..16, float or uint8 inputs and unequal lengths: C == simulator."""
+    d_in = draw.draw(st.integers(1, 16))
+    cfg = ModelConfig(**{**m.cfg.to_dict(), "d_input": d_in, "pool": "last"})
+    m = S4DModel(cfg, seed=draw.draw(st.integers(0, 99))).double()
+    rng = np.random.default_rng(draw.draw(st.integers(0, 2**16)))
+    B, L = draw.draw(st.integers(1, 6)), draw.draw(st.integers(1, 8))
+    lens = rng.integers(1, L + 1, B)
+    x = rng.normal(size=(B, L, d_in)).astype(np.float32) if draw.draw(st.booleans()) \
+        else rng.integers(0, 256, (B, L, d_in)).astype(np.uint8)
+    try:
+        qm, _ = ptq_dataset(m, qcfg, data.SeqData(x, np.zeros(B, np.int64), "h", "", lens))
+    except IntssmError as e:
+        assert "2**53" in str(e) or "shifts <= 32" in str(e)
+        assume(False)
+    with tempfile.TemporaryDirectory() as t:
+        _c_equals_simulator(qm, qm.input_codes(x, lens), lens, Path(t))
