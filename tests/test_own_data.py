@@ -391,3 +391,20 @@ def test_c_equals_simulator_random_multichannel_varlen(m, qcfg, draw):
         assume(False)
     with tempfile.TemporaryDirectory() as t:
         _c_equals_simulator(qm, qm.input_codes(x, lens), lens, Path(t))
+
+
+@pytest.mark.skipif(__import__("shutil").which("gcc") is None, reason="gcc not on PATH")
+@pytest.mark.parametrize("name,ds_path,floor", [("basicmotions-hetero", BM, 1.0), ("japanesevowels-hetero", JV, 0.97)])
+def test_shipped_uea_models(name, ds_path, floor):
+    """The shipped integer models (tools/uea_models.sh): accuracy on the whole test set, Torch ==
+    simulator on every sequence, and the C export (-Werror) == simulator on every sequence."""
+    from intssm import integer
+
+    im = integer.load(ROOT / "data" / "checkpoints" / f"{name}.pt")
+    te = data.load(str(ds_path), "test")
+    P = im.input_codes(te)
+    lg, _, _ = integer.run(im, P, lengths=te.lengths)
+    assert (lg.argmax(1) == te.y).mean() >= floor
+    assert np.array_equal(integer.torch_logits(im.qm, P, lengths=te.lengths), lg)
+    with tempfile.TemporaryDirectory() as t:
+        assert np.array_equal(_c_equals_simulator(im.qm, P, te.lengths, Path(t)), lg)
