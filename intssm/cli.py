@@ -359,6 +359,7 @@ def search(
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray instance).")] = None,
     test: Annotated[bool, typer.Option(help="Also score the chosen configuration on the full test set.")] = True,
     equalize: EqualizeOpt = 0.0,
+    val_fraction: ValFracOpt = None,
     as_json: JsonOpt = False,
 ):
     """Mixed-precision search: the least-memory bit allocation whose integer validation accuracy stays above the floor."""
@@ -389,7 +390,11 @@ def search(
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
     ckpt_in = ckpt
     seq = ck.get("dataset", {}).get("seq", "smnist")
-    cal = data.load(seq, "train", calib, _val_fraction_of(ck))
+    vfrac = val_fraction if val_fraction is not None else _val_fraction_of(ck)
+    if seq not in data.SEQS and not len(data.load(seq, "val", None, vfrac)):
+        raise IntssmError(f"{ckpt} was trained without a validation split (--val-fraction 0) and search scores "
+                          "candidates on validation sequences: give --val-fraction > 0 (those sequences were seen in training)")
+    cal = data.load(seq, "train", calib, vfrac)
     _check_input_dim(model.cfg.d_input, cal)
     # ranges calibrated once, by the PTQ step `intssm ptq` runs (equalization included): they do not depend on bits
     qm0, ranges = ptq_dataset(model, q0, cal, equalize)
@@ -404,6 +409,7 @@ def search(
     t0 = time.time()
     with get_executor(executor, workers, ray_address) as ex:
         chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs, qat_lr=qat_lr,
+                                       val_fraction=vfrac,
                                        on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
         res = {"floor": min_accuracy, "start": start, "equalize": equalize, "scored": len(points), "seconds": round(time.time() - t0, 1),
                "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
@@ -417,7 +423,7 @@ def search(
             res["ptq_command"] = f"intssm ptq {ckpt_in} --config {out / 'best.json'} --equalize {equalize} --calib {calib} -o q.pt"
         if test:
             r = next(ex.map_unordered(score, [dict(ckpt=str(ckpt), seq=seq, qcfg=chosen, ranges=ranges, val_limit=None,
-                                                   qat_steps=qat_steps, qat_lr=qat_lr, split="test")]))[1]
+                                                   qat_steps=qat_steps, qat_lr=qat_lr, split="test", val_fraction=vfrac)]))[1]
             res["best"]["test_accuracy"] = r["accuracy"]
             res["best"]["n_test"] = r["n"]
     write(out, points, trace, chosen)

@@ -242,9 +242,20 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int = SPLIT_SEED) -> 
 _CACHE: dict = {}
 
 
+def resolve(seq: str) -> str:
+    """A dataset name or path as given; a relative path that does not exist from here but does
+    under the project's data directory's parent (``data/uea/...``, as the shipped checkpoints
+    record it) resolves there."""
+    if seq in SEQS or os.path.exists(seq) or os.path.isabs(seq):
+        return seq
+    alt = DATA_DIR.parent / seq
+    return str(alt) if alt.exists() else seq
+
+
 def _source(seq: str) -> _Source:
     from .tsformat import is_ts_dataset
 
+    seq = resolve(seq)
     key = seq if seq in SEQS else (seq, os.path.getmtime(seq) if os.path.exists(seq) else None)
     if key not in _CACHE:
         if seq in SEQS:

@@ -162,6 +162,9 @@ class QuantS4D(torch.nn.Module):
     def input_codes(self, x: np.ndarray, lengths=None) -> np.ndarray:
         """The datapath's uint8 input codes of sequences ``x``: raw uint8 data as itself, float
         data through the input quantizer (a model calibrated on one kind refuses the other)."""
+        if x.ndim != 3 or x.shape[-1] != self.dp.cfg.d_input:
+            raise IntssmError(f"data have {x.shape[-1] if x.ndim == 3 else x.shape} features per step, "
+                              f"the model expects {self.dp.cfg.d_input}")
         if self.iq is None:
             if x.dtype != np.uint8:
                 raise IntssmError("this model takes raw uint8 inputs (it was quantized on uint8 data); the data are float")

@@ -42,17 +42,17 @@ def signature(q: QuantConfig) -> str:
 
 
 @lru_cache(maxsize=4)
-def _split(seq: str, split: str, n: int | None):
+def _split(seq: str, split: str, n: int | None, val_fraction: float | None = None):
     from . import data
 
-    return data.load(seq, split, n)
+    return data.load(seq, split, n, val_fraction)
 
 
 QAT_LR = 3e-5  # fine-tuning a candidate: 20 steps at 1e-4 already cost 2 points on w8a8-state12, 3e-5 gains 1.4
 
 
 def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, qat_steps: int = 0, seed: int = 0,
-          split: str = "val", qat_lr: float = QAT_LR) -> dict:
+          split: str = "val", qat_lr: float = QAT_LR, val_fraction: float | None = None) -> dict:
     """Integer accuracy on ``split`` (first ``val_limit`` sequences) and memory of one configuration,
     after ``qat_steps`` discrete-Abar QAT steps (batch 64, AdamW at ``qat_lr``) when > 0."""
     import numpy as np
@@ -68,7 +68,10 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     q = QuantConfig.from_dict(qcfg)
     model, ck = checkpoint.load(ckpt)
     model = model.double()
-    va = _split(seq, split, val_limit)
+    va = _split(seq, split, val_limit, val_fraction)
+    if not len(va):
+        raise IntssmError(f"{seq}: the {split} split is empty (trained with --val-fraction 0?); "
+                          "search scores candidates on validation sequences: give --val-fraction > 0")
     L = va.x.shape[1]
     iq = None
     if ck.get("input_quant") is not None:  # float data: the model was folded to read this quantizer's codes
@@ -84,7 +87,7 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     qm.iq = iq
     if qat_steps:
         torch.manual_seed(seed)
-        tr = data.load(seq, "train", 64 * qat_steps)
+        tr = data.load(seq, "train", 64 * qat_steps, val_fraction)
         Ptr = qm.input_codes(tr.x, tr.lengths)
         params = configure(qm, "discrete")
         opt = torch.optim.AdamW(params, lr=qat_lr, weight_decay=0.0)
@@ -108,9 +111,11 @@ def pareto(points: list[dict]) -> list[dict]:
 
 
 def greedy(ckpt: str, seq: str, start: QuantConfig, ranges: dict, floor: float, executor, val_limit: int = 2000,
-           qat_steps: int = 0, groups=tuple(GROUPS), max_rounds: int = 60, on_round=None, qat_lr: float = QAT_LR):
+           qat_steps: int = 0, groups=tuple(GROUPS), max_rounds: int = 60, on_round=None, qat_lr: float = QAT_LR,
+           val_fraction: float | None = None):
     """Greedy search from ``start``; returns (chosen config dict or None, all scored points, trace)."""
-    common = dict(ckpt=ckpt, seq=seq, ranges=ranges, val_limit=val_limit, qat_steps=qat_steps, qat_lr=qat_lr)
+    common = dict(ckpt=ckpt, seq=seq, ranges=ranges, val_limit=val_limit, qat_steps=qat_steps, qat_lr=qat_lr,
+                  val_fraction=val_fraction)
     seen: dict[str, dict] = {}
     points: list[dict] = []
 

@@ -281,6 +281,9 @@ def test_model_kind_must_match_the_data():
         qm.input_codes(np.zeros((1, 5, 2), np.uint8))
     with pytest.raises(IntssmError, match="features per step"):
         qm.input_codes(np.zeros((1, 5, 3), np.float32))
+    qm.iq = None
+    with pytest.raises(IntssmError, match="features per step, the model expects 2"):
+        qm.input_codes(np.zeros((1, 5, 3), np.uint8))
 
 
 # ------------------------------------------------------------------ the real datasets, end to end ---
@@ -326,6 +329,10 @@ def test_train_takes_the_ends_from_the_data(tmp_path):
     assert ck["dataset"]["val_fraction"] == 0.0
     r = _cli("eval", f, "--seq", BM)
     assert r.returncode == 2 and "6 features per step, the model expects 12" in r.stderr
+    q = tmp_path / "q.pt"
+    assert _cli("ptq", f, "-o", q).returncode == 0
+    r = _cli("simulate", q, "--seq", BM)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "features per step" in r.stderr
 
 
 # ------------------------------------------------------------------------ C on the real datasets ---
