@@ -693,7 +693,7 @@ def _val_fraction_of(ck: dict):
 def main():
     """Entry point: runs the app, turning :class:`IntssmError` into one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except IntssmError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -707,6 +707,10 @@ def main():
             err.print(f"error: {e.format_message()}", markup=False, highlight=False, soft_wrap=True)
             sys.exit(e.exit_code or 2)
         raise
+    if isinstance(rc, int) and rc:  # Typer returns 130 for Ctrl-C when not in standalone mode
+        if rc == 130:
+            err.print("interrupted")
+        sys.exit(rc)
 
 from .cli_c import register as _register_c  # noqa: E402
 

@@ -102,6 +102,9 @@ class QuantConfig:
                 raise IntssmError(f"quant config: {name} must be a format, got {f!r}")
             if not isinstance(f.bits, int) or isinstance(f.bits, bool) or not 2 <= f.bits <= 16:
                 raise IntssmError(f"quant config: {name}.bits must be an integer in 2..16, got {f.bits!r}")
+            for flag in ("symmetric", "per_channel"):
+                if not isinstance(getattr(f, flag), bool):
+                    raise IntssmError(f"quant config: {name}.{flag} must be true or false, got {getattr(f, flag)!r}")
             if f.per_channel and name not in PER_CHANNEL_OK:
                 raise IntssmError(f"quant config: {name} cannot be per-channel (only weights and the state x)")
             if not isinstance(f.range, str) or parse_range(f.range) is None:

@@ -415,3 +415,22 @@ def test_shipped_uea_models(name, ds_path, floor):
     assert np.array_equal(integer.torch_logits(im.qm, P, lengths=te.lengths), lg)
     with tempfile.TemporaryDirectory() as t:
         assert np.array_equal(_c_equals_simulator(im.qm, P, te.lengths, Path(t)), lg)
+
+
+def test_ctrl_c_exits_130(tmp_path):
+    """SIGINT during training ends with exit status 130 and says so (not 0 and silence)."""
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "intssm", "train", "--seq", str(JV), "--preset", "tiny",
+                          "--epochs", "100000", "-o", str(tmp_path / "m.pt")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    line = ""
+    while "training" not in line and time.time() - t0 < 120:
+        line = p.stderr.readline()
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    assert "interrupted" in err or "aborted" in err
