@@ -183,7 +183,7 @@ def eval_(
     model, ck = checkpoint.load(ckpt)
     ds = data.load(seq, split, limit)
     _check_input_dim(model.cfg.d_input, ds)
-    _check_labels(model.cfg.d_output, ds)
+    ds.check_labels(model.cfg.d_output)
     x = ds.as_float()
     if "qspec" in ck:  # the float weights of a quantized checkpoint, on the inputs they read
         from .qmodel import from_checkpoint
@@ -674,11 +674,6 @@ def _check_input_dim(d_input, ds):
         raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {d_input}")
 
 
-def _check_labels(n_classes, ds):
-    if len(ds.y) and int(ds.y.max()) >= n_classes:
-        raise IntssmError(f"{ds.name}: label {int(ds.y.max())} is beyond the model's {n_classes} classes")
-
-
 def _dataset_entry(seq: str, ds, val_fraction) -> dict:
     """What a checkpoint records of its dataset: the source, its checksum, the validation split."""
     return {"seq": seq, "checksum": ds.checksum, "val_fraction": val_fraction}
@@ -699,8 +694,8 @@ def main():
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("aborted")
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted")
         sys.exit(130)
     except Exception as e:  # click (typer's bundled copy) usage errors: format_message + exit_code
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):

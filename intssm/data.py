@@ -122,6 +122,11 @@ class SeqData:
     def __len__(self) -> int:
         return len(self.y)
 
+    def check_labels(self, n_classes: int) -> None:
+        """Refuse labels a model with ``n_classes`` outputs cannot score."""
+        if len(self.y) and int(self.y.max()) >= n_classes:
+            raise IntssmError(f"{self.name}: label {int(self.y.max())} is beyond the model's {n_classes} classes")
+
 
 def _idx_dir_arrays(d: Path, check_known: bool):
     names = {}

@@ -106,8 +106,17 @@ def fold_input(model, iq: InputQuant):
     return out
 
 
-def check_bits(bits) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise IntssmError(f"quant config: input_bits must be an integer in 2..8, got {bits!r}")
-    return bits
-
+def input_codes(iq: InputQuant | None, d_input: int, x: np.ndarray, lengths=None) -> np.ndarray:
+    """The datapath's uint8 input codes of sequences ``x`` (n, L, d) for a model with input
+    quantizer ``iq`` and ``d_input`` features per step: raw uint8 data as themselves (``iq`` None),
+    float data through ``iq``; a model calibrated on one kind refuses the other."""
+    if x.ndim != 3 or x.shape[-1] != d_input:
+        raise IntssmError(f"data have {x.shape[-1] if x.ndim == 3 else x.shape} features per step, "
+                          f"the model expects {d_input}")
+    if iq is None:
+        if x.dtype != np.uint8:
+            raise IntssmError("float data, but this model takes raw uint8 inputs (it was quantized on uint8 data)")
+        return x
+    if x.dtype == np.uint8:
+        raise IntssmError("uint8 data, but this model quantizes float inputs (it was calibrated on float data)")
+    return iq.codes(x, lengths)

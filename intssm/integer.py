@@ -37,23 +37,18 @@ class IntegerModel:
     iq: object = None  # intssm.inputq.InputQuant of a model for float data, else None (raw uint8 inputs)
 
     def input_codes(self, ds) -> np.ndarray:
-        """The uint8 codes the datapath takes for dataset ``ds`` (:class:`intssm.data.SeqData`):
-        raw uint8 data as themselves, float data through the input quantizer."""
-        if ds.x.shape[-1] != self.cfg.d_input:
-            raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {self.cfg.d_input}")
-        if self.iq is None:
-            if not ds.is_uint8:
-                raise IntssmError(f"{ds.name}: float data, but this model takes raw uint8 inputs (it was quantized on uint8 data)")
-            return ds.x
-        if ds.is_uint8:
-            raise IntssmError(f"{ds.name}: uint8 data, but this model quantizes float inputs (it was calibrated on float data)")
-        return self.iq.codes(ds.x, ds.lengths)
+        """The uint8 codes the datapath takes for dataset ``ds`` (:func:`intssm.inputq.input_codes`)."""
+        from .inputq import input_codes
+
+        try:
+            return input_codes(self.iq, self.cfg.d_input, ds.x, ds.lengths)
+        except IntssmError as e:
+            raise IntssmError(f"{ds.name}: {e}") from None
 
     def check_data(self, ds) -> None:
         """Refuse data the integer model cannot score: labels beyond its classes, or sequences of
         another length for a mean-pooling model."""
-        if len(ds.y) and int(ds.y.max()) >= self.cfg.d_output:
-            raise IntssmError(f"{ds.name}: label {int(ds.y.max())} is beyond the model's {self.cfg.d_output} classes")
+        ds.check_labels(self.cfg.d_output)
         if self.mean_pool and (ds.x.shape[1] != self.seq_len or ds.varlen):
             raise IntssmError(f"model mean-pools over exactly {self.seq_len} steps; {ds.name} has sequences of "
                               f"length {int(ds.lengths.min())}..{int(ds.lengths.max())}")

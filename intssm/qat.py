@@ -178,8 +178,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     tr = data.load(seq, "train", limit, val_fraction)
     va = data.load(seq, "val", val_limit, val_fraction)
     for ds in (tr, va):
-        if len(ds) and int(ds.y.max()) >= qm.dp.cfg.d_output:
-            raise IntssmError(f"{ds.name}: label {int(ds.y.max())} is beyond the model's {qm.dp.cfg.d_output} classes")
+        ds.check_labels(qm.dp.cfg.d_output)
     Ptr, Pva = qm.input_codes(tr.x, tr.lengths), qm.input_codes(va.x, va.lengths)
     score = (lambda: int_accuracy(qm, Pva, va.y, va.lengths)) if len(va) else (lambda: None)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)

@@ -160,18 +160,10 @@ class QuantS4D(torch.nn.Module):
         self.iq = None  # intssm.inputq.InputQuant for float data (self.model then reads its codes / 255)
 
     def input_codes(self, x: np.ndarray, lengths=None) -> np.ndarray:
-        """The datapath's uint8 input codes of sequences ``x``: raw uint8 data as itself, float
-        data through the input quantizer (a model calibrated on one kind refuses the other)."""
-        if x.ndim != 3 or x.shape[-1] != self.dp.cfg.d_input:
-            raise IntssmError(f"data have {x.shape[-1] if x.ndim == 3 else x.shape} features per step, "
-                              f"the model expects {self.dp.cfg.d_input}")
-        if self.iq is None:
-            if x.dtype != np.uint8:
-                raise IntssmError("this model takes raw uint8 inputs (it was quantized on uint8 data); the data are float")
-            return x
-        if x.dtype == np.uint8:
-            raise IntssmError("this model quantizes float inputs (it was calibrated on float data); the data are uint8")
-        return self.iq.codes(x, lengths)
+        """The datapath's uint8 input codes of ``x`` (:func:`intssm.inputq.input_codes`)."""
+        from .inputq import input_codes
+
+        return input_codes(self.iq, self.dp.cfg.d_input, x, lengths)
 
     def make_discrete(self, values: dict | None = None):
         """Learn Abar, Bbar directly (QAT 'discrete'): parameters initialised from the float model."""

@@ -75,10 +75,7 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
     va = data.load(seq, "val", args.limit, args.val_fraction)
     xtr, ytr, ltr = tr.as_float(), tr.y, tr.lengths
     xva, yva = va.as_float(), va.y
-    if len(ytr) and int(ytr.max()) >= model.cfg.d_output:
-        from .errors import IntssmError
-
-        raise IntssmError(f"{seq}: label {int(ytr.max())} is beyond the model's {model.cfg.d_output} classes")
+    tr.check_labels(model.cfg.d_output)
     opt = torch.optim.AdamW(model.param_groups(args.lr, args.ssm_lr, args.weight_decay))
     steps_per_epoch = math.ceil(len(ytr) / args.batch_size)
     total = args.epochs * steps_per_epoch
