@@ -240,7 +240,6 @@ def ptq_(
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
     seq = seq or ck.get("dataset", {}).get("seq", "smnist")
     cal = data.load(seq, "train", calib, _val_fraction_of(ck))
-    _check_input_dim(model.cfg.d_input, cal)
     qm, ranges = ptq_dataset(model, qcfg, cal, equalize)
     extra = checkpoint.extras(ck)
     extra["qspec"] = qspec_entry(qm, ranges)
@@ -315,7 +314,6 @@ def qat_(
     else:
         config = config or "w8a8"
         cal = data.load(seq, "train", calib, vfrac)
-        _check_input_dim(model.cfg.d_input, cal)
         qm, ranges = ptq_dataset(model, get_config(config), cal, equalize)
         how = config if not equalize else f"{config}, states equalized (alpha {equalize})"
     n_train = len(data.load(seq, "train", limit, vfrac))
@@ -395,7 +393,6 @@ def search(
         raise IntssmError(f"{ckpt} was trained without a validation split (--val-fraction 0) and search scores "
                           "candidates on validation sequences: give --val-fraction > 0 (those sequences were seen in training)")
     cal = data.load(seq, "train", calib, vfrac)
-    _check_input_dim(model.cfg.d_input, cal)
     # ranges calibrated once, by the PTQ step `intssm ptq` runs (equalization included): they do not depend on bits
     qm0, ranges = ptq_dataset(model, q0, cal, equalize)
     ranges = ranges_to_json(ranges)
