@@ -692,8 +692,7 @@ def main():
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err.print("interrupted")
-        sys.exit(130)
+        _exit_interrupted()
     except Exception as e:  # click (typer's bundled copy) usage errors: format_message + exit_code
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):
             err.print(f"error: {e.format_message()}", markup=False, highlight=False, soft_wrap=True)
@@ -701,8 +700,21 @@ def main():
         raise
     if isinstance(rc, int) and rc:  # Typer returns 130 for Ctrl-C when not in standalone mode
         if rc == 130:
-            err.print("interrupted")
+            _exit_interrupted()
         sys.exit(rc)
+
+
+def _exit_interrupted():
+    """Exit 130 after Ctrl-C. A plain ``sys.exit(130)`` is not enough: an interrupt that lands in a
+    native Torch call can leave the interpreter to end itself by SIGINT at shutdown (status -2), so
+    the streams are flushed and the process ends here (outputs are written atomically: nothing is
+    half-written)."""
+    import os
+
+    err.print("interrupted")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 from .cli_c import register as _register_c  # noqa: E402
 
