@@ -1,7 +1,6 @@
 """C export: the integer model as portable C99 that runs bit-exactly like the simulator.
 
-:func:`write_c` turns the integer arrays of a model (the names of :mod:`intssm.export` /
-:data:`intssm.sim.ARG_ORDER`) into
+:func:`write_c` turns the integer arrays of a model (named and re-proved by :mod:`intssm.layout`) into
 
 * ``intssm_model.h`` -- dimensions, the state struct, the four entry points;
 * ``intssm_model.c`` -- every constant as a ``static const`` table of the narrowest C integer type
@@ -21,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import layout
 from .errors import IntssmError
-from .sim import ARG_ORDER
 
 H_FILE, C_FILE, MAIN_FILE = "intssm_model.h", "intssm_model.c", "main.c"
 
@@ -37,11 +36,14 @@ _CTYPES = (
     ("int64_t", 8, -(2**63), 2**63 - 1),
 )
 
-# qrange rows (intssm.qmodel.QRANGE_ORDER) -> macro suffix
-_QR_NAMES = ("H", "XRE", "XIM", "Y", "ACT", "GLU", "SIG", "POOL", "LOGITS")
+#: Every table the C model holds: all arrays of the layout except ``qrange`` and ``x_dither``,
+#: which become compile-time constants (``QMIN_*``/``QMAX_*``, ``INTSSM_DITHER``).
+TABLES = tuple(k for k in layout.NAMES if k not in ("qrange", "x_dither"))
 
-#: Every table the C model holds: all kernel arguments except ``qrange`` (compile-time constants).
-TABLES = tuple(k for k in ARG_ORDER if k not in ("qrange", "x_dither"))  # those two become #defines
+
+def _qr_macro(row: str) -> str:
+    """Macro suffix of a ``qrange`` row: ``x_re`` -> ``XRE``."""
+    return row.upper().replace("_", "")
 
 
 def ctype_for(lo: int, hi: int) -> tuple[str, int]:
@@ -64,60 +66,22 @@ def _lit(v: int) -> str:
 
 
 def _check(arrays: dict, manifest_like: dict) -> tuple[dict, dict]:
-    """int64 copies of the arrays and the dimensions, after checking they describe one model."""
+    """The arrays re-proved by :func:`intssm.layout.validate` (int64) and the dimensions."""
+    from .modelconfig import ModelConfig
+    from .qspec import QuantConfig
+
     try:
-        mc = manifest_like["model_config"]
-        dims = {"H": int(mc["d_model"]), "N2": int(mc["d_state"]) // 2, "LAYERS": int(mc["n_layers"]),
-                "D_IN": int(mc["d_input"]), "D_OUT": int(mc["d_output"]),
-                "MEAN_POOL": {"mean": 1, "last": 0}[mc["pool"]],
-                "SEQ_LEN": int(manifest_like["seq_len"]), "N_COUNTERS": len(manifest_like["counters"])}
-    except (KeyError, TypeError, ValueError) as e:
-        raise IntssmError(f"C export: incomplete model description ({type(e).__name__}: {e})") from None
-    if min(dims["H"], dims["N2"], dims["LAYERS"], dims["D_IN"], dims["D_OUT"], dims["SEQ_LEN"]) < 1:
-        raise IntssmError(f"C export: dimensions must be positive, got {dims}")
-    if dims["N_COUNTERS"] != 1 + 5 * dims["LAYERS"] + 2:
-        raise IntssmError(f"C export: {dims['N_COUNTERS']} counters for {dims['LAYERS']} layer(s), "
-                          f"expected {1 + 5 * dims['LAYERS'] + 2}")
-    missing = [k for k in ARG_ORDER if k not in arrays]
-    if missing:
-        raise IntssmError(f"C export: missing arrays {missing[:5]}")
-    a = {}
-    for k in ARG_ORDER:
-        v = np.asarray(arrays[k])
-        if not np.issubdtype(v.dtype, np.integer):
-            raise IntssmError(f"C export: array {k} has dtype {v.dtype}, expected integers")
-        a[k] = v.astype(np.int64)
-    H, N2, nl, d, C = dims["H"], dims["N2"], dims["LAYERS"], dims["D_IN"], dims["D_OUT"]
-    qr = a["qrange"]
-    if qr.shape != (9, 2) or (qr[:, 0] > qr[:, 1]).any():
-        raise IntssmError(f"C export: qrange must be (9, 2) [qmin, qmax] rows, got shape {qr.shape}")
-    span = lambda row: int(qr[row, 1] - qr[row, 0] + 1)  # noqa: E731
-    want = {
-        "enc_w": (H, d), "enc_b": (H,), "enc_w_z": (H,), "enc_M": (H,), "enc_S": (H,), "h_z": (nl + 1,),
-        **{k: (nl, H, N2) for k in ("A_re", "A_im", "B_re", "B_im", "C_re", "C_im")},
-        **{k: (nl, H) for k in ("A_re_z", "A_im_z", "B_z", "C_z", "D", "D_z", "x_re_z", "x_im_z",
-                                "x_re_S", "x_im_S", "y_S", "h_S")},
-        "x_re_M": (nl, 3, H), "x_im_M": (nl, 3, H), "y_M": (nl, 3, H), "h_M": (nl, 2, H),
-        "y_z": (nl,), "act_z": (nl,), "glu_z": (nl,),
-        "gelu_lut": (nl, span(3)), "sig_lut": (nl, span(5)),
-        "mix_w": (nl, 2 * H, H), "mix_w_z": (nl, 2 * H), "mix_b": (nl, 2 * H), "glu_M": (nl, 2 * H), "glu_S": (nl, 2 * H),
-        "pool_M": (H,), "pool_S": (H,), "pool_z": (1,), "dec_w": (C, H), "dec_w_z": (C,), "dec_b": (C,),
-        "logits_M": (C,), "logits_S": (C,), "logits_z": (1,), "qrange": (9, 2), "x_dither": (1,),
-    }
-    for k, shp in want.items():
-        if a[k].shape != shp:
-            raise IntssmError(f"C export: array {k} has shape {a[k].shape}, expected {shp}")
-    for k in ("enc_S", "x_re_S", "x_im_S", "y_S", "glu_S", "h_S", "pool_S", "logits_S"):
-        if a[k].min() < 0 or a[k].max() > 62:
-            raise IntssmError(f"C export: shift {k} outside [0, 62]")
-    if a["x_dither"][0] not in (0, 1):
-        raise IntssmError(f"C export: x_dither must be 0 or 1, got {int(a['x_dither'][0])}")
-    if a["x_dither"][0] and max(a["x_re_S"].max(), a["x_im_S"].max()) > 32:
-        raise IntssmError("C export: the dithered state rounding needs state shifts <= 32")
-    for k in ("x_re_z", "x_im_z"):  # the state starts at its zero point, which must be a code
-        row = 1 if k == "x_re_z" else 2
-        if a[k].min() < qr[row, 0] or a[k].max() > qr[row, 1]:
-            raise IntssmError(f"C export: {k} outside the state's code range")
+        cfg = ModelConfig.from_dict(manifest_like.get("model_config"))
+        qcfg = QuantConfig.from_dict(manifest_like.get("quant_config"))
+        seq_len = manifest_like.get("seq_len")
+        a = layout.validate(arrays, cfg, qcfg, seq_len)
+        if manifest_like.get("counters", layout.counter_names(cfg.n_layers)) != layout.counter_names(cfg.n_layers):
+            raise IntssmError(f"counters must be the {layout.n_counters(cfg.n_layers)} names of intssm.layout.counter_names")
+    except IntssmError as e:
+        raise IntssmError(f"C export: {e}") from None
+    dims = {"H": cfg.d_model, "N2": cfg.d_state // 2, "LAYERS": cfg.n_layers, "D_IN": cfg.d_input,
+            "D_OUT": cfg.d_output, "MEAN_POOL": int(cfg.pool == "mean"), "SEQ_LEN": seq_len,
+            "N_COUNTERS": layout.n_counters(cfg.n_layers)}
     return a, dims
 
 
@@ -288,7 +252,7 @@ void intssm_step(intssm_state *s, const uint8_t *p)
         h[hh] = saturate(rounding_rshift(acc * enc_M[hh], (int)enc_S[hh]) + h_z[0], QMIN_H, QMAX_H, &cnt[0]);
     }
     for (i = 0; i < INTSSM_LAYERS; ++i) {
-        const int base = 1 + 5 * i;
+        const int base = @LAYER_BASE@;
         for (hh = 0; hh < INTSSM_H; ++hh) {
             const int64_t u = h[hh] - h_z[i];
             const int64_t zr = x_re_z[i][hh], zi = x_im_z[i][hh];
@@ -312,8 +276,8 @@ void intssm_step(intssm_state *s, const uint8_t *p)
                 const int64_t dr = sr ? (int64_t)1 << (sr - 1) : 0;
                 const int64_t di = si ? (int64_t)1 << (si - 1) : 0;
 #endif
-                const int64_t nr = saturate(offset_rshift(acc_r, dr, sr) + zr, QMIN_XRE, QMAX_XRE, &cnt[base]);
-                const int64_t ni = saturate(offset_rshift(acc_i, di, si) + zi, QMIN_XIM, QMAX_XIM, &cnt[base + 1]);
+                const int64_t nr = saturate(offset_rshift(acc_r, dr, sr) + zr, QMIN_XRE, QMAX_XRE, &cnt[base + @C_XRE@]);
+                const int64_t ni = saturate(offset_rshift(acc_i, di, si) + zi, QMIN_XIM, QMAX_XIM, &cnt[base + @C_XIM@]);
                 s->x_re[i][hh][n] = (XRE_T)nr;
                 s->x_im[i][hh][n] = (XIM_T)ni;
                 ty1 += (nr - zr) * ((int64_t)C_re[i][hh][n] - cz);
@@ -321,7 +285,7 @@ void intssm_step(intssm_state *s, const uint8_t *p)
             }
             /* y = 2 Re(C x) + D u (the 2 is folded into the multipliers) */
             acc_y = ty1 * y_M[i][0][hh] - ty2 * y_M[i][1][hh] + (((int64_t)D[i][hh] - D_z[i][hh]) * u) * y_M[i][2][hh];
-            y = saturate(rounding_rshift(acc_y, (int)y_S[i][hh]) + y_z[i], QMIN_Y, QMAX_Y, &cnt[base + 2]);
+            y = saturate(rounding_rshift(acc_y, (int)y_S[i][hh]) + y_z[i], QMIN_Y, QMAX_Y, &cnt[base + @C_Y@]);
             a[hh] = (int64_t)gelu_lut[i][y - QMIN_Y];
         }
         /* GLU mixing: g = requant(mix_b + (mix_w - z) (a - z_act)) */
@@ -329,13 +293,13 @@ void intssm_step(intssm_state *s, const uint8_t *p)
             int64_t acc = (int64_t)mix_b[i][j];
             for (hh = 0; hh < INTSSM_H; ++hh)
                 acc += ((int64_t)mix_w[i][j][hh] - mix_w_z[i][j]) * (a[hh] - act_z[i]);
-            g[j] = saturate(rounding_rshift(acc * glu_M[i][j], (int)glu_S[i][j]) + glu_z[i], QMIN_GLU, QMAX_GLU, &cnt[base + 3]);
+            g[j] = saturate(rounding_rshift(acc * glu_M[i][j], (int)glu_S[i][j]) + glu_z[i], QMIN_GLU, QMAX_GLU, &cnt[base + @C_GLU@]);
         }
         /* residual: h <- requant(h + g_a * sigmoid(g_b)) */
         for (hh = 0; hh < INTSSM_H; ++hh) {
             const int64_t sg = (int64_t)sig_lut[i][g[INTSSM_H + hh] - QMIN_GLU];
             const int64_t acc = (h[hh] - h_z[i]) * h_M[i][0][hh] + ((g[hh] - glu_z[i]) * sg) * h_M[i][1][hh];
-            h[hh] = saturate(rounding_rshift(acc, (int)h_S[i][hh]) + h_z[i + 1], QMIN_H, QMAX_H, &cnt[base + 4]);
+            h[hh] = saturate(rounding_rshift(acc, (int)h_S[i][hh]) + h_z[i + 1], QMIN_H, QMAX_H, &cnt[base + @C_H@]);
         }
     }
     for (hh = 0; hh < INTSSM_H; ++hh) {
@@ -351,18 +315,18 @@ void intssm_step(intssm_state *s, const uint8_t *p)
 void intssm_logits(const intssm_state *s, int32_t *logits_out, int64_t *counters)
 {
     int64_t c[INTSSM_N_COUNTERS], pooled[INTSSM_H];
-    const int ci = 1 + 5 * INTSSM_LAYERS;
+    const int ci = @HEAD_BASE@;
     int hh, o;
     memcpy(c, s->counters, sizeof c);
     for (hh = 0; hh < INTSSM_H; ++hh)
         pooled[hh] = saturate(rounding_rshift(s->pool_acc[hh] * pool_M[hh], (int)pool_S[hh]) + pool_z[0],
-                              QMIN_POOL, QMAX_POOL, &c[ci]) - pool_z[0];
+                              QMIN_POOL, QMAX_POOL, &c[ci + @C_POOL@]) - pool_z[0];
     for (o = 0; o < INTSSM_D_OUT; ++o) {
         int64_t acc = (int64_t)dec_b[o];
         for (hh = 0; hh < INTSSM_H; ++hh)
             acc += ((int64_t)dec_w[o][hh] - dec_w_z[o]) * pooled[hh];
         logits_out[o] = (int32_t)saturate(rounding_rshift(acc * logits_M[o], (int)logits_S[o]) + logits_z[0],
-                                          QMIN_LOGITS, QMAX_LOGITS, &c[ci + 1]);
+                                          QMIN_LOGITS, QMAX_LOGITS, &c[ci + @C_LOGITS@]);
     }
     if (counters)
         memcpy(counters, c, sizeof c);
@@ -390,9 +354,21 @@ int intssm_classify(const uint8_t *seq, int32_t L, int32_t *logits_out)
 """
 
 
+def _body() -> str:
+    """The step and finalize functions, with the counter indices of :mod:`intssm.layout`."""
+    nlc = len(layout.LAYER_COUNTERS)
+    subs = {"@LAYER_BASE@": f"{layout.layer_base(0)} + {nlc} * i", "@HEAD_BASE@": f"{layout.head_base(0)} + {nlc} * INTSSM_LAYERS",
+            "@C_XRE@": layout.C_XRE, "@C_XIM@": layout.C_XIM, "@C_Y@": layout.C_Y, "@C_GLU@": layout.C_GLU,
+            "@C_H@": layout.C_H, "@C_POOL@": layout.C_POOL, "@C_LOGITS@": layout.C_LOGITS}
+    text = _BODY
+    for k, v in subs.items():
+        text = text.replace(k, str(v))
+    return text
+
+
 def _source(a: dict, xre_t: str, xim_t: str) -> str:
-    layout = table_layout(a)
-    total = sum(nb for _, _, nb in layout.values())
+    tables = table_layout(a)
+    total = sum(nb for _, _, nb in tables.values())
     qr = a["qrange"]
     out = [f"""/* intssm_model.c -- generated by intssm (C export). Do not edit.
  *
@@ -407,7 +383,7 @@ def _source(a: dict, xre_t: str, xim_t: str) -> str:
  *    rounding_rshift below;
  *  - exact-width types are two's complement by definition (C99 7.18.1.1).
  *
- * Constant tables: {len(layout)} tables, {total} bytes (each of the narrowest exact-width type that
+ * Constant tables: {len(tables)} tables, {total} bytes (each of the narrowest exact-width type that
  * holds its values), plus alignment padding.
  */
 #include <stdint.h>
@@ -416,7 +392,7 @@ def _source(a: dict, xre_t: str, xim_t: str) -> str:
 #include "{H_FILE}"
 
 /* code ranges [qmin, qmax] of every quantized tensor */"""]
-    for j, n in enumerate(_QR_NAMES):
+    for j, n in enumerate(map(_qr_macro, layout.QRANGE_ROWS)):
         out.append(f"#define QMIN_{n} ({_lit(int(qr[j, 0]))})\n#define QMAX_{n} ({_lit(int(qr[j, 1]))})")
     out.append(f"\ntypedef {xre_t} XRE_T;\ntypedef {xim_t} XIM_T;\n")
     out.append(f"/* 1: the state update rounds with the Weyl dither (docs/datapath.md, step 2); 0: half up */\n"
@@ -430,12 +406,12 @@ def _source(a: dict, xre_t: str, xim_t: str) -> str:
 #endif
 """)
     for k in TABLES:
-        ct, count, nb = layout[k]
+        ct, count, nb = tables[k]
         v = a[k]
         dims_txt = "".join(f"[{s}]" for s in v.shape)
         out.append(f"/* {k}: {count} x {ct} = {nb} bytes */\n"
                    f"INTSSM_TABLE static const {ct} {k}{dims_txt} = {_init(v, '')};\n")
-    out.append(_BODY)
+    out.append(_body())
     return "\n".join(out)
 
 
@@ -483,8 +459,8 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise IntssmError(f"C export: {out_dir} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
-    xre_t, xim_t = _state_type(a["qrange"], 1), _state_type(a["qrange"], 2)
-    files = {H_FILE: _header(dims, xre_t, xim_t, list(manifest_like["counters"]), manifest_like.get("input")),
+    xre_t, xim_t = _state_type(a["qrange"], layout.R_XRE), _state_type(a["qrange"], layout.R_XIM)
+    files = {H_FILE: _header(dims, xre_t, xim_t, layout.counter_names(dims["LAYERS"]), manifest_like.get("input")),
              C_FILE: _source(a, xre_t, xim_t), MAIN_FILE: _MAIN}
     paths = []
     for name, text in files.items():
@@ -500,8 +476,8 @@ def c_storage(arrays: dict, n_counters: int) -> dict:
     flash (the compiler aligns each table); the state struct's size is exact for LP64/ILP32 ABIs."""
     qr = arrays["qrange"]
     nl, H, N2 = arrays["A_re"].shape
-    xre_b = ctype_for(int(qr[1, 0]), int(qr[1, 1]))[1]
-    xim_b = ctype_for(int(qr[2, 0]), int(qr[2, 1]))[1]
+    xre_b = ctype_for(int(qr[layout.R_XRE, 0]), int(qr[layout.R_XRE, 1]))[1]
+    xim_b = ctype_for(int(qr[layout.R_XIM, 0]), int(qr[layout.R_XIM, 1]))[1]
     states = 4 + nl * H * N2 * xre_b  # the uint32_t step phase first: x_re needs no padding after it
     states += -states % xim_b  # x_im aligned to its type
     states += nl * H * N2 * xim_b

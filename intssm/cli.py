@@ -451,6 +451,22 @@ def export_(
            "datapath_version": man["datapath_version"]}, as_json, f"wrote {out} ({out.stat().st_size} bytes)")
 
 
+@app.command("export-c")
+def export_c(
+    model: Annotated[Path, typer.Argument(help="Quantized/float checkpoint or integer artifact (.npz).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the C files into.")],
+    as_json: JsonOpt = False,
+):
+    """Write the integer model as C99 (intssm_model.h/.c, example main.c), bit-exact with the simulator."""
+    from . import cexport, integer
+
+    im = integer.load(model)
+    files = cexport.write_c(im.arrays, im.description(), out)
+    ro = cexport.rodata_bytes_estimate(im.arrays)
+    _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
+          as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant tables)")
+
+
 @app.command()
 def inspect(
     model: Annotated[Path, typer.Argument(help="Integer artifact (.npz).")],
@@ -715,7 +731,3 @@ def _exit_interrupted():
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(130)
-
-from .cli_c import register as _register_c  # noqa: E402
-
-_register_c(app)

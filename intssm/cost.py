@@ -18,18 +18,23 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from .model import ModelConfig
+from . import layout
+from .fixedpoint import MAX_SHIFT, MULT_BITS
+from .modelconfig import ModelConfig
 from .qspec import QuantConfig, site_term_bounds
 
-MULT_BITS = 16  # stored width of a requantization multiplier (values < 2**15, unsigned)
-SHIFT_BITS = 8  # stored width of a shift (0..46)
+MULT_STORE_BITS = MULT_BITS + 1  # a requantization multiplier (MULT_BITS-bit unsigned) stored in a 16-bit word
+SHIFT_BITS = 8  # stored width of a shift (0..MAX_SHIFT)
 
 
-def SITES(cfg: ModelConfig):
-    """(site, terms per output, outputs) over the whole model."""
-    H, nl, C = cfg.d_model, cfg.n_layers, cfg.d_output
-    return [("enc", 1, H), ("x_re", 3, nl * H), ("x_im", 3, nl * H), ("y", 3, nl * H), ("glu", 1, nl * 2 * H),
-            ("h", 2, nl * H), ("pool", 1, H), ("logits", 1, C)]
+def site_counts(cfg: ModelConfig) -> list[tuple[str, int, int]]:
+    """(site, terms per output, outputs) over the whole model, from the layout's multiplier and shift shapes."""
+    shapes = layout.expected_shapes(cfg, None)
+    out = []
+    for kind, m, s, _ in layout.SITES:
+        outputs = math.prod(shapes[s])
+        out.append((kind, math.prod(shapes[m]) // outputs, outputs))
+    return out
 
 
 def memory(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784) -> dict:
@@ -65,8 +70,8 @@ def memory(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784) -> dict:
         if not f.symmetric and nm != "sig":
             add(f"{nm}_zero", "zero point", n, f.bits)
     # multipliers and shifts, one set per site output channel (docs/datapath.md)
-    for nm, terms, ch in SITES(cfg):
-        add(f"{nm}_M", "multiplier", terms * ch, MULT_BITS)
+    for nm, terms, ch in site_counts(cfg):
+        add(f"{nm}_M", "multiplier", terms * ch, MULT_STORE_BITS)
         add(f"{nm}_S", "shift", ch, SHIFT_BITS)
     add("gelu_lut", "lut", nl * 2**q.y.bits, q.act.bits)
     add("sig_lut", "lut", nl * 2**q.glu.bits, q.sig.bits)

@@ -11,49 +11,56 @@ are validated before anything runs.
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, layout
 from .errors import IntssmError
-from .model import ModelConfig
+from .modelconfig import ModelConfig
 from .qspec import DATAPATH_VERSION, QuantConfig
 
 FORMAT = "intssm-int"
 FORMAT_VERSION = 1
-WEIGHT_KEYS = ("enc_w", "enc_b", "A_re", "A_im", "B_re", "B_im", "C_re", "C_im", "D", "mix_w", "mix_b", "dec_w", "dec_b")
 
 
 def integer_model(qm) -> dict:
-    """All int64 arrays of a :class:`~intssm.qmodel.QuantS4D`: datapath constants and weight codes."""
+    """All int64 arrays of a :class:`~intssm.qmodel.QuantS4D`, named as in :mod:`intssm.layout`:
+    the datapath's constants and the weight codes."""
     import torch
 
-    from .qmodel import datapath_arrays
-
-    arrays = datapath_arrays(qm.dp)
+    arrays = layout.from_datapath(qm.dp)
     with torch.no_grad():
         for k, v in qm.weight_codes().items():
             arrays[k] = v.numpy().astype(np.int64)
     return arrays
 
 
-def expected_shapes(cfg: ModelConfig, qcfg: QuantConfig) -> dict:
-    H, N2, nl, d, C = cfg.d_model, cfg.d_state // 2, cfg.n_layers, cfg.d_input, cfg.d_output
-    return {
-        "enc_w": (H, d), "enc_b": (H,), "enc_w_z": (H,), "enc_M": (H,), "enc_S": (H,), "h_z": (nl + 1,),
-        **{k: (nl, H, N2) for k in ("A_re", "A_im", "B_re", "B_im", "C_re", "C_im")},
-        **{k: (nl, H) for k in ("A_re_z", "A_im_z", "B_z", "C_z", "D", "D_z", "x_re_z", "x_im_z",
-                                "x_re_S", "x_im_S", "y_S", "h_S")},
-        "x_re_M": (nl, 3, H), "x_im_M": (nl, 3, H), "y_M": (nl, 3, H), "h_M": (nl, 2, H),
-        "y_z": (nl,), "act_z": (nl,), "glu_z": (nl,),
-        "gelu_lut": (nl, 2**qcfg.y.bits), "sig_lut": (nl, 2**qcfg.glu.bits),
-        "mix_w": (nl, 2 * H, H), "mix_w_z": (nl, 2 * H), "mix_b": (nl, 2 * H), "glu_M": (nl, 2 * H), "glu_S": (nl, 2 * H),
-        "pool_M": (H,), "pool_S": (H,), "pool_z": (1,), "dec_w": (C, H), "dec_w_z": (C,), "dec_b": (C,),
-        "logits_M": (C,), "logits_S": (C,), "logits_z": (1,), "qrange": (9, 2), "x_dither": (1,),
-    }
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_manifest(p, man) -> None:
+    """The manifest's own fields: format, versions and the types of what the loaders read."""
+    if not isinstance(man, dict) or man.get("format") != FORMAT:
+        raise IntssmError(f"{p}: not an intssm integer model (format {man.get('format') if isinstance(man, dict) else None!r})")
+    if man.get("format_version") != FORMAT_VERSION:
+        raise IntssmError(f"{p}: format version {man.get('format_version')!r} not supported (this intssm reads {FORMAT_VERSION})")
+    if man.get("datapath_version") != DATAPATH_VERSION:
+        raise IntssmError(f"{p}: datapath version {man.get('datapath_version')!r} not supported (this intssm implements {DATAPATH_VERSION})")
+    tens = man.get("tensors")
+    if not isinstance(tens, dict) or not tens:
+        raise IntssmError(f"{p}: manifest field tensors must be an object of per-tensor scales")
+    for k, t in tens.items():
+        ok = isinstance(t, dict) and isinstance(t.get("bits"), int) and isinstance(t.get("scale"), list) \
+            and isinstance(t.get("zero"), list) and len(t["scale"]) == len(t["zero"]) >= 1 \
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in t["scale"]) \
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in t["zero"])
+        if not ok:
+            raise IntssmError(f"{p}: manifest tensor {k!r} needs bits, finite positive scales and integer zero points")
 
 
 def _storage_dtype(v: np.ndarray):
@@ -69,7 +76,7 @@ def manifest_of(qm) -> dict:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "datapath_version": DATAPATH_VERSION,
         "intssm_version": __version__, "model_config": dp.cfg.to_dict(), "quant_config": dp.qcfg.to_dict(),
-        "seq_len": dp.seq_len, "counters": dp.counters,
+        "seq_len": dp.seq_len, "counters": layout.counter_names(dp.cfg.n_layers),
         "input": qm.iq.to_dict() if qm.iq is not None else None,
         "tensors": {k: {"bits": t.fmt.bits, "symmetric": t.fmt.symmetric, "per_channel": t.fmt.per_channel,
                         "scale": t.scale.tolist(), "zero": t.zero.tolist()} for k, t in dp.tq.items()},
@@ -88,87 +95,99 @@ def save(path, qm) -> dict:
     return man
 
 
+#: Largest manifest accepted (bytes): a real one is a few kilobytes.
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def _member_header(z: zipfile.ZipFile, info: zipfile.ZipInfo):
+    """(shape, dtype) from an .npy member's header, reading only the header (never the data)."""
+    with z.open(info) as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}.get(major)
+        if read is None:
+            raise ValueError(f"npy format version {major}")
+        shape, _, dtype = read(f)
+        return shape, dtype, f.tell()
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    with z.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
 def load(path) -> tuple[dict, dict]:
-    """(int64 arrays, manifest) of an artifact, validated; every problem is an IntssmError."""
+    """(int64 arrays, manifest) of an artifact, validated and re-proved (:func:`intssm.layout.validate`);
+    every problem is an IntssmError.
+
+    Memory stays bounded for any file: the manifest is read first (at most
+    :data:`MAX_MANIFEST_BYTES`), then every member's header, whose shape and dtype must be the
+    layout's before a byte of its data is inflated."""
     p = Path(path)
     if not p.is_file():
         raise IntssmError(f"integer model not found: {p}")
-    try:
-        z = np.load(p, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
+    if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            head = f.read(6)
+        if head == b"\x93NUMPY":
             raise IntssmError(f"{p}: not an npz archive (a single .npy array)")
-        with z:
-            raw = {k: z[k] for k in z.files}
-    except ValueError as e:
-        if zipfile.is_zipfile(p) and ("pickle" in str(e).lower() or "object" in str(e).lower()):
-            raise IntssmError(f"{p}: contains an object (pickled) array, refused") from None
-        raise IntssmError(f"{p}: not an npz archive ({str(e).splitlines()[0][:160]})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as e:
-        raise IntssmError(f"{p}: not a readable npz ({type(e).__name__}: {str(e)[:160]})") from None
-    if "manifest" not in raw:
-        raise IntssmError(f"{p}: no manifest: not an intssm integer model")
+        raise IntssmError(f"{p}: not a readable npz (not a zip archive, or a truncated one)")
     try:
-        man = json.loads(raw.pop("manifest").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise IntssmError(f"{p}: manifest is not valid JSON") from None
-    if not isinstance(man, dict) or man.get("format") != FORMAT:
-        raise IntssmError(f"{p}: not an intssm integer model (format {man.get('format') if isinstance(man, dict) else None!r})")
-    if man.get("format_version") != FORMAT_VERSION:
-        raise IntssmError(f"{p}: format version {man.get('format_version')!r} not supported (this intssm reads {FORMAT_VERSION})")
-    if man.get("datapath_version") != DATAPATH_VERSION:
-        raise IntssmError(f"{p}: datapath version {man.get('datapath_version')!r} not supported (this intssm implements {DATAPATH_VERSION})")
-    cfg = ModelConfig.from_dict(man["model_config"])
-    qcfg = QuantConfig.from_dict({k: v for k, v in man["quant_config"].items()})
-    shapes = expected_shapes(cfg, qcfg)
-    if "x_dither" not in raw and qcfg.state_rounding == "nearest":  # written before the dithered rounding
-        raw["x_dither"] = np.zeros(1, np.int64)
-    missing = sorted(set(shapes) - set(raw))
-    if missing:
-        raise IntssmError(f"{p}: missing arrays {missing[:5]}")
-    extra = sorted(set(raw) - set(shapes))
-    if extra:
-        raise IntssmError(f"{p}: unexpected arrays {extra[:5]}")
-    arrays = {}
-    for k, shp in shapes.items():
-        v = raw[k]
-        if not np.issubdtype(v.dtype, np.integer):
-            raise IntssmError(f"{p}: array {k} has dtype {v.dtype}, expected an integer type")
-        if v.shape != shp:
-            raise IntssmError(f"{p}: array {k} has shape {v.shape}, expected {shp}")
-        arrays[k] = v.astype(np.int64)
-    _check_ranges(p, arrays, qcfg)
-    if man.get("input") is not None:
-        from .inputq import InputQuant
+        with zipfile.ZipFile(p) as z:
+            infos = {i.filename: i for i in z.infolist()}
+            if "manifest.npy" not in infos:
+                raise IntssmError(f"{p}: no manifest: not an intssm integer model")
+            mi = infos.pop("manifest.npy")
+            if mi.file_size > MAX_MANIFEST_BYTES:
+                raise IntssmError(f"{p}: manifest of {mi.file_size} bytes (limit {MAX_MANIFEST_BYTES})")
+            shape, dtype, _ = _member_header(z, mi)
+            if dtype != np.uint8 or len(shape) != 1:
+                raise IntssmError(f"{p}: the manifest must be a 1-d uint8 array, got {dtype} {shape}")
+            try:
+                man = json.loads(_read_member(z, mi).tobytes().decode(), parse_constant=_refuse_constant)
+            except (UnicodeDecodeError, ValueError):
+                raise IntssmError(f"{p}: manifest is not valid JSON") from None
+            _check_manifest(p, man)
+            try:
+                cfg = ModelConfig.from_dict(man.get("model_config"))
+                qcfg = QuantConfig.from_dict(man.get("quant_config"))
+            except IntssmError as e:
+                raise IntssmError(f"{p}: {e}") from None
+            shapes = layout.expected_shapes(cfg, qcfg)
+            raw = {}
+            for name, info in infos.items():
+                key = name[:-4] if name.endswith(".npy") else name
+                if key not in shapes:
+                    raise IntssmError(f"{p}: unexpected arrays {[key]}")
+                shape, dtype, hdr = _member_header(z, info)
+                if dtype.hasobject:
+                    raise IntssmError(f"{p}: contains an object (pickled) array, refused")
+                if dtype.kind not in "iu":
+                    raise IntssmError(f"{p}: array {key} has dtype {dtype}, expected an integer type")
+                if tuple(shape) != shapes[key]:
+                    raise IntssmError(f"{p}: array {key} has shape {tuple(shape)}, expected {shapes[key]}")
+                if info.file_size > hdr + dtype.itemsize * math.prod(shape):
+                    raise IntssmError(f"{p}: member {name} inflates to {info.file_size} bytes, more than its shape holds")
+                raw[key] = _read_member(z, info)
+    except IntssmError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
+            raise IntssmError(f"{p}: contains an object (pickled) array, refused") from None
+        raise IntssmError(f"{p}: not a readable npz ({str(e).splitlines()[0][:160]})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, zlib.error, NotImplementedError) as e:
+        raise IntssmError(f"{p}: not a readable npz ({type(e).__name__}: {str(e)[:160]})") from None
+    try:
+        if "x_dither" not in raw and qcfg.state_rounding == "nearest":  # written before the dithered rounding
+            raw["x_dither"] = np.zeros(1, np.int64)
+        arrays = layout.validate(raw, cfg, qcfg, man.get("seq_len"))
+        if man.get("counters") != layout.counter_names(cfg.n_layers):
+            raise IntssmError(f"counters must be the {layout.n_counters(cfg.n_layers)} names "
+                              f"{layout.counter_names(cfg.n_layers)[:3]}...")
+        if man.get("input") is not None:
+            from .inputq import InputQuant
 
-        if len(InputQuant.from_dict(man["input"]).lo) != cfg.d_input:
-            raise IntssmError(f"{p}: the input quantizer's channels disagree with d_input {cfg.d_input}")
+            if len(InputQuant.from_dict(man["input"]).lo) != cfg.d_input:
+                raise IntssmError(f"the input quantizer's channels disagree with d_input {cfg.d_input}")
+    except IntssmError as e:
+        raise IntssmError(f"{p}: {e}") from None
     return arrays, man
-
-
-def _check_ranges(p, a: dict, q: QuantConfig):
-    def within(name, fmt_name, keys):
-        f = getattr(q, fmt_name)
-        for k in keys:
-            v = a[k]
-            if v.size and (v.min() < f.qmin or v.max() > f.qmax):
-                raise IntssmError(f"{p}: {k} codes outside the {f.bits}-bit range of {fmt_name}")
-
-    within("A", "A_re", ["A_re"]); within("A", "A_im", ["A_im"])  # noqa: E702
-    within("B", "B", ["B_re", "B_im"]); within("C", "C", ["C_re", "C_im"]); within("D", "D", ["D"])  # noqa: E702
-    within("w", "enc_w", ["enc_w"]); within("w", "mix_w", ["mix_w"]); within("w", "dec_w", ["dec_w"])  # noqa: E702
-    for k in ("enc_S", "x_re_S", "x_im_S", "y_S", "glu_S", "h_S", "pool_S", "logits_S"):
-        if a[k].min() < 0 or a[k].max() > 62:
-            raise IntssmError(f"{p}: shift {k} outside [0, 62]")
-    for k in ("enc_M", "x_re_M", "x_im_M", "y_M", "glu_M", "h_M", "pool_M", "logits_M"):
-        if a[k].min() < 0 or a[k].max() >= 2**15:
-            raise IntssmError(f"{p}: multiplier {k} outside [0, 2**15)")
-    for k, fmt in (("gelu_lut", q.act), ("sig_lut", q.sig)):
-        if a[k].min() < fmt.qmin or a[k].max() > fmt.qmax:
-            raise IntssmError(f"{p}: lookup table {k} has entries outside its code range")
-    if a["x_dither"][0] != int(q.state_rounding == "dither"):
-        raise IntssmError(f"{p}: x_dither {int(a['x_dither'][0])} disagrees with state_rounding {q.state_rounding!r}")
-    if q.state_rounding == "dither" and max(a["x_re_S"].max(), a["x_im_S"].max()) > 32:
-        raise IntssmError(f"{p}: the dithered state rounding needs state shifts <= 32")
-    want = np.array([[getattr(q, n).qmin, getattr(q, n).qmax] for n in ("h", "x_re", "x_im", "y", "act", "glu", "sig", "pool", "logits")])
-    if not np.array_equal(a["qrange"], want):
-        raise IntssmError(f"{p}: code ranges disagree with the quant config")

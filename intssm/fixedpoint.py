@@ -1,4 +1,7 @@
-"""Fixed-point primitives of the integer datapath, each with a Torch twin of the same semantics.
+"""Fixed-point primitives of the integer datapath (numpy / Numba; no Torch).
+
+Their Torch twins, of the same names with ``_t`` and the same semantics, are in
+:mod:`intssm.fixedpoint_torch`.
 
 Integers live in ``int64`` in the simulator and as exactly-representable integers in
 ``float64`` tensors in the Torch quantized model. Every site of the datapath is checked at build
@@ -14,7 +17,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -44,8 +46,6 @@ def allow_overlap_checks(n: int = 256) -> None:
     llvm.set_option("intssm", f"--runtime-memory-check-threshold={n}")
     llvm.set_option("intssm", f"--vectorize-memory-check-threshold={n}")
 
-
-allow_overlap_checks()
 
 
 # ---------------------------------------------------------------- integer primitives (Numba) ---
@@ -119,17 +119,6 @@ def saturate(v, lo, hi):
 
 
 @njit(cache=True, inline="always")
-def saturating_add(a, b, bits):
-    """a + b clamped to the signed ``bits``-wide range [-2**(bits-1), 2**(bits-1) - 1].
-
-    Inputs must already be ``bits``-wide (so ``a + b`` fits int64 for ``bits <= 62``).
-    Returns (value, 1 if clamped else 0).
-    """
-    hi = (np.int64(1) << (bits - 1)) - 1
-    return saturate(a + b, -hi - 1, hi)
-
-
-@njit(cache=True, inline="always")
 def requantize(acc, m, s, z, lo, hi):
     """clamp(rounding_rshift(acc * m, s) + z, lo, hi): rescale by m / 2**s, add zero point, saturate.
 
@@ -146,7 +135,7 @@ def requantize(acc, m, s, z, lo, hi):
 # int64 multiply at all, only a native int32 one.
 # These emit one LLVM instruction at the operands' own width instead. They WRAP on overflow
 # (two's complement), so a kernel may use them at 32 bits only where a bound proves that no
-# operand, partial sum or product leaves int32 (see ``intssm.sim.mode_loop_fits_int32``).
+# operand, partial sum or product leaves int32 (see ``intssm.kernels.mode_loop_fits_int32``).
 
 def _same_width_binop(llvm_op: str, doc: str):
     @intrinsic
@@ -173,79 +162,6 @@ def cast_like(typingctx, v, like):
     if not isinstance(to, types.Integer) or not isinstance(v, (types.Integer, types.Boolean)):
         return None
     return to(v, like), lambda context, builder, sig, args: context.cast(builder, args[0], sig.args[0], to)
-
-
-# ------------------------------------------------------------------- Torch twins (float64) ---
-
-def rounding_rshift_t(v: torch.Tensor, s: torch.Tensor, ste: bool = False) -> torch.Tensor:
-    """Twin of :func:`rounding_rshift` on float64 tensors holding integers below 2**53.
-
-    ``(v + 2**(s-1)) * 2**-s`` is exact in float64 (a power-of-two scaling of an exact integer),
-    so ``floor`` gives the same integer as the arithmetic shift. With ``ste`` the gradient is that
-    of ``v * 2**-s`` (straight-through rounding).
-    """
-    inv = torch.exp2(-s)
-    half = torch.where(s > 0, torch.exp2(s - 1), torch.zeros_like(s))
-    r = torch.floor((v + half) * inv)
-    if ste:
-        lin = v * inv
-        return lin + (r - lin).detach()
-    return r
-
-
-def weyl_offset_t(phase: int, j: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Twin of :func:`weyl_offset` on float64 tensors: lanes ``j`` (integers), shifts ``s``.
-    ``(phase + j WEYL_LANE mod 2**32) mod 2**32`` is below 2**33, exact in float64; scaling by
-    2**(s-32) and ``floor`` is the shift."""
-    w = torch.remainder(phase + torch.remainder(j * WEYL_LANE, 2.0**32), 2.0**32)
-    return torch.floor(w * torch.exp2(s - 32))
-
-
-def offset_rshift_t(v: torch.Tensor, d: torch.Tensor, s: torch.Tensor, ste: bool = False) -> torch.Tensor:
-    """Twin of :func:`offset_rshift`; with ``ste`` the gradient is that of ``v * 2**-s``."""
-    inv = torch.exp2(-s)
-    r = torch.floor((v + d) * inv)
-    if ste:
-        lin = v * inv
-        return lin + (r - lin).detach()
-    return r
-
-
-def clamp_t(v: torch.Tensor, lo, hi) -> torch.Tensor:
-    """Twin of :func:`saturate` (value only); gradient passes where lo <= v <= hi, zero outside."""
-    return torch.clamp(v, lo, hi)
-
-
-class _RshiftClampSTE(torch.autograd.Function):
-    """clamp(rounding_rshift(acc, S) + z, lo, hi) with gradient 2**-S where lo <= r + z <= hi, else 0."""
-
-    @staticmethod
-    def forward(ctx, acc, s, z, lo, hi):
-        r = rounding_rshift_t(acc, s) + z
-        keep = (r >= lo) & (r <= hi)
-        ctx.save_for_backward(keep, torch.exp2(-s))
-        return torch.clamp(r, lo, hi)
-
-    @staticmethod
-    def backward(ctx, g):
-        keep, inv = ctx.saved_tensors
-        return g * inv * keep, None, None, None, None
-
-
-def rshift_clamp_t(acc: torch.Tensor, s: torch.Tensor, z, lo: float, hi: float, ste: bool = False) -> torch.Tensor:
-    """clamp_t(rounding_rshift_t(acc, s, ste) + z, lo, hi): the same integers and, with ``ste``, the
-    same gradient (2**-s straight through, zero where the result saturated), as one autograd node
-    instead of a dozen: QAT spends much of its time in these element-wise ops."""
-    if ste and acc.shape == torch.broadcast_shapes(acc.shape, s.shape, torch.as_tensor(z).shape):
-        return _RshiftClampSTE.apply(acc, s, torch.as_tensor(z, dtype=acc.dtype), lo, hi)
-    return clamp_t(rounding_rshift_t(acc, s, ste) + z, lo, hi)
-
-
-def round_half_up_t(v: torch.Tensor, ste: bool = False) -> torch.Tensor:
-    """Twin of :func:`round_half_up`; with ``ste`` the gradient passes straight through."""
-    f = torch.floor(v)
-    r = f + ((v - f) >= 0.5).to(v.dtype)
-    return v + (r - v).detach() if ste else r
 
 
 def round_half_up(v: np.ndarray) -> np.ndarray:

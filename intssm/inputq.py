@@ -19,7 +19,6 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .errors import IntssmError
 from .fixedpoint import round_half_up
@@ -94,6 +93,8 @@ def calibrate_input(x: np.ndarray, lengths: np.ndarray, bits: int, policy: str =
 def fold_input(model, iq: InputQuant):
     """A copy of float ``model`` that reads input codes as ``p / 255`` and computes what ``model``
     computes on the dequantized input ``lo + s p``: encoder W' = W diag(255 s), b' = b + W lo."""
+    import torch
+
     out = copy.deepcopy(model)
     enc = out.encoder
     with torch.no_grad():

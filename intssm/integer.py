@@ -45,6 +45,15 @@ class IntegerModel:
         except IntssmError as e:
             raise IntssmError(f"{ds.name}: {e}") from None
 
+    def description(self) -> dict:
+        """What the exporters need besides the arrays: model and quant config, sequence length,
+        counter names, input quantizer (the manifest's fields)."""
+        from . import layout
+
+        return {"model_config": self.cfg.to_dict(), "quant_config": self.qcfg.to_dict(), "seq_len": self.seq_len,
+                "counters": layout.counter_names(self.cfg.n_layers),
+                "input": self.iq.to_dict() if self.iq is not None else None}
+
     def check_data(self, ds) -> None:
         """Refuse data the integer model cannot score: labels beyond its classes, or sequences of
         another length for a mean-pooling model."""
@@ -80,7 +89,7 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG) -> IntegerModel:
         qm, _ = ptq_dataset(model, PRESETS[config], cal)
         src = f"{p} (float checkpoint, default PTQ {config} calibrated on {calib} training sequences)"
     arrays = export.integer_model(qm)
-    return IntegerModel(arrays, qm.dp.counters, qm.dp.cfg.pool == "mean", qm.dp.seq_len, src, qm.dp.cfg, qm.dp.qcfg,
+    return IntegerModel(arrays, qm.counters, qm.dp.cfg.pool == "mean", qm.dp.seq_len, src, qm.dp.cfg, qm.dp.qcfg,
                         qm, ck.get("dataset", {}).get("seq"), qm.iq)
 
 

@@ -16,78 +16,23 @@ on ``u`` (``p / 255`` for raw uint8 codes); mean (or last-step) pooling over eac
 length; decoder ``Linear(H, d_output)``.
 
 Design note -- every block has an exact integer realisation (docs/datapath.md):
-the encoder, GLU mixing and decoder are integer matrix products with int32 accumulators;
-GELU and sigmoid act on low-bit codes, so they become lookup tables; the residual add is a
-saturating add; mean pooling is an integer sum and one requantisation. No LayerNorm: its
-per-step division and square root have no cheap exact integer form, and the paper's model
-has no norm either.
+the encoder, GLU mixing and decoder are integer matrix products whose accumulators are proved
+bounded when the datapath is built; GELU and sigmoid act on low-bit codes, so they become lookup
+tables; the residual sum is requantized once and saturated; mean pooling is an integer sum and one
+requantisation. No LayerNorm: its per-step division and square root have no cheap exact integer
+form, and the paper's model has no norm either.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import IntssmError
-
-
-@dataclass
-class ModelConfig:
-    d_input: int = 1  # features per time step (1 pixel for sMNIST)
-    d_output: int = 10  # classes
-    d_model: int = 16  # H, channels of the residual stream
-    d_state: int = 64  # N; N/2 complex modes are stored (conjugate halving)
-    n_layers: int = 1  # S4D blocks
-    pool: str = "mean"  # 'mean' | 'last'
-    dt_min: float = 1e-3  # log dt ~ U[log dt_min, log dt_max]
-    dt_max: float = 1e-1
-    dropout: float = 0.0  # dropout after the activation (training only)
-    # lower bound g on 1 - |Abar| of every mode, kept by projection after each optimizer step
-    # (0 = none). A b-bit state with round-to-nearest cannot decay by less than half a step, so
-    # modes with 1 - |Abar| < 2**-b freeze (dead zone); g >= 2**-b keeps every mode able to decay.
-    min_decay: float = 0.0
-
-    def validate(self) -> "ModelConfig":
-        for f in ("d_input", "d_output", "d_model", "d_state", "n_layers"):
-            if not isinstance(getattr(self, f), int) or isinstance(getattr(self, f), bool) or getattr(self, f) < 1:
-                raise IntssmError(f"model config: {f} must be a positive integer, got {getattr(self, f)!r}")
-        if self.d_state % 2:
-            raise IntssmError(f"model config: d_state must be even (conjugate pairs), got {self.d_state}")
-        if self.pool not in ("mean", "last"):
-            raise IntssmError(f"model config: pool must be 'mean' or 'last', got {self.pool!r}")
-        for f in ("dt_min", "dt_max", "dropout"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise IntssmError(f"model config: {f} must be a finite number, got {v!r}")
-        if isinstance(self.min_decay, bool) or not isinstance(self.min_decay, (int, float)) or not 0 <= self.min_decay < 1:
-            raise IntssmError(f"model config: min_decay must be a number in [0, 1), got {self.min_decay!r}")
-        if not 0 <= self.dropout < 1:
-            raise IntssmError(f"model config: dropout must be in [0, 1), got {self.dropout}")
-        if not 0 < self.dt_min <= self.dt_max:
-            raise IntssmError("model config: need 0 < dt_min <= dt_max")
-        return self
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise IntssmError(f"model config: unknown keys {sorted(unknown)}")
-        return cls(**d).validate()
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-PRESETS = {
-    "paper-small": ModelConfig(d_model=16, d_state=64, n_layers=1),  # the paper's model, ~3.9k params
-    "base": ModelConfig(d_model=64, d_state=64, n_layers=4, dropout=0.1),
-    "tiny": ModelConfig(d_model=4, d_state=8, n_layers=1),  # for tests
-}
+from .modelconfig import PRESETS, ModelConfig  # noqa: F401  (the model's configuration, re-exported)
 
 
 class S4D(nn.Module):

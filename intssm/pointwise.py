@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from .fixedpoint import requantize, rounding_rshift, saturate
-from .sim import output_acc, residual_acc
+from .kernels import numba_setup, output_acc, residual_acc
 
 _BLOCKS = 64  # row blocks of the backward's weight-gradient sums (fixed: thread-count independent)
 
@@ -183,4 +183,5 @@ def tail_constants(c: dict, i: int) -> dict:
 def layer_tail(t1, t2, h, D, mw, mix_b, k: dict) -> torch.Tensor:
     """h+ (B, L, H) of one layer from the scan's sums t1, t2 and its input codes h (float64
     tensors holding integers); D' (H), mix_w' (2H, H), mix_b (2H) centred codes."""
+    numba_setup()
     return LayerTail.apply(t1, t2, h, D, mw, mix_b, k)

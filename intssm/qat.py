@@ -132,7 +132,7 @@ def kept(history: list) -> tuple[float, int, str]:
 
 def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
     """Integer-simulator accuracy on input codes ``x`` (n, L, d) of lengths ``lengths``."""
-    lg, _, _ = simulate(integer_model(qm), x, qm.dp.cfg.pool == "mean", len(qm.dp.counters), lengths=lengths)
+    lg, _, _ = simulate(integer_model(qm), x, qm.dp.cfg.pool == "mean", len(qm.counters), lengths=lengths)
     return float((lg.argmax(1) == y).mean())
 
 

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import IntssmError
-from .fixedpoint import (WEYL_MASK, WEYL_STEP, clamp_t, offset_rshift_t, round_half_up_t, rounding_rshift_t,
-                         rshift_clamp_t, weyl_lane_of, weyl_offset_t)
+from . import layout
+from .fixedpoint import WEYL_MASK, WEYL_STEP, weyl_lane_of
+from .fixedpoint_torch import clamp_t, offset_rshift_t, round_half_up_t, rounding_rshift_t, rshift_clamp_t, weyl_offset_t
 from .model import S4DModel
 from .pointwise import layer_tail, lut_surrogate, tail_constants
 from .qspec import (INPUT_SCALE, Datapath, QuantConfig, apply_range_policies, build_datapath,
@@ -159,6 +160,11 @@ class QuantS4D(torch.nn.Module):
         self.discrete = None  # nn.ParameterDict of Abar/Bbar per layer when QAT learns them directly
         self.iq = None  # intssm.inputq.InputQuant for float data (self.model then reads its codes / 255)
 
+    @property
+    def counters(self) -> list[str]:
+        """Names of the saturation counters (:func:`intssm.layout.counter_names`)."""
+        return layout.counter_names(self.dp.cfg.n_layers)
+
     def input_codes(self, x: np.ndarray, lengths=None) -> np.ndarray:
         """The datapath's uint8 input codes of ``x`` (:func:`intssm.inputq.input_codes`)."""
         from .inputq import input_codes
@@ -254,7 +260,7 @@ class QuantS4D(torch.nn.Module):
         if dp.cfg.pool == "mean" and (L != dp.seq_len or (lens is not None and bool((lens != L).any()))):
             raise IntssmError(f"this model mean-pools over exactly {dp.seq_len} steps (quantized so); "
                               "variable-length data need a model with pool 'last'")
-        cnt = {n: torch.zeros((), dtype=torch.int64) for n in dp.counters} if counts else None
+        cnt = {n: torch.zeros((), dtype=torch.int64) for n in self.counters} if counts else None
         valid = None if lens is None else (torch.arange(L)[None, :] < lens[:, None])[..., None]  # (B L 1)
 
         def rq(acc, S, z, lo, hi, name, timed=True):
@@ -377,54 +383,14 @@ class QuantS4D(torch.nn.Module):
 
 def datapath_tensors(dp: Datapath) -> dict:
     """The datapath's integer constants as float64 tensors (plus the few real scales STE needs)."""
-    arr = datapath_arrays(dp)
+    arr = layout.from_datapath(dp)
     c = {k: torch.as_tensor(v, dtype=T64) for k, v in arr.items()}
-    names = ["h", "x_re", "x_im", "y", "act", "glu", "sig", "pool", "logits"]
-    c["qrange"] = {n: (float(arr["qrange"][j, 0]), float(arr["qrange"][j, 1])) for j, n in enumerate(names)}
+    c["qrange"] = {n: (float(arr["qrange"][j, 0]), float(arr["qrange"][j, 1])) for j, n in enumerate(layout.QRANGE_ROWS)}
     nl = dp.cfg.n_layers
     for n in ("y", "act", "glu", "sig"):
         c[n + "_s"] = [float(dp.tq[f"l{i}.{n}"].scale[0]) for i in range(nl)]
     c["logits_s"] = float(dp.tq["logits"].scale[0])
     return c
-
-
-QRANGE_ORDER = ("h", "x_re", "x_im", "y", "act", "glu", "sig", "pool", "logits")
-
-
-def datapath_arrays(dp: Datapath) -> dict:
-    """Integer constants of the datapath as int64 numpy arrays, per-layer ones stacked on axis 0.
-
-    The names are those of the exported artifact (docs/datapath.md); weight codes are not here.
-    """
-    nl = dp.cfg.n_layers
-    tq, S, L = dp.tq, dp.sites, range(nl)
-    st = lambda f: np.stack([f(i) for i in L])  # noqa: E731
-    a = {
-        "enc_w_z": tq["enc_w"].zero, "enc_M": S["enc"][0][0], "enc_S": S["enc"][1],
-        "h_z": np.array([tq["h0"].zero[0]] + [tq[f"l{i}.h"].zero[0] for i in L]),
-        "A_re_z": st(lambda i: tq[f"l{i}.A_re"].zero), "A_im_z": st(lambda i: tq[f"l{i}.A_im"].zero),
-        "B_z": st(lambda i: tq[f"l{i}.B"].zero), "C_z": st(lambda i: tq[f"l{i}.C"].zero),
-        "D_z": st(lambda i: tq[f"l{i}.D"].zero),
-        "x_re_z": st(lambda i: tq[f"l{i}.x_re"].zero), "x_im_z": st(lambda i: tq[f"l{i}.x_im"].zero),
-        "x_re_M": st(lambda i: S[f"l{i}.x_re"][0]), "x_re_S": st(lambda i: S[f"l{i}.x_re"][1]),
-        "x_im_M": st(lambda i: S[f"l{i}.x_im"][0]), "x_im_S": st(lambda i: S[f"l{i}.x_im"][1]),
-        "y_M": st(lambda i: S[f"l{i}.y"][0]), "y_S": st(lambda i: S[f"l{i}.y"][1]),
-        "y_z": np.array([tq[f"l{i}.y"].zero[0] for i in L]),
-        "gelu_lut": st(lambda i: dp.luts[f"l{i}.gelu"]),
-        "act_z": np.array([tq[f"l{i}.act"].zero[0] for i in L]),
-        "mix_w_z": st(lambda i: tq[f"l{i}.mix_w"].zero),
-        "glu_M": st(lambda i: S[f"l{i}.glu"][0][0]), "glu_S": st(lambda i: S[f"l{i}.glu"][1]),
-        "glu_z": np.array([tq[f"l{i}.glu"].zero[0] for i in L]),
-        "sig_lut": st(lambda i: dp.luts[f"l{i}.sig"]),
-        "h_M": st(lambda i: S[f"l{i}.h"][0]), "h_S": st(lambda i: S[f"l{i}.h"][1]),
-        "pool_M": S["pool"][0][0], "pool_S": S["pool"][1], "pool_z": tq["pool"].zero[:1],
-        "dec_w_z": tq["dec_w"].zero,
-        "logits_M": S["logits"][0][0], "logits_S": S["logits"][1], "logits_z": tq["logits"].zero[:1],
-    }
-    q = dp.qcfg
-    a["x_dither"] = np.array([int(q.state_rounding == "dither")])  # 1: state rounded with fixedpoint.weyl_offset
-    a["qrange"] = np.array([[getattr(q, n).qmin, getattr(q, n).qmax] for n in QRANGE_ORDER])
-    return {k: np.ascontiguousarray(np.asarray(v, dtype=np.int64)) for k, v in a.items()}
 
 
 def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor, equalize: float = 0.0,

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import IntssmError
 from .fixedpoint import EXACT_LIMIT, quantize_multiplier, round_half_up
-from .model import ModelConfig
+from .modelconfig import ModelConfig
 
 DATAPATH_VERSION = 1
 WEIGHTS = ("enc_w", "A_re", "A_im", "B", "C", "D", "mix_w", "dec_w")
@@ -375,14 +375,6 @@ class Datapath:
     luts: dict = field(default_factory=dict)
     bounds: dict = field(default_factory=dict)  # site -> largest |accumulator| (proof of no overflow)
 
-    @property
-    def counters(self) -> list[str]:
-        """Names of the saturation counters, in the simulator's order."""
-        names = ["h0"]
-        for i in range(self.cfg.n_layers):
-            names += [f"l{i}.x_re", f"l{i}.x_im", f"l{i}.y", f"l{i}.glu", f"l{i}.h"]
-        return names + ["pool", "logits"]
-
 
 def calibrated_range_keys(cfg: ModelConfig) -> list[str]:
     keys = ["enc_w", "h0"]
@@ -414,6 +406,27 @@ def site_term_bounds(cfg: ModelConfig, qcfg: QuantConfig, seq_len: int) -> dict:
     }
 
 
+def site_bound(name: str, terms_bound, bias_bound: int, M: np.ndarray, S: np.ndarray, dither: bool) -> int:
+    """The largest |accumulator| of one requantization site, proved below 2**53 (else IntssmError).
+
+    ``terms_bound``, ``bias_bound`` from :func:`site_term_bounds`; ``M`` (terms, channels) the
+    multipliers, ``S`` (channels,) the shifts. Per channel: sum_t bound_t M_t + bias M_0 plus the
+    largest rounding offset, 2**(S-1) (0 for S = 0), or 2**S - 1 for the dithered state rounding
+    (which also needs S <= 32). Exact Python integers. :func:`build_datapath` proves every site it
+    builds with this, and :func:`intssm.layout.validate` every site of a loaded model."""
+    if dither and S.size and int(S.max()) > 32:
+        raise IntssmError(f"datapath site {name}: the dithered state rounding needs shifts <= 32, got {int(S.max())}")
+    bound = 0
+    for c in range(M.shape[1]):
+        acc = sum(int(b) * int(M[t, c]) for t, b in enumerate(terms_bound)) + bias_bound * int(M[0, c])
+        acc += ((1 << int(S[c])) - 1) if dither else (1 << int(S[c] - 1)) if S[c] > 0 else 0
+        bound = max(bound, acc)
+    if bound >= EXACT_LIMIT:
+        raise IntssmError(f"datapath site {name}: accumulator may reach 2**{math.log2(bound):.1f} >= 2**53; "
+                          "use fewer bits or a smaller model")
+    return bound
+
+
 def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: int) -> Datapath:
     """Scales, zero points, multipliers, shifts and LUTs from calibrated ``ranges[key] = (lo, hi)``.
 
@@ -440,21 +453,8 @@ def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: i
         terms_bound, bias_bound = T[name.split(".")[-1]]
         r = np.stack([np.broadcast_to(np.asarray(x, np.float64), (len(out.scale),)) for x in ratios])
         M, S = quantize_multiplier(r, name)
-        # largest |accumulator| = sum_t bound_t * M_t (+ bias * M_0) + largest rounding offset:
-        # 2**(S-1), or 2**S - 1 where the state is rounded with a dither
         dither = qcfg.state_rounding == "dither" and name.split(".")[-1] in ("x_re", "x_im")
-        if dither and S.max() > 32:
-            raise IntssmError(f"datapath site {name}: the dithered state rounding needs shifts <= 32, got {int(S.max())}")
-        bound = 0
-        for c in range(M.shape[1]):
-            acc = sum(int(b) * int(M[t, c]) for t, b in enumerate(terms_bound)) + bias_bound * int(M[0, c])
-            acc += ((1 << int(S[c])) - 1) if dither else (1 << int(S[c] - 1)) if S[c] > 0 else 0
-            bound = max(bound, acc)
-        if bound >= EXACT_LIMIT:
-            raise IntssmError(
-                f"datapath site {name}: accumulator may reach 2**{math.log2(bound):.1f} >= 2**53; "
-                "use fewer bits or a smaller model"
-            )
+        bound = site_bound(name, terms_bound, bias_bound, M, S, dither)
         dp.sites[name] = (M, S)
         dp.bounds[name] = bound
 

@@ -27,7 +27,7 @@ import torch
 from numba import njit, prange
 
 from .fixedpoint import WEYL_MASK, WEYL_STEP, cast_like, wadd, weyl_lane_of, wmul, wsub
-from .sim import fill_state_offsets, max_offsets, mode_loop_fits_int32, state_update
+from .kernels import fill_state_offsets, max_offsets, mode_loop_fits_int32, numba_setup, state_update
 
 
 @njit(cache=True, parallel=True)
@@ -214,7 +214,7 @@ _BUFFERS = _Buffers()
 
 
 def _fits_int32(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither) -> bool:
-    """:func:`intssm.sim.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
+    """:func:`intssm.kernels.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
     K = np.concatenate([KR, KI]).transpose(1, 0, 2)  # (H 6 N2)
     clip = np.stack([lor, hir, loi, hii, *max_offsets(Sr, Si, dither), Sr, Si], -1)  # (H 8)
     return mode_loop_fits_int32(K, np.stack([Cr, Ci], 1), clip, int(np.abs(u).max()) if u.size else 0)
@@ -267,6 +267,7 @@ class QuantScan(torch.autograd.Function):
 def fused_scan(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither_layer: int = -1):
     """(t1, t2, clips of x_re, clips of x_im) for u' (B L H); K* (3 H N2) tensors; S*, lo*, hi* (H).
     ``dither_layer`` >= 0: the state is rounded with the dither of that layer's lanes (else half up)."""
+    numba_setup()
     H, N2 = u.shape[-1], KR.shape[-1]
     as64 = lambda a: np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=np.int64).reshape(-1), (H,)))  # noqa: E731
     nsat = np.zeros((2, H), np.int64)

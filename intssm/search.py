@@ -95,7 +95,7 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
             b = slice(64 * i, 64 * (i + 1))
             qat_step(qm, opt, params, Ptr[b], tr.y[b], lengths=tr.lengths[b])
     lg, cnt, _ = simulate(integer_model(qm), qm.input_codes(va.x, va.lengths), model.cfg.pool == "mean",
-                          len(qm.dp.counters), lengths=va.lengths)
+                          len(qm.counters), lengths=va.lengths)
     return out | {"accuracy": float((lg.argmax(1) == va.y).mean()), "saturations": int(np.sum(cnt))}
 
 

@@ -11,162 +11,139 @@ proved when the datapath is built, so int64 never wraps.
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
-from numba import config, njit, prange
+from numba import njit, prange
 
-# Torch and Numba's OpenMP layer share libgomp's global thread count; the workqueue layer keeps
-# Numba's threads out of Torch's way.
-config.THREADING_LAYER = "workqueue"
-
+from . import layout
 from .errors import IntssmError
 from .fixedpoint import (WEYL_MASK, WEYL_STEP, cast_like, offset_rshift, requantize, rounding_rshift, saturate,
-                         state_round_offset, wadd, washr, weyl_lane, wmul, wsub)
+                         state_round_offset, wadd, weyl_lane, wmul)
+from .kernels import (CL_HI_I, CL_HI_R, CL_LO_I, CL_LO_R, CL_S_I, CL_S_R, fill_state_offsets, mode_constants,
+                      mode_loop_fits_int32, numba_setup, output_acc, residual_acc, state_update)
+from .layout import C_GLU, C_H, C_LOGITS, C_POOL, C_XIM, C_XRE, C_Y, R_ACT, R_GLU, R_H, R_LOGITS, R_POOL, R_XIM, R_XRE, R_Y
 
-# qrange rows (see intssm.qmodel.QRANGE_ORDER)
-_H, _XRE, _XIM, _Y, _ACT, _GLU, _SIG, _POOL, _LOG = range(9)
+layer_base = njit(cache=True, inline="always")(layout.layer_base)  # counter indices, inside the kernels
+head_base = njit(cache=True, inline="always")(layout.head_base)
 
 
 @njit(cache=True)
-def _run_one(P, lengths, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
-             A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
-             x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
-             gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-             pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
-             out_logits, cnt, trace_re, trace_im, do_trace):
+def _run_one(P, lengths, b, m, mean_pool, out_logits, cnt, trace_re, trace_im, do_trace):
     """One sequence ``P[b]``, its first ``lengths[b]`` steps, through the datapath; writes
     ``out_logits[b]`` and ``cnt[b]``."""
     L, d_in = lengths[b], P.shape[2]
-    nl, H, N2 = A_re.shape[0], A_re.shape[1], A_re.shape[2]
-    C = dec_w.shape[0]
+    nl, H, N2 = m.A_re.shape[0], m.A_re.shape[1], m.A_re.shape[2]
+    C = m.dec_w.shape[0]
     xre = np.empty((nl, H, N2), np.int64)
     xim = np.empty((nl, H, N2), np.int64)
     for i in range(nl):
         for hh in range(H):
             for n in range(N2):
-                xre[i, hh, n] = x_re_z[i, hh]  # state starts at real value 0
-                xim[i, hh, n] = x_im_z[i, hh]
+                xre[i, hh, n] = m.x_re_z[i, hh]  # state starts at real value 0
+                xim[i, hh, n] = m.x_im_z[i, hh]
     h = np.empty(H, np.int64)
     a = np.empty(H, np.int64)
     g = np.empty(2 * H, np.int64)
     pool_acc = np.zeros(H, np.int64)
-    hlo, hhi = qrange[_H, 0], qrange[_H, 1]
-    dither = x_dither[0] != 0
+    hlo, hhi = m.qrange[R_H, 0], m.qrange[R_H, 1]
+    dither = m.x_dither[0] != 0
     phase = np.int64(0)  # k WEYL_STEP mod 2**32: the dithered rounding's step phase
     for k in range(L):
         # encoder: h0 = requant(sum_j (W - z) p_j + b)
         for hh in range(H):
-            acc = enc_b[hh]
+            acc = m.enc_b[hh]
             for j in range(d_in):
-                acc += (enc_w[hh, j] - enc_w_z[hh]) * np.int64(P[b, k, j])
-            v, c = requantize(acc, enc_M[hh], enc_S[hh], h_z[0], hlo, hhi)
+                acc += (m.enc_w[hh, j] - m.enc_w_z[hh]) * np.int64(P[b, k, j])
+            v, c = requantize(acc, m.enc_M[hh], m.enc_S[hh], m.h_z[0], hlo, hhi)
             h[hh] = v
             cnt[b, 0] += c
         for i in range(nl):
-            base = 1 + 5 * i
+            base = layer_base(i)
             for hh in range(H):
-                u = h[hh] - h_z[i]
-                zr, zi = x_re_z[i, hh], x_im_z[i, hh]
+                u = h[hh] - m.h_z[i]
+                zr, zi = m.x_re_z[i, hh], m.x_im_z[i, hh]
                 ty1 = np.int64(0)
                 ty2 = np.int64(0)
                 for n in range(N2):
-                    ar = A_re[i, hh, n] - A_re_z[i, hh]
-                    ai = A_im[i, hh, n] - A_im_z[i, hh]
+                    ar = m.A_re[i, hh, n] - m.A_re_z[i, hh]
+                    ai = m.A_im[i, hh, n] - m.A_im_z[i, hh]
                     xr = xre[i, hh, n] - zr
                     xi = xim[i, hh, n] - zi
                     # x_re' = Are x_re - Aim x_im + Bre u ; x_im' = Are x_im + Aim x_re + Bim u
-                    acc_r = (ar * xr) * x_re_M[i, 0, hh] - (ai * xi) * x_re_M[i, 1, hh] \
-                        + ((B_re[i, hh, n] - B_z[i, hh]) * u) * x_re_M[i, 2, hh]
-                    acc_i = (ar * xi) * x_im_M[i, 0, hh] + (ai * xr) * x_im_M[i, 1, hh] \
-                        + ((B_im[i, hh, n] - B_z[i, hh]) * u) * x_im_M[i, 2, hh]
-                    sr, si = x_re_S[i, hh], x_im_S[i, hh]
+                    acc_r = (ar * xr) * m.x_re_M[i, 0, hh] - (ai * xi) * m.x_re_M[i, 1, hh] \
+                        + ((m.B_re[i, hh, n] - m.B_z[i, hh]) * u) * m.x_re_M[i, 2, hh]
+                    acc_i = (ar * xi) * m.x_im_M[i, 0, hh] + (ai * xr) * m.x_im_M[i, 1, hh] \
+                        + ((m.B_im[i, hh, n] - m.B_z[i, hh]) * u) * m.x_im_M[i, 2, hh]
+                    sr, si = m.x_re_S[i, hh], m.x_im_S[i, hh]
                     dr = state_round_offset(dither, phase, weyl_lane(i, 0, H, hh, N2, n), sr)
                     di = state_round_offset(dither, phase, weyl_lane(i, 1, H, hh, N2, n), si)
-                    nr, c1 = saturate(offset_rshift(acc_r, dr, sr) + zr, qrange[_XRE, 0], qrange[_XRE, 1])
-                    ni, c2 = saturate(offset_rshift(acc_i, di, si) + zi, qrange[_XIM, 0], qrange[_XIM, 1])
-                    cnt[b, base] += c1
-                    cnt[b, base + 1] += c2
+                    nr, c1 = saturate(offset_rshift(acc_r, dr, sr) + zr, m.qrange[R_XRE, 0], m.qrange[R_XRE, 1])
+                    ni, c2 = saturate(offset_rshift(acc_i, di, si) + zi, m.qrange[R_XIM, 0], m.qrange[R_XIM, 1])
+                    cnt[b, base + C_XRE] += c1
+                    cnt[b, base + C_XIM] += c2
                     xre[i, hh, n] = nr
                     xim[i, hh, n] = ni
-                    ty1 += (nr - zr) * (C_re[i, hh, n] - C_z[i, hh])
-                    ty2 += (ni - zi) * (C_im[i, hh, n] - C_z[i, hh])
+                    ty1 += (nr - zr) * (m.C_re[i, hh, n] - m.C_z[i, hh])
+                    ty2 += (ni - zi) * (m.C_im[i, hh, n] - m.C_z[i, hh])
                     if do_trace:
                         trace_re[k, i, hh, n] = nr
                         trace_im[k, i, hh, n] = ni
-                # y = 2 Re(C x) + D u
-                acc_y = ty1 * y_M[i, 0, hh] - ty2 * y_M[i, 1, hh] + ((D[i, hh] - D_z[i, hh]) * u) * y_M[i, 2, hh]
-                y, c = saturate(rounding_rshift(acc_y, y_S[i, hh]) + y_z[i], qrange[_Y, 0], qrange[_Y, 1])
-                cnt[b, base + 2] += c
-                a[hh] = gelu_lut[i, y - qrange[_Y, 0]]
+                # y = 2 Re(C x) + m.D u
+                acc_y = ty1 * m.y_M[i, 0, hh] - ty2 * m.y_M[i, 1, hh] + ((m.D[i, hh] - m.D_z[i, hh]) * u) * m.y_M[i, 2, hh]
+                y, c = saturate(rounding_rshift(acc_y, m.y_S[i, hh]) + m.y_z[i], m.qrange[R_Y, 0], m.qrange[R_Y, 1])
+                cnt[b, base + C_Y] += c
+                a[hh] = m.gelu_lut[i, y - m.qrange[R_Y, 0]]
             # GLU mixing: g = requant(W (a - z) + b)
             for j in range(2 * H):
-                acc = mix_b[i, j]
+                acc = m.mix_b[i, j]
                 for hh in range(H):
-                    acc += (mix_w[i, j, hh] - mix_w_z[i, j]) * (a[hh] - act_z[i])
-                v, c = requantize(acc, glu_M[i, j], glu_S[i, j], glu_z[i], qrange[_GLU, 0], qrange[_GLU, 1])
+                    acc += (m.mix_w[i, j, hh] - m.mix_w_z[i, j]) * (a[hh] - m.act_z[i])
+                v, c = requantize(acc, m.glu_M[i, j], m.glu_S[i, j], m.glu_z[i], m.qrange[R_GLU, 0], m.qrange[R_GLU, 1])
                 g[j] = v
-                cnt[b, base + 3] += c
+                cnt[b, base + C_GLU] += c
             # residual: h <- requant(h + g_a * sigmoid(g_b))
             for hh in range(H):
-                sg = sig_lut[i, g[H + hh] - qrange[_GLU, 0]]
-                acc = (h[hh] - h_z[i]) * h_M[i, 0, hh] + ((g[hh] - glu_z[i]) * sg) * h_M[i, 1, hh]
-                v, c = saturate(rounding_rshift(acc, h_S[i, hh]) + h_z[i + 1], hlo, hhi)
+                sg = m.sig_lut[i, g[H + hh] - m.qrange[R_GLU, 0]]
+                acc = (h[hh] - m.h_z[i]) * m.h_M[i, 0, hh] + ((g[hh] - m.glu_z[i]) * sg) * m.h_M[i, 1, hh]
+                v, c = saturate(rounding_rshift(acc, m.h_S[i, hh]) + m.h_z[i + 1], hlo, hhi)
                 h[hh] = v
-                cnt[b, base + 4] += c
+                cnt[b, base + C_H] += c
         for hh in range(H):
             if mean_pool:
-                pool_acc[hh] += h[hh] - h_z[nl]
+                pool_acc[hh] += h[hh] - m.h_z[nl]
             else:
-                pool_acc[hh] = h[hh] - h_z[nl]
+                pool_acc[hh] = h[hh] - m.h_z[nl]
         phase = (phase + WEYL_STEP) & WEYL_MASK
-    ci = 1 + 5 * nl
+    ci = head_base(nl)
     pooled = np.empty(H, np.int64)
     for hh in range(H):
-        v, c = requantize(pool_acc[hh], pool_M[hh], pool_S[hh], pool_z[0], qrange[_POOL, 0], qrange[_POOL, 1])
+        v, c = requantize(pool_acc[hh], m.pool_M[hh], m.pool_S[hh], m.pool_z[0], m.qrange[R_POOL, 0], m.qrange[R_POOL, 1])
         pooled[hh] = v
-        cnt[b, ci] += c
+        cnt[b, ci + C_POOL] += c
     for o in range(C):
-        acc = dec_b[o]
+        acc = m.dec_b[o]
         for hh in range(H):
-            acc += (dec_w[o, hh] - dec_w_z[o]) * (pooled[hh] - pool_z[0])
-        v, c = requantize(acc, logits_M[o], logits_S[o], logits_z[0], qrange[_LOG, 0], qrange[_LOG, 1])
+            acc += (m.dec_w[o, hh] - m.dec_w_z[o]) * (pooled[hh] - m.pool_z[0])
+        v, c = requantize(acc, m.logits_M[o], m.logits_S[o], m.logits_z[0], m.qrange[R_LOGITS, 0], m.qrange[R_LOGITS, 1])
         out_logits[b, o] = v
-        cnt[b, ci + 1] += c
+        cnt[b, ci + C_LOGITS] += c
 
 
 @njit(cache=True, parallel=True)
-def _run_batch(P, lengths, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
-               A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
-               x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
-               gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-               pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
-               out_logits, cnt):
+def _run_batch(P, lengths, m, mean_pool, out_logits, cnt):
     dummy = np.zeros((1, 1, 1, 1), np.int64)
     for b in prange(P.shape[0]):
-        _run_one(P, lengths, b, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
-                 A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
-                 x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
-                 gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-                 pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
-                 out_logits, cnt, dummy, dummy, False)
+        _run_one(P, lengths, b, m, mean_pool, out_logits, cnt, dummy, dummy, False)
 
 
 @njit(cache=True)
-def _run_traced(P, lengths, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
-                A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
-                x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
-                gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-                pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
-                out_logits, cnt, trace_re, trace_im):
-    _run_one(P, lengths, 0, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z,
-             A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, D, D_z,
-             x_re_z, x_im_z, x_re_M, x_re_S, x_im_M, x_im_S, y_M, y_S, y_z,
-             gelu_lut, act_z, mix_w, mix_w_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-             pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
-             out_logits, cnt, trace_re, trace_im, True)
+def _run_traced(P, lengths, m, mean_pool, out_logits, cnt, trace_re, trace_im):
+    _run_one(P, lengths, 0, m, mean_pool, out_logits, cnt, trace_re, trace_im, True)
 
 
 @njit(cache=True)
-def _fold_constants(A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, x_re_M, x_im_M):
+def fold_constants(A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, x_re_M, x_im_M):
     """Per-mode constants of the fast kernel: centred weights times their site multipliers.
 
     K[0..5] = (Are' M0, Aim' M1, Bre' M2) for x_re and (Are' M0', Aim' M1', Bim' M2') for x_im;
@@ -192,41 +169,6 @@ def _fold_constants(A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z
     return K, Cc
 
 
-@njit(cache=True, inline="always")
-def state_update(k0, k1, k2, k3, k4, k5, xr, xi, u, rr, ri, sr, si):
-    """Step 2 of docs/datapath.md on centred codes, before the clip, at the operands' width:
-    (rshift(K0 xr - K1 xi + K2 u + rr, Sr), rshift(K3 xi + K4 xr + K5 u + ri, Si)) with K the
-    folded constants of :func:`_fold_constants` and rr, ri the rounding offsets (2**(S-1), 0 for
-    S = 0; or the dither's :func:`~intssm.fixedpoint.weyl_offset`). Shared by the
-    fast simulator kernel and the fused QAT scan (:mod:`intssm.scan`)."""
-    vr = washr(wadd(wadd(wsub(wmul(k0, xr), wmul(k1, xi)), wmul(k2, u)), rr), sr)
-    vi = washr(wadd(wadd(wadd(wmul(k3, xi), wmul(k4, xr)), wmul(k5, u)), ri), si)
-    return vr, vi
-
-
-@njit(cache=True, inline="always")
-def fill_state_offsets(out, dither, phase, j0, s):
-    """out[n] = the rounding offset of lane j0 + n at step phase ``phase`` (``state_round_offset``),
-    at ``out``'s width: one channel's modes. Shared by the fast simulator kernel and the fused QAT scan."""
-    for n in range(out.shape[0]):
-        out[n] = cast_like(state_round_offset(dither, phase, j0 + n, s), out)
-
-
-@njit(cache=True, inline="always")
-def output_acc(t1, t2, Du, m):
-    """Step 3's accumulator M0 t1 - M1 t2 + M2 D' u' (t1 = sum_n C_re' x_re', t2 = sum_n C_im' x_im',
-    Du = D' u'; ``m`` the site's three multipliers). Shared by the fast simulator kernel and the
-    fused QAT kernels (:mod:`intssm.pointwise`)."""
-    return t1 * m[0] - t2 * m[1] + Du * m[2]
-
-
-@njit(cache=True, inline="always")
-def residual_acc(u, gc, sg, m0, m1):
-    """Step 7's accumulator M0 u' + M1 (g' sigma): the residual input u' = h - z_h plus the gated
-    branch (g' = g[h] - z_glu, sigma = LUT_sig code). Shared like :func:`output_acc`."""
-    return u * m0 + (gc * sg) * m1
-
-
 @njit(cache=True)
 def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
     """For one input feature: the encoder's code h0[hh] and its saturation flag for each pixel 0..255.
@@ -244,72 +186,68 @@ def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
 
 
 @njit(cache=True, parallel=True)
-def _run_batch_fast(P, lengths, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_tab, enc_sat, K, Cc, clip, mwc, D, D_z,
-                    x_re_z, x_im_z, x_re_S, x_im_S, y_M, y_S, y_z,
-                    gelu_lut, act_z, mix_b, glu_M, glu_S, glu_z, sig_lut, h_M, h_S,
-                    pool_M, pool_S, pool_z, dec_w, dec_w_z, dec_b, logits_M, logits_S, logits_z, qrange, x_dither, mean_pool,
-                    out_logits, cnt):
+def _run_batch_fast(P, lengths, f, mean_pool, out_logits, cnt):
     """The datapath of :func:`_run_one`, reorganised for speed; bit-exact with it (tests).
 
     The state is held centred (x' = q - z, clipped to [qmin - z, qmax - z], the same clip), the
     mode loop is branch-free (min/max and counted comparisons) so LLVM vectorises it, and
-    per-mode constants are folded with their multipliers (:func:`_fold_constants`).
+    per-mode constants are folded with their multipliers (:func:`fold_constants`).
     """
     Bsz, L, d_in = P.shape
-    nl, H, N2 = K.shape[0], K.shape[1], K.shape[3]
-    C = dec_w.shape[0]
-    hlo, hhi = qrange[_H, 0], qrange[_H, 1]
-    ylo, yhi = qrange[_Y, 0], qrange[_Y, 1]
-    glo, ghi = qrange[_GLU, 0], qrange[_GLU, 1]
-    dither = x_dither[0] != 0
+    nl, H, N2 = f.K.shape[0], f.K.shape[1], f.K.shape[3]
+    C = f.dec_w.shape[0]
+    hlo, hhi = f.qrange[R_H, 0], f.qrange[R_H, 1]
+    ylo, yhi = f.qrange[R_Y, 0], f.qrange[R_Y, 1]
+    glo, ghi = f.qrange[R_GLU, 0], f.qrange[R_GLU, 1]
+    dither = f.x_dither[0] != 0
     for b in prange(Bsz):
-        xr = np.zeros_like(K[:, :, 0, :])  # centred state, at the mode loop's width
-        xi = np.zeros_like(K[:, :, 0, :])
+        xr = np.zeros_like(f.K[:, :, 0, :])  # centred state, at the mode loop's width
+        xi = np.zeros_like(f.K[:, :, 0, :])
         h = np.empty(H, np.int64)
-        a = np.empty(H, mwc.dtype)  # centred activation codes, at the mixing loop's width
+        a = np.empty(H, f.mwc.dtype)  # centred activation codes, at the mixing loop's width
         g = np.empty(2 * H, np.int64)
         pool_acc = np.zeros(H, np.int64)
         c_loc = np.zeros(cnt.shape[1], np.int64)
         # rounding offsets of the state update, at the mode loop's width: 2**(S-1) (half up, filled
         # once), or refreshed every step from the Weyl sequence (dithered rounding)
-        offr = np.empty_like(K[:, :, 0, :])
-        offi = np.empty_like(K[:, :, 0, :])
+        offr = np.empty_like(f.K[:, :, 0, :])
+        offi = np.empty_like(f.K[:, :, 0, :])
         phase = np.int64(0)
         for k in range(lengths[b]):
             if dither or k == 0:
                 for i in range(nl):
                     for hh in range(H):
-                        fill_state_offsets(offr[i, hh], dither, phase, weyl_lane(i, 0, H, hh, N2, 0), x_re_S[i, hh])
-                        fill_state_offsets(offi[i, hh], dither, phase, weyl_lane(i, 1, H, hh, N2, 0), x_im_S[i, hh])
+                        fill_state_offsets(offr[i, hh], dither, phase, weyl_lane(i, 0, H, hh, N2, 0), f.x_re_S[i, hh])
+                        fill_state_offsets(offi[i, hh], dither, phase, weyl_lane(i, 1, H, hh, N2, 0), f.x_im_S[i, hh])
             phase = (phase + WEYL_STEP) & WEYL_MASK
             if d_in == 1:  # one pixel per step: the encoder is a table over its 256 values
                 px = np.int64(P[b, k, 0])
                 for hh in range(H):
-                    h[hh] = enc_tab[hh, px]
-                    c_loc[0] += enc_sat[hh, px]
+                    h[hh] = f.enc_tab[hh, px]
+                    c_loc[0] += f.enc_sat[hh, px]
             else:
                 for hh in range(H):
-                    acc = enc_b[hh]
+                    acc = f.enc_b[hh]
                     for j in range(d_in):
-                        acc += (enc_w[hh, j] - enc_w_z[hh]) * np.int64(P[b, k, j])
-                    v = rounding_rshift(acc * enc_M[hh], enc_S[hh]) + h_z[0]
+                        acc += (f.enc_w[hh, j] - f.enc_w_z[hh]) * np.int64(P[b, k, j])
+                    v = rounding_rshift(acc * f.enc_M[hh], f.enc_S[hh]) + f.h_z[0]
                     c_loc[0] += (v < hlo) + (v > hhi)
                     h[hh] = min(max(v, hlo), hhi)
             for i in range(nl):
-                base = 1 + 5 * i
+                base = layer_base(i)
                 n_r = np.int64(0)
                 n_i = np.int64(0)
                 n_y = np.int64(0)
                 for hh in range(H):
-                    Kh = K[i, hh]
-                    Ch = Cc[i, hh]
+                    Kh = f.K[i, hh]
+                    Ch = f.Cc[i, hh]
                     xrh = xr[i, hh]
                     xih = xi[i, hh]
-                    cl = clip[i, hh]
-                    lor, hir, loi, hii, sr, si = cl[0], cl[1], cl[2], cl[3], cl[6], cl[7]
+                    cl = f.clip[i, hh]
+                    lor, hir, loi, hii, sr, si = cl[CL_LO_R], cl[CL_HI_R], cl[CL_LO_I], cl[CL_HI_I], cl[CL_S_R], cl[CL_S_I]
                     orh = offr[i, hh]
                     oih = offi[i, hh]
-                    u = cast_like(h[hh] - h_z[i], Kh)
+                    u = cast_like(h[hh] - f.h_z[i], Kh)
                     t1 = cast_like(0, Kh)
                     t2 = cast_like(0, Kh)
                     c1 = cast_like(0, Kh)
@@ -331,130 +269,71 @@ def _run_batch_fast(P, lengths, enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, enc_ta
                     n_i += np.int64(c2)
                     ty1 = np.int64(t1)
                     ty2 = np.int64(t2)
-                    u = h[hh] - h_z[i]
-                    acc_y = output_acc(ty1, ty2, (D[i, hh] - D_z[i, hh]) * u, y_M[i, :, hh])
-                    y = rounding_rshift(acc_y, y_S[i, hh]) + y_z[i]
+                    u = h[hh] - f.h_z[i]
+                    acc_y = output_acc(ty1, ty2, (f.D[i, hh] - f.D_z[i, hh]) * u, f.y_M[i, :, hh])
+                    y = rounding_rshift(acc_y, f.y_S[i, hh]) + f.y_z[i]
                     n_y += (y < ylo) + (y > yhi)
                     y = min(max(y, ylo), yhi)
-                    a[hh] = gelu_lut[i, y - ylo] - act_z[i]
-                c_loc[base] += n_r
-                c_loc[base + 1] += n_i
-                c_loc[base + 2] += n_y
-                mw = mwc[i]
+                    a[hh] = f.gelu_lut[i, y - ylo] - f.act_z[i]
+                c_loc[base + C_XRE] += n_r
+                c_loc[base + C_XIM] += n_i
+                c_loc[base + C_Y] += n_y
+                mw = f.mwc[i]
                 n_g = np.int64(0)
                 for j in range(2 * H):
                     t = cast_like(0, mw)
                     for hh in range(H):
                         t = wadd(t, wmul(mw[j, hh], a[hh]))
-                    acc = mix_b[i, j] + np.int64(t)
-                    v = rounding_rshift(acc * glu_M[i, j], glu_S[i, j]) + glu_z[i]
+                    acc = f.mix_b[i, j] + np.int64(t)
+                    v = rounding_rshift(acc * f.glu_M[i, j], f.glu_S[i, j]) + f.glu_z[i]
                     n_g += (v < glo) + (v > ghi)
                     g[j] = min(max(v, glo), ghi)
-                c_loc[base + 3] += n_g
+                c_loc[base + C_GLU] += n_g
                 n_h = np.int64(0)
                 for hh in range(H):
-                    sg = sig_lut[i, g[H + hh] - glo]
-                    acc = residual_acc(h[hh] - h_z[i], g[hh] - glu_z[i], sg, h_M[i, 0, hh], h_M[i, 1, hh])
-                    v = rounding_rshift(acc, h_S[i, hh]) + h_z[i + 1]
+                    sg = f.sig_lut[i, g[H + hh] - glo]
+                    acc = residual_acc(h[hh] - f.h_z[i], g[hh] - f.glu_z[i], sg, f.h_M[i, 0, hh], f.h_M[i, 1, hh])
+                    v = rounding_rshift(acc, f.h_S[i, hh]) + f.h_z[i + 1]
                     n_h += (v < hlo) + (v > hhi)
                     h[hh] = min(max(v, hlo), hhi)
-                c_loc[base + 4] += n_h
+                c_loc[base + C_H] += n_h
             if mean_pool:
                 for hh in range(H):
-                    pool_acc[hh] += h[hh] - h_z[nl]
+                    pool_acc[hh] += h[hh] - f.h_z[nl]
             else:
                 for hh in range(H):
-                    pool_acc[hh] = h[hh] - h_z[nl]
-        ci = 1 + 5 * nl
+                    pool_acc[hh] = h[hh] - f.h_z[nl]
+        ci = head_base(nl)
         pooled = np.empty(H, np.int64)
         for hh in range(H):
-            v = rounding_rshift(pool_acc[hh] * pool_M[hh], pool_S[hh]) + pool_z[0]
-            c_loc[ci] += (v < qrange[_POOL, 0]) + (v > qrange[_POOL, 1])
-            pooled[hh] = min(max(v, qrange[_POOL, 0]), qrange[_POOL, 1]) - pool_z[0]
+            v = rounding_rshift(pool_acc[hh] * f.pool_M[hh], f.pool_S[hh]) + f.pool_z[0]
+            c_loc[ci + C_POOL] += (v < f.qrange[R_POOL, 0]) + (v > f.qrange[R_POOL, 1])
+            pooled[hh] = min(max(v, f.qrange[R_POOL, 0]), f.qrange[R_POOL, 1]) - f.pool_z[0]
         for o in range(C):
-            acc = dec_b[o]
+            acc = f.dec_b[o]
             for hh in range(H):
-                acc += (dec_w[o, hh] - dec_w_z[o]) * pooled[hh]
-            v = rounding_rshift(acc * logits_M[o], logits_S[o]) + logits_z[0]
-            c_loc[ci + 1] += (v < qrange[_LOG, 0]) + (v > qrange[_LOG, 1])
-            out_logits[b, o] = min(max(v, qrange[_LOG, 0]), qrange[_LOG, 1])
+                acc += (f.dec_w[o, hh] - f.dec_w_z[o]) * pooled[hh]
+            v = rounding_rshift(acc * f.logits_M[o], f.logits_S[o]) + f.logits_z[0]
+            c_loc[ci + C_LOGITS] += (v < f.qrange[R_LOGITS, 0]) + (v > f.qrange[R_LOGITS, 1])
+            out_logits[b, o] = min(max(v, f.qrange[R_LOGITS, 0]), f.qrange[R_LOGITS, 1])
         for t in range(cnt.shape[1]):
             cnt[b, t] = c_loc[t]
 
 
-#: Kernel arguments, in order; each is an int64 array of the integer model (see intssm.export).
-ARG_ORDER = (
-    "enc_w", "enc_w_z", "enc_b", "enc_M", "enc_S", "h_z",
-    "A_re", "A_im", "A_re_z", "A_im_z", "B_re", "B_im", "B_z", "C_re", "C_im", "C_z", "D", "D_z",
-    "x_re_z", "x_im_z", "x_re_M", "x_re_S", "x_im_M", "x_im_S", "y_M", "y_S", "y_z",
-    "gelu_lut", "act_z", "mix_w", "mix_w_z", "mix_b", "glu_M", "glu_S", "glu_z", "sig_lut", "h_M", "h_S",
-    "pool_M", "pool_S", "pool_z", "dec_w", "dec_w_z", "dec_b", "logits_M", "logits_S", "logits_z", "qrange",
-    "x_dither",
-)
-
-
-#: Arguments of the fast kernel after (encoder args, K, Cc).
-FAST_ARGS = ("D", "D_z", "x_re_z", "x_im_z", "x_re_S", "x_im_S", "y_M", "y_S", "y_z",
-             "gelu_lut", "act_z", "mix_b", "glu_M", "glu_S", "glu_z", "sig_lut", "h_M", "h_S",
-             "pool_M", "pool_S", "pool_z", "dec_w", "dec_w_z", "dec_b", "logits_M", "logits_S", "logits_z", "qrange",
-             "x_dither")
-
-
-def _args(arrays: dict):
-    out = []
-    for k in ARG_ORDER:
-        v = arrays[k]
-        if v.dtype != np.int64:
-            v = v.astype(np.int64)
-        out.append(np.ascontiguousarray(v))
-    return out
-
-
-def max_offsets(Sr: np.ndarray, Si: np.ndarray, dither: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Largest rounding offset of the state update for shifts S: 2**(S-1) (0 for S = 0) when
-    rounding half up, 2**S - 1 with the dither (fixedpoint.weyl_offset)."""
-    if dither:
-        return (1 << Sr) - 1, (1 << Si) - 1
-    return (1 << Sr) >> 1, (1 << Si) >> 1
-
-
-def mode_constants(a: dict) -> np.ndarray:
-    """(layers, H, 8) per-channel constants of the mode loop: centred clip bounds of x_re and x_im
-    (lo_r, hi_r, lo_i, hi_i), the largest rounding offsets (:func:`max_offsets`; for the int32 bound)
-    and the shifts S_r, S_i."""
-    q = a["qrange"]
-    zr, zi, Sr, Si = a["x_re_z"], a["x_im_z"], a["x_re_S"], a["x_im_S"]
-    orr, ori = max_offsets(Sr, Si, bool(a["x_dither"][0]))
-    return np.ascontiguousarray(np.stack([q[_XRE, 0] - zr, q[_XRE, 1] - zr, q[_XIM, 0] - zi, q[_XIM, 1] - zi,
-                                          orr, ori, Sr, Si], -1).astype(np.int64))
-
-
-def mode_loop_fits_int32(K: np.ndarray, Cc: np.ndarray, clip: np.ndarray, U) -> bool:
-    """True if the mode loop provably never leaves int32, so it may run at 32 bits.
-
-    ``K`` (..., 6, N/2) folded constants, ``Cc`` (..., 2, N/2), ``clip`` (..., 8) as
-    :func:`mode_constants`, ``U`` the bound on |u'| (broadcast against ``...``). For every mode,
-    with |x_re'| <= X_r, |x_im'| <= X_i (the clip bounds):
-    |K0| X_r + |K1| X_i + |K2| U + 2**(S_r-1) < 2**31 (and the same for x_im), which bounds every
-    product and partial sum of the update in any order; sum_n |C'| X < 2**31 bounds the output
-    sums; and the shifts are below 32. Computed in int64, exact: every term is below 2**53.
-    The simulator (per model) and the fused QAT scan (per call) both decide with this.
-    """
-    lim = 2**31
-    U = np.asarray(U, dtype=np.int64)[..., None]
-    Xr = np.maximum(np.abs(clip[..., 0]), np.abs(clip[..., 1]))[..., None]  # (..., 1)
-    Xi = np.maximum(np.abs(clip[..., 2]), np.abs(clip[..., 3]))[..., None]
-    Ka = np.abs(K)
-    re = Ka[..., 0, :] * Xr + Ka[..., 1, :] * Xi + Ka[..., 2, :] * U + clip[..., 4:5]
-    im = Ka[..., 3, :] * Xi + Ka[..., 4, :] * Xr + Ka[..., 5, :] * U + clip[..., 5:6]
-    out = max((np.abs(Cc[..., 0, :]).sum(-1) * Xr[..., 0]).max(), (np.abs(Cc[..., 1, :]).sum(-1) * Xi[..., 0]).max())
-    return bool(re.max() < lim and im.max() < lim and out < lim and clip[..., 6:].max() < 32)
+#: The fast kernel's arrays: the encoder's, its 256-entry tables (one pixel per step), the folded
+#: mode constants (:func:`fold_constants`), the mode loop's per-channel constants
+#: (:func:`intssm.kernels.mode_constants`), the centred mixing weights, then the rest as in the layout.
+FastArrays = namedtuple("FastArrays", (
+    "enc_w", "enc_w_z", "enc_b", "enc_M", "enc_S", "h_z", "enc_tab", "enc_sat", "K", "Cc", "clip", "mwc",
+    "D", "D_z", "x_re_z", "x_im_z", "x_re_S", "x_im_S", "y_M", "y_S", "y_z", "gelu_lut", "act_z", "mix_b",
+    "glu_M", "glu_S", "glu_z", "sig_lut", "h_M", "h_S", "pool_M", "pool_S", "pool_z", "dec_w", "dec_w_z", "dec_b",
+    "logits_M", "logits_S", "logits_z", "qrange", "x_dither"))
 
 
 def state_fits_int32(a: dict, K: np.ndarray, Cc: np.ndarray, clip: np.ndarray) -> bool:
     """:func:`mode_loop_fits_int32` for a whole model, |u'| bounded by each layer's input code range."""
     q, hz = a["qrange"], a["h_z"]
-    U = np.maximum(np.abs(q[_H, 0] - hz[:-1]), np.abs(q[_H, 1] - hz[:-1]))[:, None]  # (nl 1)
+    U = np.maximum(np.abs(q[R_H, 0] - hz[:-1]), np.abs(q[R_H, 1] - hz[:-1]))[:, None]  # (nl 1)
     return mode_loop_fits_int32(K, Cc, clip, U)
 
 
@@ -462,11 +341,46 @@ def mix_fits_int32(a: dict, mwc: np.ndarray) -> bool:
     """True if the mixing sums sum_h W'[j, h] a'[h] (bias excluded) provably fit int32:
     sum_h |W'[j, h]| max|a'| < 2**31, max|a'| from the activation code range and zero point."""
     q, az = a["qrange"], a["act_z"]
-    A = np.maximum(np.abs(q[_ACT, 0] - az), np.abs(q[_ACT, 1] - az))  # (nl,)
+    A = np.maximum(np.abs(q[R_ACT, 0] - az), np.abs(q[R_ACT, 1] - az))  # (nl,)
     return bool((np.abs(mwc).sum(-1) * A[:, None]).max() < 2**31)
 
 
-def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trace: bool = False,
+def _folded(a: layout.IntArrays):
+    """(K, Cc, clip, the arrays as a dict) of the fast kernel's mode loop, at int64."""
+    K, Cc = fold_constants(a.A_re, a.A_im, a.A_re_z, a.A_im_z, a.B_re, a.B_im, a.B_z, a.C_re, a.C_im, a.C_z,
+                           a.x_re_M, a.x_im_M)
+    d = a._asdict()
+    return K, Cc, mode_constants(d), d
+
+
+def state_width(arrays: dict) -> int:
+    """32 if the fast kernel's mode loop provably stays in int32 for this model (:func:`state_fits_int32`), else 64."""
+    K, Cc, clip, d = _folded(layout.bundle(arrays))
+    return 32 if state_fits_int32(d, K, Cc, clip) else 64
+
+
+def _fast_arrays(a: layout.IntArrays, d_in: int, width: int | None) -> FastArrays:
+    """The fast kernel's bundle: int32 mode loop and mixing weights where proved (``width`` None or
+    32; 32 where not proved is an error), else int64."""
+    K, Cc, clip, d = _folded(a)
+    qr = a.qrange
+    if d_in == 1:
+        tab, sat = _encoder_table(a.enc_w, a.enc_w_z, a.enc_b, a.enc_M, a.enc_S, a.h_z, qr[R_H, 0], qr[R_H, 1])
+    else:
+        tab = sat = np.zeros((1, 1), np.int64)
+    mwc = np.ascontiguousarray(a.mix_w - a.mix_w_z[..., None])  # centred mixing weights
+    fits = width != 64 and state_fits_int32(d, K, Cc, clip)
+    if width == 32 and not fits:
+        raise IntssmError("this model's state update does not provably fit int32; use the 64-bit kernel")
+    if fits:
+        K, Cc, clip = K.astype(np.int32), Cc.astype(np.int32), clip.astype(np.int32)
+    if width != 64 and mix_fits_int32(d, mwc):
+        mwc = mwc.astype(np.int32)
+    return FastArrays(**{k: d[k] for k in FastArrays._fields if k in d}, enc_tab=tab, enc_sat=sat, K=K, Cc=Cc,
+                      clip=clip, mwc=mwc)
+
+
+def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int | None = None, trace: bool = False,
              reference: bool = False, width: int | None = None, lengths: np.ndarray | None = None):
     """Run the integer model ``arrays`` on input codes ``P`` (B, L, d_input) uint8, sequence b for
     its first ``lengths[b]`` steps (None: all L; a mean-pooling model needs all L).
@@ -497,36 +411,22 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int, trac
     if mean_pool and Bsz and lengths.min() != P.shape[1]:
         raise IntssmError("a mean-pooling model runs every sequence for its full length; variable-length "
                           "data need a model with pool 'last'")
-    C = arrays["dec_w"].shape[0]
-    logits = np.zeros((Bsz, C), np.int64)
-    cnt = np.zeros((Bsz, n_counters), np.int64)
-    args = _args(arrays)
+    nl = arrays["A_re"].shape[0]
+    if n_counters is not None and n_counters != layout.n_counters(nl):
+        raise IntssmError(f"a {nl}-layer model has {layout.n_counters(nl)} counters, got {n_counters}")
+    numba_setup()
+    a = layout.bundle(arrays)
+    logits = np.zeros((Bsz, a.dec_w.shape[0]), np.int64)
+    cnt = np.zeros((Bsz, layout.n_counters(nl)), np.int64)
     if trace:
-        nl, H, N2 = arrays["A_re"].shape
+        _, H, N2 = a.A_re.shape
         tr = np.zeros((P.shape[1], nl, H, N2), np.int64)
         ti = np.zeros_like(tr)
-        _run_traced(P[:1], lengths[:1], *args, bool(mean_pool), logits[:1], cnt[:1], tr, ti)
+        _run_traced(P[:1], lengths[:1], a, bool(mean_pool), logits[:1], cnt[:1], tr, ti)
         return logits[:1], cnt[:1], (tr, ti)
     if reference:
-        _run_batch(P, lengths, *args, bool(mean_pool), logits, cnt)
+        _run_batch(P, lengths, a, bool(mean_pool), logits, cnt)
         return logits, cnt, None
-    a = {k: v for k, v in zip(ARG_ORDER, args)}
-    K, Cc = _fold_constants(a["A_re"], a["A_im"], a["A_re_z"], a["A_im_z"], a["B_re"], a["B_im"], a["B_z"],
-                            a["C_re"], a["C_im"], a["C_z"], a["x_re_M"], a["x_im_M"])
-    qr = a["qrange"]
-    if P.shape[2] == 1:
-        tab, sat = _encoder_table(*[a[k] for k in ARG_ORDER[:6]], qr[_H, 0], qr[_H, 1])
-    else:
-        tab = sat = np.zeros((1, 1), np.int64)
-    mwc = np.ascontiguousarray(a["mix_w"] - a["mix_w_z"][..., None])  # centred mixing weights
-    clip = mode_constants(a)
-    fits = width != 64 and state_fits_int32(a, K, Cc, clip)
-    if width == 32 and not fits:
-        raise IntssmError("this model's state update does not provably fit int32; use the 64-bit kernel")
-    if fits:
-        K, Cc, clip = K.astype(np.int32), Cc.astype(np.int32), clip.astype(np.int32)
-    if width != 64 and mix_fits_int32(a, mwc):
-        mwc = mwc.astype(np.int32)
-    fast = [tab, sat, K, Cc, clip, mwc] + [a[k] for k in FAST_ARGS]
-    _run_batch_fast(P, lengths, *[a[k] for k in ARG_ORDER[:6]], *fast, bool(mean_pool), logits, cnt)
+    f = _fast_arrays(a, P.shape[2], width)
+    _run_batch_fast(P, lengths, f, bool(mean_pool), logits, cnt)
     return logits, cnt, None

@@ -36,12 +36,6 @@ def saturate(v: int, lo: int, hi: int) -> tuple[int, int]:
     return v, 0
 
 
-def saturating_add(a: int, b: int, bits: int) -> tuple[int, int]:
-    """a + b clamped to the signed ``bits``-wide range [-2**(bits-1), 2**(bits-1) - 1]; (value, flag)."""
-    bits = _int(bits)
-    return saturate(_int(a) + _int(b), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-
-
 def requantize(acc: int, m: int, s: int, z: int, lo: int, hi: int) -> tuple[int, int]:
     """clamp(rounding_rshift(acc * m, s) + z, lo, hi); (code, flag)."""
     return saturate(rounding_rshift(_int(acc) * _int(m), s) + _int(z), lo, hi)

@@ -6,6 +6,7 @@ model of intssm.cost, which is derived from the description alone.
 """
 
 from intssm.cost import OpCounter, opw, site_acc_bits
+from intssm.layout import QRANGE_ROWS
 
 
 def rshift(v, s):
@@ -31,7 +32,7 @@ def run(arrays, cfg, q, P):
     L = len(P)
     A = site_acc_bits(cfg, q, L)
     o = OpCounter()
-    qr = {n: tuple(a["qrange"][j]) for j, n in enumerate(("h", "x_re", "x_im", "y", "act", "glu", "sig", "pool", "logits"))}
+    qr = {n: tuple(a["qrange"][j]) for j, n in enumerate(QRANGE_ROWS)}
     xr = [[[a["x_re_z"][i][h]] * N2 for h in range(H)] for i in range(nl)]
     xi = [[[a["x_im_z"][i][h]] * N2 for h in range(H)] for i in range(nl)]
     pool = [0] * H

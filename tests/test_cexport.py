@@ -101,7 +101,8 @@ int main(int argc, char **argv)
 
 
 def manifest_like(qm) -> dict:
-    return {"model_config": qm.dp.cfg.to_dict(), "seq_len": qm.dp.seq_len, "counters": qm.dp.counters}
+    return {"model_config": qm.dp.cfg.to_dict(), "quant_config": qm.dp.qcfg.to_dict(), "seq_len": qm.dp.seq_len,
+            "counters": qm.counters}
 
 
 def gcc(*args: str, cwd: Path):
@@ -164,7 +165,7 @@ def test_c_equals_simulator_random_models(m, qcfg, data):
         assert "2**53" in str(e) or "too large" in str(e)
         assume(False)
     arrays = integer_model(qm)
-    n = len(qm.dp.counters)
+    n = len(qm.counters)
     with tempfile.TemporaryDirectory() as t:
         c = run_c(build_harness(arrays, manifest_like(qm), Path(t)), P, arrays, n)
     check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
@@ -186,7 +187,7 @@ def test_c_wide_and_unsigned_codes(tmp_path):
     exe = build_harness(arrays, manifest_like(qm), tmp_path)
     src = (tmp_path / "intssm_model.h").read_text()
     assert "uint16_t x_re[" in src and "int16_t x_im[" in src
-    n = len(qm.dp.counters)
+    n = len(qm.counters)
     c = run_c(exe, P, arrays, n)
     check_against_simulator(arrays, False, n, P, c)
     assert c["counts"].sum() > 0, "the test should exercise saturation"
@@ -213,7 +214,7 @@ def test_c_equals_simulator_smnist(smnist_build):
     qm, arrays, d, exe = smnist_build
     P = data.load("smnist", "test", 20).x
     assert P.dtype == np.uint8 and P.shape == (20, 784, 1)
-    n = len(qm.dp.counters)
+    n = len(qm.counters)
     c = run_c(exe, P, arrays, n)
     check_against_simulator(arrays, True, n, P, c)
     # the example program: one sequence on stdin -> the same logits and class
@@ -332,7 +333,7 @@ def test_inconsistent_description_refused(tmp_path):
         cexport.write_c({k: v for k, v in arrays.items() if k != "sig_lut"}, man, tmp_path)
     with pytest.raises(IntssmError, match="counters"):
         cexport.write_c(arrays, {**man, "counters": man["counters"][:-1]}, tmp_path)
-    with pytest.raises(IntssmError, match="incomplete"):
+    with pytest.raises(IntssmError, match="C export: quant config"):
         cexport.write_c(arrays, {"model_config": man["model_config"]}, tmp_path)
     (tmp_path / "f").write_text("")
     with pytest.raises(IntssmError, match="not a directory"):
@@ -340,23 +341,15 @@ def test_inconsistent_description_refused(tmp_path):
 
 
 def test_cli_export_c(tmp_path):
-    """The export-c command (registered on a fresh app): .npz in, C files and JSON out."""
-    import typer
+    """The export-c command: .npz in, C files and JSON out."""
     from typer.testing import CliRunner
 
     from intssm import export
-    from intssm.cli_c import register
+    from intssm.cli import app
 
     qm = _tiny()
     npz = tmp_path / "m.npz"
     export.save(npz, qm)
-    app = typer.Typer()
-
-    @app.callback()
-    def _root():
-        pass
-
-    register(app)
     r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c"), "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
@@ -380,7 +373,7 @@ def test_memory_map_matches_compiled_object(smnist_build):
     """`intssm memory`'s C storage figures agree with the compiler: flash = .rodata within alignment
     padding, RAM = sizeof(intssm_state) exactly, and .data + .bss are empty."""
     qm, arrays, d, _ = smnist_build
-    cs = cexport.c_storage(arrays, len(qm.dp.counters))
+    cs = cexport.c_storage(arrays, len(qm.counters))
     gcc("-c", "intssm_model.c", "-o", "intssm_model.o", cwd=d)
     sec = sections(d / "intssm_model.o")
     ro = sum(v for k, v in sec.items() if k.startswith(".rodata"))

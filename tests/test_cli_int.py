@@ -193,7 +193,7 @@ def test_inspect_human(exported):
 
 def test_inspect_json_lists_arrays(exported):
     """inspect --json lists every array of the artifact with the shape the model config implies."""
-    from intssm.export import expected_shapes
+    from intssm.layout import expected_shapes
     from intssm.model import PRESETS as MODEL_PRESETS
     from intssm.qspec import PRESETS
 

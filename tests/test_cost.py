@@ -30,7 +30,7 @@ def test_op_counts_equal_instrumented_simulator(m, q, L, seed):
         return
     arr = integer_model(qm)
     logits, ops = naive_run(arr, m.cfg, q, P[0])
-    ls, _, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.dp.counters))
+    ls, _, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.counters))
     assert logits == ls[0].tolist()
     want = step_ops(m.cfg, q, L)
     for k, v in list(want.items()):

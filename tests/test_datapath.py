@@ -74,19 +74,16 @@ def _both(m, qcfg, P, calib):
         assume(False)
     lt, ct = qm(torch.from_numpy(P), counts=True)
     arr = integer_model(qm)
-    ls, cs, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.dp.counters))
-    lr, cr, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.dp.counters), reference=True)
+    ls, cs, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.counters))
+    lr, cr, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.counters), reference=True)
     assert (ls == lr).all() and (cs == cr).all(), "fast kernel differs from the reference kernel"
-    l64, c64, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.dp.counters), width=64)
+    l64, c64, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.counters), width=64)
     assert (l64 == lr).all() and (c64 == cr).all(), "64-bit fast kernel differs from the reference kernel"
     return lt.detach().numpy(), ct, ls, cs, qm
 
 
 def _fits32(arr):
-    a = dict(zip(sim.ARG_ORDER, sim._args(arr)))
-    K, Cc = sim._fold_constants(*[a[k] for k in ("A_re", "A_im", "A_re_z", "A_im_z", "B_re", "B_im", "B_z",
-                                                 "C_re", "C_im", "C_z", "x_re_M", "x_im_M")])
-    return sim.state_fits_int32(a, K, Cc, sim.mode_constants(a))
+    return sim.state_width(arr) == 32
 
 
 @given(models(), quant_configs(), st.data())
@@ -100,7 +97,7 @@ def test_torch_equals_simulator_whole_model(m, qcfg, data):
     event(f"state rounding: {qcfg.state_rounding}")
     assert np.array_equal(lt, lt.round()), "Torch path left the integer grid"
     assert (lt.astype(np.int64) == ls).all()
-    assert [ct[k] for k in qm.dp.counters] == cs.sum(0).tolist()
+    assert [ct[k] for k in qm.counters] == cs.sum(0).tolist()
 
 
 @given(models(max_layers=1), quant_configs(), st.data())
@@ -110,7 +107,7 @@ def test_torch_equals_simulator_one_step(m, qcfg, data):
     calib = np.random.default_rng(1).random((2, 1, m.cfg.d_input))
     lt, ct, ls, cs, qm = _both(m, qcfg, P, calib)
     assert (lt.astype(np.int64) == ls).all()
-    assert [ct[k] for k in qm.dp.counters] == cs.sum(0).tolist()
+    assert [ct[k] for k in qm.counters] == cs.sum(0).tolist()
 
 
 def test_saturation_is_counted_not_wrapped():
@@ -120,7 +117,7 @@ def test_saturation_is_counted_not_wrapped():
     P = np.full((2, 16, 1), 255, np.uint8)
     lt, ct, ls, cs, qm = _both(m, PRESETS["paper-hetero"], P, calib)
     assert (lt.astype(np.int64) == ls).all()
-    assert sum(ct.values()) > 0 and [ct[k] for k in qm.dp.counters] == cs.sum(0).tolist()
+    assert sum(ct.values()) > 0 and [ct[k] for k in qm.counters] == cs.sum(0).tolist()
     lo, hi = qm.dp.qcfg.logits.qmin, qm.dp.qcfg.logits.qmax
     assert ls.min() >= lo and ls.max() <= hi
 
@@ -131,8 +128,8 @@ def test_state_trace_matches_final_state_bounds():
     P = np.random.default_rng(0).integers(0, 256, (3, 20, 1)).astype(np.uint8)
     qm, _ = ptq(m, PRESETS["w8a8"], torch.from_numpy(P / 255.0))
     arr = integer_model(qm)
-    l_all, _, _ = simulate(arr, P, True, len(qm.dp.counters))
-    l_one, _, (tr, ti) = simulate(arr, P, True, len(qm.dp.counters), trace=True)
+    l_all, _, _ = simulate(arr, P, True, len(qm.counters))
+    l_one, _, (tr, ti) = simulate(arr, P, True, len(qm.counters), trace=True)
     assert (l_one[0] == l_all[0]).all()
     assert tr.shape == (20, 1, 2, 2) and tr.min() >= -128 and tr.max() <= 127 and ti.min() >= -128
     assert np.abs(tr).sum() > 0
@@ -149,7 +146,7 @@ def test_deterministic_across_threads_and_runs():
         outs = []
         for t in (1, min(2, numba.config.NUMBA_NUM_THREADS), 1):
             numba.set_num_threads(t)
-            outs.append(simulate(arr, P, True, len(qm.dp.counters))[:2])
+            outs.append(simulate(arr, P, True, len(qm.counters))[:2])
     finally:
         numba.set_num_threads(n0)
     for lg, c in outs[1:]:
@@ -163,7 +160,7 @@ def test_float_input_rejected():
     import pytest
 
     with pytest.raises(TypeError):
-        simulate(integer_model(qm), np.zeros((1, 5, 1), np.float32), True, len(qm.dp.counters))
+        simulate(integer_model(qm), np.zeros((1, 5, 1), np.float32), True, len(qm.counters))
 
 
 def test_int32_width_is_proved_or_refused():
@@ -177,16 +174,16 @@ def test_int32_width_is_proved_or_refused():
         qm, _ = ptq(m, PRESETS[preset], calib)
         arr = integer_model(qm)
         assert _fits32(arr) is fits
-        ref = simulate(arr, P, True, len(qm.dp.counters), reference=True)
+        ref = simulate(arr, P, True, len(qm.counters), reference=True)
         widths = (None, 64, 32) if fits else (None, 64)
         for w in widths:
-            out = simulate(arr, P, True, len(qm.dp.counters), width=w)
+            out = simulate(arr, P, True, len(qm.counters), width=w)
             assert (out[0] == ref[0]).all() and (out[1] == ref[1]).all()
         if not fits:
             with pytest.raises(IntssmError, match="int32"):
-                simulate(arr, P, True, len(qm.dp.counters), width=32)
+                simulate(arr, P, True, len(qm.counters), width=32)
     with pytest.raises(IntssmError, match="32 or 64"):
-        simulate(arr, P, True, len(qm.dp.counters), width=16)
+        simulate(arr, P, True, len(qm.counters), width=16)
 
 
 def test_bias_codes_saturate_to_bias_bits():
@@ -209,7 +206,7 @@ def test_bias_codes_saturate_to_bias_bits():
     P = np.random.default_rng(0).integers(0, 256, (3, 12, 1)).astype(np.uint8)
     with torch.no_grad():
         want, _ = qm(torch.from_numpy(P))
-    got, _, _ = simulate(narrow, P, True, len(qm.dp.counters))
+    got, _, _ = simulate(narrow, P, True, len(qm.counters))
     assert np.array_equal(got, want.numpy().astype(np.int64))
 
 
@@ -222,8 +219,8 @@ def test_dither_refused_beyond_32_bit_shifts():
     qm, _ = ptq(m, QuantConfig(state_rounding="dither"), calib)
     arr = integer_model(qm)
     P = np.zeros((1, 5, 1), np.uint8)
-    simulate(arr, P, True, len(qm.dp.counters))  # its own shifts are fine
+    simulate(arr, P, True, len(qm.counters))  # its own shifts are fine
     bad = dict(arr, x_re_S=np.full_like(arr["x_re_S"], 33))
     with pytest.raises(IntssmError, match="shifts <= 32"):
-        simulate(bad, P, True, len(qm.dp.counters))
+        simulate(bad, P, True, len(qm.counters))
     assert max(arr["x_re_S"].max(), arr["x_im_S"].max()) <= 32

@@ -78,7 +78,7 @@ def test_equalized_6bit_state_scores_higher_and_is_bit_exact():
     acc = {}
     for alpha in (0.0, 1.0):
         qm, _ = ptq(m, cfg, u, equalize=alpha)
-        lg, _, _ = simulate(integer_model(qm), te.x, True, len(qm.dp.counters))
+        lg, _, _ = simulate(integer_model(qm), te.x, True, len(qm.counters))
         acc[alpha] = float((lg.argmax(1) == te.y).mean())
     assert acc[1.0] > acc[0.0] + 0.25, acc
     with torch.no_grad():

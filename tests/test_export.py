@@ -3,6 +3,7 @@ with one clear IntssmError, both from the library and from the CLI (``inspect``,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -82,7 +83,7 @@ def test_roundtrip_manifest(good):
     assert loaded["format_version"] == intssm.export.FORMAT_VERSION
     assert loaded["datapath_version"] == intssm.qspec.DATAPATH_VERSION
     assert loaded["seq_len"] == SEQ_LEN
-    assert loaded["counters"] == qm.dp.counters
+    assert loaded["counters"] == qm.counters
     assert loaded["model_config"] == qm.dp.cfg.to_dict()
     assert loaded["quant_config"] == json.loads(json.dumps(qm.dp.qcfg.to_dict()))
 
@@ -124,7 +125,7 @@ def test_artifact_before_dither_flag_loads(good, tmp_path):
     a, _ = intssm.export.load(tmp_path / "old.npz")
     assert a["x_dither"].tolist() == [0]
     P = inputs()
-    n = len(qm.dp.counters)
+    n = len(qm.counters)
     assert (intssm.sim.simulate(a, P, True, n)[0] == intssm.sim.simulate(arrays, P, True, n)[0]).all()
 
 
@@ -204,6 +205,54 @@ def _corrupt_deflate(path, raw, dst):
     dst.write_bytes(bytes(b))
 
 
+def _man_fn(fn):
+    """A manifest changed by ``fn(man)`` in place."""
+    def make(path, raw, dst):
+        man = get_manifest(raw)
+        fn(man)
+        np.savez(dst, **set_manifest(raw, man))
+    return make
+
+
+def _bad_scale(man):
+    next(iter(man["tensors"].values()))["scale"][0] = -1.0
+
+
+def _raw_json(text: bytes):
+    def make(path, raw, dst):
+        np.savez(dst, **{**raw, "manifest": np.frombuffer(text, dtype=np.uint8)})
+    return make
+
+
+def _uint64_wrap(a):
+    a = a.astype(np.uint64)
+    a[0] = np.uint64(2**63 + 5)
+    return a
+
+
+def _huge_member(path, raw, dst):
+    """A member whose header declares 10**12 elements (a few bytes on disk)."""
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<i8", "fortran_order": False, "shape": (10**12,)})
+    with zipfile.ZipFile(dst, "w") as z:
+        for k, v in raw.items():
+            if k != "mix_b":
+                with z.open(k + ".npy", "w") as f:
+                    np.lib.format.write_array(f, v)
+        z.writestr("mix_b.npy", buf.getvalue() + b"\0" * 64)
+
+
+def _bomb(path, raw, dst):
+    """A member whose data inflate far beyond its declared shape (a zip bomb): 50 MB of zeros after A_re."""
+    with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for k, v in raw.items():
+            with z.open(k + ".npy", "w") as f:
+                np.lib.format.write_array(f, v)
+                if k == "A_re":
+                    f.write(b"\0" * (50 << 20))
+
+
 def _bump(a, v):
     a = a.astype(np.int64).copy()
     a.flat[0] = v
@@ -218,7 +267,7 @@ BAD = {
     "dtype": (_arr("A_re", lambda a: a.astype(np.float64)), "array A_re has dtype float64"),
     "shape": (_arr("A_re", lambda a: a[..., :-1]), "array A_re has shape"),
     "object_array": (_object_array, "object (pickled) array, refused"),
-    "code_range": (_arr("A_re", lambda a: _bump(a, 10**6)), "A_re codes outside the 8-bit range"),
+    "code_range": (_arr("A_re", lambda a: _bump(a, 10**6)), "A_re: codes of the 8-bit format A_re outside"),
     "missing_array": (_arr("D", None), "missing arrays ['D']"),
     "no_manifest": (_unrelated, "no manifest"),
     # further cases
@@ -226,13 +275,33 @@ BAD = {
     "wrong_format": (_man(format="something-else"), "not an intssm integer model"),
     "manifest_not_json": (_bad_json, "manifest is not valid JSON"),
     "not_found": (_not_found, "integer model not found"),
-    "shift_range": (_arr("enc_S", lambda a: _bump(a, 63)), "shift enc_S outside [0, 62]"),
-    "negative_shift": (_arr("y_S", lambda a: _bump(a, -1)), "shift y_S outside [0, 62]"),
-    "multiplier_range": (_arr("h_M", lambda a: _bump(a, 2**15)), "multiplier h_M outside [0, 2**15)"),
-    "lut_range": (_arr("sig_lut", lambda a: _bump(a, 256)), "lookup table sig_lut has entries outside"),
+    "shift_range": (_arr("enc_S", lambda a: _bump(a, 63)), "enc_S: shift outside [0, 46]"),
+    "negative_shift": (_arr("y_S", lambda a: _bump(a, -1)), "y_S: shift outside [0, 46]"),
+    "multiplier_range": (_arr("h_M", lambda a: _bump(a, 2**15)), "h_M: 15-bit multiplier outside [0, 32767]"),
+    "lut_range": (_arr("sig_lut", lambda a: _bump(a, 256)), "sig_lut: codes of the 8-bit format sig outside"),
     "qrange": (_arr("qrange", lambda a: _bump(a, -129)), "code ranges disagree"),
-    "weight_too_wide": (_arr("mix_w", lambda a: _bump(a, -129)), "mix_w codes outside the 8-bit range"),
+    "weight_too_wide": (_arr("mix_w", lambda a: _bump(a, -129)), "mix_w: codes of the 8-bit format mix_w outside"),
     "dither_flag": (_arr("x_dither", lambda a: _bump(a, 1)), "x_dither 1 disagrees with state_rounding 'nearest'"),
+    # hostile values: each is in a well-formed file and would run if not refused
+    "bias_huge": (_arr("enc_b", lambda a: _bump(a, 2**62)), "enc_b: 32-bit bias outside"),
+    "zero_huge": (_arr("h_z", lambda a: _bump(a, 2**40)), "h_z: zero point of the symmetric format h"),
+    "uint64_wrap": (_arr("enc_b", _uint64_wrap), "enc_b holds values >= 2**63"),
+    "multiplier_max_shift": (_arr("logits_S", lambda a: _bump(a, 47)), "logits_S: shift outside [0, 46]"),
+    "counters_short": (_man(counters=["h0"]), "counters must be the"),
+    "counters_number": (_man(counters=7), "counters must be the"),
+    "seq_len_string": (_man(seq_len="784"), "seq_len must be an integer"),
+    "seq_len_float": (_man(seq_len=784.0), "seq_len must be an integer"),
+    "seq_len_huge": (_man(seq_len=10**9), "seq_len must be an integer in 1..1048576"),
+    "no_model_config": (_man(model_config=None), "model config must be a JSON object"),
+    "huge_model": (_man(model_config={"d_state": 10**8}), "d_state = 100000000 exceeds intssm's limit"),
+    "string_bool": (_man_fn(lambda m: m["quant_config"]["h"].update(symmetric="yes")), "h.symmetric must be true or false"),
+    "no_tensors": (_man(tensors=None), "manifest field tensors"),
+    "bad_scale": (_man_fn(_bad_scale), "finite positive scales"),
+    "nan_scale": (_man_fn(lambda m: next(iter(m["tensors"].values()))["scale"].__setitem__(0, float("nan"))),
+                  "manifest is not valid JSON"),
+    "nan_literal": (_raw_json(b'{"format": NaN}'), "manifest is not valid JSON"),
+    "huge_member": (_huge_member, "array mix_b has shape (1000000000000,)"),
+    "zip_bomb": (_bomb, "member A_re.npy inflates to"),
     # known bugs (see the xfail reasons)
     "plain_npy": (_plain_npy, "npz"),
     "corrupt_deflate": (_corrupt_deflate, "not a readable npz"),
@@ -241,7 +310,7 @@ BAD = {
 KNOWN_BUGS: dict = {}  # name -> reason, for cases marked xfail(strict) until fixed
 #: the cases also run through the CLI, with both commands (each run is an interpreter start with Torch: ~2 s)
 CLI_CASES = ["format_version", "datapath_version", "truncated", "dtype", "shape", "object_array", "code_range",
-             "missing_array", "no_manifest"]
+             "missing_array", "no_manifest", "bias_huge", "seq_len_string", "huge_model", "zip_bomb"]
 #: the known bugs go through `inspect` only (`simulate` reads the artifact with the same export.load)
 CLI_BUG_CASES = ["plain_npy", "corrupt_deflate"]
 
@@ -262,7 +331,12 @@ def bad_files(good, tmp_path_factory):
         dst = d / f"{name}.npz"
         make(path, raw, dst)
         out[name] = dst
+        if dst.exists():
+            WRITTEN[name] = hashlib.sha256(dst.read_bytes()).hexdigest()
     return out
+
+
+WRITTEN: dict = {}  # name -> sha256 of the bad file as written
 
 
 @pytest.mark.parametrize("name", [_param(n) for n in BAD])
@@ -291,7 +365,7 @@ def test_load_integer_model_source(good, bad_files):
     from intssm import integer
 
     im = integer.load(good[2])
-    assert im.qm is None and im.seq_len == SEQ_LEN and im.counters == good[0].dp.counters
+    assert im.qm is None and im.seq_len == SEQ_LEN and im.counters == good[0].counters
     with pytest.raises(IntssmError, match="format version 99"):
         integer.load(bad_files["format_version"])
 
@@ -299,9 +373,31 @@ def test_load_integer_model_source(good, bad_files):
 # ------------------------------------------------------------------------------------ CLI
 
 
+#: Peak resident memory any refusal may take (an interpreter with Torch and Numba is ~0.5 GB): the
+#: hostile files declare terabytes.
+PEAK_RSS_LIMIT_KB = 1_200_000
+
+
 def intssm_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "intssm", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
+    """Run the CLI; the result also carries ``maxrss_kb``, the child's own peak resident memory."""
+    import os
+    import tempfile
+    import threading
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen([sys.executable, "-m", "intssm", *map(str, args)], stdout=out, stderr=err, env=ENV)
+        timer = threading.Timer(timeout, p.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(p.pid, 0)
+        finally:
+            timer.cancel()
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        r = subprocess.CompletedProcess(p.args, p.returncode, out.read().decode(), err.read().decode())
+    r.maxrss_kb = usage.ru_maxrss
+    return r
 
 
 @pytest.fixture(scope="module")
@@ -348,3 +444,13 @@ def test_cli_refuses_bad_artifact(cli_runs, bad_files, name, cmd):
     assert r.returncode != 0
     assert r.returncode == 2  # as cli.py documents
     assert r.stdout == ""
+    assert r.maxrss_kb < PEAK_RSS_LIMIT_KB, f"peak memory {r.maxrss_kb} kB"
+
+
+def test_cli_refusals_leave_inputs_untouched(cli_runs, bad_files):
+    """After `inspect` and `simulate` refused them, the bad files are byte-identical to what was written."""
+    import hashlib
+
+    assert cli_runs  # every CLI run is done
+    for n in CLI_CASES + CLI_BUG_CASES:
+        assert hashlib.sha256(bad_files[n].read_bytes()).hexdigest() == WRITTEN[n], n

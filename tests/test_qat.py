@@ -77,7 +77,7 @@ def test_short_qat_lowers_loss_and_stays_bit_exact(tmp_path):
     te = data.load("smnist", "test", 6)
     with torch.no_grad():
         lt, _ = qm2(torch.from_numpy(te.x))
-    ls, _, _ = simulate(integer_model(qm2), te.x, True, len(qm2.dp.counters))
+    ls, _, _ = simulate(integer_model(qm2), te.x, True, len(qm2.counters))
     assert (lt.numpy().astype(np.int64) == ls).all()
     before, after = integer_model(qm), integer_model(qm2)
     assert before.keys() == after.keys()
@@ -179,7 +179,7 @@ def test_stable_abar_moves_every_mode_inside_the_unit_circle():
     assert len(params) > 0
     with torch.no_grad():
         lt, _ = stable(torch.from_numpy(x.x))
-    ls, _, _ = simulate(integer_model(stable), x.x, True, len(stable.dp.counters))
+    ls, _, _ = simulate(integer_model(stable), x.x, True, len(stable.counters))
     assert (lt.numpy().astype(np.int64) == ls).all()
 
 

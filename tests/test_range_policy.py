@@ -64,13 +64,13 @@ def test_ptq_with_policies_is_bit_exact_and_reloads_exactly(tmp_path):
     cal = data.load("smnist", "train", 16)
     qm, ranges = ptq(m, q, torch.from_numpy(cal.as_float()))
     te = data.load("smnist", "test", 20)
-    lg, cnt, _ = simulate(integer_model(qm), te.x, True, len(qm.dp.counters))
+    lg, cnt, _ = simulate(integer_model(qm), te.x, True, len(qm.counters))
     lt, ct = qm(torch.from_numpy(te.x), counts=True)
     assert np.array_equal(lg, lt.detach().numpy().astype(np.int64))
-    assert [int(c) for c in cnt.sum(0)] == [ct[n] for n in qm.dp.counters]
+    assert [int(c) for c in cnt.sum(0)] == [ct[n] for n in qm.counters]
     path = tmp_path / "q.pt"
     checkpoint.save(path, m, qspec=qspec_entry(qm, ranges))
     m2, ck = checkpoint.load(path)
     qm2 = from_checkpoint(m2.double(), ck)
-    lg2, _, _ = simulate(integer_model(qm2), te.x, True, len(qm2.dp.counters))
+    lg2, _, _ = simulate(integer_model(qm2), te.x, True, len(qm2.counters))
     assert np.array_equal(lg, lg2)

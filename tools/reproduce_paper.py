@@ -112,7 +112,7 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
            "bytes": mem["bytes"], "reduction": round(mem["reduction"], 4)}
 
     def test_acc(qm):
-        lg, _, _ = simulate(integer_model(qm), te.x, model.cfg.pool == "mean", len(qm.dp.counters))
+        lg, _, _ = simulate(integer_model(qm), te.x, model.cfg.pool == "mean", len(qm.counters))
         return float((lg.argmax(1) == te.y).mean())
 
     try:
@@ -148,7 +148,7 @@ def _run_one(ckpt, part, name, qcfg_dict, limit, calib):
         qm, _ = ptq(model.double(), q, torch.from_numpy(cal.as_float()))
     except IntssmError as e:
         return row | {"accuracy": "", "saturations": f"refused: {e}"}
-    lg, cnt, _ = simulate(integer_model(qm), te.x, model.cfg.pool == "mean", len(qm.dp.counters))
+    lg, cnt, _ = simulate(integer_model(qm), te.x, model.cfg.pool == "mean", len(qm.counters))
     return row | {"accuracy": float((lg.argmax(1) == te.y).mean()), "saturations": int(cnt.sum())}
 
 

@@ -1,0 +1,120 @@
+"""The integer model's layout (intssm.layout): one owner of names, shapes, rows and counters."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from intssm import layout
+from intssm.errors import IntssmError
+from intssm.export import integer_model
+from intssm.model import ModelConfig, S4DModel
+from intssm.qmodel import ptq
+from intssm.qspec import PRESETS
+
+
+def _qm(cfg=ModelConfig(d_model=3, d_state=4, n_layers=2), qcfg=PRESETS["w8a8"]):
+    m = S4DModel(cfg, seed=0).double()
+    qm, _ = ptq(m, qcfg, torch.rand(3, 6, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    return qm
+
+
+def test_layout_matches_the_built_model():
+    """Every array a quantized model exports is declared in the layout, in its shape; counters agree."""
+    qm = _qm()
+    arrays = integer_model(qm)
+    assert set(arrays) == set(layout.NAMES)
+    shapes = layout.expected_shapes(qm.dp.cfg, qm.dp.qcfg)
+    assert {k: v.shape for k, v in arrays.items()} == shapes
+    names = layout.counter_names(2)
+    assert len(names) == layout.n_counters(2) == 13
+    assert names[layout.layer_base(1) + layout.C_GLU] == "l1.glu"
+    assert names[layout.head_base(2) + layout.C_LOGITS] == "logits"
+    assert [layout.QRANGE_ROWS[r] for r in (layout.R_XRE, layout.R_LOGITS)] == ["x_re", "logits"]
+
+
+def test_validate_accepts_a_built_model_and_reproves_it():
+    qm = _qm()
+    a = layout.validate(integer_model(qm), qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len)
+    assert all(v.dtype == np.int64 for v in a.values())
+
+
+@pytest.mark.parametrize("name,value,msg", [
+    ("enc_b", 2**62, "enc_b: 32-bit bias outside"),
+    ("A_re_z", 2**40, "A_re_z: zero point of the symmetric format A_re"),
+    ("h_z", 1, "h_z: zero point of the symmetric format h"),
+    ("x_re_S", 47, "x_re_S: shift outside [0, 46]"),
+    ("glu_M", -1, "glu_M: 15-bit multiplier outside"),
+    ("gelu_lut", 300, "gelu_lut: codes of the 8-bit format act outside"),
+])
+def test_validate_refuses_out_of_range_values(name, value, msg):
+    """A value outside its declared width is refused before anything runs."""
+    qm = _qm()
+    arrays = integer_model(qm)
+    arrays[name] = arrays[name].copy()
+    arrays[name].flat[0] = value
+    with pytest.raises(IntssmError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        layout.validate(arrays, qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len)
+
+
+def test_validate_refuses_wrapping_uint64():
+    qm = _qm()
+    arrays = integer_model(qm)
+    arrays["enc_b"] = arrays["enc_b"].astype(np.uint64)
+    arrays["enc_b"][0] = np.uint64(2**63 + 7)
+    with pytest.raises(IntssmError, match="2\\*\\*63"):
+        layout.validate(arrays, qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len)
+
+
+def _blank(cfg, qcfg) -> dict:
+    """A model of zeros (codes, zero points, biases), unit multipliers and zero shifts: in range everywhere."""
+    out = {}
+    for spec in layout.ARRAYS:
+        shape = layout.expected_shapes(cfg, qcfg)[spec.name]
+        lo = getattr(qcfg, spec.fmt).qmin if spec.role in ("code", "lut", "zero") and not getattr(qcfg, spec.fmt).symmetric else 0
+        out[spec.name] = np.full(shape, 1 if spec.role == "multiplier" else lo, np.int64)
+    out["qrange"] = layout.qrange_of(qcfg)
+    out["x_dither"] = np.array([int(qcfg.state_rounding == "dither")])
+    return out
+
+
+def test_validate_reruns_the_bound_proof():
+    """In-range values whose worst case reaches 2**53 fail the site proof (here: 2048 modes of 16-bit
+    C and state codes with the largest multipliers), and so do dithered shifts above 32."""
+    from dataclasses import replace
+
+    from intssm.qspec import QFormat
+
+    cfg = ModelConfig(d_model=1, d_state=4096, n_layers=1)
+    q = replace(PRESETS["w8a8"], C=QFormat(16), x_re=QFormat(16), x_im=QFormat(16))
+    a = _blank(cfg, q)
+    layout.validate(a, cfg, q, 784)  # unit multipliers: 2**41.x, proved
+    a["y_M"] = np.full_like(a["y_M"], 2**15 - 1)
+    with pytest.raises(IntssmError, match="site l0.y: accumulator may reach 2\\*\\*5"):
+        layout.validate(a, cfg, q, 784)
+    qd = replace(PRESETS["w8a8"], state_rounding="dither")
+    cfg = ModelConfig(d_model=2, d_state=4, n_layers=1)
+    a = _blank(cfg, qd)
+    layout.validate(a, cfg, qd, 784)
+    a["x_im_S"] = np.full_like(a["x_im_S"], 33)
+    with pytest.raises(IntssmError, match="site l0.x_im: the dithered state rounding needs shifts <= 32"):
+        layout.validate(a, cfg, qd, 784)
+    with pytest.raises(IntssmError, match="seq_len must be an integer"):
+        layout.validate(a, cfg, qd, "784")
+    with pytest.raises(IntssmError, match="seq_len must be an integer"):
+        layout.validate(a, cfg, qd, 2**30)
+
+
+def test_integer_side_imports_no_torch():
+    """The simulator, the layout and both exporters run without Torch."""
+    code = ("import sys, importlib.abc\n"
+            "class B(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, n, p, t=None):\n"
+            "        if n == 'torch' or n.startswith('torch.'): raise ImportError('torch blocked')\n"
+            "sys.meta_path.insert(0, B())\n"
+            "import intssm.sim, intssm.layout, intssm.export, intssm.cexport, intssm.cost, intssm.inputq\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
