@@ -16,11 +16,12 @@ The generated model code uses ``<stdint.h>`` and ``<string.h>`` only: no floatin
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from . import layout
+from . import layout, outputs
 from .errors import IntssmError
 
 H_FILE, C_FILE, MAIN_FILE = "intssm_model.h", "intssm_model.c", "main.c"
@@ -447,7 +448,8 @@ int main(void)
 
 
 def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
-    """Write ``intssm_model.h``, ``intssm_model.c`` and ``main.c`` into ``out_dir``; returns their paths.
+    """Write ``intssm_model.h``, ``intssm_model.c`` and ``main.c`` into ``out_dir`` (each atomically);
+    returns the paths written. An existing ``main.c`` that is not the generated example is kept.
 
     ``arrays``: the integer model by name (:func:`intssm.export.integer_model` or
     :func:`intssm.export.load`); ``manifest_like``: ``model_config`` (d_model, d_state, n_layers,
@@ -458,15 +460,17 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise IntssmError(f"C export: {out_dir} exists and is not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs.check_dir(out_dir, what="C export directory")
     xre_t, xim_t = _state_type(a["qrange"], layout.R_XRE), _state_type(a["qrange"], layout.R_XIM)
     files = {H_FILE: _header(dims, xre_t, xim_t, layout.counter_names(dims["LAYERS"]), manifest_like.get("input")),
              C_FILE: _source(a, xre_t, xim_t), MAIN_FILE: _MAIN}
+    main = out_dir / MAIN_FILE
+    if main.is_file() and not main.read_text(errors="replace").startswith(_MAIN.splitlines()[0]):
+        del files[MAIN_FILE]  # the user's own main.c (the example is only created): kept
+        print(f"keeping {main} (not the generated example)", file=sys.stderr)
     paths = []
     for name, text in files.items():
-        p = out_dir / name
-        p.write_text(text)
-        paths.append(p)
+        paths.append(outputs.write_text(out_dir / name, text))
     return paths
 
 

@@ -7,7 +7,6 @@ quantized models ``qspec`` (the datapath description, see :mod:`intssm.qspec`).
 
 from __future__ import annotations
 
-import os
 import pickle
 import warnings
 from pathlib import Path
@@ -16,12 +15,14 @@ import torch
 
 from . import __version__
 from .errors import IntssmError
+from .outputs import atomic
 from .model import ModelConfig, S4DModel
 
 FORMAT = "intssm-ckpt"
 
 
-def save(path, model: S4DModel, **extra) -> None:
+def save(path, model: S4DModel, quiet: bool = False, **extra) -> None:
+    """Write ``model`` and ``extra`` entries atomically (:func:`intssm.outputs.atomic`)."""
     ck = {
         "format": FORMAT,
         "intssm_version": __version__,
@@ -29,15 +30,8 @@ def save(path, model: S4DModel, **extra) -> None:
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
     }
     ck.update(extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # written beside the target, then renamed over it: a reader (or a crash) never sees half a file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic(path, quiet) as tmp:  # a reader (or a crash) never sees half a file
         torch.save(ck, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 MODEL_KEYS = ("format", "intssm_version", "model_config", "state_dict")

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from . import outputs
 from .errors import IntssmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -109,6 +110,7 @@ def train(
     from .train import train as run_train
 
     _check_limit(limit)
+    outputs.check_file(out, inputs=[seq], what="--out")
     if preset not in PRESETS:
         raise IntssmError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     nums = {"--lr": lr, "--ssm-lr": ssm_lr, "--max-minutes": max_minutes, "--weight-decay": weight_decay,
@@ -232,6 +234,7 @@ def ptq_(
 
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
+    outputs.check_file(out, inputs=[ckpt, config, seq], what="--out")
     check_strength(equalize, "--equalize")
     _small_torch_ops()
     qcfg = get_config(config)
@@ -293,6 +296,7 @@ def qat_(
     if not 0 <= ema < 1:
         raise IntssmError(f"--ema must be in [0, 1) (0 = off), got {ema}")
     check_strength(equalize, "--equalize")
+    outputs.check_file(out, inputs=[ckpt, teacher, config], what="--out")
     _small_torch_ops()
     teacher_model = None
     if teacher is not None:
@@ -375,6 +379,7 @@ def search(
     if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1 or qat_lr <= 0:
         raise IntssmError("--val-limit, --calib, --workers and --qat-lr must be positive, --qat-steps >= 0")
     check_strength(equalize, "--equalize")
+    outputs.check_dir(out, inputs=[ckpt], what="--out")
     gs = tuple(g.strip() for g in groups.split(",")) if groups else tuple(GROUPS)
     bad = [g for g in gs if g not in GROUPS]
     if bad:
@@ -442,8 +447,7 @@ def export_(
     """Write the integer-only model: integer arrays, multipliers, shifts, LUTs and a JSON manifest."""
     from . import export, integer
 
-    if out.suffix != ".npz":
-        raise IntssmError("--out must end in .npz")
+    outputs.check_file(out, inputs=[ckpt], what="--out", suffix=".npz")
     _small_torch_ops()
     im = integer.load(ckpt)
     man = export.save(out, im.qm)
@@ -460,6 +464,9 @@ def export_c(
     """Write the integer model as C99 (intssm_model.h/.c, example main.c), bit-exact with the simulator."""
     from . import cexport, integer
 
+    outputs.check_dir(out, what="--out")
+    for name in (cexport.H_FILE, cexport.C_FILE):
+        outputs.check_file(out / name, inputs=[model], what="--out")
     im = integer.load(model)
     files = cexport.write_c(im.arrays, im.description(), out)
     ro = cexport.rodata_bytes_estimate(im.arrays)
@@ -509,7 +516,9 @@ def simulate(
     split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
     limit: LimitOpt = None,
     verify: Annotated[str, typer.Option(help="Sequences checked against the Torch quantized model: N or 'all'.")] = "256",
-    trace: Annotated[Optional[Path], typer.Option(help="Write the integer state trace of sequence 0 (.npz).")] = None,
+    trace: Annotated[Optional[Path], typer.Option(help="Write the integer state trace (x_re, x_im codes per step) of one sequence (.npz).")] = None,
+    trace_index: Annotated[int, typer.Option(help="Which sequence --trace records (0-based, in the split).")] = 0,
+    logits_out: Annotated[Optional[Path], typer.Option("--logits", help="Write golden vectors (.npz): integer logits, predictions, labels, lengths and per-sequence saturation counters.")] = None,
     as_json: JsonOpt = False,
 ):
     """Run the integer simulator on a dataset; verify it bit for bit against the Torch quantized model."""
@@ -517,8 +526,15 @@ def simulate(
     from .sim import simulate as sim
 
     _check_limit(limit)
-    _small_torch_ops()
     model = model or DEFAULT_QUANT_CKPT
+    for path, what in ((trace, "--trace"), (logits_out, "--logits")):
+        if path is not None:
+            outputs.check_file(path, inputs=[model, seq], what=what, suffix=".npz")
+    if trace is not None and logits_out is not None and Path(trace).resolve() == Path(logits_out).resolve():
+        raise IntssmError("--trace and --logits must be different files")
+    if trace_index < 0:
+        raise IntssmError(f"--trace-index must be >= 0, got {trace_index}")
+    _small_torch_ops()
     if verify == "all":
         n_verify = None
     else:
@@ -533,6 +549,8 @@ def simulate(
     P = im.input_codes(ds)
     im.check_data(ds)
     n = len(ds)
+    if trace is not None and trace_index >= n:
+        raise IntssmError(f"--trace-index {trace_index} is beyond the {n} sequences of {ds.name}")
     sim(im.arrays, P[:1], im.mean_pool, len(im.counters), lengths=ds.lengths[:1])  # compile / load the JIT cache outside the timing
     with progress_bar("simulate", n, enabled=not as_json) as adv:
         logits, cnts, secs = integer.run(im, P, progress=adv, lengths=ds.lengths)
@@ -550,9 +568,17 @@ def simulate(
            "steps_per_s": steps / secs, "sequences_per_s": n / secs, "sim_seconds": secs,
            "model": str(model), "source": im.source, "seq": seq, "split": split}
     if trace:
-        _, _, (tr, ti) = sim(im.arrays, P[:1], im.mean_pool, len(im.counters), trace=True, lengths=ds.lengths[:1])
-        np.savez_compressed(trace, x_re=tr, x_im=ti)
+        j = slice(trace_index, trace_index + 1)
+        lg1, c1, (tr, ti) = sim(im.arrays, P[j], im.mean_pool, len(im.counters), trace=True, lengths=ds.lengths[j])
+        L1 = int(ds.lengths[trace_index])
+        with outputs.atomic(trace) as tmp:
+            np.savez_compressed(tmp, x_re=tr[:L1], x_im=ti[:L1], logits=lg1[0], counters=c1[0], index=np.int64(trace_index))
         res["trace"] = str(trace)
+    if logits_out:
+        with outputs.atomic(logits_out) as tmp:
+            np.savez_compressed(tmp, logits=logits, pred=pred, labels=ds.y.astype(np.int64), lengths=ds.lengths.astype(np.int64),
+                                counters=cnts, counter_names=np.array(im.counters))
+        res["logits"] = str(logits_out)
     sat_txt = ", ".join(f"{k} {v}" for k, v in sats.items() if v) or "none"
     human = (f"{im.source}\n{ds.name}: integer accuracy {acc:.4f} ({int((pred == ds.y).sum())}/{n})\n"
              f"verified against Torch quantized model: {exact}/{nv} sequences with identical integer logits\n"
@@ -605,8 +631,10 @@ def profile(
 
     if limit < 0:
         raise IntssmError(f"--limit must be >= 0, got {limit}")
-    _small_torch_ops()
     src = model or DEFAULT_QUANT_CKPT
+    if plot is not None:
+        outputs.check_file(plot, inputs=[src, seq], what="--plot", suffix=".png")
+    _small_torch_ops()
     cfg, qcfg, L, name = integer.describe(src)
     prof = cost.profile(cfg, qcfg, L)
     parts = {k: dict(sorted(v.items())) for k, v in cost.step_parts(cfg, qcfg, L).items()}
@@ -678,7 +706,8 @@ def _plot_profile(parts: dict, mem: dict, path: Path):
     a2.set_title(f"memory: {mem['bytes']} B (float32 {mem['fp32_bytes']} B)")
     a2.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with outputs.atomic(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

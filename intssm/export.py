@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__, layout
 from .errors import IntssmError
+from .outputs import atomic
 from .modelconfig import ModelConfig
 from .qspec import DATAPATH_VERSION, QuantConfig
 
@@ -89,8 +90,7 @@ def save(path, qm) -> dict:
     man = manifest_of(qm)
     out = {k: v.astype(_storage_dtype(v)) for k, v in arrays.items()}
     out["manifest"] = np.frombuffer(json.dumps(man).encode(), dtype=np.uint8)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    with atomic(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **out)
     return man
 

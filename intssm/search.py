@@ -17,6 +17,7 @@ import json
 from functools import lru_cache
 
 from .errors import IntssmError
+from .outputs import atomic, write_text
 from .qspec import QuantConfig
 
 LADDER = (16, 14, 12, 10, 8, 7, 6, 5, 4, 3, 2)
@@ -171,17 +172,15 @@ def plot(points: list[dict], trace: list[dict], floor: float, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic(path, quiet=True) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
 def write(out, points, trace, chosen):
     """points.jsonl, front.json, trace.json and best.json (a config ``intssm ptq --config`` accepts) in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "points.jsonl", "w") as f:
-        for p in points:
-            f.write(json.dumps(p) + "\n")
-    (out / "front.json").write_text(json.dumps([{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)], indent=1))
-    (out / "trace.json").write_text(json.dumps([{k: p.get(k) for k in ("move", "signature", "bytes", "accuracy")} for p in trace], indent=1))
+    write_text(out / "points.jsonl", "".join(json.dumps(p) + "\n" for p in points), quiet=True)
+    write_text(out / "front.json", json.dumps([{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)], indent=1), quiet=True)
+    write_text(out / "trace.json", json.dumps([{k: p.get(k) for k in ("move", "signature", "bytes", "accuracy")} for p in trace], indent=1), quiet=True)
     if chosen is not None:
-        (out / "best.json").write_text(json.dumps(chosen, indent=1))
+        write_text(out / "best.json", json.dumps(chosen, indent=1), quiet=True)

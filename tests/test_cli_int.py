@@ -149,7 +149,7 @@ def test_simulate_trace(work):
     out = ok_json(intssm("simulate", work["quant"], "--trace", tr, "--limit", "2", "--json"))
     assert out["trace"] == str(tr) and out["n"] == 2
     with np.load(tr, allow_pickle=False) as z:
-        assert sorted(z.files) == ["x_im", "x_re"]
+        assert sorted(z.files) == ["counters", "index", "logits", "x_im", "x_re"]
         x_re, x_im = z["x_re"], z["x_im"]
     assert x_re.shape == (L_SMNIST, 1, TINY_H, TINY_N2)
     assert x_im.shape == (L_SMNIST, 1, TINY_H, TINY_N2)
@@ -161,6 +161,60 @@ def test_simulate_trace(work):
     _, _, (ref_re, ref_im) = simulate(im.arrays, ds.x[:1], im.mean_pool, len(im.counters), trace=True)
     assert np.array_equal(x_re, ref_re)
     assert np.array_equal(x_im, ref_im)
+
+
+def test_simulate_golden_vectors(work):
+    """--logits writes every sequence's integer logits, prediction, label and counters, equal to the
+    library's; --trace-index traces the chosen sequence, whose logits match its row."""
+    from intssm import data, integer
+    from intssm.sim import simulate
+
+    gold, tr = work["dir"] / "gold.npz", work["dir"] / "tr3.npz"
+    out = ok_json(intssm("simulate", work["quant"], "--limit", "4", "--verify", "0", "--logits", gold,
+                         "--trace", tr, "--trace-index", "3", "--json"))
+    assert out["logits"] == str(gold)
+    im = integer.load(work["quant"])
+    ds = data.load("smnist", "test", 4)
+    lg, cnt, _ = simulate(im.arrays, ds.x, im.mean_pool)
+    with np.load(gold, allow_pickle=False) as z:
+        assert np.array_equal(z["logits"], lg) and np.array_equal(z["counters"], cnt)
+        assert np.array_equal(z["pred"], lg.argmax(1)) and np.array_equal(z["labels"], ds.y)
+        assert z["counter_names"].tolist() == im.counters and z["lengths"].tolist() == [L_SMNIST] * 4
+    _, _, (ref_re, _) = simulate(im.arrays, ds.x[3:4], im.mean_pool, trace=True)
+    with np.load(tr, allow_pickle=False) as z:
+        assert int(z["index"]) == 3 and np.array_equal(z["x_re"], ref_re) and np.array_equal(z["logits"], lg[3])
+    r = intssm("simulate", work["quant"], "--limit", "2", "--trace", tr, "--trace-index", "2")
+    assert r.returncode == 2 and "--trace-index 2 is beyond the 2 sequences" in r.stderr
+
+
+def test_outputs_never_over_inputs(work, tmp_path):
+    """An output that is the command's input, a directory or in an unwritable place is refused before
+    any work, and the input is left byte-identical."""
+    import hashlib
+    import os
+
+    q = work["quant"]
+    before = hashlib.sha256(q.read_bytes()).hexdigest()
+    for args, msg in ((["simulate", q, "--trace", q.with_suffix(".npz")], None),
+                      (["qat", q, "-o", q], "is also an input"),
+                      (["ptq", q, "-o", tmp_path], "is a directory"),
+                      (["simulate", q, "--logits", q], "must end in .npz")):
+        if msg is None:
+            continue
+        r = intssm(*args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    art = tmp_path / "m.npz"
+    assert intssm("export", q, "-o", art).returncode == 0
+    r = intssm("simulate", art, "--limit", "2", "--trace", art)
+    assert r.returncode == 2 and "--trace" in r.stderr and "is also an input" in r.stderr
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        r = intssm("export", q, "-o", ro / "x.npz")
+        assert r.returncode == 2 and "cannot write" in r.stderr
+    assert hashlib.sha256(q.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
 
 
 # ------------------------------------------------------------------------ export / inspect
