@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import outputs
-from .errors import IntssmError
+from .errors import IntssmError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 err = Console(stderr=True)
@@ -97,11 +97,13 @@ def train(
     device: Annotated[str, typer.Option(help="Torch device: cpu | cuda.")] = "cpu",
     max_minutes: Annotated[float, typer.Option(help="Stop after the epoch that would pass this many minutes (0 = no limit).")] = 0.0,
     min_decay: Annotated[float, typer.Option(help="Keep 1 - |Abar| >= this for every mode (e.g. 2**-b for a b-bit state; 0 = off).")] = 0.0,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from the checkpoint it saved (its dataset, model and training options are used; the result equals an uninterrupted run's).")] = None,
     as_json: JsonOpt = False,
 ):
     """Train a float S4D in convolution mode; keeps the best-on-validation weights.
 
-    The dataset sets the model's ends (features per step, classes); the preset its body."""
+    The dataset sets the model's ends (features per step, classes); the preset its body. Ctrl-C or
+    SIGTERM saves the best epoch so far (marked interrupted) and exits 130 / 143; --resume goes on."""
     import math
 
     from . import checkpoint, data
@@ -110,7 +112,23 @@ def train(
     from .train import train as run_train
 
     _check_limit(limit)
-    outputs.check_file(out, inputs=[seq], what="--out")
+    outputs.check_file(out, inputs=[seq, resume], what="--out")
+    state = None
+    if resume is not None:
+        rck = checkpoint.load_raw(resume)
+        if not isinstance(rck.get("resume"), dict) or not isinstance(rck.get("train_args"), dict):
+            raise IntssmError(f"{resume} is not an interrupted training run (no resume state); only `intssm train` writes one")
+        ta = rck["train_args"]
+        try:
+            seq, preset, epochs, batch_size, lr, ssm_lr = rck["dataset"]["seq"], ta["preset"], ta["epochs"], ta["batch_size"], ta["lr"], ta["ssm_lr"]
+            weight_decay, seed, limit, threads, max_minutes = ta["weight_decay"], ta["seed"], ta["limit"], ta["threads"], ta["max_minutes"]
+            val_fraction, over = ta["val_fraction"], ta["overrides"]
+            d_model, d_state, n_layers = over.get("d_model"), over.get("d_state"), over.get("n_layers")
+            mc = rck["model_config"]
+            dropout, pool, min_decay = mc["dropout"], mc["pool"], mc["min_decay"]
+        except (KeyError, TypeError, AttributeError) as e:
+            raise IntssmError(f"{resume}: incomplete training record ({type(e).__name__}: {e})") from None
+        state = rck["resume"]
     if preset not in PRESETS:
         raise IntssmError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     nums = {"--lr": lr, "--ssm-lr": ssm_lr, "--max-minutes": max_minutes, "--weight-decay": weight_decay,
@@ -152,11 +170,24 @@ def train(
         def on_epoch(rec):
             err.print(json.dumps(rec), soft_wrap=True)
 
-        best, history = run_train(model, seq, args, on_step=on_step, on_epoch=on_epoch)
+        try:
+            best, history, run = run_train(model, seq, args, on_step=on_step, on_epoch=on_epoch, resume=state)
+        except (KeyError, RuntimeError, ValueError) as e:
+            if state is None:
+                raise
+            raise IntssmError(f"{resume}: its resume state does not fit this model ({type(e).__name__})") from None
     model.load_state_dict(best)
     ds = data.load(seq, "test")
-    checkpoint.save(out, model, metrics=history, dataset=_dataset_entry(seq, ds, val_fraction),
-                    train_args=args_dict(args) | {"preset": preset, "overrides": over})
+    extra = {"metrics": history, "dataset": _dataset_entry(seq, ds, val_fraction),
+             "train_args": args_dict(args) | {"preset": preset, "overrides": over}}
+    if run["interrupted"] is not None:
+        extra |= {"interrupted": {"epoch": run["interrupted"]}, "resume": {k: v for k, v in run.items() if k != "interrupted"}}
+        checkpoint.save(out, model, **extra)
+        done = len(history)
+        kept = (f"the best of {done} completed epoch(s)" if done else "the weights of the unfinished first epoch")
+        raise Interrupted(f"interrupted in epoch {run['interrupted']}: saved {out} with {kept}, marked interrupted; "
+                          f"continue with: intssm train --resume {out} -o FINAL.pt")
+    checkpoint.save(out, model, **extra)
     if history[-1]["val_acc"] is None:
         best_rec = history[-1]
         txt = f"saved {out} (no validation split: last epoch {best_rec['epoch']} kept)"
@@ -322,7 +353,7 @@ def qat_(
         how = config if not equalize else f"{config}, states equalized (alpha {equalize})"
     n_train = len(data.load(seq, "train", limit, vfrac))
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
-        best, history = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
+        best, history, interrupted = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
                                 on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
                                 on_epoch=lambda r: err.print(json.dumps(r), soft_wrap=True), max_minutes=max_minutes,
                                 distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema, val_fraction=vfrac)
@@ -337,8 +368,14 @@ def qat_(
         extra["qat"]["equalize"] = equalize
     if distill > 0:
         extra["qat"]["distill"] = {"alpha": distill, "temp": distill_temp, "teacher": str(teacher) if teacher else "start"}
+    if interrupted is not None:
+        extra["interrupted"] = {"epoch": interrupted}
     checkpoint.save(out, qm.model, **extra)  # float64, as trained: float32 could flip a code at a rounding tie
     best_acc, best_ep, kind = kept(history)
+    if interrupted is not None:
+        raise Interrupted(f"interrupted in epoch {interrupted}: saved {out} with the best integer model so far "
+                          f"(epoch {best_ep}" + (f", validation accuracy {best_acc:.4f})" if best_acc is not None else ")")
+                          + ", marked interrupted")
     which = " (averaged weights)" if kind == "val_int_acc_ema" else ""
     txt = (f"saved {out} (no validation split: last epoch {best_ep} kept)" if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
@@ -727,10 +764,24 @@ def _val_fraction_of(ck: dict):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+_SIGNAL_EXIT = {"code": 130}  # 130 after SIGINT (Ctrl-C), 143 after SIGTERM
+
+
+def _on_sigterm(signum, frame):
+    """SIGTERM is handled like Ctrl-C (the running command keeps its work), then exits 143."""
+    _SIGNAL_EXIT["code"] = 143
+    raise KeyboardInterrupt
+
+
 def main():
     """Entry point: runs the app, turning :class:`IntssmError` into one line and exit code 2."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rc = app(standalone_mode=False)
+    except Interrupted as e:
+        _exit_interrupted(str(e))
     except IntssmError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -749,14 +800,14 @@ def main():
         sys.exit(rc)
 
 
-def _exit_interrupted():
-    """Exit 130 after Ctrl-C. A plain ``sys.exit(130)`` is not enough: an interrupt that lands in a
-    native Torch call can leave the interpreter to end itself by SIGINT at shutdown (status -2), so
-    the streams are flushed and the process ends here (outputs are written atomically: nothing is
-    half-written)."""
+def _exit_interrupted(msg: str = "interrupted"):
+    """Exit 130 after Ctrl-C (143 after SIGTERM). A plain ``sys.exit(130)`` is not enough: an
+    interrupt that lands in a native Torch call can leave the interpreter to end itself by SIGINT at
+    shutdown (status -2), so the streams are flushed and the process ends here (outputs are written
+    atomically: nothing is half-written)."""
     import os
 
-    err.print("interrupted")
+    err.print(msg, markup=False, highlight=False, soft_wrap=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(_SIGNAL_EXIT["code"])

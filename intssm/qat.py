@@ -140,7 +140,9 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
           limit: int | None = None, val_limit: int | None = None, seed: int = 0, on_step=None, on_epoch=None,
           max_minutes: float = 0.0, distill: float = 0.0, temp: float = 2.0, teacher=None, ema: float = 0.0,
           val_fraction: float | None = None):
-    """QAT in place; returns (best snapshot (model state, discrete state), history).
+    """QAT in place; returns (best snapshot (model state, discrete state), history, interrupted):
+    ``interrupted`` is the epoch a KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one) stopped,
+    whose partial work is dropped, else None.
 
     After each epoch the integer simulator scores the first ``val_limit`` validation sequences
     (None: the whole validation split); the best epoch is kept. On 2,000 sMNIST sequences the
@@ -192,39 +194,43 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     if on_epoch:
         on_epoch(history[0])
     step, out_of_time = 0, False
-    for ep in range(epochs):
-        t0 = time.time()
-        perm = gen.permutation(len(tr))
-        run_loss, seen = 0.0, 0
-        for i in range(0, len(perm), batch_size):
-            idx = np.sort(perm[i : i + batch_size])
-            for g in opt.param_groups:
-                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-            loss = qat_step(qm, opt, params, Ptr[idx], tr.y[idx], teacher, distill, temp, tr.lengths[idx])
-            if avg is not None:
-                avg.update()
-            step += 1
-            run_loss += loss * len(idx)
-            seen += len(idx)
-            if on_step:
-                on_step(len(idx), run_loss / seen)
-            if max_minutes and time.time() - t_start > 60 * max_minutes:
-                out_of_time = True
+    interrupted = None
+    try:
+        for ep in range(epochs):
+            t0 = time.time()
+            perm = gen.permutation(len(tr))
+            run_loss, seen = 0.0, 0
+            for i in range(0, len(perm), batch_size):
+                idx = np.sort(perm[i : i + batch_size])
+                for g in opt.param_groups:
+                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+                loss = qat_step(qm, opt, params, Ptr[idx], tr.y[idx], teacher, distill, temp, tr.lengths[idx])
+                if avg is not None:
+                    avg.update()
+                step += 1
+                run_loss += loss * len(idx)
+                seen += len(idx)
+                if on_step:
+                    on_step(len(idx), run_loss / seen)
+                if max_minutes and time.time() - t_start > 60 * max_minutes:
+                    out_of_time = True
+                    break
+            acc = score()
+            rec = {"epoch": ep + 1, "train_loss": run_loss / seen, "val_int_acc": acc, "seconds": time.time() - t0}
+            if out_of_time:
+                rec["stopped"] = f"time budget of {max_minutes} min, after {seen} sequences of this epoch"
+            if not len(va) or acc > best_acc:  # no validation split: the last epoch
+                best_acc, best = acc, snap()
+            if avg is not None and len(va):
+                with avg.swapped_in():
+                    rec["val_int_acc_ema"] = acc_ema = score()
+                    if acc_ema > best_acc:
+                        best_acc, best = acc_ema, snap()
+            history.append(rec)
+            if on_epoch:
+                on_epoch(rec)
+            if out_of_time:
                 break
-        acc = score()
-        rec = {"epoch": ep + 1, "train_loss": run_loss / seen, "val_int_acc": acc, "seconds": time.time() - t0}
-        if out_of_time:
-            rec["stopped"] = f"time budget of {max_minutes} min, after {seen} sequences of this epoch"
-        if not len(va) or acc > best_acc:  # no validation split: the last epoch
-            best_acc, best = acc, snap()
-        if avg is not None and len(va):
-            with avg.swapped_in():
-                rec["val_int_acc_ema"] = acc_ema = score()
-                if acc_ema > best_acc:
-                    best_acc, best = acc_ema, snap()
-        history.append(rec)
-        if on_epoch:
-            on_epoch(rec)
-        if out_of_time:
-            break
-    return best, history
+    except KeyboardInterrupt:
+        interrupted = len(history)
+    return best, history, interrupted

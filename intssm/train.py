@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -65,8 +66,18 @@ def evaluate(model: S4DModel, x: np.ndarray, y: np.ndarray, mode: str = "conv", 
     return correct / len(y), loss_sum / len(y)
 
 
-def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=None):
-    """Train ``model`` in place; returns (best state_dict, history list of per-epoch dicts)."""
+def _copy(sd: dict) -> dict:
+    return {k: v.detach().clone() for k, v in sd.items()}
+
+
+def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=None, resume: dict | None = None):
+    """Train ``model`` in place; returns (best state_dict, history list of per-epoch dicts, run state).
+
+    The run state holds what continuing needs at the last completed epoch (weights, optimizer,
+    random generators, step, history): ``train(..., resume=state)`` picks up there and gives the
+    weights an uninterrupted run gives. A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by
+    the caller) abandons the current epoch and returns what the completed epochs produced, with
+    ``state["interrupted"]`` set to the epoch it stopped in."""
     set_determinism(args.seed, args.threads)
     dev = torch.device(args.device)
     model.to(dev)
@@ -82,57 +93,78 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
     warm = int(args.warmup_epochs * steps_per_epoch)
     base_lrs = [g["lr"] for g in opt.param_groups]
     gen = np.random.default_rng(args.seed)
-    best, best_acc, history, step = None, -1.0, [], 0
-    for epoch in range(args.epochs):
-        model.train()
-        t0 = time.time()
-        perm = gen.permutation(len(ytr))
-        run_loss, run_correct, seen = 0.0, 0, 0
-        for i in range(0, len(perm), args.batch_size):
-            idx = np.sort(perm[i : i + args.batch_size])
-            u, t = torch.from_numpy(xtr[idx]).to(dev), torch.from_numpy(ytr[idx]).to(dev)
-            lens = torch.from_numpy(ltr[idx]).to(dev)
-            f = (step + 1) / max(1, warm) if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-            for g, lr0 in zip(opt.param_groups, base_lrs):
-                g["lr"] = lr0 * f
-            logits = model(u, lengths=lens)
-            loss = F.cross_entropy(logits, t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            model.project()
-            step += 1
-            run_loss += loss.item() * len(t)
-            run_correct += (logits.argmax(-1) == t).sum().item()
-            seen += len(t)
-            if on_step:
-                on_step(epoch, len(t), run_loss / seen, run_correct / seen)
-        val_acc, val_loss = evaluate(model, xva, yva, lengths=va.lengths)
-        rec = {
-            "epoch": epoch + 1,
-            "train_loss": run_loss / seen,
-            "train_acc": run_correct / seen,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "seconds": time.time() - t0,
-        }
-        history.append(rec)
-        if len(yva) == 0:  # no validation split (val_fraction 0): the last epoch is kept
-            rec["val_acc"] = rec["val_loss"] = None
-            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif val_acc > best_acc:
-            best_acc = val_acc
-            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        stop = args.max_minutes and time.time() - t_start + rec["seconds"] > 60 * args.max_minutes and epoch + 1 < args.epochs
-        if stop:
-            rec["stopped"] = f"time budget of {args.max_minutes} min"
-        if on_epoch:
-            on_epoch(rec)
-        if stop:
-            break
+    best, best_acc, history, step, first = None, -1.0, [], 0, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        gen.bit_generator.state = resume["numpy_rng"]
+        torch.set_rng_state(resume["torch_rng"])
+        best, best_acc, history, step = _copy(resume["best"]), resume["best_acc"], list(resume["history"]), resume["step"]
+        first = len(history)
+
+    def run_state(interrupted=None):
+        return {"model": _copy(model.state_dict()), "optimizer": copy.deepcopy(opt.state_dict()), "numpy_rng": gen.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "best": best, "best_acc": best_acc, "history": list(history),
+                "step": step, "interrupted": interrupted}
+
+    state = run_state()
+    try:
+        for epoch in range(first, args.epochs):
+            ep = _epoch(model, opt, gen, args, epoch, step, total, warm, base_lrs, xtr, ytr, ltr, dev, on_step)
+            step = ep["step"]
+            val_acc, val_loss = evaluate(model, xva, yva, lengths=va.lengths)
+            rec = {"epoch": epoch + 1, "train_loss": ep["loss"], "train_acc": ep["acc"], "val_loss": val_loss,
+                   "val_acc": val_acc, "seconds": ep["seconds"]}
+            history.append(rec)
+            if len(yva) == 0:  # no validation split (val_fraction 0): the last epoch is kept
+                rec["val_acc"] = rec["val_loss"] = None
+                best = _copy(model.state_dict())
+            elif val_acc > best_acc:
+                best_acc = val_acc
+                best = _copy(model.state_dict())
+            state = run_state()
+            stop = args.max_minutes and time.time() - t_start + rec["seconds"] > 60 * args.max_minutes and epoch + 1 < args.epochs
+            if stop:
+                rec["stopped"] = f"time budget of {args.max_minutes} min"
+            if on_epoch:
+                on_epoch(rec)
+            if stop:
+                break
+    except KeyboardInterrupt:
+        state["interrupted"] = len(history) + 1
+        if best is None:  # stopped in the first epoch: nothing validated, keep the weights as they were
+            best = state["model"]
     model.to("cpu")
     best = {k: v.cpu() for k, v in best.items()}
-    return best, history
+    return best, history, state
+
+
+def _epoch(model, opt, gen, args, epoch, step, total, warm, base_lrs, xtr, ytr, ltr, dev, on_step) -> dict:
+    """One pass over the training set; returns step, loss, accuracy and seconds."""
+    model.train()
+    t0 = time.time()
+    perm = gen.permutation(len(ytr))
+    run_loss, run_correct, seen = 0.0, 0, 0
+    for i in range(0, len(perm), args.batch_size):
+        idx = np.sort(perm[i : i + args.batch_size])
+        u, t = torch.from_numpy(xtr[idx]).to(dev), torch.from_numpy(ytr[idx]).to(dev)
+        lens = torch.from_numpy(ltr[idx]).to(dev)
+        f = (step + 1) / max(1, warm) if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        for g, lr0 in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr0 * f
+        logits = model(u, lengths=lens)
+        loss = F.cross_entropy(logits, t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.project()
+        step += 1
+        run_loss += loss.item() * len(t)
+        run_correct += (logits.argmax(-1) == t).sum().item()
+        seen += len(t)
+        if on_step:
+            on_step(epoch, len(t), run_loss / seen, run_correct / seen)
+    return {"step": step, "loss": run_loss / seen, "acc": run_correct / seen, "seconds": time.time() - t0}
 
 
 def args_dict(args: TrainArgs) -> dict:

@@ -199,7 +199,7 @@ def test_short_training_lowers_the_loss(restore_torch_globals):
     va = data.load("smnist", "val", limit=512)
     acc0, loss0 = evaluate(model, va.as_float(), va.y)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    best, history = train(model, "smnist", TrainArgs(epochs=3, limit=512, batch_size=64, threads=1))
+    best, history, _ = train(model, "smnist", TrainArgs(epochs=3, limit=512, batch_size=64, threads=1))
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     _, loss1 = evaluate(model, va.as_float(), va.y)

@@ -369,7 +369,7 @@ def test_c_equals_simulator_on_real_sequences(ds_path, cfg_name):
     cfg = ModelConfig(d_input=info.d_input, d_output=info.n_classes, d_model=8, d_state=16,
                       pool="last" if info.varlen else "mean")
     m = S4DModel(cfg, seed=0)
-    best, _ = train(m, str(ds_path), TrainArgs(epochs=1, batch_size=16, val_fraction=0.0))
+    best, _, _ = train(m, str(ds_path), TrainArgs(epochs=1, batch_size=16, val_fraction=0.0))
     m.load_state_dict(best)
     qm, _ = ptq_dataset(m.double(), PRESETS[cfg_name], data.load(str(ds_path), "train"))
     te = data.load(str(ds_path), "test")

@@ -89,7 +89,7 @@ def test_time_budget_stops_qat_after_a_partial_epoch():
     from intssm.qat import train
 
     qm, _ = _qm()
-    best, hist = train(qm, "smnist", "frozen", epochs=3, batch_size=8, limit=64, val_limit=16, max_minutes=1e-6)
+    best, hist, _ = train(qm, "smnist", "frozen", epochs=3, batch_size=8, limit=64, val_limit=16, max_minutes=1e-6)
     assert len(hist) == 2  # epoch 0 (before training) and the stopped epoch
     assert "time budget" in hist[1]["stopped"]
     assert 0.0 <= hist[1]["val_int_acc"] <= 1.0
@@ -204,7 +204,7 @@ def test_ema_qat_scores_both_and_keeps_the_reported_snapshot():
     from intssm.qat import int_accuracy, kept, restore, train
 
     qm, _ = _qm(seed=2)
-    best, hist = train(qm, "smnist", "discrete", epochs=2, batch_size=8, limit=48, val_limit=64, lr=3e-3, ema=0.9)
+    best, hist, _ = train(qm, "smnist", "discrete", epochs=2, batch_size=8, limit=48, val_limit=64, lr=3e-3, ema=0.9)
     assert all("val_int_acc_ema" in r for r in hist[1:])
     acc, ep, key = kept(hist)
     restore(qm, best)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
+from intssm.outputs import atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,7 +86,8 @@ def scaling(im, X, png):
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    with atomic(png) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return {"length": length, "batch": batch}
 

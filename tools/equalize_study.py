@@ -20,6 +20,7 @@ import argparse
 import csv
 import sys
 from pathlib import Path
+from intssm.outputs import atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,7 +64,7 @@ def main():
                 rows.append({"config": Path(c).stem, "alpha": alpha, "accuracy": int_accuracy(qm, va.x, va.y)})
                 adv(1, info=f"{Path(c).stem} alpha {alpha}")
     out = Path(a.out)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
+    with atomic(out.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["config", "alpha", "accuracy"])
         w.writeheader()
         w.writerows(rows)
@@ -86,7 +87,8 @@ def main():
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    with atomic(out.with_suffix(".png")) as tmp:
+        fig.savefig(tmp, dpi=120)
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
 
 

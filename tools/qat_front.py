@@ -14,6 +14,7 @@ import argparse
 import csv
 import sys
 from pathlib import Path
+from intssm.outputs import atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -56,8 +57,7 @@ def main():
         r = rows[-1]
         print(f"{name:34s} {100 * r['test_accuracy']:6.2f}%  {r['bytes']:6d} B ({r['reduction']:.2f}x)  "
               f"weights and biases {r['weights_bytes']:5d} B ({r['weights_reduction']:.2f}x)")
-    a.csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(a.csv, "w", newline="") as f:
+    with atomic(a.csv) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -91,8 +91,8 @@ def main():
     axes[0].set_ylabel("integer test accuracy (%)")
     fig.suptitle("paper-small on sMNIST: shipped quantized models (integer simulator, 10,000 test sequences)")
     fig.tight_layout()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(a.out, dpi=120)
+    with atomic(a.out) as tmp:
+        fig.savefig(tmp, dpi=120)
     print(f"wrote {a.csv} and {a.out}")
 
 

@@ -33,6 +33,7 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
+from intssm.outputs import atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -121,7 +122,7 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
         return row | {"accuracy": "", "ptq_accuracy": f"refused: {e}"}
     row["ptq_accuracy"] = test_acc(qm)
     t0 = time.time()
-    best, hist = train(qm, "smnist", param, epochs, 64, 1e-3, qat_limit, val_limit, seed, max_minutes=minutes)
+    best, hist, _ = train(qm, "smnist", param, epochs, 64, 1e-3, qat_limit, val_limit, seed, max_minutes=minutes)
     restore(qm, best)
     return row | {"accuracy": test_acc(qm), "best_val_int_acc": kept(hist)[0],
                   "epochs_run": len(hist) - 1, "train_sequences": qat_limit or 50000, "seconds": round(time.time() - t0, 1)}
@@ -167,7 +168,8 @@ def _finish(fig, ax, path, xlabel, title, ylabel="integer test accuracy (%)"):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
