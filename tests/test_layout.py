@@ -118,3 +118,29 @@ def test_integer_side_imports_no_torch():
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_spec_artifact_table_matches_layout():
+    """docs/datapath.md's Artifact table lists every array of intssm.layout, in order, with its shape and role."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "datapath.md").read_text()
+    block = doc.split("<!-- artifact-table")[1].split("<!-- /artifact-table -->")[0]
+    rows = [ln for ln in block.splitlines() if ln.startswith("| `")]
+    got = [tuple(c.strip().strip("`") for c in ln.strip("|").split("|"))[:3] for ln in rows]
+    want = [(r["name"], r["shape"], r["role"]) for r in layout.describe()]
+    assert got == want
+    assert re.search(r"`qrange` rows are `" + ", ".join(layout.QRANGE_ROWS) + "`", doc)
+
+
+def test_spec_manifest_fields_match_export():
+    """Every manifest field the exporter writes is named in the Artifact section."""
+    from pathlib import Path
+
+    from intssm.export import manifest_of
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "datapath.md").read_text()
+    section = doc.split("The manifest's fields:")[1].split("A reader refuses")[0]
+    for k in manifest_of(_qm()):
+        assert f"`{k}`" in section, k
