@@ -62,6 +62,14 @@ def load_raw(path) -> dict:
     for key in ("model_config", "state_dict"):
         if not isinstance(ck.get(key), dict):
             raise IntssmError(f"{p}: checkpoint lacks {key!r} (or it is not a dictionary)")
+    for key in ("dataset", "qspec", "train_args", "input_quant", "interrupted", "resume"):  # optional entries
+        if key in ck and not isinstance(ck[key], dict) and not (key == "input_quant" and ck[key] is None):
+            raise IntssmError(f"{p}: checkpoint entry {key!r} must be a dictionary, got {type(ck[key]).__name__}")
+    ds = ck.get("dataset")
+    if ds is not None and not isinstance(ds.get("seq", ""), str):
+        raise IntssmError(f"{p}: checkpoint entry 'dataset' must name its dataset as a string")
+    if "qspec" in ck and not isinstance(ck["qspec"].get("quant_config"), dict):
+        raise IntssmError(f"{p}: checkpoint entry 'qspec' lacks its quant_config")
     return ck
 
 

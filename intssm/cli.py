@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import outputs
+from .data import DATA_DIR
 from .errors import IntssmError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -30,7 +31,7 @@ ValFracOpt = Annotated[Optional[float], typer.Option(help="Validation share of t
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N sequences.")]
 EqualizeOpt = Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")]
 
-CKPT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+CKPT_DIR = DATA_DIR / "checkpoints"
 DEFAULT_FLOAT_CKPT = CKPT_DIR / "paper-small-fp32.pt"
 DEFAULT_QUANT_CKPT = CKPT_DIR / "paper-small-hetero.pt"  # the best heterogeneous QAT model
 
@@ -68,6 +69,16 @@ def _small_torch_ops():
 
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
+
+
+@contextmanager
+def _kernels_status(enabled: bool):
+    """A spinner while the Numba kernels load: compiled on first use (about a minute), then cached."""
+    if not enabled:
+        yield
+        return
+    with err.status("loading the simulator's kernels (compiled once on first use, about a minute; cached after)"):
+        yield
 
 
 def _check_limit(limit):
@@ -218,17 +229,19 @@ def eval_(
     _check_input_dim(model.cfg.d_input, ds)
     ds.check_labels(model.cfg.d_output)
     x = ds.as_float()
+    scored = "float model"
     if "qspec" in ck:  # the float weights of a quantized checkpoint, on the inputs they read
         from .qmodel import from_checkpoint
 
         qm = from_checkpoint(model, ck)
         x = qm.input_codes(ds.x, ds.lengths).astype(np.float32) / np.float32(255.0)
         err.print(f"{ckpt} is quantized: scoring its float weights (intssm simulate scores the integer model)")
+        scored = "float weights of a quantized checkpoint (not the integer model)"
     t0 = time.time()
     with progress_bar(f"eval {mode}", len(ds), enabled=not as_json) as adv:
         acc, loss = evaluate(model, x, ds.y, mode=mode, progress=adv, lengths=ds.lengths)
     dt = time.time() - t0
-    _emit({"accuracy": acc, "loss": loss, "n": len(ds), "mode": mode, "seq": seq, "split": split,
+    _emit({"accuracy": acc, "loss": loss, "n": len(ds), "mode": mode, "seq": seq, "split": split, "scored": scored,
            "seconds": dt, "sequences_per_s": len(ds) / dt}, as_json,
           f"{ds.name} {mode}: accuracy {acc:.4f} ({round(acc * len(ds))}/{len(ds)}), loss {loss:.4f}, {dt:.1f} s")
 
@@ -274,7 +287,8 @@ def ptq_(
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
     seq = seq or ck.get("dataset", {}).get("seq", "smnist")
     cal = data.load(seq, "train", calib, _val_fraction_of(ck))
-    qm, ranges = ptq_dataset(model, qcfg, cal, equalize)
+    with err.status(f"calibrating {config} on {len(cal)} sequences of {seq}" + (" (with state equalization)" if equalize else "")):
+        qm, ranges = ptq_dataset(model, qcfg, cal, equalize)
     extra = checkpoint.extras(ck)
     extra["qspec"] = qspec_entry(qm, ranges)
     extra["ptq"] = {"config": config, "calib": calib, "seq": seq, "equalize": equalize}
@@ -409,7 +423,7 @@ def search(
     from .executor import get_executor
     from .qmodel import ptq_dataset
     from .qspec import get_config, ranges_to_json
-    from .search import GROUPS, greedy, pareto, plot, score, write
+    from .search import GROUPS, SearchInterrupted, greedy, pareto, plot, score, write
 
     if not 0 < min_accuracy <= 1:
         raise IntssmError(f"--min-accuracy must be in (0, 1], got {min_accuracy}")
@@ -447,9 +461,15 @@ def search(
         checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), input_quant=qm0.iq.to_dict())
     t0 = time.time()
     with get_executor(executor, workers, ray_address) as ex:
-        chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs, qat_lr=qat_lr,
-                                       val_fraction=vfrac,
-                                       on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
+        try:
+            chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs, qat_lr=qat_lr,
+                                           val_fraction=vfrac,
+                                           on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
+        except SearchInterrupted as e:
+            chosen, points, trace = e.result
+            write(out, points, trace, chosen)
+            kept = f"best.json holds the last accepted configuration ({trace[-1]['bytes']:.0f} B)" if chosen else "no configuration met the floor yet"
+            raise Interrupted(f"interrupted: {len(points)} scored configurations written to {out}; {kept}") from None
         res = {"floor": min_accuracy, "start": start, "equalize": equalize, "scored": len(points), "seconds": round(time.time() - t0, 1),
                "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
         if chosen is None:
@@ -588,7 +608,8 @@ def simulate(
     n = len(ds)
     if trace is not None and trace_index >= n:
         raise IntssmError(f"--trace-index {trace_index} is beyond the {n} sequences of {ds.name}")
-    sim(im.arrays, P[:1], im.mean_pool, len(im.counters), lengths=ds.lengths[:1])  # compile / load the JIT cache outside the timing
+    with _kernels_status(not as_json):  # compile (first run) / load the JIT cache outside the timing
+        sim(im.arrays, P[:1], im.mean_pool, len(im.counters), lengths=ds.lengths[:1])
     with progress_bar("simulate", n, enabled=not as_json) as adv:
         logits, cnts, secs = integer.run(im, P, progress=adv, lengths=ds.lengths)
     pred = logits.argmax(1)
@@ -617,8 +638,10 @@ def simulate(
                                 counters=cnts, counter_names=np.array(im.counters))
         res["logits"] = str(logits_out)
     sat_txt = ", ".join(f"{k} {v}" for k, v in sats.items() if v) or "none"
+    verified = (f"verified against Torch quantized model: {exact}/{nv} sequences with identical integer logits" if im.qm is not None
+                else "not verified: an .npz artifact holds integers only, no Torch model to compare with")
     human = (f"{im.source}\n{ds.name}: integer accuracy {acc:.4f} ({int((pred == ds.y).sum())}/{n})\n"
-             f"verified against Torch quantized model: {exact}/{nv} sequences with identical integer logits\n"
+             f"{verified}\n"
              f"saturations: {sat_txt}\n"
              f"speed: {steps / secs:,.0f} steps/s, {n / secs:,.0f} sequences/s ({secs:.2f} s in the simulator)")
     if nv and exact != nv:
@@ -664,7 +687,7 @@ def profile(
     as_json: JsonOpt = False,
 ):
     """Exact integer work of one recurrent step (by kind and width), traffic, energy vs float32, saturation rates."""
-    from . import cost, data, integer
+    from . import cost, data, integer, layout
 
     if limit < 0:
         raise IntssmError(f"--limit must be >= 0, got {limit}")
@@ -682,16 +705,13 @@ def profile(
         im = integer.load(src)
         ds = data.load(seq, "test", limit)
         im.check_data(ds)
-        _, cnts, _ = integer.run(im, im.input_codes(ds), lengths=ds.lengths)
-        H, N2, C = cfg.d_model, cfg.d_state // 2, cfg.d_output
-        steps = int(ds.lengths.sum())
-        per_step = {"h0": H, "x_re": H * N2, "x_im": H * N2, "y": H, "glu": 2 * H, "h": H}
-        rates = {}
-        for name_c, c in zip(im.counters, cnts.sum(0)):
-            kind = name_c.split(".")[-1]
-            events = per_step[kind] * steps if kind in per_step else {"pool": H, "logits": C}[kind] * len(ds)
-            rates[name_c] = {"saturations": int(c), "events": events, "rate": int(c) / events}
-        prof["saturation_rates"] = rates
+        with _kernels_status(not as_json):
+            integer.run(im, im.input_codes(ds)[:1], lengths=ds.lengths[:1])
+        with progress_bar("saturation rates", len(ds), enabled=not as_json) as adv:
+            _, cnts, _ = integer.run(im, im.input_codes(ds), progress=adv, lengths=ds.lengths)
+        events = layout.counter_events(cfg, int(ds.lengths.sum()), len(ds))
+        prof["saturation_rates"] = {n: {"saturations": int(c), "events": events[n], "rate": int(c) / events[n]}
+                                    for n, c in zip(im.counters, cnts.sum(0))}
     if plot:
         _plot_profile(parts, mem, plot)
         prof["plot"] = str(plot)

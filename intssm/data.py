@@ -24,7 +24,16 @@ import numpy as np
 
 from .errors import IntssmError
 
-DATA_DIR = Path(os.environ.get("INTSSM_DATA", Path(__file__).resolve().parent.parent / "data"))
+def _data_dir() -> Path:
+    """The shipped data: ``$INTSSM_DATA`` if set, else the copy installed with the package
+    (``intssm/_data``, a non-editable install), else the checkout's ``data/``."""
+    if os.environ.get("INTSSM_DATA"):
+        return Path(os.environ["INTSSM_DATA"])
+    installed = Path(__file__).resolve().parent / "_data"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "data"
+
+
+DATA_DIR = _data_dir()
 MNIST_DIR = DATA_DIR / "mnist"
 
 #: SHA-256 of the official gzip files (see data/mnist/SOURCES.md).
@@ -253,7 +262,8 @@ def resolve(seq: str) -> str:
     record it) resolves there."""
     if seq in SEQS or os.path.exists(seq) or os.path.isabs(seq):
         return seq
-    alt = DATA_DIR.parent / seq
+    parts = Path(seq).parts
+    alt = DATA_DIR.joinpath(*parts[1:]) if parts and parts[0] == "data" else DATA_DIR / seq
     return str(alt) if alt.exists() else seq
 
 

@@ -44,6 +44,17 @@ def counter_names(n_layers: int) -> list[str]:
     return names + ["pool", "logits"]
 
 
+def counter_events(cfg, steps: int, sequences: int) -> dict:
+    """How many elements each counter's site produced over ``steps`` time steps of ``sequences``
+    sequences: the denominator of a saturation rate (a counter counts clamped elements)."""
+    H, N2 = cfg.d_model, cfg.d_state // 2
+    per_step = {"x_re": H * N2, "x_im": H * N2, "y": H, "glu": 2 * H, "h": H}
+    out = {"h0": H * steps}
+    for i in range(cfg.n_layers):
+        out |= {f"l{i}.{k}": per_step[k] * steps for k in LAYER_COUNTERS}
+    return out | {"pool": H * sequences, "logits": cfg.d_output * sequences}
+
+
 def n_counters(n_layers: int) -> int:
     return head_base(n_layers) + 2
 

@@ -111,10 +111,20 @@ def pareto(points: list[dict]) -> list[dict]:
     return front
 
 
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM during :func:`greedy`: carries (chosen config or None, points, trace) so far."""
+
+    def __init__(self, chosen, points, trace):
+        super().__init__("search interrupted")
+        self.result = (chosen, points, trace)
+
+
 def greedy(ckpt: str, seq: str, start: QuantConfig, ranges: dict, floor: float, executor, val_limit: int = 2000,
            qat_steps: int = 0, groups=tuple(GROUPS), max_rounds: int = 60, on_round=None, qat_lr: float = QAT_LR,
            val_fraction: float | None = None):
-    """Greedy search from ``start``; returns (chosen config dict or None, all scored points, trace)."""
+    """Greedy search from ``start``; returns (chosen config dict or None, all scored points, trace).
+    An interrupt raises :class:`SearchInterrupted` with the same three as they stood: the last
+    accepted configuration (it met the floor), every point scored so far, the path."""
     common = dict(ckpt=ckpt, seq=seq, ranges=ranges, val_limit=val_limit, qat_steps=qat_steps, qat_lr=qat_lr,
                   val_fraction=val_fraction)
     seen: dict[str, dict] = {}
@@ -130,10 +140,21 @@ def greedy(ckpt: str, seq: str, start: QuantConfig, ranges: dict, floor: float, 
             points.append(r)
         return {k: seen[signature(q)] for k, q in cands.items()}
 
+    run.points = points
+
+    trace: list[dict] = []
+    try:
+        return _greedy(run, start, floor, groups, max_rounds, on_round, trace)
+    except KeyboardInterrupt:
+        ok = trace and trace[-1]["accuracy"] is not None and trace[-1]["accuracy"] >= floor
+        raise SearchInterrupted(trace[-1]["config"] if ok else None, points, trace) from None
+
+
+def _greedy(run, start, floor, groups, max_rounds, on_round, trace):
     cur = run({"start": start})["start"]
-    trace = [cur]
+    trace.append(cur)
     if cur["accuracy"] is None or cur["accuracy"] < floor:
-        return None, points, trace
+        return None, run.points, trace
     q = start
     for _ in range(max_rounds):
         cands = {g: c for g in groups if (c := lower(q, g)) is not None}
@@ -149,7 +170,7 @@ def greedy(ckpt: str, seq: str, start: QuantConfig, ranges: dict, floor: float, 
         trace.append(cur | {"move": g})
         if on_round:
             on_round(cur)
-    return cur["config"], points, trace
+    return cur["config"], run.points, trace
 
 
 def plot(points: list[dict], trace: list[dict], floor: float, path):

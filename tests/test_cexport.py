@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -35,7 +36,7 @@ from test_datapath import inputs, models, quant_configs
 
 GCC = shutil.which("gcc")
 SIZE = shutil.which("size")
-needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc not on PATH")
+needs_gcc = pytest.mark.skipif(GCC is None and not os.environ.get("CI"), reason="gcc not on PATH (CI installs it and never skips)")
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 
 
@@ -105,15 +106,19 @@ def manifest_like(qm) -> dict:
             "counters": qm.counters}
 
 
-def gcc(*args: str, cwd: Path):
-    r = subprocess.run([GCC, *CFLAGS, *args], cwd=cwd, capture_output=True, text=True)
+#: Undefined behaviour (signed overflow, shifts out of range, out-of-bounds tables) ends the run.
+UBSAN = ["-fsanitize=undefined", "-fno-sanitize-recover=all"]
+
+
+def gcc(*args: str, cwd: Path, extra=()):
+    r = subprocess.run([GCC, *CFLAGS, *extra, *args], cwd=cwd, capture_output=True, text=True)
     assert r.returncode == 0, f"gcc {' '.join(args)} failed:\n{r.stderr[-4000:]}"
 
 
-def build_harness(arrays: dict, man: dict, d: Path) -> Path:
+def build_harness(arrays: dict, man: dict, d: Path, extra=()) -> Path:
     cexport.write_c(arrays, man, d)
     (d / "harness.c").write_text(HARNESS)
-    gcc("harness.c", "intssm_model.c", "-o", "harness", cwd=d)
+    gcc("harness.c", "intssm_model.c", "-o", "harness", cwd=d, extra=extra)
     return d / "harness"
 
 
@@ -168,6 +173,37 @@ def test_c_equals_simulator_random_models(m, qcfg, data):
     n = len(qm.counters)
     with tempfile.TemporaryDirectory() as t:
         c = run_c(build_harness(arrays, manifest_like(qm), Path(t)), P, arrays, n)
+    check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
+
+
+@needs_gcc
+def test_ubsan_catches_signed_overflow(tmp_path):
+    """The sanitizer build used below really stops on a signed overflow (so its passing runs mean something)."""
+    (tmp_path / "ub.c").write_text("#include <stdint.h>\nint main(int c, char **v) { (void)v; int64_t x = INT64_MAX - 1 + c;"
+                                   " volatile int64_t y = x + 1; return y > 0 ? 0 : 3; }\n")
+    gcc("ub.c", "-o", "ub", cwd=tmp_path, extra=UBSAN)
+    r = subprocess.run([str(tmp_path / "ub")], capture_output=True, text=True)
+    assert r.returncode != 0 and "signed integer overflow" in r.stderr
+
+
+@needs_gcc
+@settings(max_examples=6)
+@given(models(), quant_configs(), st.data())
+def test_c_under_ubsan_random_models(m, qcfg, data):
+    """The export compiled with -fsanitize=undefined: no undefined behaviour on random valid models and
+    inputs (including all-255 and all-0 runs), and still the simulator's integers."""
+    L = data.draw(st.integers(1, 10))
+    P = data.draw(inputs(m.cfg.d_input, L))
+    calib = np.random.default_rng(1).random((3, L, m.cfg.d_input))
+    try:
+        qm, _ = quantize(m, qcfg, torch.from_numpy(calib))
+    except IntssmError as e:
+        assert "2**53" in str(e) or "too large" in str(e)
+        assume(False)
+    arrays = integer_model(qm)
+    n = len(qm.counters)
+    with tempfile.TemporaryDirectory() as t:
+        c = run_c(build_harness(arrays, manifest_like(qm), Path(t), extra=UBSAN), P, arrays, n)
     check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
 
 

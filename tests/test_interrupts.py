@@ -84,3 +84,19 @@ def test_qat_sigterm_keeps_best_integer_model(tmp_path):
     im = integer.load(out)  # a complete quantized model
     assert im.qm is not None
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before
+
+
+def test_search_interrupt_writes_points_so_far(tmp_path):
+    """Ctrl-C during `intssm search` writes every point scored so far and the last accepted config."""
+    import json
+
+    src = ROOT / "data" / "checkpoints" / "japanesevowels-fp32.pt"
+    out = tmp_path / "s"
+    rc, err = _run_until(["search", src, "--min-accuracy", "0.3", "--val-limit", "40", "--workers", "1",
+                          "--calib", "16", "--val-fraction", "0.2", "-o", out], " B  val ", signal.SIGINT)
+    assert rc == 130, err[-2000:]
+    assert "Traceback" not in err and "scored configurations written to" in err
+    points = [json.loads(ln) for ln in (out / "points.jsonl").read_text().splitlines()]
+    assert len(points) >= 2
+    best = json.loads((out / "best.json").read_text())
+    assert isinstance(best, dict) and "h" in best
