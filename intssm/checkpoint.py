@@ -43,6 +43,12 @@ def extras(ck: dict, *drop: str) -> dict:
     return {k: v for k, v in ck.items() if k not in MODEL_KEYS + drop}
 
 
+def val_fraction(ck: dict):
+    """The validation fraction a checkpoint was trained with (None: the default split)."""
+    v = ck.get("dataset", {}).get("val_fraction") if isinstance(ck.get("dataset"), dict) else None
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def load_raw(path) -> dict:
     """The checkpoint dict, with every failure turned into a one-line :class:`IntssmError`."""
     p = Path(path)

@@ -231,7 +231,7 @@ def eval_(
     x = ds.as_float()
     scored = "float model"
     if "qspec" in ck:  # the float weights of a quantized checkpoint, on the inputs they read
-        from .qmodel import from_checkpoint
+        from .ptq import from_checkpoint
 
         qm = from_checkpoint(model, ck)
         x = qm.input_codes(ds.x, ds.lengths).astype(np.float32) / np.float32(255.0)
@@ -273,7 +273,7 @@ def ptq_(
     """Post-training quantization: calibrate every range on training data, write a quantized checkpoint."""
     from . import checkpoint, data
     from .equalize import check_strength
-    from .qmodel import ptq_dataset, qspec_entry
+    from .ptq import ptq_dataset, qspec_entry
     from .qspec import get_config
 
     if calib < 1:
@@ -286,7 +286,7 @@ def ptq_(
     if "qspec" in ck:
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
     seq = seq or ck.get("dataset", {}).get("seq", "smnist")
-    cal = data.load(seq, "train", calib, _val_fraction_of(ck))
+    cal = data.load(seq, "train", calib, checkpoint.val_fraction(ck))
     with err.status(f"calibrating {config} on {len(cal)} sequences of {seq}" + (" (with state equalization)" if equalize else "")):
         qm, ranges = ptq_dataset(model, qcfg, cal, equalize)
     extra = checkpoint.extras(ck)
@@ -318,28 +318,19 @@ def qat_(
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
-    import math
-
     from . import checkpoint, data
     from .equalize import check_strength
-    from .qat import PARAMS, kept, restore
+    from .qat import PARAMS, check_options, kept, result_entries, start_from
     from .qat import train as run_qat
-    from .qmodel import from_checkpoint, ptq_dataset, qspec_entry, requantize
-    from .qspec import get_config, ranges_from_json
 
     _check_limit(limit)
     if param not in PARAMS:
         raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
-    if not all(math.isfinite(v) for v in (lr, max_minutes, distill, distill_temp, ema)):
-        raise IntssmError("--lr, --max-minutes, --distill, --distill-temp and --ema must be finite numbers")
-    if epochs < 1 or batch_size < 1 or lr <= 0 or calib < 1 or val_limit < 1 or max_minutes < 0:
-        raise IntssmError("--epochs, --batch-size, --lr, --calib and --val-limit must be positive (--max-minutes >= 0)")
-    if not 0 <= distill <= 1 or not distill_temp > 0:
-        raise IntssmError(f"--distill must be in [0, 1] and --distill-temp > 0, got {distill} and {distill_temp}")
+    check_options(epochs, batch_size, lr, max_minutes, distill, distill_temp, ema)
+    if calib < 1 or val_limit < 1:
+        raise IntssmError("--calib and --val-limit must be positive")
     if teacher is not None and distill == 0:
         raise IntssmError("--teacher needs --distill > 0")
-    if not 0 <= ema < 1:
-        raise IntssmError(f"--ema must be in [0, 1) (0 = off), got {ema}")
     check_strength(equalize, "--equalize")
     outputs.check_file(out, inputs=[ckpt, teacher, config], what="--out")
     _small_torch_ops()
@@ -348,43 +339,18 @@ def qat_(
         teacher_model, tck = checkpoint.load(teacher)
         if "qspec" in tck:
             raise IntssmError(f"{teacher}: the teacher must be a float checkpoint, not a quantized one")
-    model, ck = checkpoint.load(ckpt)
-    model = model.double()
-    seq = ck.get("dataset", {}).get("seq", "smnist")
-    vfrac = _val_fraction_of(ck)
-    if "qspec" in ck:
-        if equalize:
-            raise IntssmError("--equalize applies to a float checkpoint, before calibration; this one is already quantized")
-        qm = from_checkpoint(model, ck)
-        ranges = ranges_from_json(ck["qspec"]["ranges"])
-        if config is not None:
-            qm = requantize(qm, get_config(config), ranges)
-        how = "from checkpoint" if config is None else f"{config} (re-quantized on the checkpoint's ranges)"
-    else:
-        config = config or "w8a8"
-        cal = data.load(seq, "train", calib, vfrac)
-        qm, ranges = ptq_dataset(model, get_config(config), cal, equalize)
-        how = config if not equalize else f"{config}, states equalized (alpha {equalize})"
-    n_train = len(data.load(seq, "train", limit, vfrac))
+    st = start_from(ckpt, config, calib, equalize)
+    n_train = len(data.load(st.seq, "train", limit, st.val_fraction))
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
-        best, history, interrupted = run_qat(qm, seq, param, epochs, batch_size, lr, limit, val_limit, seed,
-                                on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
-                                on_epoch=lambda r: err.print(json.dumps(r), soft_wrap=True), max_minutes=max_minutes,
-                                distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema, val_fraction=vfrac)
-    restore(qm, best)
-    extra = checkpoint.extras(ck, "qspec")
-    extra["qspec"] = qspec_entry(qm, ranges)
-    extra["qat"] = {"param": param, "epochs": epochs, "batch_size": batch_size, "lr": lr, "history": history,
-                    "config": how}
-    if ema > 0:
-        extra["qat"]["ema"] = ema
-    if equalize:
-        extra["qat"]["equalize"] = equalize
-    if distill > 0:
-        extra["qat"]["distill"] = {"alpha": distill, "temp": distill_temp, "teacher": str(teacher) if teacher else "start"}
-    if interrupted is not None:
-        extra["interrupted"] = {"epoch": interrupted}
-    checkpoint.save(out, qm.model, **extra)  # float64, as trained: float32 could flip a code at a rounding tie
+        best, history, interrupted = run_qat(st.qm, st.seq, param, epochs, batch_size, lr, limit, val_limit, seed,
+                                             on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
+                                             on_epoch=lambda r: err.print(json.dumps(r), soft_wrap=True), max_minutes=max_minutes,
+                                             distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema,
+                                             val_fraction=st.val_fraction)
+    extra = result_entries(st, best, history, interrupted, param=param, epochs=epochs, batch_size=batch_size, lr=lr,
+                           ema=ema, equalize=equalize,
+                           distill={"alpha": distill, "temp": distill_temp, "teacher": str(teacher) if teacher else "start"} if distill > 0 else None)
+    checkpoint.save(out, st.qm.model, **extra)  # float64, as trained: float32 could flip a code at a rounding tie
     best_acc, best_ep, kind = kept(history)
     if interrupted is not None:
         raise Interrupted(f"interrupted in epoch {interrupted}: saved {out} with the best integer model so far "
@@ -416,12 +382,10 @@ def search(
     as_json: JsonOpt = False,
 ):
     """Mixed-precision search: the least-memory bit allocation whose integer validation accuracy stays above the floor."""
-    import torch
-
     from . import checkpoint, data
     from .equalize import check_strength
     from .executor import get_executor
-    from .qmodel import ptq_dataset
+    from .ptq import ptq_dataset
     from .qspec import get_config, ranges_to_json
     from .search import GROUPS, SearchInterrupted, greedy, pareto, plot, score, write
 
@@ -444,7 +408,7 @@ def search(
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
     ckpt_in = ckpt
     seq = ck.get("dataset", {}).get("seq", "smnist")
-    vfrac = val_fraction if val_fraction is not None else _val_fraction_of(ck)
+    vfrac = val_fraction if val_fraction is not None else checkpoint.val_fraction(ck)
     if seq not in data.SEQS and not len(data.load(seq, "val", None, vfrac)):
         raise IntssmError(f"{ckpt} was trained without a validation split (--val-fraction 0) and search scores "
                           "candidates on validation sequences: give --val-fraction > 0 (those sequences were seen in training)")
@@ -776,12 +740,6 @@ def _check_input_dim(d_input, ds):
 def _dataset_entry(seq: str, ds, val_fraction) -> dict:
     """What a checkpoint records of its dataset: the source, its checksum, the validation split."""
     return {"seq": seq, "checksum": ds.checksum, "val_fraction": val_fraction}
-
-
-def _val_fraction_of(ck: dict):
-    """The validation fraction a checkpoint was trained with (None: the default split)."""
-    v = ck.get("dataset", {}).get("val_fraction") if isinstance(ck.get("dataset"), dict) else None
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 _SIGNAL_EXIT = {"code": 130}  # 130 after SIGINT (Ctrl-C), 143 after SIGTERM

@@ -19,7 +19,7 @@ import math
 from collections import Counter
 
 from . import layout
-from .fixedpoint import MAX_SHIFT, MULT_BITS
+from .fixedpoint import MULT_BITS
 from .modelconfig import ModelConfig
 from .qspec import QuantConfig, site_term_bounds
 

@@ -27,16 +27,14 @@ import torch
 
 from .errors import IntssmError
 from .model import S4DModel
-from .qmodel import calibrate
+from .calibrate import calibrate
 
 
 def mode_ranges(model: S4DModel, u: torch.Tensor, lengths=None) -> list[torch.Tensor]:
     """Per layer, r (H, N/2): the largest |Re x_n| or |Im x_n| of each mode over ``u`` (B, L, d)
     float inputs (valid steps only, ``lengths`` (B,)), from the float model run recurrently in
-    float64 (:func:`intssm.qmodel.calibrate`)."""
-    modes: list = []
-    calibrate(model, u, modes=modes, lengths=lengths)
-    return modes
+    float64 (:func:`intssm.calibrate.calibrate`)."""
+    return calibrate(model, u, want_modes=True, lengths=lengths).modes
 
 
 def check_strength(alpha: float, what: str = "state equalization strength") -> None:

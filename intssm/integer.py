@@ -16,7 +16,8 @@ import torch
 
 from . import checkpoint, data, export
 from .errors import IntssmError
-from .qmodel import QuantS4D, from_checkpoint, ptq_dataset
+from .qmodel import QuantS4D
+from .ptq import from_checkpoint, ptq_dataset
 from .qspec import PRESETS
 from .sim import simulate
 

@@ -31,7 +31,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import IntssmError
 from .modelconfig import PRESETS, ModelConfig  # noqa: F401  (the model's configuration, re-exported)
 
 
@@ -52,10 +51,11 @@ class S4D(nn.Module):
 
     SSM_PARAMS = ("log_dt", "log_A_re", "A_im", "B")  # trained at a low lr, no weight decay
 
-    def continuous(self):
-        """(dt (H), A (H N2) complex)."""
-        dt = torch.exp(self.log_dt)
-        A = torch.complex(-torch.exp(self.log_A_re), self.A_im)
+    def continuous(self, dtype=None):
+        """(dt (H), A (H N2) complex), at ``dtype`` (default: the parameters')."""
+        cast = (lambda p: p) if dtype is None else (lambda p: p.to(dtype))  # noqa: E731
+        dt = torch.exp(cast(self.log_dt))
+        A = torch.complex(-torch.exp(cast(self.log_A_re)), cast(self.A_im))
         return dt, A
 
     @torch.no_grad()
@@ -66,14 +66,14 @@ class S4D(nn.Module):
             floor = math.log(-math.log1p(-min_decay)) - self.log_dt[:, None]
             self.log_A_re.copy_(torch.maximum(self.log_A_re, floor.to(self.log_A_re.dtype)))
 
-    def discrete(self):
-        """Zero-order hold: (Abar, Bbar, C) each (H N2) complex, D (H)."""
-        dt, A = self.continuous()
-        dtA = A * dt[:, None]
-        Abar = torch.exp(dtA)
-        Bbar = (Abar - 1) / A * torch.view_as_complex(self.B.contiguous())
-        C = torch.view_as_complex(self.C.contiguous())
-        return Abar, Bbar, C, self.D
+    def discrete(self, dtype=None):
+        """Zero-order hold: (Abar, Bbar, C) each (H N2) complex, D (H); computed at ``dtype``
+        (the parameters' own by default; the datapath quantizes the float64 values)."""
+        dt, A = self.continuous(dtype)
+        Abar = torch.exp(A * dt[:, None])
+        B, C = (p.contiguous() if dtype is None else p.to(dtype).contiguous() for p in (self.B, self.C))
+        Bbar = (Abar - 1) / A * torch.view_as_complex(B)
+        return Abar, Bbar, torch.view_as_complex(C), self.D if dtype is None else self.D.to(dtype)
 
     def kernel(self, L: int) -> torch.Tensor:
         """K (H L) = 2 Re(sum_n C_n Bbar_n Abar_n^l), computed as exp(l dt A)."""

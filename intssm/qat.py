@@ -13,6 +13,7 @@ Model selection uses the integer simulator's accuracy on validation sequences.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import copy
 import math
 import time
@@ -136,6 +137,73 @@ def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray, lengths: np.ndarray
     return float((lg.argmax(1) == y).mean())
 
 
+def check_options(epochs: int = 1, batch_size: int = 1, lr: float = 1e-3, max_minutes: float = 0.0,
+                  distill: float = 0.0, temp: float = 2.0, ema: float = 0.0) -> None:
+    """Refuse QAT options outside their ranges (NaN and inf included), before any work."""
+    if not all(math.isfinite(v) for v in (lr, max_minutes, distill, temp, ema)):
+        raise IntssmError("the learning rate, time budget, distillation weight and temperature and EMA decay must be finite numbers")
+    if epochs < 1 or batch_size < 1 or lr <= 0 or max_minutes < 0:
+        raise IntssmError("epochs, batch size and learning rate must be positive (time budget >= 0)")
+    if not 0 <= distill <= 1 or temp <= 0:
+        raise IntssmError(f"distillation weight must be in [0, 1] and temperature > 0, got {distill} and {temp}")
+    if not 0 <= ema < 1:
+        raise IntssmError(f"EMA decay must be in [0, 1) (0 = off), got {ema}")
+
+
+@dataclass
+class Start:
+    """The quantized model QAT starts from, and where it came from."""
+
+    qm: QuantS4D
+    ranges: dict  # the calibrated ranges its datapath was built on
+    how: str  # the config, as the checkpoint's qat entry records it
+    ck: dict  # the checkpoint it was read from
+    seq: str  # its dataset
+    val_fraction: float | None
+
+
+def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: float = 0.0) -> Start:
+    """A float checkpoint gets PTQ at ``config`` (default w8a8) on ``calib`` training sequences
+    (states equalized first if ``equalize`` > 0); a quantized one is rebuilt, and re-quantized on its
+    stored ranges if ``config`` is given (progressive quantization)."""
+    from . import checkpoint
+    from .ptq import from_checkpoint, ptq_dataset, requantize_model
+    from .qspec import get_config, ranges_from_json
+
+    model, ck = checkpoint.load(ckpt)
+    model = model.double()
+    seq = ck.get("dataset", {}).get("seq", "smnist")
+    vfrac = checkpoint.val_fraction(ck)
+    if "qspec" in ck:
+        if equalize:
+            raise IntssmError("--equalize applies to a float checkpoint, before calibration; this one is already quantized")
+        qm = from_checkpoint(model, ck)
+        ranges = ranges_from_json(ck["qspec"]["ranges"])
+        if config is not None:
+            qm = requantize_model(qm, get_config(config), ranges)
+        how = "from checkpoint" if config is None else f"{config} (re-quantized on the checkpoint's ranges)"
+    else:
+        config = config or "w8a8"
+        qm, ranges = ptq_dataset(model, get_config(config), data.load(seq, "train", calib, vfrac), equalize)
+        how = config if not equalize else f"{config}, states equalized (alpha {equalize})"
+    return Start(qm, ranges, how, ck, seq, vfrac)
+
+
+def result_entries(start: Start, best, history: list, interrupted, **record) -> dict:
+    """The checkpoint entries of a finished (or interrupted) QAT run: ``start.qm`` set to the kept
+    snapshot ``best``, its qspec, and the ``qat`` record (``record`` plus history and config)."""
+    from . import checkpoint
+    from .ptq import qspec_entry
+
+    restore(start.qm, best)
+    extra = checkpoint.extras(start.ck, "qspec")
+    extra["qspec"] = qspec_entry(start.qm, start.ranges)
+    extra["qat"] = {k: v for k, v in record.items() if v} | {"history": history, "config": start.how}
+    if interrupted is not None:
+        extra["interrupted"] = {"epoch": interrupted}
+    return extra
+
+
 def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3,
           limit: int | None = None, val_limit: int | None = None, seed: int = 0, on_step=None, on_epoch=None,
           max_minutes: float = 0.0, distill: float = 0.0, temp: float = 2.0, teacher=None, ema: float = 0.0,
@@ -160,10 +228,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     Averaging damps the weights that oscillate across a rounding threshold under straight-through
     gradients (Nagel et al., 2022, "Overcoming Oscillations in Quantization-Aware Training").
     """
-    if not 0 <= distill <= 1 or temp <= 0:
-        raise IntssmError(f"distillation weight must be in [0, 1] and temperature > 0, got {distill} and {temp}")
-    if not 0 <= ema < 1:
-        raise IntssmError(f"EMA decay must be in [0, 1) (0 = off), got {ema}")
+    check_options(epochs, batch_size, lr, max_minutes, distill, temp, ema)
     if distill > 0 and teacher is None:
         teacher = copy.deepcopy(qm.model).float()
     elif teacher is not None and qm.iq is not None:

@@ -11,8 +11,6 @@ Biases:        int32 codes at the scale of the accumulator they join.
 
 from __future__ import annotations
 
-import copy
-import math
 
 import numpy as np
 import torch
@@ -22,128 +20,12 @@ from .errors import IntssmError
 from . import layout
 from .fixedpoint import WEYL_MASK, WEYL_STEP, weyl_lane_of
 from .fixedpoint_torch import clamp_t, offset_rshift_t, round_half_up_t, rounding_rshift_t, rshift_clamp_t, weyl_offset_t
+from .calibrate import discrete_parts
 from .model import S4DModel
 from .pointwise import layer_tail, lut_surrogate, tail_constants
-from .qspec import (INPUT_SCALE, Datapath, QuantConfig, apply_range_policies, build_datapath,
-                    calibrated_range_keys)
+from .qspec import INPUT_SCALE, Datapath
 
 T64 = torch.float64
-SAMPLE_ROWS = 1 << 17  # about this many calibration samples per activation tensor (range policies)
-
-
-def ssm_discrete64(ssm) -> dict:
-    """Abar, Bbar, C, D of one S4D layer in float64 (zero-order hold), as real/imag parts."""
-    dt = torch.exp(ssm.log_dt.to(T64))
-    A = torch.complex(-torch.exp(ssm.log_A_re.to(T64)), ssm.A_im.to(T64))
-    Abar = torch.exp(A * dt[:, None])
-    Bbar = (Abar - 1) / A * torch.view_as_complex(ssm.B.to(T64).contiguous())
-    C = torch.view_as_complex(ssm.C.to(T64).contiguous())
-    return {"A_re": Abar.real, "A_im": Abar.imag, "B_re": Bbar.real, "B_im": Bbar.imag,
-            "C_re": C.real, "C_im": C.imag, "D": ssm.D.to(T64)}
-
-
-def _rows(t: torch.Tensor):
-    """Per-row (first axis) min and max as numpy arrays."""
-    f = t.detach().reshape(t.shape[0], -1)
-    return f.min(1).values.numpy().astype(np.float64), f.max(1).values.numpy().astype(np.float64)
-
-
-@torch.no_grad()
-def calibrate(model: S4DModel, u: torch.Tensor, samples: dict | None = None, modes: list | None = None,
-              lengths=None) -> dict:
-    """Per-channel (lo, hi) of every tensor of the datapath, from the float model run recurrently.
-
-    ``u`` (B, L, d_input) float inputs (``p / 255``), ``lengths`` (B,) each sequence's valid steps
-    (None: all L); padding steps never enter a range. Weights' ranges come from the weights.
-    If ``samples`` is a dict, it is filled with ``samples[key]`` (n, C) float32 values per channel
-    for the range policies of :func:`intssm.qspec.apply_range_policies`: every weight, and for
-    activations every ``stride``-th time step, ``stride`` chosen to keep about SAMPLE_ROWS rows.
-    If ``modes`` is a list, it is filled with one (H, N/2) tensor per layer: each mode's largest
-    |Re x_n| or |Im x_n| (what :mod:`intssm.equalize` evens out).
-    """
-    model = copy.deepcopy(model).double().eval()
-    u = u.to(T64)
-    Bsz, L, _ = u.shape
-    cfg = model.cfg
-    R: dict = {}
-
-    def upd(key, lo, hi):
-        if key in R:
-            R[key] = (np.minimum(R[key][0], lo), np.maximum(R[key][1], hi))
-        else:
-            R[key] = (lo, hi)
-
-    acts: dict = {}
-    lens = torch.full((Bsz,), L, dtype=torch.long) if lengths is None else torch.as_tensor(lengths).long()
-    valid = None  # rows of the batch still inside their sequence at the current step
-
-    def upd_ch(key, t, k=0, rows=True):  # t (B, ..., C): channels last; k = time step
-        if rows and valid is not None:
-            t = t[valid]
-        f = t.reshape(-1, t.shape[-1])
-        upd(key, f.min(0).values.numpy(), f.max(0).values.numpy())
-        if samples is not None and k % max(1, math.ceil(f.shape[0] * L / SAMPLE_ROWS)) == 0:
-            acts.setdefault(key, []).append(f.numpy().astype(np.float32))
-
-    def weight(key, t):  # weight tensor with channels first: its per-row range (and samples)
-        R[key] = _rows(t)
-        if samples is not None:
-            samples[key] = t.detach().reshape(t.shape[0], -1).T.numpy().astype(np.float32)
-
-    weight("enc_w", model.encoder.weight)
-    discs = []
-    for i, layer in enumerate(model.layers):
-        d = ssm_discrete64(layer.ssm)
-        discs.append(d)
-        p = f"l{i}."
-        weight(p + "A_re", d["A_re"])
-        weight(p + "A_im", d["A_im"])
-        weight(p + "B", torch.stack([d["B_re"], d["B_im"]], -1))
-        weight(p + "C", torch.stack([d["C_re"], d["C_im"]], -1))
-        weight(p + "D", d["D"][:, None])
-        weight(p + "mix_w", layer.mix.weight)
-    weight("dec_w", model.decoder.weight)
-    xs = [torch.zeros(Bsz, cfg.d_model, cfg.d_state // 2, dtype=torch.complex128) for _ in model.layers]
-    if modes is not None:
-        modes[:] = [None] * len(xs)
-    Abars = [torch.complex(d["A_re"], d["A_im"]) for d in discs]
-    Bbars = [torch.complex(d["B_re"], d["B_im"]) for d in discs]
-    Cs = [torch.complex(d["C_re"], d["C_im"]) for d in discs]
-    acc = torch.zeros(Bsz, cfg.d_model, dtype=T64)
-    for k in range(L):
-        valid = k < lens
-        if not bool(valid.any()):
-            break
-        h = model.encoder(u[:, k])
-        upd_ch("h0", h, k)
-        for i, layer in enumerate(model.layers):
-            p = f"l{i}."
-            xs[i] = Abars[i] * xs[i] + Bbars[i] * h[..., None]
-            x = xs[i].permute(0, 2, 1)  # (B N2 H): channel last
-            upd_ch(p + "x_re", x.real, k)
-            upd_ch(p + "x_im", x.imag, k)
-            if modes is not None:
-                r = torch.maximum(xs[i].real.abs(), xs[i].imag.abs())[valid].amax(0)
-                modes[i] = r if k == 0 else torch.maximum(modes[i], r)
-            y = 2 * torch.einsum("hn,bhn->bh", Cs[i], xs[i]).real + discs[i]["D"] * h
-            upd_ch(p + "y", y, k)
-            a = F.gelu(y)
-            upd_ch(p + "act", a, k)
-            z = layer.mix(a)
-            upd_ch(p + "glu", z, k)
-            h = h + F.glu(z, dim=-1)
-            upd_ch(p + "h", h, k)
-        if cfg.pool == "mean":
-            acc = acc + h * valid[:, None]
-        else:
-            acc = torch.where((k == lens - 1)[:, None], h, acc)
-    valid = None
-    pooled = acc / lens[:, None] if cfg.pool == "mean" else acc
-    upd_ch("pool", pooled)
-    upd_ch("logits", model.decoder(pooled))
-    if samples is not None:
-        samples.update({key: np.concatenate(v) for key, v in acts.items()})
-    return R
 
 
 class QuantS4D(torch.nn.Module):
@@ -175,7 +57,7 @@ class QuantS4D(torch.nn.Module):
         """Learn Abar, Bbar directly (QAT 'discrete'): parameters initialised from the float model."""
         P = {}
         for i, layer in enumerate(self.model.layers):
-            d = ssm_discrete64(layer.ssm)
+            d = discrete_parts(layer.ssm)
             for k in ("A_re", "A_im", "B_re", "B_im"):
                 v = values[f"{k}_{i}"] if values is not None else d[k].detach()
                 P[f"{k}_{i}"] = torch.nn.Parameter(torch.as_tensor(v, dtype=T64).clone())
@@ -224,7 +106,7 @@ class QuantS4D(torch.nn.Module):
         per = {k: [] for k in ("A_re", "A_im", "B_re", "B_im", "C_re", "C_im", "D", "mix_w", "mix_b")}
         for i, layer in enumerate(m.layers):
             p = f"l{i}."
-            d = ssm_discrete64(layer.ssm)
+            d = discrete_parts(layer.ssm)
             if self.discrete is not None:  # QAT 'discrete': Abar and Bbar are parameters themselves
                 d = d | {k: self.discrete[f"{k}_{i}"] for k in ("A_re", "A_im", "B_re", "B_im")}
             for k in ("A_re", "A_im", "D"):
@@ -391,98 +273,3 @@ def datapath_tensors(dp: Datapath) -> dict:
         c[n + "_s"] = [float(dp.tq[f"l{i}.{n}"].scale[0]) for i in range(nl)]
     c["logits_s"] = float(dp.tq["logits"].scale[0])
     return c
-
-
-def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor, equalize: float = 0.0,
-        lengths=None) -> tuple[QuantS4D, dict]:
-    """Post-training quantization: calibrate ranges on ``calib_u`` (B, L, d) floats (under each
-    component's range policy; ``lengths`` (B,) the valid steps, None: all), build the datapath.
-    ``equalize`` > 0 first evens the modes' state ranges (:func:`intssm.equalize.equalize_states`,
-    on the same sequences); the returned model's ``.model`` is then the equalized copy, which
-    computes the same float function."""
-    if equalize:
-        from .equalize import equalize_states
-
-        model, _ = equalize_states(model, calib_u, equalize, lengths)
-    samples = None if qcfg.policies() == {"minmax"} else {}
-    ranges = calibrate(model, calib_u, samples, lengths=lengths)
-    if samples is not None:
-        ranges = apply_range_policies(ranges, samples, qcfg)
-    assert set(calibrated_range_keys(model.cfg)) <= set(ranges)
-    dp = build_datapath(model.cfg, qcfg, ranges, calib_u.shape[1])
-    return QuantS4D(model, dp), ranges
-
-
-def ptq_dataset(model: S4DModel, qcfg: QuantConfig, ds, equalize: float = 0.0) -> tuple[QuantS4D, dict]:
-    """:func:`ptq` on the calibration sequences ``ds`` (:class:`intssm.data.SeqData`). Raw uint8
-    data enter as ``p / 255``; float data get an input quantizer calibrated on ``ds``
-    (``qcfg.input_bits``, ``qcfg.input_range``) and the model's encoder is folded to read its
-    codes (:mod:`intssm.inputq`)."""
-    from .inputq import calibrate_input, fold_input
-
-    if ds.x.shape[-1] != model.cfg.d_input:
-        raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {model.cfg.d_input}")
-    iq = None
-    if ds.is_uint8:
-        u = ds.as_float()
-    else:
-        iq = calibrate_input(ds.x, ds.lengths, qcfg.input_bits, qcfg.input_range)
-        model = fold_input(model, iq)
-        u = iq.codes(ds.x, ds.lengths).astype(np.float32) / np.float32(255.0)
-    p0 = next(model.parameters())
-    qm, ranges = ptq(model, qcfg, torch.from_numpy(u).to(p0.dtype), equalize, torch.from_numpy(ds.lengths))
-    qm.iq = iq
-    return qm, ranges
-
-
-def qspec_entry(qm: QuantS4D, ranges: dict) -> dict:
-    """What a quantized checkpoint stores to rebuild its datapath exactly."""
-    from .qspec import ranges_to_json
-
-    from .qspec import DATAPATH_VERSION
-
-    disc = {k: v.detach().clone() for k, v in qm.discrete.items()} if qm.discrete is not None else None
-    return {"datapath_version": DATAPATH_VERSION, "discrete": disc, "quant_config": qm.dp.qcfg.to_dict(),
-            "ranges": ranges_to_json(ranges), "seq_len": qm.dp.seq_len,
-            "input": qm.iq.to_dict() if qm.iq is not None else None}
-
-
-def requantize(qm: QuantS4D, qcfg: QuantConfig, ranges: dict) -> QuantS4D:
-    """The same weights (and learned Abar/Bbar) under new formats ``qcfg``, on the given calibrated
-    ``ranges`` (range policies are not re-applied: the ranges are already the clipped ones).
-    For lowering bits step by step between QAT runs (progressive quantization)."""
-    dp = build_datapath(qm.model.cfg, qcfg, ranges, qm.dp.seq_len)
-    out = QuantS4D(qm.model, dp)
-    out.iq = qm.iq
-    if qm.discrete is not None:
-        out.make_discrete({k: v.detach() for k, v in qm.discrete.items()})
-    return out
-
-
-def from_checkpoint(model: S4DModel, ck: dict) -> QuantS4D:
-    """Rebuild the :class:`QuantS4D` stored in a quantized checkpoint's ``qspec`` entry."""
-    from .qspec import DATAPATH_VERSION, ranges_from_json
-
-    qs = ck["qspec"]
-    if not isinstance(qs, dict) or qs.get("datapath_version") != DATAPATH_VERSION:
-        raise IntssmError(f"checkpoint datapath version {qs.get('datapath_version') if isinstance(qs, dict) else None!r} "
-                          f"is not the one this intssm implements ({DATAPATH_VERSION})")
-    try:
-        ranges = ranges_from_json(qs["ranges"])
-        qcfg = QuantConfig.from_dict(dict(qs["quant_config"]))
-        dp = build_datapath(model.cfg, qcfg, ranges, int(qs["seq_len"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise IntssmError(f"checkpoint quantization spec is malformed ({type(e).__name__}: {e})") from None
-    qm = QuantS4D(model, dp)
-    if qs.get("input") is not None:
-        from .inputq import InputQuant
-
-        qm.iq = InputQuant.from_dict(qs["input"])
-        if len(qm.iq.lo) != model.cfg.d_input:
-            raise IntssmError(f"checkpoint's input quantizer has {len(qm.iq.lo)} channels, the model {model.cfg.d_input}")
-    disc = qs.get("discrete")
-    if disc is not None:
-        if not isinstance(disc, dict) or not all(torch.is_tensor(v) and torch.isfinite(v).all() for v in disc.values()):
-            raise IntssmError("checkpoint's discrete Abar/Bbar entry is malformed or not finite")
-        qm.make_discrete(disc)
-    return qm

@@ -9,7 +9,7 @@ import torch
 
 from conftest import load_tool
 from intssm.model import ModelConfig, S4DModel
-from intssm.qmodel import ptq
+from intssm.ptq import ptq
 from intssm.qspec import PRESETS
 
 

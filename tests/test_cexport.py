@@ -27,7 +27,7 @@ from intssm.errors import IntssmError
 from intssm.export import integer_model
 from intssm.model import PRESETS as MODEL_PRESETS
 from intssm.model import ModelConfig, S4DModel
-from intssm.qmodel import ptq
+from intssm.ptq import ptq
 from intssm.qspec import PRESETS, QFormat, QuantConfig
 from intssm.sim import simulate
 

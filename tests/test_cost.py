@@ -13,7 +13,7 @@ from intssm.cost import final_ops, memory, step_ops
 from intssm.errors import IntssmError
 from intssm.export import integer_model
 from intssm.model import ModelConfig
-from intssm.qmodel import ptq
+from intssm.ptq import ptq
 from intssm.qspec import PRESETS, QFormat, QuantConfig
 from intssm.sim import simulate
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from intssm.errors import IntssmError
 from intssm.export import integer_model
 from intssm.model import ModelConfig, S4DModel
-from intssm.qmodel import ptq
+from intssm.ptq import ptq
 from intssm.qspec import ACTIVATIONS, PER_CHANNEL_OK, PRESETS, WEIGHTS, QFormat, QuantConfig
 from intssm import sim
 from intssm.sim import simulate

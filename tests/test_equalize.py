@@ -15,7 +15,7 @@ from intssm.equalize import equalize_states, mode_ranges
 from intssm.errors import IntssmError
 from intssm.export import integer_model
 from intssm.model import ModelConfig, S4DModel
-from intssm.qmodel import ptq
+from intssm.ptq import ptq
 from intssm.qspec import PRESETS, QFormat
 from intssm.sim import simulate
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import intssm.export
-import intssm.qmodel
+import intssm.ptq
 import intssm.qspec
 import intssm.sim
 from intssm.errors import IntssmError
@@ -34,7 +34,7 @@ def good(tmp_path_factory):
     try:
         model = S4DModel(ModelConfig(d_model=4, d_state=8, n_layers=1), seed=0)
         calib = torch.rand(4, SEQ_LEN, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-        qm, _ = intssm.qmodel.ptq(model.double(), intssm.qspec.PRESETS["w8a8"], calib)
+        qm, _ = intssm.ptq.ptq(model.double(), intssm.qspec.PRESETS["w8a8"], calib)
         arrays = intssm.export.integer_model(qm)
         path = tmp_path_factory.mktemp("export") / "good.npz"
         man = intssm.export.save(path, qm)

@@ -11,7 +11,7 @@ from intssm import layout
 from intssm.errors import IntssmError
 from intssm.export import integer_model
 from intssm.model import ModelConfig, S4DModel
-from intssm.qmodel import ptq
+from intssm.ptq import ptq
 from intssm.qspec import PRESETS
 
 

@@ -22,7 +22,7 @@ from intssm.errors import IntssmError
 from intssm.export import integer_model
 from intssm.inputq import InputQuant, calibrate_input, fold_input
 from intssm.model import ModelConfig, S4DModel
-from intssm.qmodel import ptq_dataset
+from intssm.ptq import ptq_dataset
 from intssm.sim import simulate
 from intssm.tsformat import read_ts
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from test_datapath import models, quant_configs
 from test_scan import assert_same_codes_close_grads, drawn_case, loss_and_grads
 
-from intssm.qmodel import ptq
+from intssm.ptq import ptq
 
 
 @given(models(max_layers=2), quant_configs(), st.data())

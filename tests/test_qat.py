@@ -10,7 +10,7 @@ from intssm.errors import IntssmError
 from intssm.export import integer_model
 from intssm.model import ModelConfig, S4DModel
 from intssm.qat import configure
-from intssm.qmodel import from_checkpoint, ptq, qspec_entry
+from intssm.ptq import from_checkpoint, ptq, qspec_entry
 from intssm.qspec import PRESETS
 from intssm.sim import simulate
 

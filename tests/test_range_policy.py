@@ -13,7 +13,7 @@ from intssm import checkpoint, data
 from intssm.errors import IntssmError
 from intssm.export import integer_model
 from intssm.model import PRESETS, S4DModel
-from intssm.qmodel import from_checkpoint, ptq, qspec_entry
+from intssm.ptq import from_checkpoint, ptq, qspec_entry
 from intssm.qspec import MSE_GRID, QFormat, QuantConfig, _qdq_mse, apply_range_policies, parse_range
 from intssm.sim import simulate
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from test_datapath import inputs, models, quant_configs
 
 from intssm.errors import IntssmError
-from intssm.qmodel import ptq
+from intssm.ptq import ptq
 
 
 def loss_and_grads(qm, P, y, **flags):

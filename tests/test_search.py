@@ -13,7 +13,7 @@ from intssm import checkpoint, data
 from intssm.errors import IntssmError
 from intssm.executor import LocalExecutor, get_executor
 from intssm.model import PRESETS, S4DModel
-from intssm.qmodel import calibrate
+from intssm.calibrate import calibrate
 from intssm.qspec import PRESETS as QP
 from intssm.qspec import QuantConfig, get_config, ranges_to_json
 from intssm.search import GROUPS, LADDER, greedy, lower, pareto, signature
@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):
     ck = d / "tiny.pt"
     checkpoint.save(ck, m, dataset={"seq": "smnist"})
     cal = data.load("smnist", "train", 16)
-    return {"dir": d, "ckpt": ck, "ranges": ranges_to_json(calibrate(m, torch.from_numpy(cal.as_float())))}
+    return {"dir": d, "ckpt": ck, "ranges": ranges_to_json(calibrate(m, torch.from_numpy(cal.as_float())).ranges)}
 
 
 def test_lower_walks_the_ladder_and_stops_at_the_bottom():

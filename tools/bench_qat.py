@@ -93,7 +93,7 @@ def agreement(n: int, ckpt: str, config: str) -> dict:
     import torch
 
     from intssm import checkpoint, data
-    from intssm.qmodel import ptq
+    from intssm.ptq import ptq
     from intssm.qspec import PRESETS as QP
 
     m, _ = checkpoint.load(ckpt)
@@ -164,7 +164,7 @@ def main():
     from intssm import data
     from intssm.model import PRESETS, S4DModel
     from intssm.qat import configure
-    from intssm.qmodel import ptq
+    from intssm.ptq import ptq
     from intssm.qspec import PRESETS as QP
 
     mcfg = replace(PRESETS[a.preset], **({"d_model": a.d_model} if a.d_model else {}),

@@ -45,7 +45,7 @@ def main():
     from intssm import checkpoint, data
     from intssm.cli import progress_bar
     from intssm.qat import int_accuracy
-    from intssm.qmodel import ptq
+    from intssm.ptq import ptq
     from intssm.qspec import get_config
 
     torch.set_num_threads(1)

@@ -99,7 +99,7 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
     from intssm.errors import IntssmError
     from intssm.export import integer_model
     from intssm.qat import kept, restore, train
-    from intssm.qmodel import ptq
+    from intssm.ptq import ptq
     from intssm.qspec import QuantConfig
     from intssm.sim import simulate
 
@@ -134,7 +134,7 @@ def _run_one(ckpt, part, name, qcfg_dict, limit, calib):
     from intssm import checkpoint, cost, data
     from intssm.errors import IntssmError
     from intssm.export import integer_model
-    from intssm.qmodel import ptq
+    from intssm.ptq import ptq
     from intssm.qspec import QuantConfig
     from intssm.sim import simulate
 

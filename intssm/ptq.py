@@ -1,0 +1,108 @@
+"""Post-training quantization and quantized checkpoints: float model -> :class:`~intssm.qmodel.QuantS4D`.
+
+:func:`ptq` calibrates (:mod:`intssm.calibrate`), applies the range policies and builds the
+datapath (:func:`intssm.qspec.build_datapath`); :func:`qspec_entry` / :func:`from_checkpoint`
+store and rebuild it exactly; :func:`requantize_model` rebuilds a model at other formats on its
+stored ranges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .calibrate import calibrate
+from .errors import IntssmError
+from .model import S4DModel
+from .qmodel import QuantS4D
+from .qspec import (DATAPATH_VERSION, QuantConfig, apply_range_policies, build_datapath, calibrated_range_keys,
+                    ranges_from_json, ranges_to_json)
+
+
+def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor, equalize: float = 0.0,
+        lengths=None) -> tuple[QuantS4D, dict]:
+    """Post-training quantization: calibrate ranges on ``calib_u`` (B, L, d) floats (under each
+    component's range policy; ``lengths`` (B,) the valid steps, None: all), build the datapath.
+    ``equalize`` > 0 first evens the modes' state ranges (:func:`intssm.equalize.equalize_states`,
+    on the same sequences); the returned model's ``.model`` is then the equalized copy, which
+    computes the same float function."""
+    if equalize:
+        from .equalize import equalize_states
+
+        model, _ = equalize_states(model, calib_u, equalize, lengths)
+    cal = calibrate(model, calib_u, want_samples=qcfg.policies() != {"minmax"}, lengths=lengths)
+    ranges = cal.ranges
+    if cal.samples is not None:
+        ranges = apply_range_policies(ranges, cal.samples, qcfg)
+    assert set(calibrated_range_keys(model.cfg)) <= set(ranges)
+    dp = build_datapath(model.cfg, qcfg, ranges, calib_u.shape[1])
+    return QuantS4D(model, dp), ranges
+
+
+def ptq_dataset(model: S4DModel, qcfg: QuantConfig, ds, equalize: float = 0.0) -> tuple[QuantS4D, dict]:
+    """:func:`ptq` on the calibration sequences ``ds`` (:class:`intssm.data.SeqData`). Raw uint8
+    data enter as ``p / 255``; float data get an input quantizer calibrated on ``ds``
+    (``qcfg.input_bits``, ``qcfg.input_range``) and the model's encoder is folded to read its
+    codes (:mod:`intssm.inputq`)."""
+    from .inputq import calibrate_input, fold_input
+
+    if ds.x.shape[-1] != model.cfg.d_input:
+        raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {model.cfg.d_input}")
+    iq = None
+    if ds.is_uint8:
+        u = ds.as_float()
+    else:
+        iq = calibrate_input(ds.x, ds.lengths, qcfg.input_bits, qcfg.input_range)
+        model = fold_input(model, iq)
+        u = iq.codes(ds.x, ds.lengths).astype(np.float32) / np.float32(255.0)
+    p0 = next(model.parameters())
+    qm, ranges = ptq(model, qcfg, torch.from_numpy(u).to(p0.dtype), equalize, torch.from_numpy(ds.lengths))
+    qm.iq = iq
+    return qm, ranges
+
+
+def qspec_entry(qm: QuantS4D, ranges: dict) -> dict:
+    """What a quantized checkpoint stores to rebuild its datapath exactly."""
+    disc = {k: v.detach().clone() for k, v in qm.discrete.items()} if qm.discrete is not None else None
+    return {"datapath_version": DATAPATH_VERSION, "discrete": disc, "quant_config": qm.dp.qcfg.to_dict(),
+            "ranges": ranges_to_json(ranges), "seq_len": qm.dp.seq_len,
+            "input": qm.iq.to_dict() if qm.iq is not None else None}
+
+
+def requantize_model(qm: QuantS4D, qcfg: QuantConfig, ranges: dict) -> QuantS4D:
+    """The same weights (and learned Abar/Bbar) under new formats ``qcfg``, on the given calibrated
+    ``ranges`` (range policies are not re-applied: the ranges are already the clipped ones).
+    For lowering bits step by step between QAT runs (progressive quantization)."""
+    dp = build_datapath(qm.model.cfg, qcfg, ranges, qm.dp.seq_len)
+    out = QuantS4D(qm.model, dp)
+    out.iq = qm.iq
+    if qm.discrete is not None:
+        out.make_discrete({k: v.detach() for k, v in qm.discrete.items()})
+    return out
+
+
+def from_checkpoint(model: S4DModel, ck: dict) -> QuantS4D:
+    """Rebuild the :class:`QuantS4D` stored in a quantized checkpoint's ``qspec`` entry."""
+    qs = ck["qspec"]
+    if not isinstance(qs, dict) or qs.get("datapath_version") != DATAPATH_VERSION:
+        raise IntssmError(f"checkpoint datapath version {qs.get('datapath_version') if isinstance(qs, dict) else None!r} "
+                          f"is not the one this intssm implements ({DATAPATH_VERSION})")
+    try:
+        ranges = ranges_from_json(qs["ranges"])
+        qcfg = QuantConfig.from_dict(dict(qs["quant_config"]))
+        dp = build_datapath(model.cfg, qcfg, ranges, int(qs["seq_len"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise IntssmError(f"checkpoint quantization spec is malformed ({type(e).__name__}: {e})") from None
+    qm = QuantS4D(model, dp)
+    if qs.get("input") is not None:
+        from .inputq import InputQuant
+
+        qm.iq = InputQuant.from_dict(qs["input"])
+        if len(qm.iq.lo) != model.cfg.d_input:
+            raise IntssmError(f"checkpoint's input quantizer has {len(qm.iq.lo)} channels, the model {model.cfg.d_input}")
+    disc = qs.get("discrete")
+    if disc is not None:
+        if not isinstance(disc, dict) or not all(torch.is_tensor(v) and torch.isfinite(v).all() for v in disc.values()):
+            raise IntssmError("checkpoint's discrete Abar/Bbar entry is malformed or not finite")
+        qm.make_discrete(disc)
+    return qm
