@@ -264,16 +264,16 @@ PRESETS: dict[str, QuantConfig] = {
 for _b in (7, 6):
     PRESETS[f"hetero-state{_b}"] = replace(
         PRESETS["paper-hetero"], **{n: QFormat(_b, per_channel=True) for n in ("A_re", "A_im", "x_re", "x_im")})
-# the heterogeneous scheme with the state at 10 bits and stable Abar codes: the session-4 ablation
-# (docs/results.md) found the 8-bit state, not Abar or the activations, to be what limits paper-hetero
+# the heterogeneous scheme with the state at 10 bits and stable Abar codes: the ablation in
+# docs/results.md finds the 8-bit state, not Abar or the activations, to be what limits paper-hetero
 PRESETS["hetero-x10"] = replace(PRESETS["paper-hetero"], x_re=QFormat(10, per_channel=True),
                                 x_im=QFormat(10, per_channel=True), stable_abar=True)
 # hetero-x10 at the paper's memory (weights and biases <= float32 / 6.3): B and C at 3 bits, the
 # mixing weights at 5 bits per row, 16-bit biases. Reached from a hetero-x10 model by progressive
-# QAT (hetero-x10 -> B, C at 3 bits -> this; docs/results.md, session 5)
+# QAT (hetero-x10 -> B, C at 3 bits -> this; docs/results.md)
 PRESETS["hetero-x10-6x"] = replace(PRESETS["hetero-x10"], B=QFormat(3, per_channel=True),
                                    C=QFormat(3, per_channel=True), mix_w=QFormat(5, per_channel=True), bias_bits=16)
-# hetero-x10-6x with an 8-bit state rounded with the Weyl dither (state_rounding, session 7): the
+# hetero-x10-6x with an 8-bit state rounded with the Weyl dither (state_rounding): the
 # dither keeps the small increments that rounding half up loses at 8 bits (96.54% after QAT; docs/results.md)
 PRESETS["hetero-6x-x8-dither"] = replace(PRESETS["hetero-x10-6x"], x_re=QFormat(8, per_channel=True),
                                          x_im=QFormat(8, per_channel=True), state_rounding="dither")

@@ -14,7 +14,7 @@ The two loops:
   kernels): the exact integer datapath, every site but the state vectorised over time, only the
   state recurrence a Python loop of 784 steps;
 - **textbook loop** (:func:`textbook_forward`): fake quantization as Torch's QAT tools do it, the
-  way the issue describes its naive loop: float32, the whole model stepped once per time step (as
+  way a straightforward QAT loop is written: float32, the whole model stepped once per time step (as
   :meth:`intssm.model.S4DModel.forward_recurrent`), real and imaginary state parts and every
   activation through ``torch.fake_quantize_per_*_affine`` (one fused op each, straight-through with
   the clip mask), with the scales of the same PTQ calibration. It is a speed baseline only: it

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# The one batch of runs made on a lent GPU machine (1 GPU, 16 CPU cores) on 2026-11-27; its results
-# are committed under data/checkpoints/ and docs/. Runs from the repository root; writes W (default
+# Batch 1 of the GPU runs behind data/checkpoints/ and docs/ (needs 1 GPU and 16 CPU cores). Runs from the repository root; writes W (default
 # runs/device) and, where $OUT is set, a tarball of it there. Every run has a time budget so the
 # whole batch ends within ~9 minutes; each run's log is kept beside its result.
 #   GPU : float training (convolution mode) of the d_model 32/64/128 variants of paper-small,

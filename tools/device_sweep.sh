@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The second batch of runs made on a lent GPU machine (1 GPU, 16 CPU cores), on 2026-11-28 (session 7).
+# Batch 2 of the GPU runs behind data/checkpoints/ and docs/ (needs 1 GPU and 16 CPU cores).
 # Runs from the repository root; writes W (default runs/device2) and, where $OUT is set, a tarball of
 # it there. Every run has a time budget so the whole batch ends within BUDGET seconds (default 540).
 #   GPU : float training (convolution mode) of paper-small, seeds 3..8, the recipe of seeds 0..2

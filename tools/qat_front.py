@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT))
 MODELS = [  # (checkpoint, how it was made)
     ("paper-small-w8a8-state12.pt", "PTQ w8a8-state12"),
     ("paper-small-hetero-x8.pt", "QAT paper-hetero (8-bit state)"),
-    ("paper-small-hetero-x10.pt", "QAT hetero-x10 (session 4 default)"),
+    ("paper-small-hetero-x10.pt", "QAT hetero-x10"),
     ("paper-small-hetero.pt", "QAT hetero-x10-6x-x12, frozen Abar from float seed 7 (shipped default)"),
-    ("paper-small-hetero-6x-x10.pt", "QAT hetero-x10-6x, progressive (default in sessions 5-6)"),
+    ("paper-small-hetero-6x-x10.pt", "QAT hetero-x10-6x, progressive"),
     ("paper-small-hetero-6x-x12.pt", "QAT hetero-x10-6x, 12-bit state"),
     ("paper-small-hetero-6x-x12-frozen.pt", "QAT hetero-x10-6x-x12, frozen Abar from float seed 2"),
     ("paper-small-hetero-6x-x8-dither.pt", "QAT hetero-x10-6x, 8-bit dithered state, frozen Abar"),
