@@ -44,3 +44,22 @@ def test_bad_config_refused(cfg, fragment):
 def test_presets_round_trip(name):
     q = PRESETS[name]
     assert QuantConfig.from_dict(q.to_dict()) == q
+
+
+def test_config_doc_lists_every_field():
+    """docs/config.md tabulates every component (with its default bits and symmetry) and every setting."""
+    from pathlib import Path
+
+    from intssm.qspec import ACTIVATIONS, SCALARS, WEIGHTS, QuantConfig
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    comp = doc.split("<!-- config-components")[1].split("<!-- /config-components -->")[0]
+    rows = {ln.split("|")[1].strip().strip("`"): ln.split("|")[3].strip() for ln in comp.splitlines() if ln.startswith("| `")}
+    q = QuantConfig()
+    assert set(rows) == set(WEIGHTS + ACTIVATIONS)
+    for n, default in rows.items():
+        f = getattr(q, n)
+        assert default == f"{f.bits} bits, {'symmetric' if f.symmetric else 'asymmetric'}", n
+    sett = doc.split("<!-- config-settings -->")[1].split("<!-- /config-settings -->")[0]
+    names = {ln.split("|")[1].strip().strip("`") for ln in sett.splitlines() if ln.startswith("| `")}
+    assert names == set(SCALARS)
