@@ -247,6 +247,23 @@ def eval_(
 
 
 @app.command()
+def models(as_json: JsonOpt = False):
+    """The curated shipped models: task, test accuracy, bytes accounted and deployed (C), how each was made."""
+    from .models import load_registry
+
+    entries = load_registry()
+    if as_json:
+        _emit({"models": entries}, True, "")
+        return
+    for e in entries:
+        acc = f"{100 * e['accuracy']:.2f}% of {e['n_test']}"
+        size = (f"{e['bytes']:,} B accounted, {e['deployed_bytes']:,} B as C, weights {e['weights_reduction']}x" if e["kind"] == "integer"
+                else f"{e['bytes']:,} B float32")
+        typer.echo(f"{e['name']:15s} {e['file']}\n{'':15s} {e['dataset']}: {acc}; {size}\n{'':15s} {e['what']}\n"
+                   f"{'':15s} made by: {e['made_by']}")
+
+
+@app.command()
 def configs(as_json: JsonOpt = False):
     """List the quantization config presets."""
     from .qspec import ACTIVATIONS, PRESETS, SCALARS, WEIGHTS

@@ -1,0 +1,81 @@
+"""The curated model directory: the shipped models worth starting from, with how they score and
+what they cost.
+
+``data/checkpoints/MODELS.json`` lists them; ``tools/models.py`` measures every number in it
+(accuracy by the integer simulator or the float model on the whole test set, bytes by the cost
+model and the C export's layout) and ``intssm models`` prints it. The other checkpoints in
+``data/checkpoints/`` are the steps of the studies in docs/results.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .data import DATA_DIR
+from .errors import IntssmError
+
+REGISTRY = DATA_DIR / "checkpoints" / "MODELS.json"
+
+#: name -> (checkpoint file, dataset, what it is, the command that made it (its log has the rest))
+CURATED = {
+    "default": ("paper-small-hetero.pt", "smnist",
+                "paper-small, heterogeneous QAT: B̄, C̄ 3-bit, D 4-bit, mixing 5-bit, activations 6-bit, Ā 8-bit, state 12-bit, 16-bit biases",
+                "intssm qat data/checkpoints/paper-small-seed7-fp32.pt --config docs/configs/progressive/hetero-x10-6x-x12.json "
+                "--param frozen --epochs 8 --lr 1e-3 --distill 0.5 --ema 0.999"),
+    "default-float": ("paper-small-seed7-fp32.pt", "smnist", "paper-small float32, the default's parent",
+                      "intssm train --preset paper-small --epochs 30 --seed 7 --max-minutes 5.5 --device cuda"),
+    "a6-x6": ("paper-small-hetero-A6asym-x6-eq.pt", "smnist",
+              "paper-small with Ā and the state at 6 bits (asymmetric Ā, dithered and equalized state), 8-bit weights and activations",
+              "intssm qat data/checkpoints/paper-small-seed7-fp32.pt --config docs/configs/progressive/hetero-A6asym-x6-dither-a8-BCD8.json "
+              "--param frozen --epochs 8 --distill 0.5 --ema 0.999 --equalize 1, then 6 epochs at lr 3e-4 (its log)"),
+    "base-float": ("base-fp32.pt", "smnist", "base (4 layers, d_model 64) float32",
+                   "intssm train --preset base --epochs 30 --max-minutes 7.5 --device cuda"),
+    "base": ("base-x6-eq.pt", "smnist", "base with a 6-bit dithered, equalized state, 3-bit weights",
+             "intssm qat data/checkpoints/base-fp32.pt --config docs/configs/base-A8-x6-mix3-C3-b16-dither.json --param frozen "
+             "--epochs 4 --distill 0.5 --ema 0.999 --equalize 0.75 --val-limit 2000 --max-minutes 100"),
+    "basicmotions": ("basicmotions-hetero.pt", "data/uea/BasicMotions", "BasicMotions (6 channels, 100 steps), hetero-x10-6x QAT",
+                     "bash tools/uea_models.sh"),
+    "japanesevowels": ("japanesevowels-hetero.pt", "data/uea/JapaneseVowels",
+                       "JapaneseVowels (12 channels, 7-29 steps), hetero-x10-6x QAT", "bash tools/uea_models.sh"),
+}
+
+
+def measure(name: str, progress=None) -> dict:
+    """Every number of one curated model, measured now: test accuracy (the integer simulator for a
+    quantized model, the float model in convolution mode otherwise), accounted and deployed bytes."""
+    from . import checkpoint, cost, data, integer
+    from .cexport import c_storage
+    from .train import evaluate
+
+    fname, seq, what, made = CURATED[name]
+    path = DATA_DIR / "checkpoints" / fname
+    ds = data.load(seq, "test")
+    _, ck = checkpoint.load(path)
+    rec = {"name": name, "file": f"data/checkpoints/{fname}", "dataset": seq, "what": what, "made_by": made,
+           "n_test": len(ds)}
+    if "qspec" in ck:
+        im = integer.load(path)
+        lg, _, _ = integer.run(im, im.input_codes(ds), lengths=ds.lengths, progress=progress)
+        m = cost.memory(im.cfg, im.qcfg, im.seq_len) | c_storage(im.arrays, len(im.counters))
+        rec |= {"kind": "integer", "accuracy": float((lg.argmax(1) == ds.y).mean()), "bytes": m["bytes"],
+                "weights_reduction": round(m["weights_reduction"], 2), "reduction": round(m["reduction"], 2),
+                "deployed_bytes": m["c_flash_bytes"] + m["c_ram_bytes"]}
+    else:
+        from .qspec import PRESETS
+
+        model, _ = checkpoint.load(path)
+        acc, _ = evaluate(model, ds.as_float(), ds.y, lengths=ds.lengths)
+        m = cost.memory(model.cfg, PRESETS["w8a8"], ds.x.shape[1])  # its float32 twin: fp32_*
+        rec |= {"kind": "float", "accuracy": float(acc), "bytes": m["fp32_bytes"]}
+    return rec
+
+
+def load_registry() -> list[dict]:
+    """The curated models as ``tools/models.py`` measured them."""
+    try:
+        entries = json.loads(REGISTRY.read_text())
+    except (OSError, ValueError) as e:
+        raise IntssmError(f"model registry {REGISTRY} unreadable ({type(e).__name__}); regenerate with python tools/models.py") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
+        raise IntssmError(f"model registry {REGISTRY} is malformed; regenerate with python tools/models.py")
+    return entries
