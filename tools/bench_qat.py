@@ -38,6 +38,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isa import describe, force_from_argv, line  # noqa: E402  (tools/isa.py)
+
+ISA = force_from_argv()  # before Numba and Torch are imported
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -147,6 +152,8 @@ def main():
     ap.add_argument("--agree-config", default="w8a8-state12")
     ap.add_argument("--profile", action="store_true",
                     help="instead: where a fused QAT step spends its time (torch.profiler over --batches steps, by operator)")
+    ap.add_argument("--isa", default="native", choices=["native", "avx2"],
+                    help="avx2: AVX2 code for Numba and Torch even on an AVX-512 machine (tools/isa.py)")
     a = ap.parse_args()
     import numba
     import torch
@@ -234,10 +241,11 @@ def main():
            "fused_epoch_s": t_fused * steps, "naive_epoch_s": t_naive * steps, "float_conv_epoch_s": t_float * steps,
            "textbook_epoch_s": t_text * steps,
            "naive_over_fused": t_naive / t_fused, "textbook_over_fused": t_text / t_fused, "fused_over_float": t_fused / t_float,
-           "naive_over_float": t_naive / t_float, "textbook_over_float": t_text / t_float}
+           "naive_over_float": t_naive / t_float, "textbook_over_float": t_text / t_float, "isa": describe()}
     if a.json:
         print(json.dumps(res))
         return
+    print(line(res["isa"]))
     print(f"{a.preset} (d_model {mcfg.d_model}, {mcfg.n_layers} layer(s)) / {a.config}, batch {B}, {threads} threads (Torch and Numba), epoch = {steps * B:,.0f} sequences{' (measured)' if a.epoch else ''}:")
     for k, lab in (("float_conv", "float, convolution mode"), ("fused", "QAT, fused quantized scan"), ("naive", "QAT, plain Torch loop"),
                    ("textbook", "QAT, textbook loop")):

@@ -1,12 +1,14 @@
 """Benchmark the integer simulator against the machine's integer roofline, side by side in one run.
 
-    python tools/bench_sim.py [--model data/checkpoints/paper-small-w8a8.pt] [--n 10000] [--json]
+    python tools/bench_sim.py [--model data/checkpoints/paper-small-w8a8.pt] [--n 10000] [--isa avx2] [--json]
 
 Prints: multiplications per second of the simulator (the datapath's exact multiplication count
 per step from intssm.cost, times steps simulated), next to a dense int16 x int16 -> int32 Numba
 mat-vec measured in the same process (the roofline), as a fraction; steps/s; the time of the
 full test set with a warm JIT cache; the reference kernel's time on a subset for the speed-up;
-and the cold start (a new process simulating 100 sequences, JIT cache warm on disk).
+and the cold start (a new process simulating 100 sequences, JIT cache warm on disk). The first
+line says which vector ISA the host has and which one Numba generated code for (``--isa avx2``
+forces AVX2 code on an AVX-512 machine, tools/isa.py).
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from numba import njit, prange
-from intssm.outputs import atomic
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isa import describe, force_from_argv, line  # noqa: E402  (tools/isa.py)
+
+ISA = force_from_argv()  # before Numba is imported
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from intssm.outputs import atomic  # noqa: E402
 
 
 @njit(parallel=True, cache=True)
@@ -99,7 +107,10 @@ def main():
     ap.add_argument("--ref-n", type=int, default=500, help="sequences for the reference kernel")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--scaling", default=None, help="also time vs length and batch; write this PNG")
+    ap.add_argument("--isa", default="native", choices=["native", "avx2"],
+                    help="avx2: generate AVX2 code even on an AVX-512 machine (tools/isa.py)")
     a = ap.parse_args()
+    isa = describe()
 
     from intssm import cost, data, integer
     from intssm.sim import simulate
@@ -138,12 +149,14 @@ def main():
         "reference_kernel_seconds_extrapolated": t_ref, "fast_over_reference": t_ref / t_fast,
         "cold_process_100_seqs_seconds": t_cold,
         "dithered_rounding_seconds": t_dither, "dithered_over_nearest": t_dither / t_fast,
+        "isa": isa,
     }
     if a.scaling:
         res["scaling"] = scaling(im, ds.x, a.scaling)
     if a.json:
         print(json.dumps(res))
         return
+    print(line(isa))
     print(f"model {a.model}: {muls} multiplications per step")
     print(f"int16 mat-vec roofline      : {roof / 1e9:8.2f} G MAC/s")
     print(f"simulator (fast kernel)     : {muls * steps / t_fast / 1e9:8.2f} G mul/s = {res['fraction_of_roofline']:.1%} of roofline")
