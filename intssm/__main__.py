@@ -1,3 +1,3 @@
-from .cli import main
+from intssm.cli import main
 
 main()

@@ -2,7 +2,7 @@
 
 Keys: ``format`` ("intssm-ckpt"), ``intssm_version``, ``model_config`` (dict), ``state_dict``,
 ``metrics`` (training history), ``dataset`` ({"seq", "checksum"}), ``train_args``, and for
-quantized models ``qspec`` (the datapath description, see :mod:`intssm.qspec`).
+quantized models ``qspec`` (the datapath description, see :mod:`intssm.datapath.qspec`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .errors import IntssmError
-from .outputs import atomic
-from .model import ModelConfig, S4DModel
+from intssm import __version__
+from intssm.errors import IntssmError
+from intssm.outputs import atomic
+from intssm.training.model import ModelConfig, S4DModel
 
 FORMAT = "intssm-ckpt"
 

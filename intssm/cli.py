@@ -18,9 +18,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import outputs
-from .data import DATA_DIR
-from .errors import IntssmError, Interrupted
+from intssm import outputs
+from intssm.data import DATA_DIR
+from intssm.errors import IntssmError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 err = Console(stderr=True)
@@ -29,7 +29,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 SeqOpt = Annotated[str, typer.Option("--seq", help="smnist | psmnist | UEA/UCR .ts dataset (directory or NAME_TRAIN.ts) | IDX directory | .npz file.")]
 ValFracOpt = Annotated[Optional[float], typer.Option(help="Validation share of the training sequences, stratified and seeded (default 0.2; 0 = none, the last epoch is kept). sMNIST always holds out its last 10,000.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N sequences.")]
-EqualizeOpt = Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")]
+EqualizeOpt = Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.training.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")]
 
 CKPT_DIR = DATA_DIR / "checkpoints"
 DEFAULT_FLOAT_CKPT = CKPT_DIR / "paper-small-fp32.pt"
@@ -117,10 +117,10 @@ def train(
     SIGTERM saves the best epoch so far (marked interrupted) and exits 130 / 143; --resume goes on."""
     import math
 
-    from . import checkpoint, data
-    from .model import PRESETS, S4DModel, n_params
-    from .train import TrainArgs, args_dict, auto_batch_size
-    from .train import train as run_train
+    from intssm import checkpoint, data
+    from intssm.training.model import PRESETS, S4DModel, n_params
+    from intssm.training.train import TrainArgs, args_dict, auto_batch_size
+    from intssm.training.train import train as run_train
 
     _check_limit(limit)
     outputs.check_file(out, inputs=[seq, resume], what="--out")
@@ -218,8 +218,8 @@ def eval_(
     as_json: JsonOpt = False,
 ):
     """Accuracy of a float checkpoint (convolution or recurrent mode)."""
-    from . import checkpoint, data
-    from .train import evaluate
+    from intssm import checkpoint, data
+    from intssm.training.train import evaluate
 
     _check_limit(limit)
     if mode not in ("conv", "recurrent"):
@@ -231,7 +231,7 @@ def eval_(
     x = ds.as_float()
     scored = "float model"
     if "qspec" in ck:  # the float weights of a quantized checkpoint, on the inputs they read
-        from .ptq import from_checkpoint
+        from intssm.training.ptq import from_checkpoint
 
         qm = from_checkpoint(model, ck)
         x = qm.input_codes(ds.x, ds.lengths).astype(np.float32) / np.float32(255.0)
@@ -249,7 +249,7 @@ def eval_(
 @app.command()
 def models(as_json: JsonOpt = False):
     """The curated shipped models: task, test accuracy, bytes accounted and deployed (C), how each was made."""
-    from .models import load_registry
+    from intssm.models import load_registry
 
     entries = load_registry()
     if as_json:
@@ -266,7 +266,7 @@ def models(as_json: JsonOpt = False):
 @app.command()
 def configs(as_json: JsonOpt = False):
     """List the quantization config presets."""
-    from .qspec import ACTIVATIONS, PRESETS, SCALARS, WEIGHTS
+    from intssm.datapath.qspec import ACTIVATIONS, PRESETS, SCALARS, WEIGHTS
 
     rows = {}
     for name, q in PRESETS.items():
@@ -288,10 +288,10 @@ def ptq_(
     as_json: JsonOpt = False,
 ):
     """Post-training quantization: calibrate every range on training data, write a quantized checkpoint."""
-    from . import checkpoint, data
-    from .equalize import check_strength
-    from .ptq import ptq_dataset, qspec_entry
-    from .qspec import get_config
+    from intssm import checkpoint, data
+    from intssm.training.equalize import check_strength
+    from intssm.training.ptq import ptq_dataset, qspec_entry
+    from intssm.datapath.qspec import get_config
 
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
@@ -335,10 +335,10 @@ def qat_(
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
-    from . import checkpoint, data
-    from .equalize import check_strength
-    from .qat import PARAMS, check_options, kept, result_entries, start_from
-    from .qat import train as run_qat
+    from intssm import checkpoint, data
+    from intssm.training.equalize import check_strength
+    from intssm.training.qat import PARAMS, check_options, kept, result_entries, start_from
+    from intssm.training.qat import train as run_qat
 
     _check_limit(limit)
     if param not in PARAMS:
@@ -399,12 +399,12 @@ def search(
     as_json: JsonOpt = False,
 ):
     """Mixed-precision search: the least-memory bit allocation whose integer validation accuracy stays above the floor."""
-    from . import checkpoint, data
-    from .equalize import check_strength
-    from .executor import get_executor
-    from .ptq import ptq_dataset
-    from .qspec import get_config, ranges_to_json
-    from .search import GROUPS, SearchInterrupted, greedy, pareto, plot, score, write
+    from intssm import checkpoint, data
+    from intssm.training.equalize import check_strength
+    from intssm.executor import get_executor
+    from intssm.training.ptq import ptq_dataset
+    from intssm.datapath.qspec import get_config, ranges_to_json
+    from intssm.search import GROUPS, SearchInterrupted, greedy, pareto, plot, score, write
 
     if not 0 < min_accuracy <= 1:
         raise IntssmError(f"--min-accuracy must be in (0, 1], got {min_accuracy}")
@@ -483,7 +483,7 @@ def export_(
     as_json: JsonOpt = False,
 ):
     """Write the integer-only model: integer arrays, multipliers, shifts, LUTs and a JSON manifest."""
-    from . import export, integer
+    from intssm.integer import export, sources as integer
 
     outputs.check_file(out, inputs=[ckpt], what="--out", suffix=".npz")
     _small_torch_ops()
@@ -500,7 +500,7 @@ def export_c(
     as_json: JsonOpt = False,
 ):
     """Write the integer model as C99 (intssm_model.h/.c, example main.c), bit-exact with the simulator."""
-    from . import cexport, integer
+    from intssm.integer import cexport, sources as integer
 
     outputs.check_dir(out, what="--out")
     for name in (cexport.H_FILE, cexport.C_FILE):
@@ -518,8 +518,8 @@ def inspect(
     as_json: JsonOpt = False,
 ):
     """Table of the artifact's tensors: shape, bits, scale, code range."""
-    from . import export
-    from .qspec import QFormat
+    from intssm.integer import export
+    from intssm.datapath.qspec import QFormat
 
     arrays, man = export.load(model)
     rows = []
@@ -560,8 +560,9 @@ def simulate(
     as_json: JsonOpt = False,
 ):
     """Run the integer simulator on a dataset; verify it bit for bit against the Torch quantized model."""
-    from . import data, integer
-    from .sim import simulate as sim
+    from intssm import data
+    from intssm.integer import sources as integer
+    from intssm.integer.sim import simulate as sim
 
     _check_limit(limit)
     model = model or DEFAULT_QUANT_CKPT
@@ -637,8 +638,8 @@ def memory(
     as_json: JsonOpt = False,
 ):
     """Exact memory of the integer model (flash: constants; RAM: state and buffers) vs float32."""
-    from . import cost, integer
-    from .cexport import c_storage
+    from intssm.integer import cost, sources as integer
+    from intssm.integer.cexport import c_storage
 
     _small_torch_ops()
     im = integer.load(model or DEFAULT_QUANT_CKPT)  # one read: config, quantization and arrays
@@ -668,7 +669,9 @@ def profile(
     as_json: JsonOpt = False,
 ):
     """Exact integer work of one recurrent step (by kind and width), traffic, energy vs float32, saturation rates."""
-    from . import cost, data, integer, layout
+    from intssm.integer import cost, sources as integer
+    from intssm import data
+    from intssm.datapath import layout
 
     if limit < 0:
         raise IntssmError(f"--limit must be >= 0, got {limit}")

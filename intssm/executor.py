@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-from .errors import IntssmError
+from intssm.errors import IntssmError
 
 EXECUTORS = ("local", "ray")
 

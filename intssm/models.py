@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 
-from .data import DATA_DIR
-from .errors import IntssmError
+from intssm.data import DATA_DIR
+from intssm.errors import IntssmError
 
 REGISTRY = DATA_DIR / "checkpoints" / "MODELS.json"
 
@@ -43,9 +43,10 @@ CURATED = {
 def measure(name: str, progress=None) -> dict:
     """Every number of one curated model, measured now: test accuracy (the integer simulator for a
     quantized model, the float model in convolution mode otherwise), accounted and deployed bytes."""
-    from . import checkpoint, cost, data, integer
-    from .cexport import c_storage
-    from .train import evaluate
+    from intssm import checkpoint, data
+    from intssm.integer import cost, sources as integer
+    from intssm.integer.cexport import c_storage
+    from intssm.training.train import evaluate
 
     fname, seq, what, made = CURATED[name]
     path = DATA_DIR / "checkpoints" / fname
@@ -61,7 +62,7 @@ def measure(name: str, progress=None) -> dict:
                 "weights_reduction": round(m["weights_reduction"], 2), "reduction": round(m["reduction"], 2),
                 "deployed_bytes": m["c_flash_bytes"] + m["c_ram_bytes"]}
     else:
-        from .qspec import PRESETS
+        from intssm.datapath.qspec import PRESETS
 
         model, _ = checkpoint.load(path)
         acc, _ = evaluate(model, ds.as_float(), ds.y, lengths=ds.lengths)

@@ -20,7 +20,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import IntssmError
+from intssm.errors import IntssmError
 
 
 def _same(a: Path, b: Path) -> bool:

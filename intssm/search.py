@@ -1,6 +1,6 @@
 """Mixed-precision search: the per-component bit allocation with the least memory above an accuracy floor.
 
-Greedy descent on the memory of :func:`intssm.cost.memory`. From a start configuration, each round
+Greedy descent on the memory of :func:`intssm.integer.cost.memory`. From a start configuration, each round
 lowers one group of components by one rung of ``LADDER`` (16 14 12 10 8 7 6 5 4 3 2); every
 candidate is quantized (ranges calibrated once: they do not depend on the bit widths), optionally
 fine-tuned by a few QAT steps, and scored by the integer simulator on validation sequences. The
@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from .errors import IntssmError
-from .outputs import atomic, write_text
-from .qspec import QuantConfig
+from intssm.errors import IntssmError
+from intssm.outputs import atomic, write_text
+from intssm.datapath.qspec import QuantConfig
 
 LADDER = (16, 14, 12, 10, 8, 7, 6, 5, 4, 3, 2)
 GROUPS = {  # components lowered together (real and imaginary parts of Abar and of x stay paired)
@@ -44,7 +44,7 @@ def signature(q: QuantConfig) -> str:
 
 @lru_cache(maxsize=4)
 def _split(seq: str, split: str, n: int | None, val_fraction: float | None = None):
-    from . import data
+    from intssm import data
 
     return data.load(seq, split, n, val_fraction)
 
@@ -59,12 +59,13 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     import numpy as np
     import torch
 
-    from . import checkpoint, cost, data
-    from .export import integer_model
-    from .qat import configure, qat_step
-    from .qmodel import QuantS4D
-    from .qspec import build_datapath, ranges_from_json
-    from .sim import simulate
+    from intssm import checkpoint, data
+    from intssm.integer import cost
+    from intssm.integer.export import integer_model
+    from intssm.training.qat import configure, qat_step
+    from intssm.training.qmodel import QuantS4D
+    from intssm.datapath.qspec import build_datapath, ranges_from_json
+    from intssm.integer.sim import simulate
 
     q = QuantConfig.from_dict(qcfg)
     model, ck = checkpoint.load(ckpt)
@@ -76,7 +77,7 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     L = va.x.shape[1]
     iq = None
     if ck.get("input_quant") is not None:  # float data: the model was folded to read this quantizer's codes
-        from .inputq import InputQuant
+        from intssm.datapath.inputq import InputQuant
 
         iq = InputQuant.from_dict(ck["input_quant"])
     mem = cost.memory(model.cfg, q, L)

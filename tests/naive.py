@@ -1,7 +1,7 @@
 """Slow, obviously correct references of the fixed-point primitives (plain Python ``int``, never numpy).
 
 Python integers are unbounded and ``//`` is exact floor division, so these functions have no
-overflow, no wrap-around and no float anywhere: they state what :mod:`intssm.fixedpoint` must
+overflow, no wrap-around and no float anywhere: they state what :mod:`intssm.datapath.fixedpoint` must
 compute, nothing more.
 """
 

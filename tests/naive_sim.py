@@ -1,12 +1,12 @@
 """A slow, obviously-correct integer simulator in plain Python ints, counting every operation.
 
-It is a third execution of docs/datapath.md (after intssm.qmodel and intssm.sim): the tests
+It is a third execution of docs/datapath.md (after intssm.training.qmodel and intssm.integer.sim): the tests
 demand that its logits equal the Numba simulator's and that its operation tally equals the cost
-model of intssm.cost, which is derived from the description alone.
+model of intssm.integer.cost, which is derived from the description alone.
 """
 
-from intssm.cost import OpCounter, opw, site_acc_bits
-from intssm.layout import QRANGE_ROWS
+from intssm.integer.cost import OpCounter, opw, site_acc_bits
+from intssm.datapath.layout import QRANGE_ROWS
 
 
 def rshift(v, s):

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from conftest import load_tool
-from intssm.model import ModelConfig, S4DModel
-from intssm.ptq import ptq
-from intssm.qspec import PRESETS
+from intssm.training.model import ModelConfig, S4DModel
+from intssm.training.ptq import ptq
+from intssm.datapath.qspec import PRESETS
 
 
 def _bench():

@@ -1,4 +1,4 @@
-"""intssm.cexport: the generated C99 model is bit-exact with the Numba simulator.
+"""intssm.integer.cexport: the generated C99 model is bit-exact with the Numba simulator.
 
 Every test that compiles uses ``gcc -std=c99 -Wall -Wextra -Werror -O2`` (skipped without gcc):
 random small models and quantization configs (Hypothesis, a few examples: each compiles C), the
@@ -22,14 +22,15 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from intssm import cexport, data
+from intssm.integer import cexport
+from intssm import data
 from intssm.errors import IntssmError
-from intssm.export import integer_model
-from intssm.model import PRESETS as MODEL_PRESETS
-from intssm.model import ModelConfig, S4DModel
-from intssm.ptq import ptq
-from intssm.qspec import PRESETS, QFormat, QuantConfig
-from intssm.sim import simulate
+from intssm.integer.export import integer_model
+from intssm.training.model import PRESETS as MODEL_PRESETS
+from intssm.training.model import ModelConfig, S4DModel
+from intssm.training.ptq import ptq
+from intssm.datapath.qspec import PRESETS, QFormat, QuantConfig
+from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path (rootdir-relative, "prepend" import mode)
 from test_datapath import inputs, models, quant_configs
@@ -320,7 +321,7 @@ int main(void)
 @needs_gcc
 def test_c_rounding_rshift_is_floor_half_up(tmp_path):
     """Ties, negatives, s = 0 and large shifts: the C primitive is floor((v + 2^(s-1)) / 2^s), as in Python."""
-    from intssm.fixedpoint import rounding_rshift
+    from intssm.datapath.fixedpoint import rounding_rshift
 
     cexport.write_c(integer_model(_tiny()), manifest_like(_tiny()), tmp_path)
     (tmp_path / "prim.c").write_text(PRIMITIVE)
@@ -380,7 +381,7 @@ def test_cli_export_c(tmp_path):
     """The export-c command: .npz in, C files and JSON out."""
     from typer.testing import CliRunner
 
-    from intssm import export
+    from intssm.integer import export
     from intssm.cli import app
 
     qm = _tiny()

@@ -83,7 +83,7 @@ def test_eval_matches_library(tiny_ckpt):
     import torch
 
     from intssm import checkpoint, data
-    from intssm.train import evaluate
+    from intssm.training.train import evaluate
 
     _, ckpt, _ = tiny_ckpt
     out = _eval(ckpt, "--split", "val")

@@ -74,7 +74,7 @@ def exported(work):
 def test_ptq_writes_quantized_checkpoint(work):
     """ptq writes a checkpoint carrying a qspec (datapath version, quant config, ranges, sequence length)."""
     from intssm import checkpoint
-    from intssm.qspec import DATAPATH_VERSION, PRESETS, QuantConfig
+    from intssm.datapath.qspec import DATAPATH_VERSION, PRESETS, QuantConfig
 
     out = ok_json(work["ptq"])
     assert out == {"out": str(work["quant"]), "config": "w8a8", "calib": 16}
@@ -142,8 +142,9 @@ def test_simulate_human_output(work):
 
 def test_simulate_trace(work):
     """--trace writes the integer state x_re, x_im of sequence 0 as (784, layers, H, N/2), equal to the library's trace."""
-    from intssm import data, integer
-    from intssm.sim import simulate
+    from intssm import data
+    from intssm.integer import sources as integer
+    from intssm.integer.sim import simulate
 
     tr = work["dir"] / "tr.npz"
     out = ok_json(intssm("simulate", work["quant"], "--trace", tr, "--limit", "2", "--json"))
@@ -166,8 +167,9 @@ def test_simulate_trace(work):
 def test_simulate_golden_vectors(work):
     """--logits writes every sequence's integer logits, prediction, label and counters, equal to the
     library's; --trace-index traces the chosen sequence, whose logits match its row."""
-    from intssm import data, integer
-    from intssm.sim import simulate
+    from intssm import data
+    from intssm.integer import sources as integer
+    from intssm.integer.sim import simulate
 
     gold, tr = work["dir"] / "gold.npz", work["dir"] / "tr3.npz"
     out = ok_json(intssm("simulate", work["quant"], "--limit", "4", "--verify", "0", "--logits", gold,
@@ -222,8 +224,8 @@ def test_outputs_never_over_inputs(work, tmp_path):
 
 def test_export_json(exported):
     """export writes an .npz and reports its size and versions."""
-    from intssm.export import FORMAT_VERSION
-    from intssm.qspec import DATAPATH_VERSION
+    from intssm.integer.export import FORMAT_VERSION
+    from intssm.datapath.qspec import DATAPATH_VERSION
 
     path, r = exported
     out = ok_json(r)
@@ -247,9 +249,9 @@ def test_inspect_human(exported):
 
 def test_inspect_json_lists_arrays(exported):
     """inspect --json lists every array of the artifact with the shape the model config implies."""
-    from intssm.layout import expected_shapes
-    from intssm.model import PRESETS as MODEL_PRESETS
-    from intssm.qspec import PRESETS
+    from intssm.datapath.layout import expected_shapes
+    from intssm.training.model import PRESETS as MODEL_PRESETS
+    from intssm.datapath.qspec import PRESETS
 
     path, r = exported
     assert r.returncode == 0, r.stderr
@@ -290,7 +292,7 @@ def test_export_requires_npz_suffix(work, tmp_path):
 
 def test_configs_json():
     """configs --json lists every preset (w8a8, paper-hetero, ...) with its per-component bits."""
-    from intssm.qspec import PRESETS
+    from intssm.datapath.qspec import PRESETS
 
     out = ok_json(intssm("configs", "--json"))
     cfgs = out["configs"]
@@ -367,15 +369,15 @@ def test_equalize_bad_input(error_runs, name, fragment):
 
 
 def test_memory_json_matches_cost_model(exported):
-    """`memory` on the artifact reports bytes, fp32_bytes, reduction equal to intssm.cost.memory."""
-    from intssm import cost, export
+    """`memory` on the artifact reports bytes, fp32_bytes, reduction equal to intssm.integer.cost.memory."""
+    from intssm.integer import cost, export
 
     out, _ = exported
     r = intssm("memory", out, "--json")
     d = ok_json(r)
     _, man = export.load(out)
-    from intssm.model import ModelConfig
-    from intssm.qspec import QuantConfig
+    from intssm.training.model import ModelConfig
+    from intssm.datapath.qspec import QuantConfig
 
     want = cost.memory(ModelConfig.from_dict(man["model_config"]), QuantConfig.from_dict(man["quant_config"]), man["seq_len"])
     assert d["bytes"] == want["bytes"] and d["fp32_bytes"] == want["fp32_bytes"]
@@ -398,7 +400,7 @@ def test_qat_requantizes_a_quantized_checkpoint_at_new_formats(work, tmp_path):
     """`qat q.pt --config NEW` keeps the stored ranges and learned weights, switches to NEW's formats
     (progressive bit lowering), and the result simulates bit-exactly; without --config it keeps its own."""
     from intssm import checkpoint
-    from intssm.qspec import PRESETS, QuantConfig, ranges_from_json
+    from intssm.datapath.qspec import PRESETS, QuantConfig, ranges_from_json
 
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     ok_json(intssm("qat", work["quant"], "--param", "discrete", "--epochs", "1", "--limit", "16", "--val-limit", "8",

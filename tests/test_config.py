@@ -1,4 +1,4 @@
-"""Quant config validation (intssm.qspec.QuantConfig): every impossible setting is refused with a
+"""Quant config validation (intssm.datapath.qspec.QuantConfig): every impossible setting is refused with a
 message naming the component and the value; good configs round-trip through their dict form."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from intssm.errors import IntssmError
-from intssm.qspec import PRESETS, QuantConfig
+from intssm.datapath.qspec import PRESETS, QuantConfig
 
 BAD = [
     ({"A_re": {"bits": 0}}, "A_re.bits must be an integer in 2..16, got 0"),
@@ -50,7 +50,7 @@ def test_config_doc_lists_every_field():
     """docs/config.md tabulates every component (with its default bits and symmetry) and every setting."""
     from pathlib import Path
 
-    from intssm.qspec import ACTIVATIONS, SCALARS, WEIGHTS, QuantConfig
+    from intssm.datapath.qspec import ACTIVATIONS, SCALARS, WEIGHTS, QuantConfig
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
     comp = doc.split("<!-- config-components")[1].split("<!-- /config-components -->")[0]

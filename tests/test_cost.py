@@ -1,4 +1,4 @@
-"""The cost model (intssm.cost) against an instrumented simulator, and memory against a hand count."""
+"""The cost model (intssm.integer.cost) against an instrumented simulator, and memory against a hand count."""
 
 from dataclasses import replace
 
@@ -9,13 +9,13 @@ from hypothesis import strategies as st
 from naive_sim import run as naive_run
 from test_datapath import models, quant_configs
 
-from intssm.cost import final_ops, memory, step_ops
+from intssm.integer.cost import final_ops, memory, step_ops
 from intssm.errors import IntssmError
-from intssm.export import integer_model
-from intssm.model import ModelConfig
-from intssm.ptq import ptq
-from intssm.qspec import PRESETS, QFormat, QuantConfig
-from intssm.sim import simulate
+from intssm.integer.export import integer_model
+from intssm.training.model import ModelConfig
+from intssm.training.ptq import ptq
+from intssm.datapath.qspec import PRESETS, QFormat, QuantConfig
+from intssm.integer.sim import simulate
 
 
 @given(models(max_layers=2), quant_configs(), st.integers(1, 4), st.integers(0, 2**16))

@@ -8,12 +8,12 @@ from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
 from intssm.errors import IntssmError
-from intssm.export import integer_model
-from intssm.model import ModelConfig, S4DModel
-from intssm.ptq import ptq
-from intssm.qspec import ACTIVATIONS, PER_CHANNEL_OK, PRESETS, WEIGHTS, QFormat, QuantConfig
-from intssm import sim
-from intssm.sim import simulate
+from intssm.integer.export import integer_model
+from intssm.training.model import ModelConfig, S4DModel
+from intssm.training.ptq import ptq
+from intssm.datapath.qspec import ACTIVATIONS, PER_CHANNEL_OK, PRESETS, WEIGHTS, QFormat, QuantConfig
+from intssm.integer import sim
+from intssm.integer.sim import simulate
 
 
 @st.composite

@@ -1,4 +1,4 @@
-"""State equalization (intssm.equalize): the float function is kept, the state ranges are evened,
+"""State equalization (intssm.training.equalize): the float function is kept, the state ranges are evened,
 and a 6-bit state quantizes with less error after it."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from intssm import checkpoint, data
-from intssm.equalize import equalize_states, mode_ranges
+from intssm.training.equalize import equalize_states, mode_ranges
 from intssm.errors import IntssmError
-from intssm.export import integer_model
-from intssm.model import ModelConfig, S4DModel
-from intssm.ptq import ptq
-from intssm.qspec import PRESETS, QFormat
-from intssm.sim import simulate
+from intssm.integer.export import integer_model
+from intssm.training.model import ModelConfig, S4DModel
+from intssm.training.ptq import ptq
+from intssm.datapath.qspec import PRESETS, QFormat
+from intssm.integer.sim import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""intssm.export: the .npz integer artifact round-trips exactly, and every malformed artifact is refused
+"""intssm.integer.export: the .npz integer artifact round-trips exactly, and every malformed artifact is refused
 with one clear IntssmError, both from the library and from the CLI (``inspect``, ``simulate``)."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-import intssm.export
-import intssm.ptq
-import intssm.qspec
-import intssm.sim
+import intssm.integer.export
+import intssm.training.ptq
+import intssm.datapath.qspec
+import intssm.integer.sim
 from intssm.errors import IntssmError
-from intssm.model import ModelConfig, S4DModel
+from intssm.training.model import ModelConfig, S4DModel
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="80")
 SEQ_LEN = 20
@@ -34,10 +34,10 @@ def good(tmp_path_factory):
     try:
         model = S4DModel(ModelConfig(d_model=4, d_state=8, n_layers=1), seed=0)
         calib = torch.rand(4, SEQ_LEN, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-        qm, _ = intssm.ptq.ptq(model.double(), intssm.qspec.PRESETS["w8a8"], calib)
-        arrays = intssm.export.integer_model(qm)
+        qm, _ = intssm.training.ptq.ptq(model.double(), intssm.datapath.qspec.PRESETS["w8a8"], calib)
+        arrays = intssm.integer.export.integer_model(qm)
         path = tmp_path_factory.mktemp("export") / "good.npz"
-        man = intssm.export.save(path, qm)
+        man = intssm.integer.export.save(path, qm)
     finally:
         torch.set_num_threads(threads)
     return qm, arrays, path, man
@@ -66,7 +66,7 @@ def inputs(n: int = 3, seed: int = 0) -> np.ndarray:
 def test_roundtrip_arrays(good):
     """load(save(qm)) gives exactly the arrays of integer_model(qm): same names, int64, equal values."""
     _, arrays, path, _ = good
-    loaded, _ = intssm.export.load(path)
+    loaded, _ = intssm.integer.export.load(path)
     assert sorted(loaded) == sorted(arrays)
     for k, v in arrays.items():
         assert loaded[k].dtype == np.int64, k
@@ -77,11 +77,11 @@ def test_roundtrip_arrays(good):
 def test_roundtrip_manifest(good):
     """The manifest read back is the one written: versions, configs, sequence length, counter names."""
     qm, _, path, man = good
-    _, loaded = intssm.export.load(path)
+    _, loaded = intssm.integer.export.load(path)
     assert loaded == json.loads(json.dumps(man))
-    assert loaded["format"] == intssm.export.FORMAT
-    assert loaded["format_version"] == intssm.export.FORMAT_VERSION
-    assert loaded["datapath_version"] == intssm.qspec.DATAPATH_VERSION
+    assert loaded["format"] == intssm.integer.export.FORMAT
+    assert loaded["format_version"] == intssm.integer.export.FORMAT_VERSION
+    assert loaded["datapath_version"] == intssm.datapath.qspec.DATAPATH_VERSION
     assert loaded["seq_len"] == SEQ_LEN
     assert loaded["counters"] == qm.counters
     assert loaded["model_config"] == qm.dp.cfg.to_dict()
@@ -102,12 +102,12 @@ def test_storage_is_narrow_integers(good):
 def test_roundtrip_simulation_identical(good):
     """The simulator gives identical logits and saturation counts from the loaded and the in-memory arrays (and Torch agrees)."""
     qm, arrays, path, _ = good
-    loaded, man = intssm.export.load(path)
+    loaded, man = intssm.integer.export.load(path)
     P = inputs(5)
     n_cnt = len(man["counters"])
     mean_pool = man["model_config"]["pool"] == "mean"
-    lg_mem, c_mem, _ = intssm.sim.simulate(arrays, P, mean_pool, n_cnt)
-    lg_file, c_file, _ = intssm.sim.simulate(loaded, P, mean_pool, n_cnt)
+    lg_mem, c_mem, _ = intssm.integer.sim.simulate(arrays, P, mean_pool, n_cnt)
+    lg_file, c_file, _ = intssm.integer.sim.simulate(loaded, P, mean_pool, n_cnt)
     assert np.array_equal(lg_mem, lg_file)
     assert np.array_equal(c_mem, c_file)
     with torch.no_grad():
@@ -122,20 +122,20 @@ def test_artifact_before_dither_flag_loads(good, tmp_path):
     raw = read_raw(path)
     del raw["x_dither"]
     np.savez(tmp_path / "old.npz", **raw)
-    a, _ = intssm.export.load(tmp_path / "old.npz")
+    a, _ = intssm.integer.export.load(tmp_path / "old.npz")
     assert a["x_dither"].tolist() == [0]
     P = inputs()
     n = len(qm.counters)
-    assert (intssm.sim.simulate(a, P, True, n)[0] == intssm.sim.simulate(arrays, P, True, n)[0]).all()
+    assert (intssm.integer.sim.simulate(a, P, True, n)[0] == intssm.integer.sim.simulate(arrays, P, True, n)[0]).all()
 
 
 def test_resave_identical(good, tmp_path):
     """Saving the same model twice gives artifacts that load to the same arrays and manifest."""
     qm, _, path, _ = good
     again = tmp_path / "sub" / "again.npz"
-    intssm.export.save(again, qm)
-    a1, m1 = intssm.export.load(path)
-    a2, m2 = intssm.export.load(again)
+    intssm.integer.export.save(again, qm)
+    a1, m1 = intssm.integer.export.load(path)
+    a2, m2 = intssm.integer.export.load(again)
     assert m1 == m2
     assert sorted(a1) == sorted(a2) and all(np.array_equal(a1[k], a2[k]) for k in a1)
 
@@ -343,7 +343,7 @@ WRITTEN: dict = {}  # name -> sha256 of the bad file as written
 def test_load_refuses_bad_artifact(bad_files, name):
     """Each malformed artifact raises IntssmError with a one-line message that names the file and the problem."""
     with pytest.raises(IntssmError) as ei:
-        intssm.export.load(bad_files[name])
+        intssm.integer.export.load(bad_files[name])
     msg = str(ei.value)
     assert "\n" not in msg
     assert str(bad_files[name]) in msg
@@ -361,8 +361,8 @@ def test_bad_artifacts_are_really_bad(bad_files):
 
 
 def test_load_integer_model_source(good, bad_files):
-    """intssm.integer.load reads .npz artifacts through the same validation."""
-    from intssm import integer
+    """intssm.integer.sources.load reads .npz artifacts through the same validation."""
+    from intssm.integer import sources as integer
 
     im = integer.load(good[2])
     assert im.qm is None and im.seq_len == SEQ_LEN and im.counters == good[0].counters

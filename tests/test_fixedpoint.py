@@ -1,4 +1,4 @@
-"""intssm.fixedpoint against the plain-Python big-integer references of tests/naive.py.
+"""intssm.datapath.fixedpoint against the plain-Python big-integer references of tests/naive.py.
 
 Every comparison of integers is ``==`` (or an exact rational comparison): the datapath's claim is
 bit-exactness, so a tolerance would hide exactly the bugs these tests are for.
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import naive
 from intssm.errors import IntssmError
-from intssm.fixedpoint import (
+from intssm.datapath.fixedpoint import (
     WEYL_LANE,
     WEYL_STEP,
     offset_rshift,
@@ -32,7 +32,7 @@ from intssm.fixedpoint import (
     rounding_rshift,
     saturate,
 )
-from intssm.fixedpoint_torch import offset_rshift_t, round_half_up_t, rounding_rshift_t, weyl_offset_t
+from intssm.training.fixedpoint_torch import offset_rshift_t, round_half_up_t, rounding_rshift_t, weyl_offset_t
 
 T64 = torch.float64
 
@@ -397,7 +397,7 @@ def test_width_generic_ops_wrap_at_32_bits(a, b, sh):
     operands in range they are exact; cast_like takes the width of its second argument."""
     from numba import njit
 
-    from intssm.fixedpoint import cast_like, wadd, washr, wmul, wsub
+    from intssm.datapath.fixedpoint import cast_like, wadd, washr, wmul, wsub
 
     @njit
     def ops(x, y, s, like):
@@ -417,7 +417,7 @@ def test_width_generic_ops_wrap_at_32_bits(a, b, sh):
 def test_fused_rshift_clamp_equals_composite(seed, smax, z, lohi):
     """rshift_clamp_t (one autograd node) gives exactly the integers and the gradient of
     clamp_t(rounding_rshift_t(., ste=True) + z): 2**-S where not saturated, 0 where saturated."""
-    from intssm.fixedpoint_torch import clamp_t, rounding_rshift_t, rshift_clamp_t
+    from intssm.training.fixedpoint_torch import clamp_t, rounding_rshift_t, rshift_clamp_t
 
     g = torch.Generator().manual_seed(seed)
     s = torch.randint(0, smax + 1, (3,), generator=g).double()

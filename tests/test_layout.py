@@ -1,4 +1,4 @@
-"""The integer model's layout (intssm.layout): one owner of names, shapes, rows and counters."""
+"""The integer model's layout (intssm.datapath.layout): one owner of names, shapes, rows and counters."""
 
 import subprocess
 import sys
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from intssm import layout
+from intssm.datapath import layout
 from intssm.errors import IntssmError
-from intssm.export import integer_model
-from intssm.model import ModelConfig, S4DModel
-from intssm.ptq import ptq
-from intssm.qspec import PRESETS
+from intssm.integer.export import integer_model
+from intssm.training.model import ModelConfig, S4DModel
+from intssm.training.ptq import ptq
+from intssm.datapath.qspec import PRESETS
 
 
 def _qm(cfg=ModelConfig(d_model=3, d_state=4, n_layers=2), qcfg=PRESETS["w8a8"]):
@@ -85,7 +85,7 @@ def test_validate_reruns_the_bound_proof():
     C and state codes with the largest multipliers), and so do dithered shifts above 32."""
     from dataclasses import replace
 
-    from intssm.qspec import QFormat
+    from intssm.datapath.qspec import QFormat
 
     cfg = ModelConfig(d_model=1, d_state=4096, n_layers=1)
     q = replace(PRESETS["w8a8"], C=QFormat(16), x_re=QFormat(16), x_im=QFormat(16))
@@ -114,14 +114,14 @@ def test_integer_side_imports_no_torch():
             "    def find_spec(self, n, p, t=None):\n"
             "        if n == 'torch' or n.startswith('torch.'): raise ImportError('torch blocked')\n"
             "sys.meta_path.insert(0, B())\n"
-            "import intssm.sim, intssm.layout, intssm.export, intssm.cexport, intssm.cost, intssm.inputq\n"
+            "import intssm.integer.sim, intssm.datapath.layout, intssm.integer.export, intssm.integer.cexport, intssm.integer.cost, intssm.datapath.inputq, intssm.integer.sim\n"
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
 def test_spec_artifact_table_matches_layout():
-    """docs/datapath.md's Artifact table lists every array of intssm.layout, in order, with its shape and role."""
+    """docs/datapath.md's Artifact table lists every array of intssm.datapath.layout, in order, with its shape and role."""
     import re
     from pathlib import Path
 
@@ -138,7 +138,7 @@ def test_spec_manifest_fields_match_export():
     """Every manifest field the exporter writes is named in the Artifact section."""
     from pathlib import Path
 
-    from intssm.export import manifest_of
+    from intssm.integer.export import manifest_of
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "datapath.md").read_text()
     section = doc.split("The manifest's fields:")[1].split("A reader refuses")[0]

@@ -1,4 +1,4 @@
-"""intssm.model (conv vs recurrent, ZOH discretization), training smoke test, checkpoints."""
+"""intssm.training.model (conv vs recurrent, ZOH discretization), training smoke test, checkpoints."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from intssm import checkpoint, data  # noqa: E402
 from intssm.errors import IntssmError  # noqa: E402
-from intssm.model import PRESETS, S4D, ModelConfig, S4DModel, n_params  # noqa: E402
-from intssm.train import TrainArgs, evaluate, train  # noqa: E402
+from intssm.training.model import PRESETS, S4D, ModelConfig, S4DModel, n_params  # noqa: E402
+from intssm.training.train import TrainArgs, evaluate, train  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 
 from intssm import data
 from intssm.errors import IntssmError
-from intssm.export import integer_model
-from intssm.inputq import InputQuant, calibrate_input, fold_input
-from intssm.model import ModelConfig, S4DModel
-from intssm.ptq import ptq_dataset
-from intssm.sim import simulate
-from intssm.tsformat import read_ts
+from intssm.integer.export import integer_model
+from intssm.datapath.inputq import InputQuant, calibrate_input, fold_input
+from intssm.training.model import ModelConfig, S4DModel
+from intssm.training.ptq import ptq_dataset
+from intssm.integer.sim import simulate
+from intssm.data.tsformat import read_ts
 
 from test_cexport import build_harness, manifest_like, run_c
 from test_datapath import models, quant_configs
@@ -263,7 +263,7 @@ def test_torch_equals_numba_on_any_inputs(m, qcfg, draw):
 def test_mean_pool_refuses_variable_lengths():
     m = S4DModel(ModelConfig(d_input=2, d_output=2, d_model=2, d_state=2, pool="mean")).double()
     x = np.random.default_rng(0).normal(size=(3, 5, 2)).astype(np.float32)
-    qm, _ = ptq_dataset(m, __import__("intssm.qspec", fromlist=["PRESETS"]).PRESETS["w8a8"],
+    qm, _ = ptq_dataset(m, __import__("intssm.datapath.qspec", fromlist=["PRESETS"]).PRESETS["w8a8"],
                         data.SeqData(x, np.zeros(3, np.int64), "h", ""))
     P, lens = qm.input_codes(x), np.array([5, 3, 5])
     with pytest.raises(IntssmError, match="pool 'last'"):
@@ -275,7 +275,7 @@ def test_mean_pool_refuses_variable_lengths():
 def test_model_kind_must_match_the_data():
     m = S4DModel(ModelConfig(d_input=2, d_output=2, d_model=2, d_state=2)).double()
     x = np.random.default_rng(0).normal(size=(3, 5, 2)).astype(np.float32)
-    qm, _ = ptq_dataset(m, __import__("intssm.qspec", fromlist=["PRESETS"]).PRESETS["w8a8"],
+    qm, _ = ptq_dataset(m, __import__("intssm.datapath.qspec", fromlist=["PRESETS"]).PRESETS["w8a8"],
                         data.SeqData(x, np.zeros(3, np.int64), "h", ""))
     with pytest.raises(IntssmError, match="uint8"):
         qm.input_codes(np.zeros((1, 5, 2), np.uint8))
@@ -362,8 +362,8 @@ def _c_equals_simulator(qm, P, lens, tmp: Path):
 def test_c_equals_simulator_on_real_sequences(ds_path, cfg_name):
     """A small float model trained one epoch on the real data, quantized with its input quantizer:
     the C export (compiled with -Werror) equals the simulator on every test sequence."""
-    from intssm.qspec import PRESETS
-    from intssm.train import TrainArgs, train
+    from intssm.datapath.qspec import PRESETS
+    from intssm.training.train import TrainArgs, train
 
     info = data.info(str(ds_path))
     cfg = ModelConfig(d_input=info.d_input, d_output=info.n_classes, d_model=8, d_state=16,
@@ -405,7 +405,7 @@ def test_c_equals_simulator_random_multichannel_varlen(m, qcfg, draw):
 def test_shipped_uea_models(name, ds_path, floor):
     """The shipped integer models (tools/uea_models.sh): accuracy on the whole test set, Torch ==
     simulator on every sequence, and the C export (-Werror) == simulator on every sequence."""
-    from intssm import integer
+    from intssm.integer import sources as integer
 
     im = integer.load(ROOT / "data" / "checkpoints" / f"{name}.pt")
     te = data.load(str(ds_path), "test")

@@ -1,4 +1,4 @@
-"""The fused pointwise layer steps (intssm.pointwise) against the Torch path of intssm.qmodel."""
+"""The fused pointwise layer steps (intssm.training.pointwise) against the Torch path of intssm.training.qmodel."""
 
 import numpy as np
 import torch
@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from test_datapath import models, quant_configs
 from test_scan import assert_same_codes_close_grads, drawn_case, loss_and_grads
 
-from intssm.ptq import ptq
+from intssm.training.ptq import ptq
 
 
 @given(models(max_layers=2), quant_configs(), st.data())
@@ -23,8 +23,8 @@ def test_fused_tail_gradients_independent_of_threads():
     """Weight gradients are summed in fixed row blocks: the same bits on 1 and 2 threads."""
     import numba
 
-    from intssm.model import ModelConfig, S4DModel
-    from intssm.qspec import PRESETS
+    from intssm.training.model import ModelConfig, S4DModel
+    from intssm.datapath.qspec import PRESETS
 
     m = S4DModel(ModelConfig(d_model=4, d_state=4), seed=0).double()
     rng = np.random.default_rng(0)

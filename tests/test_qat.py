@@ -7,12 +7,12 @@ import torch.nn.functional as F
 
 from intssm import checkpoint, data
 from intssm.errors import IntssmError
-from intssm.export import integer_model
-from intssm.model import ModelConfig, S4DModel
-from intssm.qat import configure
-from intssm.ptq import from_checkpoint, ptq, qspec_entry
-from intssm.qspec import PRESETS
-from intssm.sim import simulate
+from intssm.integer.export import integer_model
+from intssm.training.model import ModelConfig, S4DModel
+from intssm.training.qat import configure
+from intssm.training.ptq import from_checkpoint, ptq, qspec_entry
+from intssm.datapath.qspec import PRESETS
+from intssm.integer.sim import simulate
 
 
 def _qm(config="paper-hetero", seed=0):
@@ -86,7 +86,7 @@ def test_short_qat_lowers_loss_and_stays_bit_exact(tmp_path):
 
 def test_time_budget_stops_qat_after_a_partial_epoch():
     """max_minutes ends training at the first step past the budget; that partial epoch is validated."""
-    from intssm.qat import train
+    from intssm.training.qat import train
 
     qm, _ = _qm()
     best, hist, _ = train(qm, "smnist", "frozen", epochs=3, batch_size=8, limit=64, val_limit=16, max_minutes=1e-6)
@@ -98,7 +98,7 @@ def test_time_budget_stops_qat_after_a_partial_epoch():
 def test_distill_loss_is_zero_only_at_the_teacher():
     """The distillation term vanishes when the student's logits equal the teacher's and is positive
     otherwise; at temperature T it is T**2 times the KL of the softened distributions."""
-    from intssm.qat import distill_loss
+    from intssm.training.qat import distill_loss
 
     t = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], dtype=torch.float64)
     assert distill_loss(t.clone(), t, 2.0).item() == pytest.approx(0.0, abs=1e-15)
@@ -111,7 +111,7 @@ def test_distill_loss_is_zero_only_at_the_teacher():
 
 def test_distillation_steps_move_the_student_toward_the_teacher():
     """QAT with alpha = 1 (distillation only) lowers the KL to the float teacher on the batch it trains on."""
-    from intssm.qat import distill_loss, qat_step
+    from intssm.training.qat import distill_loss, qat_step
 
     qm, _ = _qm(seed=2)
     teacher = S4DModel(ModelConfig(d_model=4, d_state=8, n_layers=1), seed=3).eval()
@@ -131,7 +131,7 @@ def test_distillation_steps_move_the_student_toward_the_teacher():
 
 
 def test_distillation_settings_are_checked():
-    from intssm.qat import train
+    from intssm.training.qat import train
 
     qm, _ = _qm()
     for bad in ({"distill": 1.5}, {"distill": -0.1}, {"distill": 0.5, "temp": 0.0}):
@@ -186,7 +186,7 @@ def test_stable_abar_moves_every_mode_inside_the_unit_circle():
 def test_weight_ema_averages_and_swaps_back():
     """WeightEMA follows a <- d a + (1 - d) w; inside swapped_in() the model holds the average and
     afterwards exactly its live weights again."""
-    from intssm.qat import WeightEMA
+    from intssm.training.qat import WeightEMA
 
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
     avg = WeightEMA([w], 0.75)
@@ -201,7 +201,7 @@ def test_weight_ema_averages_and_swaps_back():
 def test_ema_qat_scores_both_and_keeps_the_reported_snapshot():
     """With ema > 0 every epoch is scored with live and averaged weights; the snapshot train()
     returns is the one kept() reports, and restoring it reproduces that validation accuracy."""
-    from intssm.qat import int_accuracy, kept, restore, train
+    from intssm.training.qat import int_accuracy, kept, restore, train
 
     qm, _ = _qm(seed=2)
     best, hist, _ = train(qm, "smnist", "discrete", epochs=2, batch_size=8, limit=48, val_limit=64, lr=3e-3, ema=0.9)

@@ -11,11 +11,11 @@ from hypothesis.extra.numpy import arrays
 
 from intssm import checkpoint, data
 from intssm.errors import IntssmError
-from intssm.export import integer_model
-from intssm.model import PRESETS, S4DModel
-from intssm.ptq import from_checkpoint, ptq, qspec_entry
-from intssm.qspec import MSE_GRID, QFormat, QuantConfig, _qdq_mse, apply_range_policies, parse_range
-from intssm.sim import simulate
+from intssm.integer.export import integer_model
+from intssm.training.model import PRESETS, S4DModel
+from intssm.training.ptq import from_checkpoint, ptq, qspec_entry
+from intssm.datapath.qspec import MSE_GRID, QFormat, QuantConfig, _qdq_mse, apply_range_policies, parse_range
+from intssm.integer.sim import simulate
 
 
 @pytest.mark.parametrize("bad", ["p100", "p50", "p", "pxx", "max", "", "MSE"])

@@ -1,4 +1,4 @@
-"""The fused quantized scan (intssm.scan) against the Torch reference scan of intssm.qmodel."""
+"""The fused quantized scan (intssm.training.scan) against the Torch reference scan of intssm.training.qmodel."""
 
 import numpy as np
 import torch
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from test_datapath import inputs, models, quant_configs
 
 from intssm.errors import IntssmError
-from intssm.ptq import ptq
+from intssm.training.ptq import ptq
 
 
 def loss_and_grads(qm, P, y, **flags):
@@ -63,9 +63,9 @@ def test_fused_scan_forward_exact_backward_matches_autograd(m, q, data):
 
 def test_fused_scan_counts_clips():
     """The fused scan reports the same clip counts as the reference scan."""
-    from intssm.model import ModelConfig, S4DModel
-    from intssm.qspec import PRESETS
-    from intssm.scan import fused_scan
+    from intssm.training.model import ModelConfig, S4DModel
+    from intssm.datapath.qspec import PRESETS
+    from intssm.training.scan import fused_scan
 
     m = S4DModel(ModelConfig(d_model=3, d_state=4), seed=0).double()
     qm, _ = ptq(m, PRESETS["paper-hetero"], torch.full((2, 12, 1), 0.01, dtype=torch.float64))
@@ -90,8 +90,8 @@ def test_fused_scan_counts_clips():
 def test_recycled_buffers_do_not_leak_between_calls():
     """Buffers go back to the pool in backward: two models' forwards before either backward, then
     a repeat, give exactly the gradients of each one run alone (the pool never hands out a live buffer)."""
-    from intssm.model import ModelConfig, S4DModel
-    from intssm.qspec import PRESETS
+    from intssm.training.model import ModelConfig, S4DModel
+    from intssm.datapath.qspec import PRESETS
 
     rng = np.random.default_rng(5)
     P = rng.integers(0, 256, (3, 9, 1)).astype(np.uint8)

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from intssm import checkpoint, data
 from intssm.errors import IntssmError
 from intssm.executor import LocalExecutor, get_executor
-from intssm.model import PRESETS, S4DModel
-from intssm.calibrate import calibrate
-from intssm.qspec import PRESETS as QP
-from intssm.qspec import QuantConfig, get_config, ranges_to_json
+from intssm.training.model import PRESETS, S4DModel
+from intssm.training.calibrate import calibrate
+from intssm.datapath.qspec import PRESETS as QP
+from intssm.datapath.qspec import QuantConfig, get_config, ranges_to_json
 from intssm.search import GROUPS, LADDER, greedy, lower, pareto, signature
 
 from test_cli_int import assert_clean_error, intssm, ok_json
@@ -149,7 +149,7 @@ def test_search_with_equalized_states_scores_the_model_its_ptq_command_builds(ti
     """``--equalize``: the candidates quantize one equalized copy of the float model, written beside
     the results; the PTQ command the search prints rebuilds exactly that model (same weights), and
     an integer model that scores the search's own validation accuracy."""
-    from intssm.equalize import mode_ranges
+    from intssm.training.equalize import mode_ranges
 
     out = tiny["dir"] / "eq"
     r = ok_json(intssm("search", tiny["ckpt"], "--min-accuracy", "0.05", "--start", "w8a8", "--groups", "D",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import load_tool
 from intssm import checkpoint
-from intssm.model import PRESETS, S4DModel
+from intssm.training.model import PRESETS, S4DModel
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ The two loops:
   state recurrence a Python loop of 784 steps;
 - **textbook loop** (:func:`textbook_forward`): fake quantization as Torch's QAT tools do it, the
   way a straightforward QAT loop is written: float32, the whole model stepped once per time step (as
-  :meth:`intssm.model.S4DModel.forward_recurrent`), real and imaginary state parts and every
+  :meth:`intssm.training.model.S4DModel.forward_recurrent`), real and imaginary state parts and every
   activation through ``torch.fake_quantize_per_*_affine`` (one fused op each, straight-through with
   the clip mask), with the scales of the same PTQ calibration. It is a speed baseline only: it
   rounds in float32, so its numbers are close to, not equal to, the integer datapath's.
@@ -98,8 +98,8 @@ def agreement(n: int, ckpt: str, config: str) -> dict:
     import torch
 
     from intssm import checkpoint, data
-    from intssm.ptq import ptq
-    from intssm.qspec import PRESETS as QP
+    from intssm.training.ptq import ptq
+    from intssm.datapath.qspec import PRESETS as QP
 
     m, _ = checkpoint.load(ckpt)
     qm, _ = ptq(m.double(), QP[config], torch.from_numpy(data.load("smnist", "train", 64).as_float()).double())
@@ -115,8 +115,8 @@ def agreement(n: int, ckpt: str, config: str) -> dict:
 
 def profile_steps(step, n: int, what: str, top: int = 12) -> None:
     """Self CPU time per operator and per step over ``n`` steps (after one warm-up step). The fused
-    kernels appear as QuantScan / QuantScanBackward (the state scan, intssm.scan) and LayerTail /
-    LayerTailBackward (each layer's pointwise steps, intssm.pointwise); the rest are Torch
+    kernels appear as QuantScan / QuantScanBackward (the state scan, intssm.training.scan) and LayerTail /
+    LayerTailBackward (each layer's pointwise steps, intssm.training.pointwise); the rest are Torch
     operators (encoder, weight codes, pooling, decoder, optimizer). Times include the profiler's
     own overhead."""
     from torch.profiler import ProfilerActivity, profile
@@ -169,10 +169,10 @@ def main():
               f"integer model {r['integer']:.2%}; textbook and integer predictions agree on {r['agree']:.2%}")
         return
     from intssm import data
-    from intssm.model import PRESETS, S4DModel
-    from intssm.qat import configure
-    from intssm.ptq import ptq
-    from intssm.qspec import PRESETS as QP
+    from intssm.training.model import PRESETS, S4DModel
+    from intssm.training.qat import configure
+    from intssm.training.ptq import ptq
+    from intssm.datapath.qspec import PRESETS as QP
 
     mcfg = replace(PRESETS[a.preset], **({"d_model": a.d_model} if a.d_model else {}),
                    **({"n_layers": a.n_layers} if a.n_layers else {}))

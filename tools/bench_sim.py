@@ -3,7 +3,7 @@
     python tools/bench_sim.py [--model data/checkpoints/paper-small-w8a8.pt] [--n 10000] [--isa avx2] [--json]
 
 Prints: multiplications per second of the simulator (the datapath's exact multiplication count
-per step from intssm.cost, times steps simulated), next to a dense int16 x int16 -> int32 Numba
+per step from intssm.integer.cost, times steps simulated), next to a dense int16 x int16 -> int32 Numba
 mat-vec measured in the same process (the roofline), as a fraction; steps/s; the time of the
 full test set with a warm JIT cache; the reference kernel's time on a subset for the speed-up;
 and the cold start (a new process simulating 100 sequences, JIT cache warm on disk). The first
@@ -64,7 +64,7 @@ def roofline_macs_per_s(n=1024, reps=50):
 
 def scaling(im, X, png):
     """Simulator time vs sequence length (expect linear) and per-sequence time vs batch size."""
-    from intssm.sim import simulate
+    from intssm.integer.sim import simulate
 
     def t_of(P, reps=3):
         best = float("inf")
@@ -112,8 +112,9 @@ def main():
     a = ap.parse_args()
     isa = describe()
 
-    from intssm import cost, data, integer
-    from intssm.sim import simulate
+    from intssm.integer import cost, sources as integer
+    from intssm import data
+    from intssm.integer.sim import simulate
 
     im = integer.load(a.model)
     cfg, qcfg, L, _ = integer.describe(a.model)

@@ -6,7 +6,7 @@ Run (from the repository root, venv active):
     python tools/bench_train.py --batches 2 --json    # one JSON object on stdout
 
 A full recurrent epoch is far too slow to run, so each mode times ``--batches`` training steps
-(forward + backward + AdamW step, exactly as ``intssm.train`` does them, on the first batches of a
+(forward + backward + AdamW step, exactly as ``intssm.training.train`` does them, on the first batches of a
 fixed shuffle of the 50,000 sMNIST training sequences) and extrapolates to one epoch of
 ``ceil(50000 / batch_size)`` steps. Both modes start from the same initial weights, run the same
 batches, and use the same thread count; one untimed warm-up step per mode (``--warmup``) keeps
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from intssm import data
-from intssm.model import PRESETS, S4DModel, n_params
+from intssm.training.model import PRESETS, S4DModel, n_params
 
 
 def time_mode(mode: str, cfg, seed: int, batches: list, warmup: int, lr: float, ssm_lr: float, wd: float):

@@ -1,4 +1,4 @@
-"""PTQ accuracy against the state-equalization strength alpha (intssm.equalize), per quant config.
+"""PTQ accuracy against the state-equalization strength alpha (intssm.training.equalize), per quant config.
 
     python tools/equalize_study.py [--ckpt data/checkpoints/paper-small-seed7-fp32.pt] [--n 2000]
         [--alphas 0,0.25,0.5,0.75,1] [--configs A.json,B.json,...] [-o docs/equalize_study]
@@ -44,9 +44,9 @@ def main():
 
     from intssm import checkpoint, data
     from intssm.cli import progress_bar
-    from intssm.qat import int_accuracy
-    from intssm.ptq import ptq
-    from intssm.qspec import get_config
+    from intssm.training.qat import int_accuracy
+    from intssm.training.ptq import ptq
+    from intssm.datapath.qspec import get_config
 
     torch.set_num_threads(1)
     model, ck = checkpoint.load(a.ckpt)

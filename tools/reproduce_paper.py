@@ -14,7 +14,7 @@ Parts (the paper's numbering):
      2..8 (every other component 8-bit, per head where the datapath allows), written to qat.csv
      with the PTQ accuracy of the same configuration before QAT; ``--qat-epochs``,
      ``--qat-limit`` (training sequences per epoch) and ``--qat-minutes`` (per-run budget) size it
-  d  heterogeneous configurations: accuracy vs memory (intssm.cost.memory), with the Pareto front
+  d  heterogeneous configurations: accuracy vs memory (intssm.integer.cost.memory), with the Pareto front
   e  part c's question asked of Abar alone: the three parameterisations at Abar bits 5, 6, 7, 8, 10
      with the state x at 12 bits per head (so its rounding is not the bottleneck), to qat.csv
 ``--models`` names several float checkpoints: parts a and b run on each (model name prefixed to
@@ -44,7 +44,7 @@ QAT_FIELDS = ["part", "name", "param", "bits", "config", "ptq_accuracy", "accura
 
 
 def _configs(parts):
-    from intssm.qspec import ACTIVATIONS, WEIGHTS, QFormat, QuantConfig
+    from intssm.datapath.qspec import ACTIVATIONS, WEIGHTS, QFormat, QuantConfig
 
     base16 = QuantConfig(**{n: QFormat(16, symmetric=(n != "act" and n != "sig")) for n in WEIGHTS + ACTIVATIONS})
     runs = []
@@ -95,13 +95,14 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
 
     import torch
 
-    from intssm import checkpoint, cost, data
+    from intssm import checkpoint, data
+    from intssm.integer import cost
     from intssm.errors import IntssmError
-    from intssm.export import integer_model
-    from intssm.qat import kept, restore, train
-    from intssm.ptq import ptq
-    from intssm.qspec import QuantConfig
-    from intssm.sim import simulate
+    from intssm.integer.export import integer_model
+    from intssm.training.qat import kept, restore, train
+    from intssm.training.ptq import ptq
+    from intssm.datapath.qspec import QuantConfig
+    from intssm.integer.sim import simulate
 
     param, bits = name.split()[0], int(re.search(r" Ax?(\d+)", name).group(1))
     q = QuantConfig.from_dict(qcfg_dict)
@@ -131,12 +132,13 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
 def _run_one(ckpt, part, name, qcfg_dict, limit, calib):
     import torch
 
-    from intssm import checkpoint, cost, data
+    from intssm import checkpoint, data
+    from intssm.integer import cost
     from intssm.errors import IntssmError
-    from intssm.export import integer_model
-    from intssm.ptq import ptq
-    from intssm.qspec import QuantConfig
-    from intssm.sim import simulate
+    from intssm.integer.export import integer_model
+    from intssm.training.ptq import ptq
+    from intssm.datapath.qspec import QuantConfig
+    from intssm.integer.sim import simulate
 
     q = QuantConfig.from_dict(qcfg_dict)
     model, _ = checkpoint.load(ckpt)

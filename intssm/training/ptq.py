@@ -1,7 +1,7 @@
-"""Post-training quantization and quantized checkpoints: float model -> :class:`~intssm.qmodel.QuantS4D`.
+"""Post-training quantization and quantized checkpoints: float model -> :class:`~intssm.training.qmodel.QuantS4D`.
 
-:func:`ptq` calibrates (:mod:`intssm.calibrate`), applies the range policies and builds the
-datapath (:func:`intssm.qspec.build_datapath`); :func:`qspec_entry` / :func:`from_checkpoint`
+:func:`ptq` calibrates (:mod:`intssm.training.calibrate`), applies the range policies and builds the
+datapath (:func:`intssm.datapath.qspec.build_datapath`); :func:`qspec_entry` / :func:`from_checkpoint`
 store and rebuild it exactly; :func:`requantize_model` rebuilds a model at other formats on its
 stored ranges.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .calibrate import calibrate
-from .errors import IntssmError
-from .model import S4DModel
-from .qmodel import QuantS4D
-from .qspec import (DATAPATH_VERSION, QuantConfig, apply_range_policies, build_datapath, calibrated_range_keys,
+from intssm.training.calibrate import calibrate
+from intssm.errors import IntssmError
+from intssm.training.model import S4DModel
+from intssm.training.qmodel import QuantS4D
+from intssm.datapath.qspec import (DATAPATH_VERSION, QuantConfig, apply_range_policies, build_datapath, calibrated_range_keys,
                     ranges_from_json, ranges_to_json)
 
 
@@ -23,11 +23,11 @@ def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor, equalize: flo
         lengths=None) -> tuple[QuantS4D, dict]:
     """Post-training quantization: calibrate ranges on ``calib_u`` (B, L, d) floats (under each
     component's range policy; ``lengths`` (B,) the valid steps, None: all), build the datapath.
-    ``equalize`` > 0 first evens the modes' state ranges (:func:`intssm.equalize.equalize_states`,
+    ``equalize`` > 0 first evens the modes' state ranges (:func:`intssm.training.equalize.equalize_states`,
     on the same sequences); the returned model's ``.model`` is then the equalized copy, which
     computes the same float function."""
     if equalize:
-        from .equalize import equalize_states
+        from intssm.training.equalize import equalize_states
 
         model, _ = equalize_states(model, calib_u, equalize, lengths)
     cal = calibrate(model, calib_u, want_samples=qcfg.policies() != {"minmax"}, lengths=lengths)
@@ -43,8 +43,8 @@ def ptq_dataset(model: S4DModel, qcfg: QuantConfig, ds, equalize: float = 0.0) -
     """:func:`ptq` on the calibration sequences ``ds`` (:class:`intssm.data.SeqData`). Raw uint8
     data enter as ``p / 255``; float data get an input quantizer calibrated on ``ds``
     (``qcfg.input_bits``, ``qcfg.input_range``) and the model's encoder is folded to read its
-    codes (:mod:`intssm.inputq`)."""
-    from .inputq import calibrate_input, fold_input
+    codes (:mod:`intssm.datapath.inputq`)."""
+    from intssm.datapath.inputq import calibrate_input, fold_input
 
     if ds.x.shape[-1] != model.cfg.d_input:
         raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {model.cfg.d_input}")
@@ -95,7 +95,7 @@ def from_checkpoint(model: S4DModel, ck: dict) -> QuantS4D:
         raise IntssmError(f"checkpoint quantization spec is malformed ({type(e).__name__}: {e})") from None
     qm = QuantS4D(model, dp)
     if qs.get("input") is not None:
-        from .inputq import InputQuant
+        from intssm.datapath.inputq import InputQuant
 
         qm.iq = InputQuant.from_dict(qs["input"])
         if len(qm.iq.lo) != model.cfg.d_input:

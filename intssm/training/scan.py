@@ -8,9 +8,9 @@ Forward, per layer, channel h, mode n, step k (centred codes, docs/datapath.md s
     t1_k = sum_n Cre' xr_k,  t2_k = sum_n Cim' xi_k
 
 with rounding offsets d = 2**(S-1) (half up), or the dithered rounding's Weyl offsets
-(:func:`intssm.fixedpoint.weyl_offset`, which change with k and n).
+(:func:`intssm.datapath.fixedpoint.weyl_offset`, which change with k and n).
 
-The forward computes exactly the integers of :meth:`intssm.qmodel.QuantS4D._scan` (int64
+The forward computes exactly the integers of :meth:`intssm.training.qmodel.QuantS4D._scan` (int64
 inside; inputs and outputs are float64 tensors holding integers below 2**53). The backward is the
 reverse scan with straight-through rounding (d v / d acc = 2**-S) and the clip masks (zero
 gradient where the state was clipped), giving gradients for KR, KI, Cre', Cim' and u.
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .fixedpoint import WEYL_MASK, WEYL_STEP, cast_like, wadd, weyl_lane_of, wmul, wsub
-from .kernels import fill_state_offsets, max_offsets, mode_loop_fits_int32, numba_setup, state_update
+from intssm.datapath.fixedpoint import WEYL_MASK, WEYL_STEP, cast_like, wadd, weyl_lane_of, wmul, wsub
+from intssm.integer.kernels import fill_state_offsets, max_offsets, mode_loop_fits_int32, numba_setup, state_update
 
 
 @njit(cache=True, parallel=True)
@@ -118,7 +118,7 @@ def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, vr_all, vi_all, g1,
 
     Per channel, every constant and accumulator is its own small local array, so the mode loop
     vectorises (it needs more run-time overlap checks than LLVM allows by default: see
-    :func:`intssm.fixedpoint.allow_overlap_checks`); floating-point sums may be reassociated
+    :func:`intssm.datapath.fixedpoint.allow_overlap_checks`); floating-point sums may be reassociated
     (gradients, not codes).
     """
     B, L, H = u.shape
@@ -214,7 +214,7 @@ _BUFFERS = _Buffers()
 
 
 def _fits_int32(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither) -> bool:
-    """:func:`intssm.kernels.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
+    """:func:`intssm.integer.kernels.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
     K = np.concatenate([KR, KI]).transpose(1, 0, 2)  # (H 6 N2)
     clip = np.stack([lor, hir, loi, hii, *max_offsets(Sr, Si, dither), Sr, Si], -1)  # (H 8)
     return mode_loop_fits_int32(K, np.stack([Cr, Ci], 1), clip, int(np.abs(u).max()) if u.size else 0)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IntssmError
+from intssm.errors import IntssmError
 
 MAX_BYTES = 512 << 20  # a .ts file larger than this is refused before it is read
 

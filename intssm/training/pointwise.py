@@ -1,6 +1,6 @@
 """Fused pointwise steps of a layer for QAT: a ``torch.autograd.Function`` over Numba kernels.
 
-After the state scan (:mod:`intssm.scan`), every remaining step of a layer (docs/datapath.md
+After the state scan (:mod:`intssm.training.scan`), every remaining step of a layer (docs/datapath.md
 steps 3 to 7: output, GELU table, mixing, gate table, residual) is pointwise in time. In Torch
 these are some fifty element-wise operations on (B, L, H) tensors, forward and backward, and
 they cost QAT more than the scan itself. Here one kernel computes them row by row (one row =
@@ -13,12 +13,12 @@ one sequence at one time step), and one kernel computes their straight-through g
     h+ = requantize(M0h u' + M1h (g[:H] - z_glu) s, Sh)      pass mask m_h
 
 ``requantize(acc, S) = clamp(rounding_rshift(acc, S) + z, qmin, qmax)`` with the gradient
-``2**-S`` where it did not saturate (:func:`intssm.fixedpoint.rshift_clamp_t`), and each table's
-gradient is ``f'(s_in (code - z_in)) s_in / s_out`` (:meth:`intssm.qmodel.QuantS4D._lut`), taken
+``2**-S`` where it did not saturate (:func:`intssm.datapath.fixedpoint.rshift_clamp_t`), and each table's
+gradient is ``f'(s_in (code - z_in)) s_in / s_out`` (:meth:`intssm.training.qmodel.QuantS4D._lut`), taken
 per code from Torch's own autograd so that both paths multiply by the same numbers.
 
 The forward gives exactly the integers of the Torch path (int64 inside; every accumulator is
-below 2**53 by :func:`intssm.qspec.build_datapath`). The backward matches autograd through the
+below 2**53 by :func:`intssm.datapath.qspec.build_datapath`). The backward matches autograd through the
 Torch path to rounding (float64; tests). Weight gradients are summed per fixed block of rows
 and the blocks in a fixed order, so results do not depend on the number of threads.
 """
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from .fixedpoint import requantize, rounding_rshift, saturate
-from .kernels import numba_setup, output_acc, residual_acc
+from intssm.datapath.fixedpoint import requantize, rounding_rshift, saturate
+from intssm.integer.kernels import numba_setup, output_acc, residual_acc
 
 _BLOCKS = 64  # row blocks of the backward's weight-gradient sums (fixed: thread-count independent)
 
@@ -105,7 +105,7 @@ def _tail_bwd(gout, h, D, mw, yM, fy, ylo, gelu, gelu_d, az, gMf, gz, glo, sig, 
 
 def lut_surrogate(code: torch.Tensor, fn, s_in: float, s_out: float, z_in) -> torch.Tensor:
     """fn(s_in (code - z_in)) / s_out: the smooth function a lookup table tabulates, whose
-    gradient is the table's straight-through gradient (:meth:`intssm.qmodel.QuantS4D._lut`)."""
+    gradient is the table's straight-through gradient (:meth:`intssm.training.qmodel.QuantS4D._lut`)."""
     return fn(s_in * (code - z_in)) / s_out
 
 
@@ -162,7 +162,7 @@ class LayerTail(torch.autograd.Function):
 
 def tail_constants(c: dict, i: int) -> dict:
     """Layer ``i``'s integer constants (and the two gradient tables) from
-    :func:`intssm.qmodel.datapath_tensors`, as the kernels take them."""
+    :func:`intssm.training.qmodel.datapath_tensors`, as the kernels take them."""
     n = lambda v: np.ascontiguousarray(np.asarray(v.numpy() if torch.is_tensor(v) else v, dtype=np.int64))  # noqa: E731
     qr = c["qrange"]
     ylo, yhi = qr["y"]

@@ -3,7 +3,7 @@ directories and ``.npz`` files, with fixed or per-sequence lengths.
 
 Raw ``uint8`` sequences keep their codes: the float model sees ``p / 255`` and the integer
 datapath takes ``p`` itself, so nothing is lost between the two. Float sequences reach the
-integer datapath through the model's input quantizer (:mod:`intssm.inputq`).
+integer datapath through the model's input quantizer (:mod:`intssm.datapath.inputq`).
 
 Splits: ``train`` and ``val`` (model selection only) partition the training sequences; ``test``
 is the source's own test set (reporting only). sMNIST keeps the last 10,000 training images as
@@ -22,15 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IntssmError
+from intssm.errors import IntssmError
 
 def _data_dir() -> Path:
     """The shipped data: ``$INTSSM_DATA`` if set, else the copy installed with the package
     (``intssm/_data``, a non-editable install), else the checkout's ``data/``."""
     if os.environ.get("INTSSM_DATA"):
         return Path(os.environ["INTSSM_DATA"])
-    installed = Path(__file__).resolve().parent / "_data"
-    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "data"
+    pkg = Path(__file__).resolve().parent.parent  # intssm/
+    installed = pkg / "_data"
+    return installed if installed.is_dir() else pkg.parent / "data"
 
 
 DATA_DIR = _data_dir()
@@ -223,7 +224,7 @@ def _npz_arrays(p: Path):
 
 
 def _ts_arrays(path: Path):
-    from .tsformat import read_ts, ts_pair
+    from intssm.data.tsformat import read_ts, ts_pair
 
     ftr, fte = ts_pair(path)
     tr, te = read_ts(ftr), read_ts(fte)
@@ -268,7 +269,7 @@ def resolve(seq: str) -> str:
 
 
 def _source(seq: str) -> _Source:
-    from .tsformat import is_ts_dataset
+    from intssm.data.tsformat import is_ts_dataset
 
     seq = resolve(seq)
     key = seq if seq in SEQS else (seq, os.path.getmtime(seq) if os.path.exists(seq) else None)

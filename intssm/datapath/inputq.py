@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import IntssmError
-from .fixedpoint import round_half_up
+from intssm.errors import IntssmError
+from intssm.datapath.fixedpoint import round_half_up
 
 
 @dataclass
@@ -72,7 +72,7 @@ def calibrate_input(x: np.ndarray, lengths: np.ndarray, bits: int, policy: str =
     """Per-channel range of the valid steps of float sequences ``x`` (n, L, d): their min and max,
     or the (100 - p)th and pth percentiles for ``policy`` = ``pNN.N``. A constant channel gets a
     range of 1 around its value (any scale represents it exactly)."""
-    from .qspec import parse_range
+    from intssm.datapath.qspec import parse_range
 
     pol = parse_range(policy)
     if pol is None or pol == ("mse",):

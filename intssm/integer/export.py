@@ -3,7 +3,7 @@
 Manifest (stored as the ``manifest`` array, UTF-8 JSON bytes): ``format`` ("intssm-int"),
 ``format_version``, ``datapath_version``, ``intssm_version``, ``model_config``, ``quant_config``,
 ``seq_len``, ``counters`` (saturation counter names), ``input`` (the input quantizer of float
-data, :mod:`intssm.inputq`, or null for raw uint8 inputs), and per tensor its scale / bits.
+data, :mod:`intssm.datapath.inputq`, or null for raw uint8 inputs), and per tensor its scale / bits.
 Loads with ``np.load(..., allow_pickle=False)``; versions, names, dtypes, shapes and code ranges
 are validated before anything runs.
 """
@@ -18,18 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, layout
-from .errors import IntssmError
-from .outputs import atomic
-from .modelconfig import ModelConfig
-from .qspec import DATAPATH_VERSION, QuantConfig
+from intssm import __version__
+from intssm.datapath import layout
+from intssm.errors import IntssmError
+from intssm.outputs import atomic
+from intssm.datapath.modelconfig import ModelConfig
+from intssm.datapath.qspec import DATAPATH_VERSION, QuantConfig
 
 FORMAT = "intssm-int"
 FORMAT_VERSION = 1
 
 
 def integer_model(qm) -> dict:
-    """All int64 arrays of a :class:`~intssm.qmodel.QuantS4D`, named as in :mod:`intssm.layout`:
+    """All int64 arrays of a :class:`~intssm.training.qmodel.QuantS4D`, named as in :mod:`intssm.datapath.layout`:
     the datapath's constants and the weight codes."""
     import torch
 
@@ -116,7 +117,7 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
 
 
 def load(path) -> tuple[dict, dict]:
-    """(int64 arrays, manifest) of an artifact, validated and re-proved (:func:`intssm.layout.validate`);
+    """(int64 arrays, manifest) of an artifact, validated and re-proved (:func:`intssm.datapath.layout.validate`);
     every problem is an IntssmError.
 
     Memory stays bounded for any file: the manifest is read first (at most
@@ -184,7 +185,7 @@ def load(path) -> tuple[dict, dict]:
             raise IntssmError(f"counters must be the {layout.n_counters(cfg.n_layers)} names "
                               f"{layout.counter_names(cfg.n_layers)[:3]}...")
         if man.get("input") is not None:
-            from .inputq import InputQuant
+            from intssm.datapath.inputq import InputQuant
 
             if len(InputQuant.from_dict(man["input"]).lo) != cfg.d_input:
                 raise IntssmError(f"the input quantizer's channels disagree with d_input {cfg.d_input}")

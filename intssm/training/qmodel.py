@@ -1,9 +1,9 @@
 """Torch quantized S4D in recurrent mode: integer codes carried in float64 tensors.
 
-Every value is an exact integer below 2**53 (proved per site by :func:`intssm.qspec.build_datapath`),
+Every value is an exact integer below 2**53 (proved per site by :func:`intssm.datapath.qspec.build_datapath`),
 so this forward pass computes the same integers as the Numba simulator, while straight-through
 estimators let gradients reach the float weights (QAT). It reads the integer constants of the
-:class:`~intssm.qspec.Datapath`; it never calls the simulator.
+:class:`~intssm.datapath.qspec.Datapath`; it never calls the simulator.
 
 Weight codes:  q = clamp(round_half_up(w / s) + z, qmin, qmax),  used centred: q - z.
 Biases:        int32 codes at the scale of the accumulator they join.
@@ -16,14 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import IntssmError
-from . import layout
-from .fixedpoint import WEYL_MASK, WEYL_STEP, weyl_lane_of
-from .fixedpoint_torch import clamp_t, offset_rshift_t, round_half_up_t, rounding_rshift_t, rshift_clamp_t, weyl_offset_t
-from .calibrate import discrete_parts
-from .model import S4DModel
-from .pointwise import layer_tail, lut_surrogate, tail_constants
-from .qspec import INPUT_SCALE, Datapath
+from intssm.errors import IntssmError
+from intssm.datapath import layout
+from intssm.datapath.fixedpoint import WEYL_MASK, WEYL_STEP, weyl_lane_of
+from intssm.training.fixedpoint_torch import clamp_t, offset_rshift_t, round_half_up_t, rounding_rshift_t, rshift_clamp_t, weyl_offset_t
+from intssm.training.calibrate import discrete_parts
+from intssm.training.model import S4DModel
+from intssm.training.pointwise import layer_tail, lut_surrogate, tail_constants
+from intssm.datapath.qspec import INPUT_SCALE, Datapath
 
 T64 = torch.float64
 
@@ -36,20 +36,20 @@ class QuantS4D(torch.nn.Module):
         self.model = model
         self.dp = dp
         self.c = datapath_tensors(dp)
-        self.fused_scan = True  # QAT (ste=True) runs the state scan in intssm.scan; evaluation never does
-        self.fused_tail = True  # ... and each layer's pointwise steps in intssm.pointwise
+        self.fused_scan = True  # QAT (ste=True) runs the state scan in intssm.training.scan; evaluation never does
+        self.fused_tail = True  # ... and each layer's pointwise steps in intssm.training.pointwise
         self._tail_k: dict = {}
         self.discrete = None  # nn.ParameterDict of Abar/Bbar per layer when QAT learns them directly
-        self.iq = None  # intssm.inputq.InputQuant for float data (self.model then reads its codes / 255)
+        self.iq = None  # intssm.datapath.inputq.InputQuant for float data (self.model then reads its codes / 255)
 
     @property
     def counters(self) -> list[str]:
-        """Names of the saturation counters (:func:`intssm.layout.counter_names`)."""
+        """Names of the saturation counters (:func:`intssm.datapath.layout.counter_names`)."""
         return layout.counter_names(self.dp.cfg.n_layers)
 
     def input_codes(self, x: np.ndarray, lengths=None) -> np.ndarray:
-        """The datapath's uint8 input codes of ``x`` (:func:`intssm.inputq.input_codes`)."""
-        from .inputq import input_codes
+        """The datapath's uint8 input codes of ``x`` (:func:`intssm.datapath.inputq.input_codes`)."""
+        from intssm.datapath.inputq import input_codes
 
         return input_codes(self.iq, self.dp.cfg.d_input, x, lengths)
 
@@ -218,7 +218,7 @@ class QuantS4D(torch.nn.Module):
         loi, hii = qr["x_im"][0] - zi, qr["x_im"][1] - zi
         dither = self.dp.qcfg.state_rounding == "dither"
         if self.fused_scan and ste:
-            from .scan import fused_scan
+            from intssm.training.scan import fused_scan
 
             t = lambda v: v.detach().numpy().reshape(-1)  # noqa: E731
             return fused_scan(u, torch.stack(KR), torch.stack(KI), C_re, C_im, t(Sr), t(Si),

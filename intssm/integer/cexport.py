@@ -1,11 +1,11 @@
 """C export: the integer model as portable C99 that runs bit-exactly like the simulator.
 
-:func:`write_c` turns the integer arrays of a model (named and re-proved by :mod:`intssm.layout`) into
+:func:`write_c` turns the integer arrays of a model (named and re-proved by :mod:`intssm.datapath.layout`) into
 
 * ``intssm_model.h`` -- dimensions, the state struct, the four entry points;
 * ``intssm_model.c`` -- every constant as a ``static const`` table of the narrowest C integer type
   that holds its values, and the step / finalize functions, which follow ``_run_one`` in
-  :mod:`intssm.sim` site by site (same centred operands, same int64 accumulators, same
+  :mod:`intssm.integer.sim` site by site (same centred operands, same int64 accumulators, same
   rounding and saturation, same counters);
 * ``main.c`` -- a tiny example: one raw sequence on stdin, logits and class on stdout.
 
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import layout, outputs
-from .errors import IntssmError
+from intssm.datapath import layout
+from intssm import outputs
+from intssm.errors import IntssmError
 
 H_FILE, C_FILE, MAIN_FILE = "intssm_model.h", "intssm_model.c", "main.c"
 
@@ -67,9 +68,9 @@ def _lit(v: int) -> str:
 
 
 def _check(arrays: dict, manifest_like: dict) -> tuple[dict, dict]:
-    """The arrays re-proved by :func:`intssm.layout.validate` (int64) and the dimensions."""
-    from .modelconfig import ModelConfig
-    from .qspec import QuantConfig
+    """The arrays re-proved by :func:`intssm.datapath.layout.validate` (int64) and the dimensions."""
+    from intssm.datapath.modelconfig import ModelConfig
+    from intssm.datapath.qspec import QuantConfig
 
     try:
         cfg = ModelConfig.from_dict(manifest_like.get("model_config"))
@@ -77,7 +78,7 @@ def _check(arrays: dict, manifest_like: dict) -> tuple[dict, dict]:
         seq_len = manifest_like.get("seq_len")
         a = layout.validate(arrays, cfg, qcfg, seq_len)
         if manifest_like.get("counters", layout.counter_names(cfg.n_layers)) != layout.counter_names(cfg.n_layers):
-            raise IntssmError(f"counters must be the {layout.n_counters(cfg.n_layers)} names of intssm.layout.counter_names")
+            raise IntssmError(f"counters must be the {layout.n_counters(cfg.n_layers)} names of intssm.datapath.layout.counter_names")
     except IntssmError as e:
         raise IntssmError(f"C export: {e}") from None
     dims = {"H": cfg.d_model, "N2": cfg.d_state // 2, "LAYERS": cfg.n_layers, "D_IN": cfg.d_input,
@@ -122,7 +123,7 @@ def _input_note(iq: dict | None) -> str:
     if iq is None:
         return " * Inputs: raw uint8 values (real value p / 255), INTSSM_D_IN per step.\n"
     rows = "\n".join(f" *   channel {j}: lo {lo:.9g}, scale {sc:.9g}" for j, (lo, sc) in enumerate(zip(iq["lo"], iq["scale"])))
-    return (f" * Inputs: float features quantized per channel j before intssm_step (intssm.inputq):\n"
+    return (f" * Inputs: float features quantized per channel j before intssm_step (intssm.datapath.inputq):\n"
             f" *   p_j = clamp(round_half_up((u_j - lo_j) / scale_j), 0, {2 ** int(iq['bits']) - 1})   ({iq['bits']}-bit codes)\n"
             f"{rows}\n")
 
@@ -180,7 +181,7 @@ int intssm_classify(const uint8_t *seq, int32_t L, int32_t *logits_out);
 
 _BODY = r"""
 /* Floor division by 2^s after adding the rounding constant 2^(s-1): rounds half up (ties toward
- * +inf), exactly intssm.fixedpoint.rounding_rshift. Right-shifting a negative signed integer is
+ * +inf), exactly intssm.datapath.fixedpoint.rounding_rshift. Right-shifting a negative signed integer is
  * implementation-defined in C99 (6.5.7p5), so negative values are floored through the
  * non-negative -v - 1: floor(v / 2^s) = -(((-v - 1) >> s) + 1) for v < 0. |v| < 2^53 (proved when
  * the datapath is built), so -v never overflows. Shifts are in [0, 62]. */
@@ -193,7 +194,7 @@ static int64_t rounding_rshift(int64_t v, int s)
 }
 
 /* floor((v + d) / 2^s) for an offset d in [0, 2^s): the state's rounding (d = 2^(s-1) is
- * rounding_rshift), exactly intssm.fixedpoint.offset_rshift; negative values floored as above. */
+ * rounding_rshift), exactly intssm.datapath.fixedpoint.offset_rshift; negative values floored as above. */
 static int64_t offset_rshift(int64_t v, int64_t d, int s)
 {
     v += d;
@@ -201,7 +202,7 @@ static int64_t offset_rshift(int64_t v, int64_t d, int s)
 }
 
 /* The dither offset of lane j at step phase ph, for shifts s in [0, 32]:
- * ((ph + j * 0x6A09E667) mod 2^32) >> (32 - s), exactly intssm.fixedpoint.weyl_offset (uint32_t
+ * ((ph + j * 0x6A09E667) mod 2^32) >> (32 - s), exactly intssm.datapath.fixedpoint.weyl_offset (uint32_t
  * arithmetic wraps mod 2^32; s = 0 is kept apart because a 32-bit shift of a uint32_t is undefined). */
 #if INTSSM_DITHER
 static int64_t weyl_offset(uint32_t ph, uint32_t j, int s)
@@ -356,7 +357,7 @@ int intssm_classify(const uint8_t *seq, int32_t L, int32_t *logits_out)
 
 
 def _body() -> str:
-    """The step and finalize functions, with the counter indices of :mod:`intssm.layout`."""
+    """The step and finalize functions, with the counter indices of :mod:`intssm.datapath.layout`."""
     nlc = len(layout.LAYER_COUNTERS)
     subs = {"@LAYER_BASE@": f"{layout.layer_base(0)} + {nlc} * i", "@HEAD_BASE@": f"{layout.head_base(0)} + {nlc} * INTSSM_LAYERS",
             "@C_XRE@": layout.C_XRE, "@C_XIM@": layout.C_XIM, "@C_Y@": layout.C_Y, "@C_GLU@": layout.C_GLU,
@@ -373,7 +374,7 @@ def _source(a: dict, xre_t: str, xim_t: str) -> str:
     qr = a["qrange"]
     out = [f"""/* intssm_model.c -- generated by intssm (C export). Do not edit.
  *
- * Integer-only S4D datapath (docs/datapath.md), bit-exact with intssm.sim (_run_one).
+ * Integer-only S4D datapath (docs/datapath.md), bit-exact with intssm.integer.sim (_run_one).
  *
  * Portability (C99, freestanding apart from <stdint.h> and <string.h>):
  *  - no floating point, no malloc, no mutable globals: all state lives in the caller's intssm_state;
@@ -451,8 +452,8 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
     """Write ``intssm_model.h``, ``intssm_model.c`` and ``main.c`` into ``out_dir`` (each atomically);
     returns the paths written. An existing ``main.c`` that is not the generated example is kept.
 
-    ``arrays``: the integer model by name (:func:`intssm.export.integer_model` or
-    :func:`intssm.export.load`); ``manifest_like``: ``model_config`` (d_model, d_state, n_layers,
+    ``arrays``: the integer model by name (:func:`intssm.integer.export.integer_model` or
+    :func:`intssm.integer.export.load`); ``manifest_like``: ``model_config`` (d_model, d_state, n_layers,
     d_input, d_output, pool), ``seq_len``, ``counters`` and optionally ``input`` (the input
     quantizer of float data, described in the header).
     """

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data
-from .errors import IntssmError
-from .export import integer_model
-from .qmodel import QuantS4D
-from .sim import simulate
+from intssm import data
+from intssm.errors import IntssmError
+from intssm.integer.export import integer_model
+from intssm.training.qmodel import QuantS4D
+from intssm.integer.sim import simulate
 
 PARAMS = ("continuous", "frozen", "discrete")
 GRAD_CLIP = 1.0  # global gradient-norm clip: straight-through gradients through 784 steps can spike
@@ -65,7 +65,7 @@ def qat_step(qm: QuantS4D, opt, params: list, P: np.ndarray, y: np.ndarray, teac
     """One straight-through step on input codes ``P`` (B, L, d), labels ``y`` and sequence
     ``lengths`` (B,) (None: all L); returns the loss.
 
-    With a ``teacher`` (a float :class:`~intssm.model.S4DModel` reading codes as ``P / 255``) and
+    With a ``teacher`` (a float :class:`~intssm.training.model.S4DModel` reading codes as ``P / 255``) and
     ``distill`` = alpha > 0 the loss is (1 - alpha) CE + alpha :func:`distill_loss` against its logits.
     """
     lens = None if lengths is None else torch.from_numpy(lengths)
@@ -166,9 +166,9 @@ def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: floa
     """A float checkpoint gets PTQ at ``config`` (default w8a8) on ``calib`` training sequences
     (states equalized first if ``equalize`` > 0); a quantized one is rebuilt, and re-quantized on its
     stored ranges if ``config`` is given (progressive quantization)."""
-    from . import checkpoint
-    from .ptq import from_checkpoint, ptq_dataset, requantize_model
-    from .qspec import get_config, ranges_from_json
+    from intssm import checkpoint
+    from intssm.training.ptq import from_checkpoint, ptq_dataset, requantize_model
+    from intssm.datapath.qspec import get_config, ranges_from_json
 
     model, ck = checkpoint.load(ckpt)
     model = model.double()
@@ -192,8 +192,8 @@ def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: floa
 def result_entries(start: Start, best, history: list, interrupted, **record) -> dict:
     """The checkpoint entries of a finished (or interrupted) QAT run: ``start.qm`` set to the kept
     snapshot ``best``, its qspec, and the ``qat`` record (``record`` plus history and config)."""
-    from . import checkpoint
-    from .ptq import qspec_entry
+    from intssm import checkpoint
+    from intssm.training.ptq import qspec_entry
 
     restore(start.qm, best)
     extra = checkpoint.extras(start.ck, "qspec")
@@ -232,7 +232,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     if distill > 0 and teacher is None:
         teacher = copy.deepcopy(qm.model).float()
     elif teacher is not None and qm.iq is not None:
-        from .inputq import fold_input
+        from intssm.datapath.inputq import fold_input
 
         teacher = fold_input(teacher, qm.iq)
     if teacher is not None:

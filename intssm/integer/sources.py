@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, data, export
-from .errors import IntssmError
-from .qmodel import QuantS4D
-from .ptq import from_checkpoint, ptq_dataset
-from .qspec import PRESETS
-from .sim import simulate
+from intssm import checkpoint, data
+from intssm.integer import export
+from intssm.errors import IntssmError
+from intssm.training.qmodel import QuantS4D
+from intssm.training.ptq import from_checkpoint, ptq_dataset
+from intssm.datapath.qspec import PRESETS
+from intssm.integer.sim import simulate
 
 DEFAULT_CONFIG = "w8a8"
 
@@ -35,11 +36,11 @@ class IntegerModel:
     qcfg: object = None  # QuantConfig
     qm: QuantS4D | None = None  # the Torch quantized model, when the source has float weights
     dataset: str | None = None
-    iq: object = None  # intssm.inputq.InputQuant of a model for float data, else None (raw uint8 inputs)
+    iq: object = None  # intssm.datapath.inputq.InputQuant of a model for float data, else None (raw uint8 inputs)
 
     def input_codes(self, ds) -> np.ndarray:
-        """The uint8 codes the datapath takes for dataset ``ds`` (:func:`intssm.inputq.input_codes`)."""
-        from .inputq import input_codes
+        """The uint8 codes the datapath takes for dataset ``ds`` (:func:`intssm.datapath.inputq.input_codes`)."""
+        from intssm.datapath.inputq import input_codes
 
         try:
             return input_codes(self.iq, self.cfg.d_input, ds.x, ds.lengths)
@@ -49,7 +50,7 @@ class IntegerModel:
     def description(self) -> dict:
         """What the exporters need besides the arrays: model and quant config, sequence length,
         counter names, input quantizer (the manifest's fields)."""
-        from . import layout
+        from intssm.datapath import layout
 
         return {"model_config": self.cfg.to_dict(), "quant_config": self.qcfg.to_dict(), "seq_len": self.seq_len,
                 "counters": layout.counter_names(self.cfg.n_layers),
@@ -67,10 +68,10 @@ class IntegerModel:
 def load(path, calib: int = 64, config: str = DEFAULT_CONFIG) -> IntegerModel:
     p = Path(path)
     if p.suffix == ".npz":
-        from .model import ModelConfig
-        from .qspec import QuantConfig
+        from intssm.training.model import ModelConfig
+        from intssm.datapath.qspec import QuantConfig
 
-        from .inputq import InputQuant
+        from intssm.datapath.inputq import InputQuant
 
         arrays, man = export.load(p)
         iq = InputQuant.from_dict(man["input"]) if man.get("input") is not None else None
@@ -125,8 +126,8 @@ def torch_logits(qm: QuantS4D, P: np.ndarray, chunk: int = 500, progress=None, l
 
 def describe(path) -> tuple:
     """(model config, quant config, seq_len, source) of any model source, without calibrating."""
-    from .model import ModelConfig
-    from .qspec import QuantConfig
+    from intssm.training.model import ModelConfig
+    from intssm.datapath.qspec import QuantConfig
 
     p = Path(path)
     if p.suffix == ".npz":

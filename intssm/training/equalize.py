@@ -25,15 +25,15 @@ import copy
 
 import torch
 
-from .errors import IntssmError
-from .model import S4DModel
-from .calibrate import calibrate
+from intssm.errors import IntssmError
+from intssm.training.model import S4DModel
+from intssm.training.calibrate import calibrate
 
 
 def mode_ranges(model: S4DModel, u: torch.Tensor, lengths=None) -> list[torch.Tensor]:
     """Per layer, r (H, N/2): the largest |Re x_n| or |Im x_n| of each mode over ``u`` (B, L, d)
     float inputs (valid steps only, ``lengths`` (B,)), from the float model run recurrently in
-    float64 (:func:`intssm.calibrate.calibrate`)."""
+    float64 (:func:`intssm.training.calibrate.calibrate`)."""
     return calibrate(model, u, want_modes=True, lengths=lengths).modes
 
 

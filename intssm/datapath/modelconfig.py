@@ -1,6 +1,6 @@
 """The float model's configuration: sizes and training-time options, no Torch.
 
-Read by the Torch model (:mod:`intssm.model`), the datapath description (:mod:`intssm.qspec`),
+Read by the Torch model (:mod:`intssm.training.model`), the datapath description (:mod:`intssm.datapath.qspec`),
 the integer layout and every loader. :data:`LIMITS` bounds every size before anything is built,
 so a hostile file cannot make a loader allocate gigabytes.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from .errors import IntssmError
+from intssm.errors import IntssmError
 
 #: Largest accepted value of each size: far above any edge model, small enough that building or
 #: loading one fits a workstation's memory.
@@ -42,12 +42,12 @@ class ModelConfig:
                 raise IntssmError(f"model config: {f} must be a positive integer, got {v!r}")
             if v > hi:
                 raise IntssmError(f"model config: {f} = {v} exceeds intssm's limit {hi} "
-                                  f"(intssm.modelconfig.LIMITS; raise it there for a real model this large)")
+                                  f"(intssm.datapath.modelconfig.LIMITS; raise it there for a real model this large)")
         size = self.n_layers * self.d_model * max(self.d_state // 2, 2 * self.d_model)
         if size > MAX_LAYER_ELEMENTS:
             raise IntssmError(f"model config: {self.n_layers} layer(s) x d_model {self.d_model} x "
                               f"max(d_state/2, 2 d_model) = {size} weights per array exceeds intssm's limit "
-                              f"{MAX_LAYER_ELEMENTS} (intssm.modelconfig.MAX_LAYER_ELEMENTS)")
+                              f"{MAX_LAYER_ELEMENTS} (intssm.datapath.modelconfig.MAX_LAYER_ELEMENTS)")
         if self.d_state % 2:
             raise IntssmError(f"model config: d_state must be even (conjugate pairs), got {self.d_state}")
         if self.pool not in ("mean", "last"):

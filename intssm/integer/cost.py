@@ -1,6 +1,6 @@
 """What the integer model costs: exact memory (bits of every stored tensor) and per-step operations.
 
-Both are derived from the datapath description (:class:`~intssm.qspec.QuantConfig` and the model
+Both are derived from the datapath description (:class:`~intssm.datapath.qspec.QuantConfig` and the model
 shapes), the same one the simulator runs; ``tests/naive_sim.py`` counts the operations again while
 simulating, and the tests demand equality.
 
@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from . import layout
-from .fixedpoint import MULT_BITS
-from .modelconfig import ModelConfig
-from .qspec import QuantConfig, site_term_bounds
+from intssm.datapath import layout
+from intssm.datapath.fixedpoint import MULT_BITS
+from intssm.datapath.modelconfig import ModelConfig
+from intssm.datapath.qspec import QuantConfig, site_term_bounds
 
 MULT_STORE_BITS = MULT_BITS + 1  # a requantization multiplier (MULT_BITS-bit unsigned) stored in a 16-bit word
 SHIFT_BITS = 8  # stored width of a shift (0..MAX_SHIFT)
@@ -116,8 +116,8 @@ def site_acc_bits(cfg: ModelConfig, q: QuantConfig, L: int) -> dict:
 
     ``pre``: the integer summed before rescaling (a dot product, or one product for the sites
     that rescale each term); ``post``: after the 15-bit multiplier (M <= 2**15 - 1), where terms
-    are combined, rounded and offset. The operand bounds are :func:`intssm.qspec.site_term_bounds`,
-    the ones :func:`intssm.qspec.build_datapath` proves.
+    are combined, rounded and offset. The operand bounds are :func:`intssm.datapath.qspec.site_term_bounds`,
+    the ones :func:`intssm.datapath.qspec.build_datapath` proves.
     """
     Mx = 2**15 - 1
     terms = {k: [t[0] + b] + t[1:] for k, (t, b) in site_term_bounds(cfg, q, L).items()}  # bias rides term 0's M

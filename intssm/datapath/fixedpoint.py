@@ -1,11 +1,11 @@
 """Fixed-point primitives of the integer datapath (numpy / Numba; no Torch).
 
 Their Torch twins, of the same names with ``_t`` and the same semantics, are in
-:mod:`intssm.fixedpoint_torch`.
+:mod:`intssm.training.fixedpoint_torch`.
 
 Integers live in ``int64`` in the simulator and as exactly-representable integers in
 ``float64`` tensors in the Torch quantized model. Every site of the datapath is checked at build
-time (:mod:`intssm.qspec`) so that its largest possible accumulator, rounding constant included,
+time (:mod:`intssm.datapath.qspec`) so that its largest possible accumulator, rounding constant included,
 stays below 2**53: then int64 never wraps and float64 never rounds, and the two agree bit for bit.
 
 The only place where float scales turn into integers is :func:`quantize_multiplier`
@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .errors import IntssmError
+from intssm.errors import IntssmError
 
 #: Largest magnitude any accumulator (rounding constant included) may reach: float64's exact range.
 EXACT_LIMIT = 2**53
@@ -135,7 +135,7 @@ def requantize(acc, m, s, z, lo, hi):
 # int64 multiply at all, only a native int32 one.
 # These emit one LLVM instruction at the operands' own width instead. They WRAP on overflow
 # (two's complement), so a kernel may use them at 32 bits only where a bound proves that no
-# operand, partial sum or product leaves int32 (see ``intssm.kernels.mode_loop_fits_int32``).
+# operand, partial sum or product leaves int32 (see ``intssm.integer.kernels.mode_loop_fits_int32``).
 
 def _same_width_binop(llvm_op: str, doc: str):
     @intrinsic

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data
-from .model import S4DModel
+from intssm import data
+from intssm.training.model import S4DModel
 
 
 @dataclass

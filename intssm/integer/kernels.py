@@ -1,6 +1,6 @@
 """Integer kernels shared by the two fast executions of the state update: the simulator's fast
-kernel (:mod:`intssm.sim`) and QAT's fused scan and pointwise kernels (:mod:`intssm.scan`,
-:mod:`intssm.pointwise`). Each follows docs/datapath.md on centred codes; the simulator's
+kernel (:mod:`intssm.integer.sim`) and QAT's fused scan and pointwise kernels (:mod:`intssm.training.scan`,
+:mod:`intssm.training.pointwise`). Each follows docs/datapath.md on centred codes; the simulator's
 reference kernel (``_run_one``) does not use them, so the tests compare two independent codes.
 
 Also the explicit process set-up the Numba kernels need (:func:`numba_setup`), and the int32
@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .fixedpoint import cast_like, state_round_offset, wadd, washr, wmul, wsub
-from .layout import R_XIM, R_XRE
+from intssm.datapath.fixedpoint import cast_like, state_round_offset, wadd, washr, wmul, wsub
+from intssm.datapath.layout import R_XIM, R_XRE
 
 #: Columns of the per-channel mode-loop constants (:func:`mode_constants`): centred clip bounds of
 #: x_re and x_im, the largest rounding offsets, the shifts.
@@ -29,7 +29,7 @@ def numba_setup() -> None:
     * Numba's threading layer is ``workqueue``: Torch and Numba's OpenMP layer would share libgomp's
       global thread count; the workqueue layer keeps Numba's threads out of Torch's way.
     * LLVM may emit up to 256 run-time array-overlap checks per loop
-      (:func:`intssm.fixedpoint.allow_overlap_checks`), which the fused scan's backward loop needs
+      (:func:`intssm.datapath.fixedpoint.allow_overlap_checks`), which the fused scan's backward loop needs
       to vectorise. Neither setting changes what any kernel computes.
     """
     global _SET_UP
@@ -37,7 +37,7 @@ def numba_setup() -> None:
         return
     from numba import config
 
-    from .fixedpoint import allow_overlap_checks
+    from intssm.datapath.fixedpoint import allow_overlap_checks
 
     config.THREADING_LAYER = "workqueue"
     allow_overlap_checks()
@@ -89,8 +89,8 @@ def mode_loop_fits_int32(K: np.ndarray, Cc: np.ndarray, clip: np.ndarray, U) -> 
 def state_update(k0, k1, k2, k3, k4, k5, xr, xi, u, rr, ri, sr, si):
     """Step 2 of docs/datapath.md on centred codes, before the clip, at the operands' width:
     (rshift(K0 xr - K1 xi + K2 u + rr, Sr), rshift(K3 xi + K4 xr + K5 u + ri, Si)) with K the
-    folded constants of :func:`intssm.sim.fold_constants` and rr, ri the rounding offsets (2**(S-1), 0 for
-    S = 0; or the dither's :func:`~intssm.fixedpoint.weyl_offset`). """
+    folded constants of :func:`intssm.integer.sim.fold_constants` and rr, ri the rounding offsets (2**(S-1), 0 for
+    S = 0; or the dither's :func:`~intssm.datapath.fixedpoint.weyl_offset`). """
     vr = washr(wadd(wadd(wsub(wmul(k0, xr), wmul(k1, xi)), wmul(k2, u)), rr), sr)
     vi = washr(wadd(wadd(wadd(wmul(k3, xi), wmul(k4, xr)), wmul(k5, u)), ri), si)
     return vr, vi

@@ -1,6 +1,6 @@
-"""Torch twins of the fixed-point primitives in :mod:`intssm.fixedpoint`, on float64 tensors.
+"""Torch twins of the fixed-point primitives in :mod:`intssm.datapath.fixedpoint`, on float64 tensors.
 
-The Torch quantized model (:mod:`intssm.qmodel`) holds integers as exactly-representable values
+The Torch quantized model (:mod:`intssm.training.qmodel`) holds integers as exactly-representable values
 in float64 tensors; every accumulator is proved below 2**53 when the datapath is built, so each
 twin gives the same integer as its Numba original. With ``ste`` a twin also carries the
 straight-through gradient that QAT trains with.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from .fixedpoint import WEYL_LANE
+from intssm.datapath.fixedpoint import WEYL_LANE
 
 def rounding_rshift_t(v: torch.Tensor, s: torch.Tensor, ste: bool = False) -> torch.Tensor:
-    """Twin of :func:`~intssm.fixedpoint.rounding_rshift` on float64 tensors holding integers below 2**53.
+    """Twin of :func:`~intssm.datapath.fixedpoint.rounding_rshift` on float64 tensors holding integers below 2**53.
 
     ``(v + 2**(s-1)) * 2**-s`` is exact in float64 (a power-of-two scaling of an exact integer),
     so ``floor`` gives the same integer as the arithmetic shift. With ``ste`` the gradient is that
@@ -29,7 +29,7 @@ def rounding_rshift_t(v: torch.Tensor, s: torch.Tensor, ste: bool = False) -> to
 
 
 def weyl_offset_t(phase: int, j: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Twin of :func:`~intssm.fixedpoint.weyl_offset` on float64 tensors: lanes ``j`` (integers), shifts ``s``.
+    """Twin of :func:`~intssm.datapath.fixedpoint.weyl_offset` on float64 tensors: lanes ``j`` (integers), shifts ``s``.
     ``(phase + j WEYL_LANE mod 2**32) mod 2**32`` is below 2**33, exact in float64; scaling by
     2**(s-32) and ``floor`` is the shift."""
     w = torch.remainder(phase + torch.remainder(j * WEYL_LANE, 2.0**32), 2.0**32)
@@ -37,7 +37,7 @@ def weyl_offset_t(phase: int, j: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 def offset_rshift_t(v: torch.Tensor, d: torch.Tensor, s: torch.Tensor, ste: bool = False) -> torch.Tensor:
-    """Twin of :func:`~intssm.fixedpoint.offset_rshift`; with ``ste`` the gradient is that of ``v * 2**-s``."""
+    """Twin of :func:`~intssm.datapath.fixedpoint.offset_rshift`; with ``ste`` the gradient is that of ``v * 2**-s``."""
     inv = torch.exp2(-s)
     r = torch.floor((v + d) * inv)
     if ste:
@@ -47,7 +47,7 @@ def offset_rshift_t(v: torch.Tensor, d: torch.Tensor, s: torch.Tensor, ste: bool
 
 
 def clamp_t(v: torch.Tensor, lo, hi) -> torch.Tensor:
-    """Twin of :func:`~intssm.fixedpoint.saturate` (value only); gradient passes where lo <= v <= hi, zero outside."""
+    """Twin of :func:`~intssm.datapath.fixedpoint.saturate` (value only); gradient passes where lo <= v <= hi, zero outside."""
     return torch.clamp(v, lo, hi)
 
 
@@ -77,7 +77,7 @@ def rshift_clamp_t(acc: torch.Tensor, s: torch.Tensor, z, lo: float, hi: float, 
 
 
 def round_half_up_t(v: torch.Tensor, ste: bool = False) -> torch.Tensor:
-    """Twin of :func:`~intssm.fixedpoint.round_half_up`; with ``ste`` the gradient passes straight through."""
+    """Twin of :func:`~intssm.datapath.fixedpoint.round_half_up`; with ``ste`` the gradient passes straight through."""
     f = torch.floor(v)
     r = f + ((v - f) >= 0.5).to(v.dtype)
     return v + (r - v).detach() if ste else r

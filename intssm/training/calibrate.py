@@ -1,7 +1,7 @@
 """Calibration: the float model run recurrently in float64, recording every datapath tensor's range.
 
 The ranges (and, for range policies, samples; for state equalization, per-mode state ranges) are
-what :mod:`intssm.ptq` turns into a datapath (:func:`intssm.qspec.build_datapath`).
+what :mod:`intssm.training.ptq` turns into a datapath (:func:`intssm.datapath.qspec.build_datapath`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import S4DModel
+from intssm.training.model import S4DModel
 
 T64 = torch.float64
 SAMPLE_ROWS = 1 << 17  # about this many calibration samples per activation tensor (range policies)
@@ -32,7 +32,7 @@ class Calibration:
 
 
 def discrete_parts(ssm) -> dict:
-    """Abar, Bbar, C, D of one S4D layer in float64 (:meth:`intssm.model.S4D.discrete`, zero-order
+    """Abar, Bbar, C, D of one S4D layer in float64 (:meth:`intssm.training.model.S4D.discrete`, zero-order
     hold), as real/imaginary parts: what the datapath quantizes."""
     Abar, Bbar, C, D = ssm.discrete(T64)
     return {"A_re": Abar.real, "A_im": Abar.imag, "B_re": Bbar.real, "B_im": Bbar.imag,
@@ -53,10 +53,10 @@ def calibrate(model: S4DModel, u: torch.Tensor, want_samples: bool = False, want
     ``u`` (B, L, d_input) float inputs (``p / 255``), ``lengths`` (B,) each sequence's valid steps
     (None: all L); padding steps never enter a range. Weights' ranges come from the weights.
     ``want_samples``: also keep ``samples[key]`` (n, C) float32 values per channel for the range
-    policies of :func:`intssm.qspec.apply_range_policies`: every weight, and for activations every
+    policies of :func:`intssm.datapath.qspec.apply_range_policies`: every weight, and for activations every
     ``stride``-th time step, ``stride`` chosen to keep about SAMPLE_ROWS rows. ``want_modes``: also
     keep one (H, N/2) tensor per layer, each mode's largest |Re x_n| or |Im x_n| (what
-    :mod:`intssm.equalize` evens out).
+    :mod:`intssm.training.equalize` evens out).
     """
     samples = {} if want_samples else None
     modes = [] if want_modes else None

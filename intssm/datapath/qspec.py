@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
-from .errors import IntssmError
-from .fixedpoint import EXACT_LIMIT, quantize_multiplier, round_half_up
-from .modelconfig import ModelConfig
+from intssm.errors import IntssmError
+from intssm.datapath.fixedpoint import EXACT_LIMIT, quantize_multiplier, round_half_up
+from intssm.datapath.modelconfig import ModelConfig
 
 DATAPATH_VERSION = 1
 WEIGHTS = ("enc_w", "A_re", "A_im", "B", "C", "D", "mix_w", "dec_w")
@@ -86,7 +86,7 @@ class QuantConfig:
     # they are added to, saturated to [-2**(b-1), 2**(b-1) - 1] when quantized
     bias_bits: int = BIAS_BITS
     # float data only (raw uint8 data enter as themselves): the input quantizer's bits (2..8) and
-    # range policy per channel, "minmax" or a percentile (intssm.inputq)
+    # range policy per channel, "minmax" or a percentile (intssm.datapath.inputq)
     input_bits: int = 8
     input_range: str = "minmax"
 
@@ -204,7 +204,7 @@ def apply_range_policies(ranges: dict, samples: dict, qcfg: QuantConfig) -> dict
     """Ranges under each component's policy, from min/max ``ranges`` and calibration ``samples``.
 
     ``samples[key]`` (n, C): values of that tensor per channel (weights: all of them; activations:
-    a time-strided subsample, :func:`intssm.qmodel.calibrate`). A per-tensor format pools the
+    a time-strided subsample, :func:`intssm.training.qmodel.calibrate`). A per-tensor format pools the
     channels. Policies:
       minmax       the calibrated min and max
       pNN.N        the (100 - NN.N)th and NN.Nth percentiles (values beyond are clipped)
@@ -413,7 +413,7 @@ def site_bound(name: str, terms_bound, bias_bound: int, M: np.ndarray, S: np.nda
     multipliers, ``S`` (channels,) the shifts. Per channel: sum_t bound_t M_t + bias M_0 plus the
     largest rounding offset, 2**(S-1) (0 for S = 0), or 2**S - 1 for the dithered state rounding
     (which also needs S <= 32). Exact Python integers. :func:`build_datapath` proves every site it
-    builds with this, and :func:`intssm.layout.validate` every site of a loaded model."""
+    builds with this, and :func:`intssm.datapath.layout.validate` every site of a loaded model."""
     if dither and S.size and int(S.max()) > 32:
         raise IntssmError(f"datapath site {name}: the dithered state rounding needs shifts <= 32, got {int(S.max())}")
     bound = 0

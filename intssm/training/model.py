@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .modelconfig import PRESETS, ModelConfig  # noqa: F401  (the model's configuration, re-exported)
+from intssm.datapath.modelconfig import PRESETS, ModelConfig  # noqa: F401  (the model's configuration, re-exported)
 
 
 class S4D(nn.Module):

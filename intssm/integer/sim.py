@@ -1,0 +1,432 @@
+"""Integer-only simulator of the quantized S4D datapath (Numba).
+
+The kernel sees int64 arrays and the raw uint8 input, nothing else: no float, no Torch. It runs
+parallel over the batch (``prange``; each thread writes only its own rows, so results do not
+depend on the thread count) and streams over time, holding one state per sequence
+(memory O(batch x layers x H x N/2), independent of the sequence length).
+
+Arithmetic follows docs/datapath.md site by site; every accumulator's bound below 2**53 is
+proved when the datapath is built, so int64 never wraps.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+from numba import njit, prange
+
+from intssm.datapath import layout
+from intssm.errors import IntssmError
+from intssm.datapath.fixedpoint import (WEYL_MASK, WEYL_STEP, cast_like, offset_rshift, requantize, rounding_rshift, saturate,
+                         state_round_offset, wadd, weyl_lane, wmul)
+from intssm.integer.kernels import (CL_HI_I, CL_HI_R, CL_LO_I, CL_LO_R, CL_S_I, CL_S_R, fill_state_offsets, mode_constants,
+                      mode_loop_fits_int32, numba_setup, output_acc, residual_acc, state_update)
+from intssm.datapath.layout import C_GLU, C_H, C_LOGITS, C_POOL, C_XIM, C_XRE, C_Y, R_ACT, R_GLU, R_H, R_LOGITS, R_POOL, R_XIM, R_XRE, R_Y
+
+layer_base = njit(cache=True, inline="always")(layout.layer_base)  # counter indices, inside the kernels
+head_base = njit(cache=True, inline="always")(layout.head_base)
+
+
+@njit(cache=True)
+def _run_one(P, lengths, b, m, mean_pool, out_logits, cnt, trace_re, trace_im, do_trace):
+    """One sequence ``P[b]``, its first ``lengths[b]`` steps, through the datapath; writes
+    ``out_logits[b]`` and ``cnt[b]``."""
+    L, d_in = lengths[b], P.shape[2]
+    nl, H, N2 = m.A_re.shape[0], m.A_re.shape[1], m.A_re.shape[2]
+    C = m.dec_w.shape[0]
+    xre = np.empty((nl, H, N2), np.int64)
+    xim = np.empty((nl, H, N2), np.int64)
+    for i in range(nl):
+        for hh in range(H):
+            for n in range(N2):
+                xre[i, hh, n] = m.x_re_z[i, hh]  # state starts at real value 0
+                xim[i, hh, n] = m.x_im_z[i, hh]
+    h = np.empty(H, np.int64)
+    a = np.empty(H, np.int64)
+    g = np.empty(2 * H, np.int64)
+    pool_acc = np.zeros(H, np.int64)
+    hlo, hhi = m.qrange[R_H, 0], m.qrange[R_H, 1]
+    dither = m.x_dither[0] != 0
+    phase = np.int64(0)  # k WEYL_STEP mod 2**32: the dithered rounding's step phase
+    for k in range(L):
+        # encoder: h0 = requant(sum_j (W - z) p_j + b)
+        for hh in range(H):
+            acc = m.enc_b[hh]
+            for j in range(d_in):
+                acc += (m.enc_w[hh, j] - m.enc_w_z[hh]) * np.int64(P[b, k, j])
+            v, c = requantize(acc, m.enc_M[hh], m.enc_S[hh], m.h_z[0], hlo, hhi)
+            h[hh] = v
+            cnt[b, 0] += c
+        for i in range(nl):
+            base = layer_base(i)
+            for hh in range(H):
+                u = h[hh] - m.h_z[i]
+                zr, zi = m.x_re_z[i, hh], m.x_im_z[i, hh]
+                ty1 = np.int64(0)
+                ty2 = np.int64(0)
+                for n in range(N2):
+                    ar = m.A_re[i, hh, n] - m.A_re_z[i, hh]
+                    ai = m.A_im[i, hh, n] - m.A_im_z[i, hh]
+                    xr = xre[i, hh, n] - zr
+                    xi = xim[i, hh, n] - zi
+                    # x_re' = Are x_re - Aim x_im + Bre u ; x_im' = Are x_im + Aim x_re + Bim u
+                    acc_r = (ar * xr) * m.x_re_M[i, 0, hh] - (ai * xi) * m.x_re_M[i, 1, hh] \
+                        + ((m.B_re[i, hh, n] - m.B_z[i, hh]) * u) * m.x_re_M[i, 2, hh]
+                    acc_i = (ar * xi) * m.x_im_M[i, 0, hh] + (ai * xr) * m.x_im_M[i, 1, hh] \
+                        + ((m.B_im[i, hh, n] - m.B_z[i, hh]) * u) * m.x_im_M[i, 2, hh]
+                    sr, si = m.x_re_S[i, hh], m.x_im_S[i, hh]
+                    dr = state_round_offset(dither, phase, weyl_lane(i, 0, H, hh, N2, n), sr)
+                    di = state_round_offset(dither, phase, weyl_lane(i, 1, H, hh, N2, n), si)
+                    nr, c1 = saturate(offset_rshift(acc_r, dr, sr) + zr, m.qrange[R_XRE, 0], m.qrange[R_XRE, 1])
+                    ni, c2 = saturate(offset_rshift(acc_i, di, si) + zi, m.qrange[R_XIM, 0], m.qrange[R_XIM, 1])
+                    cnt[b, base + C_XRE] += c1
+                    cnt[b, base + C_XIM] += c2
+                    xre[i, hh, n] = nr
+                    xim[i, hh, n] = ni
+                    ty1 += (nr - zr) * (m.C_re[i, hh, n] - m.C_z[i, hh])
+                    ty2 += (ni - zi) * (m.C_im[i, hh, n] - m.C_z[i, hh])
+                    if do_trace:
+                        trace_re[k, i, hh, n] = nr
+                        trace_im[k, i, hh, n] = ni
+                # y = 2 Re(C x) + m.D u
+                acc_y = ty1 * m.y_M[i, 0, hh] - ty2 * m.y_M[i, 1, hh] + ((m.D[i, hh] - m.D_z[i, hh]) * u) * m.y_M[i, 2, hh]
+                y, c = saturate(rounding_rshift(acc_y, m.y_S[i, hh]) + m.y_z[i], m.qrange[R_Y, 0], m.qrange[R_Y, 1])
+                cnt[b, base + C_Y] += c
+                a[hh] = m.gelu_lut[i, y - m.qrange[R_Y, 0]]
+            # GLU mixing: g = requant(W (a - z) + b)
+            for j in range(2 * H):
+                acc = m.mix_b[i, j]
+                for hh in range(H):
+                    acc += (m.mix_w[i, j, hh] - m.mix_w_z[i, j]) * (a[hh] - m.act_z[i])
+                v, c = requantize(acc, m.glu_M[i, j], m.glu_S[i, j], m.glu_z[i], m.qrange[R_GLU, 0], m.qrange[R_GLU, 1])
+                g[j] = v
+                cnt[b, base + C_GLU] += c
+            # residual: h <- requant(h + g_a * sigmoid(g_b))
+            for hh in range(H):
+                sg = m.sig_lut[i, g[H + hh] - m.qrange[R_GLU, 0]]
+                acc = (h[hh] - m.h_z[i]) * m.h_M[i, 0, hh] + ((g[hh] - m.glu_z[i]) * sg) * m.h_M[i, 1, hh]
+                v, c = saturate(rounding_rshift(acc, m.h_S[i, hh]) + m.h_z[i + 1], hlo, hhi)
+                h[hh] = v
+                cnt[b, base + C_H] += c
+        for hh in range(H):
+            if mean_pool:
+                pool_acc[hh] += h[hh] - m.h_z[nl]
+            else:
+                pool_acc[hh] = h[hh] - m.h_z[nl]
+        phase = (phase + WEYL_STEP) & WEYL_MASK
+    ci = head_base(nl)
+    pooled = np.empty(H, np.int64)
+    for hh in range(H):
+        v, c = requantize(pool_acc[hh], m.pool_M[hh], m.pool_S[hh], m.pool_z[0], m.qrange[R_POOL, 0], m.qrange[R_POOL, 1])
+        pooled[hh] = v
+        cnt[b, ci + C_POOL] += c
+    for o in range(C):
+        acc = m.dec_b[o]
+        for hh in range(H):
+            acc += (m.dec_w[o, hh] - m.dec_w_z[o]) * (pooled[hh] - m.pool_z[0])
+        v, c = requantize(acc, m.logits_M[o], m.logits_S[o], m.logits_z[0], m.qrange[R_LOGITS, 0], m.qrange[R_LOGITS, 1])
+        out_logits[b, o] = v
+        cnt[b, ci + C_LOGITS] += c
+
+
+@njit(cache=True, parallel=True)
+def _run_batch(P, lengths, m, mean_pool, out_logits, cnt):
+    dummy = np.zeros((1, 1, 1, 1), np.int64)
+    for b in prange(P.shape[0]):
+        _run_one(P, lengths, b, m, mean_pool, out_logits, cnt, dummy, dummy, False)
+
+
+@njit(cache=True)
+def _run_traced(P, lengths, m, mean_pool, out_logits, cnt, trace_re, trace_im):
+    _run_one(P, lengths, 0, m, mean_pool, out_logits, cnt, trace_re, trace_im, True)
+
+
+@njit(cache=True)
+def fold_constants(A_re, A_im, A_re_z, A_im_z, B_re, B_im, B_z, C_re, C_im, C_z, x_re_M, x_im_M):
+    """Per-mode constants of the fast kernel: centred weights times their site multipliers.
+
+    K[0..5] = (Are' M0, Aim' M1, Bre' M2) for x_re and (Are' M0', Aim' M1', Bim' M2') for x_im;
+    Cc[0..1] = (Cre', Cim'). Integer products are associative, so (a' M) x == (a' x) M exactly,
+    and the bound proved for the site covers both orders.
+    """
+    nl, H, N2 = A_re.shape
+    K = np.empty((nl, H, 6, N2), np.int64)
+    Cc = np.empty((nl, H, 2, N2), np.int64)
+    for i in range(nl):
+        for hh in range(H):
+            for n in range(N2):
+                ar = A_re[i, hh, n] - A_re_z[i, hh]
+                ai = A_im[i, hh, n] - A_im_z[i, hh]
+                K[i, hh, 0, n] = ar * x_re_M[i, 0, hh]
+                K[i, hh, 1, n] = ai * x_re_M[i, 1, hh]
+                K[i, hh, 2, n] = (B_re[i, hh, n] - B_z[i, hh]) * x_re_M[i, 2, hh]
+                K[i, hh, 3, n] = ar * x_im_M[i, 0, hh]
+                K[i, hh, 4, n] = ai * x_im_M[i, 1, hh]
+                K[i, hh, 5, n] = (B_im[i, hh, n] - B_z[i, hh]) * x_im_M[i, 2, hh]
+                Cc[i, hh, 0, n] = C_re[i, hh, n] - C_z[i, hh]
+                Cc[i, hh, 1, n] = C_im[i, hh, n] - C_z[i, hh]
+    return K, Cc
+
+
+@njit(cache=True)
+def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
+    """For one input feature: the encoder's code h0[hh] and its saturation flag for each pixel 0..255.
+
+    The same integers as the encoder site of :func:`_run_one`, computed once per value.
+    """
+    H = enc_w.shape[0]
+    tab = np.empty((H, 256), np.int64)
+    sat = np.empty((H, 256), np.int64)
+    for hh in range(H):
+        for px in range(256):
+            acc = enc_b[hh] + (enc_w[hh, 0] - enc_w_z[hh]) * np.int64(px)
+            tab[hh, px], sat[hh, px] = requantize(acc, enc_M[hh], enc_S[hh], h_z[0], hlo, hhi)
+    return tab, sat
+
+
+@njit(cache=True, parallel=True)
+def _run_batch_fast(P, lengths, f, mean_pool, out_logits, cnt):
+    """The datapath of :func:`_run_one`, reorganised for speed; bit-exact with it (tests).
+
+    The state is held centred (x' = q - z, clipped to [qmin - z, qmax - z], the same clip), the
+    mode loop is branch-free (min/max and counted comparisons) so LLVM vectorises it, and
+    per-mode constants are folded with their multipliers (:func:`fold_constants`).
+    """
+    Bsz, L, d_in = P.shape
+    nl, H, N2 = f.K.shape[0], f.K.shape[1], f.K.shape[3]
+    C = f.dec_w.shape[0]
+    hlo, hhi = f.qrange[R_H, 0], f.qrange[R_H, 1]
+    ylo, yhi = f.qrange[R_Y, 0], f.qrange[R_Y, 1]
+    glo, ghi = f.qrange[R_GLU, 0], f.qrange[R_GLU, 1]
+    dither = f.x_dither[0] != 0
+    for b in prange(Bsz):
+        xr = np.zeros_like(f.K[:, :, 0, :])  # centred state, at the mode loop's width
+        xi = np.zeros_like(f.K[:, :, 0, :])
+        h = np.empty(H, np.int64)
+        a = np.empty(H, f.mwc.dtype)  # centred activation codes, at the mixing loop's width
+        g = np.empty(2 * H, np.int64)
+        pool_acc = np.zeros(H, np.int64)
+        c_loc = np.zeros(cnt.shape[1], np.int64)
+        # rounding offsets of the state update, at the mode loop's width: 2**(S-1) (half up, filled
+        # once), or refreshed every step from the Weyl sequence (dithered rounding)
+        offr = np.empty_like(f.K[:, :, 0, :])
+        offi = np.empty_like(f.K[:, :, 0, :])
+        phase = np.int64(0)
+        for k in range(lengths[b]):
+            if dither or k == 0:
+                for i in range(nl):
+                    for hh in range(H):
+                        fill_state_offsets(offr[i, hh], dither, phase, weyl_lane(i, 0, H, hh, N2, 0), f.x_re_S[i, hh])
+                        fill_state_offsets(offi[i, hh], dither, phase, weyl_lane(i, 1, H, hh, N2, 0), f.x_im_S[i, hh])
+            phase = (phase + WEYL_STEP) & WEYL_MASK
+            if d_in == 1:  # one pixel per step: the encoder is a table over its 256 values
+                px = np.int64(P[b, k, 0])
+                for hh in range(H):
+                    h[hh] = f.enc_tab[hh, px]
+                    c_loc[0] += f.enc_sat[hh, px]
+            else:
+                for hh in range(H):
+                    acc = f.enc_b[hh]
+                    for j in range(d_in):
+                        acc += (f.enc_w[hh, j] - f.enc_w_z[hh]) * np.int64(P[b, k, j])
+                    v = rounding_rshift(acc * f.enc_M[hh], f.enc_S[hh]) + f.h_z[0]
+                    c_loc[0] += (v < hlo) + (v > hhi)
+                    h[hh] = min(max(v, hlo), hhi)
+            for i in range(nl):
+                base = layer_base(i)
+                n_r = np.int64(0)
+                n_i = np.int64(0)
+                n_y = np.int64(0)
+                for hh in range(H):
+                    Kh = f.K[i, hh]
+                    Ch = f.Cc[i, hh]
+                    xrh = xr[i, hh]
+                    xih = xi[i, hh]
+                    cl = f.clip[i, hh]
+                    lor, hir, loi, hii, sr, si = cl[CL_LO_R], cl[CL_HI_R], cl[CL_LO_I], cl[CL_HI_I], cl[CL_S_R], cl[CL_S_I]
+                    orh = offr[i, hh]
+                    oih = offi[i, hh]
+                    u = cast_like(h[hh] - f.h_z[i], Kh)
+                    t1 = cast_like(0, Kh)
+                    t2 = cast_like(0, Kh)
+                    c1 = cast_like(0, Kh)
+                    c2 = cast_like(0, Kh)
+                    for n in range(N2):
+                        r0 = xrh[n]
+                        i0 = xih[n]
+                        vr, vi = state_update(Kh[0, n], Kh[1, n], Kh[2, n], Kh[3, n], Kh[4, n], Kh[5, n],
+                                              r0, i0, u, orh[n], oih[n], sr, si)
+                        c1 = wadd(c1, wadd(cast_like(vr < lor, Kh), cast_like(vr > hir, Kh)))
+                        c2 = wadd(c2, wadd(cast_like(vi < loi, Kh), cast_like(vi > hii, Kh)))
+                        vr = min(max(vr, lor), hir)
+                        vi = min(max(vi, loi), hii)
+                        xrh[n] = vr
+                        xih[n] = vi
+                        t1 = wadd(t1, wmul(Ch[0, n], vr))
+                        t2 = wadd(t2, wmul(Ch[1, n], vi))
+                    n_r += np.int64(c1)
+                    n_i += np.int64(c2)
+                    ty1 = np.int64(t1)
+                    ty2 = np.int64(t2)
+                    u = h[hh] - f.h_z[i]
+                    acc_y = output_acc(ty1, ty2, (f.D[i, hh] - f.D_z[i, hh]) * u, f.y_M[i, :, hh])
+                    y = rounding_rshift(acc_y, f.y_S[i, hh]) + f.y_z[i]
+                    n_y += (y < ylo) + (y > yhi)
+                    y = min(max(y, ylo), yhi)
+                    a[hh] = f.gelu_lut[i, y - ylo] - f.act_z[i]
+                c_loc[base + C_XRE] += n_r
+                c_loc[base + C_XIM] += n_i
+                c_loc[base + C_Y] += n_y
+                mw = f.mwc[i]
+                n_g = np.int64(0)
+                for j in range(2 * H):
+                    t = cast_like(0, mw)
+                    for hh in range(H):
+                        t = wadd(t, wmul(mw[j, hh], a[hh]))
+                    acc = f.mix_b[i, j] + np.int64(t)
+                    v = rounding_rshift(acc * f.glu_M[i, j], f.glu_S[i, j]) + f.glu_z[i]
+                    n_g += (v < glo) + (v > ghi)
+                    g[j] = min(max(v, glo), ghi)
+                c_loc[base + C_GLU] += n_g
+                n_h = np.int64(0)
+                for hh in range(H):
+                    sg = f.sig_lut[i, g[H + hh] - glo]
+                    acc = residual_acc(h[hh] - f.h_z[i], g[hh] - f.glu_z[i], sg, f.h_M[i, 0, hh], f.h_M[i, 1, hh])
+                    v = rounding_rshift(acc, f.h_S[i, hh]) + f.h_z[i + 1]
+                    n_h += (v < hlo) + (v > hhi)
+                    h[hh] = min(max(v, hlo), hhi)
+                c_loc[base + C_H] += n_h
+            if mean_pool:
+                for hh in range(H):
+                    pool_acc[hh] += h[hh] - f.h_z[nl]
+            else:
+                for hh in range(H):
+                    pool_acc[hh] = h[hh] - f.h_z[nl]
+        ci = head_base(nl)
+        pooled = np.empty(H, np.int64)
+        for hh in range(H):
+            v = rounding_rshift(pool_acc[hh] * f.pool_M[hh], f.pool_S[hh]) + f.pool_z[0]
+            c_loc[ci + C_POOL] += (v < f.qrange[R_POOL, 0]) + (v > f.qrange[R_POOL, 1])
+            pooled[hh] = min(max(v, f.qrange[R_POOL, 0]), f.qrange[R_POOL, 1]) - f.pool_z[0]
+        for o in range(C):
+            acc = f.dec_b[o]
+            for hh in range(H):
+                acc += (f.dec_w[o, hh] - f.dec_w_z[o]) * pooled[hh]
+            v = rounding_rshift(acc * f.logits_M[o], f.logits_S[o]) + f.logits_z[0]
+            c_loc[ci + C_LOGITS] += (v < f.qrange[R_LOGITS, 0]) + (v > f.qrange[R_LOGITS, 1])
+            out_logits[b, o] = min(max(v, f.qrange[R_LOGITS, 0]), f.qrange[R_LOGITS, 1])
+        for t in range(cnt.shape[1]):
+            cnt[b, t] = c_loc[t]
+
+
+#: The fast kernel's arrays: the encoder's, its 256-entry tables (one pixel per step), the folded
+#: mode constants (:func:`fold_constants`), the mode loop's per-channel constants
+#: (:func:`intssm.integer.kernels.mode_constants`), the centred mixing weights, then the rest as in the layout.
+FastArrays = namedtuple("FastArrays", (
+    "enc_w", "enc_w_z", "enc_b", "enc_M", "enc_S", "h_z", "enc_tab", "enc_sat", "K", "Cc", "clip", "mwc",
+    "D", "D_z", "x_re_z", "x_im_z", "x_re_S", "x_im_S", "y_M", "y_S", "y_z", "gelu_lut", "act_z", "mix_b",
+    "glu_M", "glu_S", "glu_z", "sig_lut", "h_M", "h_S", "pool_M", "pool_S", "pool_z", "dec_w", "dec_w_z", "dec_b",
+    "logits_M", "logits_S", "logits_z", "qrange", "x_dither"))
+
+
+def state_fits_int32(a: dict, K: np.ndarray, Cc: np.ndarray, clip: np.ndarray) -> bool:
+    """:func:`mode_loop_fits_int32` for a whole model, |u'| bounded by each layer's input code range."""
+    q, hz = a["qrange"], a["h_z"]
+    U = np.maximum(np.abs(q[R_H, 0] - hz[:-1]), np.abs(q[R_H, 1] - hz[:-1]))[:, None]  # (nl 1)
+    return mode_loop_fits_int32(K, Cc, clip, U)
+
+
+def mix_fits_int32(a: dict, mwc: np.ndarray) -> bool:
+    """True if the mixing sums sum_h W'[j, h] a'[h] (bias excluded) provably fit int32:
+    sum_h |W'[j, h]| max|a'| < 2**31, max|a'| from the activation code range and zero point."""
+    q, az = a["qrange"], a["act_z"]
+    A = np.maximum(np.abs(q[R_ACT, 0] - az), np.abs(q[R_ACT, 1] - az))  # (nl,)
+    return bool((np.abs(mwc).sum(-1) * A[:, None]).max() < 2**31)
+
+
+def _folded(a: layout.IntArrays):
+    """(K, Cc, clip, the arrays as a dict) of the fast kernel's mode loop, at int64."""
+    K, Cc = fold_constants(a.A_re, a.A_im, a.A_re_z, a.A_im_z, a.B_re, a.B_im, a.B_z, a.C_re, a.C_im, a.C_z,
+                           a.x_re_M, a.x_im_M)
+    d = a._asdict()
+    return K, Cc, mode_constants(d), d
+
+
+def state_width(arrays: dict) -> int:
+    """32 if the fast kernel's mode loop provably stays in int32 for this model (:func:`state_fits_int32`), else 64."""
+    K, Cc, clip, d = _folded(layout.bundle(arrays))
+    return 32 if state_fits_int32(d, K, Cc, clip) else 64
+
+
+def _fast_arrays(a: layout.IntArrays, d_in: int, width: int | None) -> FastArrays:
+    """The fast kernel's bundle: int32 mode loop and mixing weights where proved (``width`` None or
+    32; 32 where not proved is an error), else int64."""
+    K, Cc, clip, d = _folded(a)
+    qr = a.qrange
+    if d_in == 1:
+        tab, sat = _encoder_table(a.enc_w, a.enc_w_z, a.enc_b, a.enc_M, a.enc_S, a.h_z, qr[R_H, 0], qr[R_H, 1])
+    else:
+        tab = sat = np.zeros((1, 1), np.int64)
+    mwc = np.ascontiguousarray(a.mix_w - a.mix_w_z[..., None])  # centred mixing weights
+    fits = width != 64 and state_fits_int32(d, K, Cc, clip)
+    if width == 32 and not fits:
+        raise IntssmError("this model's state update does not provably fit int32; use the 64-bit kernel")
+    if fits:
+        K, Cc, clip = K.astype(np.int32), Cc.astype(np.int32), clip.astype(np.int32)
+    if width != 64 and mix_fits_int32(d, mwc):
+        mwc = mwc.astype(np.int32)
+    return FastArrays(**{k: d[k] for k in FastArrays._fields if k in d}, enc_tab=tab, enc_sat=sat, K=K, Cc=Cc,
+                      clip=clip, mwc=mwc)
+
+
+def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int | None = None, trace: bool = False,
+             reference: bool = False, width: int | None = None, lengths: np.ndarray | None = None):
+    """Run the integer model ``arrays`` on input codes ``P`` (B, L, d_input) uint8, sequence b for
+    its first ``lengths[b]`` steps (None: all L; a mean-pooling model needs all L).
+
+    Returns (logit codes (B, d_output) int64, saturation counts (B, n_counters) int64, trace) where
+    trace = (x_re, x_im) codes (L, layers, H, N/2) of sequence 0 when ``trace`` is set, else None
+    (steps from lengths[0] on stay 0).
+    The fast kernel runs its mode loop in int32 when :func:`state_fits_int32` proves it safe
+    (``width=None``), or at the ``width`` given (64, or 32 where proved); the integers are the same.
+    """
+    if width not in (None, 32, 64):
+        raise IntssmError(f"simulator width must be 32 or 64, got {width}")
+    if not isinstance(P, np.ndarray) or P.dtype != np.uint8:
+        raise TypeError(f"simulator input must be a uint8 array of raw pixels, got {getattr(P, 'dtype', type(P))}")
+    if P.ndim != 3:
+        raise IntssmError(f"simulator input must be (batch, length, features), got shape {P.shape}")
+    if P.shape[2] != arrays["enc_w"].shape[1]:
+        raise IntssmError(f"input has {P.shape[2]} features per step, the model expects {arrays['enc_w'].shape[1]}")
+    if arrays["x_dither"][0] and max(arrays["x_re_S"].max(), arrays["x_im_S"].max()) > 32:
+        raise IntssmError("the dithered state rounding needs state shifts <= 32")
+    P = np.ascontiguousarray(P)
+    Bsz = P.shape[0]
+    if lengths is None:
+        lengths = np.full(Bsz, P.shape[1], np.int64)
+    lengths = np.ascontiguousarray(np.asarray(lengths).astype(np.int64))
+    if lengths.shape != (Bsz,) or (Bsz and (lengths.min() < 1 or lengths.max() > P.shape[1])):
+        raise IntssmError(f"lengths must be one value in 1..{P.shape[1]} per sequence, got shape {lengths.shape}")
+    if mean_pool and Bsz and lengths.min() != P.shape[1]:
+        raise IntssmError("a mean-pooling model runs every sequence for its full length; variable-length "
+                          "data need a model with pool 'last'")
+    nl = arrays["A_re"].shape[0]
+    if n_counters is not None and n_counters != layout.n_counters(nl):
+        raise IntssmError(f"a {nl}-layer model has {layout.n_counters(nl)} counters, got {n_counters}")
+    numba_setup()
+    a = layout.bundle(arrays)
+    logits = np.zeros((Bsz, a.dec_w.shape[0]), np.int64)
+    cnt = np.zeros((Bsz, layout.n_counters(nl)), np.int64)
+    if trace:
+        _, H, N2 = a.A_re.shape
+        tr = np.zeros((P.shape[1], nl, H, N2), np.int64)
+        ti = np.zeros_like(tr)
+        _run_traced(P[:1], lengths[:1], a, bool(mean_pool), logits[:1], cnt[:1], tr, ti)
+        return logits[:1], cnt[:1], (tr, ti)
+    if reference:
+        _run_batch(P, lengths, a, bool(mean_pool), logits, cnt)
+        return logits, cnt, None
+    f = _fast_arrays(a, P.shape[2], width)
+    _run_batch_fast(P, lengths, f, bool(mean_pool), logits, cnt)
+    return logits, cnt, None
