@@ -117,7 +117,8 @@ def train(
     SIGTERM saves the best epoch so far (marked interrupted) and exits 130 / 143; --resume goes on."""
     import math
 
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.training.model import PRESETS, S4DModel, n_params
     from intssm.training.train import TrainArgs, args_dict, auto_batch_size
     from intssm.training.train import train as run_train
@@ -218,7 +219,8 @@ def eval_(
     as_json: JsonOpt = False,
 ):
     """Accuracy of a float checkpoint (convolution or recurrent mode)."""
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.training.train import evaluate
 
     _check_limit(limit)
@@ -288,7 +290,8 @@ def ptq_(
     as_json: JsonOpt = False,
 ):
     """Post-training quantization: calibrate every range on training data, write a quantized checkpoint."""
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.training.equalize import check_strength
     from intssm.training.ptq import ptq_dataset, qspec_entry
     from intssm.datapath.qspec import get_config
@@ -335,7 +338,8 @@ def qat_(
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.training.equalize import check_strength
     from intssm.training.qat import PARAMS, check_options, kept, result_entries, start_from
     from intssm.training.qat import train as run_qat
@@ -399,7 +403,8 @@ def search(
     as_json: JsonOpt = False,
 ):
     """Mixed-precision search: the least-memory bit allocation whose integer validation accuracy stays above the floor."""
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.training.equalize import check_strength
     from intssm.executor import get_executor
     from intssm.training.ptq import ptq_dataset
@@ -483,11 +488,12 @@ def export_(
     as_json: JsonOpt = False,
 ):
     """Write the integer-only model: integer arrays, multipliers, shifts, LUTs and a JSON manifest."""
-    from intssm.integer import export, sources as integer
+    from intssm import sources
+    from intssm.integer import export
 
     outputs.check_file(out, inputs=[ckpt], what="--out", suffix=".npz")
     _small_torch_ops()
-    im = integer.load(ckpt)
+    im = sources.load(ckpt)
     man = export.save(out, im.qm)
     _emit({"out": str(out), "bytes": out.stat().st_size, "format_version": man["format_version"],
            "datapath_version": man["datapath_version"]}, as_json, f"wrote {out} ({out.stat().st_size} bytes)")
@@ -500,12 +506,13 @@ def export_c(
     as_json: JsonOpt = False,
 ):
     """Write the integer model as C99 (intssm_model.h/.c, example main.c), bit-exact with the simulator."""
-    from intssm.integer import cexport, sources as integer
+    from intssm import sources
+    from intssm.integer import cexport
 
     outputs.check_dir(out, what="--out")
     for name in (cexport.H_FILE, cexport.C_FILE):
         outputs.check_file(out / name, inputs=[model], what="--out")
-    im = integer.load(model)
+    im = sources.load(model)
     files = cexport.write_c(im.arrays, im.description(), out)
     ro = cexport.rodata_bytes_estimate(im.arrays)
     _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
@@ -561,7 +568,7 @@ def simulate(
 ):
     """Run the integer simulator on a dataset; verify it bit for bit against the Torch quantized model."""
     from intssm import data
-    from intssm.integer import sources as integer
+    from intssm import sources
     from intssm.integer.sim import simulate as sim
 
     _check_limit(limit)
@@ -583,7 +590,7 @@ def simulate(
             raise IntssmError(f"--verify takes a number or 'all', got {verify!r}") from None
         if n_verify < 0:
             raise IntssmError(f"--verify must be >= 0, got {n_verify}")
-    im = integer.load(model)
+    im = sources.load(model)
     ds = data.load(seq, split, limit)
     P = im.input_codes(ds)
     im.check_data(ds)
@@ -593,14 +600,14 @@ def simulate(
     with _kernels_status(not as_json):  # compile (first run) / load the JIT cache outside the timing
         sim(im.arrays, P[:1], im.mean_pool, len(im.counters), lengths=ds.lengths[:1])
     with progress_bar("simulate", n, enabled=not as_json) as adv:
-        logits, cnts, secs = integer.run(im, P, progress=adv, lengths=ds.lengths)
+        logits, cnts, secs = sources.run(im, P, progress=adv, lengths=ds.lengths)
     pred = logits.argmax(1)
     acc = float((pred == ds.y).mean())
     nv = 0 if im.qm is None else (n if n_verify is None else min(n_verify, n))
     exact = 0
     if nv:
         with progress_bar("verify (Torch)", nv, enabled=not as_json) as adv:
-            ref = integer.torch_logits(im.qm, P[:nv], progress=adv, lengths=ds.lengths[:nv])
+            ref = sources.torch_logits(im.qm, P[:nv], progress=adv, lengths=ds.lengths[:nv])
         exact = int((ref == logits[:nv]).all(axis=1).sum())
     sats = {name: int(v) for name, v in zip(im.counters, cnts.sum(0))}
     steps = int(ds.lengths.sum())
@@ -638,11 +645,12 @@ def memory(
     as_json: JsonOpt = False,
 ):
     """Exact memory of the integer model (flash: constants; RAM: state and buffers) vs float32."""
-    from intssm.integer import cost, sources as integer
+    from intssm import sources
+    from intssm.integer import cost
     from intssm.integer.cexport import c_storage
 
     _small_torch_ops()
-    im = integer.load(model or DEFAULT_QUANT_CKPT)  # one read: config, quantization and arrays
+    im = sources.load(model or DEFAULT_QUANT_CKPT)  # one read: config, quantization and arrays
     src = im.source
     m = cost.memory(im.cfg, im.qcfg, im.seq_len) | c_storage(im.arrays, len(im.counters))
     if as_json:
@@ -669,7 +677,8 @@ def profile(
     as_json: JsonOpt = False,
 ):
     """Exact integer work of one recurrent step (by kind and width), traffic, energy vs float32, saturation rates."""
-    from intssm.integer import cost, sources as integer
+    from intssm import sources
+    from intssm.integer import cost
     from intssm import data
     from intssm.datapath import layout
 
@@ -679,20 +688,20 @@ def profile(
     if plot is not None:
         outputs.check_file(plot, inputs=[src, seq], what="--plot", suffix=".png")
     _small_torch_ops()
-    cfg, qcfg, L, name = integer.describe(src)
+    cfg, qcfg, L, name = sources.describe(src)
     prof = cost.profile(cfg, qcfg, L)
     parts = {k: dict(sorted(v.items())) for k, v in cost.step_parts(cfg, qcfg, L).items()}
     mem = cost.memory(cfg, qcfg, L)
     prof["parts"] = parts
     prof["memory"] = {k: v for k, v in mem.items() if k != "rows"}
     if limit:
-        im = integer.load(src)
+        im = sources.load(src)
         ds = data.load(seq, "test", limit)
         im.check_data(ds)
         with _kernels_status(not as_json):
-            integer.run(im, im.input_codes(ds)[:1], lengths=ds.lengths[:1])
+            sources.run(im, im.input_codes(ds)[:1], lengths=ds.lengths[:1])
         with progress_bar("saturation rates", len(ds), enabled=not as_json) as adv:
-            _, cnts, _ = integer.run(im, im.input_codes(ds), progress=adv, lengths=ds.lengths)
+            _, cnts, _ = sources.run(im, im.input_codes(ds), progress=adv, lengths=ds.lengths)
         events = layout.counter_events(cfg, int(ds.lengths.sum()), len(ds))
         prof["saturation_rates"] = {n: {"saturations": int(c), "events": events[n], "rate": int(c) / events[n]}
                                     for n, c in zip(im.counters, cnts.sum(0))}

@@ -43,8 +43,10 @@ CURATED = {
 def measure(name: str, progress=None) -> dict:
     """Every number of one curated model, measured now: test accuracy (the integer simulator for a
     quantized model, the float model in convolution mode otherwise), accounted and deployed bytes."""
-    from intssm import checkpoint, data
-    from intssm.integer import cost, sources as integer
+    from intssm import data
+    from intssm.training import checkpoint
+    from intssm import sources
+    from intssm.integer import cost
     from intssm.integer.cexport import c_storage
     from intssm.training.train import evaluate
 
@@ -55,8 +57,8 @@ def measure(name: str, progress=None) -> dict:
     rec = {"name": name, "file": f"data/checkpoints/{fname}", "dataset": seq, "what": what, "made_by": made,
            "n_test": len(ds)}
     if "qspec" in ck:
-        im = integer.load(path)
-        lg, _, _ = integer.run(im, im.input_codes(ds), lengths=ds.lengths, progress=progress)
+        im = sources.load(path)
+        lg, _, _ = sources.run(im, im.input_codes(ds), lengths=ds.lengths, progress=progress)
         m = cost.memory(im.cfg, im.qcfg, im.seq_len) | c_storage(im.arrays, len(im.counters))
         rec |= {"kind": "integer", "accuracy": float((lg.argmax(1) == ds.y).mean()), "bytes": m["bytes"],
                 "weights_reduction": round(m["weights_reduction"], 2), "reduction": round(m["reduction"], 2),

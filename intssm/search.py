@@ -59,7 +59,8 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     import numpy as np
     import torch
 
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.integer import cost
     from intssm.integer.export import integer_model
     from intssm.training.qat import configure, qat_step

@@ -82,7 +82,8 @@ def test_eval_matches_library(tiny_ckpt):
     """The CLI reports what the library computes for the same checkpoint and data."""
     import torch
 
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.training.train import evaluate
 
     _, ckpt, _ = tiny_ckpt
@@ -152,7 +153,7 @@ def test_train_overrides_and_time_budget(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["history"]) == 1 and "time budget" in out["history"][0]["stopped"]
-    from intssm import checkpoint
+    from intssm.training import checkpoint
 
     m, ck = checkpoint.load(tmp_path / "o.pt")
     assert (m.cfg.d_model, m.cfg.d_state, m.cfg.n_layers, m.cfg.min_decay) == (6, 4, 2, 0.05)

@@ -73,7 +73,7 @@ def exported(work):
 
 def test_ptq_writes_quantized_checkpoint(work):
     """ptq writes a checkpoint carrying a qspec (datapath version, quant config, ranges, sequence length)."""
-    from intssm import checkpoint
+    from intssm.training import checkpoint
     from intssm.datapath.qspec import DATAPATH_VERSION, PRESETS, QuantConfig
 
     out = ok_json(work["ptq"])
@@ -143,7 +143,7 @@ def test_simulate_human_output(work):
 def test_simulate_trace(work):
     """--trace writes the integer state x_re, x_im of sequence 0 as (784, layers, H, N/2), equal to the library's trace."""
     from intssm import data
-    from intssm.integer import sources as integer
+    from intssm import sources as integer
     from intssm.integer.sim import simulate
 
     tr = work["dir"] / "tr.npz"
@@ -168,7 +168,7 @@ def test_simulate_golden_vectors(work):
     """--logits writes every sequence's integer logits, prediction, label and counters, equal to the
     library's; --trace-index traces the chosen sequence, whose logits match its row."""
     from intssm import data
-    from intssm.integer import sources as integer
+    from intssm import sources as integer
     from intssm.integer.sim import simulate
 
     gold, tr = work["dir"] / "gold.npz", work["dir"] / "tr3.npz"
@@ -399,7 +399,7 @@ def test_profile_json_and_plot(work, tmp_path):
 def test_qat_requantizes_a_quantized_checkpoint_at_new_formats(work, tmp_path):
     """`qat q.pt --config NEW` keeps the stored ranges and learned weights, switches to NEW's formats
     (progressive bit lowering), and the result simulates bit-exactly; without --config it keeps its own."""
-    from intssm import checkpoint
+    from intssm.training import checkpoint
     from intssm.datapath.qspec import PRESETS, QuantConfig, ranges_from_json
 
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
@@ -423,7 +423,7 @@ def test_qat_requantizes_a_quantized_checkpoint_at_new_formats(work, tmp_path):
 def test_qat_distillation_from_a_float_teacher(work, tmp_path):
     """`qat --distill A --teacher F` trains, records the setting, and the result simulates bit-exactly;
     bad distillation settings are one-line errors."""
-    from intssm import checkpoint
+    from intssm.training import checkpoint
 
     out = tmp_path / "kd.pt"
     ok_json(intssm("qat", work["float"], "--distill", "0.5", "--teacher", work["float"], "--epochs", "1", "--limit", "16",
@@ -442,7 +442,7 @@ def test_qat_distillation_from_a_float_teacher(work, tmp_path):
 def test_qat_ema_weight_averaging(work, tmp_path):
     """`qat --ema D` scores the averaged weights each epoch, records the decay, and the kept model
     simulates bit-exactly; a decay outside [0, 1) is a one-line error."""
-    from intssm import checkpoint
+    from intssm.training import checkpoint
 
     out = tmp_path / "ema.pt"
     r = ok_json(intssm("qat", work["float"], "--ema", "0.9", "--epochs", "1", "--limit", "16", "--val-limit", "8",

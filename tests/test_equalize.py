@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from intssm import checkpoint, data
+from intssm import data
+from intssm.training import checkpoint
 from intssm.training.equalize import equalize_states, mode_ranges
 from intssm.errors import IntssmError
 from intssm.integer.export import integer_model

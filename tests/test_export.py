@@ -361,8 +361,8 @@ def test_bad_artifacts_are_really_bad(bad_files):
 
 
 def test_load_integer_model_source(good, bad_files):
-    """intssm.integer.sources.load reads .npz artifacts through the same validation."""
-    from intssm.integer import sources as integer
+    """intssm.sources.load reads .npz artifacts through the same validation."""
+    from intssm import sources as integer
 
     im = integer.load(good[2])
     assert im.qm is None and im.seq_len == SEQ_LEN and im.counters == good[0].counters

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from intssm import checkpoint
+from intssm.training import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 JV = ROOT / "data" / "uea" / "JapaneseVowels"
@@ -71,7 +71,7 @@ def test_resume_needs_an_interrupted_run(tmp_path):
 
 
 def test_qat_sigterm_keeps_best_integer_model(tmp_path):
-    from intssm.integer import sources as integer
+    from intssm import sources as integer
 
     src = ROOT / "data" / "checkpoints" / "japanesevowels-fp32.pt"
     before = hashlib.sha256(src.read_bytes()).hexdigest()

@@ -17,7 +17,8 @@ import torch  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from intssm import checkpoint, data  # noqa: E402
+from intssm import data  # noqa: E402
+from intssm.training import checkpoint
 from intssm.errors import IntssmError  # noqa: E402
 from intssm.training.model import PRESETS, S4D, ModelConfig, S4DModel, n_params  # noqa: E402
 from intssm.training.train import TrainArgs, evaluate, train  # noqa: E402

@@ -318,7 +318,7 @@ def test_end_to_end_real_dataset(tmp_path, ds, preset, epochs):
 def test_train_takes_the_ends_from_the_data(tmp_path):
     import json
 
-    from intssm import checkpoint
+    from intssm.training import checkpoint
 
     f = tmp_path / "f.pt"
     r = _cli("train", "--seq", JV, "--preset", "tiny", "--epochs", "1", "--val-fraction", "0", "-o", f, "--json")
@@ -405,7 +405,7 @@ def test_c_equals_simulator_random_multichannel_varlen(m, qcfg, draw):
 def test_shipped_uea_models(name, ds_path, floor):
     """The shipped integer models (tools/uea_models.sh): accuracy on the whole test set, Torch ==
     simulator on every sequence, and the C export (-Werror) == simulator on every sequence."""
-    from intssm.integer import sources as integer
+    from intssm import sources as integer
 
     im = integer.load(ROOT / "data" / "checkpoints" / f"{name}.pt")
     te = data.load(str(ds_path), "test")

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from intssm import checkpoint, data
+from intssm import data
+from intssm.training import checkpoint
 from intssm.errors import IntssmError
 from intssm.integer.export import integer_model
 from intssm.training.model import ModelConfig, S4DModel

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from intssm import checkpoint, data
+from intssm import data
+from intssm.training import checkpoint
 from intssm.errors import IntssmError
 from intssm.integer.export import integer_model
 from intssm.training.model import PRESETS, S4DModel

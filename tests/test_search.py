@@ -9,7 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from intssm import checkpoint, data
+from intssm import data
+from intssm.training import checkpoint
 from intssm.errors import IntssmError
 from intssm.executor import LocalExecutor, get_executor
 from intssm.training.model import PRESETS, S4DModel

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from conftest import load_tool
-from intssm import checkpoint
+from intssm.training import checkpoint
 from intssm.training.model import PRESETS, S4DModel
 
 ROOT = Path(__file__).resolve().parent.parent

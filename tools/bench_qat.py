@@ -97,7 +97,8 @@ def agreement(n: int, ckpt: str, config: str) -> dict:
     first ``n`` test sequences, and how often the textbook loop and the integer model agree."""
     import torch
 
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.training.ptq import ptq
     from intssm.datapath.qspec import PRESETS as QP
 

@@ -112,7 +112,8 @@ def main():
     a = ap.parse_args()
     isa = describe()
 
-    from intssm.integer import cost, sources as integer
+    from intssm import sources as integer
+    from intssm.integer import cost
     from intssm import data
     from intssm.integer.sim import simulate
 

@@ -42,7 +42,8 @@ def main():
 
     import torch
 
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.cli import progress_bar
     from intssm.training.qat import int_accuracy
     from intssm.training.ptq import ptq

@@ -43,7 +43,8 @@ def main():
     ap.add_argument("--out", type=Path, default=ROOT / "docs/img/qat_front.png")
     ap.add_argument("--csv", type=Path, default=ROOT / "docs/qat_front.csv")
     a = ap.parse_args()
-    from intssm.integer import cost, sources as integer
+    from intssm import sources as integer
+    from intssm.integer import cost
     from intssm import data
 
     te = data.load("smnist", "test")

@@ -95,7 +95,8 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
 
     import torch
 
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.integer import cost
     from intssm.errors import IntssmError
     from intssm.integer.export import integer_model
@@ -132,7 +133,8 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
 def _run_one(ckpt, part, name, qcfg_dict, limit, calib):
     import torch
 
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
     from intssm.integer import cost
     from intssm.errors import IntssmError
     from intssm.integer.export import integer_model

@@ -36,7 +36,8 @@ def main():
     ap.add_argument("--lfsr", action="store_true", help="also round with a deterministic LFSR dither (Abar float)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    from intssm import checkpoint, data
+    from intssm import data
+    from intssm.training import checkpoint
 
     model, _ = checkpoint.load(a.ckpt)
     model = model.double()

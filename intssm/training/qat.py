@@ -139,15 +139,16 @@ def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray, lengths: np.ndarray
 
 def check_options(epochs: int = 1, batch_size: int = 1, lr: float = 1e-3, max_minutes: float = 0.0,
                   distill: float = 0.0, temp: float = 2.0, ema: float = 0.0) -> None:
-    """Refuse QAT options outside their ranges (NaN and inf included), before any work."""
+    """Refuse QAT options outside their ranges (NaN and inf included), before any work; messages
+    name the command-line options."""
     if not all(math.isfinite(v) for v in (lr, max_minutes, distill, temp, ema)):
-        raise IntssmError("the learning rate, time budget, distillation weight and temperature and EMA decay must be finite numbers")
+        raise IntssmError("--lr, --max-minutes, --distill, --distill-temp and --ema must be finite numbers")
     if epochs < 1 or batch_size < 1 or lr <= 0 or max_minutes < 0:
-        raise IntssmError("epochs, batch size and learning rate must be positive (time budget >= 0)")
+        raise IntssmError("--epochs, --batch-size and --lr must be positive (--max-minutes >= 0)")
     if not 0 <= distill <= 1 or temp <= 0:
-        raise IntssmError(f"distillation weight must be in [0, 1] and temperature > 0, got {distill} and {temp}")
+        raise IntssmError(f"--distill must be in [0, 1] and --distill-temp > 0, got {distill} and {temp}")
     if not 0 <= ema < 1:
-        raise IntssmError(f"EMA decay must be in [0, 1) (0 = off), got {ema}")
+        raise IntssmError(f"--ema must be in [0, 1) (0 = off), got {ema}")
 
 
 @dataclass
@@ -166,7 +167,7 @@ def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: floa
     """A float checkpoint gets PTQ at ``config`` (default w8a8) on ``calib`` training sequences
     (states equalized first if ``equalize`` > 0); a quantized one is rebuilt, and re-quantized on its
     stored ranges if ``config`` is given (progressive quantization)."""
-    from intssm import checkpoint
+    from intssm.training import checkpoint
     from intssm.training.ptq import from_checkpoint, ptq_dataset, requantize_model
     from intssm.datapath.qspec import get_config, ranges_from_json
 
@@ -192,7 +193,7 @@ def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: floa
 def result_entries(start: Start, best, history: list, interrupted, **record) -> dict:
     """The checkpoint entries of a finished (or interrupted) QAT run: ``start.qm`` set to the kept
     snapshot ``best``, its qspec, and the ``qat`` record (``record`` plus history and config)."""
-    from intssm import checkpoint
+    from intssm.training import checkpoint
     from intssm.training.ptq import qspec_entry
 
     restore(start.qm, best)

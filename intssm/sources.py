@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from intssm import checkpoint, data
+from intssm import data
+from intssm.training import checkpoint
 from intssm.integer import export
 from intssm.errors import IntssmError
 from intssm.training.qmodel import QuantS4D
