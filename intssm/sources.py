@@ -139,5 +139,5 @@ def describe(path) -> tuple:
     if "qspec" in ck:
         return cfg, QuantConfig.from_dict(dict(ck["qspec"]["quant_config"])), int(ck["qspec"]["seq_len"]), str(p)
     ds = ck.get("dataset")
-    L = data.info(ds["seq"]).max_len if isinstance(ds, dict) and isinstance(ds.get("seq"), str) else 784
+    L = data.info(ds.get("seq", "smnist") if isinstance(ds, dict) else "smnist").max_len
     return cfg, PRESETS[DEFAULT_CONFIG], L, f"{p} (float; default {DEFAULT_CONFIG})"

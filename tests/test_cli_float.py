@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-           COLUMNS="80")
+from cli_helpers import assert_clean_error, intssm
 
-
-def intssm(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "intssm", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=ENV, timeout=timeout)
-
-
-def assert_clean_error(r, fragment: str):
-    """Non-zero exit (2, as cli.py documents), exactly one stderr line 'error: ...', no traceback."""
-    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("error:"), r.stderr
-    assert fragment in lines[0], r.stderr
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    assert r.stdout == ""
 
 
 # --------------------------------------------------------------------------- happy path

@@ -3,45 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="80")
+from cli_helpers import assert_clean_error, intssm, ok_json
+
 L_SMNIST = 784
 TINY_H, TINY_N2 = 4, 4  # preset tiny: d_model 4, d_state 8
-
-
-def intssm(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "intssm", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=ENV, timeout=timeout)
-
-
-def ok_json(r) -> dict:
-    """Exit 0, no traceback, exactly one JSON object on stdout."""
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert len(lines) == 1, r.stdout
-    out = json.loads(lines[0])
-    assert isinstance(out, dict)
-    return out
-
-
-def assert_clean_error(r, fragment: str):
-    """Non-zero exit, exactly one stderr line 'error: ...' containing ``fragment``, no traceback."""
-    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr[-3000:]
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("error:"), r.stderr
-    assert fragment in lines[0], r.stderr
-    assert r.returncode != 0
-    assert r.returncode == 2, (r.returncode, r.stderr)  # as cli.py documents
-    assert r.stdout == ""
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import intssm
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -289,7 +290,7 @@ def test_model_kind_must_match_the_data():
 # ------------------------------------------------------------------ the real datasets, end to end ---
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "intssm", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return intssm(*args, cwd=cwd)
 
 
 @pytest.mark.parametrize("ds,preset,epochs", [(BM, "tiny", 3), (JV, "tiny", 3)])
