@@ -25,6 +25,8 @@ and the blocks in a fixed order, so results do not depend on the number of threa
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,10 +39,9 @@ _BLOCKS = 64  # row blocks of the backward's weight-gradient sums (fixed: thread
 
 
 @njit(cache=True, parallel=True)
-def _tail_fwd(t1, t2, h, D, mw, mix_b, yM, yS, yz, ylo, yhi, gelu, az, gM, gS, gz, glo, ghi, sig,
-              hM, hS, hz_in, hz_out, hlo, hhi, out, ys, gs, my, mg, mh):
+def _tail_fwd(t1, t2, h, D, mw, mix_b, k, out, ys, gs, my, mg, mh):
     """Rows of t1, t2, h (R H) (float64 holding integers) -> out (R H) codes of h+. Saves y codes ys (R H),
-    gate codes gs (R 2H) and pass masks my, mg, mh (1 = not saturated). Parallel over fixed blocks
+    gate codes gs (R 2H) and pass masks my, mg, mh (1 = not saturated). ``k`` the layer's :class:`TailConsts`. Parallel over fixed blocks
     of rows, with one scratch buffer per block (no allocation per row)."""
     R, H = h.shape
     nb = min(R, _BLOCKS)
@@ -48,27 +49,26 @@ def _tail_fwd(t1, t2, h, D, mw, mix_b, yM, yS, yz, ylo, yhi, gelu, az, gM, gS, g
         a = np.empty(H, np.int64)  # centred GELU codes of the current row
         for r in range(blk * R // nb, (blk + 1) * R // nb):
             for c in range(H):
-                u = np.int64(h[r, c]) - hz_in
-                acc = output_acc(np.int64(t1[r, c]), np.int64(t2[r, c]), D[c] * u, yM[:, c])
-                v, sat = saturate(rounding_rshift(acc, yS[c]) + yz, ylo, yhi)
+                u = np.int64(h[r, c]) - k.hz_in
+                acc = output_acc(np.int64(t1[r, c]), np.int64(t2[r, c]), D[c] * u, k.yM[:, c])
+                v, sat = saturate(rounding_rshift(acc, k.yS[c]) + k.yz, k.ylo, k.yhi)
                 ys[r, c], my[r, c] = v, 1 - sat
-                a[c] = gelu[v - ylo] - az
+                a[c] = k.gelu[v - k.ylo] - k.az
             for j in range(2 * H):
                 acc = mix_b[j]
                 for c in range(H):
                     acc += mw[j, c] * a[c]
-                v, sat = requantize(acc, gM[j], gS[j], gz, glo, ghi)
+                v, sat = requantize(acc, k.gM[j], k.gS[j], k.gz, k.glo, k.ghi)
                 gs[r, j], mg[r, j] = v, 1 - sat
             for c in range(H):
-                s = sig[gs[r, H + c] - glo]
-                acc = residual_acc(np.int64(h[r, c]) - hz_in, np.int64(gs[r, c]) - gz, s, hM[0, c], hM[1, c])
-                v, sat = saturate(rounding_rshift(acc, hS[c]) + hz_out, hlo, hhi)
+                s = k.sig[gs[r, H + c] - k.glo]
+                acc = residual_acc(np.int64(h[r, c]) - k.hz_in, np.int64(gs[r, c]) - k.gz, s, k.hM[0, c], k.hM[1, c])
+                v, sat = saturate(rounding_rshift(acc, k.hS[c]) + k.hz_out, k.hlo, k.hhi)
                 out[r, c], mh[r, c] = float(v), 1 - sat
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
-def _tail_bwd(gout, h, D, mw, yM, fy, ylo, gelu, gelu_d, az, gMf, gz, glo, sig, sig_d, hM, fh, hz_in,
-              ys, gs, my, mg, mh, dt1, dt2, dh, dD, dmw, dmb):
+def _tail_bwd(gout, h, D, mw, k, ys, gs, my, mg, mh, dt1, dt2, dh, dD, dmw, dmb):
     """Straight-through gradients. gout (R H) = dLoss/dh+; fy, fh (H) = 2**-S; gMf (2H) = Mg 2**-Sg.
     Writes dt1, dt2, dh (R H) and per-block sums dD (blocks H), dmw (blocks 2H H), dmb (blocks 2H)."""
     R, H = h.shape
@@ -81,25 +81,25 @@ def _tail_bwd(gout, h, D, mw, yM, fy, ylo, gelu, gelu_d, az, gMf, gz, glo, sig, 
         dmw_b = np.zeros((2 * H, H))
         for r in range(blk * R // nb, (blk + 1) * R // nb):
             for c in range(H):  # residual: acc_h = M0h u' + M1h (g - z) s
-                ec = gout[r, c] * (mh[r, c] * fh[c])
-                gh = gs[r, H + c] - glo
-                dh[r, c] = ec * hM[0, c]
-                dg[c] = ec * hM[1, c] * sig[gh]
-                dg[H + c] = ec * hM[1, c] * (gs[r, c] - gz) * sig_d[gh]
-                a[c] = gelu[ys[r, c] - ylo] - az
+                ec = gout[r, c] * (mh[r, c] * k.fh[c])
+                gh = gs[r, H + c] - k.glo
+                dh[r, c] = ec * k.hM[0, c]
+                dg[c] = ec * k.hM[1, c] * k.sig[gh]
+                dg[H + c] = ec * k.hM[1, c] * (gs[r, c] - k.gz) * k.sig_d[gh]
+                a[c] = k.gelu[ys[r, c] - k.ylo] - k.az
                 da[c] = 0.0
             for j in range(2 * H):  # mixing: acc_g = mix_b + mix_w' a'
-                d = dg[j] * (mg[r, j] * gMf[j])
+                d = dg[j] * (mg[r, j] * k.gMf[j])
                 dmb[blk, j] += d
                 for c in range(H):
                     da[c] += d * mwf[j, c]
                     dmw_b[j, c] += d * a[c]
             for c in range(H):  # output: acc_y = M0 t1 - M1 t2 + M2 D' u'
-                d = da[c] * gelu_d[ys[r, c] - ylo] * (my[r, c] * fy[c])
-                dt1[r, c] = d * yM[0, c]
-                dt2[r, c] = -d * yM[1, c]
-                dh[r, c] += d * yM[2, c] * D[c]
-                dD[blk, c] += d * yM[2, c] * (h[r, c] - hz_in)
+                d = da[c] * k.gelu_d[ys[r, c] - k.ylo] * (my[r, c] * k.fy[c])
+                dt1[r, c] = d * k.yM[0, c]
+                dt2[r, c] = -d * k.yM[1, c]
+                dh[r, c] += d * k.yM[2, c] * D[c]
+                dD[blk, c] += d * k.yM[2, c] * (h[r, c] - k.hz_in)
         dmw[blk] = dmw_b
 
 
@@ -138,9 +138,7 @@ class LayerTail(torch.autograd.Function):
         ys = np.empty((R, H), np.int32)
         gs = np.empty((R, 2 * H), np.int32)
         my, mg, mh = np.empty((R, H), np.int8), np.empty((R, 2 * H), np.int8), np.empty((R, H), np.int8)
-        _tail_fwd(_rows(t1), _rows(t2), hf, Di, mwi, mbi, k["yM"], k["yS"], k["yz"], k["ylo"], k["yhi"], k["gelu"],
-                  k["az"], k["gM"], k["gS"], k["gz"], k["glo"], k["ghi"], k["sig"], k["hM"], k["hS"], k["hz_in"],
-                  k["hz_out"], k["hlo"], k["hhi"], out, ys, gs, my, mg, mh)
+        _tail_fwd(_rows(t1), _rows(t2), hf, Di, mwi, mbi, k, out, ys, gs, my, mg, mh)
         ctx.saved = (hf, Di, mwi, ys, gs, my, mg, mh, k, shape)
         return torch.from_numpy(out.reshape(shape))
 
@@ -153,14 +151,22 @@ class LayerTail(torch.autograd.Function):
         dt1, dt2, dh = np.empty((R, H)), np.empty((R, H)), np.empty((R, H))
         dD, dmw, dmb = np.zeros((nb, H)), np.zeros((nb, 2 * H, H)), np.zeros((nb, 2 * H))
         g = np.ascontiguousarray(gout.numpy().reshape(R, H), dtype=np.float64)
-        _tail_bwd(g, hf, Di, mwi, k["yM"], k["fy"], k["ylo"], k["gelu"], k["gelu_d"], k["az"], k["gMf"], k["gz"],
-                  k["glo"], k["sig"], k["sig_d"], k["hM"], k["fh"], k["hz_in"], ys, gs, my, mg, mh,
-                  dt1, dt2, dh, dD, dmw, dmb)
+        _tail_bwd(g, hf, Di, mwi, k, ys, gs, my, mg, mh, dt1, dt2, dh, dD, dmw, dmb)
         t = lambda a: torch.from_numpy(a.reshape(shape))  # noqa: E731
         return t(dt1), t(dt2), t(dh), torch.from_numpy(dD.sum(0)), torch.from_numpy(dmw.sum(0)), torch.from_numpy(dmb.sum(0)), None
 
 
-def tail_constants(c: dict, i: int) -> dict:
+#: One layer's integer constants for the fused tail kernels (one bundle instead of positional lists):
+#: the output site (yM, yS, yz, code range ylo..yhi), the GELU table and activation zero point, the
+#: mixing site (gM, gS, gz, glo..ghi), the sigmoid table, the residual site (hM, hS, zero points in
+#: and out, hlo..hhi), and for the backward pass 2**-S of the y and h sites, gM 2**-gS and the
+#: tables' derivative tables.
+TailConsts = namedtuple("TailConsts", ("yM", "yS", "yz", "ylo", "yhi", "gelu", "az", "gM", "gS", "gz", "glo", "ghi",
+                                       "sig", "hM", "hS", "hz_in", "hz_out", "hlo", "hhi", "fy", "fh", "gMf",
+                                       "gelu_d", "sig_d"))
+
+
+def tail_constants(c: dict, i: int) -> TailConsts:
     """Layer ``i``'s integer constants (and the two gradient tables) from
     :func:`intssm.training.qmodel.datapath_tensors`, as the kernels take them."""
     n = lambda v: np.ascontiguousarray(np.asarray(v.numpy() if torch.is_tensor(v) else v, dtype=np.int64))  # noqa: E731
@@ -177,10 +183,10 @@ def tail_constants(c: dict, i: int) -> dict:
     k["gMf"] = k["gM"] * np.exp2(-k["gS"].astype(np.float64))
     k["gelu_d"] = lut_grad(ylo, yhi, F.gelu, c["y_s"][i], c["act_s"][i], float(c["y_z"][i]))
     k["sig_d"] = lut_grad(glo, ghi, torch.sigmoid, c["glu_s"][i], c["sig_s"][i], float(c["glu_z"][i]))
-    return k
+    return TailConsts(**k)
 
 
-def layer_tail(t1, t2, h, D, mw, mix_b, k: dict) -> torch.Tensor:
+def layer_tail(t1, t2, h, D, mw, mix_b, k: TailConsts) -> torch.Tensor:
     """h+ (B, L, H) of one layer from the scan's sums t1, t2 and its input codes h (float64
     tensors holding integers); D' (H), mix_w' (2H, H), mix_b (2H) centred codes."""
     numba_setup()
