@@ -204,7 +204,7 @@ def apply_range_policies(ranges: dict, samples: dict, qcfg: QuantConfig) -> dict
     """Ranges under each component's policy, from min/max ``ranges`` and calibration ``samples``.
 
     ``samples[key]`` (n, C): values of that tensor per channel (weights: all of them; activations:
-    a time-strided subsample, :func:`intssm.training.qmodel.calibrate`). A per-tensor format pools the
+    a time-strided subsample, :func:`intssm.training.calibrate.calibrate`). A per-tensor format pools the
     channels. Policies:
       minmax       the calibrated min and max
       pNN.N        the (100 - NN.N)th and NN.Nth percentiles (values beyond are clipped)
