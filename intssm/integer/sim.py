@@ -1,12 +1,16 @@
 """Integer-only simulator of the quantized S4D datapath (Numba).
 
-The kernel sees int64 arrays and the raw uint8 input, nothing else: no float, no Torch. It runs
-parallel over the batch (``prange``; each thread writes only its own rows, so results do not
-depend on the thread count) and streams over time, holding one state per sequence
-(memory O(batch x layers x H x N/2), independent of the sequence length).
+The kernels see the model as one bundle of integer arrays (:data:`intssm.datapath.layout.IntArrays`;
+the fast kernel's :data:`FastArrays`) and the raw uint8 input, nothing else: no float, no Torch.
+They run parallel over the batch (``prange``; each thread writes only its own rows, so results do
+not depend on the thread count) and stream over time, holding one state per sequence
+(memory O(batch x layers x H x N/2), independent of the sequence length). ``_run_one`` is the
+readable reference; ``_run_batch_fast`` is bit-exact with it (tests).
 
 Arithmetic follows docs/datapath.md site by site; every accumulator's bound below 2**53 is
-proved when the datapath is built, so int64 never wraps.
+proved when the datapath is built and again when a model is loaded
+(:func:`intssm.datapath.layout.validate`), so int64 never wraps; int32 lanes run only where
+:func:`intssm.integer.kernels.mode_loop_fits_int32` proves them safe.
 """
 
 from __future__ import annotations
