@@ -20,7 +20,7 @@ REGISTRY = DATA_DIR / "checkpoints" / "MODELS.json"
 CURATED = {
     "default": ("paper-small-hetero.pt", "smnist",
                 "paper-small, heterogeneous QAT: B̄, C̄ 3-bit, D 4-bit, mixing 5-bit, activations 6-bit, Ā 8-bit, state 12-bit, 16-bit biases",
-                "intssm qat data/checkpoints/paper-small-seed7-fp32.pt --config docs/configs/progressive/hetero-x10-6x-x12.json "
+                "intssm qat data/checkpoints/paper-small-seed7-fp32.pt --config hetero-3b-x12 "
                 "--param frozen --epochs 8 --lr 1e-3 --distill 0.5 --ema 0.999"),
     "default-float": ("paper-small-seed7-fp32.pt", "smnist", "paper-small float32, the default's parent",
                       "intssm train --preset paper-small --epochs 30 --seed 7 --max-minutes 5.5 --device cuda"),
@@ -33,10 +33,10 @@ CURATED = {
     "base": ("base-x6-eq.pt", "smnist", "base with a 6-bit dithered, equalized state, 3-bit weights",
              "intssm qat data/checkpoints/base-fp32.pt --config docs/configs/base-A8-x6-mix3-C3-b16-dither.json --param frozen "
              "--epochs 4 --distill 0.5 --ema 0.999 --equalize 0.75 --val-limit 2000 --max-minutes 100"),
-    "basicmotions": ("basicmotions-hetero.pt", "data/uea/BasicMotions", "BasicMotions (6 channels, 100 steps), hetero-x10-6x QAT",
+    "basicmotions": ("basicmotions-hetero.pt", "data/uea/BasicMotions", "BasicMotions (6 channels, 100 steps), hetero-3b-x10 QAT",
                      "bash tools/uea_models.sh"),
     "japanesevowels": ("japanesevowels-hetero.pt", "data/uea/JapaneseVowels",
-                       "JapaneseVowels (12 channels, 7-29 steps), hetero-x10-6x QAT", "bash tools/uea_models.sh"),
+                       "JapaneseVowels (12 channels, 7-29 steps), hetero-3b-x10 QAT", "bash tools/uea_models.sh"),
 }
 
 

@@ -63,3 +63,17 @@ def test_config_doc_lists_every_field():
     sett = doc.split("<!-- config-settings -->")[1].split("<!-- /config-settings -->")[0]
     names = {ln.split("|")[1].strip().strip("`") for ln in sett.splitlines() if ln.startswith("| `")}
     assert names == set(SCALARS)
+
+
+def test_default_model_config_is_a_named_preset():
+    """The shipped default was trained with docs/configs/progressive/hetero-x10-6x-x12.json, which is the
+    preset hetero-3b-x12, and its checkpoint stores that config."""
+    from pathlib import Path
+
+    from intssm.datapath.qspec import PRESETS, QuantConfig, get_config
+    from intssm.training import checkpoint
+
+    root = Path(__file__).resolve().parent.parent
+    assert get_config(str(root / "docs/configs/progressive/hetero-x10-6x-x12.json")) == PRESETS["hetero-3b-x12"]
+    ck = checkpoint.load_raw(root / "data/checkpoints/paper-small-hetero.pt")
+    assert QuantConfig.from_dict(dict(ck["qspec"]["quant_config"])) == PRESETS["hetero-3b-x12"]

@@ -359,7 +359,7 @@ def _c_equals_simulator(qm, P, lens, tmp: Path):
 
 
 @pytest.mark.skipif(__import__("shutil").which("gcc") is None, reason="gcc not on PATH")
-@pytest.mark.parametrize("ds_path,cfg_name", [(BM, "hetero-x10-6x"), (JV, "hetero-x10-6x"), (JV, "paper-hetero")])
+@pytest.mark.parametrize("ds_path,cfg_name", [(BM, "hetero-3b-x10"), (JV, "hetero-3b-x10"), (JV, "paper-hetero")])
 def test_c_equals_simulator_on_real_sequences(ds_path, cfg_name):
     """A small float model trained one epoch on the real data, quantized with its input quantizer:
     the C export (compiled with -Werror) equals the simulator on every test sequence."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The shipped models of the UEA/UCR datasets (data/uea/): float training on all training sequences
-# (no validation split: the last of 60 epochs is kept), PTQ at hetero-x10-6x with the input
+# (no validation split: the last of 60 epochs is kept), PTQ at hetero-3b-x10 with the input
 # quantizer calibrated on the training sequences, 10 epochs of frozen-Abar QAT, then the integer
 # model scored and verified bit for bit on the whole test set. Writes data/checkpoints/NAME-*.pt
 # and .log. About a minute per dataset on 2 cores.
@@ -13,7 +13,7 @@ for name in "${@:-BasicMotions JapaneseVowels}"; do
     key=$(echo "$ds" | tr '[:upper:]' '[:lower:]')
     f=$out/$key-fp32.pt q=$out/$key-hetero.pt
     train=(intssm train --seq data/uea/$ds --preset paper-small --epochs 60 --dropout 0.1 --val-fraction 0 --seed 0 -o "$f" --json)
-    qat=(intssm qat "$f" --config hetero-x10-6x --param frozen --epochs 10 --batch-size 16 --lr 1e-3 --seed 0 -o "$q" --json)
+    qat=(intssm qat "$f" --config hetero-3b-x10 --param frozen --epochs 10 --batch-size 16 --lr 1e-3 --seed 0 -o "$q" --json)
     sim=(intssm simulate "$q" --seq data/uea/$ds --verify all --json)
     {
       echo "# ${train[*]}"

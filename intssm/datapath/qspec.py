@@ -271,11 +271,14 @@ PRESETS["hetero-x10"] = replace(PRESETS["paper-hetero"], x_re=QFormat(10, per_ch
 # hetero-x10 at the paper's memory (weights and biases <= float32 / 6.3): B and C at 3 bits, the
 # mixing weights at 5 bits per row, 16-bit biases. Reached from a hetero-x10 model by progressive
 # QAT (hetero-x10 -> B, C at 3 bits -> this; docs/results.md)
-PRESETS["hetero-x10-6x"] = replace(PRESETS["hetero-x10"], B=QFormat(3, per_channel=True),
+PRESETS["hetero-3b-x10"] = replace(PRESETS["hetero-x10"], B=QFormat(3, per_channel=True),
                                    C=QFormat(3, per_channel=True), mix_w=QFormat(5, per_channel=True), bias_bits=16)
-# hetero-x10-6x with an 8-bit state rounded with the Weyl dither (state_rounding): the
-# dither keeps the small increments that rounding half up loses at 8 bits (96.54% after QAT; docs/results.md)
-PRESETS["hetero-6x-x8-dither"] = replace(PRESETS["hetero-x10-6x"], x_re=QFormat(8, per_channel=True),
+# the default model's config: hetero-3b-x10 with a 12-bit state per head (97.13% after frozen-Abar QAT)
+PRESETS["hetero-3b-x12"] = replace(PRESETS["hetero-3b-x10"], x_re=QFormat(12, per_channel=True),
+                                   x_im=QFormat(12, per_channel=True))
+# hetero-3b-x10 with an 8-bit state rounded with the Weyl dither (state_rounding): the dither keeps
+# the small increments that rounding half up loses at 8 bits (96.54% after QAT; docs/results.md)
+PRESETS["hetero-3b-x8-dither"] = replace(PRESETS["hetero-3b-x10"], x_re=QFormat(8, per_channel=True),
                                          x_im=QFormat(8, per_channel=True), state_rounding="dither")
 
 
