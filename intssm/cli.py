@@ -32,7 +32,7 @@ LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the f
 EqualizeOpt = Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.training.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")]
 
 CKPT_DIR = DATA_DIR / "checkpoints"
-DEFAULT_FLOAT_CKPT = CKPT_DIR / "paper-small-fp32.pt"
+DEFAULT_FLOAT_CKPT = CKPT_DIR / "paper-small-seed7-fp32.pt"  # the default quantized model's float parent
 DEFAULT_QUANT_CKPT = CKPT_DIR / "paper-small-hetero.pt"  # the best heterogeneous QAT model
 
 
