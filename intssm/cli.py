@@ -305,7 +305,7 @@ def ptq_(
     model, ck = checkpoint.load(ckpt)
     if "qspec" in ck:
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
-    seq = seq or ck.get("dataset", {}).get("seq", "smnist")
+    seq = seq or checkpoint.dataset_seq(ck)
     cal = data.load(seq, "train", calib, checkpoint.val_fraction(ck))
     with err.status(f"calibrating {config} on {len(cal)} sequences of {seq}" + (" (with state equalization)" if equalize else "")):
         qm, ranges = ptq_dataset(model, qcfg, cal, equalize)
@@ -429,7 +429,7 @@ def search(
     if "qspec" in ck:
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
     ckpt_in = ckpt
-    seq = ck.get("dataset", {}).get("seq", "smnist")
+    seq = checkpoint.dataset_seq(ck)
     vfrac = val_fraction if val_fraction is not None else checkpoint.val_fraction(ck)
     if seq not in data.SEQS and not len(data.load(seq, "val", None, vfrac)):
         raise IntssmError(f"{ckpt} was trained without a validation split (--val-fraction 0) and search scores "
@@ -509,9 +509,7 @@ def export_c(
     from intssm import sources
     from intssm.integer import cexport
 
-    outputs.check_dir(out, what="--out")
-    for name in (cexport.H_FILE, cexport.C_FILE):
-        outputs.check_file(out / name, inputs=[model], what="--out")
+    outputs.check_dir(out, inputs=[model], what="--out")
     im = sources.load(model)
     files = cexport.write_c(im.arrays, im.description(), out)
     ro = cexport.rodata_bytes_estimate(im.arrays)

@@ -142,21 +142,20 @@ def greedy(ckpt: str, seq: str, start: QuantConfig, ranges: dict, floor: float, 
             points.append(r)
         return {k: seen[signature(q)] for k, q in cands.items()}
 
-    run.points = points
 
     trace: list[dict] = []
     try:
-        return _greedy(run, start, floor, groups, max_rounds, on_round, trace)
+        return _greedy(run, points, start, floor, groups, max_rounds, on_round, trace)
     except KeyboardInterrupt:
         ok = trace and trace[-1]["accuracy"] is not None and trace[-1]["accuracy"] >= floor
         raise SearchInterrupted(trace[-1]["config"] if ok else None, points, trace) from None
 
 
-def _greedy(run, start, floor, groups, max_rounds, on_round, trace):
+def _greedy(run, points, start, floor, groups, max_rounds, on_round, trace):
     cur = run({"start": start})["start"]
     trace.append(cur)
     if cur["accuracy"] is None or cur["accuracy"] < floor:
-        return None, run.points, trace
+        return None, points, trace
     q = start
     for _ in range(max_rounds):
         cands = {g: c for g in groups if (c := lower(q, g)) is not None}
@@ -172,7 +171,7 @@ def _greedy(run, start, floor, groups, max_rounds, on_round, trace):
         trace.append(cur | {"move": g})
         if on_round:
             on_round(cur)
-    return cur["config"], run.points, trace
+    return cur["config"], points, trace
 
 
 def plot(points: list[dict], trace: list[dict], floor: float, path):

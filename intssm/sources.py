@@ -87,13 +87,13 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG) -> IntegerModel:
     else:
         if config not in PRESETS:
             raise IntssmError(f"unknown quant config {config!r}")
-        seq = ck.get("dataset", {}).get("seq", "smnist")
+        seq = checkpoint.dataset_seq(ck)
         cal = data.load(seq, "train", calib)
         qm, _ = ptq_dataset(model, PRESETS[config], cal)
         src = f"{p} (float checkpoint, default PTQ {config} calibrated on {calib} training sequences)"
     arrays = export.integer_model(qm)
     return IntegerModel(arrays, qm.counters, qm.dp.cfg.pool == "mean", qm.dp.seq_len, src, qm.dp.cfg, qm.dp.qcfg,
-                        qm, ck.get("dataset", {}).get("seq"), qm.iq)
+                        qm, checkpoint.dataset_seq(ck, None), qm.iq)
 
 
 def run(im: IntegerModel, P: np.ndarray, chunk: int = 1000, progress=None, lengths: np.ndarray | None = None):

@@ -458,10 +458,7 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
     quantizer of float data, described in the header).
     """
     a, dims = _check(arrays, manifest_like)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise IntssmError(f"C export: {out_dir} exists and is not a directory")
-    outputs.check_dir(out_dir, what="C export directory")
+    out_dir = outputs.check_dir(out_dir, what="C export directory")
     xre_t, xim_t = _state_type(a["qrange"], layout.R_XRE), _state_type(a["qrange"], layout.R_XIM)
     files = {H_FILE: _header(dims, xre_t, xim_t, layout.counter_names(dims["LAYERS"]), manifest_like.get("input")),
              C_FILE: _source(a, xre_t, xim_t), MAIN_FILE: _MAIN}

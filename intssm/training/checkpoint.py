@@ -43,9 +43,14 @@ def extras(ck: dict, *drop: str) -> dict:
     return {k: v for k, v in ck.items() if k not in MODEL_KEYS + drop}
 
 
+def dataset_seq(ck: dict, default: str | None = "smnist"):
+    """The dataset a checkpoint was trained on (:func:`load_raw` has checked the entry's type)."""
+    return ck.get("dataset", {}).get("seq", default)
+
+
 def val_fraction(ck: dict):
     """The validation fraction a checkpoint was trained with (None: the default split)."""
-    v = ck.get("dataset", {}).get("val_fraction") if isinstance(ck.get("dataset"), dict) else None
+    v = ck.get("dataset", {}).get("val_fraction")
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 

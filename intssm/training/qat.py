@@ -173,7 +173,7 @@ def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: floa
 
     model, ck = checkpoint.load(ckpt)
     model = model.double()
-    seq = ck.get("dataset", {}).get("seq", "smnist")
+    seq = checkpoint.dataset_seq(ck)
     vfrac = checkpoint.val_fraction(ck)
     if "qspec" in ck:
         if equalize:
