@@ -512,7 +512,7 @@ def export_c(
     outputs.check_dir(out, inputs=[model], what="--out")
     im = sources.load(model)
     files = cexport.write_c(im.arrays, im.description(), out)
-    ro = cexport.rodata_bytes_estimate(im.arrays)
+    ro = cexport.rodata_bytes_estimate(im.arrays, im.qcfg)
     _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
           as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant tables)")
 
@@ -650,7 +650,7 @@ def memory(
     _small_torch_ops()
     im = sources.load(model or DEFAULT_QUANT_CKPT)  # one read: config, quantization and arrays
     src = im.source
-    m = cost.memory(im.cfg, im.qcfg, im.seq_len) | c_storage(im.arrays, len(im.counters))
+    m = cost.memory(im.cfg, im.qcfg, im.seq_len) | c_storage(im.arrays, im.description())
     if as_json:
         _emit(m | {"model": src}, True, "")
         return

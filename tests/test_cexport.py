@@ -71,6 +71,7 @@ int main(int argc, char **argv)
     FILE *fi, *fo;
     long B, L, b, t;
     int i, h, n, o, cls;
+    int32_t xr, xi;
     uint8_t *seq;
     static intssm_state s;
     int32_t lg[INTSSM_D_OUT], lg2[INTSSM_D_OUT];
@@ -89,8 +90,14 @@ int main(int argc, char **argv)
         intssm_logits(&s, lg, cnt);
         for (o = 0; o < INTSSM_D_OUT; ++o) put(fo, lg[o]);
         for (o = 0; o < INTSSM_N_COUNTERS; ++o) put(fo, cnt[o]);
-        for (i = 0; i < INTSSM_LAYERS; ++i) for (h = 0; h < INTSSM_H; ++h) for (n = 0; n < INTSSM_N2; ++n) put(fo, s.x_re[i][h][n]);
-        for (i = 0; i < INTSSM_LAYERS; ++i) for (h = 0; h < INTSSM_H; ++h) for (n = 0; n < INTSSM_N2; ++n) put(fo, s.x_im[i][h][n]);
+        for (i = 0; i < INTSSM_LAYERS; ++i) for (h = 0; h < INTSSM_H; ++h) for (n = 0; n < INTSSM_N2; ++n) {
+            intssm_state_x(&s, i, h, n, &xr, &xi);
+            put(fo, xr);
+        }
+        for (i = 0; i < INTSSM_LAYERS; ++i) for (h = 0; h < INTSSM_H; ++h) for (n = 0; n < INTSSM_N2; ++n) {
+            intssm_state_x(&s, i, h, n, &xr, &xi);
+            put(fo, xi);
+        }
         cls = intssm_classify(seq, (int32_t)L, lg2);
         put(fo, cls);
         for (o = 0; o < INTSSM_D_OUT; ++o) put(fo, lg2[o]);
@@ -223,7 +230,8 @@ def test_c_wide_and_unsigned_codes(tmp_path):
     P = rng.integers(0, 256, (3, 9, 2)).astype(np.uint8)
     exe = build_harness(arrays, manifest_like(qm), tmp_path)
     src = (tmp_path / "intssm_model.h").read_text()
-    assert "uint16_t x_re[" in src and "int16_t x_im[" in src
+    assert "#define INTSSM_X_RECORD 4 " in src and "(16 + 16 bits" in src  # unsigned and signed 16-bit codes
+    assert "int64" in src  # 16-bit formats need 64-bit accumulators somewhere
     n = len(qm.counters)
     c = run_c(exe, P, arrays, n)
     check_against_simulator(arrays, False, n, P, c)
@@ -283,9 +291,13 @@ def test_object_sections_match_tables(smnist_build):
     qm, arrays, d, _ = smnist_build
     gcc("-c", "intssm_model.c", "-o", "intssm_model.o", cwd=d)
     sec = sections(d / "intssm_model.o")
-    layout = cexport.table_layout(arrays)
-    tables = sum(nb for _, _, nb in layout.values())
-    assert tables == cexport.rodata_bytes_estimate(arrays)
+    qcfg = qm.dp.qcfg
+    layout = cexport.table_layout(arrays, qcfg)
+    p = cexport.plan(cexport.layout.validate(arrays, qm.dp.cfg, qcfg, qm.dp.seq_len), qcfg)
+    tables = p.flash_bytes
+    assert tables == cexport.rodata_bytes_estimate(arrays, qcfg)
+    # packed fields: the blob is the tables' exact bits; native tables whole C integers
+    assert p.blob_bytes == sum(-(-n * int(w.split(":")[1]) // 8) for w, n, _ in layout.values() if w.startswith("bits:"))
     ro = sum(v for k, v in sec.items() if k.startswith(".rodata") or k.startswith(".data"))
     bss = sum(v for k, v in sec.items() if k.startswith(".bss"))
     print(f"\npaper-small w8a8: {len(layout)} tables, {tables} table bytes; .rodata+.data = {ro} "
@@ -293,24 +305,30 @@ def test_object_sections_match_tables(smnist_build):
     assert bss == 0, "the model must hold no mutable globals"
     assert sum(v for k, v in sec.items() if k.startswith(".data")) == 0
     assert tables <= ro <= tables + 64 * len(layout)
-    # narrowest types: the 8-bit weight codes take one byte each
+    # w8a8: the 8-bit weight codes take one byte each, biases whole words; 15-bit multipliers and
+    # 6-bit shifts are packed; zero points of symmetric formats take no bytes
     for k in ("A_re", "A_im", "B_re", "C_re", "mix_w", "dec_w"):
         assert layout[k][0] == "int8_t"
-    assert layout["enc_b"][0] in ("int8_t", "int16_t", "int32_t") and layout["enc_M"][0] in ("int16_t", "uint8_t", "int8_t")
+    assert layout["enc_b"][0] == {16: "int16_t", 32: "int32_t"}[qcfg.bias_bits] and layout["enc_M"][0] == "bits:15" and layout["enc_S"][0] == "bits:6"
+    assert layout["A_re_z"] == ("folded", layout["A_re_z"][1], 0)
 
 
 # ------------------------------------------------------------------------ generator checks ---
 
 PRIMITIVE = r"""
-/* rounding_rshift of the generated model (static: included) on int64 pairs (v, s) from stdin */
+/* the rounding shifts of the generated model (static: included) on int64 triples (v, s, which)
+ * from stdin: which 0 = rq32, 1 = rq64, 2 = rq64w, 3 = rq64x, each with the half-up offset 2^(s-1) */
 #include <stdio.h>
 #include "intssm_model.c"
 
 int main(void)
 {
-    int64_t vs[2];
-    while (fread(vs, sizeof vs[0], 2, stdin) == 2) {
-        int64_t r = rounding_rshift(vs[0], (int)vs[1]);
+    int64_t vs[3];
+    while (fread(vs, sizeof vs[0], 3, stdin) == 3) {
+        const int s = (int)vs[1];
+        const int64_t half = s ? (int64_t)1 << (s - 1) : 0;
+        int64_t r = vs[2] == 0 ? rq32((int32_t)vs[0], (int32_t)half, s)
+                  : vs[2] == 1 ? rq64(vs[0], half, s) : vs[2] == 2 ? rq64w(vs[0], half, s) : rq64x(vs[0], half, s);
         fwrite(&r, sizeof r, 1, stdout);
     }
     return 0;
@@ -319,31 +337,47 @@ int main(void)
 
 
 @needs_gcc
-def test_c_rounding_rshift_is_floor_half_up(tmp_path):
-    """Ties, negatives, s = 0 and large shifts: the C primitive is floor((v + 2^(s-1)) / 2^s), as in Python."""
+@pytest.mark.parametrize("portable", [False, True])
+def test_c_rounding_shifts_are_floor_half_up(tmp_path, portable):
+    """Ties, negatives, s = 0 and large shifts: each C rounding shift is floor((v + 2^(s-1)) / 2^s), as
+    in Python, with GCC's arithmetic shifts and with the portable unsigned ones, over the domain each
+    one is used on (rq32: 32-bit v + d, s <= 31; rq64: s <= 31; rq64w: s <= 62; results in int32;
+    rq64x: any |v| < 2^53)."""
     from intssm.datapath.fixedpoint import rounding_rshift
 
     cexport.write_c(integer_model(_tiny()), manifest_like(_tiny()), tmp_path)
     (tmp_path / "prim.c").write_text(PRIMITIVE)
-    gcc("prim.c", "-o", "prim", cwd=tmp_path)
+    gcc("prim.c", "-o", "prim", cwd=tmp_path, extra=["-DINTSSM_PORTABLE_SHIFTS"] if portable else [])
     rng = np.random.default_rng(0)
-    pairs = []
+    triples = []
     for s in range(0, 47):
         half = (1 << (s - 1)) if s else 0
-        for k in (-3, -2, -1, 0, 1, 2, 3, 1000, -1000):  # exact ties and their neighbours
+        cands = []
+        for k in (-3, -2, -1, 0, 1, 2, 3, 1000, -1000, 2**30 - 1, -(2**30)):  # exact ties and their neighbours
             for d in (-1, 0, 1):
-                pairs.append((k * (1 << s) + half + d, s))
-                pairs.append((k * (1 << s) - half + d, s))
-        for v in rng.integers(-(2**52), 2**52, 20):
-            pairs.append((int(v), s))
-    pairs = [(v, s) for v, s in pairs if abs(v) < 2**53]
-    arr = np.array(pairs, dtype=np.int64)
+                cands += [k * (1 << s) + half + d, k * (1 << s) - half + d]
+        cands += [int(v) for v in rng.integers(-(2**52), 2**52, 20)] + [int(v) for v in rng.integers(-(2**31), 2**31, 20)]
+        for v in cands:
+            r = (v + half) >> s
+            if abs(v) >= 2**53:
+                continue
+            triples.append((v, s, 3))
+            if not -(2**31) <= r < 2**31:
+                continue
+            if s <= 31 and -(2**31) <= v + half < 2**31 and -(2**31) <= v < 2**31:
+                triples.append((v, s, 0))
+            if s <= 31:
+                triples.append((v, s, 1))
+            triples.append((v, s, 2))
+    arr = np.array(triples, dtype=np.int64)
+    assert {0, 1, 2, 3} <= set(arr[:, 2].tolist()) and len(arr) > 2000
     r = subprocess.run([str(tmp_path / "prim")], input=arr.tobytes(), capture_output=True, cwd=tmp_path)
     assert r.returncode == 0
     got = np.frombuffer(r.stdout, dtype=np.int64)
-    want = np.array([(v + ((1 << (s - 1)) if s else 0)) // (1 << s) for v, s in pairs], dtype=np.int64)
+    want = np.array([(v + ((1 << (s - 1)) if s else 0)) >> s for v, s, _ in triples], dtype=np.int64)
     assert np.array_equal(got, want)
-    assert all(rounding_rshift(np.int64(v), np.int64(s)) == w for (v, s), w in zip(pairs[:400], want[:400]))
+    assert all(rounding_rshift(np.int64(v), np.int64(s)) == w for (v, s, _), w in zip(triples[:400], want[:400]))
+
 
 def test_ctype_choice_and_literals():
     assert cexport.ctype_for(-128, 127) == ("int8_t", 1)
@@ -392,7 +426,7 @@ def test_cli_export_c(tmp_path):
     res = json.loads(r.stdout)
     assert [Path(f).name for f in res["files"]] == ["intssm_model.h", "intssm_model.c", "main.c"]
     assert all(Path(f).is_file() for f in res["files"])
-    assert res["rodata_bytes_estimate"] == cexport.rodata_bytes_estimate(integer_model(qm))
+    assert res["rodata_bytes_estimate"] == cexport.rodata_bytes_estimate(integer_model(qm), qm.dp.qcfg)
     r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c2")])
     assert r.exit_code == 0 and "intssm_model.c" in r.stdout
 
@@ -410,11 +444,11 @@ def test_memory_map_matches_compiled_object(smnist_build):
     """`intssm memory`'s C storage figures agree with the compiler: flash = .rodata within alignment
     padding, RAM = sizeof(intssm_state) exactly, and .data + .bss are empty."""
     qm, arrays, d, _ = smnist_build
-    cs = cexport.c_storage(arrays, len(qm.counters))
+    cs = cexport.c_storage(arrays, manifest_like(qm))
     gcc("-c", "intssm_model.c", "-o", "intssm_model.o", cwd=d)
     sec = sections(d / "intssm_model.o")
     ro = sum(v for k, v in sec.items() if k.startswith(".rodata"))
-    assert cs["c_flash_bytes"] <= ro <= cs["c_flash_bytes"] + 8 * len(cexport.table_layout(arrays))
+    assert cs["c_flash_bytes"] <= ro <= cs["c_flash_bytes"] + 8 * len(cexport.table_layout(arrays, qm.dp.qcfg))
     assert sum(v for k, v in sec.items() if k.startswith((".data", ".bss"))) == 0
     (d / "sizeof.c").write_text(SIZEOF)
     gcc("sizeof.c", "-o", "sizeof", cwd=d)

@@ -16,7 +16,9 @@ The generated model code uses ``<stdint.h>`` and ``<string.h>`` only: no floatin
 
 from __future__ import annotations
 
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +69,193 @@ def _lit(v: int) -> str:
     return f"INT64_C({v})"
 
 
-def _check(arrays: dict, manifest_like: dict) -> tuple[dict, dict]:
-    """The arrays re-proved by :func:`intssm.datapath.layout.validate` (int64) and the dimensions."""
+# ------------------------------------------------------------------------------ storage plan ---
+
+#: Largest width a packed field may have: one unaligned 32-bit window read, shifted right by up to 7
+#: bits, still holds it.
+MAX_PACKED_WIDTH = 25
+#: The per-mode weights the state loop reads together, packed as one record per mode.
+MODE_RECORD = ("B_re", "B_im", "C_re", "C_im")
+#: Bytes of padding after the packed blob and the packed state: a 32-bit window read at the last
+#: field's byte stays inside the array.
+WINDOW_PAD = 3
+
+
+@dataclass(frozen=True)
+class Store:
+    """How one constant table is held in flash.
+
+    ``kind``: ``fold`` (every value equal: a compile-time constant, no bytes; only zero points of
+    symmetric formats, which the memory accounting does not count either), ``native`` (an array of
+    the C type ``ctype``) or ``bits`` (packed at ``width`` bits per value, little-endian bit order,
+    in the ``intssm_bits`` blob at byte ``offset``)."""
+
+    name: str
+    kind: str
+    width: int
+    signed: bool
+    ctype: str
+    count: int
+    nbytes: int
+    offset: int = 0
+    value: int = 0
+
+
+def declared_range(name: str, qcfg) -> tuple[int, int]:
+    """[lo, hi] every value of table ``name`` is proved to lie in (:func:`intssm.datapath.layout.validate`)."""
+    from intssm.datapath.fixedpoint import MAX_SHIFT, MULT_BITS
+
+    spec = layout.SPEC[name]
+    if spec.role in ("code", "lut", "zero"):
+        f = getattr(qcfg, spec.fmt)
+        return (0, 0) if spec.role == "zero" and f.symmetric else (f.qmin, f.qmax)
+    if spec.role == "bias":
+        return -qcfg.bias_bound, qcfg.bias_bound - 1
+    if spec.role == "multiplier":
+        return 0, 2**MULT_BITS - 1
+    if spec.role == "shift":
+        return 0, MAX_SHIFT
+    raise KeyError(name)
+
+
+def width_of(lo: int, hi: int) -> tuple[int, bool]:
+    """(bits, signed) of the narrowest two's-complement (lo < 0) or unsigned field holding [lo, hi]."""
+    if lo < 0:
+        return max((-lo - 1).bit_length(), hi.bit_length()) + 1, True
+    return max(1, hi.bit_length()), False
+
+
+@dataclass
+class Plan:
+    """Where every constant lives (:class:`Store` by table name, plus the per-mode record of
+    :data:`MODE_RECORD` if packed) and the packed state's record."""
+
+    stores: dict
+    record: dict | None  # {"offset", "wb", "wc", "sb", "sc", "bits"}: B_re, B_im, C_re, C_im of a mode
+    blob_bytes: int
+    x: dict  # packed state record: {"wr", "wi", "sr", "si", "bytes"}
+
+    @property
+    def flash_bytes(self) -> int:
+        """Bytes of constant data: native tables, the packed blob and its window padding."""
+        native = sum(st.nbytes for st in self.stores.values() if st.kind == "native")
+        return native + (self.blob_bytes + WINDOW_PAD if self.blob_bytes else 0)
+
+
+def plan(a: dict, qcfg) -> Plan:
+    """The storage of model ``a`` (validated arrays) for quant config ``qcfg``."""
+    stores, offset = {}, 0
+    fields = {k: (width_of(*declared_range(k, qcfg)), int(a[k].size)) for k in TABLES}
+    (wb, sb), _ = fields["B_re"]
+    (wc, sc), _ = fields["C_re"]
+    record = None
+    if 2 * (wb + wc) <= MAX_PACKED_WIDTH and not (wb in (8, 16) and wc in (8, 16)):
+        n = int(a["B_re"].size)
+        record = {"offset": 0, "wb": wb, "wc": wc, "sb": sb, "sc": sc, "bits": 2 * (wb + wc)}
+        offset = -(-n * record["bits"] // 8)
+    for k in TABLES:
+        if record is not None and k in MODE_RECORD:
+            continue
+        (w, sg), count = fields[k]
+        lo, hi = declared_range(k, qcfg)
+        ct, nb = ctype_for(lo, hi)
+        if lo == hi:
+            stores[k] = Store(k, "fold", 0, lo < 0, ct, count, 0, value=lo)
+        elif w == 8 * nb or w > MAX_PACKED_WIDTH:
+            stores[k] = Store(k, "native", 8 * nb, lo < 0, ct, count, count * nb)
+        else:
+            nbytes = -(-count * w // 8)
+            stores[k] = Store(k, "bits", w, sg, ct, count, nbytes, offset=offset)
+            offset += nbytes
+    qr = a["qrange"]
+    (wr, sr), (wi, si) = width_of(int(qr[layout.R_XRE, 0]), int(qr[layout.R_XRE, 1])), \
+        width_of(int(qr[layout.R_XIM, 0]), int(qr[layout.R_XIM, 1]))
+    x = {"wr": wr, "wi": wi, "sr": sr, "si": si, "bytes": -(-(wr + wi) // 8)}
+    return Plan(stores, record, offset, x)
+
+
+def table_layout(arrays: dict, qcfg=None) -> dict:
+    """name -> (storage, element count, bytes) of every constant table :func:`write_c` emits; storage
+    is a C type, ``bits:W`` (packed at W bits), ``record`` (in the packed per-mode record) or ``folded``."""
+    from intssm.datapath.qspec import QuantConfig
+
+    if qcfg is None:
+        raise IntssmError("table_layout needs the quant config")
+    p = plan(arrays, qcfg if isinstance(qcfg, QuantConfig) else QuantConfig.from_dict(qcfg))
+    out = {}
+    for k in TABLES:
+        st = p.stores.get(k)
+        if st is None:
+            n = int(arrays[k].size)
+            w = p.record["wb"] if k.startswith("B") else p.record["wc"]
+            out[k] = ("record", n, n * w / 8)
+        else:
+            out[k] = ({"fold": "folded", "native": st.ctype, "bits": f"bits:{st.width}"}[st.kind], st.count, st.nbytes)
+    return out
+
+
+def rodata_bytes_estimate(arrays: dict, qcfg) -> int:
+    """Bytes of constant data (flash / ``.rodata``) the C model holds, without alignment padding."""
+    from intssm.datapath.qspec import QuantConfig
+
+    return plan(arrays, qcfg if isinstance(qcfg, QuantConfig) else QuantConfig.from_dict(qcfg)).flash_bytes
+
+
+# --------------------------------------------------------------------------- site arithmetic ---
+
+INT32_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class SiteWidth:
+    """The C arithmetic of one requantization site kind, from its proved bounds (all layers)."""
+
+    kind: str
+    term_bound: int  # largest |term| before its multiplier (a product or dot product of centred codes)
+    acc_bound: int  # largest |accumulator| (terms times multipliers, plus the rounding offset)
+    max_shift: int
+    term64: bool  # terms need int64
+    acc64: bool  # the accumulator needs int64 (a 32 x 32 -> 64-bit multiply-accumulate)
+    post64: bool = False  # a rounded result may pass 2^30: rounded in int64, clamped to +-2^30 before the zero point
+
+    @property
+    def wide_shift(self) -> bool:
+        return self.max_shift > 31
+
+    def describe(self) -> str:
+        acc = "int64 (32x32->64-bit multiply-accumulate)" if self.acc64 and not self.term64 else \
+            "int64" if self.acc64 else "int32"
+        return (f"{self.kind}: terms {'int64' if self.term64 else 'int32'} (|t| <= 2^{math.log2(max(self.term_bound, 1)):.1f}), "
+                f"accumulator {acc} (|acc| <= 2^{math.log2(max(self.acc_bound, 1)):.1f}), shifts <= {self.max_shift}")
+
+
+def site_widths(a: dict, cfg, qcfg, seq_len: int) -> dict:
+    """kind -> :class:`SiteWidth` of every site kind, from :func:`intssm.datapath.qspec.site_bound`
+    with the model's own multipliers and shifts. Raises IntssmError where a rounded result could
+    leave int32 (the generated code narrows it there)."""
+    from intssm.datapath.qspec import site_bound, site_term_bounds
+
+    T = site_term_bounds(cfg, qcfg, seq_len)
+    dither = qcfg.state_rounding == "dither"
+    out = {}
+    for kind, _, _, per_layer in layout.SITES:
+        terms, bias = T[kind]
+        acc, smax, post = 0, 0, 0
+        for i in (range(cfg.n_layers) if per_layer else [None]):
+            M, S = layout.site_arrays(a, kind, i)
+            d = dither and kind in ("x_re", "x_im")
+            acc = max(acc, site_bound(kind, terms, bias, M, S, d))
+            smax = max(smax, int(S.max()))
+            for c in range(M.shape[1]):
+                b = sum(int(t) * int(M[k, c]) for k, t in enumerate(terms)) + bias * int(M[0, c])
+                post = max(post, (b + (1 << int(S[c]))) >> int(S[c]))
+        tb = max(terms) + bias  # a term with its bias (sites with a bias have one term)
+        out[kind] = SiteWidth(kind, tb, acc, smax, tb > INT32_LIMIT, acc > INT32_LIMIT, post > 2**30)
+    return out
+
+
+def _check(arrays: dict, manifest_like: dict):
+    """The arrays re-proved by :func:`intssm.datapath.layout.validate` (int64), the dimensions, and the configs."""
     from intssm.datapath.modelconfig import ModelConfig
     from intssm.datapath.qspec import QuantConfig
 
@@ -79,43 +266,19 @@ def _check(arrays: dict, manifest_like: dict) -> tuple[dict, dict]:
         a = layout.validate(arrays, cfg, qcfg, seq_len)
         if manifest_like.get("counters", layout.counter_names(cfg.n_layers)) != layout.counter_names(cfg.n_layers):
             raise IntssmError(f"counters must be the {layout.n_counters(cfg.n_layers)} names of intssm.datapath.layout.counter_names")
+        widths = site_widths(a, cfg, qcfg, seq_len)
     except IntssmError as e:
         raise IntssmError(f"C export: {e}") from None
-    dims = {"H": cfg.d_model, "N2": cfg.d_state // 2, "LAYERS": cfg.n_layers, "D_IN": cfg.d_input,
+    N2 = cfg.d_state // 2
+    events = cfg.d_model + cfg.n_layers * (2 * cfg.d_model * N2 + 4 * cfg.d_model)  # clamps per step, at most
+    pool_bound = (seq_len if cfg.pool == "mean" else 1) * qcfg.h.centered_bound
+    qr = a["qrange"]
+    dims = {**{f"QR_{k.upper()}": (int(qr[j, 0]), int(qr[j, 1])) for j, k in enumerate(layout.QRANGE_ROWS)},
+            "H": cfg.d_model, "N2": N2, "LAYERS": cfg.n_layers, "D_IN": cfg.d_input,
             "D_OUT": cfg.d_output, "MEAN_POOL": int(cfg.pool == "mean"), "SEQ_LEN": seq_len,
-            "N_COUNTERS": layout.n_counters(cfg.n_layers)}
-    return a, dims
-
-
-def table_layout(arrays: dict) -> dict:
-    """name -> (C type, element count, bytes) of every constant table :func:`write_c` emits."""
-    out = {}
-    for k in TABLES:
-        v = np.asarray(arrays[k], dtype=np.int64)
-        ct, nb = ctype_for(int(v.min()), int(v.max()))
-        out[k] = (ct, int(v.size), int(v.size) * nb)
-    return out
-
-
-def rodata_bytes_estimate(arrays: dict) -> int:
-    """Bytes of constant tables (flash / ``.rodata``), without alignment padding."""
-    return sum(nb for _, _, nb in table_layout(arrays).values())
-
-
-def _init(v: np.ndarray, indent: str = "    ", per_line: int = 16) -> str:
-    """A brace-nested C initializer for ``v`` (one brace level per dimension)."""
-    if v.ndim == 1:
-        vals = [_lit(int(x)) for x in v]
-        lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
-        if len(lines) <= 1:
-            return "{" + (lines[0] if lines else "") + "}"
-        return "{\n" + ",\n".join(indent + "    " + ln for ln in lines) + "\n" + indent + "}"
-    inner = [_init(x, indent + "    ", per_line) for x in v]
-    return "{\n" + ",\n".join(indent + "    " + s for s in inner) + "\n" + indent + "}"
-
-
-def _state_type(qr: np.ndarray, row: int) -> str:
-    return ctype_for(int(qr[row, 0]), int(qr[row, 1]))[0]
+            "N_COUNTERS": layout.n_counters(cfg.n_layers), "EXACT_STEPS": (2**32 - 1) // events,
+            "POOL_T": "int32_t" if pool_bound <= INT32_LIMIT else "int64_t"}
+    return a, dims, cfg, qcfg, widths
 
 
 def _input_note(iq: dict | None) -> str:
@@ -128,9 +291,121 @@ def _input_note(iq: dict | None) -> str:
             f"{rows}\n")
 
 
-def _header(dims: dict, xre_t: str, xim_t: str, counters: list, iq: dict | None = None) -> str:
+# ------------------------------------------------------------------------------ generated C ---
+
+def _init(v, indent: str = "    ", per_line: int = 16) -> str:
+    """A brace-nested C initializer for ``v`` (one brace level per dimension)."""
+    v = np.asarray(v)
+    if v.ndim == 1:
+        vals = [_lit(int(x)) for x in v]
+        lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
+        if len(lines) <= 1:
+            return "{" + (lines[0] if lines else "") + "}"
+        return "{\n" + ",\n".join(indent + "    " + ln for ln in lines) + "\n" + indent + "}"
+    inner = [_init(x, indent + "    ", per_line) for x in v]
+    return "{\n" + ",\n".join(indent + "    " + s for s in inner) + "\n" + indent + "}"
+
+
+def pack_bits(values, width: int) -> bytes:
+    """``values`` as ``width``-bit two's-complement fields, value k at bits [k w, (k + 1) w) of a
+    little-endian bit string (bit b of the string is bit b % 8 of byte b // 8)."""
+    acc = 0
+    mask = (1 << width) - 1
+    for k, v in enumerate(np.asarray(values, dtype=np.int64).ravel()):
+        acc |= (int(v) & mask) << (k * width)
+    n = -(-len(np.asarray(values).ravel()) * width // 8)
+    return acc.to_bytes(max(n, 1), "little")[:n]
+
+
+def _blob(a: dict, p: Plan) -> bytes:
+    out = bytearray(p.blob_bytes)
+    if p.record is not None:
+        r = p.record
+        rec = np.stack([a["B_re"].ravel(), a["B_im"].ravel(), a["C_re"].ravel(), a["C_im"].ravel()], axis=1)
+        acc = 0
+        shifts = (0, r["wb"], 2 * r["wb"], 2 * r["wb"] + r["wc"])
+        masks = ((1 << r["wb"]) - 1,) * 2 + ((1 << r["wc"]) - 1,) * 2
+        for k, row in enumerate(rec):
+            word = 0
+            for f in range(4):
+                word |= (int(row[f]) & masks[f]) << shifts[f]
+            acc |= word << (k * r["bits"])
+        n = -(-len(rec) * r["bits"] // 8)
+        out[r["offset"]:r["offset"] + n] = acc.to_bytes(max(n, 1), "little")[:n]
+    for st in p.stores.values():
+        if st.kind == "bits":
+            out[st.offset:st.offset + st.nbytes] = pack_bits(a[st.name], st.width)
+    return bytes(out) + bytes(WINDOW_PAD)
+
+
+def _field(expr: str, width: int, signed: bool) -> str:
+    return f"SX({expr}, {width})" if signed else f"UX({expr}, {width})"
+
+
+def _accessors(a: dict, p: Plan) -> str:
+    """``AT_<name>(i, ...)``: one macro per table reading element [i, ...] as int32_t, wherever it lives."""
+    out = []
+    for k in TABLES:
+        st = p.stores.get(k)
+        if st is None:
+            continue
+        shape = a[k].shape
+        args = [f"i{d}" for d in range(len(shape))]
+        flat = f"({args[0]})"
+        for d in range(1, len(shape)):
+            flat = f"({flat} * {shape[d]} + ({args[d]}))"
+        sig = ", ".join(args)
+        if st.kind == "fold":
+            body = f"((int32_t){_lit(st.value)})"
+        elif st.kind == "native":
+            cast = "(int64_t)" if st.ctype in ("uint32_t", "int64_t") else "(int32_t)"
+            body = f"({cast}{k}" + "".join(f"[{x}]" for x in args) + ")"
+        else:
+            body = _field(f"WINDOW({st.offset}u, (uint32_t){flat} * {st.width}u)", st.width, st.signed)
+        out.append(f"#define AT_{k}({sig}) {body}")
+    return "\n".join(out)
+
+
+def _rq(w: SiteWidth, acc: str, d: str, s: str) -> str:
+    """C expression: floor((acc + d) / 2^s) as int32_t, for site ``w``'s accumulator type. Where the
+    result may pass 2^30 it is clamped to +-2^30: every code range lies well inside, so the site's
+    saturation (and its counter) is unchanged and adding a zero point cannot overflow."""
+    if w.post64:
+        return f"clamp30(rq64x({acc}, {d}, {s}))"
+    if not w.acc64:
+        return f"rq32({acc}, {d}, {s})"
+    return f"rq64w({acc}, {d}, {s})" if w.wide_shift else f"rq64({acc}, {d}, {s})"
+
+
+def _acc_t(w: SiteWidth) -> str:
+    return "int64_t" if w.acc64 else "int32_t"
+
+
+def _term_t(w: SiteWidth) -> str:
+    return "int64_t" if w.term64 else "int32_t"
+
+
+def _half(w: SiteWidth, s: str) -> str:
+    """The half-up rounding offset 2^(s-1) (0 for s = 0) in the site's accumulator type."""
+    return f"(({_acc_t(w)})1 << ({s}) >> 1)"
+
+
+def _mac(w: SiteWidth, terms) -> str:
+    """sum of term_t * M_t in the accumulator type: 32 x 32 -> 64-bit products where it is int64."""
+    acc = _acc_t(w)
+    parts = []
+    for sign, t, m in terms:
+        parts.append(f"{sign} ({acc})({t}) * {m}")
+    text = " ".join(parts).strip()
+    return text[2:] if text.startswith("+ ") else text
+
+
+def _header(dims: dict, counters: list, widths: dict, p: Plan, dither: bool, iq: dict | None = None) -> str:
     d = dims
     names = "\n".join(f" *   [{i}] {str(n).replace('*/', '* /')}" for i, n in enumerate(counters))
+    sites = "\n".join(f" *   {w.describe()}" for w in widths.values())
+    x = p.x
+    phase = "    uint32_t phase;  /* k * 0x9E3779B9 mod 2^32 at step k: the step phase of the dithered state rounding */\n" if dither else ""
     return f"""/* intssm_model.h -- generated by intssm (C export). Do not edit.
  *
  * Integer-only S4D classifier, bit-exact with intssm's simulator (docs/datapath.md).
@@ -138,7 +413,14 @@ def _header(dims: dict, xre_t: str, xim_t: str, counters: list, iq: dict | None 
  * or intssm_classify(seq, L, logits) for a whole sequence (state on the stack: sizeof(intssm_state)).
  * A sequence of L steps runs exactly L steps (any L >= 1 with last-step pooling): no padding.
 {_input_note(iq)} *
- * Saturation counters (INTSSM_N_COUNTERS), in order:
+ * Arithmetic per requantization site (from the datapath's bound proofs; 32-bit wherever they fit):
+{sites}
+ *
+ * State: each complex mode's (x_re, x_im) codes packed in one {x['bytes']}-byte record ({x['wr']} + {x['wi']} bits,
+ * little-endian); intssm_state_x reads one.
+ *
+ * Saturation counters (INTSSM_N_COUNTERS), in order; each is exact (no wrap) for up to
+ * INTSSM_COUNTERS_EXACT_STEPS steps since the last reset:
 {names}
  */
 #ifndef INTSSM_MODEL_H
@@ -154,13 +436,13 @@ def _header(dims: dict, xre_t: str, xim_t: str, counters: list, iq: dict | None 
 #define INTSSM_N_COUNTERS {d['N_COUNTERS']}
 #define INTSSM_MEAN_POOL {d['MEAN_POOL']}     /* 1: mean over time, 0: last step */
 #define INTSSM_SEQ_LEN {d['SEQ_LEN']}      /* length the model was quantized for (mean pooling divides by it) */
+#define INTSSM_X_RECORD {x['bytes']}     /* bytes per mode of packed state */
+#define INTSSM_COUNTERS_EXACT_STEPS {d['EXACT_STEPS']}u
 
 typedef struct {{
-    uint32_t phase;  /* k * 0x9E3779B9 mod 2^32 at step k: the step phase of the dithered state rounding */
-    {xre_t} x_re[INTSSM_LAYERS][INTSSM_H][INTSSM_N2];  /* state codes, real parts */
-    {xim_t} x_im[INTSSM_LAYERS][INTSSM_H][INTSSM_N2];  /* state codes, imaginary parts */
-    int64_t pool_acc[INTSSM_H];  /* sum over time (mean) or last value (last) of the centred output */
-    int64_t counters[INTSSM_N_COUNTERS];  /* saturation events so far */
+{phase}    uint8_t x[INTSSM_LAYERS * INTSSM_H * INTSSM_N2 * INTSSM_X_RECORD + {4 - x['bytes']}];  /* packed state codes (+ window padding) */
+    {d['POOL_T']} pool_acc[INTSSM_H];  /* sum over time (mean) or last value (last) of the centred output */
+    uint32_t counters[INTSSM_N_COUNTERS];  /* saturation events so far */
 }} intssm_state;
 
 /* State codes at their zero points (real value 0), accumulators and counters at 0. */
@@ -174,46 +456,75 @@ void intssm_logits(const intssm_state *s, int32_t *logits_out, int64_t *counters
 /* A whole sequence seq (L x INTSSM_D_IN, row-major): the class (first index of the largest logit),
  * logits in logits_out (if not NULL). Returns -1 if L < 1, or if L != INTSSM_SEQ_LEN with mean pooling. */
 int intssm_classify(const uint8_t *seq, int32_t L, int32_t *logits_out);
+/* The state codes of mode n of channel hh in layer i. */
+void intssm_state_x(const intssm_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im);
 
 #endif /* INTSSM_MODEL_H */
 """
 
 
-_BODY = r"""
-/* Floor division by 2^s after adding the rounding constant 2^(s-1): rounds half up (ties toward
- * +inf), exactly intssm.datapath.fixedpoint.rounding_rshift. Right-shifting a negative signed integer is
- * implementation-defined in C99 (6.5.7p5), so negative values are floored through the
- * non-negative -v - 1: floor(v / 2^s) = -(((-v - 1) >> s) + 1) for v < 0. |v| < 2^53 (proved when
- * the datapath is built), so -v never overflows. Shifts are in [0, 62]. */
-static int64_t rounding_rshift(int64_t v, int s)
+_HELPERS = r"""
+/* Two's-complement bits to value: (int32_t)r for r < 2^31, else r - 2^32 (no implementation-defined
+ * conversion; compilers emit no instruction for it). */
+static inline int32_t as_i32(uint32_t r)
 {
-    if (s == 0)
-        return v;
-    v += (int64_t)1 << (s - 1);
-    return v >= 0 ? (v >> s) : -((-v - 1) >> s) - 1;
+    return r < UINT32_C(0x80000000) ? (int32_t)r : -(int32_t)(~r) - 1;
 }
 
-/* floor((v + d) / 2^s) for an offset d in [0, 2^s): the state's rounding (d = 2^(s-1) is
- * rounding_rshift), exactly intssm.datapath.fixedpoint.offset_rshift; negative values floored as above. */
-static int64_t offset_rshift(int64_t v, int64_t d, int s)
+/* Fields of packed tables and state. WINDOW(off, bit): the 32 bits of intssm_bits from byte
+ * off + bit / 8, little-endian, shifted right by bit % 8 -- holds any field of <= 25 bits that
+ * starts at that bit. SX / UX: the low w bits as a two's-complement / unsigned value. */
+static inline uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+#define WINDOW(off, bit) (rd32(intssm_bits + (off) + ((bit) >> 3)) >> ((bit) & 7u))
+#define UX(v, w) ((int32_t)((v) & ((UINT32_C(1) << (w)) - 1u)))
+#define SX(v, w) (as_i32((((v) & ((UINT32_C(1) << (w)) - 1u)) ^ (UINT32_C(1) << ((w) - 1))) - (UINT32_C(1) << ((w) - 1))))
+
+/* Rounding shifts: floor((v + d) / 2^s), which is round half up for d = 2^(s-1) (exactly
+ * intssm.datapath.fixedpoint.rounding_rshift) and the state's rounding for any d in [0, 2^s)
+ * (offset_rshift). v + d and the result are proved to fit the types used (per site, header).
+ * GCC and Clang define >> of a negative signed value as an arithmetic shift, which is the floor;
+ * C99 leaves it implementation-defined (6.5.7p5), so other compilers (or -DINTSSM_PORTABLE_SHIFTS)
+ * shift unsigned bit patterns instead, with the same results:
+ *  rq32:  32-bit v, s in [0, 31]: floor(v / 2^s) = ((v + 2^31) >> s) - 2^(31-s), mod 2^32;
+ *  rq64:  64-bit v, s in [0, 31]: the low 32 bits of floor(v / 2^s) are bits s..s+31 of v, the same
+ *         for logical and arithmetic shifts, and the result fits int32;
+ *  rq64w: 64-bit v, s in [0, 62]: as rq32, with 2^63. */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(INTSSM_PORTABLE_SHIFTS)
+#define rq64x(v, d, s) ((((int64_t)(v) + (int64_t)(d)) >> (s)))
+#define rq32(v, d, s) ((int32_t)(((int32_t)(v) + (int32_t)(d)) >> (s)))
+#define rq64(v, d, s) ((int32_t)(((int64_t)(v) + (int64_t)(d)) >> (s)))
+#define rq64w(v, d, s) ((int32_t)(((int64_t)(v) + (int64_t)(d)) >> (s)))
+#else
+static inline int32_t rq32(int32_t v, int32_t d, int s)
+{
+    const uint32_t u = ((uint32_t)v + (uint32_t)d) ^ UINT32_C(0x80000000);
+    return as_i32((u >> s) - (UINT32_C(0x80000000) >> s));
+}
+static inline int32_t rq64(int64_t v, int64_t d, int s)
+{
+    return as_i32((uint32_t)(((uint64_t)v + (uint64_t)d) >> s));
+}
+static inline int32_t rq64w(int64_t v, int64_t d, int s)
+{
+    const uint64_t u = ((uint64_t)v + (uint64_t)d) ^ (UINT64_C(1) << 63);
+    return as_i32((uint32_t)((u >> s) - ((UINT64_C(1) << 63) >> s)));
+}
+static inline int64_t rq64x(int64_t v, int64_t d, int s)  /* the whole 64-bit floor; |v + d| < 2^53 */
 {
     v += d;
     return v >= 0 ? (v >> s) : -((-v - 1) >> s) - 1;
 }
-
-/* The dither offset of lane j at step phase ph, for shifts s in [0, 32]:
- * ((ph + j * 0x6A09E667) mod 2^32) >> (32 - s), exactly intssm.datapath.fixedpoint.weyl_offset (uint32_t
- * arithmetic wraps mod 2^32; s = 0 is kept apart because a 32-bit shift of a uint32_t is undefined). */
-#if INTSSM_DITHER
-static int64_t weyl_offset(uint32_t ph, uint32_t j, int s)
-{
-    const uint32_t w = ph + j * UINT32_C(0x6A09E667);
-    return s == 0 ? 0 : (int64_t)(w >> (32 - s));
-}
 #endif
+static inline int32_t clamp30(int64_t v)
+{
+    return v < -(INT64_C(1) << 30) ? -(INT32_C(1) << 30) : v > (INT64_C(1) << 30) ? (INT32_C(1) << 30) : (int32_t)v;
+}
 
 /* Clamp to [lo, hi]; every clamp increments *cnt. */
-static int64_t saturate(int64_t v, int64_t lo, int64_t hi, int64_t *cnt)
+static inline int32_t sat(int32_t v, int32_t lo, int32_t hi, uint32_t *cnt)
 {
     if (v < lo) {
         ++*cnt;
@@ -226,116 +537,203 @@ static int64_t saturate(int64_t v, int64_t lo, int64_t hi, int64_t *cnt)
     return v;
 }
 
-void intssm_reset(intssm_state *s)
+/* The dither offset of lane j at step phase ph, for shifts s in [0, 32]:
+ * ((ph + j * 0x6A09E667) mod 2^32) >> (32 - s), exactly intssm.datapath.fixedpoint.weyl_offset (uint32_t
+ * arithmetic wraps mod 2^32; s = 0 is kept apart because a 32-bit shift of a uint32_t is undefined). */
+#if INTSSM_DITHER
+static inline uint32_t weyl_offset(uint32_t ph, uint32_t j, int s)
 {
+    const uint32_t w = ph + j * UINT32_C(0x6A09E667);
+    return s == 0 ? 0 : w >> (32 - s);
+}
+#endif
+"""
+
+
+def _body(p: Plan, w: dict, dims: dict) -> str:
+    """The step and finalize functions, with the counter indices of :mod:`intssm.datapath.layout`."""
+    nlc = len(layout.LAYER_COUNTERS)
+    x = p.x
+    xr_rd, xi_rd = _field("xw", x["wr"], x["sr"]), _field(f"(xw >> {x['wr']})", x["wi"], x["si"])
+    xstore = "\n".join(f"                xp[{b}] = (uint8_t)(xw >> {8 * b});" for b in range(x["bytes"]))
+    keep = (0xFFFFFFFF << (8 * x["bytes"])) & 0xFFFFFFFF  # bytes of the next record (or padding) in the window
+    wstore = "\n".join(f"                xp[{b}] = (uint8_t)(xw >> {8 * b});" for b in range(4))
+    if p.record is not None:
+        r = p.record
+        wb, wc = r["wb"], r["wc"]
+        mode_read = (f"const uint32_t rec = WINDOW({r['offset']}u, (uint32_t)k * {r['bits']}u);  /* B_re, B_im, C_re, C_im */\n"
+                     f"                const int32_t br = {_field('rec', wb, r['sb'])} - bz;\n"
+                     f"                const int32_t bi = {_field(f'(rec >> {wb})', wb, r['sb'])} - bz;\n"
+                     f"                const int32_t cr = {_field(f'(rec >> {2 * wb})', wc, r['sc'])} - cz;\n"
+                     f"                const int32_t ci = {_field(f'(rec >> {2 * wb + wc})', wc, r['sc'])} - cz;")
+    else:
+        mode_read = ("const int32_t br = AT_B_re(i, hh, n) - bz, bi = AT_B_im(i, hh, n) - bz;\n"
+                     "                const int32_t cr = AT_C_re(i, hh, n) - cz, ci = AT_C_im(i, hh, n) - cz;")
+    we, wxr, wxi, wy, wg, wh, wp, wl = (w[k] for k in ("enc", "x_re", "x_im", "y", "glu", "h", "pool", "logits"))
+    tx = _term_t(wxr) if not wxi.term64 else "int64_t"
+    acc_r = _mac(wxr, [("+", "ar * xr", "mr0"), ("-", "ai * xi", "mr1"), ("+", "br * u", "mr2")])
+    acc_i = _mac(wxi, [("+", "ar * xi", "mi0"), ("+", "ai * xr", "mi1"), ("+", "bi * u", "mi2")])
+    # int32 accumulators: |u M2| <= |B| |u| M2 <= the proved bound, so u M2 is formed once per channel
+    if not wxr.acc64 and not wxr.term64:
+        acc_r = acc_r.replace("(int32_t)(br * u) * mr2", "br * umr")
+    if not wxi.acc64 and not wxi.term64:
+        acc_i = acc_i.replace("(int32_t)(bi * u) * mi2", "bi * umi")
+    if tx == "int64_t":
+        acc_r = acc_r.replace("ar * xr", "(int64_t)ar * xr").replace("ai * xi", "(int64_t)ai * xi").replace("br * u", "(int64_t)br * u")
+        acc_i = acc_i.replace("ar * xi", "(int64_t)ar * xi").replace("ai * xr", "(int64_t)ai * xr").replace("bi * u", "(int64_t)bi * u")
+    ty_t = _term_t(wy)
+    h_t, a_t, g_t = (ctype_for(*dims[k])[0] for k in ("QR_H", "QR_ACT", "QR_GLU"))
+    return f"""
+void intssm_reset(intssm_state *s)
+{{
     int i, hh, n;
     for (i = 0; i < INTSSM_LAYERS; ++i)
-        for (hh = 0; hh < INTSSM_H; ++hh)
-            for (n = 0; n < INTSSM_N2; ++n) {
-                s->x_re[i][hh][n] = (XRE_T)x_re_z[i][hh];
-                s->x_im[i][hh][n] = (XIM_T)x_im_z[i][hh];
-            }
+        for (hh = 0; hh < INTSSM_H; ++hh) {{
+            const uint32_t xw = ((uint32_t)AT_x_re_z(i, hh) & {hex((1 << x['wr']) - 1)}u)
+                              | ((uint32_t)AT_x_im_z(i, hh) & {hex((1 << x['wi']) - 1)}u) << {x['wr']};
+            for (n = 0; n < INTSSM_N2; ++n) {{
+                uint8_t *xp = s->x + ((i * INTSSM_H + hh) * INTSSM_N2 + n) * INTSSM_X_RECORD;
+{xstore.replace('                xp', '                xp')}
+            }}
+        }}
+    memset(s->x + sizeof s->x - {4 - x['bytes']}, 0, {4 - x['bytes']});
     memset(s->pool_acc, 0, sizeof s->pool_acc);
     memset(s->counters, 0, sizeof s->counters);
+#if INTSSM_DITHER
     s->phase = 0;
-}
+#endif
+}}
+
+void intssm_state_x(const intssm_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im)
+{{
+    const uint32_t xw = rd32(s->x + ((i * INTSSM_H + hh) * INTSSM_N2 + n) * INTSSM_X_RECORD);
+    *x_re = {xr_rd};
+    *x_im = {xi_rd};
+}}
 
 void intssm_step(intssm_state *s, const uint8_t *p)
-{
-    int64_t h[INTSSM_H], a[INTSSM_H], g[2 * INTSSM_H];
-    int64_t *cnt = s->counters;
+{{
+    {h_t} h[INTSSM_H];
+    {a_t} a[INTSSM_H];
+    {g_t} g[2 * INTSSM_H];
+    uint32_t *cnt = s->counters;
     int i, hh, n, j;
 
     /* encoder: h0 = requant(enc_b + sum_j (enc_w - z) p_j) */
-    for (hh = 0; hh < INTSSM_H; ++hh) {
-        int64_t acc = (int64_t)enc_b[hh];
+    for (hh = 0; hh < INTSSM_H; ++hh) {{
+        const int se = AT_enc_S(hh);
+        {_term_t(we)} t = AT_enc_b(hh);
         for (j = 0; j < INTSSM_D_IN; ++j)
-            acc += ((int64_t)enc_w[hh][j] - enc_w_z[hh]) * (int64_t)p[j];
-        h[hh] = saturate(rounding_rshift(acc * enc_M[hh], (int)enc_S[hh]) + h_z[0], QMIN_H, QMAX_H, &cnt[0]);
-    }
-    for (i = 0; i < INTSSM_LAYERS; ++i) {
-        const int base = @LAYER_BASE@;
-        for (hh = 0; hh < INTSSM_H; ++hh) {
-            const int64_t u = h[hh] - h_z[i];
-            const int64_t zr = x_re_z[i][hh], zi = x_im_z[i][hh];
-            const int64_t azr = A_re_z[i][hh], azi = A_im_z[i][hh], bz = B_z[i][hh], cz = C_z[i][hh];
-            const int sr = (int)x_re_S[i][hh], si = (int)x_im_S[i][hh];
-            int64_t ty1 = 0, ty2 = 0, acc_y, y;
-            for (n = 0; n < INTSSM_N2; ++n) {
-                const int64_t ar = (int64_t)A_re[i][hh][n] - azr;
-                const int64_t ai = (int64_t)A_im[i][hh][n] - azi;
-                const int64_t xr = (int64_t)s->x_re[i][hh][n] - zr;
-                const int64_t xi = (int64_t)s->x_im[i][hh][n] - zi;
+            t += ({_term_t(we)})(AT_enc_w(hh, j) - AT_enc_w_z(hh)) * (int32_t)p[j];
+        h[hh] = ({h_t})sat({_rq(we, _mac(we, [('+', 't', 'AT_enc_M(hh)')]), _half(we, 'se'), 'se')} + AT_h_z(0), QMIN_H, QMAX_H, &cnt[0]);
+    }}
+    for (i = 0; i < INTSSM_LAYERS; ++i) {{
+        const int base = {layout.layer_base(0)} + {nlc} * i;
+        for (hh = 0; hh < INTSSM_H; ++hh) {{
+            const int32_t u = h[hh] - AT_h_z(i);
+            const int32_t zr = AT_x_re_z(i, hh), zi = AT_x_im_z(i, hh);
+            const int32_t azr = AT_A_re_z(i, hh), azi = AT_A_im_z(i, hh), bz = AT_B_z(i, hh), cz = AT_C_z(i, hh);
+            const int32_t mr0 = AT_x_re_M(i, 0, hh), mr1 = AT_x_re_M(i, 1, hh), mr2 = AT_x_re_M(i, 2, hh);
+            const int32_t mi0 = AT_x_im_M(i, 0, hh), mi1 = AT_x_im_M(i, 1, hh), mi2 = AT_x_im_M(i, 2, hh);
+            const int32_t umr = u * mr2, umi = u * mi2;
+            const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);
+            const int k0 = (i * INTSSM_H + hh) * INTSSM_N2;
+            uint8_t *xp = s->x + k0 * INTSSM_X_RECORD;
+            {ty_t} ty1 = 0, ty2 = 0;
+            int32_t y;
+#if !INTSSM_DITHER  /* half up */
+            const {_acc_t(wxr)} dr = {_half(wxr, 'sr')};
+            const {_acc_t(wxi)} di = {_half(wxi, 'si')};
+#endif
+            for (n = 0; n < INTSSM_N2; ++n, xp += INTSSM_X_RECORD) {{
+                const int k = k0 + n;
+                (void)umr;
+                (void)umi;
+                const int32_t ar = AT_A_re(i, hh, n) - azr;
+                const int32_t ai = AT_A_im(i, hh, n) - azi;
+                {mode_read}
+                uint32_t xw = rd32(xp);
+                const int32_t xr = {xr_rd} - zr;
+                const int32_t xi = {xi_rd} - zi;
+                int32_t nr, ni;
                 /* x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u */
-                const int64_t acc_r = (ar * xr) * x_re_M[i][0][hh] - (ai * xi) * x_re_M[i][1][hh]
-                    + (((int64_t)B_re[i][hh][n] - bz) * u) * x_re_M[i][2][hh];
-                const int64_t acc_i = (ar * xi) * x_im_M[i][0][hh] + (ai * xr) * x_im_M[i][1][hh]
-                    + (((int64_t)B_im[i][hh][n] - bz) * u) * x_im_M[i][2][hh];
+                const {_acc_t(wxr)} acc_r = {acc_r};
+                const {_acc_t(wxi)} acc_i = {acc_i};
 #if INTSSM_DITHER  /* lanes j = ((2 i + part) H + hh) N2 + n */
-                const int64_t dr = weyl_offset(s->phase, (uint32_t)(((2 * i) * INTSSM_H + hh) * INTSSM_N2 + n), sr);
-                const int64_t di = weyl_offset(s->phase, (uint32_t)(((2 * i + 1) * INTSSM_H + hh) * INTSSM_N2 + n), si);
-#else  /* half up */
-                const int64_t dr = sr ? (int64_t)1 << (sr - 1) : 0;
-                const int64_t di = si ? (int64_t)1 << (si - 1) : 0;
+                const {_acc_t(wxr)} dr = weyl_offset(s->phase, (uint32_t)(((2 * i) * INTSSM_H + hh) * INTSSM_N2 + n), sr);
+                const {_acc_t(wxi)} di = weyl_offset(s->phase, (uint32_t)(((2 * i + 1) * INTSSM_H + hh) * INTSSM_N2 + n), si);
 #endif
-                const int64_t nr = saturate(offset_rshift(acc_r, dr, sr) + zr, QMIN_XRE, QMAX_XRE, &cnt[base + @C_XRE@]);
-                const int64_t ni = saturate(offset_rshift(acc_i, di, si) + zi, QMIN_XIM, QMAX_XIM, &cnt[base + @C_XIM@]);
-                s->x_re[i][hh][n] = (XRE_T)nr;
-                s->x_im[i][hh][n] = (XIM_T)ni;
-                ty1 += (nr - zr) * ((int64_t)C_re[i][hh][n] - cz);
-                ty2 += (ni - zi) * ((int64_t)C_im[i][hh][n] - cz);
-            }
-            /* y = 2 Re(C x) + D u (the 2 is folded into the multipliers) */
-            acc_y = ty1 * y_M[i][0][hh] - ty2 * y_M[i][1][hh] + (((int64_t)D[i][hh] - D_z[i][hh]) * u) * y_M[i][2][hh];
-            y = saturate(rounding_rshift(acc_y, (int)y_S[i][hh]) + y_z[i], QMIN_Y, QMAX_Y, &cnt[base + @C_Y@]);
-            a[hh] = (int64_t)gelu_lut[i][y - QMIN_Y];
-        }
+                (void)k;
+                nr = sat({_rq(wxr, 'acc_r', 'dr', 'sr')} + zr, QMIN_XRE, QMAX_XRE, &cnt[base + {layout.C_XRE}]);
+                ni = sat({_rq(wxi, 'acc_i', 'di', 'si')} + zi, QMIN_XIM, QMAX_XIM, &cnt[base + {layout.C_XIM}]);
+                xw = ((uint32_t)nr & {hex((1 << x['wr']) - 1)}u) | ((uint32_t)ni & {hex((1 << x['wi']) - 1)}u) << {x['wr']}{f" | (xw & {hex(keep)}u)" if keep else ""};
+{wstore}
+                ty1 += ({ty_t})(nr - zr) * cr;
+                ty2 += ({ty_t})(ni - zi) * ci;
+            }}
+            {{  /* y = 2 Re(C x) + D u (the 2 is folded into the multipliers) */
+                const int sy = AT_y_S(i, hh);
+                const {_acc_t(wy)} acc_y = {_mac(wy, [('+', 'ty1', 'AT_y_M(i, 0, hh)'), ('-', 'ty2', 'AT_y_M(i, 1, hh)'), ('+', '(AT_D(i, hh) - AT_D_z(i, hh)) * u', 'AT_y_M(i, 2, hh)')])};
+                y = sat({_rq(wy, 'acc_y', _half(wy, 'sy'), 'sy')} + AT_y_z(i), QMIN_Y, QMAX_Y, &cnt[base + {layout.C_Y}]);
+            }}
+            a[hh] = ({a_t})AT_gelu_lut(i, y - QMIN_Y);
+        }}
         /* GLU mixing: g = requant(mix_b + (mix_w - z) (a - z_act)) */
-        for (j = 0; j < 2 * INTSSM_H; ++j) {
-            int64_t acc = (int64_t)mix_b[i][j];
+        for (j = 0; j < 2 * INTSSM_H; ++j) {{
+            const int sg = AT_glu_S(i, j);
+            const int32_t wz = AT_mix_w_z(i, j), az = AT_act_z(i);
+            {_term_t(wg)} t = AT_mix_b(i, j);
             for (hh = 0; hh < INTSSM_H; ++hh)
-                acc += ((int64_t)mix_w[i][j][hh] - mix_w_z[i][j]) * (a[hh] - act_z[i]);
-            g[j] = saturate(rounding_rshift(acc * glu_M[i][j], (int)glu_S[i][j]) + glu_z[i], QMIN_GLU, QMAX_GLU, &cnt[base + @C_GLU@]);
-        }
+                t += ({_term_t(wg)})(AT_mix_w(i, j, hh) - wz) * (a[hh] - az);
+            g[j] = ({g_t})sat({_rq(wg, _mac(wg, [('+', 't', 'AT_glu_M(i, j)')]), _half(wg, 'sg'), 'sg')} + AT_glu_z(i), QMIN_GLU, QMAX_GLU, &cnt[base + {layout.C_GLU}]);
+        }}
         /* residual: h <- requant(h + g_a * sigmoid(g_b)) */
-        for (hh = 0; hh < INTSSM_H; ++hh) {
-            const int64_t sg = (int64_t)sig_lut[i][g[INTSSM_H + hh] - QMIN_GLU];
-            const int64_t acc = (h[hh] - h_z[i]) * h_M[i][0][hh] + ((g[hh] - glu_z[i]) * sg) * h_M[i][1][hh];
-            h[hh] = saturate(rounding_rshift(acc, (int)h_S[i][hh]) + h_z[i + 1], QMIN_H, QMAX_H, &cnt[base + @C_H@]);
-        }
-    }
-    for (hh = 0; hh < INTSSM_H; ++hh) {
+        for (hh = 0; hh < INTSSM_H; ++hh) {{
+            const int sh = AT_h_S(i, hh);
+            const int32_t sgm = AT_sig_lut(i, g[INTSSM_H + hh] - QMIN_GLU);
+            const {_acc_t(wh)} acc = {_mac(wh, [('+', 'h[hh] - AT_h_z(i)', 'AT_h_M(i, 0, hh)'), ('+', '(g[hh] - AT_glu_z(i)) * sgm', 'AT_h_M(i, 1, hh)')])};
+            h[hh] = ({h_t})sat({_rq(wh, 'acc', _half(wh, 'sh'), 'sh')} + AT_h_z(i + 1), QMIN_H, QMAX_H, &cnt[base + {layout.C_H}]);
+        }}
+    }}
+    for (hh = 0; hh < INTSSM_H; ++hh) {{
 #if INTSSM_MEAN_POOL
-        s->pool_acc[hh] += h[hh] - h_z[INTSSM_LAYERS];
+        s->pool_acc[hh] += h[hh] - AT_h_z(INTSSM_LAYERS);
 #else
-        s->pool_acc[hh] = h[hh] - h_z[INTSSM_LAYERS];
+        s->pool_acc[hh] = h[hh] - AT_h_z(INTSSM_LAYERS);
 #endif
-    }
+    }}
+#if INTSSM_DITHER
     s->phase += UINT32_C(0x9E3779B9);  /* the next step's phase, mod 2^32 */
-}
+#endif
+}}
 
 void intssm_logits(const intssm_state *s, int32_t *logits_out, int64_t *counters)
-{
-    int64_t c[INTSSM_N_COUNTERS], pooled[INTSSM_H];
-    const int ci = @HEAD_BASE@;
+{{
+    uint32_t c[INTSSM_N_COUNTERS];
+    int32_t pooled[INTSSM_H];
+    const int ci = {layout.head_base(0)} + {nlc} * INTSSM_LAYERS;
     int hh, o;
     memcpy(c, s->counters, sizeof c);
-    for (hh = 0; hh < INTSSM_H; ++hh)
-        pooled[hh] = saturate(rounding_rshift(s->pool_acc[hh] * pool_M[hh], (int)pool_S[hh]) + pool_z[0],
-                              QMIN_POOL, QMAX_POOL, &c[ci + @C_POOL@]) - pool_z[0];
-    for (o = 0; o < INTSSM_D_OUT; ++o) {
-        int64_t acc = (int64_t)dec_b[o];
+    for (hh = 0; hh < INTSSM_H; ++hh) {{
+        const int sp = AT_pool_S(hh);
+        pooled[hh] = sat({_rq(wp, _mac(wp, [('+', 's->pool_acc[hh]', 'AT_pool_M(hh)')]), _half(wp, 'sp'), 'sp')} + AT_pool_z(0),
+                         QMIN_POOL, QMAX_POOL, &c[ci + {layout.C_POOL}]) - AT_pool_z(0);
+    }}
+    for (o = 0; o < INTSSM_D_OUT; ++o) {{
+        const int sl = AT_logits_S(o);
+        {_term_t(wl)} t = AT_dec_b(o);
         for (hh = 0; hh < INTSSM_H; ++hh)
-            acc += ((int64_t)dec_w[o][hh] - dec_w_z[o]) * pooled[hh];
-        logits_out[o] = (int32_t)saturate(rounding_rshift(acc * logits_M[o], (int)logits_S[o]) + logits_z[0],
-                                          QMIN_LOGITS, QMAX_LOGITS, &c[ci + @C_LOGITS@]);
-    }
+            t += ({_term_t(wl)})(AT_dec_w(o, hh) - AT_dec_w_z(o)) * pooled[hh];
+        logits_out[o] = sat({_rq(wl, _mac(wl, [('+', 't', 'AT_logits_M(o)')]), _half(wl, 'sl'), 'sl')} + AT_logits_z(0),
+                            QMIN_LOGITS, QMAX_LOGITS, &c[ci + {layout.C_LOGITS}]);
+    }}
     if (counters)
-        memcpy(counters, c, sizeof c);
-}
+        for (o = 0; o < INTSSM_N_COUNTERS; ++o)
+            counters[o] = (int64_t)c[o];
+}}
 
 int intssm_classify(const uint8_t *seq, int32_t L, int32_t *logits_out)
-{
+{{
     intssm_state s;
     int32_t lg[INTSSM_D_OUT];
     int32_t t;
@@ -352,41 +750,31 @@ int intssm_classify(const uint8_t *seq, int32_t L, int32_t *logits_out)
     if (logits_out)
         memcpy(logits_out, lg, sizeof lg);
     return best;
-}
+}}
 """
 
 
-def _body() -> str:
-    """The step and finalize functions, with the counter indices of :mod:`intssm.datapath.layout`."""
-    nlc = len(layout.LAYER_COUNTERS)
-    subs = {"@LAYER_BASE@": f"{layout.layer_base(0)} + {nlc} * i", "@HEAD_BASE@": f"{layout.head_base(0)} + {nlc} * INTSSM_LAYERS",
-            "@C_XRE@": layout.C_XRE, "@C_XIM@": layout.C_XIM, "@C_Y@": layout.C_Y, "@C_GLU@": layout.C_GLU,
-            "@C_H@": layout.C_H, "@C_POOL@": layout.C_POOL, "@C_LOGITS@": layout.C_LOGITS}
-    text = _BODY
-    for k, v in subs.items():
-        text = text.replace(k, str(v))
-    return text
-
-
-def _source(a: dict, xre_t: str, xim_t: str) -> str:
-    tables = table_layout(a)
-    total = sum(nb for _, _, nb in tables.values())
+def _source(a: dict, p: Plan, w: dict, dims: dict) -> str:
     qr = a["qrange"]
+    native = [st for st in p.stores.values() if st.kind == "native"]
+    packed = [st for st in p.stores.values() if st.kind == "bits"]
+    folded = [st.name for st in p.stores.values() if st.kind == "fold"]
     out = [f"""/* intssm_model.c -- generated by intssm (C export). Do not edit.
  *
  * Integer-only S4D datapath (docs/datapath.md), bit-exact with intssm.integer.sim (_run_one).
  *
  * Portability (C99, freestanding apart from <stdint.h> and <string.h>):
  *  - no floating point, no malloc, no mutable globals: all state lives in the caller's intssm_state;
- *  - all arithmetic is on int64_t; every operand is widened before it is used, and every
- *    accumulator stays below 2^53 in magnitude (proved per site when the datapath is built), so
- *    no signed overflow can occur;
- *  - rounding shifts never right-shift a negative number (implementation-defined in C99): see
- *    rounding_rshift below;
+ *  - 32-bit arithmetic wherever the datapath's bound proofs allow it, 64-bit accumulators of
+ *    32 x 32-bit products elsewhere (per site: intssm_model.h); no signed overflow can occur;
+ *  - no right shift of a negative number (implementation-defined in C99): see rq32 below;
  *  - exact-width types are two's complement by definition (C99 7.18.1.1).
  *
- * Constant tables: {len(tables)} tables, {total} bytes (each of the narrowest exact-width type that
- * holds its values), plus alignment padding.
+ * Constant data: {p.flash_bytes} bytes = {len(native)} tables of whole C integers
+ * ({sum(st.nbytes for st in native)} bytes) + {p.blob_bytes} bytes of fields packed at their exact bit
+ * widths in intssm_bits ({len(packed)} tables{', the per-mode record of B_re, B_im, C_re, C_im' if p.record else ''})
+ * + {WINDOW_PAD} bytes of window padding, plus alignment. Folded to constants (zero points of
+ * symmetric formats, all 0): {', '.join(folded) if folded else 'none'}.
  */
 #include <stdint.h>
 #include <string.h>
@@ -396,7 +784,6 @@ def _source(a: dict, xre_t: str, xim_t: str) -> str:
 /* code ranges [qmin, qmax] of every quantized tensor */"""]
     for j, n in enumerate(map(_qr_macro, layout.QRANGE_ROWS)):
         out.append(f"#define QMIN_{n} ({_lit(int(qr[j, 0]))})\n#define QMAX_{n} ({_lit(int(qr[j, 1]))})")
-    out.append(f"\ntypedef {xre_t} XRE_T;\ntypedef {xim_t} XIM_T;\n")
     out.append(f"/* 1: the state update rounds with the Weyl dither (docs/datapath.md, step 2); 0: half up */\n"
                f"#define INTSSM_DITHER {int(a['x_dither'][0])}\n")
     out.append("""/* Keep every table in the object even where the compiler folds all of its reads, so that the
@@ -407,13 +794,20 @@ def _source(a: dict, xre_t: str, xim_t: str) -> str:
 #define INTSSM_TABLE
 #endif
 """)
-    for k in TABLES:
-        ct, count, nb = tables[k]
-        v = a[k]
-        dims_txt = "".join(f"[{s}]" for s in v.shape)
-        out.append(f"/* {k}: {count} x {ct} = {nb} bytes */\n"
-                   f"INTSSM_TABLE static const {ct} {k}{dims_txt} = {_init(v, '')};\n")
-    out.append(_body())
+    for st in native:
+        v = a[st.name]
+        out.append(f"/* {st.name}: {st.count} x {st.ctype} = {st.nbytes} bytes */\n"
+                   f"INTSSM_TABLE static const {st.ctype} {st.name}{''.join(f'[{s}]' for s in v.shape)} = {_init(v, '')};\n")
+    blob = _blob(a, p)
+    lines = [f"/* {st.name}: {st.count} x {st.width} bits at byte {st.offset} */" for st in packed]
+    if p.record:
+        r = p.record
+        lines.insert(0, f"/* B_re, B_im ({r['wb']} bits), C_re, C_im ({r['wc']} bits): one {r['bits']}-bit record per mode at byte {r['offset']} */")
+    out.append("\n".join(lines))
+    out.append(f"INTSSM_TABLE static const uint8_t intssm_bits[{len(blob)}] = {_init(np.frombuffer(blob, np.uint8), '')};\n")
+    out.append(_accessors(a, p))
+    out.append(_HELPERS)
+    out.append(_body(p, w, dims))
     return "\n".join(out)
 
 
@@ -454,14 +848,15 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
 
     ``arrays``: the integer model by name (:func:`intssm.integer.export.integer_model` or
     :func:`intssm.integer.export.load`); ``manifest_like``: ``model_config`` (d_model, d_state, n_layers,
-    d_input, d_output, pool), ``seq_len``, ``counters`` and optionally ``input`` (the input
-    quantizer of float data, described in the header).
+    d_input, d_output, pool), ``quant_config``, ``seq_len``, ``counters`` and optionally ``input``
+    (the input quantizer of float data, described in the header).
     """
-    a, dims = _check(arrays, manifest_like)
+    a, dims, _, qcfg, widths = _check(arrays, manifest_like)
     out_dir = outputs.check_dir(out_dir, what="C export directory")
-    xre_t, xim_t = _state_type(a["qrange"], layout.R_XRE), _state_type(a["qrange"], layout.R_XIM)
-    files = {H_FILE: _header(dims, xre_t, xim_t, layout.counter_names(dims["LAYERS"]), manifest_like.get("input")),
-             C_FILE: _source(a, xre_t, xim_t), MAIN_FILE: _MAIN}
+    p = plan(a, qcfg)
+    dither = qcfg.state_rounding == "dither"
+    files = {H_FILE: _header(dims, layout.counter_names(dims["LAYERS"]), widths, p, dither, manifest_like.get("input")),
+             C_FILE: _source(a, p, widths, dims), MAIN_FILE: _MAIN}
     main = out_dir / MAIN_FILE
     if main.is_file() and not main.read_text(errors="replace").startswith(_MAIN.splitlines()[0]):
         del files[MAIN_FILE]  # the user's own main.c (the example is only created): kept
@@ -472,16 +867,17 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def c_storage(arrays: dict, n_counters: int) -> dict:
-    """Bytes the C export occupies: flash = its ``static const`` tables (.rodata), RAM = one
-    ``intssm_state`` (the only mutable memory; .data and .bss are empty). Padding not included for
-    flash (the compiler aligns each table); the state struct's size is exact for LP64/ILP32 ABIs."""
-    qr = arrays["qrange"]
-    nl, H, N2 = arrays["A_re"].shape
-    xre_b = ctype_for(int(qr[layout.R_XRE, 0]), int(qr[layout.R_XRE, 1]))[1]
-    xim_b = ctype_for(int(qr[layout.R_XIM, 0]), int(qr[layout.R_XIM, 1]))[1]
-    states = 4 + nl * H * N2 * xre_b  # the uint32_t step phase first: x_re needs no padding after it
-    states += -states % xim_b  # x_im aligned to its type
-    states += nl * H * N2 * xim_b
-    states += -states % 8  # int64 members follow
-    return {"c_flash_bytes": rodata_bytes_estimate(arrays), "c_ram_bytes": states + 8 * H + 8 * n_counters}
+def c_storage(arrays: dict, manifest_like: dict) -> dict:
+    """Bytes the C export occupies: flash = its constant data (.rodata: :attr:`Plan.flash_bytes`,
+    alignment padding not included), RAM = one ``intssm_state`` (the only mutable memory of the
+    model; .data and .bss are empty), exact for ABIs that align int32 to 4 and int64 to 8 bytes
+    (AAPCS, x86-64). The stack a step needs comes on top (measured by ``intssm export-c --target``)."""
+    a, dims, _, qcfg, _ = _check(arrays, manifest_like)
+    p = plan(a, qcfg)
+    n = dims["LAYERS"] * dims["H"] * dims["N2"]
+    size = (4 if qcfg.state_rounding == "dither" else 0) + n * p.x["bytes"] + 4 - p.x["bytes"]
+    pool_align = 8 if dims["POOL_T"] == "int64_t" else 4
+    size += -size % pool_align
+    size += pool_align * dims["H"] + 4 * dims["N_COUNTERS"]
+    size += -size % pool_align
+    return {"c_flash_bytes": p.flash_bytes, "c_ram_bytes": size}

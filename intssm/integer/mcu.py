@@ -1,0 +1,349 @@
+"""The C export on a 32-bit microcontroller: cross-compiled for Cortex-M, run in an emulator.
+
+:func:`build` compiles a C model directory (the integer export of :mod:`intssm.integer.cexport`, or
+the float32 reference of :mod:`intssm.integer.cfloat`) with ``arm-none-eabi-gcc`` for one of
+:data:`TARGETS`, linked with a small harness into a bare-metal ELF; :class:`Emulator` loads it
+into Unicorn (QEMU's CPU models as a library) and calls the model's functions on real inputs.
+
+Measured, not modelled:
+
+* **bytes**: the linked ELF's sections -- flash = ``.text`` + ``.rodata`` (the model's code and
+  tables, and the libgcc/libc helpers it calls; the harness's own code and I/O buffers are in
+  sections of their own and not counted), RAM = ``.data`` + ``.bss`` (the ``intssm_state`` the
+  harness holds, and any library data) + the peak stack, measured by painting the stack before a
+  run and finding the deepest word written;
+* **instructions per step**: every instruction the emulator executes inside ``intssm_step``
+  (block hook; a block's instructions counted from the disassembly);
+* **estimated cycles per step**: each executed instruction weighted by the cycle count of its class
+  in the core's Technical Reference Manual (:data:`CYCLES`), with ``P`` = 2 cycles of pipeline
+  refill for every taken branch. Zero-wait-state memory; an estimate, not a measurement.
+
+Toolchain: Debian's ``gcc-arm-none-eabi`` + ``libnewlib-arm-none-eabi`` (``apt-get install``);
+emulator: the ``unicorn`` and ``pyelftools`` packages (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from intssm.errors import IntssmError
+
+GCC, OBJDUMP = "arm-none-eabi-gcc", "arm-none-eabi-objdump"
+INSTALL_HINT = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi; pip install unicorn pyelftools"
+
+FLASH_BASE, RAM_BASE, IO_BASE = 0x00000000, 0x20000000, 0x30000000
+FLASH_SIZE, RAM_SIZE = 1 << 21, 1 << 19
+STOP = FLASH_BASE + FLASH_SIZE - 0x100  # return address of every call from Python: a NOP pad
+PAINT = 0xA5
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    cflags: tuple
+    cpu: str  # Unicorn CPU model (unicorn.arm_const.UC_CPU_ARM_*)
+    fpu: bool
+    cycles: str  # key of CYCLES
+    note: str
+
+
+TARGETS = {
+    "cortex-m4": Target("cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft"), "UC_CPU_ARM_CORTEX_M4", False,
+                        "m4", "Cortex-M4 (ARMv7E-M, DSP extension), no FPU used"),
+    "cortex-m4f": Target("cortex-m4f", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
+                         "UC_CPU_ARM_CORTEX_M4", True, "m4", "Cortex-M4F (single-precision FPU, hard-float ABI)"),
+    "cortex-m3": Target("cortex-m3", ("-mcpu=cortex-m3", "-mthumb"), "UC_CPU_ARM_CORTEX_M3", False,
+                        "m3", "Cortex-M3 (ARMv7-M, no DSP, no FPU: float in software)"),
+}
+
+#: Cycles per instruction class, zero wait states. Cortex-M4 Technical Reference Manual (ARM DDI
+#: 0439, Table 3-1 "Processor instruction set summary"; FPU instructions from its FPU chapter) and
+#: Cortex-M3 TRM (ARM DDI 0337, Table 3-1). N = registers transferred; a taken branch adds P = 2
+#: (the TRMs give 1 to 3). Where the TRM gives a range (M3 long multiplies, divides), the worst case.
+CYCLES = {
+    "m4": {"alu": 1, "mul": 1, "mla": 1, "mull": 1, "mlal": 1, "div": 12, "ld": 2, "st": 2, "ldd": 3, "multi": "1+N",
+           "branch": 1, "vld": 2, "vmulacc": 3, "vdiv": 14, "vmulti": "1+N", "valu": 1},
+    "m3": {"alu": 1, "mul": 1, "mla": 2, "mull": 5, "mlal": 7, "div": 12, "ld": 2, "st": 2, "ldd": 3, "multi": "1+N",
+           "branch": 1},
+}
+TAKEN_BRANCH_REFILL = 2
+
+_COND = "(?:eq|ne|cs|hs|cc|lo|mi|pl|vs|vc|hi|ls|ge|lt|gt|le|al)?"
+_CLASSES = (  # (class, regex on the mnemonic without its .w/.n width suffix), first match wins
+    ("branch", rf"^(?:b|bl|blx|bx|cbz|cbnz){_COND}$"),
+    ("multi", rf"^(?:ldm\w*|stm\w*|push|pop){_COND}$"),
+    ("ldd", rf"^(?:ldrd|strd){_COND}$"),
+    ("ld", rf"^ldr\w*{_COND}$"),
+    ("st", rf"^str\w*{_COND}$"),
+    ("vmulti", r"^(?:vldm\w*|vstm\w*|vpush|vpop)"),
+    ("vld", r"^(?:vldr|vstr)"),
+    ("vmulacc", r"^(?:vn?ml[as]|vfn?m[as])"),
+    ("vdiv", r"^(?:vdiv|vsqrt)"),
+    ("valu", r"^v"),
+    ("div", rf"^[su]div{_COND}$"),
+    ("mlal", rf"^[su]mlal{_COND}$"),
+    ("mull", rf"^[su]mull{_COND}$"),
+    ("mla", rf"^ml[as]{_COND}$"),
+    ("mul", rf"^muls?{_COND}$"),
+)
+
+
+def instruction_class(mnemonic: str) -> str:
+    """Cycle class of a Thumb mnemonic as objdump prints it (``ldrsh.w`` -> ``ld``); ``alu`` otherwise."""
+    m = mnemonic.split(".")[0].lower()
+    for cls, rx in _CLASSES:
+        if re.match(rx, m):
+            return cls
+    return "alu"
+
+
+def _tool(name: str) -> str:
+    p = shutil.which(name)
+    if p is None:
+        raise IntssmError(f"{name} not found: the Cortex-M target needs it ({INSTALL_HINT})")
+    return p
+
+
+def available() -> bool:
+    """Whether the cross-compiler and the emulator are installed."""
+    try:
+        import elftools  # noqa: F401
+        import unicorn  # noqa: F401
+    except ImportError:
+        return False
+    return shutil.which(GCC) is not None and shutil.which(OBJDUMP) is not None
+
+
+LINKER_SCRIPT = f"""/* intssm bare-metal layout for the emulator: flash, RAM, and an I/O region outside both. */
+MEMORY {{
+    FLASH (rx) : ORIGIN = {FLASH_BASE:#x}, LENGTH = {FLASH_SIZE}
+    RAM (rwx)  : ORIGIN = {RAM_BASE:#x}, LENGTH = {RAM_SIZE}
+    IO (rw)    : ORIGIN = {IO_BASE:#x}, LENGTH = 64M
+}}
+ENTRY(harness_run)
+SECTIONS {{
+    .text : {{ *(.text .text.*) }} > FLASH
+    .rodata : {{ *(.rodata .rodata.*) }} > FLASH
+    .harness : {{ *(.harness .harness.*) }} > FLASH
+    .data : {{ *(.data .data.*) }} > RAM
+    .bss (NOLOAD) : {{ *(.bss .bss.*) *(COMMON) }} > RAM
+    .io (NOLOAD) : {{ *(.io .io.*) }} > IO
+    /DISCARD/ : {{ *(.ARM.exidx*) *(.ARM.extab*) }}
+}}
+"""
+
+HARNESS = r"""/* harness.c -- generated by intssm for the emulator; not part of the model's bytes.
+ * Python writes a sequence into io_seq and calls harness_run(L); the model's state lives in .bss. */
+#include <stdint.h>
+#include "intssm_model.h"
+
+#define HARNESS __attribute__((section(".harness"), noinline))
+#define IO __attribute__((section(".io")))
+
+IO uint8_t io_seq[@MAXLEN@ * INTSSM_D_IN];
+IO int32_t io_logits[INTSSM_D_OUT];
+IO int64_t io_counters[INTSSM_N_COUNTERS];
+intssm_state harness_state;
+
+HARNESS void harness_reset(void) { intssm_reset(&harness_state); }
+HARNESS void harness_step(int32_t t) { intssm_step(&harness_state, io_seq + t * INTSSM_D_IN); }
+HARNESS void harness_finish(void) { intssm_logits(&harness_state, io_logits, io_counters); }
+HARNESS int32_t harness_run(int32_t L)
+{
+    int32_t t;
+    intssm_reset(&harness_state);
+    for (t = 0; t < L; ++t)
+        intssm_step(&harness_state, io_seq + t * INTSSM_D_IN);
+    intssm_logits(&harness_state, io_logits, io_counters);
+    return 0;
+}
+"""
+
+
+def build(c_dir: Path, target: str, max_len: int, opt: str = "-O2") -> Path:
+    """Cross-compile ``c_dir``'s ``intssm_model.c`` with the harness for ``target``; returns the ELF
+    (``c_dir/<target>/intssm.elf``, with ``-fstack-usage`` files beside it)."""
+    if target not in TARGETS:
+        raise IntssmError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+    t = TARGETS[target]
+    gcc = _tool(GCC)
+    out = Path(c_dir) / target
+    out.mkdir(exist_ok=True)
+    (out / "harness.c").write_text(HARNESS.replace("@MAXLEN@", str(int(max_len))))
+    (out / "link.ld").write_text(LINKER_SCRIPT)
+    elf = out / "intssm.elf"
+    cmd = [gcc, "-std=c99", "-Wall", "-Wextra", "-Werror", opt, *t.cflags, "-ffunction-sections", "-fdata-sections",
+           "-fstack-usage", f"-I{Path(c_dir).resolve()}", "--specs=nano.specs", "-nostartfiles", "-T", "link.ld",
+           "-Wl,--gc-sections", "-o", elf.name, str((Path(c_dir) / "intssm_model.c").resolve()), "harness.c", "-lm", "-lc", "-lgcc"]
+    r = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise IntssmError(f"{GCC} failed for {target}:\n{r.stderr[-3000:]}")
+    return elf
+
+
+def _disassembly(elf: Path) -> dict:
+    """address -> (size in bytes, mnemonic, registers in its list, whether it ends the block's flow)
+    of every instruction in the ELF's executable sections (literal pools left out)."""
+    r = subprocess.run([_tool(OBJDUMP), "-d", str(elf)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise IntssmError(f"{OBJDUMP} failed: {r.stderr[-500:]}")
+    out = {}
+    rx = re.compile(r"^\s*([0-9a-f]+):\s+((?:[0-9a-f]{4}\s)+)\s*(\S+)\s*([^;@]*)")
+    for line in r.stdout.splitlines():
+        m = rx.match(line)
+        if m is None or m.group(3).startswith("."):
+            continue
+        mnem, ops = m.group(3), m.group(4)
+        lst = re.search(r"\{([^}]*)\}", ops)
+        regs = 0
+        if lst:
+            for part in lst.group(1).split(","):
+                a, _, b = part.strip().partition("-")
+                regs += (int(re.sub(r"\D", "", b)) - int(re.sub(r"\D", "", a)) + 1) if b else 1
+        cls = instruction_class(mnem)
+        flow = cls == "branch" or (cls == "multi" and lst is not None and "pc" in lst.group(1))
+        out[int(m.group(1), 16)] = (2 * len(m.group(2).split()), mnem, regs, flow)
+    return out
+
+
+@dataclass
+class Sizes:
+    text: int
+    rodata: int
+    data: int
+    bss: int
+
+    @property
+    def flash(self) -> int:
+        return self.text + self.rodata + self.data  # .data's initial values live in flash too
+
+    @property
+    def static_ram(self) -> int:
+        return self.data + self.bss
+
+
+def sizes(elf: Path) -> Sizes:
+    from elftools.elf.elffile import ELFFile
+
+    with open(elf, "rb") as f:
+        secs = {s.name: s["sh_size"] for s in ELFFile(f).iter_sections()}
+    return Sizes(secs.get(".text", 0), secs.get(".rodata", 0), secs.get(".data", 0), secs.get(".bss", 0))
+
+
+class Emulator:
+    """The ELF loaded into Unicorn's Cortex-M model; :meth:`call` runs one function to its return."""
+
+    def __init__(self, elf: Path, target: str):
+        import unicorn
+        from unicorn import arm_const
+        from elftools.elf.elffile import ELFFile
+
+        t = TARGETS[target]
+        self.target, self.elf = t, Path(elf)
+        self.uc = uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB | unicorn.UC_MODE_MCLASS)
+        uc.ctl_set_cpu_model(getattr(arm_const, t.cpu))
+        with open(elf, "rb") as f:
+            ef = ELFFile(f)
+            self.sym = {s.name: (s["st_value"], s["st_size"]) for s in ef.get_section_by_name(".symtab").iter_symbols()}
+            loads = [(s["p_vaddr"], s.data()) for s in ef.iter_segments() if s["p_type"] == "PT_LOAD"]
+            io_end = max((s["sh_addr"] + s["sh_size"] for s in ef.iter_sections() if s.name == ".io"), default=IO_BASE)
+            self.bss_end = max((s["sh_addr"] + s["sh_size"] for s in ef.iter_sections() if s.name in (".bss", ".data")),
+                               default=RAM_BASE)
+        uc.mem_map(FLASH_BASE, FLASH_SIZE)
+        uc.mem_map(RAM_BASE, RAM_SIZE)
+        uc.mem_map(IO_BASE, max(0x1000, (io_end - IO_BASE + 0xFFF) & ~0xFFF))
+        for addr, blob in loads:
+            if blob:
+                uc.mem_write(addr, blob)
+        uc.mem_write(STOP, b"\x00\xbf" * 8)  # NOPs: where every call returns
+        self._regs = [arm_const.UC_ARM_REG_R0, arm_const.UC_ARM_REG_R1, arm_const.UC_ARM_REG_R2, arm_const.UC_ARM_REG_R3]
+        self._sp, self._lr, self._r0 = arm_const.UC_ARM_REG_SP, arm_const.UC_ARM_REG_LR, arm_const.UC_ARM_REG_R0
+        self.stack_top = RAM_BASE + RAM_SIZE
+        self._disasm = None
+        self._blocks: dict = {}
+        self._cyc = CYCLES[t.cycles]
+
+    def addr(self, name: str) -> int:
+        if name not in self.sym:
+            raise IntssmError(f"symbol {name} not in the ELF")
+        return self.sym[name][0]
+
+    def write(self, name: str, arr: np.ndarray) -> None:
+        self.uc.mem_write(self.addr(name), np.ascontiguousarray(arr).tobytes())
+
+    def read(self, name: str, dtype, count: int, offset: int = 0) -> np.ndarray:
+        dt = np.dtype(dtype)
+        return np.frombuffer(bytes(self.uc.mem_read(self.addr(name) + offset, dt.itemsize * count)), dtype=dt).copy()
+
+    def paint_stack(self) -> None:
+        self.uc.mem_write(self.bss_end, bytes([PAINT]) * (self.stack_top - self.bss_end))
+
+    def stack_peak(self) -> int:
+        """Bytes of stack used since :meth:`paint_stack` (the deepest word that no longer holds the paint)."""
+        mem = bytes(self.uc.mem_read(self.bss_end, self.stack_top - self.bss_end))
+        i = next((k for k, b in enumerate(mem) if b != PAINT), len(mem))
+        return len(mem) - (i & ~3)
+
+    def call(self, name: str, *args: int) -> int:
+        for r, a in zip(self._regs, args):
+            self.uc.reg_write(r, a & 0xFFFFFFFF)
+        self.uc.reg_write(self._sp, self.stack_top)
+        self.uc.reg_write(self._lr, STOP | 1)
+        try:
+            self.uc.emu_start(self.addr(name) | 1, STOP)
+        except Exception as e:  # unicorn.UcError: a fault in the generated code
+            raise IntssmError(f"emulated {self.target.name} faulted in {name}: {e}") from None
+        return self.uc.reg_read(self._r0)
+
+    # -------------------------------------------------------------- instruction and cycle counts ---
+
+    def _block_cost(self, addr: int, size: int) -> tuple[int, int, bool]:
+        """(instructions, cycles without refills, whether it ends in a branch) of one executed block."""
+        n = cyc = 0
+        flow = False
+        a = addr
+        while a < addr + size:
+            if a not in self._disasm:
+                raise IntssmError(f"no instruction at {a:#x} in the disassembly")
+            nb, mnem, regs, flow = self._disasm[a]
+            c = self._cyc.get(instruction_class(mnem), 1)
+            cyc += (1 + regs) if c == "1+N" else c
+            n += 1
+            a += nb
+        return n, cyc, flow
+
+    def count(self, name: str, *args: int) -> tuple[int, int]:
+        """(instructions, estimated cycles) of one call of ``name``."""
+        import unicorn
+
+        if self._disasm is None:
+            self._disasm = _disassembly(self.elf)
+        stats = [0, 0, None]  # instructions, cycles, end address of the previous block if it ended in a branch
+
+        def hook(uc, addr, size, _):
+            key = (addr, size)
+            b = self._blocks.get(key)
+            if b is None:
+                b = self._blocks[key] = self._block_cost(addr, size)
+            if stats[2] is not None and stats[2] != addr:
+                stats[1] += TAKEN_BRANCH_REFILL
+            stats[0] += b[0]
+            stats[1] += b[1]
+            stats[2] = addr + size if b[2] else None
+
+        h = self.uc.hook_add(unicorn.UC_HOOK_BLOCK, hook)
+        self.uc.ctl_flush_tb()  # blocks translated before the hook was added would not call it
+        try:
+            self.call(name, *args)
+        finally:
+            self.uc.hook_del(h)
+            self.uc.ctl_flush_tb()
+        if stats[2] is not None and stats[2] != STOP:  # the final return is a taken branch
+            stats[1] += TAKEN_BRANCH_REFILL
+        return stats[0], stats[1]
