@@ -75,7 +75,7 @@ def _lit(v: int) -> str:
 #: bits, still holds it.
 MAX_PACKED_WIDTH = 25
 #: The per-mode weights the state loop reads together, packed as one record per mode.
-MODE_RECORD = ("B_re", "B_im", "C_re", "C_im")
+MODE_RECORD = ("A_re", "A_im", "B_re", "B_im", "C_re", "C_im")
 #: Bytes of padding after the packed blob and the packed state: a 32-bit window read at the last
 #: field's byte stays inside the array.
 WINDOW_PAD = 3
@@ -131,7 +131,7 @@ class Plan:
     :data:`MODE_RECORD` if packed) and the packed state's record."""
 
     stores: dict
-    record: dict | None  # {"offset", "wb", "wc", "sb", "sc", "bits"}: B_re, B_im, C_re, C_im of a mode
+    record: dict | None  # {"offset", "fields": [(name, width, signed, bit)], "bits", "group"}: one mode's weights
     blob_bytes: int
     x: dict  # packed state record: {"wr", "wi", "sr", "si", "bytes"}
 
@@ -146,13 +146,18 @@ def plan(a: dict, qcfg) -> Plan:
     """The storage of model ``a`` (validated arrays) for quant config ``qcfg``."""
     stores, offset = {}, 0
     fields = {k: (width_of(*declared_range(k, qcfg)), int(a[k].size)) for k in TABLES}
-    (wb, sb), _ = fields["B_re"]
-    (wc, sc), _ = fields["C_re"]
+    rec_fields, bit = [], 0
+    for k in MODE_RECORD:
+        (w, sg), _ = fields[k]
+        rec_fields.append((k, w, sg, bit))
+        bit += w
+    g = math.gcd(bit, 8)
     record = None
-    if 2 * (wb + wc) <= MAX_PACKED_WIDTH and not (wb in (8, 16) and wc in (8, 16)):
-        n = int(a["B_re"].size)
-        record = {"offset": 0, "wb": wb, "wc": wc, "sb": sb, "sc": sc, "bits": 2 * (wb + wc)}
-        offset = -(-n * record["bits"] // 8)
+    # one 32-bit window per mode: the record plus its largest bit offset in a byte (8 - gcd) fits
+    if bit + 8 - g <= 32 and any(w not in (8, 16) for _, w, _, _ in rec_fields):
+        n = int(a["A_re"].size)
+        record = {"offset": 0, "fields": rec_fields, "bits": bit, "group": 8 // g}
+        offset = -(-n * bit // 8)
     for k in TABLES:
         if record is not None and k in MODE_RECORD:
             continue
@@ -187,8 +192,8 @@ def table_layout(arrays: dict, qcfg=None) -> dict:
         st = p.stores.get(k)
         if st is None:
             n = int(arrays[k].size)
-            w = p.record["wb"] if k.startswith("B") else p.record["wc"]
-            out[k] = ("record", n, n * w / 8)
+            w = next(fw for f, fw, _, _ in p.record["fields"] if f == k)
+            out[k] = (f"record:{w}", n, n * w / 8)
         else:
             out[k] = ({"fold": "folded", "native": st.ctype, "bits": f"bits:{st.width}"}[st.kind], st.count, st.nbytes)
     return out
@@ -214,6 +219,7 @@ class SiteWidth:
     term_bound: int  # largest |term| before its multiplier (a product or dot product of centred codes)
     acc_bound: int  # largest |accumulator| (terms times multipliers, plus the rounding offset)
     max_shift: int
+    min_shift: int
     term64: bool  # terms need int64
     acc64: bool  # the accumulator needs int64 (a 32 x 32 -> 64-bit multiply-accumulate)
     post64: bool = False  # a rounded result may pass 2^30: rounded in int64, clamped to +-2^30 before the zero point
@@ -240,17 +246,17 @@ def site_widths(a: dict, cfg, qcfg, seq_len: int) -> dict:
     out = {}
     for kind, _, _, per_layer in layout.SITES:
         terms, bias = T[kind]
-        acc, smax, post = 0, 0, 0
+        acc, smax, post, smin = 0, 0, 0, 64
         for i in (range(cfg.n_layers) if per_layer else [None]):
             M, S = layout.site_arrays(a, kind, i)
             d = dither and kind in ("x_re", "x_im")
             acc = max(acc, site_bound(kind, terms, bias, M, S, d))
-            smax = max(smax, int(S.max()))
+            smax, smin = max(smax, int(S.max())), min(smin, int(S.min()))
             for c in range(M.shape[1]):
                 b = sum(int(t) * int(M[k, c]) for k, t in enumerate(terms)) + bias * int(M[0, c])
                 post = max(post, (b + (1 << int(S[c]))) >> int(S[c]))
         tb = max(terms) + bias  # a term with its bias (sites with a bias have one term)
-        out[kind] = SiteWidth(kind, tb, acc, smax, tb > INT32_LIMIT, acc > INT32_LIMIT, post > 2**30)
+        out[kind] = SiteWidth(kind, tb, acc, smax, smin, tb > INT32_LIMIT, acc > INT32_LIMIT, post > 2**30)
     return out
 
 
@@ -321,14 +327,12 @@ def _blob(a: dict, p: Plan) -> bytes:
     out = bytearray(p.blob_bytes)
     if p.record is not None:
         r = p.record
-        rec = np.stack([a["B_re"].ravel(), a["B_im"].ravel(), a["C_re"].ravel(), a["C_im"].ravel()], axis=1)
+        rec = np.stack([a[f].ravel() for f, _, _, _ in r["fields"]], axis=1)
         acc = 0
-        shifts = (0, r["wb"], 2 * r["wb"], 2 * r["wb"] + r["wc"])
-        masks = ((1 << r["wb"]) - 1,) * 2 + ((1 << r["wc"]) - 1,) * 2
         for k, row in enumerate(rec):
             word = 0
-            for f in range(4):
-                word |= (int(row[f]) & masks[f]) << shifts[f]
+            for (_, w, _, b), v in zip(r["fields"], row):
+                word |= (int(v) & ((1 << w) - 1)) << b
             acc |= word << (k * r["bits"])
         n = -(-len(rec) * r["bits"] // 8)
         out[r["offset"]:r["offset"] + n] = acc.to_bytes(max(n, 1), "little")[:n]
@@ -493,6 +497,8 @@ static inline uint32_t rd32(const uint8_t *p)
  *         for logical and arithmetic shifts, and the result fits int32;
  *  rq64w: 64-bit v, s in [0, 62]: as rq32, with 2^63. */
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(INTSSM_PORTABLE_SHIFTS)
+#define RQH32(v, s1) ((((int32_t)(v) >> (s1)) + 1) >> 1)
+#define RQH64(v, s1) ((int32_t)((((int64_t)(v) >> (s1)) + 1) >> 1))
 #define rq64x(v, d, s) ((((int64_t)(v) + (int64_t)(d)) >> (s)))
 #define rq32(v, d, s) ((int32_t)(((int32_t)(v) + (int32_t)(d)) >> (s)))
 #define rq64(v, d, s) ((int32_t)(((int64_t)(v) + (int64_t)(d)) >> (s)))
@@ -512,6 +518,8 @@ static inline int32_t rq64w(int64_t v, int64_t d, int s)
     const uint64_t u = ((uint64_t)v + (uint64_t)d) ^ (UINT64_C(1) << 63);
     return as_i32((uint32_t)((u >> s) - ((UINT64_C(1) << 63) >> s)));
 }
+#define RQH32(v, s1) rq32((v), (int32_t)1 << (s1), (s1) + 1)
+#define RQH64(v, s1) rq64((v), (int64_t)1 << (s1), (s1) + 1)
 static inline int64_t rq64x(int64_t v, int64_t d, int s)  /* the whole 64-bit floor; |v + d| < 2^53 */
 {
     v += d;
@@ -550,7 +558,13 @@ static inline uint32_t weyl_offset(uint32_t ph, uint32_t j, int s)
 """
 
 
-def _body(p: Plan, w: dict, dims: dict) -> str:
+def _half_trick(w: SiteWidth, dither: bool) -> bool:
+    """Whether the state loop rounds half up as floor((floor(acc / 2^(s-1)) + 1) / 2): one register
+    (s - 1) instead of two (s and 2^(s-1)) per part; needs every shift >= 1."""
+    return not dither and w.min_shift >= 1 and not w.post64 and not w.wide_shift
+
+
+def _body(p: Plan, w: dict, dims: dict, dither: bool) -> str:
     """The step and finalize functions, with the counter indices of :mod:`intssm.datapath.layout`."""
     nlc = len(layout.LAYER_COUNTERS)
     x = p.x
@@ -558,17 +572,6 @@ def _body(p: Plan, w: dict, dims: dict) -> str:
     xstore = "\n".join(f"                xp[{b}] = (uint8_t)(xw >> {8 * b});" for b in range(x["bytes"]))
     keep = (0xFFFFFFFF << (8 * x["bytes"])) & 0xFFFFFFFF  # bytes of the next record (or padding) in the window
     wstore = "\n".join(f"                xp[{b}] = (uint8_t)(xw >> {8 * b});" for b in range(4))
-    if p.record is not None:
-        r = p.record
-        wb, wc = r["wb"], r["wc"]
-        mode_read = (f"const uint32_t rec = WINDOW({r['offset']}u, (uint32_t)k * {r['bits']}u);  /* B_re, B_im, C_re, C_im */\n"
-                     f"                const int32_t br = {_field('rec', wb, r['sb'])} - bz;\n"
-                     f"                const int32_t bi = {_field(f'(rec >> {wb})', wb, r['sb'])} - bz;\n"
-                     f"                const int32_t cr = {_field(f'(rec >> {2 * wb})', wc, r['sc'])} - cz;\n"
-                     f"                const int32_t ci = {_field(f'(rec >> {2 * wb + wc})', wc, r['sc'])} - cz;")
-    else:
-        mode_read = ("const int32_t br = AT_B_re(i, hh, n) - bz, bi = AT_B_im(i, hh, n) - bz;\n"
-                     "                const int32_t cr = AT_C_re(i, hh, n) - cz, ci = AT_C_im(i, hh, n) - cz;")
     we, wxr, wxi, wy, wg, wh, wp, wl = (w[k] for k in ("enc", "x_re", "x_im", "y", "glu", "h", "pool", "logits"))
     tx = _term_t(wxr) if not wxi.term64 else "int64_t"
     acc_r = _mac(wxr, [("+", "ar * xr", "mr0"), ("-", "ai * xi", "mr1"), ("+", "br * u", "mr2")])
@@ -583,6 +586,78 @@ def _body(p: Plan, w: dict, dims: dict) -> str:
         acc_i = acc_i.replace("ar * xi", "(int64_t)ar * xi").replace("ai * xr", "(int64_t)ai * xr").replace("bi * u", "(int64_t)bi * u")
     ty_t = _term_t(wy)
     h_t, a_t, g_t = (ctype_for(*dims[k])[0] for k in ("QR_H", "QR_ACT", "QR_GLU"))
+    half_r, half_i = _half_trick(wxr, dither), _half_trick(wxi, dither)
+    var = {"A_re": ("ar", "azr"), "A_im": ("ai", "azi"), "B_re": ("br", "bz"), "B_im": ("bi", "bz"), "C_re": ("cr", "cz"),
+           "C_im": ("ci", "cz")}
+
+    def rounding(ws: SiteWidth, acc: str, part: str, half: bool) -> str:
+        if half:  # floor((acc + 2^(s-1)) / 2^s) = floor((floor(acc / 2^(s-1)) + 1) / 2), s >= 1
+            return f"RQH{'64' if ws.acc64 else '32'}({acc}, s{part}1)"
+        return _rq(ws, acc, f"d{part}", f"s{part}")
+
+    def mode(rec: str | None, n: str, ind: str, q: int | None = None) -> str:
+        """One mode's update; ``rec`` the expression of its packed record (None: tables), ``n`` its
+        index; ``q``: its place in a group whose state windows were read before any is written."""
+        out = []
+        if rec is not None:
+            out.append(f"const uint32_t rec = {rec};")
+            for f, fw, sg, b in p.record["fields"]:
+                v, z = var[f]
+                out.append(f"const int32_t {v} = {_field(f'(rec >> {b})' if b else 'rec', fw, sg)} - {z};")
+        else:
+            for f in MODE_RECORD:
+                v, z = var[f]
+                out.append(f"const int32_t {v} = AT_{f}(i, hh, {n}) - {z};")
+        out += [f"uint32_t xw = {'rd32(xp)' if q is None else f'xw{q}'};",
+                f"const int32_t xr = {xr_rd} - zr;",
+                f"const int32_t xi = {xi_rd} - zi;",
+                "int32_t nr, ni;",
+                "/* x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u */",
+                f"const {_acc_t(wxr)} acc_r = {acc_r};",
+                f"const {_acc_t(wxi)} acc_i = {acc_i};"]
+        if dither:  # lanes j = ((2 i + part) H + hh) N2 + n
+            out += [f"const {_acc_t(wxr)} dr = weyl_offset(s->phase, (uint32_t)(((2 * i) * INTSSM_H + hh) * INTSSM_N2 + {n}), sr);",
+                    f"const {_acc_t(wxi)} di = weyl_offset(s->phase, (uint32_t)(((2 * i + 1) * INTSSM_H + hh) * INTSSM_N2 + {n}), si);"]
+        out += [f"nr = sat({rounding(wxr, 'acc_r', 'r', half_r)} + zr, QMIN_XRE, QMAX_XRE, &cnt[base + {layout.C_XRE}]);",
+                f"ni = sat({rounding(wxi, 'acc_i', 'i', half_i)} + zi, QMIN_XIM, QMAX_XIM, &cnt[base + {layout.C_XIM}]);",
+                f"xw = ((uint32_t)nr & {hex((1 << x['wr']) - 1)}u) | ((uint32_t)ni & {hex((1 << x['wi']) - 1)}u) << {x['wr']}"
+                + (f" | (xw & {hex(keep)}u);" if keep else ";")]
+        o = 0 if q is None else q * x["bytes"]
+        out += [f"xp[{o + b}] = (uint8_t)(xw >> {8 * b});" for b in range(4)]
+        out += [f"ty1 += ({ty_t})(nr - zr) * cr;", f"ty2 += ({ty_t})(ni - zi) * ci;"]
+        if q is None:
+            out.append("xp += INTSSM_X_RECORD;")
+        return "\n".join(ind + ln for ln in out)
+
+    mix_dot = (f"            for (hh = 0; hh < INTSSM_H; ++hh)\n"
+               f"                t += ({_term_t(wg)})(AT_mix_w(i, j, hh) - wz) * (a[hh] - az);")
+    mw = p.stores["mix_w"]
+    if mw.kind == "bits" and dims["H"] * mw.width % 8 == 0 and dims["H"] <= 64:
+        # rows start on a byte: the row unrolled, each field at a constant byte and bit
+        fw = mw.width
+        lines = [f"            const uint8_t *wp = intssm_bits + {mw.offset} + (i * 2 * INTSSM_H + j) * {dims['H'] * fw // 8};"]
+        for q in range(dims["H"]):
+            win = f"rd32(wp + {q * fw // 8})" + (f" >> {q * fw % 8}" if q * fw % 8 else "")
+            lines.append(f"            t += ({_term_t(wg)})({_field(win, fw, mw.signed)} - wz) * (a[{q}] - az);")
+        mix_dot = "\n".join(lines)
+    ind = " " * 16
+    pre = []
+    if not dither:
+        pre += [f"const {_acc_t(wxr)} dr = {_half(wxr, 'sr')};" if not half_r else "const int sr1 = sr - 1;",
+                f"const {_acc_t(wxi)} di = {_half(wxi, 'si')};" if not half_i else "const int si1 = si - 1;"]
+    pre = "\n".join(" " * 12 + ln for ln in pre)
+    r = p.record
+    if r is not None and dims["N2"] % r["group"] == 0:  # whole groups of modes start on a byte
+        G, R = r["group"], r["bits"]
+        reads = "\n".join(f"{ind}const uint32_t xw{q} = rd32(xp + {q * x['bytes']});" for q in range(G))
+        body = "\n".join(ind + "{\n" + mode(f"rd32(rp + {q * R // 8}) >> {q * R % 8}" if q * R % 8 else f"rd32(rp + {q * R // 8})",
+                                                f"n + {q}", ind + "    ", q) + "\n" + ind + "}" for q in range(G))
+        loop = (f"{pre}\n            const uint8_t *rp = intssm_bits + {r['offset']} + k0 / {G} * {G * R // 8};\n"
+                f"            for (n = 0; n < INTSSM_N2; n += {G}, rp += {G * R // 8}, xp += {G} * INTSSM_X_RECORD) {{\n"
+                f"{reads}\n{body}\n            }}")
+    else:
+        rec = None if r is None else f"WINDOW({r['offset']}u, (uint32_t)(k0 + n) * {r['bits']}u)"
+        loop = f"{pre}\n            for (n = 0; n < INTSSM_N2; ++n) {{\n{mode(rec, 'n', ind)}\n            }}"
     return f"""
 void intssm_reset(intssm_state *s)
 {{
@@ -636,41 +711,14 @@ void intssm_step(intssm_state *s, const uint8_t *p)
             const int32_t mr0 = AT_x_re_M(i, 0, hh), mr1 = AT_x_re_M(i, 1, hh), mr2 = AT_x_re_M(i, 2, hh);
             const int32_t mi0 = AT_x_im_M(i, 0, hh), mi1 = AT_x_im_M(i, 1, hh), mi2 = AT_x_im_M(i, 2, hh);
             const int32_t umr = u * mr2, umi = u * mi2;
+            (void)umr;
+            (void)umi;
             const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);
             const int k0 = (i * INTSSM_H + hh) * INTSSM_N2;
             uint8_t *xp = s->x + k0 * INTSSM_X_RECORD;
             {ty_t} ty1 = 0, ty2 = 0;
             int32_t y;
-#if !INTSSM_DITHER  /* half up */
-            const {_acc_t(wxr)} dr = {_half(wxr, 'sr')};
-            const {_acc_t(wxi)} di = {_half(wxi, 'si')};
-#endif
-            for (n = 0; n < INTSSM_N2; ++n, xp += INTSSM_X_RECORD) {{
-                const int k = k0 + n;
-                (void)umr;
-                (void)umi;
-                const int32_t ar = AT_A_re(i, hh, n) - azr;
-                const int32_t ai = AT_A_im(i, hh, n) - azi;
-                {mode_read}
-                uint32_t xw = rd32(xp);
-                const int32_t xr = {xr_rd} - zr;
-                const int32_t xi = {xi_rd} - zi;
-                int32_t nr, ni;
-                /* x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u */
-                const {_acc_t(wxr)} acc_r = {acc_r};
-                const {_acc_t(wxi)} acc_i = {acc_i};
-#if INTSSM_DITHER  /* lanes j = ((2 i + part) H + hh) N2 + n */
-                const {_acc_t(wxr)} dr = weyl_offset(s->phase, (uint32_t)(((2 * i) * INTSSM_H + hh) * INTSSM_N2 + n), sr);
-                const {_acc_t(wxi)} di = weyl_offset(s->phase, (uint32_t)(((2 * i + 1) * INTSSM_H + hh) * INTSSM_N2 + n), si);
-#endif
-                (void)k;
-                nr = sat({_rq(wxr, 'acc_r', 'dr', 'sr')} + zr, QMIN_XRE, QMAX_XRE, &cnt[base + {layout.C_XRE}]);
-                ni = sat({_rq(wxi, 'acc_i', 'di', 'si')} + zi, QMIN_XIM, QMAX_XIM, &cnt[base + {layout.C_XIM}]);
-                xw = ((uint32_t)nr & {hex((1 << x['wr']) - 1)}u) | ((uint32_t)ni & {hex((1 << x['wi']) - 1)}u) << {x['wr']}{f" | (xw & {hex(keep)}u)" if keep else ""};
-{wstore}
-                ty1 += ({ty_t})(nr - zr) * cr;
-                ty2 += ({ty_t})(ni - zi) * ci;
-            }}
+{loop}
             {{  /* y = 2 Re(C x) + D u (the 2 is folded into the multipliers) */
                 const int sy = AT_y_S(i, hh);
                 const {_acc_t(wy)} acc_y = {_mac(wy, [('+', 'ty1', 'AT_y_M(i, 0, hh)'), ('-', 'ty2', 'AT_y_M(i, 1, hh)'), ('+', '(AT_D(i, hh) - AT_D_z(i, hh)) * u', 'AT_y_M(i, 2, hh)')])};
@@ -683,8 +731,7 @@ void intssm_step(intssm_state *s, const uint8_t *p)
             const int sg = AT_glu_S(i, j);
             const int32_t wz = AT_mix_w_z(i, j), az = AT_act_z(i);
             {_term_t(wg)} t = AT_mix_b(i, j);
-            for (hh = 0; hh < INTSSM_H; ++hh)
-                t += ({_term_t(wg)})(AT_mix_w(i, j, hh) - wz) * (a[hh] - az);
+{mix_dot}
             g[j] = ({g_t})sat({_rq(wg, _mac(wg, [('+', 't', 'AT_glu_M(i, j)')]), _half(wg, 'sg'), 'sg')} + AT_glu_z(i), QMIN_GLU, QMAX_GLU, &cnt[base + {layout.C_GLU}]);
         }}
         /* residual: h <- requant(h + g_a * sigmoid(g_b)) */
@@ -772,7 +819,7 @@ def _source(a: dict, p: Plan, w: dict, dims: dict) -> str:
  *
  * Constant data: {p.flash_bytes} bytes = {len(native)} tables of whole C integers
  * ({sum(st.nbytes for st in native)} bytes) + {p.blob_bytes} bytes of fields packed at their exact bit
- * widths in intssm_bits ({len(packed)} tables{', the per-mode record of B_re, B_im, C_re, C_im' if p.record else ''})
+ * widths in intssm_bits ({len(packed)} tables{', the per-mode record of ' + ', '.join(MODE_RECORD) if p.record else ''})
  * + {WINDOW_PAD} bytes of window padding, plus alignment. Folded to constants (zero points of
  * symmetric formats, all 0): {', '.join(folded) if folded else 'none'}.
  */
@@ -802,12 +849,13 @@ def _source(a: dict, p: Plan, w: dict, dims: dict) -> str:
     lines = [f"/* {st.name}: {st.count} x {st.width} bits at byte {st.offset} */" for st in packed]
     if p.record:
         r = p.record
-        lines.insert(0, f"/* B_re, B_im ({r['wb']} bits), C_re, C_im ({r['wc']} bits): one {r['bits']}-bit record per mode at byte {r['offset']} */")
+        desc = ", ".join(f"{f} ({w} bits)" for f, w, _, _ in r["fields"])
+        lines.insert(0, f"/* one {r['bits']}-bit record per mode at byte {r['offset']}: {desc} */")
     out.append("\n".join(lines))
     out.append(f"INTSSM_TABLE static const uint8_t intssm_bits[{len(blob)}] = {_init(np.frombuffer(blob, np.uint8), '')};\n")
     out.append(_accessors(a, p))
     out.append(_HELPERS)
-    out.append(_body(p, w, dims))
+    out.append(_body(p, w, dims, bool(a['x_dither'][0])))
     return "\n".join(out)
 
 
