@@ -29,6 +29,8 @@ def quant_configs(draw):
     kw["stable_abar"] = draw(st.booleans())
     kw["bias_bits"] = draw(st.sampled_from([32, 32, 16, 8, 4]))  # narrow ones saturate some biases
     kw["state_rounding"] = draw(st.sampled_from(["nearest", "dither"]))
+    if draw(st.booleans()):  # one scale for Re and Im of Abar and of the state: their formats equal
+        kw |= {"A_im": kw["A_re"], "x_im": kw["x_re"], "complex_scale": "shared"}
     return QuantConfig(**kw)
 
 

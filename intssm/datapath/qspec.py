@@ -89,6 +89,11 @@ class QuantConfig:
     # range policy per channel, "minmax" or a percentile (intssm.datapath.inputq)
     input_bits: int = 8
     input_range: str = "minmax"
+    # "separate": Re and Im of Abar, and of the state x, have quantizers of their own (the paper's
+    # scheme); "shared": one per-channel scale for both parts of each (ranges joined), so the state
+    # update's two Abar terms, and the Re and Im updates, share one multiplier and shift
+    # (docs/datapath.md, step 2): a complex multiply-accumulate then one requantization
+    complex_scale: str = "separate"
 
     @property
     def bias_bound(self) -> int:
@@ -123,6 +128,10 @@ class QuantConfig:
                               f"got {self.state_rounding!r}")
         if not isinstance(self.bias_bits, int) or isinstance(self.bias_bits, bool) or not 2 <= self.bias_bits <= 32:
             raise IntssmError(f"quant config: bias_bits must be an integer in 2..32, got {self.bias_bits!r}")
+        if self.complex_scale not in COMPLEX_SCALES:
+            raise IntssmError(f"quant config: complex_scale must be one of {list(COMPLEX_SCALES)}, got {self.complex_scale!r}")
+        if self.complex_scale == "shared" and (self.A_re != self.A_im or self.x_re != self.x_im):
+            raise IntssmError("quant config: complex_scale 'shared' needs A_re and A_im, and x_re and x_im, of one format each")
         if isinstance(self.input_bits, bool) or not isinstance(self.input_bits, int) or not 2 <= self.input_bits <= 8:
             raise IntssmError(f"quant config: input_bits must be an integer in 2..8, got {self.input_bits!r}")
         if not isinstance(self.input_range, str) or parse_range(self.input_range) in (None, ("mse",)):
@@ -164,6 +173,8 @@ class QuantConfig:
 
 #: state_rounding values: round half up, or add a Weyl-sequence dither (fixedpoint.weyl_offset)
 STATE_ROUNDINGS = ("nearest", "dither")
+#: complex_scale values: Re and Im quantized apart, or at one shared scale
+COMPLEX_SCALES = ("separate", "shared")
 
 # the config's plain settings (state_clip, stable_abar, bias_bits, ...): every field that is not a QFormat
 SCALARS = tuple(f.name for f in fields(QuantConfig) if f.name not in WEIGHTS + ACTIVATIONS)
@@ -276,6 +287,10 @@ PRESETS["hetero-3b-x10"] = replace(PRESETS["hetero-x10"], B=QFormat(3, per_chann
 # the default model's config: hetero-3b-x10 with a 12-bit state per head (97.13% after frozen-Abar QAT)
 PRESETS["hetero-3b-x12"] = replace(PRESETS["hetero-3b-x10"], x_re=QFormat(12, per_channel=True),
                                    x_im=QFormat(12, per_channel=True))
+# the default's config with one scale for Re and Im of Abar and of the state (complex_scale): the state
+# update becomes a complex multiply-accumulate and one requantization, which a 32-bit MCU runs with
+# a third of the registers and multiplies (docs/deploy.md)
+PRESETS["hetero-3b-x12-shared"] = replace(PRESETS["hetero-3b-x12"], complex_scale="shared")
 # hetero-3b-x10 with an 8-bit state rounded with the Weyl dither (state_rounding): the dither keeps
 # the small increments that rounding half up loses at 8 bits (96.54% after QAT; docs/results.md)
 PRESETS["hetero-3b-x8-dither"] = replace(PRESETS["hetero-3b-x10"], x_re=QFormat(8, per_channel=True),
@@ -466,14 +481,23 @@ def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: i
     site("enc", [encw.scale * INPUT_SCALE / h_in.scale[0]], h_in)
     for i in range(nl):
         p = f"l{i}."
-        Are, Aim = q(p + "A_re", "A_re", W_FLOOR), q(p + "A_im", "A_im", W_FLOOR)
+        shared = qcfg.complex_scale == "shared"
+        if shared:  # one quantizer for both parts: the union of their ranges
+            lo = np.minimum(ranges[p + "A_re"][0], ranges[p + "A_im"][0])
+            hi = np.maximum(ranges[p + "A_re"][1], ranges[p + "A_im"][1])
+            Are = Aim = make_quantizer(qcfg.A_re, lo, hi, W_FLOOR)
+            dp.tq[p + "A_re"], dp.tq[p + "A_im"] = Are, Aim
+        else:
+            Are, Aim = q(p + "A_re", "A_re", W_FLOOR), q(p + "A_im", "A_im", W_FLOOR)
         Bq, Cq, Dq = q(p + "B", "B", W_FLOOR), q(p + "C", "C", W_FLOOR), q(p + "D", "D", W_FLOOR)
         lo, hi = ranges[p + "x_re"]
         m = qcfg.state_clip * np.maximum(np.abs(lo), np.abs(hi))
-        xre = make_quantizer(qcfg.x_re, -m, m, ACT_FLOOR)
         lo, hi = ranges[p + "x_im"]
-        m = qcfg.state_clip * np.maximum(np.abs(lo), np.abs(hi))
-        xim = make_quantizer(qcfg.x_im, -m, m, ACT_FLOOR)
+        mi = qcfg.state_clip * np.maximum(np.abs(lo), np.abs(hi))
+        if shared:
+            m = mi = np.maximum(m, mi)
+        xre = make_quantizer(qcfg.x_re, -m, m, ACT_FLOOR)
+        xim = xre if shared else make_quantizer(qcfg.x_im, -mi, mi, ACT_FLOOR)
         dp.tq[p + "x_re"], dp.tq[p + "x_im"] = xre, xim
         yq, aq = q(p + "y", "y", ACT_FLOOR), q(p + "act", "act", ACT_FLOOR)
         mixw, gq = q(p + "mix_w", "mix_w", W_FLOOR), q(p + "glu", "glu", ACT_FLOOR)
@@ -481,8 +505,11 @@ def build_datapath(cfg: ModelConfig, qcfg: QuantConfig, ranges: dict, seq_len: i
         dp.tq[p + "sig"] = sq
         h_out = q(p + "h", "h", ACT_FLOOR)
         # the terms' ratios in the order of site_term_bounds
-        site(p + "x_re", [Are.scale, Aim.scale * xim.scale / xre.scale, Bq.scale * h_in.scale[0] / xre.scale], xre)
-        site(p + "x_im", [Are.scale, Aim.scale * xre.scale / xim.scale, Bq.scale * h_in.scale[0] / xim.scale], xim)
+        # shared scales: the Abar terms' ratios are both Abar's scale, exactly (no float round trip)
+        site(p + "x_re", [Are.scale, Aim.scale if shared else Aim.scale * xim.scale / xre.scale,
+                          Bq.scale * h_in.scale[0] / xre.scale], xre)
+        site(p + "x_im", [Are.scale, Aim.scale if shared else Aim.scale * xre.scale / xim.scale,
+                          Bq.scale * h_in.scale[0] / xim.scale], xim)
         site(p + "y", [2 * Cq.scale * xre.scale / yq.scale[0], 2 * Cq.scale * xim.scale / yq.scale[0], Dq.scale * h_in.scale[0] / yq.scale[0]], yq)
         dp.luts[p + "gelu"] = build_lut(gelu, yq, aq)
         site(p + "glu", [mixw.scale * aq.scale[0] / gq.scale[0]], gq)

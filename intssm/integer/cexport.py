@@ -564,7 +564,17 @@ def _half_trick(w: SiteWidth, dither: bool) -> bool:
     return not dither and w.min_shift >= 1 and not w.post64 and not w.wide_shift
 
 
-def _body(p: Plan, w: dict, dims: dict, dither: bool) -> str:
+def shared_update(a: dict) -> bool:
+    """Whether every layer's state update has one multiplier for both Abar terms of both parts, one
+    for both B terms, and one shift (a model quantized with ``complex_scale`` "shared"): the C
+    then forms the complex product first and requantizes once per part."""
+    Mr, Mi = a["x_re_M"], a["x_im_M"]
+    return bool(np.array_equal(Mr[:, 0], Mr[:, 1]) and np.array_equal(Mr[:, 0], Mi[:, 0])
+                and np.array_equal(Mr[:, 0], Mi[:, 1]) and np.array_equal(Mr[:, 2], Mi[:, 2])
+                and np.array_equal(a["x_re_S"], a["x_im_S"]))
+
+
+def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> str:
     """The step and finalize functions, with the counter indices of :mod:`intssm.datapath.layout`."""
     nlc = len(layout.LAYER_COUNTERS)
     x = p.x
@@ -584,6 +594,22 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool) -> str:
     if tx == "int64_t":
         acc_r = acc_r.replace("ar * xr", "(int64_t)ar * xr").replace("ai * xi", "(int64_t)ai * xi").replace("br * u", "(int64_t)br * u")
         acc_i = acc_i.replace("ar * xi", "(int64_t)ar * xi").replace("ai * xr", "(int64_t)ai * xr").replace("bi * u", "(int64_t)bi * u")
+    cplx = ""
+    if shared:  # one arithmetic for both parts: the wider of the two sites' (they share multipliers and shifts)
+        wxr = wxi = SiteWidth("x", max(wxr.term_bound, wxi.term_bound), max(wxr.acc_bound, wxi.acc_bound),
+                              max(wxr.max_shift, wxi.max_shift), min(wxr.min_shift, wxi.min_shift),
+                              wxr.term64 or wxi.term64, wxr.acc64 or wxi.acc64, wxr.post64 or wxi.post64)
+        # x' = M (A x) + M_B B u: the complex product first (|Re|, |Im| <= the sum of two Abar terms'
+        # bounds), then one multiplier; the x_im tables equal the x_re ones (shared_update)
+        ct = "int64_t" if wxr.term64 or 2 * wxr.term_bound > INT32_LIMIT else "int32_t"
+        cplx = f"const {ct} pr = ({ct})ar * xr - ({ct})ai * xi, pi = ({ct})ar * xi + ({ct})ai * xr;"
+        acc_r = _mac(wxr, [("+", "pr", "mr0"), ("+", "br * u", "mr2")])
+        acc_i = _mac(wxi, [("+", "pi", "mr0"), ("+", "bi * u", "mr2")])
+        if not wxr.acc64 and not wxi.acc64 and ct == "int32_t":
+            acc_r = acc_r.replace("(int32_t)(br * u) * mr2", "br * umr")
+            acc_i = acc_i.replace("(int32_t)(bi * u) * mr2", "bi * umr")
+        elif ct == "int64_t":
+            acc_r, acc_i = acc_r.replace("br * u", "(int64_t)br * u"), acc_i.replace("bi * u", "(int64_t)bi * u")
     ty_t = _term_t(wy)
     h_t, a_t, g_t = (ctype_for(*dims[k])[0] for k in ("QR_H", "QR_ACT", "QR_GLU"))
     half_r, half_i = _half_trick(wxr, dither), _half_trick(wxi, dither)
@@ -591,9 +617,10 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool) -> str:
            "C_im": ("ci", "cz")}
 
     def rounding(ws: SiteWidth, acc: str, part: str, half: bool) -> str:
+        sp = "r" if shared else part  # shared: one shift for both parts (the dither offsets stay per part)
         if half:  # floor((acc + 2^(s-1)) / 2^s) = floor((floor(acc / 2^(s-1)) + 1) / 2), s >= 1
-            return f"RQH{'64' if ws.acc64 else '32'}({acc}, s{part}1)"
-        return _rq(ws, acc, f"d{part}", f"s{part}")
+            return f"RQH{'64' if ws.acc64 else '32'}({acc}, s{sp}1)"
+        return _rq(ws, acc, f"d{sp}" if not dither else f"d{part}", f"s{sp}")
 
     def mode(rec: str | None, n: str, ind: str, q: int | None = None) -> str:
         """One mode's update; ``rec`` the expression of its packed record (None: tables), ``n`` its
@@ -613,6 +640,7 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool) -> str:
                 f"const int32_t xi = {xi_rd} - zi;",
                 "int32_t nr, ni;",
                 "/* x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u */",
+                *([cplx] if cplx else []),
                 f"const {_acc_t(wxr)} acc_r = {acc_r};",
                 f"const {_acc_t(wxi)} acc_i = {acc_i};"]
         if dither:  # lanes j = ((2 i + part) H + hh) N2 + n
@@ -643,8 +671,9 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool) -> str:
     ind = " " * 16
     pre = []
     if not dither:
-        pre += [f"const {_acc_t(wxr)} dr = {_half(wxr, 'sr')};" if not half_r else "const int sr1 = sr - 1;",
-                f"const {_acc_t(wxi)} di = {_half(wxi, 'si')};" if not half_i else "const int si1 = si - 1;"]
+        pre += [f"const {_acc_t(wxr)} dr = {_half(wxr, 'sr')};" if not half_r else "const int sr1 = sr - 1;"]
+        if not shared:
+            pre += [f"const {_acc_t(wxi)} di = {_half(wxi, 'si')};" if not half_i else "const int si1 = si - 1;"]
     pre = "\n".join(" " * 12 + ln for ln in pre)
     r = p.record
     if r is not None and dims["N2"] % r["group"] == 0:  # whole groups of modes start on a byte
@@ -711,9 +740,9 @@ void intssm_step(intssm_state *s, const uint8_t *p)
             const int32_t mr0 = AT_x_re_M(i, 0, hh), mr1 = AT_x_re_M(i, 1, hh), mr2 = AT_x_re_M(i, 2, hh);
             const int32_t mi0 = AT_x_im_M(i, 0, hh), mi1 = AT_x_im_M(i, 1, hh), mi2 = AT_x_im_M(i, 2, hh);
             const int32_t umr = u * mr2, umi = u * mi2;
-            (void)umr;
-            (void)umi;
+            (void)mr0, (void)mr1, (void)mi0, (void)mi1, (void)umr, (void)umi;
             const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);
+            (void)si;
             const int k0 = (i * INTSSM_H + hh) * INTSSM_N2;
             uint8_t *xp = s->x + k0 * INTSSM_X_RECORD;
             {ty_t} ty1 = 0, ty2 = 0;
@@ -855,7 +884,7 @@ def _source(a: dict, p: Plan, w: dict, dims: dict) -> str:
     out.append(f"INTSSM_TABLE static const uint8_t intssm_bits[{len(blob)}] = {_init(np.frombuffer(blob, np.uint8), '')};\n")
     out.append(_accessors(a, p))
     out.append(_HELPERS)
-    out.append(_body(p, w, dims, bool(a['x_dither'][0])))
+    out.append(_body(p, w, dims, bool(a['x_dither'][0]), shared_update(a)))
     return "\n".join(out)
 
 
