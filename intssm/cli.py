@@ -503,18 +503,64 @@ def export_(
 def export_c(
     model: Annotated[Path, typer.Argument(help="Quantized/float checkpoint or integer artifact (.npz).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the C files into.")],
+    target: Annotated[str, typer.Option(help="host (write the C only) | cortex-m4 | cortex-m3: also cross-compile, "
+                                             "run test sequences in the emulator, require the simulator's integers, "
+                                             "and measure bytes, instructions and cycles per step.")] = "host",
+    sequences: Annotated[int, typer.Option(help="Test sequences the emulated target must reproduce bit for bit.")] = 200,
+    count_steps: Annotated[int, typer.Option(help="Time steps over which instructions and cycles are counted.")] = 64,
+    compare: Annotated[bool, typer.Option(help="Also measure the float32 model in C on a Cortex-M4F and a Cortex-M3 "
+                                               "(software float), and the integer build on the other core.")] = False,
+    report: Annotated[bool, typer.Option(help="Write the measurements to DIR/<target>/report.json.")] = False,
     as_json: JsonOpt = False,
 ):
-    """Write the integer model as C99 (intssm_model.h/.c, example main.c), bit-exact with the simulator."""
+    """Write the integer model as C99 (intssm_model.h/.c, example main.c), bit-exact with the simulator;
+    with --target, prove it on an emulated microcontroller and measure its cost there."""
     from intssm import sources
     from intssm.integer import cexport
 
     outputs.check_dir(out, inputs=[model], what="--out")
-    im = sources.load(model)
-    files = cexport.write_c(im.arrays, im.description(), out)
-    ro = cexport.rodata_bytes_estimate(im.arrays, im.qcfg)
-    _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
-          as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant tables)")
+    if target == "host":
+        if report or compare:
+            raise IntssmError("--report and --compare need --target cortex-m4 or cortex-m3")
+        im = sources.load(model)
+        files = cexport.write_c(im.arrays, im.description(), out)
+        ro = cexport.rodata_bytes_estimate(im.arrays, im.qcfg)
+        _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
+              as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant data)")
+        return
+    from intssm.deploy import deploy
+
+    with progress_bar(f"{target} (emulated)", sequences, enabled=not as_json) as adv:
+        rep = deploy(model, out, target, sequences, count_steps, compare, progress=adv)
+    path = None
+    if report:
+        path = outputs.write_text(out / target / "report.json", json.dumps(rep, indent=1) + "\n")
+    _emit(rep | {"report": str(path) if path else None}, as_json, _deploy_text(rep, path))
+    if "error" in rep:
+        raise IntssmError(f"emulated {target}: {rep['error']}")
+
+
+def _deploy_text(r: dict, path) -> str:
+    i, a, c = r["integer"], r["accounted"], r["c_tables"]
+    lines = [f"{r['model']} on an emulated {r['target']} ({r['elf']})",
+             f"  bit-exact with the simulator: {i['bit_exact_sequences']} / {i['sequences']} test sequences "
+             f"(logits, saturation counters, final state)",
+             f"  flash {i['flash_bytes']} B (code {i['text']}, constants {i['rodata']}); accounted constants {a['flash_bytes']} B; "
+             f"float32 weights {a['fp32_flash_bytes']} B",
+             f"  RAM {i['ram_bytes']} B (state {i['bss'] + i['data']}, peak stack {i['stack_peak_bytes']}); accounted {a['ram_bytes']} B",
+             f"  per step: {i['instructions_per_step']:.0f} instructions ({i['instructions_per_multiplication']:.2f} per "
+             f"multiplication), ~{i['cycles_per_step']:.0f} cycles; {i['ms_per_sequence_at_80mhz']:.1f} ms per "
+             f"{r['sequence_length']}-step sequence at 80 MHz",
+             f"  64-bit accumulators: {', '.join(r['sites_64bit']) or 'none'}"]
+    for name, m in r.get("compare", {}).items():
+        if isinstance(m, dict):
+            lines.append(f"  {name}: flash {m['flash_bytes']} B, RAM {m['ram_bytes']} B, {m['instructions_per_step']:.0f} "
+                         f"instructions, ~{m['cycles_per_step']:.0f} cycles per step, {m['ms_per_sequence_at_80mhz']:.1f} ms per sequence")
+        else:
+            lines.append(f"  {name}: {m}")
+    if path:
+        lines.append(f"  report: {path}")
+    return "\n".join(lines)
 
 
 @app.command()

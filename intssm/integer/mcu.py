@@ -130,7 +130,7 @@ ENTRY(harness_run)
 SECTIONS {{
     .text : {{ *(.text .text.*) }} > FLASH
     .rodata : {{ *(.rodata .rodata.*) }} > FLASH
-    .harness : {{ *(.harness .harness.*) }} > FLASH
+    .harness : {{ KEEP(*(.harness .harness.*)) KEEP(*(.harness_ro)) }} > FLASH
     .data : {{ *(.data .data.*) }} > RAM
     .bss (NOLOAD) : {{ *(.bss .bss.*) *(COMMON) }} > RAM
     .io (NOLOAD) : {{ *(.io .io.*) }} > IO
@@ -154,12 +154,17 @@ IO float io_logits[INTSSM_D_OUT];
 IO int32_t io_logits[INTSSM_D_OUT];
 IO int64_t io_counters[INTSSM_N_COUNTERS];
 #define FINISH() intssm_logits(&harness_state, io_logits, io_counters)
+IO int32_t io_x[2];
+__attribute__((section(".harness_ro"))) const int32_t harness_dims[3] = {INTSSM_LAYERS, INTSSM_H, INTSSM_N2};
 #endif
 intssm_state harness_state;
 
 HARNESS void harness_reset(void) { intssm_reset(&harness_state); }
 HARNESS void harness_step(int32_t t) { intssm_step(&harness_state, io_seq + t * INTSSM_D_IN); }
 HARNESS void harness_finish(void) { FINISH(); }
+#if !defined(INTSSM_FLOAT)
+HARNESS void harness_state_x(int32_t i, int32_t hh, int32_t n) { intssm_state_x(&harness_state, i, hh, n, &io_x[0], &io_x[1]); }
+#endif
 HARNESS int32_t harness_run(int32_t L)
 {
     int32_t t;
@@ -353,3 +358,56 @@ class Emulator:
         if stats[2] is not None and stats[2] != STOP:  # the final return is a taken branch
             stats[1] += TAKEN_BRANCH_REFILL
         return stats[0], stats[1]
+
+
+# ------------------------------------------------------------------------------ measurement ---
+
+def measure(elf: Path, target: str, P: np.ndarray, count_steps: int = 64, progress=None) -> dict:
+    """Run sequences ``P`` (n, L, d_in) uint8 through the ELF's harness; count instructions and
+    cycles over the first ``count_steps`` steps of the first sequence. Returns the sizes, the peak
+    stack, the per-step counts, and per sequence the logits (and, for an integer model, the
+    counters and the final state, read with ``intssm_state_x``)."""
+    emu = Emulator(elf, target)
+    sz = sizes(elf)
+    n, L, _ = P.shape
+    is_float = "io_counters" not in emu.sym
+    n_out = emu.sym["io_logits"][1] // 4
+    logits, counters, states = [], [], []
+    peak = 0
+    for b in range(n):
+        emu.write("io_seq", np.ascontiguousarray(P[b], dtype=np.uint8))
+        emu.paint_stack()
+        emu.call("harness_run", L)
+        peak = max(peak, emu.stack_peak())
+        logits.append(emu.read("io_logits", np.float32 if is_float else np.int32, n_out))
+        if not is_float:
+            counters.append(emu.read("io_counters", np.int64, emu.sym["io_counters"][1] // 8))
+            states.append(_final_state(emu))
+        if progress:
+            progress(1)
+    steps = min(count_steps, L)
+    emu.write("io_seq", np.ascontiguousarray(P[0], dtype=np.uint8))
+    emu.call("harness_reset")
+    instr = cyc = 0
+    for t in range(steps):
+        i_, c_ = emu.count("harness_step", t)
+        instr, cyc = instr + i_, cyc + c_
+    fin_i, fin_c = emu.count("harness_finish")
+    return {"target": target, "text": sz.text, "rodata": sz.rodata, "data": sz.data, "bss": sz.bss,
+            "flash_bytes": sz.flash, "stack_peak_bytes": peak, "ram_bytes": sz.static_ram + peak,
+            "steps_counted": steps, "instructions_per_step": instr / steps, "cycles_per_step": cyc / steps,
+            "finish_instructions": fin_i, "finish_cycles": fin_c,
+            "logits": np.array(logits), "counters": np.array(counters) if counters else None,
+            "states": states}
+
+
+def _final_state(emu: Emulator) -> tuple[np.ndarray, np.ndarray]:
+    """(x_re, x_im) codes of the harness's state, read through the model's ``intssm_state_x``."""
+    nl, H, N2 = (int(v) for v in emu.read("harness_dims", np.int32, 3))
+    re, im = np.zeros((nl, H, N2), np.int64), np.zeros((nl, H, N2), np.int64)
+    for i in range(nl):
+        for h in range(H):
+            for n in range(N2):
+                emu.call("harness_state_x", i, h, n)
+                re[i, h, n], im[i, h, n] = emu.read("io_x", np.int32, 2)
+    return re, im

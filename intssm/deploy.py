@@ -1,0 +1,129 @@
+"""A model on a 32-bit microcontroller: its C export cross-compiled, run in an emulator on real test
+sequences, checked integer for integer against the simulator, and measured.
+
+:func:`deploy` is what ``intssm export-c MODEL -o DIR --target cortex-m4`` runs. It writes the C
+export into ``DIR``, builds it for the target (:mod:`intssm.integer.mcu`), runs ``sequences`` test
+sequences of the model's dataset and requires logits, saturation counters and final state equal
+to :func:`intssm.integer.sim.simulate`'s; then reports bytes (deployed beside accounted), retired
+instructions and estimated cycles per step. ``compare`` adds the same model as float32 C
+(:mod:`intssm.training.cfloat`) on a Cortex-M4F (hardware single precision) and on a Cortex-M3
+(software float), and the integer build on the Cortex-M3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from intssm.errors import IntssmError
+
+CLOCK_HZ = 80e6  # the clock of the milliseconds-per-sequence figures
+
+
+def _scale(rec: dict, L: int) -> dict:
+    rec["ms_per_sequence_at_80mhz"] = (rec["cycles_per_step"] * L + rec["finish_cycles"]) / CLOCK_HZ * 1e3
+    return rec
+
+
+def _public(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k not in ("logits", "counters", "states")}
+
+
+def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200, count_steps: int = 64,
+           compare: bool = False, progress=None) -> dict:
+    """Export, build, verify and measure ``model`` (any source :func:`intssm.sources.load` takes) for
+    ``target``; returns the report (see the module docstring)."""
+    from intssm import data, sources
+    from intssm.datapath import layout
+    from intssm.integer import cexport, cost, mcu
+    from intssm.integer.sim import simulate
+
+    if target not in ("cortex-m4", "cortex-m3"):
+        raise IntssmError(f"--target must be host, cortex-m4 or cortex-m3, got {target!r}")
+    if not mcu.available():
+        raise IntssmError(f"the {target} target needs the cross-compiler and the emulator ({mcu.INSTALL_HINT})")
+    if not isinstance(sequences, int) or sequences < 1:
+        raise IntssmError(f"--sequences must be a positive integer, got {sequences!r}")
+    im = sources.load(model)
+    seq = im.dataset or "smnist"
+    ds = data.load(seq, "test", sequences)
+    im.check_data(ds)
+    P = im.input_codes(ds)
+    if ds.varlen:
+        raise IntssmError("the emulator harness runs sequences of one length; this dataset's lengths vary")
+    L = P.shape[1]
+    out_dir = Path(out_dir)
+    cexport.write_c(im.arrays, im.description(), out_dir)
+    desc = im.description()
+    _, dims, cfg, qcfg, widths = cexport._check(im.arrays, desc)
+    elf = mcu.build(out_dir, target, L)
+    rec = mcu.measure(elf, target, P, count_steps, progress)
+    # the proof: every sequence's integers equal the simulator's
+    lg, cnt, _ = simulate(im.arrays, P, im.mean_pool, len(im.counters))
+    same = np.all(rec["logits"] == lg, axis=1) & np.all(rec["counters"] == cnt, axis=1)
+    for b in range(len(P)):
+        _, _, (tr, ti) = simulate(im.arrays, P[b:b + 1], im.mean_pool, len(im.counters), trace=True)
+        same[b] &= np.array_equal(rec["states"][b][0], tr[-1]) and np.array_equal(rec["states"][b][1], ti[-1])
+    mem = cost.memory(cfg, qcfg, im.seq_len)
+    mults = sum(v for k, v in cost.step_ops(cfg, qcfg, im.seq_len).items() if k.startswith("mul"))
+    report = {
+        "model": str(model), "target": target, "dataset": seq, "sequence_length": L,
+        "integer": _public(_scale(rec, L)) | {
+            "bit_exact_sequences": int(same.sum()), "sequences": len(P),
+            "test_accuracy_on_these": float((rec["logits"].argmax(1) == ds.y).mean()),
+            "multiplications_per_step": mults,
+            "instructions_per_multiplication": rec["instructions_per_step"] / mults},
+        "accounted": {"flash_bytes": mem["flash_bytes"], "ram_bytes": mem["ram_bytes"], "bytes": mem["bytes"],
+                      "fp32_flash_bytes": mem["fp32_flash_bytes"], "fp32_bytes": mem["fp32_bytes"]},
+        "c_tables": cexport.c_storage(im.arrays, desc),
+        "sites": {k: {"term": "int64" if w.term64 else "int32", "accumulator": "int64" if w.acc64 else "int32",
+                      "accumulator_bound_log2": round(float(np.log2(max(w.acc_bound, 1))), 2)}
+                  for k, w in widths.items()},
+        "sites_64bit": [k for k, w in widths.items() if w.acc64 or w.term64],
+        "shared_update": cexport.shared_update(im.arrays),
+        "counters": layout.counter_names(cfg.n_layers),
+        "cycle_table": {"source": "Cortex-M4 / Cortex-M3 Technical Reference Manuals, Table 3-1",
+                        "m4": mcu.CYCLES["m4"], "m3": mcu.CYCLES["m3"], "taken_branch_refill": mcu.TAKEN_BRANCH_REFILL},
+        "clock_hz": CLOCK_HZ,
+    }
+    if compare:
+        report["compare"] = _compare(im, out_dir, P, ds, L, count_steps, target)
+    report["elf"] = str(elf)
+    if not same.all():
+        bad = np.flatnonzero(~same)[:5].tolist()
+        report["error"] = f"{int((~same).sum())} of {len(P)} sequences differ from the simulator (first: {bad})"
+    return report
+
+
+def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str) -> dict:
+    """The integer build on the other core, and the float32 model on a Cortex-M4F and a Cortex-M3."""
+    import torch
+
+    from intssm.integer import mcu
+    from intssm.training import cfloat
+
+    out = {}
+    other = "cortex-m3" if target == "cortex-m4" else "cortex-m4"
+    elf = mcu.build(out_dir, other, L)
+    out[f"integer {other}"] = _public(_scale(mcu.measure(elf, other, P[:1], count_steps), L))
+    if im.qm is None:
+        return out  # an integer artifact: no float weights to compare with
+    if im.iq is not None:
+        return out | {"float32": "not compared: the float C reference takes raw uint8 inputs only"}
+    import copy
+
+    model = copy.deepcopy(im.qm.model).float()
+    fdir = Path(out_dir) / "float32"
+    cfloat.write_float_c(model, fdir)
+    n = min(len(P), 8)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(P[:n].astype(np.float32) / 255.0), mode="recurrent").numpy()
+    for t in ("cortex-m4f", "cortex-m3"):
+        elf = mcu.build(fdir, t, L)
+        r = mcu.measure(elf, t, P[:n], count_steps)
+        err = float(np.abs(r["logits"] - ref).max())
+        out[f"float32 {t}"] = _public(_scale(r, L)) | {"max_abs_logit_error_vs_torch": err,
+                                                        "same_class_as_torch": int((r["logits"].argmax(1) == ref.argmax(1)).sum()),
+                                                        "sequences": n}
+    return out
