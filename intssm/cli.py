@@ -528,8 +528,9 @@ def export_c(
         _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
               as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant data)")
         return
-    from intssm.deploy import deploy
+    from intssm.deploy import check_options, deploy
 
+    check_options(target, sequences, count_steps)
     with progress_bar(f"{target} (emulated)", sequences, enabled=not as_json) as adv:
         rep = deploy(model, out, target, sequences, count_steps, compare, progress=adv)
     path = None

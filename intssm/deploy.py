@@ -30,6 +30,22 @@ def _public(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("logits", "counters", "states")}
 
 
+TARGETS = ("cortex-m4", "cortex-m3")
+
+
+def check_options(target: str, sequences: int, count_steps: int) -> None:
+    """Refuse a target, sequence count or step count :func:`deploy` cannot run, before any work."""
+    from intssm.integer import mcu
+
+    if target not in TARGETS:
+        raise IntssmError(f"--target must be host, {' or '.join(TARGETS)}, got {target!r}")
+    for name, v in (("--sequences", sequences), ("--count-steps", count_steps)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise IntssmError(f"{name} must be a positive integer, got {v!r}")
+    if not mcu.available():
+        raise IntssmError(f"the {target} target needs the cross-compiler and the emulator ({mcu.INSTALL_HINT})")
+
+
 def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200, count_steps: int = 64,
            compare: bool = False, progress=None) -> dict:
     """Export, build, verify and measure ``model`` (any source :func:`intssm.sources.load` takes) for
@@ -39,12 +55,7 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
     from intssm.integer import cexport, cost, mcu
     from intssm.integer.sim import simulate
 
-    if target not in ("cortex-m4", "cortex-m3"):
-        raise IntssmError(f"--target must be host, cortex-m4 or cortex-m3, got {target!r}")
-    if not mcu.available():
-        raise IntssmError(f"the {target} target needs the cross-compiler and the emulator ({mcu.INSTALL_HINT})")
-    if not isinstance(sequences, int) or sequences < 1:
-        raise IntssmError(f"--sequences must be a positive integer, got {sequences!r}")
+    check_options(target, sequences, count_steps)
     im = sources.load(model)
     seq = im.dataset or "smnist"
     ds = data.load(seq, "test", sequences)

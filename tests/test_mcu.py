@@ -1,0 +1,125 @@
+"""The C export on a 32-bit microcontroller: cross-compiled for Cortex-M4 (and M3), run in the
+Unicorn emulator, integer for integer the simulator's.
+
+Needs ``arm-none-eabi-gcc`` (Debian ``gcc-arm-none-eabi`` + ``libnewlib-arm-none-eabi``) and the
+``unicorn`` and ``pyelftools`` packages; ``.ci/run`` installs them and these tests never skip in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from intssm.errors import IntssmError
+from intssm.integer import cexport, mcu
+from intssm.integer.export import integer_model
+from intssm.integer.sim import simulate
+
+# tests/ is not a package: pytest puts it on sys.path
+from test_cexport import manifest_like, quantize
+from test_datapath import inputs, models, quant_configs
+from cli_helpers import assert_clean_error, intssm, ok_json
+
+needs_mcu = pytest.mark.skipif(not mcu.available() and not os.environ.get("CI"),
+                               reason=f"Cortex-M toolchain or emulator missing ({mcu.INSTALL_HINT}); CI installs them")
+
+CKPT = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+
+
+def test_instruction_classes():
+    """The cycle table's classes, from objdump's Thumb-2 mnemonics (suffixes, conditions, widths)."""
+    cases = {"ldrsh.w": "ld", "ldr": "ld", "ldrd": "ldd", "strb.w": "st", "str": "st", "pop": "multi", "push": "multi",
+             "ldmia.w": "multi", "smlal": "mlal", "umull": "mull", "mla": "mla", "mls": "mla", "mul.w": "mul",
+             "muls": "mul", "sdiv": "div", "bne.n": "branch", "b.n": "branch", "bl": "branch", "bx": "branch",
+             "cbz": "branch", "bic": "alu", "bfi": "alu", "sbfx": "alu", "smlabb": "alu", "smlad": "alu",
+             "vldr": "vld", "vstr": "vld", "vmla.f32": "vmulacc", "vfma.f32": "vmulacc", "vdiv.f32": "vdiv",
+             "vadd.f32": "valu", "vpush": "vmulti", "addeq": "alu", "moveq": "alu", "ble.n": "branch"}
+    for m, c in cases.items():
+        assert mcu.instruction_class(m) == c, m
+    assert mcu.CYCLES["m4"]["mlal"] == 1 and mcu.CYCLES["m3"]["mlal"] == 7  # TRM: single-cycle MAC on the M4 only
+
+
+@needs_mcu
+def test_default_model_bit_exact_on_cortex_m4(tmp_path):
+    """The shipped default on an emulated Cortex-M4: 200 real sMNIST test sequences give the
+    simulator's logits, saturation counters and final state; bytes and counts are measured."""
+    from intssm.deploy import deploy
+
+    rep = deploy(CKPT / "paper-small-hetero.pt", tmp_path, "cortex-m4", sequences=200, count_steps=8)
+    i = rep["integer"]
+    assert "error" not in rep
+    assert i["bit_exact_sequences"] == i["sequences"] == 200
+    assert i["test_accuracy_on_these"] > 0.9
+    # the constants in flash are the accounted bytes (packed fields), within 5%
+    assert abs(i["rodata"] - rep["accounted"]["flash_bytes"]) <= 0.05 * rep["accounted"]["flash_bytes"]
+    assert i["rodata"] == rep["c_tables"]["c_flash_bytes"] + (i["rodata"] - rep["c_tables"]["c_flash_bytes"]) and \
+        0 <= i["rodata"] - rep["c_tables"]["c_flash_bytes"] < 16  # alignment only
+    # RAM: .bss is exactly the state struct c_storage predicts; the stack was measured
+    assert i["bss"] + i["data"] == rep["c_tables"]["c_ram_bytes"] and 0 < i["stack_peak_bytes"] < 1024
+    assert 0 < i["instructions_per_step"] < 100_000 and i["cycles_per_step"] >= i["instructions_per_step"]
+    assert rep["sites_64bit"] == [k for k, s in rep["sites"].items() if s["accumulator"] == "int64" or s["term"] == "int64"]
+
+
+@needs_mcu
+@settings(max_examples=4)
+@given(models(max_layers=2), quant_configs(), st.data(), st.sampled_from(["cortex-m4", "cortex-m3"]))
+def test_random_models_bit_exact_on_mcu(m, qcfg, data, target):
+    """Random small models and quantization configs (shared complex scales, dither, 16-bit formats
+    included) on the emulated cores: the simulator's integers."""
+    L = data.draw(st.integers(1, 8))
+    P = data.draw(inputs(m.cfg.d_input, L))
+    calib = np.random.default_rng(0).random((3, L, m.cfg.d_input))
+    try:
+        qm, _ = quantize(m, qcfg, torch.from_numpy(calib))
+    except IntssmError as e:
+        assert "2**53" in str(e) or "too large" in str(e)
+        assume(False)
+    arrays = integer_model(qm)
+    n = len(qm.counters)
+    with tempfile.TemporaryDirectory() as t:
+        cexport.write_c(arrays, manifest_like(qm), Path(t))
+        r = mcu.measure(mcu.build(Path(t), target, L), target, P, count_steps=1)
+    lg, cnt, _ = simulate(arrays, P, m.cfg.pool == "mean", n)
+    assert np.array_equal(r["logits"], lg) and np.array_equal(r["counters"], cnt)
+    for b in range(len(P)):
+        _, _, (tr, ti) = simulate(arrays, P[b:b + 1], m.cfg.pool == "mean", n, trace=True)
+        assert np.array_equal(r["states"][b][0], tr[-1]) and np.array_equal(r["states"][b][1], ti[-1])
+
+
+@needs_mcu
+def test_float_reference_on_cortex_m4f(tmp_path):
+    """The float32 C reference computes the Torch model's recurrent logits (to float32 rounding) on
+    the emulated Cortex-M4F, and the same with software float on the Cortex-M3."""
+    from intssm import data
+    from intssm.training import cfloat, checkpoint
+
+    model, _ = checkpoint.load(CKPT / "paper-small-seed7-fp32.pt")
+    model = model.float()
+    ds = data.load("smnist", "test", 2)
+    P = ds.x[:, :40].astype(np.uint8)  # 40 steps: the logits of a prefix, last-step pooling not needed
+    cfloat.write_float_c(model, tmp_path)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(P.astype(np.float32) / 255.0), mode="recurrent").numpy()
+    for t in ("cortex-m4f", "cortex-m3"):
+        r = mcu.measure(mcu.build(tmp_path, t, P.shape[1]), t, P, count_steps=2)
+        assert np.abs(r["logits"] - ref).max() < 1e-3 * max(1.0, np.abs(ref).max()), t
+        assert r["rodata"] >= 4 * 3834  # every float32 parameter of the recurrence is in flash
+
+
+@needs_mcu
+def test_cli_target_report_and_refusals(tmp_path):
+    out = tmp_path / "c"
+    rep = ok_json(intssm("export-c", CKPT / "paper-small-hetero.pt", "-o", out, "--target", "cortex-m4",
+                         "--sequences", "3", "--count-steps", "2", "--report", "--json"))
+    assert rep["integer"]["bit_exact_sequences"] == 3 and Path(rep["report"]).is_file()
+    assert json.loads(Path(rep["report"]).read_text())["integer"]["instructions_per_step"] == rep["integer"]["instructions_per_step"]
+    for args, msg in ((["--target", "pdp11"], "--target"), (["--report"], "--target"), (["--target", "cortex-m4", "--sequences", "0"], "--sequences")):
+        assert_clean_error(intssm("export-c", CKPT / "paper-small-hetero.pt", "-o", tmp_path / "d", *args), msg)
