@@ -709,8 +709,9 @@ def memory(
                f"{m['fp32_flash_bytes']} + {m['fp32_ram_bytes']} = {m['fp32_bytes']} B;  reduction {m['reduction']:.2f}x")
     typer.echo(f"weights and biases only: {m['weights_bytes']} B vs {m['fp32_weights_bytes']} B float32 "
                f"({m['weights_reduction']:.2f}x)")
-    typer.echo(f"as exported to C (intssm export-c, whole bytes per value): flash {m['c_flash_bytes']} B of tables "
-               f"(.rodata, before alignment), RAM {m['c_ram_bytes']} B (sizeof(intssm_state))")
+    typer.echo(f"as exported to C (intssm export-c; sub-byte and odd widths packed): constants {m['c_flash_bytes']} B "
+               f"(.rodata, before alignment) vs {m['flash_bytes']} B accounted; state {m['c_ram_bytes']} B "
+               f"(sizeof(intssm_state)) vs {m['ram_bytes']} B accounted; code and stack: intssm export-c --target cortex-m4")
 
 
 @app.command()

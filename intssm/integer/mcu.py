@@ -394,11 +394,25 @@ def measure(elf: Path, target: str, P: np.ndarray, count_steps: int = 64, progre
         instr, cyc = instr + i_, cyc + c_
     fin_i, fin_c = emu.count("harness_finish")
     return {"target": target, "text": sz.text, "rodata": sz.rodata, "data": sz.data, "bss": sz.bss,
-            "flash_bytes": sz.flash, "stack_peak_bytes": peak, "ram_bytes": sz.static_ram + peak,
+            "flash_bytes": sz.flash, "stack_peak_bytes": peak, "stack_frames": stack_usage(elf), "ram_bytes": sz.static_ram + peak,
             "steps_counted": steps, "instructions_per_step": instr / steps, "cycles_per_step": cyc / steps,
             "finish_instructions": fin_i, "finish_cycles": fin_c,
             "logits": np.array(logits), "counters": np.array(counters) if counters else None,
             "states": states}
+
+
+def stack_usage(elf: Path) -> dict:
+    """function -> bytes of its own stack frame, from the compiler's ``-fstack-usage`` files beside
+    ``elf`` (the model's functions; the harness's are left out)."""
+    out = {}
+    for su in Path(elf).parent.glob("*.su"):
+        if "harness" in su.name:
+            continue
+        for line in su.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1].isdigit():
+                out[parts[0].rsplit(":", 1)[-1]] = int(parts[1])
+    return out
 
 
 def _final_state(emu: Emulator) -> tuple[np.ndarray, np.ndarray]:
