@@ -230,7 +230,7 @@ def test_c_wide_and_unsigned_codes(tmp_path):
     P = rng.integers(0, 256, (3, 9, 2)).astype(np.uint8)
     exe = build_harness(arrays, manifest_like(qm), tmp_path)
     src = (tmp_path / "intssm_model.h").read_text()
-    assert "#define INTSSM_X_RECORD 4 " in src and "(16 + 16 bits" in src  # unsigned and signed 16-bit codes
+    assert "#define INTSSM_X_BITS 32 " in src and "(16 + 16 bits" in src  # unsigned and signed 16-bit codes
     assert "int64" in src  # 16-bit formats need 64-bit accumulators somewhere
     n = len(qm.counters)
     c = run_c(exe, P, arrays, n)

@@ -133,7 +133,7 @@ class Plan:
     stores: dict
     record: dict | None  # {"offset", "fields": [(name, width, signed, bit)], "bits", "group"}: one mode's weights
     blob_bytes: int
-    x: dict  # packed state record: {"wr", "wi", "sr", "si", "bytes"}
+    x: dict  # packed state record: {"wr", "wi", "sr", "si", "bits" per mode, "group": modes per byte-aligned group}
 
     @property
     def flash_bytes(self) -> int:
@@ -175,8 +175,17 @@ def plan(a: dict, qcfg) -> Plan:
     qr = a["qrange"]
     (wr, sr), (wi, si) = width_of(int(qr[layout.R_XRE, 0]), int(qr[layout.R_XRE, 1])), \
         width_of(int(qr[layout.R_XIM, 0]), int(qr[layout.R_XIM, 1]))
-    x = {"wr": wr, "wi": wi, "sr": sr, "si": si, "bytes": -(-(wr + wi) // 8)}
+    rx = wr + wi
+    # a mode's state: packed at rx bits when whole records do not fill bytes (and one window holds
+    # one), else in whole bytes
+    bits = rx if rx % 8 and rx + 8 - math.gcd(rx, 8) <= 32 else 8 * -(-rx // 8)
+    x = {"wr": wr, "wi": wi, "sr": sr, "si": si, "bits": bits, "group": 8 // math.gcd(bits, 8)}
     return Plan(stores, record, offset, x)
+
+
+def state_bytes(p: Plan, n_modes: int) -> int:
+    """Bytes of the packed state array: every record, plus window padding after the last."""
+    return -(-n_modes * p.x["bits"] // 8) + WINDOW_PAD
 
 
 def table_layout(arrays: dict, qcfg=None) -> dict:
@@ -420,8 +429,8 @@ def _header(dims: dict, counters: list, widths: dict, p: Plan, dither: bool, iq:
  * Arithmetic per requantization site (from the datapath's bound proofs; 32-bit wherever they fit):
 {sites}
  *
- * State: each complex mode's (x_re, x_im) codes packed in one {x['bytes']}-byte record ({x['wr']} + {x['wi']} bits,
- * little-endian); intssm_state_x reads one.
+ * State: each complex mode's (x_re, x_im) codes packed in one {x['bits']}-bit record ({x['wr']} + {x['wi']} bits),
+ * mode k at bit k * {x['bits']} of x[], little-endian; intssm_state_x reads one.
  *
  * Saturation counters (INTSSM_N_COUNTERS), in order; each is exact (no wrap) for up to
  * INTSSM_COUNTERS_EXACT_STEPS steps since the last reset:
@@ -440,11 +449,11 @@ def _header(dims: dict, counters: list, widths: dict, p: Plan, dither: bool, iq:
 #define INTSSM_N_COUNTERS {d['N_COUNTERS']}
 #define INTSSM_MEAN_POOL {d['MEAN_POOL']}     /* 1: mean over time, 0: last step */
 #define INTSSM_SEQ_LEN {d['SEQ_LEN']}      /* length the model was quantized for (mean pooling divides by it) */
-#define INTSSM_X_RECORD {x['bytes']}     /* bytes per mode of packed state */
+#define INTSSM_X_BITS {x['bits']}     /* bits per mode of packed state */
 #define INTSSM_COUNTERS_EXACT_STEPS {d['EXACT_STEPS']}u
 
 typedef struct {{
-{phase}    uint8_t x[INTSSM_LAYERS * INTSSM_H * INTSSM_N2 * INTSSM_X_RECORD + {4 - x['bytes']}];  /* packed state codes (+ window padding) */
+{phase}    uint8_t x[{d['X_BYTES']}];  /* packed state codes (+ {WINDOW_PAD} bytes of window padding) */
     {d['POOL_T']} pool_acc[INTSSM_H];  /* sum over time (mean) or last value (last) of the centred output */
     uint32_t counters[INTSSM_N_COUNTERS];  /* saturation events so far */
 }} intssm_state;
@@ -579,9 +588,18 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
     nlc = len(layout.LAYER_COUNTERS)
     x = p.x
     xr_rd, xi_rd = _field("xw", x["wr"], x["sr"]), _field(f"(xw >> {x['wr']})", x["wi"], x["si"])
-    xstore = "\n".join(f"                xp[{b}] = (uint8_t)(xw >> {8 * b});" for b in range(x["bytes"]))
-    keep = (0xFFFFFFFF << (8 * x["bytes"])) & 0xFFFFFFFF  # bytes of the next record (or padding) in the window
-    wstore = "\n".join(f"                xp[{b}] = (uint8_t)(xw >> {8 * b});" for b in range(4))
+    XB = x["bits"]
+    rmask = hex((1 << XB) - 1) if XB < 32 else "0xffffffff"
+    pack = (f"((uint32_t)nr & {hex((1 << x['wr']) - 1)}u) | ((uint32_t)ni & {hex((1 << x['wi']) - 1)}u) << {x['wr']}")
+
+    def x_store(addr: str, sh: str, ind: str, old: str | None = None) -> str:
+        """Write record ``xw`` at bit ``sh`` of the 32-bit window at ``addr``, keeping the window's
+        other bits (``old``: that window as read before, when nothing wrote it since)."""
+        keep = f"~((uint32_t){rmask}u << {sh})" if XB < 32 else "0u"
+        return (f"{ind}{{\n{ind}    uint8_t *const xq_ = {addr};\n"
+                f"{ind}    const uint32_t ow_ = ({old or 'rd32(xq_)'} & {keep}) | (xw << {sh});\n"
+                + "".join(f"{ind}    xq_[{b}] = (uint8_t)(ow_ >> {8 * b});\n" for b in range(4)) + f"{ind}}}")
+
     we, wxr, wxi, wy, wg, wh, wp, wl = (w[k] for k in ("enc", "x_re", "x_im", "y", "glu", "h", "pool", "logits"))
     tx = _term_t(wxr) if not wxi.term64 else "int64_t"
     acc_r = _mac(wxr, [("+", "ar * xr", "mr0"), ("-", "ai * xi", "mr1"), ("+", "br * u", "mr2")])
@@ -622,9 +640,10 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
             return f"RQH{'64' if ws.acc64 else '32'}({acc}, s{sp}1)"
         return _rq(ws, acc, f"d{sp}" if not dither else f"d{part}", f"s{sp}")
 
-    def mode(rec: str | None, n: str, ind: str, q: int | None = None) -> str:
+    def mode(rec: str | None, n: str, ind: str, xaddr: str, xsh: str, xpre: str | None = None) -> str:
         """One mode's update; ``rec`` the expression of its packed record (None: tables), ``n`` its
-        index; ``q``: its place in a group whose state windows were read before any is written."""
+        index; its state record at bit ``xsh`` of the window at ``xaddr`` (``xpre``: that window,
+        read before the group's writes, for byte-aligned records)."""
         out = []
         if rec is not None:
             out.append(f"const uint32_t rec = {rec};")
@@ -635,7 +654,8 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
             for f in MODE_RECORD:
                 v, z = var[f]
                 out.append(f"const int32_t {v} = AT_{f}(i, hh, {n}) - {z};")
-        out += [f"uint32_t xw = {'rd32(xp)' if q is None else f'xw{q}'};",
+        xread = xpre if xpre is not None else f"rd32({xaddr})" + (f" >> {xsh}" if xsh != "0" else "")
+        out += [f"uint32_t xw = {xread};",
                 f"const int32_t xr = {xr_rd} - zr;",
                 f"const int32_t xi = {xi_rd} - zi;",
                 "int32_t nr, ni;",
@@ -648,14 +668,10 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
                     f"const {_acc_t(wxi)} di = weyl_offset(s->phase, (uint32_t)(((2 * i + 1) * INTSSM_H + hh) * INTSSM_N2 + {n}), si);"]
         out += [f"nr = sat({rounding(wxr, 'acc_r', 'r', half_r)} + zr, QMIN_XRE, QMAX_XRE, &cnt[base + {layout.C_XRE}]);",
                 f"ni = sat({rounding(wxi, 'acc_i', 'i', half_i)} + zi, QMIN_XIM, QMAX_XIM, &cnt[base + {layout.C_XIM}]);",
-                f"xw = ((uint32_t)nr & {hex((1 << x['wr']) - 1)}u) | ((uint32_t)ni & {hex((1 << x['wi']) - 1)}u) << {x['wr']}"
-                + (f" | (xw & {hex(keep)}u);" if keep else ";")]
-        o = 0 if q is None else q * x["bytes"]
-        out += [f"xp[{o + b}] = (uint8_t)(xw >> {8 * b});" for b in range(4)]
-        out += [f"ty1 += ({ty_t})(nr - zr) * cr;", f"ty2 += ({ty_t})(ni - zi) * ci;"]
-        if q is None:
-            out.append("xp += INTSSM_X_RECORD;")
-        return "\n".join(ind + ln for ln in out)
+                f"xw = {pack};"]
+        out = [ind + ln for ln in out] + [x_store(xaddr, xsh, ind, xpre)]
+        out += [f"{ind}ty1 += ({ty_t})(nr - zr) * cr;", f"{ind}ty2 += ({ty_t})(ni - zi) * ci;"]
+        return "\n".join(out)
 
     mix_dot = (f"            for (hh = 0; hh < INTSSM_H; ++hh)\n"
                f"                t += ({_term_t(wg)})(AT_mix_w(i, j, hh) - wz) * (a[hh] - az);")
@@ -676,31 +692,38 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
             pre += [f"const {_acc_t(wxi)} di = {_half(wxi, 'si')};" if not half_i else "const int si1 = si - 1;"]
     pre = "\n".join(" " * 12 + ln for ln in pre)
     r = p.record
-    if r is not None and dims["N2"] % r["group"] == 0:  # whole groups of modes start on a byte
-        G, R = r["group"], r["bits"]
-        reads = "\n".join(f"{ind}const uint32_t xw{q} = rd32(xp + {q * x['bytes']});" for q in range(G))
-        body = "\n".join(ind + "{\n" + mode(f"rd32(rp + {q * R // 8}) >> {q * R % 8}" if q * R % 8 else f"rd32(rp + {q * R // 8})",
-                                                f"n + {q}", ind + "    ", q) + "\n" + ind + "}" for q in range(G))
-        loop = (f"{pre}\n            const uint8_t *rp = intssm_bits + {r['offset']} + k0 / {G} * {G * R // 8};\n"
-                f"            for (n = 0; n < INTSSM_N2; n += {G}, rp += {G * R // 8}, xp += {G} * INTSSM_X_RECORD) {{\n"
-                f"{reads}\n{body}\n            }}")
+    G = math.lcm(r["group"] if r is not None else 1, x["group"])
+    if dims["N2"] % G == 0:  # whole groups of modes start on a byte: constant offsets inside a group
+        R = r["bits"] if r is not None else 0
+        pre_read = XB % 8 == 0  # whole-byte records: the group's windows are read before its writes
+        reads = "\n".join(f"{ind}const uint32_t xw{q} = rd32(xp + {q * XB // 8});" for q in range(G)) if pre_read else ""
+        body = "\n".join(
+            ind + "{\n" + mode(None if r is None else (f"rd32(rp + {q * R // 8}) >> {q * R % 8}" if q * R % 8 else f"rd32(rp + {q * R // 8})"),
+                               f"n + {q}", ind + "    ", f"xp + {q * XB // 8}", str(q * XB % 8),
+                               f"xw{q}" if pre_read else None) + "\n" + ind + "}" for q in range(G))
+        rp = "" if r is None else f"\n            const uint8_t *rp = intssm_bits + {r['offset']} + k0 / {G} * {G * R // 8};"
+        loop = (f"{pre}{rp}\n            uint8_t *xp = s->x + k0 / {G} * {G * XB // 8};\n"
+                f"            for (n = 0; n < INTSSM_N2; n += {G}{', rp += ' + str(G * R // 8) if r is not None else ''}, xp += {G * XB // 8}) {{\n"
+                + (reads + "\n" if reads else "") + f"{body}\n            }}")
     else:
         rec = None if r is None else f"WINDOW({r['offset']}u, (uint32_t)(k0 + n) * {r['bits']}u)"
-        loop = f"{pre}\n            for (n = 0; n < INTSSM_N2; ++n) {{\n{mode(rec, 'n', ind)}\n            }}"
+        loop = (f"{pre}\n            for (n = 0; n < INTSSM_N2; ++n) {{\n"
+                f"{ind}const uint32_t xb = (uint32_t)(k0 + n) * {XB}u;\n"
+                f"{mode(rec, 'n', ind, 's->x + (xb >> 3)', '(xb & 7u)')}\n            }}")
     return f"""
 void intssm_reset(intssm_state *s)
 {{
     int i, hh, n;
+    memset(s->x, 0, sizeof s->x);
     for (i = 0; i < INTSSM_LAYERS; ++i)
         for (hh = 0; hh < INTSSM_H; ++hh) {{
-            const uint32_t xw = ((uint32_t)AT_x_re_z(i, hh) & {hex((1 << x['wr']) - 1)}u)
-                              | ((uint32_t)AT_x_im_z(i, hh) & {hex((1 << x['wi']) - 1)}u) << {x['wr']};
+            const int32_t nr = AT_x_re_z(i, hh), ni = AT_x_im_z(i, hh);
+            const uint32_t xw = {pack};
             for (n = 0; n < INTSSM_N2; ++n) {{
-                uint8_t *xp = s->x + ((i * INTSSM_H + hh) * INTSSM_N2 + n) * INTSSM_X_RECORD;
-{xstore.replace('                xp', '                xp')}
+                const uint32_t xb = (uint32_t)((i * INTSSM_H + hh) * INTSSM_N2 + n) * {XB}u;
+{x_store("s->x + (xb >> 3)", "(xb & 7u)", "                ")}
             }}
         }}
-    memset(s->x + sizeof s->x - {4 - x['bytes']}, 0, {4 - x['bytes']});
     memset(s->pool_acc, 0, sizeof s->pool_acc);
     memset(s->counters, 0, sizeof s->counters);
 #if INTSSM_DITHER
@@ -710,7 +733,8 @@ void intssm_reset(intssm_state *s)
 
 void intssm_state_x(const intssm_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im)
 {{
-    const uint32_t xw = rd32(s->x + ((i * INTSSM_H + hh) * INTSSM_N2 + n) * INTSSM_X_RECORD);
+    const uint32_t xb = (uint32_t)((i * INTSSM_H + hh) * INTSSM_N2 + n) * {XB}u;
+    const uint32_t xw = rd32(s->x + (xb >> 3)) >> (xb & 7u);
     *x_re = {xr_rd};
     *x_im = {xi_rd};
 }}
@@ -744,7 +768,6 @@ void intssm_step(intssm_state *s, const uint8_t *p)
             const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);
             (void)si;
             const int k0 = (i * INTSSM_H + hh) * INTSSM_N2;
-            uint8_t *xp = s->x + k0 * INTSSM_X_RECORD;
             {ty_t} ty1 = 0, ty2 = 0;
             int32_t y;
 {loop}
@@ -931,6 +954,7 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
     a, dims, _, qcfg, widths = _check(arrays, manifest_like)
     out_dir = outputs.check_dir(out_dir, what="C export directory")
     p = plan(a, qcfg)
+    dims["X_BYTES"] = state_bytes(p, dims["LAYERS"] * dims["H"] * dims["N2"])
     dither = qcfg.state_rounding == "dither"
     files = {H_FILE: _header(dims, layout.counter_names(dims["LAYERS"]), widths, p, dither, manifest_like.get("input")),
              C_FILE: _source(a, p, widths, dims), MAIN_FILE: _MAIN}
@@ -952,7 +976,7 @@ def c_storage(arrays: dict, manifest_like: dict) -> dict:
     a, dims, _, qcfg, _ = _check(arrays, manifest_like)
     p = plan(a, qcfg)
     n = dims["LAYERS"] * dims["H"] * dims["N2"]
-    size = (4 if qcfg.state_rounding == "dither" else 0) + n * p.x["bytes"] + 4 - p.x["bytes"]
+    size = (4 if qcfg.state_rounding == "dither" else 0) + state_bytes(p, n)
     pool_align = 8 if dims["POOL_T"] == "int64_t" else 4
     size += -size % pool_align
     size += pool_align * dims["H"] + 4 * dims["N_COUNTERS"]
