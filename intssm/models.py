@@ -24,6 +24,11 @@ CURATED = {
                 "--param frozen --epochs 8 --lr 1e-3 --distill 0.5 --ema 0.999"),
     "default-float": ("paper-small-seed7-fp32.pt", "smnist", "paper-small float32, the default's parent",
                       "intssm train --preset paper-small --epochs 30 --seed 7 --max-minutes 5.5 --device cuda"),
+    "default-shared": ("paper-small-hetero-shared.pt", "smnist",
+                       "the default's config with one scale for Re and Im of Ā and of the state (complex_scale shared): "
+                       "the fastest on a microcontroller (docs/deploy.md)",
+                       "intssm qat data/checkpoints/paper-small-seed7-fp32.pt --config hetero-3b-x12-shared "
+                       "--param frozen --epochs 8 --lr 1e-3 --distill 0.5 --ema 0.999"),
     "a6-x6": ("paper-small-hetero-A6asym-x6-eq.pt", "smnist",
               "paper-small with Ā and the state at 6 bits (asymmetric Ā, dithered and equalized state), 8-bit weights and activations",
               "intssm qat data/checkpoints/paper-small-seed7-fp32.pt --config docs/configs/progressive/hetero-A6asym-x6-dither-a8-BCD8.json "
