@@ -61,25 +61,27 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
     ds = data.load(seq, "test", sequences)
     im.check_data(ds)
     P = im.input_codes(ds)
-    if ds.varlen:
-        raise IntssmError("the emulator harness runs sequences of one length; this dataset's lengths vary")
+    lens = ds.lengths if ds.varlen else None
     L = P.shape[1]
     out_dir = Path(out_dir)
     cexport.write_c(im.arrays, im.description(), out_dir)
     desc = im.description()
     _, dims, cfg, qcfg, widths = cexport._check(im.arrays, desc)
     elf = mcu.build(out_dir, target, L)
-    rec = mcu.measure(elf, target, P, count_steps, progress)
+    rec = mcu.measure(elf, target, P, count_steps, progress, lens)
     # the proof: every sequence's integers equal the simulator's
-    lg, cnt, _ = simulate(im.arrays, P, im.mean_pool, len(im.counters))
+    lg, cnt, _ = simulate(im.arrays, P, im.mean_pool, len(im.counters), lengths=lens)
     same = np.all(rec["logits"] == lg, axis=1) & np.all(rec["counters"] == cnt, axis=1)
     for b in range(len(P)):
-        _, _, (tr, ti) = simulate(im.arrays, P[b:b + 1], im.mean_pool, len(im.counters), trace=True)
-        same[b] &= np.array_equal(rec["states"][b][0], tr[-1]) and np.array_equal(rec["states"][b][1], ti[-1])
+        lb = None if lens is None else lens[b:b + 1]
+        _, _, (tr, ti) = simulate(im.arrays, P[b:b + 1], im.mean_pool, len(im.counters), trace=True, lengths=lb)
+        last = L - 1 if lens is None else int(lens[b]) - 1
+        same[b] &= np.array_equal(rec["states"][b][0], tr[last]) and np.array_equal(rec["states"][b][1], ti[last])
     mem = cost.memory(cfg, qcfg, im.seq_len)
     mults = sum(v for k, v in cost.step_ops(cfg, qcfg, im.seq_len).items() if k.startswith("mul"))
     report = {
         "model": str(model), "target": target, "dataset": seq, "sequence_length": L,
+        "lengths": None if lens is None else [int(lens.min()), int(lens.max())],
         "integer": _public(_scale(rec, L)) | {
             "bit_exact_sequences": int(same.sum()), "sequences": len(P),
             "test_accuracy_on_these": float((rec["logits"].argmax(1) == ds.y).mean()),
@@ -117,7 +119,8 @@ def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str) ->
     out = {}
     other = "cortex-m3" if target == "cortex-m4" else "cortex-m4"
     elf = mcu.build(out_dir, other, L)
-    out[f"integer {other}"] = _public(_scale(mcu.measure(elf, other, P[:1], count_steps), L))
+    lens = ds.lengths if ds.varlen else None
+    out[f"integer {other}"] = _public(_scale(mcu.measure(elf, other, P[:1], count_steps, lengths=None if lens is None else lens[:1]), L))
     if im.qm is None:
         return out  # an integer artifact: no float weights to compare with
     if im.iq is not None:

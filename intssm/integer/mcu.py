@@ -362,14 +362,17 @@ class Emulator:
 
 # ------------------------------------------------------------------------------ measurement ---
 
-def measure(elf: Path, target: str, P: np.ndarray, count_steps: int = 64, progress=None) -> dict:
-    """Run sequences ``P`` (n, L, d_in) uint8 through the ELF's harness; count instructions and
-    cycles over the first ``count_steps`` steps of the first sequence. Returns the sizes, the peak
-    stack, the per-step counts, and per sequence the logits (and, for an integer model, the
-    counters and the final state, read with ``intssm_state_x``)."""
+def measure(elf: Path, target: str, P: np.ndarray, count_steps: int = 64, progress=None,
+            lengths: np.ndarray | None = None) -> dict:
+    """Run sequences ``P`` (n, L, d_in) uint8 through the ELF's harness, sequence b for its first
+    ``lengths[b]`` steps (None: all L); count instructions and cycles over the first
+    ``count_steps`` steps of the first sequence. Returns the sizes, the peak stack, the per-step
+    counts, and per sequence the logits (and, for an integer model, the counters and the final
+    state, read with ``intssm_state_x``)."""
     emu = Emulator(elf, target)
     sz = sizes(elf)
     n, L, _ = P.shape
+    lengths = np.full(n, L) if lengths is None else np.asarray(lengths)
     is_float = "io_counters" not in emu.sym
     n_out = emu.sym["io_logits"][1] // 4
     logits, counters, states = [], [], []
@@ -377,7 +380,7 @@ def measure(elf: Path, target: str, P: np.ndarray, count_steps: int = 64, progre
     for b in range(n):
         emu.write("io_seq", np.ascontiguousarray(P[b], dtype=np.uint8))
         emu.paint_stack()
-        emu.call("harness_run", L)
+        emu.call("harness_run", int(lengths[b]))
         peak = max(peak, emu.stack_peak())
         logits.append(emu.read("io_logits", np.float32 if is_float else np.int32, n_out))
         if not is_float:
@@ -385,7 +388,7 @@ def measure(elf: Path, target: str, P: np.ndarray, count_steps: int = 64, progre
             states.append(_final_state(emu))
         if progress:
             progress(1)
-    steps = min(count_steps, L)
+    steps = min(count_steps, int(lengths[0]))
     emu.write("io_seq", np.ascontiguousarray(P[0], dtype=np.uint8))
     emu.call("harness_reset")
     instr = cyc = 0
