@@ -165,19 +165,25 @@ def check_against_simulator(arrays: dict, mean_pool: bool, n_counters: int, P: n
 
 # ------------------------------------------------------------------ (a) random models / configs ---
 
+def random_case(m, qcfg, data, max_len: int, calib_scale: float = 1.0, seed: int = 0):
+    """(quantized model, integer arrays, input codes) of a drawn length and input for model ``m``
+    and config ``qcfg``; a configuration the datapath refuses is never run (the example is skipped)."""
+    L = data.draw(st.integers(1, max_len))
+    P = data.draw(inputs(m.cfg.d_input, L))
+    calib = calib_scale * np.random.default_rng(seed).random((3, L, m.cfg.d_input))
+    try:
+        qm, _ = quantize(m, qcfg, torch.from_numpy(calib))
+    except IntssmError as e:
+        assert "2**53" in str(e) or "too large" in str(e)
+        assume(False)
+    return qm, integer_model(qm), P
+
+
 @needs_gcc
 @settings(max_examples=8)
 @given(models(), quant_configs(), st.data())
 def test_c_equals_simulator_random_models(m, qcfg, data):
-    L = data.draw(st.integers(1, 12))
-    P = data.draw(inputs(m.cfg.d_input, L))
-    calib = data.draw(st.sampled_from([0.3, 1.0])) * np.random.default_rng(0).random((3, L, m.cfg.d_input))
-    try:
-        qm, _ = quantize(m, qcfg, torch.from_numpy(calib))
-    except IntssmError as e:  # refused configurations are never run
-        assert "2**53" in str(e) or "too large" in str(e)
-        assume(False)
-    arrays = integer_model(qm)
+    qm, arrays, P = random_case(m, qcfg, data, 12, data.draw(st.sampled_from([0.3, 1.0])))
     n = len(qm.counters)
     with tempfile.TemporaryDirectory() as t:
         c = run_c(build_harness(arrays, manifest_like(qm), Path(t)), P, arrays, n)
@@ -200,15 +206,7 @@ def test_ubsan_catches_signed_overflow(tmp_path):
 def test_c_under_ubsan_random_models(m, qcfg, data):
     """The export compiled with -fsanitize=undefined: no undefined behaviour on random valid models and
     inputs (including all-255 and all-0 runs), and still the simulator's integers."""
-    L = data.draw(st.integers(1, 10))
-    P = data.draw(inputs(m.cfg.d_input, L))
-    calib = np.random.default_rng(1).random((3, L, m.cfg.d_input))
-    try:
-        qm, _ = quantize(m, qcfg, torch.from_numpy(calib))
-    except IntssmError as e:
-        assert "2**53" in str(e) or "too large" in str(e)
-        assume(False)
-    arrays = integer_model(qm)
+    qm, arrays, P = random_case(m, qcfg, data, 10, seed=1)
     n = len(qm.counters)
     with tempfile.TemporaryDirectory() as t:
         c = run_c(build_harness(arrays, manifest_like(qm), Path(t), extra=UBSAN), P, arrays, n)

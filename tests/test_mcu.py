@@ -15,17 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intssm.errors import IntssmError
 from intssm.integer import cexport, mcu
-from intssm.integer.export import integer_model
 from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path
-from test_cexport import manifest_like, quantize
-from test_datapath import inputs, models, quant_configs
+from test_cexport import manifest_like, random_case
+from test_datapath import models, quant_configs
 from cli_helpers import assert_clean_error, intssm, ok_json
 
 needs_mcu = pytest.mark.skipif(not mcu.available() and not os.environ.get("CI"),
@@ -74,16 +72,8 @@ def test_default_model_bit_exact_on_cortex_m4(tmp_path):
 def test_random_models_bit_exact_on_mcu(m, qcfg, data, target):
     """Random small models and quantization configs (shared complex scales, dither, 16-bit formats
     included) on the emulated cores: the simulator's integers."""
-    L = data.draw(st.integers(1, 8))
-    P = data.draw(inputs(m.cfg.d_input, L))
-    calib = np.random.default_rng(0).random((3, L, m.cfg.d_input))
-    try:
-        qm, _ = quantize(m, qcfg, torch.from_numpy(calib))
-    except IntssmError as e:
-        assert "2**53" in str(e) or "too large" in str(e)
-        assume(False)
-    arrays = integer_model(qm)
-    n = len(qm.counters)
+    qm, arrays, P = random_case(m, qcfg, data, 8)
+    L, n = P.shape[1], len(qm.counters)
     with tempfile.TemporaryDirectory() as t:
         cexport.write_c(arrays, manifest_like(qm), Path(t))
         r = mcu.measure(mcu.build(Path(t), target, L), target, P, count_steps=1)
