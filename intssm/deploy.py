@@ -130,7 +130,7 @@ def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str) ->
     model = copy.deepcopy(im.qm.model).float()
     fdir = Path(out_dir) / "float32"
     cfloat.write_float_c(model, fdir)
-    n = min(len(P), 8)
+    n = min(len(P), 2)  # a few sequences check the float build; software float on an M3 is slow to emulate
     with torch.no_grad():
         ref = model(torch.from_numpy(P[:n].astype(np.float32) / 255.0), mode="recurrent").numpy()
     for t in ("cortex-m4f", "cortex-m3"):
