@@ -452,3 +452,20 @@ def test_memory_map_matches_compiled_object(smnist_build):
     gcc("sizeof.c", "-o", "sizeof", cwd=d)
     out = subprocess.run([str(d / "sizeof")], capture_output=True, text=True, check=True).stdout
     assert int(out) == cs["c_ram_bytes"]
+
+
+@needs_gcc
+def test_c_shifts_past_31_take_the_64bit_path(tmp_path):
+    """A site with shifts past 31 (here pooling, S = 40, M = 1): its bound, which includes the rounding
+    offset 2^(S-1), puts it on the 64-bit path with the wide rounding shift; the simulator's integers
+    under UBSan and with the portable shifts too."""
+    qm = _tiny()
+    a = integer_model(qm)
+    a["pool_M"], a["pool_S"] = np.ones_like(a["pool_M"]), np.full_like(a["pool_S"], 40)
+    w = cexport.site_widths(cexport.layout.validate(a, qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len), qm.dp.cfg, qm.dp.qcfg,
+                            qm.dp.seq_len)
+    assert w["pool"].acc64 and w["pool"].wide_shift
+    P = np.random.default_rng(0).integers(0, 256, (3, 5, 1)).astype(np.uint8)
+    for extra in ([], ["-DINTSSM_PORTABLE_SHIFTS"], UBSAN):
+        c = run_c(build_harness(a, manifest_like(qm), tmp_path, extra=extra), P, a, len(qm.counters))
+        check_against_simulator(a, True, len(qm.counters), P, c)

@@ -265,6 +265,7 @@ def site_widths(a: dict, cfg, qcfg, seq_len: int) -> dict:
                 b = sum(int(t) * int(M[k, c]) for k, t in enumerate(terms)) + bias * int(M[0, c])
                 post = max(post, (b + (1 << int(S[c]))) >> int(S[c]))
         tb = max(terms) + bias  # a term with its bias (sites with a bias have one term)
+        # the bound includes the rounding offset, 2^(S-1) (2^S - 1 dithered): a shift past 31 is int64 already
         out[kind] = SiteWidth(kind, tb, acc, smax, smin, tb > INT32_LIMIT, acc > INT32_LIMIT, post > 2**30)
     return out
 
