@@ -528,11 +528,12 @@ def export_c(
         _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
               as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant data)")
         return
-    from intssm.deploy import check_options, deploy
+    from intssm.deploy import check_options, deploy, load_case
 
     check_options(target, sequences, count_steps)
-    with progress_bar(f"{target} (emulated)", sequences, enabled=not as_json) as adv:
-        rep = deploy(model, out, target, sequences, count_steps, compare, progress=adv)
+    case = load_case(model, sequences)  # a bad model or dataset fails before any work
+    with progress_bar(f"{target} (emulated)", len(case[2]), enabled=not as_json) as adv:
+        rep = deploy(model, out, target, sequences, count_steps, compare, progress=adv, case=case)
     path = None
     if report:
         path = outputs.write_text(out / target / "report.json", json.dumps(rep, indent=1) + "\n")

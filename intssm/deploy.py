@@ -46,21 +46,29 @@ def check_options(target: str, sequences: int, count_steps: int) -> None:
         raise IntssmError(f"the {target} target needs the cross-compiler and the emulator ({mcu.INSTALL_HINT})")
 
 
-def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200, count_steps: int = 64,
-           compare: bool = False, progress=None) -> dict:
-    """Export, build, verify and measure ``model`` (any source :func:`intssm.sources.load` takes) for
-    ``target``; returns the report (see the module docstring)."""
+def load_case(model, sequences: int):
+    """(integer model, its test data, their input codes) for :func:`deploy`: everything it reads,
+    loaded and checked before any work (a bad model or dataset fails here)."""
     from intssm import data, sources
+
+    im = sources.load(model)
+    ds = data.load(im.dataset or "smnist", "test", sequences)
+    im.check_data(ds)
+    return im, ds, im.input_codes(ds)
+
+
+def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200, count_steps: int = 64,
+           compare: bool = False, progress=None, case=None) -> dict:
+    """Export, build, verify and measure ``model`` (any source :func:`intssm.sources.load` takes) for
+    ``target``; returns the report (see the module docstring). ``case``: :func:`load_case`'s result,
+    if already loaded."""
     from intssm.datapath import layout
     from intssm.integer import cexport, cost, mcu
     from intssm.integer.sim import simulate
 
     check_options(target, sequences, count_steps)
-    im = sources.load(model)
+    im, ds, P = case if case is not None else load_case(model, sequences)
     seq = im.dataset or "smnist"
-    ds = data.load(seq, "test", sequences)
-    im.check_data(ds)
-    P = im.input_codes(ds)
     lens = ds.lengths if ds.varlen else None
     L = P.shape[1]
     out_dir = Path(out_dir)

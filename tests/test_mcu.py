@@ -113,3 +113,5 @@ def test_cli_target_report_and_refusals(tmp_path):
     assert json.loads(Path(rep["report"]).read_text())["integer"]["instructions_per_step"] == rep["integer"]["instructions_per_step"]
     for args, msg in ((["--target", "pdp11"], "--target"), (["--report"], "--target"), (["--target", "cortex-m4", "--sequences", "0"], "--sequences")):
         assert_clean_error(intssm("export-c", CKPT / "paper-small-hetero.pt", "-o", tmp_path / "d", *args), msg)
+    # a missing model fails before any work: one error line, no progress bar
+    assert_clean_error(intssm("export-c", tmp_path / "missing.pt", "-o", tmp_path / "d", "--target", "cortex-m4"), "not found")
