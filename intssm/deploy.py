@@ -58,7 +58,7 @@ def load_case(model, sequences: int):
 
 
 def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200, count_steps: int = 64,
-           compare: bool = False, progress=None, case=None) -> dict:
+           compare: bool = False, progress=None, case=None, state_layout: str = "packed") -> dict:
     """Export, build, verify and measure ``model`` (any source :func:`intssm.sources.load` takes) for
     ``target``; returns the report (see the module docstring). ``case``: :func:`load_case`'s result,
     if already loaded."""
@@ -72,7 +72,7 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
     lens = ds.lengths if ds.varlen else None
     L = P.shape[1]
     out_dir = Path(out_dir)
-    cexport.write_c(im.arrays, im.description(), out_dir)
+    cexport.write_c(im.arrays, im.description(), out_dir, state_layout)
     desc = im.description()
     _, dims, cfg, qcfg, widths = cexport._check(im.arrays, desc)
     elf = mcu.build(out_dir, target, L)
@@ -97,7 +97,7 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
             "instructions_per_multiplication": rec["instructions_per_step"] / mults},
         "accounted": {"flash_bytes": mem["flash_bytes"], "ram_bytes": mem["ram_bytes"], "bytes": mem["bytes"],
                       "fp32_flash_bytes": mem["fp32_flash_bytes"], "fp32_bytes": mem["fp32_bytes"]},
-        "c_tables": cexport.c_storage(im.arrays, desc),
+        "c_tables": cexport.c_storage(im.arrays, desc, state_layout), "state_layout": state_layout,
         "sites": {k: {"term": "int64" if w.term64 else "int32", "accumulator": "int64" if w.acc64 else "int32",
                       "accumulator_bound_log2": round(float(np.log2(max(w.acc_bound, 1))), 2)}
                   for k, w in widths.items()},

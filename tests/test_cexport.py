@@ -123,8 +123,8 @@ def gcc(*args: str, cwd: Path, extra=()):
     assert r.returncode == 0, f"gcc {' '.join(args)} failed:\n{r.stderr[-4000:]}"
 
 
-def build_harness(arrays: dict, man: dict, d: Path, extra=()) -> Path:
-    cexport.write_c(arrays, man, d)
+def build_harness(arrays: dict, man: dict, d: Path, extra=(), state_layout: str = "packed") -> Path:
+    cexport.write_c(arrays, man, d, state_layout)
     (d / "harness.c").write_text(HARNESS)
     gcc("harness.c", "intssm_model.c", "-o", "harness", cwd=d, extra=extra)
     return d / "harness"
@@ -185,8 +185,11 @@ def random_case(m, qcfg, data, max_len: int, calib_scale: float = 1.0, seed: int
 def test_c_equals_simulator_random_models(m, qcfg, data):
     qm, arrays, P = random_case(m, qcfg, data, 12, data.draw(st.sampled_from([0.3, 1.0])))
     n = len(qm.counters)
+    layout_ = data.draw(st.sampled_from(cexport.STATE_LAYOUTS))
+    if max(int(arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
+        layout_ = "packed"  # unsigned 16-bit state codes do not fit a signed half
     with tempfile.TemporaryDirectory() as t:
-        c = run_c(build_harness(arrays, manifest_like(qm), Path(t)), P, arrays, n)
+        c = run_c(build_harness(arrays, manifest_like(qm), Path(t), state_layout=layout_), P, arrays, n)
     check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
 
 

@@ -67,15 +67,35 @@ def test_default_model_bit_exact_on_cortex_m4(tmp_path):
 
 
 @needs_mcu
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m3"])
+def test_shared_scale_model_with_16bit_halves(tmp_path, target):
+    """The shipped shared-scale model with the state as 16-bit halves: on the Cortex-M4 the complex
+    product runs on the DSP extension's dual multiplies (SMUSD, SMUADX; SSAT clamps), on the M3 in
+    portable C; both give the simulator's integers on real sequences."""
+    from intssm.deploy import deploy
+
+    rep = deploy(CKPT / "paper-small-hetero-shared.pt", tmp_path, target, sequences=8, count_steps=2,
+                 state_layout="halves")
+    assert "error" not in rep and rep["integer"]["bit_exact_sequences"] == 8 and rep["shared_update"]
+    dis = mcu._disassembly(Path(rep["elf"]))
+    mnemonics = {m for _, m, _, _ in dis.values()}
+    assert ({"smusd", "smuadx", "ssat"} <= mnemonics) == (target == "cortex-m4")
+    assert rep["integer"]["bss"] >= 4 * 512  # 16 + 16 bits per mode
+
+
+@needs_mcu
 @settings(max_examples=4)
-@given(models(max_layers=2), quant_configs(), st.data(), st.sampled_from(["cortex-m4", "cortex-m3"]))
-def test_random_models_bit_exact_on_mcu(m, qcfg, data, target):
+@given(models(max_layers=2), quant_configs(), st.data(), st.sampled_from(["cortex-m4", "cortex-m3"]),
+       st.sampled_from(cexport.STATE_LAYOUTS))
+def test_random_models_bit_exact_on_mcu(m, qcfg, data, target, state_layout):
     """Random small models and quantization configs (shared complex scales, dither, 16-bit formats
     included) on the emulated cores: the simulator's integers."""
     qm, arrays, P = random_case(m, qcfg, data, 8)
     L, n = P.shape[1], len(qm.counters)
+    if state_layout == "halves" and max(int(arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
+        state_layout = "packed"  # unsigned 16-bit state codes do not fit a signed half
     with tempfile.TemporaryDirectory() as t:
-        cexport.write_c(arrays, manifest_like(qm), Path(t))
+        cexport.write_c(arrays, manifest_like(qm), Path(t), state_layout)
         r = mcu.measure(mcu.build(Path(t), target, L), target, P, count_steps=1)
     lg, cnt, _ = simulate(arrays, P, m.cfg.pool == "mean", n)
     assert np.array_equal(r["logits"], lg) and np.array_equal(r["counters"], cnt)

@@ -142,8 +142,16 @@ class Plan:
         return native + (self.blob_bytes + WINDOW_PAD if self.blob_bytes else 0)
 
 
-def plan(a: dict, qcfg) -> Plan:
+#: How the state is held: ``packed`` at its bit widths (the accounted bytes), or ``halves``: each
+#: mode's Re and Im codes as the two 16-bit halves of a word, which a Cortex-M4's dual 16-bit
+#: multiplies (SMUSD, SMUADX) read directly (faster; more RAM when the state is narrower than 16 bits).
+STATE_LAYOUTS = ("packed", "halves")
+
+
+def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
     """The storage of model ``a`` (validated arrays) for quant config ``qcfg``."""
+    if state_layout not in STATE_LAYOUTS:
+        raise IntssmError(f"state layout must be one of {', '.join(STATE_LAYOUTS)}, got {state_layout!r}")
     stores, offset = {}, 0
     fields = {k: (width_of(*declared_range(k, qcfg)), int(a[k].size)) for k in TABLES}
     rec_fields, bit = [], 0
@@ -175,6 +183,11 @@ def plan(a: dict, qcfg) -> Plan:
     qr = a["qrange"]
     (wr, sr), (wi, si) = width_of(int(qr[layout.R_XRE, 0]), int(qr[layout.R_XRE, 1])), \
         width_of(int(qr[layout.R_XIM, 0]), int(qr[layout.R_XIM, 1]))
+    if state_layout == "halves":  # 16-bit halves hold every code (formats have at most 16 bits)
+        wr = wi = 16
+        sr = si = True  # sign-extended halves (an unsigned 16-bit code does not fit; refused below)
+        if int(qr[layout.R_XRE, 1]) > 32767 or int(qr[layout.R_XIM, 1]) > 32767:
+            raise IntssmError("state layout 'halves' needs signed 16-bit state codes; this state is unsigned 16-bit")
     rx = wr + wi
     # a mode's state: packed at rx bits when whole records do not fill bytes (and one window holds
     # one), else in whole bytes
@@ -478,6 +491,23 @@ void intssm_state_x(const intssm_state *s, int i, int hh, int n, int32_t *x_re, 
 
 
 _HELPERS = r"""
+/* 1 where the compiler offers the Armv7E-M DSP extension's dual 16-bit multiplies (Cortex-M4, M7,
+ * M33): the shared-scale state update with the state as 16-bit halves uses them (ACLE intrinsics). */
+#if (defined(__ARM_FEATURE_SIMD32) || defined(__ARM_FEATURE_SAT)) && !defined(INTSSM_NO_DSP)
+#include <arm_acle.h>
+#endif
+#if defined(__ARM_FEATURE_SIMD32) && !defined(INTSSM_NO_DSP)
+#define INTSSM_DSP 1
+#else
+#define INTSSM_DSP 0
+#endif
+/* SATB(v, b, cnt): sat() for the full b-bit signed range, with SSAT where the core has it. */
+#if defined(__ARM_FEATURE_SAT) && !defined(INTSSM_NO_DSP)
+#define SATB(v, b, cnt) ssat_count_((v), __ssat((v), (b)), (cnt))
+#else
+#define SATB(v, b, cnt) sat((v), -(INT32_C(1) << ((b) - 1)), (INT32_C(1) << ((b) - 1)) - 1, (cnt))
+#endif
+
 /* Two's-complement bits to value: (int32_t)r for r < 2^31, else r - 2^32 (no implementation-defined
  * conversion; compilers emit no instruction for it). */
 static inline int32_t as_i32(uint32_t r)
@@ -494,7 +524,11 @@ static inline uint32_t rd32(const uint8_t *p)
 }
 #define WINDOW(off, bit) (rd32(intssm_bits + (off) + ((bit) >> 3)) >> ((bit) & 7u))
 #define UX(v, w) ((int32_t)((v) & ((UINT32_C(1) << (w)) - 1u)))
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(INTSSM_PORTABLE_SHIFTS)
+#define SX(v, w) ((int32_t)((uint32_t)(v) << (32 - (w))) >> (32 - (w)))  /* SBFX / ASR */
+#else
 #define SX(v, w) (as_i32((((v) & ((UINT32_C(1) << (w)) - 1u)) ^ (UINT32_C(1) << ((w) - 1))) - (UINT32_C(1) << ((w) - 1))))
+#endif
 
 /* Rounding shifts: floor((v + d) / 2^s), which is round half up for d = 2^(s-1) (exactly
  * intssm.datapath.fixedpoint.rounding_rshift) and the state's rounding for any d in [0, 2^s)
@@ -553,6 +587,18 @@ static inline int32_t sat(int32_t v, int32_t lo, int32_t hi, uint32_t *cnt)
         return hi;
     }
     return v;
+}
+/* ssat_count_: the count beside SSAT's clamp; the increment is the rare path (out of line). */
+#if defined(__GNUC__) || defined(__clang__)
+#define INTSSM_RARE(c) __builtin_expect(!!(c), 0)
+#else
+#define INTSSM_RARE(c) (c)
+#endif
+static inline int32_t ssat_count_(int32_t v, int32_t clamped, uint32_t *cnt)
+{
+    if (INTSSM_RARE(clamped != v))
+        ++*cnt;
+    return clamped;
 }
 
 /* The dither offset of lane j at step phase ph, for shifts s in [0, 32]:
@@ -622,6 +668,22 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
         # bounds), then one multiplier; the x_im tables equal the x_re ones (shared_update)
         ct = "int64_t" if wxr.term64 or 2 * wxr.term_bound > INT32_LIMIT else "int32_t"
         cplx = f"const {ct} pr = ({ct})ar * xr - ({ct})ai * xi, pi = ({ct})ar * xi + ({ct})ai * xr;"
+        zero = lambda k: p.stores[k].kind == "fold" and p.stores[k].value == 0  # noqa: E731
+        if ct == "int32_t" and x["bits"] == 32 and x["wr"] == x["wi"] == 16 and all(
+                zero(k) for k in ("x_re_z", "x_im_z", "A_re_z", "A_im_z")):
+            # the state word is (x_re, x_im) as 16-bit halves: with the DSP extension, two dual
+            # 16-bit multiplies form the complex product (SMUSD: lo*lo - hi*hi, SMUADX: lo*hi + hi*lo)
+            a2 = "((uint32_t)ar & 0xffffu) | ((uint32_t)ai << 16)"
+            f = {k: (fw, b) for k, fw, _, b in (p.record["fields"] if p.record else [])}
+            if f.get("A_re") == (8, 0) and f.get("A_im") == (8, 8):
+                # byte 1 of the record moved to byte 2, then SXTB16 sign-extends bytes 0 and 2
+                a2 = "(uint32_t)__sxtb16((int32_t)((rec & 0xffffu) | (rec << 8)))"
+            cplx = ("#if INTSSM_DSP\n"
+                    f"const uint32_t a2 = {a2};  /* (Are, Aim) as 16-bit halves */\n"
+                    "const int32_t pr = __smusd((int16x2_t)as_i32(a2), (int16x2_t)as_i32(xw)), "
+                    "pi = __smuadx((int16x2_t)as_i32(a2), (int16x2_t)as_i32(xw));\n"
+                    "(void)xr, (void)xi, (void)ar, (void)ai;\n"
+                    "#else\n" + cplx + "\n#endif")
         acc_r = _mac(wxr, [("+", "pr", "mr0"), ("+", "br * u", "mr2")])
         acc_i = _mac(wxi, [("+", "pi", "mr0"), ("+", "bi * u", "mr2")])
         if not wxr.acc64 and not wxi.acc64 and ct == "int32_t":
@@ -640,6 +702,13 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
         if half:  # floor((acc + 2^(s-1)) / 2^s) = floor((floor(acc / 2^(s-1)) + 1) / 2), s >= 1
             return f"RQH{'64' if ws.acc64 else '32'}({acc}, s{sp}1)"
         return _rq(ws, acc, f"d{sp}" if not dither else f"d{part}", f"s{sp}")
+
+    def satx(row: str, qr: tuple, v: str, c: int) -> str:
+        """The state's clamp and count; SSAT where the code range is a full signed width."""
+        b = qr[1].bit_length() + 1
+        if qr == (-(1 << (b - 1)), (1 << (b - 1)) - 1):
+            return f"SATB({v}, {b}, &cnt[base + {c}])"
+        return f"sat({v}, QMIN_{row}, QMAX_{row}, &cnt[base + {c}])"
 
     def mode(rec: str | None, n: str, ind: str, xaddr: str, xsh: str, xpre: str | None = None) -> str:
         """One mode's update; ``rec`` the expression of its packed record (None: tables), ``n`` its
@@ -661,14 +730,14 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
                 f"const int32_t xi = {xi_rd} - zi;",
                 "int32_t nr, ni;",
                 "/* x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u */",
-                *([cplx] if cplx else []),
+                *(cplx.split("\n") if cplx else []),
                 f"const {_acc_t(wxr)} acc_r = {acc_r};",
                 f"const {_acc_t(wxi)} acc_i = {acc_i};"]
         if dither:  # lanes j = ((2 i + part) H + hh) N2 + n
             out += [f"const {_acc_t(wxr)} dr = weyl_offset(s->phase, (uint32_t)(((2 * i) * INTSSM_H + hh) * INTSSM_N2 + {n}), sr);",
                     f"const {_acc_t(wxi)} di = weyl_offset(s->phase, (uint32_t)(((2 * i + 1) * INTSSM_H + hh) * INTSSM_N2 + {n}), si);"]
-        out += [f"nr = sat({rounding(wxr, 'acc_r', 'r', half_r)} + zr, QMIN_XRE, QMAX_XRE, &cnt[base + {layout.C_XRE}]);",
-                f"ni = sat({rounding(wxi, 'acc_i', 'i', half_i)} + zi, QMIN_XIM, QMAX_XIM, &cnt[base + {layout.C_XIM}]);",
+        out += [f"nr = {satx('XRE', dims['QR_X_RE'], rounding(wxr, 'acc_r', 'r', half_r) + ' + zr', layout.C_XRE)};",
+                f"ni = {satx('XIM', dims['QR_X_IM'], rounding(wxi, 'acc_i', 'i', half_i) + ' + zi', layout.C_XIM)};",
                 f"xw = {pack};"]
         out = [ind + ln for ln in out] + [x_store(xaddr, xsh, ind, xpre)]
         out += [f"{ind}ty1 += ({ty_t})(nr - zr) * cr;", f"{ind}ty2 += ({ty_t})(ni - zi) * ci;"]
@@ -943,7 +1012,7 @@ int main(void)
 """
 
 
-def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
+def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str = "packed") -> list[Path]:
     """Write ``intssm_model.h``, ``intssm_model.c`` and ``main.c`` into ``out_dir`` (each atomically);
     returns the paths written. An existing ``main.c`` that is not the generated example is kept.
 
@@ -954,7 +1023,7 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
     """
     a, dims, _, qcfg, widths = _check(arrays, manifest_like)
     out_dir = outputs.check_dir(out_dir, what="C export directory")
-    p = plan(a, qcfg)
+    p = plan(a, qcfg, state_layout)
     dims["X_BYTES"] = state_bytes(p, dims["LAYERS"] * dims["H"] * dims["N2"])
     dither = qcfg.state_rounding == "dither"
     files = {H_FILE: _header(dims, layout.counter_names(dims["LAYERS"]), widths, p, dither, manifest_like.get("input")),
@@ -969,13 +1038,13 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def c_storage(arrays: dict, manifest_like: dict) -> dict:
+def c_storage(arrays: dict, manifest_like: dict, state_layout: str = "packed") -> dict:
     """Bytes the C export occupies: flash = its constant data (.rodata: :attr:`Plan.flash_bytes`,
     alignment padding not included), RAM = one ``intssm_state`` (the only mutable memory of the
     model; .data and .bss are empty), exact for ABIs that align int32 to 4 and int64 to 8 bytes
     (AAPCS, x86-64). The stack a step needs comes on top (measured by ``intssm export-c --target``)."""
     a, dims, _, qcfg, _ = _check(arrays, manifest_like)
-    p = plan(a, qcfg)
+    p = plan(a, qcfg, state_layout)
     n = dims["LAYERS"] * dims["H"] * dims["N2"]
     size = (4 if qcfg.state_rounding == "dither" else 0) + state_bytes(p, n)
     pool_align = 8 if dims["POOL_T"] == "int64_t" else 4
