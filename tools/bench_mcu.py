@@ -2,7 +2,8 @@
 model: bytes, instructions and estimated cycles per step, milliseconds per sequence at 80 MHz.
 Prints the Markdown table of docs/deploy.md and writes the full reports as JSON.
 
-    python tools/bench_mcu.py                     # the default and its shared-scale twin, ~3 minutes
+    python tools/bench_mcu.py                     # the default and its shared-scale twin (packed state, and
+                                                  # the state as 16-bit halves), ~4 minutes
     python tools/bench_mcu.py --models paper-small-hetero.pt --sequences 50 --out mcu.json
 
 Each model: the C export built for a Cortex-M4 and a Cortex-M3 (integer), its float parent's
@@ -25,12 +26,13 @@ sys.path.insert(0, str(ROOT))
 from intssm.deploy import deploy  # noqa: E402
 from intssm.outputs import check_file, write_text  # noqa: E402
 
-DEFAULT = "paper-small-hetero.pt,paper-small-hetero-shared.pt"
+DEFAULT = "paper-small-hetero.pt,paper-small-hetero-shared.pt,paper-small-hetero-shared.pt:halves"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=DEFAULT, help="checkpoints in data/checkpoints (comma-separated) or paths")
+    ap.add_argument("--models", default=DEFAULT, help="checkpoints in data/checkpoints (comma-separated) or paths, "
+                    "each optionally :halves (the state layout of export-c --state-layout)")
     ap.add_argument("--sequences", type=int, default=20, help="test sequences each integer build must reproduce")
     ap.add_argument("--count-steps", type=int, default=64, help="steps over which instructions are counted")
     ap.add_argument("--out", type=Path, default=None, help="write every report as one JSON file")
@@ -38,13 +40,16 @@ def main():
     if a.out is not None:
         check_file(a.out, what="--out", suffix=".json")
     rows, reports = [], {}
-    for name in a.models.split(","):
+    for item in a.models.split(","):
+        name, _, state_layout = item.partition(":")
+        state_layout = state_layout or "packed"
         path = Path(name) if Path(name).exists() else ROOT / "data" / "checkpoints" / name
         with tempfile.TemporaryDirectory() as t:
-            rep = deploy(path, Path(t), "cortex-m4", a.sequences, a.count_steps, compare=True)
+            rep = deploy(path, Path(t), "cortex-m4", a.sequences, a.count_steps, compare=True, state_layout=state_layout)
         if "error" in rep:
             sys.exit(f"error: {path.name}: {rep['error']}")
-        reports[path.name] = rep
+        label = path.stem + ("" if state_layout == "packed" else f", state as {state_layout}")
+        reports[label] = rep
         acc = rep["accounted"]
         i, c = rep["integer"], rep["compare"]
         builds = [("int, Cortex-M4", i), ("int, Cortex-M3", c["integer cortex-m3"]),
@@ -52,9 +57,9 @@ def main():
         for what, m in builds:
             if not isinstance(m, dict):
                 continue
-            rows.append(f"| {path.stem} | {what} | {m['text']} | {m['rodata']} | {m['bss'] + m['data']} + {m['stack_peak_bytes']} | "
+            rows.append(f"| {label} | {what} | {m['text']} | {m['rodata']} | {m['bss'] + m['data']} + {m['stack_peak_bytes']} | "
                         f"{m['instructions_per_step']:,.0f} | {m['cycles_per_step']:,.0f} | {m['ms_per_sequence_at_80mhz']:,.0f} |")
-        print(f"{path.name}: {i['bit_exact_sequences']}/{i['sequences']} bit-exact on the Cortex-M4; accounted "
+        print(f"{label}: {i['bit_exact_sequences']}/{i['sequences']} bit-exact on the Cortex-M4; accounted "
               f"{acc['flash_bytes']} B flash + {acc['ram_bytes']} B RAM (float32 {acc['fp32_flash_bytes']} + "
               f"{acc['fp32_bytes'] - acc['fp32_flash_bytes']}); {i['multiplications_per_step']} multiplications per step; "
               f"64-bit sites: {', '.join(rep['sites_64bit']) or 'none'}; shared update: {rep['shared_update']}", flush=True)
