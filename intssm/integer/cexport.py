@@ -201,13 +201,12 @@ def state_bytes(p: Plan, n_modes: int) -> int:
     return -(-n_modes * p.x["bits"] // 8) + WINDOW_PAD
 
 
-def table_layout(arrays: dict, qcfg=None) -> dict:
-    """name -> (storage, element count, bytes) of every constant table :func:`write_c` emits; storage
-    is a C type, ``bits:W`` (packed at W bits), ``record`` (in the packed per-mode record) or ``folded``."""
+def table_layout(arrays: dict, qcfg) -> dict:
+    """name -> (storage, element count, bytes) of every constant table :func:`write_c` emits for
+    quant config ``qcfg`` (a QuantConfig or its dict); storage is a C type, ``bits:W`` (packed at W
+    bits), ``record:W`` (W bits of the packed per-mode record) or ``folded``."""
     from intssm.datapath.qspec import QuantConfig
 
-    if qcfg is None:
-        raise IntssmError("table_layout needs the quant config")
     p = plan(arrays, qcfg if isinstance(qcfg, QuantConfig) else QuantConfig.from_dict(qcfg))
     out = {}
     for k in TABLES:
