@@ -522,11 +522,11 @@ def export_c(
     from intssm.integer import cexport
 
     outputs.check_dir(out, inputs=[model], what="--out")
+    if state_layout not in cexport.STATE_LAYOUTS:
+        raise IntssmError(f"--state-layout must be one of {', '.join(cexport.STATE_LAYOUTS)}, got {state_layout!r}")
     if target == "host":
         if report or compare:
             raise IntssmError("--report and --compare need --target cortex-m4 or cortex-m3")
-        if state_layout not in cexport.STATE_LAYOUTS:
-            raise IntssmError(f"--state-layout must be one of {', '.join(cexport.STATE_LAYOUTS)}, got {state_layout!r}")
         im = sources.load(model)
         files = cexport.write_c(im.arrays, im.description(), out, state_layout)
         ro = cexport.rodata_bytes_estimate(im.arrays, im.qcfg)
@@ -536,8 +536,6 @@ def export_c(
     from intssm.deploy import check_options, deploy, load_case
 
     check_options(target, sequences, count_steps)
-    if state_layout not in cexport.STATE_LAYOUTS:
-        raise IntssmError(f"--state-layout must be one of {', '.join(cexport.STATE_LAYOUTS)}, got {state_layout!r}")
     case = load_case(model, sequences)  # a bad model or dataset fails before any work
     with progress_bar(f"{target} (emulated)", len(case[2]), enabled=not as_json) as adv:
         rep = deploy(model, out, target, sequences, count_steps, compare, progress=adv, case=case, state_layout=state_layout)
@@ -550,7 +548,7 @@ def export_c(
 
 
 def _deploy_text(r: dict, path) -> str:
-    i, a, c = r["integer"], r["accounted"], r["c_tables"]
+    i, a = r["integer"], r["accounted"]
     lines = [f"{r['model']} on an emulated {r['target']} ({r['elf']})",
              f"  bit-exact with the simulator: {i['bit_exact_sequences']} / {i['sequences']} test sequences "
              f"(logits, saturation counters, final state)",

@@ -282,8 +282,9 @@ def site_widths(a: dict, cfg, qcfg, seq_len: int) -> dict:
     return out
 
 
-def _check(arrays: dict, manifest_like: dict):
-    """The arrays re-proved by :func:`intssm.datapath.layout.validate` (int64), the dimensions, and the configs."""
+def check(arrays: dict, manifest_like: dict):
+    """(arrays re-proved by :func:`intssm.datapath.layout.validate` (int64), dimensions, model config,
+    quant config, :func:`site_widths`) of a model for the C export; IntssmError if it cannot be exported."""
     from intssm.datapath.modelconfig import ModelConfig
     from intssm.datapath.qspec import QuantConfig
 
@@ -321,16 +322,18 @@ def _input_note(iq: dict | None) -> str:
 
 # ------------------------------------------------------------------------------ generated C ---
 
-def _init(v, indent: str = "    ", per_line: int = 16) -> str:
-    """A brace-nested C initializer for ``v`` (one brace level per dimension)."""
+def c_initializer(v, indent: str = "", per_line: int = 16, fmt=None) -> str:
+    """A brace-nested C initializer for ``v`` (one brace level per dimension); ``fmt`` writes one
+    value (default: an integer constant, :func:`_lit`)."""
+    fmt = fmt or (lambda x: _lit(int(x)))
     v = np.asarray(v)
     if v.ndim == 1:
-        vals = [_lit(int(x)) for x in v]
+        vals = [fmt(x) for x in v]
         lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
         if len(lines) <= 1:
             return "{" + (lines[0] if lines else "") + "}"
         return "{\n" + ",\n".join(indent + "    " + ln for ln in lines) + "\n" + indent + "}"
-    inner = [_init(x, indent + "    ", per_line) for x in v]
+    inner = [c_initializer(x, indent + "    ", per_line, fmt) for x in v]
     return "{\n" + ",\n".join(indent + "    " + s for s in inner) + "\n" + indent + "}"
 
 
@@ -965,7 +968,7 @@ def _source(a: dict, p: Plan, w: dict, dims: dict) -> str:
     for st in native:
         v = a[st.name]
         out.append(f"/* {st.name}: {st.count} x {st.ctype} = {st.nbytes} bytes */\n"
-                   f"INTSSM_TABLE static const {st.ctype} {st.name}{''.join(f'[{s}]' for s in v.shape)} = {_init(v, '')};\n")
+                   f"INTSSM_TABLE static const {st.ctype} {st.name}{''.join(f'[{s}]' for s in v.shape)} = {c_initializer(v)};\n")
     blob = _blob(a, p)
     lines = [f"/* {st.name}: {st.count} x {st.width} bits at byte {st.offset} */" for st in packed]
     if p.record:
@@ -973,7 +976,7 @@ def _source(a: dict, p: Plan, w: dict, dims: dict) -> str:
         desc = ", ".join(f"{f} ({w} bits)" for f, w, _, _ in r["fields"])
         lines.insert(0, f"/* one {r['bits']}-bit record per mode at byte {r['offset']}: {desc} */")
     out.append("\n".join(lines))
-    out.append(f"INTSSM_TABLE static const uint8_t intssm_bits[{len(blob)}] = {_init(np.frombuffer(blob, np.uint8), '')};\n")
+    out.append(f"INTSSM_TABLE static const uint8_t intssm_bits[{len(blob)}] = {c_initializer(np.frombuffer(blob, np.uint8))};\n")
     out.append(_accessors(a, p))
     out.append(_HELPERS)
     out.append(_body(p, w, dims, bool(a['x_dither'][0]), shared_update(a)))
@@ -1020,7 +1023,7 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str 
     d_input, d_output, pool), ``quant_config``, ``seq_len``, ``counters`` and optionally ``input``
     (the input quantizer of float data, described in the header).
     """
-    a, dims, _, qcfg, widths = _check(arrays, manifest_like)
+    a, dims, _, qcfg, widths = check(arrays, manifest_like)
     out_dir = outputs.check_dir(out_dir, what="C export directory")
     p = plan(a, qcfg, state_layout)
     dims["X_BYTES"] = state_bytes(p, dims["LAYERS"] * dims["H"] * dims["N2"])
@@ -1042,7 +1045,7 @@ def c_storage(arrays: dict, manifest_like: dict, state_layout: str = "packed") -
     alignment padding not included), RAM = one ``intssm_state`` (the only mutable memory of the
     model; .data and .bss are empty), exact for ABIs that align int32 to 4 and int64 to 8 bytes
     (AAPCS, x86-64). The stack a step needs comes on top (measured by ``intssm export-c --target``)."""
-    a, dims, _, qcfg, _ = _check(arrays, manifest_like)
+    a, dims, _, qcfg, _ = check(arrays, manifest_like)
     p = plan(a, qcfg, state_layout)
     n = dims["LAYERS"] * dims["H"] * dims["N2"]
     size = (4 if qcfg.state_rounding == "dither" else 0) + state_bytes(p, n)

@@ -48,18 +48,14 @@ class Target:
     name: str
     cflags: tuple
     cpu: str  # Unicorn CPU model (unicorn.arm_const.UC_CPU_ARM_*)
-    fpu: bool
     cycles: str  # key of CYCLES
-    note: str
 
 
 TARGETS = {
-    "cortex-m4": Target("cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft"), "UC_CPU_ARM_CORTEX_M4", False,
-                        "m4", "Cortex-M4 (ARMv7E-M, DSP extension), no FPU used"),
+    "cortex-m4": Target("cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft"), "UC_CPU_ARM_CORTEX_M4", "m4"),
     "cortex-m4f": Target("cortex-m4f", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
-                         "UC_CPU_ARM_CORTEX_M4", True, "m4", "Cortex-M4F (single-precision FPU, hard-float ABI)"),
-    "cortex-m3": Target("cortex-m3", ("-mcpu=cortex-m3", "-mthumb"), "UC_CPU_ARM_CORTEX_M3", False,
-                        "m3", "Cortex-M3 (ARMv7-M, no DSP, no FPU: float in software)"),
+                         "UC_CPU_ARM_CORTEX_M4", "m4"),
+    "cortex-m3": Target("cortex-m3", ("-mcpu=cortex-m3", "-mthumb"), "UC_CPU_ARM_CORTEX_M3", "m3"),
 }
 
 #: Cycles per instruction class, zero wait states. Cortex-M4 Technical Reference Manual (ARM DDI
@@ -288,9 +284,9 @@ class Emulator:
     def write(self, name: str, arr: np.ndarray) -> None:
         self.uc.mem_write(self.addr(name), np.ascontiguousarray(arr).tobytes())
 
-    def read(self, name: str, dtype, count: int, offset: int = 0) -> np.ndarray:
+    def read(self, name: str, dtype, count: int) -> np.ndarray:
         dt = np.dtype(dtype)
-        return np.frombuffer(bytes(self.uc.mem_read(self.addr(name) + offset, dt.itemsize * count)), dtype=dt).copy()
+        return np.frombuffer(bytes(self.uc.mem_read(self.addr(name), dt.itemsize * count)), dtype=dt).copy()
 
     def paint_stack(self) -> None:
         self.uc.mem_write(self.bss_end, bytes([PAINT]) * (self.stack_top - self.bss_end))
