@@ -4,7 +4,7 @@ what they cost.
 ``data/checkpoints/MODELS.json`` lists them; ``tools/models.py`` measures every number in it
 (accuracy by the integer simulator or the float model on the whole test set, bytes by the cost
 model and the C export's layout) and ``intssm models`` prints it. The other checkpoints in
-``data/checkpoints/`` are the steps of the studies in docs/results.md.
+``data/checkpoints/`` are inputs of the studies in docs/results.md and of the benchmarks in tools/.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ CURATED = {
               "paper-small with Ā and the state at 6 bits (asymmetric Ā, dithered and equalized state), 8-bit weights and activations",
               "intssm qat data/checkpoints/paper-small-seed7-fp32.pt --config docs/configs/progressive/hetero-A6asym-x6-dither-a8-BCD8.json "
               "--param frozen --epochs 8 --distill 0.5 --ema 0.999 --equalize 1, then 6 epochs at lr 3e-4 (its log)"),
+    "ptq": ("paper-small-w8a8-state12.pt", "smnist",
+            "paper-small, post-training quantization only (preset w8a8-state12): 8-bit weights and activations, "
+            "Ā and the state 12-bit per head",
+            "intssm ptq data/checkpoints/paper-small-fp32.pt --config w8a8-state12"),
     "base-float": ("base-fp32.pt", "smnist", "base (4 layers, d_model 64) float32",
                    "intssm train --preset base --epochs 30 --max-minutes 7.5 --device cuda"),
     "base": ("base-x6-eq.pt", "smnist", "base with a 6-bit dithered, equalized state, 3-bit weights",

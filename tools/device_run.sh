@@ -4,8 +4,8 @@
 # whole batch ends within ~9 minutes; each run's log is kept beside its result.
 #   GPU : float training (convolution mode) of the d_model 32/64/128 variants of paper-small,
 #         of `base`, and of two more seeds of paper-small
-#   CPU : part c of the study (QAT, 3 parameterisations x Abar/x bits 2..8) on 7 processes; more QAT
-#         epochs of the shipped heterogeneous model; QAT of w8a8-state6 (Abar and x at 6 bits)
+#   CPU : part c of the study (QAT, 3 parameterisations x Abar/x bits 2..8) on 7 processes; QAT of
+#         w8a8-state6 (Abar and x at 6 bits) from the seed-0 float model
 set -u
 W=${W:-runs/device}
 mkdir -p "$W/ck" "$W/log"
@@ -32,8 +32,6 @@ echo "warm-up done at +$(( $(date +%s) - T0 )) s" | tee -a "$W/log/gpu.txt"
 LEFT=$(( ${BUDGET:-500} - ($(date +%s) - T0) ))
 M=$(python3 -c "print(round(($LEFT - 75) / 60, 2))")
 
-OMP_NUM_THREADS=4 NUMBA_NUM_THREADS=4 timeout $LEFT $PY -m intssm qat data/checkpoints/paper-small-hetero-x8.pt -o "$W/ck/hetero-cont.pt" \
-  --param discrete --epochs 6 --lr 3e-4 --max-minutes "$M" --json >"$W/log/hetero-cont.json" 2>"$W/log/hetero-cont.log" &
 OMP_NUM_THREADS=3 NUMBA_NUM_THREADS=3 timeout $LEFT $PY -m intssm qat data/checkpoints/paper-small-fp32.pt -o "$W/ck/state6.pt" \
   --config w8a8-state6 --param discrete --epochs 5 --max-minutes "$M" --json >"$W/log/state6.json" 2>"$W/log/state6.log" &
 CM=$(python3 -c "print(round(($LEFT - 60) / 3 / 60 - 0.6, 2))")

@@ -4,8 +4,8 @@
 # it there. Every run has a time budget so the whole batch ends within BUDGET seconds (default 540).
 #   GPU : float training (convolution mode) of paper-small, seeds 3..8, the recipe of seeds 0..2
 #         then a 3-epoch frozen-Abar QAT screen from each, on the core its training frees
-#   CPU : QAT with frozen Abar from the seed-2 float model (the recipe of
-#         data/checkpoints/paper-small-hetero-6x-x12-frozen.pt), one core per run:
+#   CPU : QAT with frozen Abar from the seed-2 float model (the default's recipe, hetero-3b-x12,
+#         from seed 2), one core per run:
 #         four more QAT seeds, and three configs that spend the slack between 6.36x and 6x
 #         (B-bar 4 bits, C-bar 4 bits, mixing 6 bits), two seeds each.
 # Dry run on a machine without a GPU: DEV=cpu BUDGET=200 LIMIT=640 EPOCHS=1 W=runs/devtest tools/device_sweep.sh
