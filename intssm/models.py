@@ -31,7 +31,7 @@ CURATED = {
                        "--param frozen --epochs 8 --lr 1e-3 --distill 0.5 --ema 0.999"),
     "a6-x6": ("paper-small-hetero-A6asym-x6-eq.pt", "smnist",
               "paper-small with Ā and the state at 6 bits (asymmetric Ā, dithered and equalized state), 8-bit weights and activations",
-              "intssm qat data/checkpoints/paper-small-seed7-fp32.pt --config docs/configs/progressive/hetero-A6asym-x6-dither-a8-BCD8.json "
+              "intssm qat data/checkpoints/paper-small-seed7-fp32.pt --config a6asym-x6-dither "
               "--param frozen --epochs 8 --distill 0.5 --ema 0.999 --equalize 1, then 6 epochs at lr 3e-4 (its log)"),
     "ptq": ("paper-small-w8a8-state12.pt", "smnist",
             "paper-small, post-training quantization only (preset w8a8-state12): 8-bit weights and activations, "

@@ -77,3 +77,18 @@ def test_default_model_config_is_a_named_preset():
     assert get_config(str(root / "docs/configs/progressive/hetero-x10-6x-x12.json")) == PRESETS["hetero-3b-x12"]
     ck = checkpoint.load_raw(root / "data/checkpoints/paper-small-hetero.pt")
     assert QuantConfig.from_dict(dict(ck["qspec"]["quant_config"])) == PRESETS["hetero-3b-x12"]
+
+
+def test_a6_x6_model_config_is_a_named_preset():
+    """The curated a6-x6 model was trained with docs/configs/progressive/hetero-A6asym-x6-dither-a8-BCD8.json,
+    which is the preset a6asym-x6-dither, and its checkpoint stores that config."""
+    from pathlib import Path
+
+    from intssm.datapath.qspec import PRESETS, QuantConfig, get_config
+    from intssm.training import checkpoint
+
+    root = Path(__file__).resolve().parent.parent
+    p = PRESETS["a6asym-x6-dither"]
+    assert get_config(str(root / "docs/configs/progressive/hetero-A6asym-x6-dither-a8-BCD8.json")) == p
+    ck = checkpoint.load_raw(root / "data/checkpoints/paper-small-hetero-A6asym-x6-eq.pt")
+    assert QuantConfig.from_dict(dict(ck["qspec"]["quant_config"])) == p

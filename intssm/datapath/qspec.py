@@ -295,6 +295,15 @@ PRESETS["hetero-3b-x12-shared"] = replace(PRESETS["hetero-3b-x12"], complex_scal
 # the small increments that rounding half up loses at 8 bits (96.54% after QAT; docs/results.md)
 PRESETS["hetero-3b-x8-dither"] = replace(PRESETS["hetero-3b-x10"], x_re=QFormat(8, per_channel=True),
                                          x_im=QFormat(8, per_channel=True), state_rounding="dither")
+# Abar and the state at 6 bits (the curated a6-x6 model, 96.19% after frozen-Abar QAT with --equalize 1):
+# Abar asymmetric per head (6-bit codes and a zero point), the state dithered; Bbar, C, D, the
+# activations and the residual stream at 8 bits; the mixing weights and biases as in hetero-3b-x10
+PRESETS["a6asym-x6-dither"] = replace(
+    PRESETS["hetero-3b-x10"], A_re=QFormat(6, symmetric=False, per_channel=True),
+    A_im=QFormat(6, symmetric=False, per_channel=True), x_re=QFormat(6, per_channel=True),
+    x_im=QFormat(6, per_channel=True), B=QFormat(per_channel=True), C=QFormat(per_channel=True),
+    D=QFormat(per_channel=True), h=QFormat(), y=QFormat(), act=QFormat(symmetric=False), glu=QFormat(),
+    sig=QFormat(symmetric=False), state_rounding="dither")
 
 
 def get_config(name_or_path: str) -> QuantConfig:
