@@ -631,7 +631,6 @@ def simulate(
         raise IntssmError("--trace and --logits must be different files")
     if trace_index < 0:
         raise IntssmError(f"--trace-index must be >= 0, got {trace_index}")
-    _small_torch_ops()
     if verify == "all":
         n_verify = None
     else:
@@ -641,7 +640,9 @@ def simulate(
             raise IntssmError(f"--verify takes a number or 'all', got {verify!r}") from None
         if n_verify < 0:
             raise IntssmError(f"--verify must be >= 0, got {n_verify}")
-    im = sources.load(model)
+    if n_verify != 0:
+        _small_torch_ops()
+    im = sources.load(model, torch_model=n_verify != 0)  # --verify 0: no Torch model, the integer-model cache
     ds = data.load(seq, split, limit)
     P = im.input_codes(ds)
     im.check_data(ds)
@@ -678,7 +679,8 @@ def simulate(
                                 counters=cnts, counter_names=np.array(im.counters))
         res["logits"] = str(logits_out)
     sat_txt = ", ".join(f"{k} {v}" for k, v in sats.items() if v) or "none"
-    verified = (f"verified against Torch quantized model: {exact}/{nv} sequences with identical integer logits" if im.qm is not None
+    verified = (f"verified against Torch quantized model: {exact}/{nv} sequences with identical integer logits" if nv
+                else "not verified (--verify 0)" if n_verify == 0
                 else "not verified: an .npz artifact holds integers only, no Torch model to compare with")
     human = (f"{im.source}\n{ds.name}: integer accuracy {acc:.4f} ({int((pred == ds.y).sum())}/{n})\n"
              f"{verified}\n"

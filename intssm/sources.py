@@ -3,24 +3,31 @@
 Sources: an exported ``.npz`` (integer arrays only: nothing to verify against), a quantized
 checkpoint (``qspec`` entry), or a float checkpoint, which gets the default PTQ (``w8a8``,
 ranges calibrated on the first ``calib`` training sequences).
+
+A quantized checkpoint loaded without its Torch model (``torch_model=False``: nothing will be
+verified against it) comes from the integer-model cache when it can: the integer artifact of that
+checkpoint, written the first time it is loaded and named by the SHA-256 of the checkpoint's bytes
+and of intssm's own source, so that a changed checkpoint or a changed intssm never meets a stale
+entry. A cache entry is an artifact like any other (:func:`intssm.integer.export.load` validates
+it and re-proves its bounds); one that does not load is rebuilt. The cache lives in
+``$INTSSM_CACHE_DIR``, else ``$XDG_CACHE_HOME/intssm``, else ``~/.cache/intssm``; a cache that
+cannot be written is skipped. Loading this way needs neither Torch nor the float weights, which
+is what makes a new process fast (``intssm simulate --verify 0``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from intssm import data
-from intssm.training import checkpoint
-from intssm.integer import export
 from intssm.errors import IntssmError
-from intssm.training.qmodel import QuantS4D
-from intssm.training.ptq import from_checkpoint, ptq_dataset
-from intssm.datapath.qspec import PRESETS
+from intssm.integer import export
 from intssm.integer.sim import simulate
 
 DEFAULT_CONFIG = "w8a8"
@@ -35,7 +42,7 @@ class IntegerModel:
     source: str
     cfg: object = None  # ModelConfig
     qcfg: object = None  # QuantConfig
-    qm: QuantS4D | None = None  # the Torch quantized model, when the source has float weights
+    qm: object = None  # the Torch quantized model (QuantS4D), when the source has float weights and it was asked for
     dataset: str | None = None
     iq: object = None  # intssm.datapath.inputq.InputQuant of a model for float data, else None (raw uint8 inputs)
 
@@ -66,19 +73,70 @@ class IntegerModel:
                               f"length {int(ds.lengths.min())}..{int(ds.lengths.max())}")
 
 
-def load(path, calib: int = 64, config: str = DEFAULT_CONFIG) -> IntegerModel:
+def _from_artifact(p: Path, source: str) -> IntegerModel:
+    from intssm.datapath.inputq import InputQuant
+    from intssm.datapath.modelconfig import ModelConfig
+    from intssm.datapath.qspec import QuantConfig
+
+    arrays, man = export.load(p)
+    iq = InputQuant.from_dict(man["input"]) if man.get("input") is not None else None
+    return IntegerModel(arrays, man["counters"], man["model_config"]["pool"] == "mean", man["seq_len"], source,
+                        ModelConfig.from_dict(man["model_config"]), QuantConfig.from_dict(man["quant_config"]), iq=iq)
+
+
+def cache_dir() -> Path:
+    """Where the integer-model cache lives (module docstring)."""
+    if os.environ.get("INTSSM_CACHE_DIR"):
+        return Path(os.environ["INTSSM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "intssm"
+
+
+_CODE_HASH = None
+
+
+def _code_hash() -> str:
+    """SHA-256 of intssm's Python source: any change to how a checkpoint becomes integers changes it."""
+    global _CODE_HASH
+    if _CODE_HASH is None:
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for f in sorted(root.rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        _CODE_HASH = h.hexdigest()
+    return _CODE_HASH
+
+
+def _cache_entry(p: Path) -> Path:
+    h = hashlib.sha256(_code_hash().encode())
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return cache_dir() / "integer-models" / f"{h.hexdigest()}.npz"
+
+
+def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool = True) -> IntegerModel:
+    """The integer model of ``path`` (module docstring). ``torch_model=False``: the caller will not
+    verify against the Torch quantized model, so a quantized checkpoint may come from the cache
+    (``qm`` is then None)."""
     p = Path(path)
     if p.suffix == ".npz":
-        from intssm.training.model import ModelConfig
-        from intssm.datapath.qspec import QuantConfig
+        return _from_artifact(p, f"{p} (integer artifact)")
+    entry = None
+    if not torch_model and p.is_file():
+        try:
+            entry = _cache_entry(p)
+        except OSError:
+            entry = None
+        if entry is not None and entry.is_file():
+            try:
+                return _from_artifact(entry, f"{p} (quantized checkpoint; integer arrays from the cache)")
+            except IntssmError:
+                pass  # a damaged entry: rebuilt below
+    from intssm.datapath.qspec import PRESETS
+    from intssm.training import checkpoint
+    from intssm.training.ptq import from_checkpoint, ptq_dataset
 
-        from intssm.datapath.inputq import InputQuant
-
-        arrays, man = export.load(p)
-        iq = InputQuant.from_dict(man["input"]) if man.get("input") is not None else None
-        return IntegerModel(arrays, man["counters"], man["model_config"]["pool"] == "mean", man["seq_len"],
-                            f"{p} (integer artifact)", ModelConfig.from_dict(man["model_config"]),
-                            QuantConfig.from_dict(man["quant_config"]), iq=iq)
     model, ck = checkpoint.load(p)
     model = model.double()
     if "qspec" in ck:
@@ -92,8 +150,15 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG) -> IntegerModel:
         qm, _ = ptq_dataset(model, PRESETS[config], cal)
         src = f"{p} (float checkpoint, default PTQ {config} calibrated on {calib} training sequences)"
     arrays = export.integer_model(qm)
+    dataset = checkpoint.dataset_seq(ck, None)
+    if entry is not None and "qspec" in ck:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            export.save(entry, qm)
+        except OSError:
+            pass  # no writable cache: the next load converts again
     return IntegerModel(arrays, qm.counters, qm.dp.cfg.pool == "mean", qm.dp.seq_len, src, qm.dp.cfg, qm.dp.qcfg,
-                        qm, checkpoint.dataset_seq(ck, None), qm.iq)
+                        qm, dataset, qm.iq)
 
 
 def run(im: IntegerModel, P: np.ndarray, chunk: int = 1000, progress=None, lengths: np.ndarray | None = None):
@@ -112,23 +177,26 @@ def run(im: IntegerModel, P: np.ndarray, chunk: int = 1000, progress=None, lengt
     return np.concatenate(out), np.concatenate(cnts), t
 
 
-@torch.no_grad()
-def torch_logits(qm: QuantS4D, P: np.ndarray, chunk: int = 500, progress=None, lengths: np.ndarray | None = None):
-    """Logit codes from the Torch quantized model, as an int64 numpy array."""
+def torch_logits(qm, P: np.ndarray, chunk: int = 500, progress=None, lengths: np.ndarray | None = None):
+    """Logit codes from the Torch quantized model ``qm`` (QuantS4D), as an int64 numpy array."""
+    import torch
+
     out = []
-    for i in range(0, len(P), chunk):
-        lens = None if lengths is None else torch.from_numpy(lengths[i : i + chunk])
-        lg, _ = qm(torch.from_numpy(P[i : i + chunk]), lengths=lens)
-        out.append(lg.numpy().astype(np.int64))
-        if progress:
-            progress(len(lg))
+    with torch.no_grad():
+        for i in range(0, len(P), chunk):
+            lens = None if lengths is None else torch.from_numpy(lengths[i : i + chunk])
+            lg, _ = qm(torch.from_numpy(P[i : i + chunk]), lengths=lens)
+            out.append(lg.numpy().astype(np.int64))
+            if progress:
+                progress(len(lg))
     return np.concatenate(out)
 
 
 def describe(path) -> tuple:
     """(model config, quant config, seq_len, source) of any model source, without calibrating."""
-    from intssm.training.model import ModelConfig
-    from intssm.datapath.qspec import QuantConfig
+    from intssm.datapath.modelconfig import ModelConfig
+    from intssm.datapath.qspec import PRESETS, QuantConfig
+    from intssm.training import checkpoint
 
     p = Path(path)
     if p.suffix == ".npz":

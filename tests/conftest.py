@@ -6,6 +6,7 @@ of examples: ``HYPOTHESIS_PROFILE=thorough pytest``.
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
@@ -19,6 +20,10 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# the integer-model cache (intssm.sources) of this test run, never the user's: set before any
+# test starts a CLI subprocess, which inherits it
+os.environ["INTSSM_CACHE_DIR"] = tempfile.mkdtemp(prefix="intssm-cache-")
 
 
 def load_tool(name: str):

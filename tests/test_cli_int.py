@@ -426,3 +426,55 @@ def test_qat_ema_weight_averaging(work, tmp_path):
     bad = tmp_path / "bad.pt"
     assert_clean_error(intssm("qat", work["float"], "--ema", "1", "-o", bad), "--ema")
     assert not bad.exists()
+
+
+def test_simulate_verify0_uses_the_integer_model_cache_without_torch(work, tmp_path):
+    """`simulate --verify 0` of a quantized checkpoint converts it once, then loads its integer
+    arrays from the cache, without importing Torch: the same logits, counters and accuracy as a
+    verified run; a damaged entry is rebuilt, a changed checkpoint gets its own entry, and an
+    unwritable cache only costs the conversion."""
+    import subprocess
+    import sys
+
+    from cli_helpers import ENV
+
+    cache = tmp_path / "cache"
+    env = dict(ENV, INTSSM_CACHE_DIR=str(cache))
+
+    def sim(*extra, env=env):
+        out = tmp_path / f"g{len(list(tmp_path.glob('g*.npz')))}.npz"
+        r = subprocess.run([sys.executable, "-m", "intssm", "simulate", str(work["quant"]), "--limit", "30", *extra,
+                            "--logits", str(out), "--json"], capture_output=True, text=True, env=env, timeout=300)
+        res = ok_json(r)
+        with np.load(out, allow_pickle=False) as z:
+            return res, z["logits"], z["counters"]
+
+    ref, lg_ref, c_ref = sim("--verify", "all")
+    assert ref["bit_exact"] == ref["n_verified"] == 30
+    assert not cache.exists()  # a verified run needs the Torch model: no cache involved
+    first, lg1, c1 = sim("--verify", "0")
+    entries = list((cache / "integer-models").glob("*.npz"))
+    assert len(entries) == 1 and "from the cache" not in first["source"]
+    second, lg2, c2 = sim("--verify", "0")
+    assert "from the cache" in second["source"] and second["n_verified"] == 0
+    for lg, c in ((lg1, c1), (lg2, c2)):
+        assert np.array_equal(lg, lg_ref) and np.array_equal(c, c_ref)
+    assert first["accuracy"] == second["accuracy"] == ref["accuracy"]
+    code = ("import sys; from intssm import sources; im = sources.load(sys.argv[1], torch_model=False); "
+            "assert im.qm is None and 'from the cache' in im.source; print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(work["quant"])], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
+    entries[0].write_bytes(b"not an artifact")  # damaged: converted again and rewritten
+    third, lg3, _ = sim("--verify", "0")
+    assert "from the cache" not in third["source"] and np.array_equal(lg3, lg_ref)
+    assert "from the cache" in sim("--verify", "0")[0]["source"]
+    changed = tmp_path / "q2.pt"
+    changed.write_bytes(work["quant"].read_bytes() + b"\0")  # other bytes (a zip tolerates trailing data): another entry
+    r = subprocess.run([sys.executable, "-m", "intssm", "simulate", str(changed), "--limit", "5", "--verify", "0", "--json"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    ok_json(r)
+    assert len(list((cache / "integer-models").glob("*.npz"))) == 2
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("x")
+    res, lg4, _ = sim("--verify", "0", env=dict(ENV, INTSSM_CACHE_DIR=str(blocked)))
+    assert np.array_equal(lg4, lg_ref) and "from the cache" not in res["source"]
