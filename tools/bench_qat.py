@@ -1,12 +1,14 @@
 """QAT speed: one training step with the fused quantized scan vs two plain Torch loops vs float
 convolution-mode training, measured side by side in one run and extrapolated to an sMNIST epoch.
 
-    python tools/bench_qat.py [--preset paper-small] [--d-model H] [--n-layers N] [--batch-size 64] [--batches 3] [--threads T] [--json]
+    python tools/bench_qat.py [--preset paper-small] [--d-model H] [--n-layers N] [--batch-size 64] [--batches 3] [--threads T] [--fused-only] [--isa avx2] [--json]
     python tools/bench_qat.py --agree 500     # the textbook loop's accuracy next to the integer model's
     python tools/bench_qat.py --profile [--d-model 64 --n-layers 1]   # where a fused step's time goes
 
-``--d-model 64 --n-layers 1`` is the performance issue's own reference model (one layer, d_model 64,
-d_state 64, batch 64), for which it measured the plain loop at ~90x float training.
+``--d-model 64 --n-layers 1`` is the d_model-64 reference model (one layer, d_model 64, d_state 64,
+batch 64); ``--fused-only`` skips the plain and textbook loops, which take minutes per step there.
+The fused step and float training are timed alternately, batch by batch, so that their ratio holds
+on a machine whose load changes.
 
 The two loops:
 
@@ -147,6 +149,7 @@ def main():
                          "instead of --batches; the two loops are still timed on one batch")
     ap.add_argument("--threads", type=int, default=0, help="threads for Torch and Numba alike (0: all cores)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--fused-only", action="store_true", help="only the fused step and float training (skip the slow loops)")
     ap.add_argument("--agree", type=int, default=0, metavar="N",
                     help="instead: accuracy of the textbook loop vs the integer model on N test sequences")
     ap.add_argument("--agree-model", default=str(ROOT / "data/checkpoints/paper-small-fp32.pt"))
@@ -228,15 +231,31 @@ def main():
             fn(i)
         return (time.perf_counter() - t) / n
 
+    def side_by_side(f1, f2, n):
+        """Mean seconds per call of f1 and f2, called alternately on the same batches (a change in
+        the machine's load hits both)."""
+        f1(0)
+        f2(0)
+        t1 = t2 = 0.0
+        for i in range(1, n + 1):
+            t = time.perf_counter()
+            f1(i)
+            t1 += time.perf_counter() - t
+            t = time.perf_counter()
+            f2(i)
+            t2 += time.perf_counter() - t
+        return t1 / n, t2 / n
+
     steps = (a.batches + 1) if a.epoch else 50000 / B
     qm.fused_scan = qm.fused_tail = True
-    t_fused = timed(q_step, a.batches)
-    t_float = timed(f_step, a.batches)
-    qm.fused_scan = qm.fused_tail = False
-    t_naive = timed(q_step, 1)
-    t_naive_fwd = timed(q_forward, 1)
-    t_text = timed(t_step, 1)
-    t_text_fwd = timed(t_forward, 1)
+    t_fused, t_float = side_by_side(q_step, f_step, a.batches)
+    t_naive = t_naive_fwd = t_text = t_text_fwd = float("nan")
+    if not a.fused_only:
+        qm.fused_scan = qm.fused_tail = False
+        t_naive = timed(q_step, 1)
+        t_naive_fwd = timed(q_forward, 1)
+        t_text = timed(t_step, 1)
+        t_text_fwd = timed(t_forward, 1)
     res = {"d_model": mcfg.d_model, "n_layers": mcfg.n_layers, "batch_size": B, "threads": threads, "fused_s_per_step": t_fused, "naive_s_per_step": t_naive, "naive_forward_s": t_naive_fwd, "float_conv_s_per_step": t_float,
            "textbook_s_per_step": t_text, "textbook_forward_s": t_text_fwd,
            "fused_epoch_s": t_fused * steps, "naive_epoch_s": t_naive * steps, "float_conv_epoch_s": t_float * steps,
@@ -248,12 +267,16 @@ def main():
         return
     print(line(res["isa"]))
     print(f"{a.preset} (d_model {mcfg.d_model}, {mcfg.n_layers} layer(s)) / {a.config}, batch {B}, {threads} threads (Torch and Numba), epoch = {steps * B:,.0f} sequences{' (measured)' if a.epoch else ''}:")
-    for k, lab in (("float_conv", "float, convolution mode"), ("fused", "QAT, fused quantized scan"), ("naive", "QAT, plain Torch loop"),
-                   ("textbook", "QAT, textbook loop")):
-        print(f"  {lab:28s} {res[k + '_s_per_step']:7.3f} s/step -> {res[k + '_epoch_s']:7.0f} s/epoch  ({res[k + '_s_per_step'] / t_float:5.1f}x float)")
+    rows = (("float_conv", "float, convolution mode"), ("fused", "QAT, fused quantized scan"), ("naive", "QAT, plain Torch loop"),
+            ("textbook", "QAT, textbook loop"))
+    for k, lab in rows[:2] if a.fused_only else rows:
+        print(f"  {lab:28s} {res[k + '_s_per_step']:7.3f} s/step -> {res[k + '_epoch_s']:7.0f} s/epoch  ({res[k + '_s_per_step'] / t_float:5.2f}x float)")
+    if a.fused_only:
+        print(f"  fused is {res['fused_over_float']:.2f}x the time of float training (measured alternately, step by step)")
+        return
     print(f"  forward only: plain loop {t_naive_fwd:.3f} s/batch, textbook loop {t_text_fwd:.3f} s/batch")
     print(f"  fused is {res['naive_over_fused']:.1f}x faster than the plain loop, {res['textbook_over_fused']:.1f}x faster than the "
-          f"textbook loop, and {res['fused_over_float']:.2f}x the time of float training")
+          f"textbook loop, and {res['fused_over_float']:.2f}x the time of float training (measured alternately, step by step)")
 
 
 if __name__ == "__main__":
