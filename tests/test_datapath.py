@@ -155,6 +155,28 @@ def test_deterministic_across_threads_and_runs():
         assert (lg == outs[0][0]).all() and (c == outs[0][1]).all()
 
 
+@pytest.mark.parametrize("dither", [False, True])
+def test_fast_kernel_blocks_equal_reference_many_sequences(dither):
+    """The fast kernel's lane blocks (sim.blocks: equal lengths, at most LANES lanes) against the
+    reference kernel on more sequences than one block holds, in shuffled mixed lengths: full and
+    partial blocks, one-lane blocks, every sequence's logits and counters in its own row."""
+    m = S4DModel(ModelConfig(d_model=3, d_state=6, n_layers=2, d_input=2, pool="last"), seed=3).double()
+    rng = np.random.default_rng(7)
+    B = sim.LANES * 2 + 11  # at least 2 threads: full blocks of LANES lanes
+    P = rng.integers(0, 256, (B, 23, 2)).astype(np.uint8)
+    lens = rng.choice([23, 23, 23, 17, 5, 1], B)
+    q = PRESETS["hetero-3b-x8-dither"] if dither else PRESETS["paper-hetero"]
+    qm, _ = ptq(m, q, torch.from_numpy(P[:8] / 255.0))
+    arr = integer_model(qm)
+    order, start, count = sim.blocks(lens)
+    assert sorted(order.tolist()) == list(range(B)) and count.sum() == B and count.max() <= sim.LANES
+    assert all(len(set(lens[order[s:s + c]])) == 1 for s, c in zip(start, count))
+    lf, cf, _ = simulate(arr, P, False, len(qm.counters), lengths=lens)
+    lr, cr, _ = simulate(arr, P, False, len(qm.counters), lengths=lens, reference=True)
+    assert np.array_equal(lf, lr) and np.array_equal(cf, cr)
+    assert cf.sum() > 0
+
+
 def test_float_input_rejected():
     """The integer datapath takes raw uint8 pixels only."""
     m = S4DModel(ModelConfig(d_model=2, d_state=2), seed=0).double()
