@@ -34,9 +34,9 @@ def allow_overlap_checks(n: int = 256) -> None:
     """Let LLVM's loop vectoriser emit up to ``n`` run-time array-overlap checks (default 8).
 
     Numba cannot tell LLVM that two arrays never overlap, so a loop that writes several arrays
-    vectorises only behind run-time checks, one per pair of arrays that might overlap. The
-    fused scan's backward mode loop touches 21 arrays and needs more checks than the default allows: without
-    this it runs scalar, 2.4x slower. The checks cost a few comparisons per loop entry; results
+    vectorises only behind run-time checks, one per pair of arrays that might overlap, and a loop
+    that needs more checks than the threshold runs scalar. The checks cost a few comparisons per
+    loop entry (the kernels keep their loops long: over a block of lanes or the batch); results
     are unchanged except for the reassociated float sums that ``fastmath`` already allows.
     This is a process-wide LLVM option: it affects only how loops compiled afterwards are
     vectorised, never what they compute.

@@ -29,8 +29,8 @@ def numba_setup() -> None:
     * Numba's threading layer is ``workqueue``: Torch and Numba's OpenMP layer would share libgomp's
       global thread count; the workqueue layer keeps Numba's threads out of Torch's way.
     * LLVM may emit up to 256 run-time array-overlap checks per loop
-      (:func:`intssm.datapath.fixedpoint.allow_overlap_checks`), which the fused scan's backward loop needs
-      to vectorise. Neither setting changes what any kernel computes.
+      (:func:`intssm.datapath.fixedpoint.allow_overlap_checks`), so that a loop over several arrays
+      still vectorises. Neither setting changes what any kernel computes.
     """
     global _SET_UP
     if _SET_UP:
