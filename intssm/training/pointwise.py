@@ -17,8 +17,9 @@ one sequence at one time step), and one kernel computes their straight-through g
 gradient is ``f'(s_in (code - z_in)) s_in / s_out`` (:meth:`intssm.training.qmodel.QuantS4D._lut`), taken
 per code from Torch's own autograd so that both paths multiply by the same numbers.
 
-The forward gives exactly the integers of the Torch path (int64 inside; every accumulator is
-below 2**53 by :func:`intssm.datapath.qspec.build_datapath`). The backward matches autograd through the
+The forward gives exactly the integers of the Torch path (int64 inside, every accumulator below
+2**53 by :func:`intssm.datapath.qspec.build_datapath`; the mixing sums in int32 lanes where
+:func:`_mixing_width` proves them in range). The backward matches autograd through the
 Torch path to rounding (float64; tests). Weight gradients are summed per fixed block of rows
 and the blocks in a fixed order, so results do not depend on the number of threads.
 """
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from intssm.datapath.fixedpoint import requantize, rounding_rshift, saturate
+from intssm.datapath.fixedpoint import cast_like, requantize, rounding_rshift, saturate, wadd, wmul
 from intssm.integer.kernels import numba_setup, output_acc, residual_acc
 
 _BLOCKS = 64  # row blocks of the backward's weight-gradient sums (fixed: thread-count independent)
@@ -46,18 +47,19 @@ def _tail_fwd(t1, t2, h, D, mw, mix_b, k, out, ys, gs, my, mg, mh):
     R, H = h.shape
     nb = min(R, _BLOCKS)
     for blk in prange(nb):
-        a = np.empty(H, np.int64)  # centred GELU codes of the current row
+        a = np.empty(H, mw.dtype)  # centred GELU codes of the current row, at the mixing weights' width
         for r in range(blk * R // nb, (blk + 1) * R // nb):
             for c in range(H):
                 u = np.int64(h[r, c]) - k.hz_in
                 acc = output_acc(np.int64(t1[r, c]), np.int64(t2[r, c]), D[c] * u, k.yM[:, c])
                 v, sat = saturate(rounding_rshift(acc, k.yS[c]) + k.yz, k.ylo, k.yhi)
                 ys[r, c], my[r, c] = v, 1 - sat
-                a[c] = k.gelu[v - k.ylo] - k.az
+                a[c] = cast_like(k.gelu[v - k.ylo] - k.az, mw)
             for j in range(2 * H):
-                acc = mix_b[j]
+                t = cast_like(0, mw)
                 for c in range(H):
-                    acc += mw[j, c] * a[c]
+                    t = wadd(t, wmul(mw[j, c], a[c]))
+                acc = mix_b[j] + np.int64(t)
                 v, sat = requantize(acc, k.gM[j], k.gS[j], k.gz, k.glo, k.ghi)
                 gs[r, j], mg[r, j] = v, 1 - sat
             for c in range(H):
@@ -125,6 +127,16 @@ def _rows(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().numpy().reshape(-1, t.shape[-1]), dtype=np.float64)
 
 
+def _mixing_width(mw: np.ndarray, k) -> np.ndarray:
+    """The centred mixing weights as int32 where the mixing sums provably fit int32, else int64:
+    sum_c |W'[j, c]| max|a'| < 2**31, a' = LUT_gelu - z_act over the whole table (the bias is added
+    in int64). The same integers either way; int32 lanes vectorise on every ISA."""
+    amax = int(np.abs(k.gelu - k.az).max())
+    if (np.abs(mw).sum(1) * amax).max(initial=0) < 2**31:
+        return mw.astype(np.int32)
+    return mw
+
+
 class LayerTail(torch.autograd.Function):
     """(t1, t2, h, D', mix_w', mix_b) -> h+ for one layer; ``k`` holds its integer constants."""
 
@@ -138,7 +150,7 @@ class LayerTail(torch.autograd.Function):
         ys = np.empty((R, H), np.int32)
         gs = np.empty((R, 2 * H), np.int32)
         my, mg, mh = np.empty((R, H), np.int8), np.empty((R, 2 * H), np.int8), np.empty((R, H), np.int8)
-        _tail_fwd(_rows(t1), _rows(t2), hf, Di, mwi, mbi, k, out, ys, gs, my, mg, mh)
+        _tail_fwd(_rows(t1), _rows(t2), hf, Di, _mixing_width(mwi, k), mbi, k, out, ys, gs, my, mg, mh)
         ctx.saved = (hf, Di, mwi, ys, gs, my, mg, mh, k, shape)
         return torch.from_numpy(out.reshape(shape))
 

@@ -261,7 +261,7 @@ def _fits_int32(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither) -> bool:
     """:func:`intssm.integer.kernels.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
     K = np.concatenate([KR, KI]).transpose(1, 0, 2)  # (H 6 N2)
     clip = np.stack([lor, hir, loi, hii, *max_offsets(Sr, Si, dither), Sr, Si], -1)  # (H 8)
-    return mode_loop_fits_int32(K, np.stack([Cr, Ci], 1), clip, int(np.abs(u).max()) if u.size else 0)
+    return mode_loop_fits_int32(K, np.stack([Cr, Ci], 1), clip, int(max(u.max(), -u.min())) if u.size else 0)
 
 
 def _i64(t: torch.Tensor) -> np.ndarray:
