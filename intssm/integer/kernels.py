@@ -97,6 +97,13 @@ def state_update(k0, k1, k2, k3, k4, k5, xr, xi, u, rr, ri, sr, si):
 
 
 @njit(cache=True, inline="always")
+def clip_counted(v, lo, hi):
+    """(clamp(v, lo, hi), 1 if v lay outside [lo, hi] else 0), both at v's width: the per-step
+    state clip and what its saturation counter adds (branch-free, so loops over lanes vectorise)."""
+    return min(max(v, lo), hi), cast_like((v < lo) | (v > hi), v)
+
+
+@njit(cache=True, inline="always")
 def fill_state_offsets(out, dither, phase, j0, s):
     """out[n] = the rounding offset of lane j0 + n at step phase ``phase`` (``state_round_offset``),
     at ``out``'s width: one channel's modes."""

@@ -25,7 +25,7 @@ from intssm.datapath import layout
 from intssm.errors import IntssmError
 from intssm.datapath.fixedpoint import (WEYL_MASK, WEYL_STEP, cast_like, offset_rshift, requantize, rounding_rshift, saturate,
                          state_round_offset, wadd, weyl_lane, wmul)
-from intssm.integer.kernels import (CL_HI_I, CL_HI_R, CL_LO_I, CL_LO_R, CL_S_I, CL_S_R, fill_state_offsets, mode_constants,
+from intssm.integer.kernels import (CL_HI_I, CL_HI_R, CL_LO_I, CL_LO_R, CL_S_I, CL_S_R, clip_counted, fill_state_offsets, mode_constants,
                       mode_loop_fits_int32, numba_setup, output_acc, residual_acc, state_update)
 from intssm.datapath.layout import C_GLU, C_H, C_LOGITS, C_POOL, C_XIM, C_XRE, C_Y, R_ACT, R_GLU, R_H, R_LOGITS, R_POOL, R_XIM, R_XRE, R_Y
 
@@ -283,10 +283,10 @@ def _run_blocks_fast(P, lengths, order, bstart, bcount, f, mean_pool, out_logits
                         xin = xi[i, hh, n]
                         for ln in range(nb):
                             vr, vi = state_update(k0, k1, k2, k3, k4, k5, xrn[ln], xin[ln], u[ln], o_r, o_i, sr, si)
-                            n_r[ln] = wadd(n_r[ln], wadd(cast_like(vr < lor, Kh), cast_like(vr > hir, Kh)))
-                            n_i[ln] = wadd(n_i[ln], wadd(cast_like(vi < loi, Kh), cast_like(vi > hii, Kh)))
-                            vr = min(max(vr, lor), hir)
-                            vi = min(max(vi, loi), hii)
+                            vr, out_r = clip_counted(vr, lor, hir)
+                            vi, out_i = clip_counted(vi, loi, hii)
+                            n_r[ln] = wadd(n_r[ln], out_r)
+                            n_i[ln] = wadd(n_i[ln], out_i)
                             xrn[ln] = vr
                             xin[ln] = vi
                             t1[ln] = wadd(t1[ln], wmul(c_r, vr))

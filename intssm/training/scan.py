@@ -28,7 +28,8 @@ import torch
 from numba import get_num_threads, njit, prange
 
 from intssm.datapath.fixedpoint import WEYL_MASK, WEYL_STEP, cast_like, wadd, weyl_lane_of, wmul
-from intssm.integer.kernels import fill_state_offsets, max_offsets, mode_loop_fits_int32, numba_setup, state_update
+from intssm.integer.kernels import (clip_counted, fill_state_offsets, max_offsets, mode_loop_fits_int32, numba_setup,
+                                   state_update)
 
 
 @njit(cache=True, parallel=True)
@@ -103,12 +104,12 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2,
                     c2 = cast_like(0, KR)
                     for b in range(B):
                         vr, vi = state_update(k0, k1, k2, k3, k4, k5, xrn[b], xin[b], uk[b], o_r, o_i, sr, si)
-                        c1 = wadd(c1, cast_like((vr < lr) | (vr > hr), KR))
-                        c2 = wadd(c2, cast_like((vi < li) | (vi > hi), KR))
                         vo_r[b] = cast_like(min(max(vr, s_lo), s_hi), vo_r)
                         vo_i[b] = cast_like(min(max(vi, s_lo), s_hi), vo_i)
-                        vr = min(max(vr, lr), hr)
-                        vi = min(max(vi, li), hi)
+                        vr, out_r = clip_counted(vr, lr, hr)
+                        vi, out_i = clip_counted(vi, li, hi)
+                        c1 = wadd(c1, out_r)
+                        c2 = wadd(c2, out_i)
                         xrn[b] = vr
                         xin[b] = vi
                         a1[b] = wadd(a1[b], wmul(c_r, vr))
