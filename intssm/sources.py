@@ -9,7 +9,8 @@ verified against it) comes from the integer-model cache when it can: the integer
 checkpoint, written the first time it is loaded and named by the SHA-256 of the checkpoint's bytes
 and of intssm's own source, so that a changed checkpoint or a changed intssm never meets a stale
 entry. A cache entry is an artifact like any other (:func:`intssm.integer.export.load` validates
-it and re-proves its bounds); one that does not load is rebuilt. The cache lives in
+it and re-proves its bounds); one that does not load is rebuilt. The key also holds the versions of
+Torch and NumPy, which do the conversion. The cache lives in
 ``$INTSSM_CACHE_DIR``, else ``$XDG_CACHE_HOME/intssm``, else ``~/.cache/intssm``; a cache that
 cannot be written is skipped. Loading this way needs neither Torch nor the float weights, which
 is what makes a new process fast (``intssm simulate --verify 0``).
@@ -80,8 +81,9 @@ def _from_artifact(p: Path, source: str) -> IntegerModel:
 
     arrays, man = export.load(p)
     iq = InputQuant.from_dict(man["input"]) if man.get("input") is not None else None
-    return IntegerModel(arrays, man["counters"], man["model_config"]["pool"] == "mean", man["seq_len"], source,
-                        ModelConfig.from_dict(man["model_config"]), QuantConfig.from_dict(man["quant_config"]), iq=iq)
+    cfg = ModelConfig.from_dict(man["model_config"])
+    return IntegerModel(arrays, man["counters"], cfg.pool == "mean", man["seq_len"], source, cfg,
+                        QuantConfig.from_dict(man["quant_config"]), iq=iq)
 
 
 def cache_dir() -> Path:
@@ -96,13 +98,21 @@ _CODE_HASH = None
 
 
 def _code_hash() -> str:
-    """SHA-256 of intssm's Python source: any change to how a checkpoint becomes integers changes it."""
+    """SHA-256 of intssm's Python source and of the versions of Torch and NumPy, which convert a
+    checkpoint: any change to how a checkpoint becomes integers changes it."""
     global _CODE_HASH
     if _CODE_HASH is None:
+        from importlib.metadata import PackageNotFoundError, version
+
         root = Path(__file__).resolve().parent
         h = hashlib.sha256()
         for f in sorted(root.rglob("*.py")):
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        for pkg in ("torch", "numpy"):
+            try:
+                h.update(f"{pkg}=={version(pkg)}\0".encode())
+            except PackageNotFoundError:
+                h.update(f"{pkg}: none\0".encode())
         _CODE_HASH = h.hexdigest()
     return _CODE_HASH
 
@@ -123,16 +133,17 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool 
     if p.suffix == ".npz":
         return _from_artifact(p, f"{p} (integer artifact)")
     entry = None
-    if not torch_model and p.is_file():
+    if not torch_model:
         try:
-            entry = _cache_entry(p)
-        except OSError:
-            entry = None
-        if entry is not None and entry.is_file():
+            entry = _cache_entry(p) if p.is_file() else None
+            hit = entry is not None and entry.is_file()
+        except OSError:  # an unreadable checkpoint is reported by the load below; an unusable cache is skipped
+            entry, hit = None, False
+        if hit:
             try:
                 return _from_artifact(entry, f"{p} (quantized checkpoint; integer arrays from the cache)")
-            except IntssmError:
-                pass  # a damaged entry: rebuilt below
+            except Exception:  # noqa: BLE001 (a cache entry is untrusted: whatever fails to load is rebuilt below)
+                pass
     from intssm.datapath.qspec import PRESETS
     from intssm.training import checkpoint
     from intssm.training.ptq import from_checkpoint, ptq_dataset
@@ -154,7 +165,7 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool 
     if entry is not None and "qspec" in ck:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            export.save(entry, qm)
+            export.save(entry, qm, arrays, quiet=True)
         except OSError:
             pass  # no writable cache: the next load converts again
     return IntegerModel(arrays, qm.counters, qm.dp.cfg.pool == "mean", qm.dp.seq_len, src, qm.dp.cfg, qm.dp.qcfg,
@@ -196,12 +207,13 @@ def describe(path) -> tuple:
     """(model config, quant config, seq_len, source) of any model source, without calibrating."""
     from intssm.datapath.modelconfig import ModelConfig
     from intssm.datapath.qspec import PRESETS, QuantConfig
-    from intssm.training import checkpoint
 
     p = Path(path)
     if p.suffix == ".npz":
         _, man = export.load(p)
         return ModelConfig.from_dict(man["model_config"]), QuantConfig.from_dict(man["quant_config"]), man["seq_len"], str(p)
+    from intssm.training import checkpoint
+
     ck = checkpoint.load_raw(p)
     cfg = ModelConfig.from_dict(dict(ck["model_config"]))
     if "qspec" in ck:

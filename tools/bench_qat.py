@@ -249,7 +249,7 @@ def main():
     steps = (a.batches + 1) if a.epoch else 50000 / B
     qm.fused_scan = qm.fused_tail = True
     t_fused, t_float = side_by_side(q_step, f_step, a.batches)
-    t_naive = t_naive_fwd = t_text = t_text_fwd = float("nan")
+    t_naive = t_naive_fwd = t_text = t_text_fwd = None  # --fused-only: not measured
     if not a.fused_only:
         qm.fused_scan = qm.fused_tail = False
         t_naive = timed(q_step, 1)
@@ -258,10 +258,13 @@ def main():
         t_text_fwd = timed(t_forward, 1)
     res = {"d_model": mcfg.d_model, "n_layers": mcfg.n_layers, "batch_size": B, "threads": threads, "fused_s_per_step": t_fused, "naive_s_per_step": t_naive, "naive_forward_s": t_naive_fwd, "float_conv_s_per_step": t_float,
            "textbook_s_per_step": t_text, "textbook_forward_s": t_text_fwd,
-           "fused_epoch_s": t_fused * steps, "naive_epoch_s": t_naive * steps, "float_conv_epoch_s": t_float * steps,
-           "textbook_epoch_s": t_text * steps,
-           "naive_over_fused": t_naive / t_fused, "textbook_over_fused": t_text / t_fused, "fused_over_float": t_fused / t_float,
-           "naive_over_float": t_naive / t_float, "textbook_over_float": t_text / t_float, "isa": describe()}
+           "fused_epoch_s": t_fused * steps, "float_conv_epoch_s": t_float * steps,
+           "naive_epoch_s": None if t_naive is None else t_naive * steps,
+           "textbook_epoch_s": None if t_text is None else t_text * steps,
+           "fused_over_float": t_fused / t_float, "isa": describe()}
+    ratio = lambda a, b: None if a is None else a / b  # noqa: E731
+    res |= {"naive_over_fused": ratio(t_naive, t_fused), "textbook_over_fused": ratio(t_text, t_fused),
+            "naive_over_float": ratio(t_naive, t_float), "textbook_over_float": ratio(t_text, t_float)}
     if a.json:
         print(json.dumps(res))
         return

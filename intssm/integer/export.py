@@ -85,13 +85,14 @@ def manifest_of(qm) -> dict:
     }
 
 
-def save(path, qm) -> dict:
-    """Write the integer artifact of ``qm``; returns the manifest."""
-    arrays = integer_model(qm)
+def save(path, qm, arrays: dict | None = None, quiet: bool = False) -> dict:
+    """Write the integer artifact of ``qm`` (``arrays``: its :func:`integer_model`, if already
+    computed); returns the manifest."""
+    arrays = integer_model(qm) if arrays is None else arrays
     man = manifest_of(qm)
     out = {k: v.astype(_storage_dtype(v)) for k, v in arrays.items()}
     out["manifest"] = np.frombuffer(json.dumps(man).encode(), dtype=np.uint8)
-    with atomic(path) as tmp, open(tmp, "wb") as f:
+    with atomic(path, quiet) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **out)
     return man
 

@@ -15,8 +15,9 @@ lanes where :func:`intssm.integer.kernels.mode_loop_fits_int32` proves them safe
 otherwise; inputs and outputs are float64 tensors holding integers below 2**53). The backward is the
 reverse scan with straight-through rounding (d v / d acc = 2**-S) and the clip masks (zero
 gradient where the state was clipped), giving gradients for KR, KI, Cre', Cim' and u.
-Channels are independent, so both kernels run ``prange`` over channels: each thread writes only
-its own channel's gradients and the results do not depend on the thread count.
+Channels are independent, so both kernels run ``prange`` over chunks of channels, one per thread:
+each thread writes only its own channels' sums and gradients, and the results do not depend on
+the thread count.
 """
 
 from __future__ import annotations
