@@ -85,6 +85,16 @@ def mode_loop_fits_int32(K: np.ndarray, Cc: np.ndarray, clip: np.ndarray, U) -> 
     return bool(re.max() < lim and im.max() < lim and out < lim and clip[..., CL_S_R:].max() < 32)
 
 
+def mixing_fits_int32(W: np.ndarray, amax) -> bool:
+    """True if the mixing sums sum_h W'[..., j, h] a'[h] (bias excluded) provably never leave int32:
+    sum_h |W'[j, h]| max|a'| < 2**31, which bounds every partial sum in any order. ``W`` (..., 2H, H)
+    centred weights, ``amax`` the bound on |a'| (broadcast against ``...``). The simulator (per model,
+    a' from the activation code range) and QAT's fused tail (per call, a' over the GELU table) both
+    decide with this."""
+    amax = np.asarray(amax, dtype=np.int64)[..., None]
+    return bool(W.size == 0 or (np.abs(W).sum(-1) * amax).max() < 2**31)
+
+
 @njit(cache=True, inline="always")
 def state_update(k0, k1, k2, k3, k4, k5, xr, xi, u, rr, ri, sr, si):
     """Step 2 of docs/datapath.md on centred codes, before the clip, at the operands' width:

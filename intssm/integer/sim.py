@@ -25,8 +25,8 @@ from intssm.datapath import layout
 from intssm.errors import IntssmError
 from intssm.datapath.fixedpoint import (WEYL_MASK, WEYL_STEP, cast_like, offset_rshift, requantize, rounding_rshift, saturate,
                          state_round_offset, wadd, weyl_lane, wmul)
-from intssm.integer.kernels import (CL_HI_I, CL_HI_R, CL_LO_I, CL_LO_R, CL_S_I, CL_S_R, clip_counted, fill_state_offsets, mode_constants,
-                      mode_loop_fits_int32, numba_setup, output_acc, residual_acc, state_update)
+from intssm.integer.kernels import (CL_HI_I, CL_HI_R, CL_LO_I, CL_LO_R, CL_S_I, CL_S_R, clip_counted, fill_state_offsets, mixing_fits_int32,
+                      mode_constants, mode_loop_fits_int32, numba_setup, output_acc, residual_acc, state_update)
 from intssm.datapath.layout import C_GLU, C_H, C_LOGITS, C_POOL, C_XIM, C_XRE, C_Y, R_ACT, R_GLU, R_H, R_LOGITS, R_POOL, R_XIM, R_XRE, R_Y
 
 layer_base = njit(cache=True, inline="always")(layout.layer_base)  # counter indices, inside the kernels
@@ -350,8 +350,8 @@ def _run_blocks_fast(P, lengths, order, bstart, bcount, f, mean_pool, out_logits
 
 
 #: Most lanes of a fast kernel block: many vectors of any ISA per loop over lanes, so the loop's
-#: set-up is paid rarely (paper-small and base, 10,000 sMNIST sequences, 2 cores: 128 lanes
-#: about 1.3x faster than 64 and 2x faster than 32; tools/bench_sim.py measures the result).
+#: set-up is paid rarely (2 AVX2 cores, one run each: paper-small, 10,000 sequences, 1.9 s at 128
+#: lanes against 2.2 s at 64 and 3.1 s at 32; base, 1,024 sequences, 4.2 s against 4.6 and 5.9 s).
 LANES = 128
 
 
@@ -391,11 +391,10 @@ def state_fits_int32(a: dict, K: np.ndarray, Cc: np.ndarray, clip: np.ndarray) -
 
 
 def mix_fits_int32(a: dict, mwc: np.ndarray) -> bool:
-    """True if the mixing sums sum_h W'[j, h] a'[h] (bias excluded) provably fit int32:
-    sum_h |W'[j, h]| max|a'| < 2**31, max|a'| from the activation code range and zero point."""
+    """:func:`intssm.integer.kernels.mixing_fits_int32` for a whole model, max|a'| from each layer's
+    activation code range and zero point."""
     q, az = a["qrange"], a["act_z"]
-    A = np.maximum(np.abs(q[R_ACT, 0] - az), np.abs(q[R_ACT, 1] - az))  # (nl,)
-    return bool((np.abs(mwc).sum(-1) * A[:, None]).max() < 2**31)
+    return mixing_fits_int32(mwc, np.maximum(np.abs(q[R_ACT, 0] - az), np.abs(q[R_ACT, 1] - az)))
 
 
 def _folded(a: layout.IntArrays):

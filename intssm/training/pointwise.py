@@ -19,7 +19,7 @@ per code from Torch's own autograd so that both paths multiply by the same numbe
 
 The forward gives exactly the integers of the Torch path (int64 inside, every accumulator below
 2**53 by :func:`intssm.datapath.qspec.build_datapath`; the mixing sums in int32 lanes where
-:func:`_mixing_width` proves them in range). The backward matches autograd through the
+:func:`intssm.integer.kernels.mixing_fits_int32` proves them in range). The backward matches autograd through the
 Torch path to rounding (float64; tests). Weight gradients are summed per fixed block of rows
 and the blocks in a fixed order, so results do not depend on the number of threads.
 """
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from intssm.datapath.fixedpoint import cast_like, requantize, rounding_rshift, saturate, wadd, wmul
-from intssm.integer.kernels import numba_setup, output_acc, residual_acc
+from intssm.integer.kernels import mixing_fits_int32, numba_setup, output_acc, residual_acc
 
 _BLOCKS = 64  # row blocks of the backward's weight-gradient sums (fixed: thread-count independent)
 
@@ -128,13 +128,10 @@ def _rows(t: torch.Tensor) -> np.ndarray:
 
 
 def _mixing_width(mw: np.ndarray, k) -> np.ndarray:
-    """The centred mixing weights as int32 where the mixing sums provably fit int32, else int64:
-    sum_c |W'[j, c]| max|a'| < 2**31, a' = LUT_gelu - z_act over the whole table (the bias is added
-    in int64). The same integers either way; int32 lanes vectorise on every ISA."""
-    amax = int(np.abs(k.gelu - k.az).max())
-    if (np.abs(mw).sum(1) * amax).max(initial=0) < 2**31:
-        return mw.astype(np.int32)
-    return mw
+    """The centred mixing weights as int32 where the mixing sums provably fit int32
+    (:func:`intssm.integer.kernels.mixing_fits_int32`, a' = LUT_gelu - z_act over the whole table;
+    the bias is added in int64), else int64. The same integers either way."""
+    return mw.astype(np.int32) if mixing_fits_int32(mw, np.abs(k.gelu - k.az).max()) else mw
 
 
 class LayerTail(torch.autograd.Function):
