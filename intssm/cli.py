@@ -16,9 +16,9 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from intssm import outputs
+from intssm.progress import progress_bar
 from intssm.data import DATA_DIR
 from intssm.errors import IntssmError, Interrupted
 
@@ -41,23 +41,6 @@ def _emit(obj: dict, as_json: bool, human: str):
         sys.stdout.write(json.dumps(obj) + "\n")
     else:
         typer.echo(human)
-
-
-@contextmanager
-def progress_bar(desc: str, total: int, enabled: bool = True):
-    """A rich progress bar on stderr; yields ``advance(n, **fields)``."""
-    if not enabled:
-        yield lambda n=1, **kw: None
-        return
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
-    with Progress(*cols, console=err, transient=False, disable=not enabled) as p:
-        task = p.add_task(desc, total=total, info="")
-
-        def advance(n=1, info: str = ""):
-            p.update(task, advance=n, info=info)
-
-        yield advance
 
 
 def _small_torch_ops():

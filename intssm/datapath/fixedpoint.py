@@ -135,7 +135,7 @@ def requantize(acc, m, s, z, lo, hi):
 # int64 multiply at all, only a native int32 one.
 # These emit one LLVM instruction at the operands' own width instead. They WRAP on overflow
 # (two's complement), so a kernel may use them at 32 bits only where a bound proves that no
-# operand, partial sum or product leaves int32 (see ``intssm.integer.kernels.mode_loop_fits_int32``).
+# operand, partial sum or product leaves int32 (see ``intssm.datapath.kernels.mode_loop_fits_int32``).
 
 def _same_width_binop(llvm_op: str, doc: str):
     @intrinsic

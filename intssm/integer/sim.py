@@ -11,7 +11,7 @@ vector lanes and is bit-exact with it (tests).
 Arithmetic follows docs/datapath.md site by site; every accumulator's bound below 2**53 is
 proved when the datapath is built and again when a model is loaded
 (:func:`intssm.datapath.layout.validate`), so int64 never wraps; int32 lanes run only where
-:func:`intssm.integer.kernels.mode_loop_fits_int32` proves them safe.
+:func:`intssm.datapath.kernels.mode_loop_fits_int32` proves them safe.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from intssm.datapath import layout
 from intssm.errors import IntssmError
 from intssm.datapath.fixedpoint import (WEYL_MASK, WEYL_STEP, cast_like, offset_rshift, requantize, rounding_rshift, saturate,
                          state_round_offset, wadd, weyl_lane, wmul)
-from intssm.integer.kernels import (CL_HI_I, CL_HI_R, CL_LO_I, CL_LO_R, CL_S_I, CL_S_R, clip_counted, fill_state_offsets, mixing_fits_int32,
+from intssm.datapath.kernels import (CL_HI_I, CL_HI_R, CL_LO_I, CL_LO_R, CL_S_I, CL_S_R, clip_counted, fill_state_offsets, mixing_fits_int32,
                       mode_constants, mode_loop_fits_int32, numba_setup, output_acc, residual_acc, state_update)
 from intssm.datapath.layout import C_GLU, C_H, C_LOGITS, C_POOL, C_XIM, C_XRE, C_Y, R_ACT, R_GLU, R_H, R_LOGITS, R_POOL, R_XIM, R_XRE, R_Y
 
@@ -375,7 +375,7 @@ def blocks(lengths: np.ndarray, lanes: int = LANES) -> tuple[np.ndarray, np.ndar
 
 #: The fast kernel's arrays: the encoder's, its 256-entry tables (one pixel per step), the folded
 #: mode constants (:func:`fold_constants`), the mode loop's per-channel constants
-#: (:func:`intssm.integer.kernels.mode_constants`), the centred mixing weights, then the rest as in the layout.
+#: (:func:`intssm.datapath.kernels.mode_constants`), the centred mixing weights, then the rest as in the layout.
 FastArrays = namedtuple("FastArrays", (
     "enc_w", "enc_w_z", "enc_b", "enc_M", "enc_S", "h_z", "enc_tab", "enc_sat", "K", "Cc", "clip", "mwc",
     "D", "D_z", "x_re_z", "x_im_z", "x_re_S", "x_im_S", "y_M", "y_S", "y_z", "gelu_lut", "act_z", "mix_b",
@@ -391,7 +391,7 @@ def state_fits_int32(a: dict, K: np.ndarray, Cc: np.ndarray, clip: np.ndarray) -
 
 
 def mix_fits_int32(a: dict, mwc: np.ndarray) -> bool:
-    """:func:`intssm.integer.kernels.mixing_fits_int32` for a whole model, max|a'| from each layer's
+    """:func:`intssm.datapath.kernels.mixing_fits_int32` for a whole model, max|a'| from each layer's
     activation code range and zero point."""
     q, az = a["qrange"], a["act_z"]
     return mixing_fits_int32(mwc, np.maximum(np.abs(q[R_ACT, 0] - az), np.abs(q[R_ACT, 1] - az)))

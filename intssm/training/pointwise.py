@@ -13,13 +13,13 @@ one sequence at one time step), and one kernel computes their straight-through g
     h+ = requantize(M0h u' + M1h (g[:H] - z_glu) s, Sh)      pass mask m_h
 
 ``requantize(acc, S) = clamp(rounding_rshift(acc, S) + z, qmin, qmax)`` with the gradient
-``2**-S`` where it did not saturate (:func:`intssm.datapath.fixedpoint.rshift_clamp_t`), and each table's
+``2**-S`` where it did not saturate (:func:`intssm.training.fixedpoint_torch.rshift_clamp_t`), and each table's
 gradient is ``f'(s_in (code - z_in)) s_in / s_out`` (:meth:`intssm.training.qmodel.QuantS4D._lut`), taken
 per code from Torch's own autograd so that both paths multiply by the same numbers.
 
 The forward gives exactly the integers of the Torch path (int64 inside, every accumulator below
 2**53 by :func:`intssm.datapath.qspec.build_datapath`; the mixing sums in int32 lanes where
-:func:`intssm.integer.kernels.mixing_fits_int32` proves them in range). The backward matches autograd through the
+:func:`intssm.datapath.kernels.mixing_fits_int32` proves them in range). The backward matches autograd through the
 Torch path to rounding (float64; tests). Weight gradients are summed per fixed block of rows
 and the blocks in a fixed order, so results do not depend on the number of threads.
 """
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from intssm.datapath.fixedpoint import cast_like, requantize, rounding_rshift, saturate, wadd, wmul
-from intssm.integer.kernels import mixing_fits_int32, numba_setup, output_acc, residual_acc
+from intssm.datapath.kernels import mixing_fits_int32, numba_setup, output_acc, residual_acc
 
 _BLOCKS = 64  # row blocks of the backward's weight-gradient sums (fixed: thread-count independent)
 
@@ -129,7 +129,7 @@ def _rows(t: torch.Tensor) -> np.ndarray:
 
 def _mixing_width(mw: np.ndarray, k) -> np.ndarray:
     """The centred mixing weights as int32 where the mixing sums provably fit int32
-    (:func:`intssm.integer.kernels.mixing_fits_int32`, a' = LUT_gelu - z_act over the whole table;
+    (:func:`intssm.datapath.kernels.mixing_fits_int32`, a' = LUT_gelu - z_act over the whole table;
     the bias is added in int64), else int64. The same integers either way."""
     return mw.astype(np.int32) if mixing_fits_int32(mw, np.abs(k.gelu - k.az).max()) else mw
 

@@ -11,7 +11,7 @@ with rounding offsets d = 2**(S-1) (half up), or the dithered rounding's Weyl of
 (:func:`intssm.datapath.fixedpoint.weyl_offset`, which change with k and n).
 
 The forward computes exactly the integers of :meth:`intssm.training.qmodel.QuantS4D._scan` (int32
-lanes where :func:`intssm.integer.kernels.mode_loop_fits_int32` proves them safe for the call, int64
+lanes where :func:`intssm.datapath.kernels.mode_loop_fits_int32` proves them safe for the call, int64
 otherwise; inputs and outputs are float64 tensors holding integers below 2**53). The backward is the
 reverse scan with straight-through rounding (d v / d acc = 2**-S) and the clip masks (zero
 gradient where the state was clipped), giving gradients for KR, KI, Cre', Cim' and u.
@@ -29,7 +29,7 @@ import torch
 from numba import get_num_threads, njit, prange
 
 from intssm.datapath.fixedpoint import WEYL_MASK, WEYL_STEP, cast_like, wadd, weyl_lane_of, wmul
-from intssm.integer.kernels import (clip_counted, fill_state_offsets, max_offsets, mode_loop_fits_int32, numba_setup,
+from intssm.datapath.kernels import (clip_counted, fill_state_offsets, max_offsets, mode_loop_fits_int32, numba_setup,
                                    state_update)
 
 
@@ -260,7 +260,7 @@ _BUFFERS = _Buffers()
 
 
 def _fits_int32(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither) -> bool:
-    """:func:`intssm.integer.kernels.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
+    """:func:`intssm.datapath.kernels.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
     K = np.concatenate([KR, KI]).transpose(1, 0, 2)  # (H 6 N2)
     clip = np.stack([lor, hir, loi, hii, *max_offsets(Sr, Si, dither), Sr, Si], -1)  # (H 8)
     return mode_loop_fits_int32(K, np.stack([Cr, Ci], 1), clip, int(max(u.max(), -u.min())) if u.size else 0)
