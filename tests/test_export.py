@@ -115,18 +115,15 @@ def test_roundtrip_simulation_identical(good):
     assert np.array_equal(lg_t.numpy().astype(np.int64), lg_file)
 
 
-def test_artifact_before_dither_flag_loads(good, tmp_path):
-    """An artifact written before the dithered state rounding (no x_dither array) loads as rounding
-    half up, and simulates exactly as before."""
-    qm, arrays, path, _ = good
+def test_artifact_without_dither_flag_is_refused(good, tmp_path):
+    """An artifact lacking the x_dither array (which says how the state update rounds) is refused
+    with one message naming it, never run with a guessed rounding."""
+    _, _, path, _ = good
     raw = read_raw(path)
     del raw["x_dither"]
     np.savez(tmp_path / "old.npz", **raw)
-    a, _ = intssm.integer.export.load(tmp_path / "old.npz")
-    assert a["x_dither"].tolist() == [0]
-    P = inputs()
-    n = len(qm.counters)
-    assert (intssm.integer.sim.simulate(a, P, True, n)[0] == intssm.integer.sim.simulate(arrays, P, True, n)[0]).all()
+    with pytest.raises(IntssmError, match="x_dither"):
+        intssm.integer.export.load(tmp_path / "old.npz")
 
 
 def test_resave_identical(good, tmp_path):

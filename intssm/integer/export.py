@@ -179,8 +179,6 @@ def load(path) -> tuple[dict, dict]:
     except (OSError, EOFError, zipfile.BadZipFile, KeyError, zlib.error, NotImplementedError) as e:
         raise IntssmError(f"{p}: not a readable npz ({type(e).__name__}: {str(e)[:160]})") from None
     try:
-        if "x_dither" not in raw and qcfg.state_rounding == "nearest":  # written before the dithered rounding
-            raw["x_dither"] = np.zeros(1, np.int64)
         arrays = layout.validate(raw, cfg, qcfg, man.get("seq_len"))
         if man.get("counters") != layout.counter_names(cfg.n_layers):
             raise IntssmError(f"counters must be the {layout.n_counters(cfg.n_layers)} names "
