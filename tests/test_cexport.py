@@ -33,7 +33,7 @@ from intssm.datapath.qspec import PRESETS, QFormat, QuantConfig
 from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path (rootdir-relative, "prepend" import mode)
-from test_datapath import inputs, models, quant_configs
+from strategies import inputs, models, quant_configs
 
 GCC = shutil.which("gcc")
 SIZE = shutil.which("size")

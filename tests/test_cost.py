@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from naive_sim import run as naive_run
-from test_datapath import models, quant_configs
+from strategies import models, quant_configs
 
 from intssm.integer.cost import final_ops, memory, step_ops
 from intssm.errors import IntssmError

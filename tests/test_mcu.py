@@ -23,7 +23,7 @@ from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path
 from test_cexport import manifest_like, random_case
-from test_datapath import models, quant_configs
+from strategies import models, quant_configs
 from cli_helpers import assert_clean_error, intssm, ok_json
 
 needs_mcu = pytest.mark.skipif(not mcu.available() and not os.environ.get("CI"),

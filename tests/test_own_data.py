@@ -28,7 +28,7 @@ from intssm.integer.sim import simulate
 from intssm.data.tsformat import read_ts
 
 from test_cexport import build_harness, manifest_like, run_c
-from test_datapath import models, quant_configs
+from strategies import models, quant_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 UEA = ROOT / "data" / "uea"

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_datapath import models, quant_configs
-from test_scan import assert_same_codes_close_grads, drawn_case, loss_and_grads
+from strategies import models, quant_configs
+from qat_helpers import assert_same_codes_close_grads, drawn_case, loss_and_grads
 
 from intssm.training.ptq import ptq
 

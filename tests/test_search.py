@@ -19,7 +19,7 @@ from intssm.datapath.qspec import PRESETS as QP
 from intssm.datapath.qspec import QuantConfig, get_config, ranges_to_json
 from intssm.search import GROUPS, LADDER, greedy, lower, pareto, signature
 
-from test_cli_int import assert_clean_error, intssm, ok_json
+from cli_helpers import assert_clean_error, intssm, ok_json
 
 
 @pytest.fixture(scope="module")
