@@ -391,7 +391,8 @@ def search(
     from intssm.training.equalize import check_strength
     from intssm.executor import get_executor
     from intssm.training.ptq import ptq_dataset
-    from intssm.datapath.qspec import get_config, ranges_to_json
+    from intssm.datapath.qspec import get_config
+    from intssm.datapath.ranges import ranges_to_json
     from intssm.search import GROUPS, SearchInterrupted, greedy, pareto, plot, score, write
 
     if not 0 < min_accuracy <= 1:

@@ -65,7 +65,8 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     from intssm.integer.export import integer_model
     from intssm.training.qat import configure, qat_step
     from intssm.training.qmodel import QuantS4D
-    from intssm.datapath.qspec import build_datapath, ranges_from_json
+    from intssm.datapath.build import build_datapath
+    from intssm.datapath.ranges import ranges_from_json
     from intssm.integer.sim import simulate
 
     q = QuantConfig.from_dict(qcfg)

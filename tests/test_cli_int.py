@@ -370,7 +370,8 @@ def test_qat_requantizes_a_quantized_checkpoint_at_new_formats(work, tmp_path):
     """`qat q.pt --config NEW` keeps the stored ranges and learned weights, switches to NEW's formats
     (progressive bit lowering), and the result simulates bit-exactly; without --config it keeps its own."""
     from intssm.training import checkpoint
-    from intssm.datapath.qspec import PRESETS, QuantConfig, ranges_from_json
+    from intssm.datapath.qspec import PRESETS, QuantConfig
+    from intssm.datapath.ranges import ranges_from_json
 
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     ok_json(intssm("qat", work["quant"], "--param", "discrete", "--epochs", "1", "--limit", "16", "--val-limit", "8",

@@ -15,7 +15,8 @@ from intssm.errors import IntssmError
 from intssm.integer.export import integer_model
 from intssm.training.model import PRESETS, S4DModel
 from intssm.training.ptq import from_checkpoint, ptq, qspec_entry
-from intssm.datapath.qspec import MSE_GRID, QFormat, QuantConfig, _qdq_mse, apply_range_policies, parse_range
+from intssm.datapath.qspec import QFormat, QuantConfig, parse_range
+from intssm.datapath.ranges import MSE_GRID, _qdq_mse, apply_range_policies
 from intssm.integer.sim import simulate
 
 

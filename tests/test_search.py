@@ -16,7 +16,8 @@ from intssm.executor import LocalExecutor, get_executor
 from intssm.training.model import PRESETS, S4DModel
 from intssm.training.calibrate import calibrate
 from intssm.datapath.qspec import PRESETS as QP
-from intssm.datapath.qspec import QuantConfig, get_config, ranges_to_json
+from intssm.datapath.qspec import QuantConfig, get_config
+from intssm.datapath.ranges import ranges_to_json
 from intssm.search import GROUPS, LADDER, greedy, lower, pareto, signature
 
 from cli_helpers import assert_clean_error, intssm, ok_json

@@ -189,7 +189,7 @@ def qrange_of(qcfg) -> np.ndarray:
 
 
 def from_datapath(dp) -> dict:
-    """The datapath constants of a :class:`~intssm.datapath.qspec.Datapath` (everything except the weight
+    """The datapath constants of a :class:`~intssm.datapath.build.Datapath` (everything except the weight
     codes and biases) as int64 arrays under their names here."""
     nl = dp.cfg.n_layers
     tq, S, L = dp.tq, dp.sites, range(nl)
@@ -228,7 +228,7 @@ def bundle(arrays: dict) -> IntArrays:
 
 
 def site_arrays(a: dict, kind: str, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(M (terms, channels), S (channels,)) of one site, as :func:`intssm.datapath.qspec.site_bound` takes them."""
+    """(M (terms, channels), S (channels,)) of one site, as :func:`intssm.datapath.bounds.site_bound` takes them."""
     for k, m, s, per_layer in SITES:
         if k == kind:
             M, S = (a[m][layer], a[s][layer]) if per_layer else (a[m], a[s])
@@ -244,8 +244,8 @@ def validate(raw: dict, cfg, qcfg, seq_len: int) -> dict:
     point, bias, lookup-table entry, multiplier and shift within its declared width and range
     (zero points of symmetric formats are 0); ``qrange`` and ``x_dither`` equal to the quant
     config's; and, site by site with the model's own multipliers and shifts, the bound proof of
-    :func:`intssm.datapath.qspec.build_datapath`: no accumulator can reach 2**53. Raises IntssmError."""
-    from intssm.datapath.qspec import site_bound, site_term_bounds
+    :func:`intssm.datapath.build.build_datapath`: no accumulator can reach 2**53. Raises IntssmError."""
+    from intssm.datapath.bounds import site_bound, site_term_bounds
 
     if not isinstance(seq_len, int) or isinstance(seq_len, bool) or not 1 <= seq_len <= MAX_SEQ_LEN:
         raise IntssmError(f"seq_len must be an integer in 1..{MAX_SEQ_LEN}, got {seq_len!r}")

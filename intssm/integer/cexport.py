@@ -257,10 +257,10 @@ class SiteWidth:
 
 
 def site_widths(a: dict, cfg, qcfg, seq_len: int) -> dict:
-    """kind -> :class:`SiteWidth` of every site kind, from :func:`intssm.datapath.qspec.site_bound`
+    """kind -> :class:`SiteWidth` of every site kind, from :func:`intssm.datapath.bounds.site_bound`
     with the model's own multipliers and shifts. Raises IntssmError where a rounded result could
     leave int32 (the generated code narrows it there)."""
-    from intssm.datapath.qspec import site_bound, site_term_bounds
+    from intssm.datapath.bounds import site_bound, site_term_bounds
 
     T = site_term_bounds(cfg, qcfg, seq_len)
     dither = qcfg.state_rounding == "dither"

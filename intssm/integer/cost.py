@@ -21,7 +21,8 @@ from collections import Counter
 from intssm.datapath import layout
 from intssm.datapath.fixedpoint import MULT_BITS
 from intssm.datapath.modelconfig import ModelConfig
-from intssm.datapath.qspec import QuantConfig, site_term_bounds
+from intssm.datapath.bounds import site_term_bounds
+from intssm.datapath.qspec import QuantConfig
 
 MULT_STORE_BITS = MULT_BITS + 1  # a requantization multiplier (MULT_BITS-bit unsigned) stored in a 16-bit word
 SHIFT_BITS = 8  # stored width of a shift (0..MAX_SHIFT)
@@ -116,8 +117,8 @@ def site_acc_bits(cfg: ModelConfig, q: QuantConfig, L: int) -> dict:
 
     ``pre``: the integer summed before rescaling (a dot product, or one product for the sites
     that rescale each term); ``post``: after the 15-bit multiplier (M <= 2**15 - 1), where terms
-    are combined, rounded and offset. The operand bounds are :func:`intssm.datapath.qspec.site_term_bounds`,
-    the ones :func:`intssm.datapath.qspec.build_datapath` proves.
+    are combined, rounded and offset. The operand bounds are :func:`intssm.datapath.bounds.site_term_bounds`,
+    the ones :func:`intssm.datapath.build.build_datapath` proves.
     """
     Mx = 2**15 - 1
     terms = {k: [t[0] + b] + t[1:] for k, (t, b) in site_term_bounds(cfg, q, L).items()}  # bias rides term 0's M

@@ -1,7 +1,7 @@
 """Calibration: the float model run recurrently in float64, recording every datapath tensor's range.
 
 The ranges (and, for range policies, samples; for state equalization, per-mode state ranges) are
-what :mod:`intssm.training.ptq` turns into a datapath (:func:`intssm.datapath.qspec.build_datapath`).
+what :mod:`intssm.training.ptq` turns into a datapath (:func:`intssm.datapath.build.build_datapath`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def calibrate(model: S4DModel, u: torch.Tensor, want_samples: bool = False, want
     ``u`` (B, L, d_input) float inputs (``p / 255``), ``lengths`` (B,) each sequence's valid steps
     (None: all L); padding steps never enter a range. Weights' ranges come from the weights.
     ``want_samples``: also keep ``samples[key]`` (n, C) float32 values per channel for the range
-    policies of :func:`intssm.datapath.qspec.apply_range_policies`: every weight, and for activations every
+    policies of :func:`intssm.datapath.ranges.apply_range_policies`: every weight, and for activations every
     ``stride``-th time step, ``stride`` chosen to keep about SAMPLE_ROWS rows. ``want_modes``: also
     keep one (H, N/2) tensor per layer, each mode's largest |Re x_n| or |Im x_n| (what
     :mod:`intssm.training.equalize` evens out).

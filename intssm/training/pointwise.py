@@ -18,7 +18,7 @@ gradient is ``f'(s_in (code - z_in)) s_in / s_out`` (:meth:`intssm.training.qmod
 per code from Torch's own autograd so that both paths multiply by the same numbers.
 
 The forward gives exactly the integers of the Torch path (int64 inside, every accumulator below
-2**53 by :func:`intssm.datapath.qspec.build_datapath`; the mixing sums in int32 lanes where
+2**53 by :func:`intssm.datapath.build.build_datapath`; the mixing sums in int32 lanes where
 :func:`intssm.datapath.kernels.mixing_fits_int32` proves them in range). The backward matches autograd through the
 Torch path to rounding (float64; tests). Weight gradients are summed per fixed block of rows
 and the blocks in a fixed order, so results do not depend on the number of threads.

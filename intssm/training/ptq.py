@@ -1,7 +1,7 @@
 """Post-training quantization and quantized checkpoints: float model -> :class:`~intssm.training.qmodel.QuantS4D`.
 
 :func:`ptq` calibrates (:mod:`intssm.training.calibrate`), applies the range policies and builds the
-datapath (:func:`intssm.datapath.qspec.build_datapath`); :func:`qspec_entry` / :func:`from_checkpoint`
+datapath (:func:`intssm.datapath.build.build_datapath`); :func:`qspec_entry` / :func:`from_checkpoint`
 store and rebuild it exactly; :func:`requantize_model` rebuilds a model at other formats on its
 stored ranges.
 """
@@ -15,8 +15,9 @@ from intssm.training.calibrate import calibrate
 from intssm.errors import IntssmError
 from intssm.training.model import S4DModel
 from intssm.training.qmodel import QuantS4D
-from intssm.datapath.qspec import (DATAPATH_VERSION, QuantConfig, apply_range_policies, build_datapath, calibrated_range_keys,
-                    ranges_from_json, ranges_to_json)
+from intssm.datapath.build import build_datapath, calibrated_range_keys
+from intssm.datapath.qspec import DATAPATH_VERSION, QuantConfig
+from intssm.datapath.ranges import apply_range_policies, ranges_from_json, ranges_to_json
 
 
 def ptq(model: S4DModel, qcfg: QuantConfig, calib_u: torch.Tensor, equalize: float = 0.0,

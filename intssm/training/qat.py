@@ -169,7 +169,8 @@ def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: floa
     stored ranges if ``config`` is given (progressive quantization)."""
     from intssm.training import checkpoint
     from intssm.training.ptq import from_checkpoint, ptq_dataset, requantize_model
-    from intssm.datapath.qspec import get_config, ranges_from_json
+    from intssm.datapath.qspec import get_config
+    from intssm.datapath.ranges import ranges_from_json
 
     model, ck = checkpoint.load(ckpt)
     model = model.double()

@@ -1,9 +1,9 @@
 """Torch quantized S4D in recurrent mode: integer codes carried in float64 tensors.
 
-Every value is an exact integer below 2**53 (proved per site by :func:`intssm.datapath.qspec.build_datapath`),
+Every value is an exact integer below 2**53 (proved per site by :func:`intssm.datapath.build.build_datapath`),
 so this forward pass computes the same integers as the Numba simulator, while straight-through
 estimators let gradients reach the float weights (QAT). It reads the integer constants of the
-:class:`~intssm.datapath.qspec.Datapath`; it never calls the simulator.
+:class:`~intssm.datapath.build.Datapath`; it never calls the simulator.
 
 Weight codes:  q = clamp(round_half_up(w / s) + z, qmin, qmax),  used centred: q - z.
 Biases:        int32 codes at the scale of the accumulator they join.
@@ -23,7 +23,8 @@ from intssm.training.fixedpoint_torch import clamp_t, offset_rshift_t, round_hal
 from intssm.training.calibrate import discrete_parts
 from intssm.training.model import S4DModel
 from intssm.training.pointwise import layer_tail, lut_surrogate, tail_constants
-from intssm.datapath.qspec import INPUT_SCALE, Datapath
+from intssm.datapath.build import Datapath
+from intssm.datapath.qspec import INPUT_SCALE
 
 T64 = torch.float64
 
