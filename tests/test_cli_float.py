@@ -24,6 +24,8 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_train_json(tiny_ckpt):
+    """`intssm train --json` writes the checkpoint and prints one JSON line: output path, best epoch 1, one
+    history entry with val_acc in [0, 1] equal to the reported one, and a finite positive train loss."""
     d, ckpt, r = tiny_ckpt
     assert ckpt.is_file()
     lines = r.stdout.strip().splitlines()
@@ -47,6 +49,8 @@ def _eval(ckpt, *extra):
 
 
 def test_eval_json_conv_and_recurrent_agree(tiny_ckpt):
+    """`intssm eval --json` on 100 test sequences reports n, mode, split, dataset and an accuracy of k/100;
+    conv and recurrent modes give equal accuracy and losses within rel 1e-4."""
     _, ckpt, _ = tiny_ckpt
     conv = _eval(ckpt)
     assert 0.0 <= conv["accuracy"] <= 1.0
@@ -85,6 +89,7 @@ def test_eval_matches_library(tiny_ckpt):
 
 
 def test_missing_checkpoint(tmp_path):
+    """eval on a missing checkpoint gives one `error:` line with the full path (longer than 80 columns), exit 2."""
     missing = tmp_path / ("a-rather-long-directory-name-" * 3) / "missing.pt"  # longer than the 80 columns
     r = intssm("eval", missing, "--limit", "10")
     assert_clean_error(r, "checkpoint not found")
@@ -92,6 +97,7 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_random_bytes_checkpoint(tmp_path):
+    """eval on random bytes gives one `error:` line "not a readable intssm checkpoint", exit 2."""
     p = tmp_path / "junk.pt"
     p.write_bytes(np.random.default_rng(0).bytes(4096))
     r = intssm("eval", p, "--limit", "10")
@@ -99,29 +105,34 @@ def test_random_bytes_checkpoint(tmp_path):
 
 
 def test_unknown_dataset_train(tmp_path):
+    """train --seq nosuch gives one `error:` line naming the dataset, exit 2, and writes no checkpoint."""
     r = intssm("train", "--preset", "tiny", "--epochs", "1", "--seq", "nosuch", "-o", tmp_path / "x.pt")
     assert_clean_error(r, "unknown dataset 'nosuch'")
     assert not (tmp_path / "x.pt").exists()
 
 
 def test_unknown_dataset_eval(tiny_ckpt):
+    """eval --seq nosuch gives one `error:` line naming the dataset, exit 2."""
     r = intssm("eval", tiny_ckpt[1], "--seq", "nosuch")
     assert_clean_error(r, "unknown dataset 'nosuch'")
 
 
 @pytest.mark.parametrize("cmd,limit", [("eval", "-5"), ("train", "0")])
 def test_bad_limit(tmp_path, cmd, limit):
+    """eval --limit -5 and train --limit 0 give one `error:` line quoting the value, exit 2."""
     args = [tmp_path / "x.pt"] if cmd == "eval" else ["--preset", "tiny", "-o", tmp_path / "x.pt"]
     r = intssm(cmd, *args, "--limit", limit)
     assert_clean_error(r, f"--limit must be a positive number of sequences, got {limit}")
 
 
 def test_bad_mode(tiny_ckpt):
+    """eval --mode fft gives one `error:` line "--mode must be conv or recurrent", exit 2."""
     r = intssm("eval", tiny_ckpt[1], "--mode", "fft", "--limit", "10")
     assert_clean_error(r, "--mode must be conv or recurrent")
 
 
 def test_usage_error_is_clean(tmp_path):
+    """An unknown option gives one `error:` line ("No such option"), exit 2, no usage dump."""
     r = intssm("eval", tmp_path / "x.pt", "--no-such-option")
     assert_clean_error(r, "No such option")
 
@@ -149,12 +160,15 @@ def test_train_overrides_and_time_budget(tmp_path):
     (["--min-decay", "1.5"], "min_decay must be a number in [0, 1)"),
 ])
 def test_train_bad_options(tmp_path, args, fragment):
+    """An odd d_state, d_model 0, negative --max-minutes, an unknown device or --min-decay 1.5 each give one
+    `error:` line naming the option, exit 2, and no checkpoint."""
     r = intssm("train", "--preset", "tiny", "--epochs", "1", "--limit", "10", *args, "-o", tmp_path / "x.pt")
     assert_clean_error(r, fragment)
     assert not (tmp_path / "x.pt").exists()
 
 
 def test_train_cuda_without_a_gpu_is_a_clean_error(tmp_path):
+    """Without a GPU, train --device cuda gives one `error:` line, exit 2 (skipped where a GPU is present)."""
     import torch
 
     if torch.cuda.is_available():

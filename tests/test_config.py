@@ -34,6 +34,8 @@ BAD = [
 
 @pytest.mark.parametrize("cfg,fragment", BAD, ids=[str(c) for c, _ in BAD])
 def test_bad_config_refused(cfg, fragment):
+    """Each impossible quant setting in BAD is refused with a one-line IntssmError containing the expected
+    message (component and value)."""
     with pytest.raises(IntssmError) as e:
         QuantConfig.from_dict(cfg)
     assert fragment in str(e.value)
@@ -42,6 +44,7 @@ def test_bad_config_refused(cfg, fragment):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_round_trip(name):
+    """Every quant preset equals itself after to_dict then from_dict."""
     q = PRESETS[name]
     assert QuantConfig.from_dict(q.to_dict()) == q
 

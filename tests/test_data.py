@@ -41,6 +41,8 @@ def raw_mnist():
 
 
 def test_real_mnist_shapes_and_dtypes(raw_mnist):
+    """The shipped MNIST files read as uint8 images (60000 or 10000, 28, 28) and labels (60000 or 10000,);
+    training pixels span 0..255 and > 99% of the top-row pixels are 0."""
     assert raw_mnist["xtr"].shape == (60000, 28, 28)
     assert raw_mnist["ytr"].shape == (60000,)
     assert raw_mnist["xte"].shape == (10000, 28, 28)
@@ -53,6 +55,7 @@ def test_real_mnist_shapes_and_dtypes(raw_mnist):
 
 
 def test_real_mnist_label_counts(raw_mnist):
+    """Per-digit label counts of both MNIST splits and the first ten training labels equal the official ones."""
     assert np.bincount(raw_mnist["ytr"], minlength=10).tolist() == TRAIN_COUNTS
     assert np.bincount(raw_mnist["yte"], minlength=10).tolist() == TEST_COUNTS
     # first training labels of the official file
@@ -68,6 +71,7 @@ def small_idx():
 
 
 def test_read_idx_roundtrip_raw_and_gzip(tmp_path, small_idx):
+    """A uint8 array encoded as IDX reads back equal, from a raw file and from a gzip file."""
     (tmp_path / "a.idx").write_bytes(idx_bytes(small_idx))
     (tmp_path / "a.idx.gz").write_bytes(gzip.compress(idx_bytes(small_idx)))
     for name in ("a.idx", "a.idx.gz"):
@@ -78,6 +82,8 @@ def test_read_idx_roundtrip_raw_and_gzip(tmp_path, small_idx):
 
 @pytest.mark.parametrize("code,dtype", [(0x0B, np.int16), (0x0C, np.int32), (0x0D, np.float32), (0x0E, np.float64)])
 def test_read_idx_big_endian_types(tmp_path, code, dtype):
+    """Big-endian int16/int32/float32/float64 IDX payloads read back equal, in native byte order and the
+    same dtype."""
     arr = np.array([[1, -2, 300], [70000 if dtype != np.int16 else 7000, 5, -6]], dtype=dtype)
     (tmp_path / "b.idx").write_bytes(idx_bytes(arr, code))
     out = data.read_idx(tmp_path / "b.idx")
@@ -87,6 +93,7 @@ def test_read_idx_big_endian_types(tmp_path, code, dtype):
 
 
 def test_truncated_payload(tmp_path, small_idx):
+    """A payload one byte short is refused with a one-line error giving both sizes and the path."""
     p = tmp_path / "t.idx"
     p.write_bytes(idx_bytes(small_idx)[:-1])
     with pytest.raises(IntssmError, match=r"payload has 23 bytes.*need 24") as e:
@@ -95,6 +102,7 @@ def test_truncated_payload(tmp_path, small_idx):
 
 
 def test_extra_payload(tmp_path, small_idx):
+    """A payload one byte too long is refused with an error giving its size."""
     p = tmp_path / "t.idx"
     p.write_bytes(idx_bytes(small_idx) + b"\0")
     with pytest.raises(IntssmError, match=r"payload has 25 bytes"):
@@ -102,6 +110,7 @@ def test_extra_payload(tmp_path, small_idx):
 
 
 def test_truncated_header(tmp_path, small_idx):
+    """A header cut inside the dimensions is refused with a one-line "truncated IDX header" error."""
     p = tmp_path / "h.idx"
     p.write_bytes(idx_bytes(small_idx)[:10])  # magic says 3 dims, only 1.5 present
     with pytest.raises(IntssmError, match="truncated IDX header") as e:
@@ -119,6 +128,8 @@ def test_truncated_header(tmp_path, small_idx):
      b"hello world, not an IDX file"],
 )
 def test_wrong_magic(tmp_path, payload):
+    """A bad first byte, an unknown type code, zero dimensions, a short or empty file and text are each refused
+    with a one-line "not an IDX file" error."""
     p = tmp_path / "m.idx"
     p.write_bytes(payload)
     with pytest.raises(IntssmError, match="not an IDX file") as e:
@@ -127,12 +138,14 @@ def test_wrong_magic(tmp_path, payload):
 
 
 def test_missing_file(tmp_path):
+    """A missing path is refused with "IDX file not found"."""
     with pytest.raises(IntssmError, match="IDX file not found"):
         data.read_idx(tmp_path / "nope.idx")
 
 
 @pytest.mark.parametrize("cut", [lambda b: b[:-4], lambda b: b[:15], lambda b: b[:-8] + b"\0" * 8])
 def test_corrupt_gzip(tmp_path, small_idx, cut):
+    """A gzip file cut short or with a zeroed trailer is refused with a one-line "corrupt gzip stream" error."""
     p = tmp_path / "c.idx.gz"
     p.write_bytes(cut(gzip.compress(idx_bytes(small_idx))))
     with pytest.raises(IntssmError, match="corrupt gzip stream") as e:
@@ -141,6 +154,7 @@ def test_corrupt_gzip(tmp_path, small_idx, cut):
 
 
 def test_corrupt_gzip_body(tmp_path, small_idx):
+    """A gzip file with its deflate stream scrambled raises an IntssmError saying "corrupt gzip"."""
     good = bytearray(gzip.compress(idx_bytes(small_idx)))
     for i in range(10, len(good) - 8):  # keep the gzip header, scramble the deflate stream
         good[i] ^= 0xFF
@@ -156,6 +170,8 @@ def test_corrupt_gzip_body(tmp_path, small_idx):
 
 @pytest.mark.parametrize("name", sorted(data.KNOWN_SHA256))
 def test_checksum_mismatch_for_official_name(tmp_path, small_idx, name):
+    """A valid IDX gzip named like an official MNIST file but with other bytes is refused (one-line checksum
+    error); with check_known=False the same file reads back equal."""
     p = tmp_path / name
     p.write_bytes(gzip.compress(idx_bytes(small_idx)))  # a perfectly valid IDX gzip ...
     with pytest.raises(IntssmError, match="checksum does not match the official MNIST file") as e:
@@ -166,6 +182,7 @@ def test_checksum_mismatch_for_official_name(tmp_path, small_idx, name):
 
 
 def test_official_checksums_match_sources():
+    """The shipped MNIST files' SHA-256 and MD5 equal the recorded official checksums."""
     for name, sha in data.KNOWN_SHA256.items():
         raw = (MNIST / name).read_bytes()
         assert hashlib.sha256(raw).hexdigest() == sha
@@ -176,6 +193,8 @@ def test_official_checksums_match_sources():
 
 
 def test_smnist_is_row_major_pixels(raw_mnist):
+    """sMNIST train/val/test are the first 50k / last 10k training images and the test images, flattened
+    row-major to (n, 784, 1) uint8 with int64 labels equal to the file's; as_float is x / 255 in float32."""
     tr = data.load("smnist", "train")
     va = data.load("smnist", "val")
     te = data.load("smnist", "test")
@@ -198,6 +217,8 @@ def test_smnist_is_row_major_pixels(raw_mnist):
 
 
 def test_val_split_is_last_10k_and_disjoint_from_train():
+    """train + val hold all 60,000 training rows (val has 10,000), their label counts add up to the file's,
+    and their arrays share no memory."""
     tr = data.load("smnist", "train")
     va = data.load("smnist", "val")
     assert len(tr) + len(va) == 60000
@@ -209,6 +230,8 @@ def test_val_split_is_last_10k_and_disjoint_from_train():
 
 
 def test_psmnist_is_a_fixed_permutation():
+    """psMNIST is sMNIST with every sequence's steps permuted by the one documented permutation (seeded),
+    the same on train and test, labels unchanged, not the identity, with a different checksum."""
     s = data.load("smnist", "train", limit=300)
     p = data.load("psmnist", "train", limit=300)
     assert p.x.shape == s.x.shape and p.x.dtype == np.uint8
@@ -228,6 +251,7 @@ def test_psmnist_is_a_fixed_permutation():
 
 
 def test_psmnist_deterministic_across_fresh_loads(monkeypatch):
+    """Two psMNIST loads with the cache cleared between them give equal arrays and checksums."""
     a = data.load("psmnist", "val", limit=100)
     monkeypatch.setattr(data, "_CACHE", {})  # force a fresh read and a fresh permutation
     b = data.load("psmnist", "val", limit=100)
@@ -236,6 +260,8 @@ def test_psmnist_deterministic_across_fresh_loads(monkeypatch):
 
 
 def test_limit():
+    """limit=7 gives the first 7 sequences and labels of the full split, a limit above the split's size gives
+    the whole split, and the dataset is named smnist:train."""
     d = data.load("smnist", "train", limit=7)
     full = data.load("smnist", "train")
     assert len(d) == 7 and d.x.shape == (7, 784, 1)
@@ -247,12 +273,15 @@ def test_limit():
 
 @pytest.mark.parametrize("limit", [0, -1, -100])
 def test_bad_limit(limit):
+    """A limit of 0 or below is refused with an error that quotes the value."""
     with pytest.raises(IntssmError, match="--limit must be a positive number of sequences") as e:
         data.load("smnist", "train", limit=limit)
     assert str(limit) in str(e.value)
 
 
 def test_unknown_dataset_and_split(tmp_path):
+    """An unknown dataset name, a path that is not a dataset (.csv), and an unknown split are each refused
+    with their own error (the first checked to be one line)."""
     with pytest.raises(IntssmError, match="unknown dataset 'nosuch'") as e:
         data.load("nosuch", "test")
     assert one_line(str(e.value))
@@ -277,6 +306,8 @@ def _unique_rows(n: int, L: int) -> np.ndarray:
 
 
 def test_npz_uint8_2d(tmp_path):
+    """A uint8 [n, L] .npz loads as (n, L, 1): val is the stratified split's rows, disjoint from train and
+    together all rows; test labels become int64, as_float is x / 255, and limit applies to val."""
     x = _unique_rows(N_TR, 5)
     y = np.arange(N_TR) % 7
     xt, yt = x[:13], y[:13].astype(np.int32)
@@ -297,6 +328,8 @@ def test_npz_uint8_2d(tmp_path):
 
 
 def test_npz_float_3d(tmp_path):
+    """A float [n, L, d] .npz loads as it is (float32 for as_float, not uint8), and train is the stratified
+    split's train rows."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(N_TR, 4, 3)).astype(np.float32)
     xt = rng.normal(size=(6, 4, 3))
@@ -311,6 +344,7 @@ def test_npz_float_3d(tmp_path):
 
 
 def test_npz_object_array_refused(tmp_path):
+    """An .npz holding an object array is refused (no pickle) with a one-line error naming the path and cause."""
     obj = np.empty(N_TR, dtype=object)
     obj[:] = [np.zeros(3)] * N_TR
     p = tmp_path / "obj.npz"
@@ -323,6 +357,7 @@ def test_npz_object_array_refused(tmp_path):
 
 
 def test_npz_missing_key(tmp_path):
+    """An .npz without y_test is refused with a one-line error naming the missing array."""
     p = tmp_path / "miss.npz"
     np.savez(p, x_train=np.zeros((N_TR, 3), np.uint8), y_train=np.zeros(N_TR, np.int64), x_test=np.zeros((2, 3), np.uint8))
     with pytest.raises(IntssmError, match="lacks array.*y_test") as e:
@@ -345,6 +380,8 @@ def test_npz_missing_key(tmp_path):
     ],
 )
 def test_npz_bad_shapes(tmp_path, arrays, fragment):
+    """Wrong x/y shapes, an empty x, integer (non-uint8) x, NaN inputs, and negative or float labels are each
+    refused with a one-line error naming the problem."""
     p = tmp_path / "bad.npz"
     np.savez(p, **arrays, x_test=np.zeros((2, 3), np.uint8), y_test=np.zeros(2, np.int64))
     with pytest.raises(IntssmError, match=fragment) as e:
@@ -354,6 +391,7 @@ def test_npz_bad_shapes(tmp_path, arrays, fragment):
 
 @pytest.mark.parametrize("content", [b"", b"random bytes, not a zip archive at all"])
 def test_npz_unreadable(tmp_path, content):
+    """An empty file and random bytes are refused with a one-line "not a readable npz dataset" error."""
     p = tmp_path / "junk.npz"
     p.write_bytes(content)
     with pytest.raises(IntssmError, match="not a readable npz dataset") as e:
@@ -363,6 +401,8 @@ def test_npz_unreadable(tmp_path, content):
 
 @pytest.mark.parametrize("kind", ["truncated", "npy"])
 def test_npz_truncated_or_npy(tmp_path, kind):
+    """A truncated .npz and a plain .npy file are refused with IntssmError (type only; the message is not
+    checked)."""
     p = tmp_path / "t.npz"
     if kind == "truncated":
         np.savez(p, x_train=np.zeros((N_TR, 3), np.uint8), y_train=np.zeros(N_TR, np.int64),
@@ -402,6 +442,8 @@ def _write_idx_dir(d, n_train=N_TR, n_test=5, gz_names=False, labels_train=None)
 
 
 def test_idx_directory_loads(tmp_path):
+    """A directory of four IDX files loads: images flattened to (n, 4, 1) uint8, labels int64, val the
+    stratified split's rows, disjoint from train and together all rows, test as written, a SHA-256 checksum."""
     xtr, ytr, xte, yte = _write_idx_dir(tmp_path / "mini")
     tr, va, te = (data.load(str(tmp_path / "mini"), s) for s in ("train", "val", "test"))
     tri, vai = data.stratified_split(ytr.astype(np.int64), data.VAL_FRACTION)
@@ -428,6 +470,7 @@ def test_idx_directory_with_official_gz_names_but_other_bytes(tmp_path):
 
 
 def test_idx_directory_missing_file(tmp_path):
+    """An IDX directory without its test labels file is refused naming that file."""
     _write_idx_dir(tmp_path / "m")
     (tmp_path / "m" / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(IntssmError, match="missing t10k-labels-idx1-ubyte"):
@@ -435,6 +478,7 @@ def test_idx_directory_missing_file(tmp_path):
 
 
 def test_idx_directory_label_count_mismatch(tmp_path):
+    """An IDX directory whose training labels are one fewer than its images is refused."""
     _write_idx_dir(tmp_path / "mm", labels_train=np.zeros(N_TR - 1, np.uint8))
     with pytest.raises(IntssmError, match="train images .* and labels .* do not match"):
         data.load(str(tmp_path / "mm"), "test")

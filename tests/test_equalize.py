@@ -57,6 +57,7 @@ def test_function_is_unchanged_and_ranges_are_evened():
 
 
 def test_alpha_zero_is_the_identity_and_bad_alpha_is_refused():
+    """alpha = 0 leaves every weight equal (torch.equal); alpha -0.1, 1.5 and NaN are refused ("must be in")."""
     m, u = _model(n_layers=1), _u(4)
     e, _ = equalize_states(m, u, 0.0)
     for a, b in zip(m.state_dict().values(), e.state_dict().values()):

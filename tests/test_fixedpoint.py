@@ -459,6 +459,8 @@ def test_weyl_offset_definition(phase, j, s):
 
 @given(st.integers(-(2**50), 2**50), st.integers(0, 32).flatmap(lambda s: st.tuples(st.just(s), st.integers(0, 2**s - 1))))
 def test_offset_rshift_is_floor_of_offset_sum(v, sd):
+    """Numba and Torch offset_rshift(v, d, s) == floor((v + d) / 2**s) for drawn v, s in 0..32 and 0 <= d < 2**s;
+    with d = 2**(s-1) it equals rounding_rshift (round half up)."""
     s, d = sd
     assert _offset_nb(np.int64(v), np.int64(d), np.int64(s)) == (v + d) // 2**s
     t = offset_rshift_t(torch.tensor([float(v)], dtype=torch.float64), torch.tensor([float(d)], dtype=torch.float64),

@@ -36,6 +36,8 @@ def test_layout_matches_the_built_model():
 
 
 def test_validate_accepts_a_built_model_and_reproves_it():
+    """validate accepts the arrays of a PTQ-built model (bound proof included, no error) and returns
+    them all as int64."""
     qm = _qm()
     a = layout.validate(integer_model(qm), qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len)
     assert all(v.dtype == np.int64 for v in a.values())
@@ -60,6 +62,7 @@ def test_validate_refuses_out_of_range_values(name, value, msg):
 
 
 def test_validate_refuses_wrapping_uint64():
+    """A uint64 value >= 2**63 is refused (naming 2**63) rather than wrapping to a negative int64."""
     qm = _qm()
     arrays = integer_model(qm)
     arrays["enc_b"] = arrays["enc_b"].astype(np.uint64)

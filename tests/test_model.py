@@ -77,6 +77,8 @@ def configs(draw):
 
 @given(configs())
 def test_conv_equals_recurrent_float64(c):
+    """On every drawn config (pooling, sizes, perturbed or init SSM), the float64 FFT-convolution logits equal
+    the recurrent ones to relative error <= 1e-9, with float64 dtype, shape (batch, d_output) and finite values."""
     cfg, L, seed = c["cfg"], c["L"], c["seed"]
     model = S4DModel(cfg, seed=seed % 1000).double().eval()
     g = torch.Generator().manual_seed(seed)
@@ -129,6 +131,8 @@ def test_ssm_layer_conv_equals_step_by_step():
 
 @given(seed=st.integers(0, 2**31 - 1), log_dt_shift=st.floats(-3.0, 2.0))
 def test_discretization_matches_matrix_exponential(seed, log_dt_shift):
+    """ZOH discretization vs scipy: Abar equals expm(dt A) (as a 2x2 real block, rtol 1e-9) and Bbar equals the
+    input integral read off the augmented 3x3 expm (rtol 1e-8), for drawn A, B and dt; both are complex128."""
     g = torch.Generator().manual_seed(seed)
     ssm = S4D(3, 8, seed_gen=g).double()
     with torch.no_grad():
@@ -159,6 +163,7 @@ def test_discretization_matches_matrix_exponential(seed, log_dt_shift):
 
 
 def test_s4d_lin_init():
+    """The S4D-Lin init: A = -1/2 + i pi n (n = 0..N/2-1) in every head, and every dt lies in [1e-3, 1e-1]."""
     ssm = S4D(2, 8)
     dt, A = ssm.continuous()
     np.testing.assert_allclose(A.real.detach().numpy(), -0.5)
@@ -170,6 +175,8 @@ def test_s4d_lin_init():
 
 
 def test_paper_small_parameter_count():
+    """The paper-small preset (H=16, N=64) has exactly 3,850 parameters, the per-part count written out
+    (encoder, SSM, GLU, decoder), and lies in 3,800..4,000."""
     n = n_params(S4DModel(PRESETS["paper-small"]))
     assert 3800 <= n <= 4000, n
     # H=16, N=64: encoder 32, SSM 16*(1+32+32+64+64)+16, GLU 16*32+32, decoder 16*10+10
@@ -177,6 +184,8 @@ def test_paper_small_parameter_count():
 
 
 def test_presets_valid_and_config_errors():
+    """Every model preset validates; nine bad settings (odd d_state, d_model 0, unknown pool or key, dt_min >
+    dt_max, min_decay outside [0, 1) or not a number) each raise IntssmError naming the model config."""
     for cfg in PRESETS.values():
         assert cfg.validate() is cfg
     for bad in (dict(d_state=7), dict(d_model=0), dict(pool="max"), dict(dt_min=0.2, dt_max=0.1), dict(nope=1),
@@ -196,6 +205,9 @@ def restore_torch_globals():
 
 
 def test_short_training_lowers_the_loss(restore_torch_globals):
+    """Three epochs of the tiny preset on 512 sMNIST sequences: the history has epochs 1..3, train loss falls,
+    validation loss falls by > 0.01, SSM and decoder weights all move, and the returned best state
+    reproduces the best epoch's validation accuracy."""
     model = S4DModel(PRESETS["tiny"], seed=0)
     va = data.load("smnist", "val", limit=512)
     acc0, loss0 = evaluate(model, va.as_float(), va.y)
@@ -230,6 +242,8 @@ def trained_like_model():
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path, trained_like_model):
+    """save then load gives an eval-mode model with the same config, the same state-dict keys, dtypes and
+    values (torch.equal), identical conv and recurrent outputs, and the stored format, metrics and dataset."""
     model = trained_like_model
     p = tmp_path / "sub" / "m.pt"
     checkpoint.save(p, model, metrics=[{"epoch": 1, "val_acc": 0.5}], dataset={"seq": "smnist", "checksum": "abc"})
@@ -260,6 +274,8 @@ def _edit_checkpoint(tmp_path, model, edit):
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_checkpoint_non_finite_weight(tmp_path, trained_like_model, bad):
+    """A NaN, inf or -inf in one weight is refused with an IntssmError naming that weight."""
+
     def edit(ck):
         ck["state_dict"]["layers.1.ssm.C"][0, 0, 1] = bad
 
@@ -269,6 +285,8 @@ def test_checkpoint_non_finite_weight(tmp_path, trained_like_model, bad):
 
 
 def test_checkpoint_wrong_shape(tmp_path, trained_like_model):
+    """A weight of the wrong shape is refused with a one-line IntssmError naming the size mismatch and the weight."""
+
     def edit(ck):
         ck["state_dict"]["decoder.weight"] = torch.zeros(10, 4)
 
@@ -279,6 +297,8 @@ def test_checkpoint_wrong_shape(tmp_path, trained_like_model):
 
 
 def test_checkpoint_config_disagrees_with_weights(tmp_path, trained_like_model):
+    """A stored model_config whose d_state disagrees with the weights is refused (weights do not fit the config)."""
+
     def edit(ck):
         ck["model_config"]["d_state"] = 8
 
@@ -287,6 +307,8 @@ def test_checkpoint_config_disagrees_with_weights(tmp_path, trained_like_model):
 
 
 def test_checkpoint_missing_weight(tmp_path, trained_like_model):
+    """A state_dict without one weight (encoder.bias) is refused with an IntssmError naming the missing key."""
+
     def edit(ck):
         del ck["state_dict"]["encoder.bias"]
 
@@ -304,6 +326,8 @@ def test_checkpoint_missing_weight(tmp_path, trained_like_model):
     ],
 )
 def test_checkpoint_not_a_checkpoint(tmp_path, content, fragment):
+    """Random bytes, an empty file, a truncated zip and a plain pickle are each refused with a one-line
+    "not a readable intssm checkpoint" IntssmError."""
     p = tmp_path / "junk.pt"
     p.write_bytes(content)
     with pytest.raises(IntssmError, match=fragment) as e:
@@ -312,6 +336,8 @@ def test_checkpoint_not_a_checkpoint(tmp_path, content, fragment):
 
 
 def test_checkpoint_other_torch_file_and_missing(tmp_path):
+    """A torch file without the intssm format entry, one without model_config, and a missing path are each
+    refused with their own IntssmError message."""
     p = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, p)
     with pytest.raises(IntssmError, match="not an intssm checkpoint"):
@@ -324,6 +350,7 @@ def test_checkpoint_other_torch_file_and_missing(tmp_path):
 
 
 def test_checkpoint_text_file(tmp_path):
+    """A text file is refused with "not a readable intssm checkpoint"."""
     p = tmp_path / "notes.pt"
     p.write_text("hello world\n")
     with pytest.raises(IntssmError, match="not a readable intssm checkpoint"):
@@ -332,6 +359,9 @@ def test_checkpoint_text_file(tmp_path):
 
 @pytest.mark.parametrize("key,value", [("state_dict", [1, 2]), ("model_config", 5)])
 def test_checkpoint_wrong_types(tmp_path, trained_like_model, key, value):
+    """A state_dict that is a list or a model_config that is an int is refused with IntssmError (type only;
+    the message is not checked)."""
+
     def edit(ck):
         ck[key] = value
 

@@ -11,6 +11,8 @@ from intssm.data import DATA_DIR
 
 
 def test_registry_lists_every_curated_model():
+    """MODELS.json lists exactly models.CURATED, in order; every entry's file exists, 0 < accuracy <= 1
+    and bytes > 0."""
     entries = models.load_registry()
     assert [e["name"] for e in entries] == list(models.CURATED)
     for e in entries:
@@ -26,6 +28,7 @@ def test_registry_numbers_are_measured(name):
 
 
 def test_models_command_json():
+    """`python -m intssm models --json` exits 0 and lists the curated models in registry order."""
     r = subprocess.run([sys.executable, "-m", "intssm", "models", "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

@@ -48,6 +48,7 @@ def test_parameterisations_train_the_intended_parameters(param):
 
 
 def test_unknown_param_refused():
+    """configure refuses an unknown parameterisation ('polar') with IntssmError."""
     qm, _ = _qm()
     with pytest.raises(IntssmError):
         configure(qm, "polar")
@@ -132,6 +133,8 @@ def test_distillation_steps_move_the_student_toward_the_teacher():
 
 
 def test_distillation_settings_are_checked():
+    """distill outside [0, 1] or a temperature of 0 is refused with IntssmError (type only), and a teacher
+    with a different number of outputs is refused with a message naming the teacher."""
     from intssm.training.qat import train
 
     qm, _ = _qm()

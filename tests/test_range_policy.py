@@ -22,11 +22,15 @@ from intssm.integer.sim import simulate
 
 @pytest.mark.parametrize("bad", ["p100", "p50", "p", "pxx", "max", "", "MSE"])
 def test_bad_range_policies_are_refused(bad):
+    """Range strings other than minmax, mse and p<q> with 50 < q < 100 (p100, p50, p, pxx, max, empty, MSE) are
+    refused with "range must be"."""
     with pytest.raises(IntssmError, match="range must be"):
         QuantConfig.from_dict({"y": {"bits": 8, "range": bad}})
 
 
 def test_sig_range_is_fixed_and_policies_round_trip():
+    """A range policy on sig is refused; per-component policies parse (others default to minmax), the config
+    equals itself after to_dict/from_dict, and parse_range reads p99.99 as the 99.99th percentile."""
     with pytest.raises(IntssmError, match="sig has a fixed range"):
         QuantConfig.from_dict({"sig": {"bits": 8, "symmetric": False, "range": "p99"}})
     q = QuantConfig.from_dict({"x_re": {"bits": 6, "range": "p99.9"}, "B": {"bits": 4, "range": "mse"}})
@@ -41,6 +45,9 @@ samples = arrays(np.float64, st.tuples(st.integers(2, 200), st.integers(1, 4)),
 
 @given(samples, st.integers(2, 8), st.booleans(), st.booleans())
 def test_policies_shrink_ranges_and_mse_never_loses_to_minmax(v, bits, sym, pc):
+    """On drawn samples, bits, symmetry and per-channel: p99 and mse ranges (with 0 added) never exceed min/max,
+    the mse range's quantization MSE is <= the min/max range's, and minmax returns the calibrated ranges
+    as they are."""
     C = v.shape[1]
     R = {"l0.y": (v.min(0), v.max(0))}
     for pol in ("p99", "mse"):
@@ -60,6 +67,8 @@ def test_policies_shrink_ranges_and_mse_never_loses_to_minmax(v, bits, sym, pc):
 
 
 def test_ptq_with_policies_is_bit_exact_and_reloads_exactly(tmp_path):
+    """PTQ with percentile and mse policies: Torch logits == simulator logits (integers, ==) and counters agree;
+    the saved and reloaded checkpoint simulates to identical logits."""
     m = S4DModel(PRESETS["tiny"], seed=5).double()
     q = QuantConfig.from_dict({n: {"bits": 6, "range": r} for n, r in
                                (("h", "p99.9"), ("x_re", "mse"), ("x_im", "p99"), ("B", "mse"), ("y", "p99.5"))})

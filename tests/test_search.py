@@ -35,6 +35,8 @@ def tiny(tmp_path_factory):
 
 
 def test_lower_walks_the_ladder_and_stops_at_the_bottom():
+    """Lowering Abar from w8a8 visits every LADDER width <= 8 in order, A_re and A_im equal at each, then
+    returns None."""
     q = QP["w8a8"]
     seen = []
     while q is not None:
@@ -49,6 +51,8 @@ pts = st.lists(st.fixed_dictionaries({"bytes": st.integers(1, 50), "accuracy": s
 
 @given(pts)
 def test_pareto_front_is_exactly_the_non_dominated_points(points):
+    """On drawn points: no front point is dominated by a scored point, every scored point is matched or beaten
+    by a front point, and the front is sorted by bytes."""
     front = pareto(points)
     scored = [p for p in points if p["accuracy"] is not None]
 
@@ -64,6 +68,9 @@ def test_pareto_front_is_exactly_the_non_dominated_points(points):
 
 
 def test_greedy_result_meets_the_floor_and_is_a_local_minimum(tiny):
+    """Greedy search on a tiny model: every accepted step keeps accuracy >= the floor and saves bytes, the result
+    is the last step, no single further step in a searched group both keeps the floor and saves bytes, and
+    unsearched groups keep their starting widths."""
     floor, groups = 0.05, ("B", "C", "x")
     with LocalExecutor(2) as ex:
         chosen, points, trace = greedy(str(tiny["ckpt"]), "smnist", QP["w8a8"], tiny["ranges"], floor, ex,
@@ -85,6 +92,8 @@ def test_greedy_result_meets_the_floor_and_is_a_local_minimum(tiny):
 
 
 def test_search_cli_writes_a_usable_config(tiny):
+    """`intssm search` scores >= 2 candidates, reaches the floor, writes best.json (loadable, D and dec_w
+    <= 8 bits), a non-trivial pareto.png and a bytes-sorted front.json; `intssm ptq --config best.json` succeeds."""
     out = tiny["dir"] / "s"
     r = ok_json(intssm("search", tiny["ckpt"], "--min-accuracy", "0.05", "--start", "w8a8", "--groups", "D,dec_w",
                        "--val-limit", "40", "--calib", "8", "--workers", "1", "--no-test", "-o", out, "--json"))
@@ -99,6 +108,8 @@ def test_search_cli_writes_a_usable_config(tiny):
 
 
 def test_search_cli_errors(tiny):
+    """An unknown group, --min-accuracy or --equalize out of range, an unknown executor, and an unreachable floor
+    each give one `error:` line and exit 2."""
     assert_clean_error(intssm("search", tiny["ckpt"], "--groups", "B,nope"), "unknown group")
     assert_clean_error(intssm("search", tiny["ckpt"], "--min-accuracy", "1.5"), "--min-accuracy")
     assert_clean_error(intssm("search", tiny["ckpt"], "--equalize", "1.5"), "--equalize")
@@ -110,6 +121,8 @@ def test_search_cli_errors(tiny):
 
 
 def test_executors_return_every_result_once():
+    """The local executor returns each of 5 results once, keyed by input index; an unknown executor and 0
+    workers are refused with IntssmError."""
     kws = [{"i": i, "sq": i * i} for i in range(5)]
     with get_executor("local", 2) as ex:
         got = dict(ex.map_unordered(dict, kws))
