@@ -514,6 +514,9 @@ def export_c(
     state_layout: Annotated[str, typer.Option(help="packed: the state at its bit widths (the accounted bytes); halves: "
                                                    "Re and Im as 16-bit halves of a word, which the Cortex-M4's dual "
                                                    "multiplies read directly (faster with complex_scale shared; more RAM).")] = "packed",
+    prefix: Annotated[str, typer.Option(help="Name space of the export: every symbol, type and macro starts with "
+                                             "PREFIX_ (PREFIX_ in capitals for macros), the files are PREFIX_model.h/.c; "
+                                             "models with different prefixes link into one program.")] = "intssm",
     as_json: JsonOpt = False,
 ):
     """Write the integer model as C99 (intssm_model.h/.c, example main.c), bit-exact with the simulator;
@@ -521,14 +524,17 @@ def export_c(
     from intssm import sources
     from intssm.integer import cexport
 
+    cexport.check_prefix(prefix)
     outputs.check_dir(out, inputs=[model], what="--out")
+    if target != "host" and prefix != "intssm":
+        raise IntssmError("--prefix is for --target host: the emulator's builds use the default prefix")
     if state_layout not in cexport.STATE_LAYOUTS:
         raise IntssmError(f"--state-layout must be one of {', '.join(cexport.STATE_LAYOUTS)}, got {state_layout!r}")
     if target == "host":
         if report or compare:
             raise IntssmError("--report and --compare need --target cortex-m4 or cortex-m3")
         im = sources.load(model)
-        files = cexport.write_c(im.arrays, im.description(), out, state_layout)
+        files = cexport.write_c(im.arrays, im.description(), out, state_layout, prefix)
         ro = cexport.rodata_bytes_estimate(im.arrays, im.qcfg)
         _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
               as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant data)")

@@ -142,7 +142,7 @@ def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str) ->
     with torch.no_grad():
         ref = model(torch.from_numpy(P[:n].astype(np.float32) / 255.0), mode="recurrent").numpy()
     for t in ("cortex-m4f", "cortex-m3"):
-        elf = mcu.build(fdir, t, L)
+        elf = mcu.build(fdir, t, L, libm=True)
         r = mcu.measure(elf, t, P[:n], count_steps)
         err = float(np.abs(r["logits"] - ref).max())
         out[f"float32 {t}"] = _public(_scale(r, L)) | {"max_abs_logit_error_vs_torch": err,

@@ -34,11 +34,12 @@ from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path (rootdir-relative, "prepend" import mode)
 from test_datapath import inputs, models, quant_configs
+from cli_helpers import assert_clean_error, intssm
 
 GCC = shutil.which("gcc")
 SIZE = shutil.which("size")
 needs_gcc = pytest.mark.skipif(GCC is None and not os.environ.get("CI"), reason="gcc not on PATH (CI installs it and never skips)")
-CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
+CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Wconversion", "-Wsign-conversion", "-Werror", "-O2"]
 
 
 
@@ -69,25 +70,27 @@ static void put(FILE *f, int64_t v) { fwrite(&v, sizeof v, 1, f); }
 int main(int argc, char **argv)
 {
     FILE *fi, *fo;
-    long B, L, b, t;
+    unsigned long B, L, b, t;
     int i, h, n, o, cls;
     int32_t xr, xi;
     uint8_t *seq;
-    static intssm_state s;
+    static intssm_state s, s2;
     int32_t lg[INTSSM_D_OUT], lg2[INTSSM_D_OUT];
-    int64_t cnt[INTSSM_N_COUNTERS];
+    uint32_t cnt[INTSSM_N_COUNTERS];
     if (argc != 5) return 2;
     fi = fopen(argv[1], "rb");
     fo = fopen(argv[2], "wb");
-    B = atol(argv[3]);
-    L = atol(argv[4]);
+    B = strtoul(argv[3], 0, 10);
+    L = strtoul(argv[4], 0, 10);
     seq = malloc((size_t)(L * INTSSM_D_IN));
     if (!fi || !fo || !seq) return 3;
     for (b = 0; b < B; ++b) {
         if (fread(seq, 1, (size_t)(L * INTSSM_D_IN), fi) != (size_t)(L * INTSSM_D_IN)) return 4;
         intssm_reset(&s);
+        if (intssm_logits(&s, lg, cnt) != -1) return 5;  /* nothing to read before the first step */
         for (t = 0; t < L; ++t) intssm_step(&s, seq + t * INTSSM_D_IN);
-        intssm_logits(&s, lg, cnt);
+        cls = intssm_logits(&s, lg, cnt);
+        for (o = 0; o < INTSSM_D_OUT; ++o) if (lg[o] > lg[cls]) return 6;
         for (o = 0; o < INTSSM_D_OUT; ++o) put(fo, lg[o]);
         for (o = 0; o < INTSSM_N_COUNTERS; ++o) put(fo, cnt[o]);
         for (i = 0; i < INTSSM_LAYERS; ++i) for (h = 0; h < INTSSM_H; ++h) for (n = 0; n < INTSSM_N2; ++n) {
@@ -98,7 +101,7 @@ int main(int argc, char **argv)
             intssm_state_x(&s, i, h, n, &xr, &xi);
             put(fo, xi);
         }
-        cls = intssm_classify(seq, (int32_t)L, lg2);
+        cls = intssm_classify(&s2, seq, (uint32_t)L, lg2);
         put(fo, cls);
         for (o = 0; o < INTSSM_D_OUT; ++o) put(fo, lg2[o]);
     }
@@ -270,8 +273,14 @@ def test_c_equals_simulator_smnist(smnist_build):
     lines = r.stdout.decode().splitlines()
     assert lines[0] == "logits: " + " ".join(str(v) for v in c["logits"][3])
     assert lines[1] == f"class: {c['cls'][3]}"
+    assert lines[2] == "steps: 784"
+    # any length: 100 steps give the streaming readout of those steps (mean pooling scaled to 784)
     r = subprocess.run([str(d / "demo")], input=P[3].tobytes()[:100], capture_output=True, cwd=d)
-    assert r.returncode != 0 and b"expected 784 bytes" in r.stderr
+    lg, _, _ = simulate(arrays, P[3:4, :100], True, len(qm.counters), pool_len=784)
+    assert r.returncode == 0 and r.stdout.decode().splitlines() == [
+        "logits: " + " ".join(str(v) for v in lg[0]), f"class: {lg[0].argmax()}", "steps: 100"]
+    r = subprocess.run([str(d / "demo")], input=b"", capture_output=True, cwd=d)
+    assert r.returncode == 2 and b"error: 0 steps" in r.stderr
 
 
 # ----------------------------------------------------------------------- (c) section sizes ---
@@ -425,11 +434,18 @@ def test_cli_export_c(tmp_path):
     r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c"), "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
-    assert [Path(f).name for f in res["files"]] == ["intssm_model.h", "intssm_model.c", "main.c"]
+    assert [Path(f).name for f in res["files"]] == ["intssm_model.h", "intssm_model.c", "main.c", "README.md"]
     assert all(Path(f).is_file() for f in res["files"])
     assert res["rodata_bytes_estimate"] == cexport.rodata_bytes_estimate(integer_model(qm), qm.dp.qcfg)
     r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c2")])
     assert r.exit_code == 0 and "intssm_model.c" in r.stdout
+    r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c3"), "--prefix", "kws"])
+    assert r.exit_code == 0 and "kws_model.c" in r.stdout and (tmp_path / "c3" / "kws_model.h").is_file()
+    for bad in ("Kws", "1a", "a-b", "kws_", "x" * 25, ""):
+        with pytest.raises(IntssmError, match="--prefix"):
+            cexport.check_prefix(bad)
+    assert_clean_error(intssm("export-c", npz, "-o", tmp_path / "c4", "--prefix", "a-b"), "--prefix")
+    assert not (tmp_path / "c4").exists()
 
 
 SIZEOF = r"""

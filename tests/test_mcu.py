@@ -119,7 +119,7 @@ def test_float_reference_on_cortex_m4f(tmp_path):
     with torch.no_grad():
         ref = model(torch.from_numpy(P.astype(np.float32) / 255.0), mode="recurrent").numpy()
     for t in ("cortex-m4f", "cortex-m3"):
-        r = mcu.measure(mcu.build(tmp_path, t, P.shape[1]), t, P, count_steps=2)
+        r = mcu.measure(mcu.build(tmp_path, t, P.shape[1], libm=True), t, P, count_steps=2)
         assert np.abs(r["logits"] - ref).max() < 1e-3 * max(1.0, np.abs(ref).max()), t
         assert r["rodata"] >= 4 * 3834  # every float32 parameter of the recurrence is in flash
 

@@ -148,7 +148,7 @@ IO float io_logits[INTSSM_D_OUT];
 #define FINISH() intssm_logits(&harness_state, io_logits)
 #else
 IO int32_t io_logits[INTSSM_D_OUT];
-IO int64_t io_counters[INTSSM_N_COUNTERS];
+IO uint32_t io_counters[INTSSM_N_COUNTERS];
 #define FINISH() intssm_logits(&harness_state, io_logits, io_counters)
 IO int32_t io_x[2];
 __attribute__((section(".harness_ro"))) const int32_t harness_dims[3] = {INTSSM_LAYERS, INTSSM_H, INTSSM_N2};
@@ -156,25 +156,48 @@ __attribute__((section(".harness_ro"))) const int32_t harness_dims[3] = {INTSSM_
 intssm_state harness_state;
 
 HARNESS void harness_reset(void) { intssm_reset(&harness_state); }
-HARNESS void harness_step(int32_t t) { intssm_step(&harness_state, io_seq + t * INTSSM_D_IN); }
+HARNESS void harness_step(int32_t t) { intssm_step(&harness_state, io_seq + (uint32_t)t * INTSSM_D_IN); }
 HARNESS void harness_finish(void) { FINISH(); }
 #if !defined(INTSSM_FLOAT)
-HARNESS void harness_state_x(int32_t i, int32_t hh, int32_t n) { intssm_state_x(&harness_state, i, hh, n, &io_x[0], &io_x[1]); }
+HARNESS void harness_state_x(int32_t i, int32_t hh, int32_t n) { intssm_state_x(&harness_state, (int)i, (int)hh, (int)n, &io_x[0], &io_x[1]); }
 #endif
 HARNESS int32_t harness_run(int32_t L)
 {
     int32_t t;
     intssm_reset(&harness_state);
     for (t = 0; t < L; ++t)
-        intssm_step(&harness_state, io_seq + t * INTSSM_D_IN);
+        intssm_step(&harness_state, io_seq + (uint32_t)t * INTSSM_D_IN);
     FINISH();
     return 0;
 }
 """
 
 
-def build(c_dir: Path, target: str, max_len: int, opt: str = "-O2") -> Path:
-    """Cross-compile ``c_dir``'s ``intssm_model.c`` with the harness for ``target``; returns the ELF
+#: Flags of every build, and so of every published figure: C99 at -O2, each function and table in
+#: a section of its own (the linker's ``--gc-sections`` keeps only what is called: code size and
+#: instruction counts depend on it).
+CFLAGS = ("-std=c99", "-O2", "-ffunction-sections", "-fdata-sections")
+#: The integer export's builds: warning-clean under these, and freestanding -- no libc, no start
+#: files; libgcc only for what the core lacks (64-bit multiplies and divisions on ARMv6-M).
+INTEGER_FLAGS = ("-Wall", "-Wextra", "-Wconversion", "-Wsign-conversion", "-Werror", "-ffreestanding")
+INTEGER_LDFLAGS = ("-nostdlib", "-Wl,--gc-sections", "-lgcc")
+#: The float32 reference's builds: newlib (nano) for libm's erff and expf.
+FLOAT_FLAGS = ("-Wall", "-Wextra", "-Werror")
+FLOAT_LDFLAGS = ("--specs=nano.specs", "-nostartfiles", "-Wl,--gc-sections", "-lm", "-lc", "-lgcc")
+
+
+def build_flags(target: str, libm: bool = False) -> tuple[list, list]:
+    """(compile flags, link flags) of a build of the integer export (or, ``libm``, the float32
+    reference) for ``target``, as :func:`build` uses them."""
+    t = TARGETS[target]
+    if libm:
+        return [*CFLAGS, *FLOAT_FLAGS, *t.cflags], list(FLOAT_LDFLAGS)
+    return [*CFLAGS, *INTEGER_FLAGS, *t.cflags], list(INTEGER_LDFLAGS)
+
+
+def build(c_dir: Path, target: str, max_len: int, opt: str = "-O2", libm: bool = False) -> Path:
+    """Cross-compile ``c_dir``'s ``intssm_model.c`` with the harness for ``target`` (:func:`build_flags`;
+    ``libm``: the float32 reference, linked with newlib); returns the ELF
     (``c_dir/<target>/intssm.elf``, with ``-fstack-usage`` files beside it)."""
     if target not in TARGETS:
         raise IntssmError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
@@ -185,9 +208,10 @@ def build(c_dir: Path, target: str, max_len: int, opt: str = "-O2") -> Path:
     (out / "harness.c").write_text(HARNESS.replace("@MAXLEN@", str(int(max_len))))
     (out / "link.ld").write_text(LINKER_SCRIPT)
     elf = out / "intssm.elf"
-    cmd = [gcc, "-std=c99", "-Wall", "-Wextra", "-Werror", opt, *t.cflags, "-ffunction-sections", "-fdata-sections",
-           "-fstack-usage", f"-I{Path(c_dir).resolve()}", "--specs=nano.specs", "-nostartfiles", "-T", "link.ld",
-           "-Wl,--gc-sections", "-o", elf.name, str((Path(c_dir) / "intssm_model.c").resolve()), "harness.c", "-lm", "-lc", "-lgcc"]
+    cflags, ldflags = build_flags(target, libm)
+    cflags = [opt if f == "-O2" else f for f in cflags]
+    cmd = [gcc, *cflags, "-fstack-usage", f"-I{Path(c_dir).resolve()}", "-T", "link.ld", "-o", elf.name,
+           str((Path(c_dir) / "intssm_model.c").resolve()), "harness.c", *ldflags]
     r = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
     if r.returncode != 0:
         raise IntssmError(f"{GCC} failed for {target}:\n{r.stderr[-3000:]}")
@@ -380,7 +404,7 @@ def measure(elf: Path, target: str, P: np.ndarray, count_steps: int = 64, progre
         peak = max(peak, emu.stack_peak())
         logits.append(emu.read("io_logits", np.float32 if is_float else np.int32, n_out))
         if not is_float:
-            counters.append(emu.read("io_counters", np.int64, emu.sym["io_counters"][1] // 8))
+            counters.append(emu.read("io_counters", np.uint32, emu.sym["io_counters"][1] // 4).astype(np.int64))
             states.append(_final_state(emu))
         if progress:
             progress(1)
