@@ -76,7 +76,9 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
     desc = im.description()
     _, dims, cfg, qcfg, widths = cexport.check(im.arrays, desc)
     elf = mcu.build(out_dir, target, L)
-    rec = mcu.measure(elf, target, P, count_steps, progress, lens)
+    # a float-data model runs from the raw float32 readings, through the export's own input path
+    feed = np.ascontiguousarray(ds.x, np.float32) if im.iq is not None else P
+    rec = mcu.measure(elf, target, feed, count_steps, progress, lens)
     # the proof: every sequence's integers equal the simulator's
     same = np.zeros(len(P), bool)
     for b in range(len(P)):  # one traced run per sequence: logits, counters and the state after its last step
@@ -89,6 +91,7 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
     mults = sum(v for k, v in cost.step_ops(cfg, qcfg, im.seq_len).items() if k.startswith("mul"))
     report = {
         "model": str(model), "target": target, "dataset": seq, "sequence_length": L,
+        "inputs": "float32 readings, through the C input path" if im.iq is not None else "uint8 codes",
         "lengths": None if lens is None else [int(lens.min()), int(lens.max())],
         "integer": _public(_scale(rec, L)) | {
             "bit_exact_sequences": int(same.sum()), "sequences": len(P),
@@ -109,7 +112,7 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
         "clock_hz": CLOCK_HZ,
     }
     if compare:
-        report["compare"] = _compare(im, out_dir, P, ds, L, count_steps, target)
+        report["compare"] = _compare(im, out_dir, P, ds, L, count_steps, target, feed)
     report["elf"] = str(elf)
     if not same.all():
         bad = np.flatnonzero(~same)[:5].tolist()
@@ -117,7 +120,7 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
     return report
 
 
-def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str) -> dict:
+def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str, feed) -> dict:
     """The integer build on the other core, and the float32 model on a Cortex-M4F and a Cortex-M3."""
     import torch
 
@@ -128,7 +131,7 @@ def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str) ->
     other = "cortex-m3" if target == "cortex-m4" else "cortex-m4"
     elf = mcu.build(out_dir, other, L)
     lens = ds.lengths if ds.varlen else None
-    out[f"integer {other}"] = _public(_scale(mcu.measure(elf, other, P[:1], count_steps, lengths=None if lens is None else lens[:1]), L))
+    out[f"integer {other}"] = _public(_scale(mcu.measure(elf, other, feed[:1], count_steps, lengths=None if lens is None else lens[:1]), L))
     if im.qm is None:
         return out  # an integer artifact: no float weights to compare with
     if im.iq is not None:

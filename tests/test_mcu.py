@@ -84,6 +84,19 @@ def test_shared_scale_model_with_16bit_halves(tmp_path, target):
 
 
 @needs_mcu
+@pytest.mark.parametrize("name,n", [("japanesevowels-hetero", 370), ("basicmotions-hetero", 40)])
+def test_float_data_models_from_raw_readings(tmp_path, name, n):
+    """The shipped float-data models on the emulated Cortex-M4 from the raw float32 readings of
+    every test sequence (variable lengths for JapaneseVowels), through the export's C input path:
+    the simulator's logits, counters and final state for the host's input codes."""
+    from intssm.deploy import deploy
+
+    rep = deploy(CKPT / f"{name}.pt", tmp_path, "cortex-m4", sequences=1000, count_steps=2)
+    assert "error" not in rep and rep["inputs"].startswith("float32")
+    assert rep["integer"]["bit_exact_sequences"] == rep["integer"]["sequences"] == n
+
+
+@needs_mcu
 @settings(max_examples=4)
 @given(models(max_layers=2), quant_configs(), st.data(), st.sampled_from(["cortex-m4", "cortex-m3"]),
        st.sampled_from(cexport.STATE_LAYOUTS))

@@ -456,11 +456,22 @@ def _input_note(iq: dict | None, NS: str) -> str:
     """The header's description of the inputs: raw uint8 codes, or the input quantizer of float data."""
     if iq is None:
         return f" * Inputs: raw uint8 values (real value p / 255), {NS}_D_IN per step.\n"
-    rows = "\n".join(f" *   channel {j}: lo {lo:.9g}, scale {sc:.9g}" for j, (lo, sc) in enumerate(zip(iq["lo"], iq["scale"])))
+    rows = "\n".join(f" *   channel {j}: lo {lo:.17g}, scale {sc:.17g}  (float64)" for j, (lo, sc) in enumerate(zip(iq["lo"], iq["scale"])))
     return (f" * Inputs: float features quantized per channel j to the codes the step takes ({NS}_D_IN per step)\n"
             f" * (intssm.datapath.inputq):\n"
             f" *   p_j = clamp(round_half_up((u_j - lo_j) / scale_j), 0, {2 ** int(iq['bits']) - 1})   ({iq['bits']}-bit codes)\n"
             f"{rows}\n")
+
+
+def _input_api(ns: str, iq: dict | None) -> str:
+    """The header's declaration of the input path of a float-data model (none for raw uint8 inputs)."""
+    NS = ns.upper()
+    if iq is None:
+        return f"#define {NS}_FLOAT_INPUT 0  /* the step takes raw uint8 values */\n"
+    return (f"#define {NS}_FLOAT_INPUT 1  /* float32 readings -> input codes: {ns}_input_codes */\n"
+            f"/* The input codes p ({NS}_D_IN) of one step's float32 readings u: exactly the host's input quantizer\n"
+            f" * (above), with integer comparisons only (docs/datapath.md, \"Float inputs on a device\"). */\n"
+            f"void {ns}_input_codes(const float *u, uint8_t *p);\n")
 
 
 #: A ``--prefix``: a lower-case C identifier that leaves room for the longest name derived from it.
@@ -557,7 +568,7 @@ int {ns}_logits(const {ns}_state *s, int32_t *logits_out, uint32_t *counters);
 int {ns}_classify({ns}_state *s, const uint8_t *seq, uint32_t L, int32_t *logits_out);
 /* The state codes of mode n of channel hh in layer i. */
 void {ns}_state_x(const {ns}_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im);
-
+{_input_api(ns, iq)}
 #ifdef __cplusplus
 }}
 #endif
@@ -1036,7 +1047,7 @@ int {ns}_classify({ns}_state *s, const uint8_t *seq, uint32_t L, int32_t *logits
 """
 
 
-def _source(ns: str, a: dict, p: Plan, w: dict, dims: dict) -> str:
+def _source(ns: str, a: dict, p: Plan, w: dict, dims: dict, iq: dict | None = None) -> str:
     NS = ns.upper()
     qr = a["qrange"]
     native = [st for st in p.stores.values() if st.kind == "native"]
@@ -1095,6 +1106,11 @@ typedef char state_bytes_check_[(sizeof({ns}_state) == {NS}_STATE_BYTES) ? 1 : -
     out.append(_accessors(a, p))
     out.append(_HELPERS)
     out.append(_body(ns, p, w, dims, bool(a['x_dither'][0]), shared_update(a)))
+    if iq is not None:
+        from intssm.datapath.inputq import InputQuant
+        from intssm.integer import cinput
+
+        out.append(cinput.c_source(ns, cinput.thresholds(InputQuant.from_dict(iq))))
     return "\n".join(out)
 
 
@@ -1102,13 +1118,21 @@ typedef char state_bytes_check_[(sizeof({ns}_state) == {NS}_STATE_BYTES) ? 1 : -
 MAIN_MARK = "/* main.c -- example for the generated"
 
 
-def _main(ns: str) -> str:
+def _main(ns: str, float_inputs: bool = False) -> str:
     NS = ns.upper()
     h, c = file_names(ns)
+    what = (f"{NS}_D_IN float32 readings (native byte order) per step, which {ns}_input_codes turns into codes"
+            if float_inputs else f"{NS}_D_IN input codes (bytes) per step")
+    read = (f"""    float u[{NS}_D_IN];
+    uint8_t p[{NS}_D_IN];""" if float_inputs else f"""    uint8_t p[{NS}_D_IN];""")
+    buf, feed = ("u", f"""{{
+        {ns}_input_codes(u, p);
+        {ns}_step(&s, p);
+    }}""") if float_inputs else ("p", f"""{ns}_step(&s, p);""")
     return f"""{MAIN_MARK} {ns} model (generated; libc: stdio only here).
  *
- * Reads a sequence of any length from stdin, {NS}_D_IN input codes (bytes) per step, step by step,
- * runs each step as it arrives and prints the integer logit codes, the class and the step count:
+ * Reads a sequence of any length from stdin, {what},
+ * step by step, runs each step as it arrives and prints the integer logit codes, the class and the step count:
  *   cc -std=c99 -O2 main.c {c} -o {ns}_demo && ./{ns}_demo < sequence.bin
  */
 #include <stdio.h>
@@ -1118,15 +1142,15 @@ def _main(ns: str) -> str:
 int main(void)
 {{
     static {ns}_state s;
-    uint8_t p[{NS}_D_IN];
+{read}
     int32_t logits[{NS}_D_OUT];
     size_t got;
     int o, cls;
     {ns}_reset(&s);
-    while ((got = fread(p, 1, sizeof p, stdin)) == sizeof p)
-        {ns}_step(&s, p);
+    while ((got = fread({buf}, 1, sizeof {buf}, stdin)) == sizeof {buf})
+        {feed}
     if (got != 0) {{
-        fprintf(stderr, "error: the input ends inside a step (%lu of %lu bytes)\\n", (unsigned long)got, (unsigned long)sizeof p);
+        fprintf(stderr, "error: the input ends inside a step (%lu of %lu bytes)\\n", (unsigned long)got, (unsigned long)sizeof {buf});
         return 2;
     }}
     cls = {ns}_logits(&s, logits, NULL);
@@ -1166,7 +1190,8 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str 
     dims["STATE_BYTES"], dims["STATE_ALIGN"] = state_size(p, dims, dither)
     h_name, c_name = file_names(ns)
     files = {h_name: _header(ns, dims, layout.counter_names(dims["LAYERS"]), widths, p, dither, manifest_like.get("input")),
-             c_name: _source(ns, a, p, widths, dims), MAIN_FILE: _main(ns),
+             c_name: _source(ns, a, p, widths, dims, manifest_like.get("input")),
+             MAIN_FILE: _main(ns, manifest_like.get("input") is not None),
              cdoc.README: cdoc.readme(ns, dims, p.flash_bytes, manifest_like.get("input") is not None)}
     main = out_dir / MAIN_FILE
     if main.is_file() and not main.read_text(errors="replace").startswith(MAIN_MARK):
