@@ -503,7 +503,8 @@ def export_(
 def export_c(
     model: Annotated[Path, typer.Argument(help="Quantized/float checkpoint or integer artifact (.npz).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the C files into.")],
-    target: Annotated[str, typer.Option(help="host (write the C only) | cortex-m4 | cortex-m3: also cross-compile, "
+    target: Annotated[str, typer.Option(help="host (write the C only) | cortex-m4 | cortex-m3 | cortex-m0plus | riscv32 "
+                                             "(rv32imc): also cross-compile, "
                                              "run test sequences in the emulator, require the simulator's integers, "
                                              "and measure bytes, instructions and cycles per step.")] = "host",
     sequences: Annotated[int, typer.Option(help="Test sequences the emulated target must reproduce bit for bit.")] = 200,
@@ -562,13 +563,15 @@ def _deploy_text(r: dict, path) -> str:
              f"float32 weights {a['fp32_flash_bytes']} B",
              f"  RAM {i['ram_bytes']} B (state {i['bss'] + i['data']}, peak stack {i['stack_peak_bytes']}); accounted {a['ram_bytes']} B",
              f"  per step: {i['instructions_per_step']:.0f} instructions ({i['instructions_per_multiplication']:.2f} per "
-             f"multiplication), ~{i['cycles_per_step']:.0f} cycles; {i['ms_per_sequence_at_80mhz']:.1f} ms per "
-             f"{r['sequence_length']}-step sequence at 80 MHz",
+             + (f"multiplication), ~{i['cycles_per_step']:.0f} cycles; {i['ms_per_sequence_at_80mhz']:.1f} ms per "
+                f"{r['sequence_length']}-step sequence at 80 MHz" if i["cycles_per_step"] is not None
+                else "multiplication); no cycle estimate for this core"),
              f"  64-bit accumulators: {', '.join(r['sites_64bit']) or 'none'}"]
     for name, m in r.get("compare", {}).items():
         if isinstance(m, dict):
             lines.append(f"  {name}: flash {m['flash_bytes']} B, RAM {m['ram_bytes']} B, {m['instructions_per_step']:.0f} "
-                         f"instructions, ~{m['cycles_per_step']:.0f} cycles per step, {m['ms_per_sequence_at_80mhz']:.1f} ms per sequence")
+                         f"instructions, ~{m['cycles_per_step']:.0f} cycles per step, {m['ms_per_sequence_at_80mhz']:.1f} ms per sequence"
+                         if m["cycles_per_step"] is not None else f"  {name}: {m['instructions_per_step']:.0f} instructions per step")
         else:
             lines.append(f"  {name}: {m}")
     if path:

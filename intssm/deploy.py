@@ -22,7 +22,8 @@ CLOCK_HZ = 80e6  # the clock of the milliseconds-per-sequence figures
 
 
 def _scale(rec: dict, L: int) -> dict:
-    rec["ms_per_sequence_at_80mhz"] = (rec["cycles_per_step"] * L + rec["finish_cycles"]) / CLOCK_HZ * 1e3
+    c = rec["cycles_per_step"]  # None where no cycle table is kept (RISC-V)
+    rec["ms_per_sequence_at_80mhz"] = None if c is None else (c * L + rec["finish_cycles"]) / CLOCK_HZ * 1e3
     return rec
 
 
@@ -30,7 +31,7 @@ def _public(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("logits", "counters", "states")}
 
 
-TARGETS = ("cortex-m4", "cortex-m3")
+TARGETS = ("cortex-m4", "cortex-m3", "cortex-m0plus", "riscv32")
 
 
 def check_options(target: str, sequences: int, count_steps: int) -> None:
@@ -42,7 +43,7 @@ def check_options(target: str, sequences: int, count_steps: int) -> None:
     for name, v in (("--sequences", sequences), ("--count-steps", count_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise IntssmError(f"{name} must be a positive integer, got {v!r}")
-    if not mcu.available():
+    if not mcu.available(target):
         raise IntssmError(f"the {target} target needs the cross-compiler and the emulator ({mcu.INSTALL_HINT})")
 
 
@@ -128,7 +129,7 @@ def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str, fe
     from intssm.training import cfloat
 
     out = {}
-    other = "cortex-m3" if target == "cortex-m4" else "cortex-m4"
+    other = "cortex-m3" if target == "cortex-m4" else "cortex-m4"  # the float builds run on the M4F and the M3
     elf = mcu.build(out_dir, other, L)
     lens = ds.lengths if ds.varlen else None
     out[f"integer {other}"] = _public(_scale(mcu.measure(elf, other, feed[:1], count_steps, lengths=None if lens is None else lens[:1]), L))

@@ -26,8 +26,8 @@ from test_cexport import manifest_like, random_case
 from test_datapath import models, quant_configs
 from cli_helpers import assert_clean_error, intssm, ok_json
 
-needs_mcu = pytest.mark.skipif(not mcu.available() and not os.environ.get("CI"),
-                               reason=f"Cortex-M toolchain or emulator missing ({mcu.INSTALL_HINT}); CI installs them")
+needs_mcu = pytest.mark.skipif(not all(mcu.available(t) for t in mcu.TARGETS) and not os.environ.get("CI"),
+                               reason=f"Cortex-M or RISC-V toolchain or emulator missing ({mcu.INSTALL_HINT}); CI installs them")
 
 CKPT = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 
@@ -84,6 +84,24 @@ def test_shared_scale_model_with_16bit_halves(tmp_path, target):
 
 
 @needs_mcu
+@pytest.mark.parametrize("target", ["riscv32", "cortex-m0plus"])
+def test_default_model_on_riscv32_and_cortex_m0plus(tmp_path, target):
+    """The shipped default on an emulated RV32IMC core and an ARMv6-M core (freestanding builds;
+    64-bit products through libgcc where the core has no long multiply): the simulator's logits,
+    counters and final state on real test sequences, bytes and instructions measured (cycles only
+    where the core has a cycle table)."""
+    from intssm.deploy import deploy
+
+    rep = deploy(CKPT / "paper-small-hetero.pt", tmp_path, target, sequences=6, count_steps=2)
+    i = rep["integer"]
+    assert "error" not in rep and i["bit_exact_sequences"] == i["sequences"] == 6
+    assert i["bss"] + i["data"] == rep["c_tables"]["c_ram_bytes"] and 0 < i["instructions_per_step"] < 200_000
+    assert (i["cycles_per_step"] is None) == (target == "riscv32")
+    mnemonics = {m for _, m, _, _ in mcu._disassembly(Path(rep["elf"]), target).values()}
+    assert ({"mul", "c.mv", "mv"} & mnemonics) if target == "riscv32" else ("muls" in mnemonics and "smull" not in mnemonics)
+
+
+@needs_mcu
 @pytest.mark.parametrize("name,n", [("japanesevowels-hetero", 370), ("basicmotions-hetero", 40)])
 def test_float_data_models_from_raw_readings(tmp_path, name, n):
     """The shipped float-data models on the emulated Cortex-M4 from the raw float32 readings of
@@ -98,7 +116,7 @@ def test_float_data_models_from_raw_readings(tmp_path, name, n):
 
 @needs_mcu
 @settings(max_examples=4)
-@given(models(max_layers=2), quant_configs(), st.data(), st.sampled_from(["cortex-m4", "cortex-m3"]),
+@given(models(max_layers=2), quant_configs(), st.data(), st.sampled_from(["cortex-m4", "cortex-m3", "cortex-m0plus", "riscv32"]),
        st.sampled_from(cexport.STATE_LAYOUTS))
 def test_random_models_bit_exact_on_mcu(m, qcfg, data, target, state_layout):
     """Random small models and quantization configs (shared complex scales, dither, 16-bit formats

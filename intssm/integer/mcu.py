@@ -35,7 +35,10 @@ import numpy as np
 from intssm.errors import IntssmError
 
 GCC, OBJDUMP = "arm-none-eabi-gcc", "arm-none-eabi-objdump"
-INSTALL_HINT = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi; pip install unicorn pyelftools"
+#: The RISC-V toolchain (rv32imc, ilp32; freestanding builds need no C library, picolibc is its libc)
+RV_GCC, RV_OBJDUMP = "riscv64-unknown-elf-gcc", "riscv64-unknown-elf-objdump"
+INSTALL_HINT = ("apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-riscv64-unknown-elf "
+                "picolibc-riscv64-unknown-elf; pip install unicorn pyelftools")
 
 FLASH_BASE, RAM_BASE, IO_BASE = 0x00000000, 0x20000000, 0x30000000
 FLASH_SIZE, RAM_SIZE = 1 << 21, 1 << 19
@@ -47,8 +50,17 @@ PAINT = 0xA5
 class Target:
     name: str
     cflags: tuple
-    cpu: str  # Unicorn CPU model (unicorn.arm_const.UC_CPU_ARM_*)
-    cycles: str  # key of CYCLES
+    cpu: str  # Unicorn CPU model (unicorn.arm_const.UC_CPU_ARM_*, unicorn.riscv_const.UC_CPU_RISCV32_*)
+    cycles: str | None  # key of CYCLES; None: instructions are counted, cycles not estimated
+    arch: str = "arm"  # "arm" (Thumb, M profile) or "riscv" (RV32)
+
+    @property
+    def gcc(self) -> str:
+        return GCC if self.arch == "arm" else RV_GCC
+
+    @property
+    def objdump(self) -> str:
+        return OBJDUMP if self.arch == "arm" else RV_OBJDUMP
 
 
 TARGETS = {
@@ -56,6 +68,9 @@ TARGETS = {
     "cortex-m4f": Target("cortex-m4f", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
                          "UC_CPU_ARM_CORTEX_M4", "m4"),
     "cortex-m3": Target("cortex-m3", ("-mcpu=cortex-m3", "-mthumb"), "UC_CPU_ARM_CORTEX_M3", "m3"),
+    # ARMv6-M: Unicorn's Cortex-M0 model runs the Cortex-M0+'s instruction set
+    "cortex-m0plus": Target("cortex-m0plus", ("-mcpu=cortex-m0plus", "-mthumb"), "UC_CPU_ARM_CORTEX_M0", "m0p"),
+    "riscv32": Target("riscv32", ("-march=rv32imc", "-mabi=ilp32"), "UC_CPU_RISCV32_SIFIVE_E31", None, "riscv"),
 }
 
 #: Cycles per instruction class, zero wait states. Cortex-M4 Technical Reference Manual (ARM DDI
@@ -67,8 +82,14 @@ CYCLES = {
            "branch": 1, "vld": 2, "vmulacc": 3, "vdiv": 14, "vmulti": "1+N", "valu": 1},
     "m3": {"alu": 1, "mul": 1, "mla": 2, "mull": 5, "mlal": 7, "div": 12, "ld": 2, "st": 2, "ldd": 3, "multi": "1+N",
            "branch": 1},
+    # Cortex-M0+ Technical Reference Manual (ARM DDI 0484, Table 3-1 and its instruction timings):
+    # loads and stores 2, MULS 1 (the single-cycle multiplier option), a taken branch 2 (P = 1, the
+    # two-stage pipeline); ARMv6-M has no MLA, long multiply or divide
+    "m0p": {"alu": 1, "mul": 1, "ld": 2, "st": 2, "multi": "1+N", "branch": 1},
 }
 TAKEN_BRANCH_REFILL = 2
+#: Refill of a taken branch per cycle table (the M0+'s two-stage pipeline refills in one cycle).
+REFILL = {"m4": TAKEN_BRANCH_REFILL, "m3": TAKEN_BRANCH_REFILL, "m0p": 1}
 
 _COND = "(?:eq|ne|cs|hs|cc|lo|mi|pl|vs|vc|hi|ls|ge|lt|gt|le|al)?"
 _CLASSES = (  # (class, regex on the mnemonic without its .w/.n width suffix), first match wins
@@ -106,14 +127,15 @@ def _tool(name: str) -> str:
     return p
 
 
-def available() -> bool:
-    """Whether the cross-compiler and the emulator are installed."""
+def available(target: str = "cortex-m4") -> bool:
+    """Whether the cross-compiler of ``target`` and the emulator are installed."""
     try:
         import elftools  # noqa: F401
         import unicorn  # noqa: F401
     except ImportError:
         return False
-    return shutil.which(GCC) is not None and shutil.which(OBJDUMP) is not None
+    t = TARGETS[target]
+    return shutil.which(t.gcc) is not None and shutil.which(t.objdump) is not None
 
 
 LINKER_SCRIPT = f"""/* intssm bare-metal layout for the emulator: flash, RAM, and an I/O region outside both. */
@@ -210,7 +232,7 @@ def build(c_dir: Path, target: str, max_len: int, opt: str = "-O2", libm: bool =
     if target not in TARGETS:
         raise IntssmError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
     t = TARGETS[target]
-    gcc = _tool(GCC)
+    gcc = _tool(t.gcc)
     out = Path(c_dir) / target
     out.mkdir(exist_ok=True)
     (out / "harness.c").write_text(HARNESS.replace("@MAXLEN@", str(int(max_len))))
@@ -222,17 +244,25 @@ def build(c_dir: Path, target: str, max_len: int, opt: str = "-O2", libm: bool =
            str((Path(c_dir) / "intssm_model.c").resolve()), "harness.c", *ldflags]
     r = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
     if r.returncode != 0:
-        raise IntssmError(f"{GCC} failed for {target}:\n{r.stderr[-3000:]}")
+        raise IntssmError(f"{t.gcc} failed for {target}:\n{r.stderr[-3000:]}")
     return elf
 
 
-def _disassembly(elf: Path) -> dict:
+def _disassembly(elf: Path, target: str = "cortex-m4") -> dict:
     """address -> (size in bytes, mnemonic, registers in its list, whether it ends the block's flow)
     of every instruction in the ELF's executable sections (literal pools left out)."""
-    r = subprocess.run([_tool(OBJDUMP), "-d", str(elf)], capture_output=True, text=True)
+    t = TARGETS[target]
+    r = subprocess.run([_tool(t.objdump), "-d", str(elf)], capture_output=True, text=True)
     if r.returncode != 0:
-        raise IntssmError(f"{OBJDUMP} failed: {r.stderr[-500:]}")
+        raise IntssmError(f"{t.objdump} failed: {r.stderr[-500:]}")
     out = {}
+    if t.arch == "riscv":  # one hex word per instruction, 2 (compressed) or 4 bytes; no cycle classes
+        rv = re.compile(r"^\s*([0-9a-f]+):\s+([0-9a-f]{4}|[0-9a-f]{8})\s+(\S+)")
+        for line in r.stdout.splitlines():
+            m = rv.match(line)
+            if m is not None:
+                out[int(m.group(1), 16)] = (len(m.group(2)) // 2, m.group(3), 0, False)
+        return out
     rx = re.compile(r"^\s*([0-9a-f]+):\s+((?:[0-9a-f]{4}\s)+)\s*(\S+)\s*([^;@]*)")
     for line in r.stdout.splitlines():
         m = rx.match(line)
@@ -280,13 +310,17 @@ class Emulator:
 
     def __init__(self, elf: Path, target: str):
         import unicorn
-        from unicorn import arm_const
+        from unicorn import arm_const, riscv_const
         from elftools.elf.elffile import ELFFile
 
         t = TARGETS[target]
         self.target, self.elf = t, Path(elf)
-        self.uc = uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB | unicorn.UC_MODE_MCLASS)
-        uc.ctl_set_cpu_model(getattr(arm_const, t.cpu))
+        if t.arch == "riscv":
+            self.uc = uc = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV32)
+            uc.ctl_set_cpu_model(getattr(riscv_const, t.cpu))
+        else:
+            self.uc = uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB | unicorn.UC_MODE_MCLASS)
+            uc.ctl_set_cpu_model(getattr(arm_const, t.cpu))
         with open(elf, "rb") as f:
             ef = ELFFile(f)
             self.sym = {s.name: (s["st_value"], s["st_size"]) for s in ef.get_section_by_name(".symtab").iter_symbols()}
@@ -300,13 +334,22 @@ class Emulator:
         for addr, blob in loads:
             if blob:
                 uc.mem_write(addr, blob)
-        uc.mem_write(STOP, b"\x00\xbf" * 8)  # NOPs: where every call returns
-        self._regs = [arm_const.UC_ARM_REG_R0, arm_const.UC_ARM_REG_R1, arm_const.UC_ARM_REG_R2, arm_const.UC_ARM_REG_R3]
-        self._sp, self._lr, self._r0 = arm_const.UC_ARM_REG_SP, arm_const.UC_ARM_REG_LR, arm_const.UC_ARM_REG_R0
+        if t.arch == "riscv":
+            uc.mem_write(STOP, b"\x13\x00\x00\x00" * 4)  # NOPs (addi x0, x0, 0): where every call returns
+            self._regs = [riscv_const.UC_RISCV_REG_A0, riscv_const.UC_RISCV_REG_A1, riscv_const.UC_RISCV_REG_A2,
+                          riscv_const.UC_RISCV_REG_A3]
+            self._sp, self._lr, self._r0 = riscv_const.UC_RISCV_REG_SP, riscv_const.UC_RISCV_REG_RA, riscv_const.UC_RISCV_REG_A0
+            self._thumb = 0
+        else:
+            uc.mem_write(STOP, b"\x00\xbf" * 8)  # NOPs: where every call returns
+            self._regs = [arm_const.UC_ARM_REG_R0, arm_const.UC_ARM_REG_R1, arm_const.UC_ARM_REG_R2, arm_const.UC_ARM_REG_R3]
+            self._sp, self._lr, self._r0 = arm_const.UC_ARM_REG_SP, arm_const.UC_ARM_REG_LR, arm_const.UC_ARM_REG_R0
+            self._thumb = 1  # the Thumb bit of every code address
         self.stack_top = RAM_BASE + RAM_SIZE
         self._disasm = None
         self._blocks: dict = {}
-        self._cyc = CYCLES[t.cycles]
+        self._cyc = CYCLES[t.cycles] if t.cycles else {}
+        self._refill = REFILL.get(t.cycles, 0)
 
     def addr(self, name: str) -> int:
         if name not in self.sym:
@@ -333,9 +376,9 @@ class Emulator:
         for r, a in zip(self._regs, args):
             self.uc.reg_write(r, a & 0xFFFFFFFF)
         self.uc.reg_write(self._sp, self.stack_top)
-        self.uc.reg_write(self._lr, STOP | 1)
+        self.uc.reg_write(self._lr, STOP | self._thumb)
         try:
-            self.uc.emu_start(self.addr(name) | 1, STOP)
+            self.uc.emu_start(self.addr(name) | self._thumb, STOP)
         except Exception as e:  # unicorn.UcError: a fault in the generated code
             raise IntssmError(f"emulated {self.target.name} faulted in {name}: {e}") from None
         return self.uc.reg_read(self._r0)
@@ -362,7 +405,7 @@ class Emulator:
         import unicorn
 
         if self._disasm is None:
-            self._disasm = _disassembly(self.elf)
+            self._disasm = _disassembly(self.elf, self.target.name)
         stats = [0, 0, None]  # instructions, cycles, end address of the previous block if it ended in a branch
 
         def hook(uc, addr, size, _):
@@ -371,7 +414,7 @@ class Emulator:
             if b is None:
                 b = self._blocks[key] = self._block_cost(addr, size)
             if stats[2] is not None and stats[2] != addr:
-                stats[1] += TAKEN_BRANCH_REFILL
+                stats[1] += self._refill
             stats[0] += b[0]
             stats[1] += b[1]
             stats[2] = addr + size if b[2] else None
@@ -384,7 +427,7 @@ class Emulator:
             self.uc.hook_del(h)
             self.uc.ctl_flush_tb()
         if stats[2] is not None and stats[2] != STOP:  # the final return is a taken branch
-            stats[1] += TAKEN_BRANCH_REFILL
+            stats[1] += self._refill
         return stats[0], stats[1]
 
 
@@ -431,8 +474,9 @@ def measure(elf: Path, target: str, P: np.ndarray, count_steps: int = 64, progre
     fin_i, fin_c = emu.count("harness_finish")
     return {"target": target, "text": sz.text, "rodata": sz.rodata, "data": sz.data, "bss": sz.bss,
             "flash_bytes": sz.flash, "stack_peak_bytes": peak, "stack_frames": stack_usage(elf), "ram_bytes": sz.static_ram + peak,
-            "steps_counted": steps, "instructions_per_step": instr / steps, "cycles_per_step": cyc / steps,
-            "finish_instructions": fin_i, "finish_cycles": fin_c,
+            "steps_counted": steps, "instructions_per_step": instr / steps,
+            "cycles_per_step": cyc / steps if emu.target.cycles else None,  # no cycle table: instructions only
+            "finish_instructions": fin_i, "finish_cycles": fin_c if emu.target.cycles else None,
             "logits": np.array(logits), "counters": np.array(counters) if counters else None,
             "states": states}
 
