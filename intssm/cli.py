@@ -518,6 +518,9 @@ def export_c(
     prefix: Annotated[str, typer.Option(help="Name space of the export: every symbol, type and macro starts with "
                                              "PREFIX_ (PREFIX_ in capitals for macros), the files are PREFIX_model.h/.c; "
                                              "models with different prefixes link into one program.")] = "intssm",
+    adc_scale: Annotated[str, typer.Option(help="For a model of float data: the scale of int16 ADC codes, one float32 "
+                                                "per input channel (comma-separated) or one for all; adds "
+                                                "PREFIX_input_codes_adc (codes -> input codes, exactly).")] = "",
     as_json: JsonOpt = False,
 ):
     """Write the integer model as C99 (intssm_model.h/.c, example main.c), bit-exact with the simulator;
@@ -527,15 +530,20 @@ def export_c(
 
     cexport.check_prefix(prefix)
     outputs.check_dir(out, inputs=[model], what="--out")
-    if target != "host" and prefix != "intssm":
-        raise IntssmError("--prefix is for --target host: the emulator's builds use the default prefix")
+    if target != "host" and (prefix != "intssm" or adc_scale):
+        raise IntssmError("--prefix and --adc-scale are for --target host: the emulator's builds use the default prefix "
+                          "and float32 readings")
     if state_layout not in cexport.STATE_LAYOUTS:
         raise IntssmError(f"--state-layout must be one of {', '.join(cexport.STATE_LAYOUTS)}, got {state_layout!r}")
     if target == "host":
         if report or compare:
             raise IntssmError("--report and --compare need --target cortex-m4 or cortex-m3")
         im = sources.load(model)
-        files = cexport.write_c(im.arrays, im.description(), out, state_layout, prefix)
+        try:
+            scales = [float(v) for v in adc_scale.split(",")] if adc_scale else None
+        except ValueError:
+            raise IntssmError(f"--adc-scale must be numbers separated by commas, got {adc_scale!r}") from None
+        files = cexport.write_c(im.arrays, im.description(), out, state_layout, prefix, scales)
         ro = cexport.rodata_bytes_estimate(im.arrays, im.qcfg)
         _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
               as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant data)")

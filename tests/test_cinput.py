@@ -146,3 +146,50 @@ def test_c_input_path_gives_the_hosts_codes(shipped, tmp_path):
         r = subprocess.run([str(tmp_path / "demo")], input=ds.x[b, :n].astype(np.float32).tobytes(), capture_output=True, cwd=tmp_path)
         lg, _, _ = simulate(im.arrays, P[b:b + 1, :n], im.mean_pool, len(im.counters), pool_len=im.seq_len)
         assert r.returncode == 0 and r.stdout.decode().splitlines()[0] == "logits: " + " ".join(map(str, lg[0]))
+
+
+ADC = r"""
+/* adc OUT: the input codes of every int16 ADC code, the same code on every channel */
+#include <stdio.h>
+#include "intssm_model.h"
+int main(int argc, char **argv)
+{
+    int16_t a[INTSSM_D_IN];
+    uint8_t p[INTSSM_D_IN];
+    long v;
+    int j;
+    FILE *fo;
+    if (argc != 2 || !(fo = fopen(argv[1], "wb"))) return 2;
+    for (v = -32768; v <= 32767; ++v) {
+        for (j = 0; j < INTSSM_D_IN; ++j) a[j] = (int16_t)v;
+        intssm_input_codes_adc(a, p);
+        fwrite(p, 1, sizeof p, fo);
+    }
+    return fclose(fo) != 0;
+}
+"""
+
+
+@needs_gcc
+def test_c_adc_path_gives_the_hosts_codes_on_every_int16(shipped, tmp_path):
+    """With --adc-scale, intssm_input_codes_adc on all 65,536 int16 codes of every channel gives the
+    host quantizer's code of the float32 reading a * s_j; a model of uint8 data refuses the option."""
+    _, im, x = shipped
+    span = (x.max(0).astype(np.float64) - x.min(0)) / 30000.0  # readings of +-32768 codes cover the data's range
+    s = span.astype(np.float32)
+    cexport.write_c(im.arrays, im.description(), tmp_path, adc_scale=s.tolist())
+    assert "#define INTSSM_ADC_INPUT 1" in (tmp_path / "intssm_model.h").read_text()
+    (tmp_path / "adc.c").write_text(ADC)
+    r = subprocess.run([GCC, *CFLAGS, "adc.c", "intssm_model.c", "-o", "adc"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    subprocess.run([str(tmp_path / "adc"), "out.bin"], cwd=tmp_path, check=True)
+    got = np.fromfile(tmp_path / "out.bin", np.uint8).reshape(65536, -1)
+    want = im.iq.codes(cinput.adc_readings(s)[None])[0]
+    assert np.array_equal(got, want) and len(np.unique(want)) > im.iq.qmax // 2  # most codes reached
+    from intssm.errors import IntssmError
+
+    with pytest.raises(IntssmError, match="ADC scale"):
+        cexport.write_c(im.arrays, im.description(), tmp_path / "bad", adc_scale=[0.1, -1.0] + [0.1] * (len(s) - 2))
+    u8 = sources.load(ROOT / "data" / "checkpoints" / "paper-small-hetero.pt")
+    with pytest.raises(IntssmError, match="adc-scale"):
+        cexport.write_c(u8.arrays, u8.description(), tmp_path / "bad2", adc_scale=[0.1])

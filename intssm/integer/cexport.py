@@ -463,15 +463,21 @@ def _input_note(iq: dict | None, NS: str) -> str:
             f"{rows}\n")
 
 
-def _input_api(ns: str, iq: dict | None) -> str:
+def _input_api(ns: str, iq: dict | None, adc_scale=None) -> str:
     """The header's declaration of the input path of a float-data model (none for raw uint8 inputs)."""
     NS = ns.upper()
     if iq is None:
         return f"#define {NS}_FLOAT_INPUT 0  /* the step takes raw uint8 values */\n"
-    return (f"#define {NS}_FLOAT_INPUT 1  /* float32 readings -> input codes: {ns}_input_codes */\n"
-            f"/* The input codes p ({NS}_D_IN) of one step's float32 readings u: exactly the host's input quantizer\n"
-            f" * (above), with integer comparisons only (docs/datapath.md, \"Float inputs on a device\"). */\n"
-            f"void {ns}_input_codes(const float *u, uint8_t *p);\n")
+    out = (f"#define {NS}_FLOAT_INPUT 1  /* float32 readings -> input codes: {ns}_input_codes */\n"
+           f"/* The input codes p ({NS}_D_IN) of one step's float32 readings u: exactly the host's input quantizer\n"
+           f" * (above), with integer comparisons only (docs/datapath.md, \"Float inputs on a device\"). */\n"
+           f"void {ns}_input_codes(const float *u, uint8_t *p);\n")
+    if adc_scale is not None:
+        out += (f"/* The same from int16 ADC codes a, read as the float32 products a * s_j, s = "
+                f"({', '.join(f'{float(v):.9g}' for v in adc_scale)}). */\n"
+                f"#define {NS}_ADC_INPUT 1\n"
+                f"void {ns}_input_codes_adc(const int16_t *a, uint8_t *p);\n")
+    return out
 
 
 #: A ``--prefix``: a lower-case C identifier that leaves room for the longest name derived from it.
@@ -493,7 +499,8 @@ def file_names(prefix: str = "intssm") -> tuple[str, str]:
     return f"{prefix}_model.h", f"{prefix}_model.c"
 
 
-def _header(ns: str, dims: dict, counters: list, widths: dict, p: Plan, dither: bool, iq: dict | None = None) -> str:
+def _header(ns: str, dims: dict, counters: list, widths: dict, p: Plan, dither: bool, iq: dict | None = None,
+            adc_scale=None) -> str:
     NS = ns.upper()
     d = dims
     names = "\n".join(f" *   [{i}] {str(n).replace('*/', '* /')}" for i, n in enumerate(counters))
@@ -568,7 +575,7 @@ int {ns}_logits(const {ns}_state *s, int32_t *logits_out, uint32_t *counters);
 int {ns}_classify({ns}_state *s, const uint8_t *seq, uint32_t L, int32_t *logits_out);
 /* The state codes of mode n of channel hh in layer i. */
 void {ns}_state_x(const {ns}_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im);
-{_input_api(ns, iq)}
+{_input_api(ns, iq, adc_scale)}
 #ifdef __cplusplus
 }}
 #endif
@@ -1047,7 +1054,7 @@ int {ns}_classify({ns}_state *s, const uint8_t *seq, uint32_t L, int32_t *logits
 """
 
 
-def _source(ns: str, a: dict, p: Plan, w: dict, dims: dict, iq: dict | None = None) -> str:
+def _source(ns: str, a: dict, p: Plan, w: dict, dims: dict, iq: dict | None = None, adc_scale=None) -> str:
     NS = ns.upper()
     qr = a["qrange"]
     native = [st for st in p.stores.values() if st.kind == "native"]
@@ -1110,7 +1117,9 @@ typedef char state_bytes_check_[(sizeof({ns}_state) == {NS}_STATE_BYTES) ? 1 : -
         from intssm.datapath.inputq import InputQuant
         from intssm.integer import cinput
 
-        out.append(cinput.c_source(ns, cinput.thresholds(InputQuant.from_dict(iq))))
+        q = InputQuant.from_dict(iq)
+        adc = None if adc_scale is None else cinput.adc_thresholds(q, adc_scale)
+        out.append(cinput.c_source(ns, cinput.thresholds(q), adc, adc_scale))
     return "\n".join(out)
 
 
@@ -1168,7 +1177,7 @@ int main(void)
 
 
 def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str = "packed",
-            prefix: str = "intssm") -> list[Path]:
+            prefix: str = "intssm", adc_scale=None) -> list[Path]:
     """Write ``<prefix>_model.h``, ``<prefix>_model.c``, ``main.c`` and ``README.md`` into ``out_dir``
     (each atomically); returns the paths written. An existing ``main.c`` that is not the generated
     example is kept. Every symbol, type and macro of the header starts with ``prefix`` (``PREFIX``):
@@ -1177,20 +1186,32 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str 
     ``arrays``: the integer model by name (:func:`intssm.integer.export.integer_model` or
     :func:`intssm.integer.export.load`); ``manifest_like``: ``model_config`` (d_model, d_state, n_layers,
     d_input, d_output, pool), ``quant_config``, ``seq_len``, ``counters`` and optionally ``input``
-    (the input quantizer of float data, described in the header).
+    (the input quantizer of float data, described in the header). ``adc_scale``: for a float-data
+    model, one float32 scale per input channel of int16 ADC codes (adds ``<prefix>_input_codes_adc``).
     """
     from intssm.integer import cdoc
 
     ns = check_prefix(prefix)
     a, dims, _, qcfg, widths = check(arrays, manifest_like)
+    iq = manifest_like.get("input")
+    if adc_scale is not None:
+        from intssm.datapath.inputq import InputQuant
+        from intssm.integer import cinput
+
+        if iq is None:
+            raise IntssmError("--adc-scale is for models of float data; this one takes raw uint8 inputs")
+        adc_scale = [float(v) for v in adc_scale]
+        if len(adc_scale) == 1:
+            adc_scale *= dims["D_IN"]
+        cinput.adc_thresholds(InputQuant.from_dict(iq), np.array(adc_scale))  # checked before any file is written
     out_dir = outputs.check_dir(out_dir, what="C export directory")
     p = plan(a, qcfg, state_layout)
     dither = qcfg.state_rounding == "dither"
     dims["X_BYTES"] = state_bytes(p, dims["LAYERS"] * dims["H"] * dims["N2"])
     dims["STATE_BYTES"], dims["STATE_ALIGN"] = state_size(p, dims, dither)
     h_name, c_name = file_names(ns)
-    files = {h_name: _header(ns, dims, layout.counter_names(dims["LAYERS"]), widths, p, dither, manifest_like.get("input")),
-             c_name: _source(ns, a, p, widths, dims, manifest_like.get("input")),
+    files = {h_name: _header(ns, dims, layout.counter_names(dims["LAYERS"]), widths, p, dither, iq, adc_scale),
+             c_name: _source(ns, a, p, widths, dims, iq, adc_scale),
              MAIN_FILE: _main(ns, manifest_like.get("input") is not None),
              cdoc.README: cdoc.readme(ns, dims, p.flash_bytes, manifest_like.get("input") is not None)}
     main = out_dir / MAIN_FILE

@@ -12,6 +12,11 @@ integer of the same order), which needs no FPU, or could compare floats on one t
 
 Readings are ordinary float32 values, infinities included (-inf gives 0, +inf the top code).
 NaN is not a reading: its code is unspecified.
+
+A sensor that delivers integer ADC codes ``a`` (int16) with a scale ``s_j`` per channel (its
+reading is the float32 product ``u = fl32(a * s_j)``, what ``(float)a * s`` computes in single
+precision) gets the same treatment on the codes themselves: :func:`adc_thresholds` holds the
+smallest ``a`` whose reading's code is at least ``k``, found by evaluating all 65,536 codes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from intssm.datapath.inputq import InputQuant
+from intssm.errors import IntssmError
 
 #: Order keys of -inf and +inf: every non-NaN float32 lies between them.
 KEY_NEG_INF, KEY_POS_INF = 0x007FFFFF, 0xFF800000
@@ -55,6 +61,29 @@ def thresholds(iq: InputQuant) -> np.ndarray:
     return np.ascontiguousarray(hi.T.astype(np.uint32))
 
 
+#: The ADC codes the integer input path takes: int16.
+ADC_MIN, ADC_MAX = -(2**15), 2**15 - 1
+
+
+def adc_readings(adc_scale: np.ndarray) -> np.ndarray:
+    """(65536, d) float32: the reading fl32(a * s_j) of every int16 code a, for every channel's scale."""
+    a = np.arange(ADC_MIN, ADC_MAX + 1, dtype=np.float32)[:, None]  # every int16 is a float32 exactly
+    return (a * np.asarray(adc_scale, np.float32)[None, :]).astype(np.float32)
+
+
+def adc_thresholds(iq: InputQuant, adc_scale: np.ndarray) -> np.ndarray:
+    """(d, qmax) int32: the smallest int16 ADC code whose reading (:func:`adc_readings`) has a code
+    of at least k + 1 in channel j, or 2^15 where none has."""
+    s = np.asarray(adc_scale, np.float64)
+    if s.shape != iq.lo.shape or not (np.isfinite(s).all() and (s > 0).all()) or not np.array_equal(s, s.astype(np.float32)):
+        raise IntssmError(f"the ADC scale needs one positive float32 value per input channel ({len(iq.lo)}), got {adc_scale!r}")
+    with np.errstate(invalid="ignore"):
+        codes = iq.codes(adc_readings(s)[None])[0].astype(np.int64)  # (65536 d), non-decreasing down each column
+    k = np.arange(1, iq.qmax + 1)
+    idx = np.stack([np.searchsorted(codes[:, j], k, side="left") for j in range(codes.shape[1])])  # first a with code >= k
+    return (idx + ADC_MIN).astype(np.int32)
+
+
 def codes_from_thresholds(thr: np.ndarray, u: np.ndarray) -> np.ndarray:
     """What the generated C computes: per channel j, the number of ``thr[j]`` at or below
     order_key(u_j); ``u`` (..., d) float32 -> uint8 codes."""
@@ -65,13 +94,49 @@ def codes_from_thresholds(thr: np.ndarray, u: np.ndarray) -> np.ndarray:
     return out
 
 
-def c_source(ns: str, thr: np.ndarray) -> str:
-    """The C input path of an export with prefix ``ns``: the threshold tables and ``ns_input_codes``."""
+def c_source(ns: str, thr: np.ndarray, adc: np.ndarray | None = None, adc_scale=None) -> str:
+    """The C input path of an export with prefix ``ns``: the threshold tables and ``ns_input_codes``
+    (and, with ADC thresholds, ``ns_input_codes_adc``)."""
     from intssm.integer.cexport import c_initializer
 
     d, q = thr.shape
     NS = ns.upper()
     init = c_initializer(thr, fmt=lambda v: f"{int(v):#010x}u", per_line=8)
+    return _float_source(ns, NS, d, q, init) + ("" if adc is None else _adc_source(ns, NS, adc, adc_scale))
+
+
+def _adc_source(ns: str, NS: str, adc: np.ndarray, adc_scale) -> str:
+    from intssm.integer.cexport import c_initializer
+
+    d, q = adc.shape
+    scales = ", ".join(f"{float(v):.9g}" for v in adc_scale)
+    return f"""
+/* ---- the same from int16 ADC codes a, whose readings are fl32(a * s_j), s = ({scales}):
+ * adc_thr[j][k] is the smallest code whose reading's code in channel j is at least k + 1 (2^15:
+ * none). {d} x {q} x 4 = {4 * d * q} bytes. */
+INTSSM_TABLE static const int32_t adc_thr[{d}][{q}] = {c_initializer(adc, per_line=12)};
+
+void {ns}_input_codes_adc(const int16_t *a, uint8_t *p)
+{{
+    int j;
+    for (j = 0; j < {NS}_D_IN; ++j) {{
+        const int32_t *t = adc_thr[j];
+        const int32_t v = a[j];
+        uint32_t lo = 0, hi = {q};
+        while (lo < hi) {{
+            const uint32_t mid = (lo + hi) >> 1;
+            if (t[mid] <= v)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }}
+        p[j] = (uint8_t)lo;
+    }}
+}}
+"""
+
+
+def _float_source(ns: str, NS: str, d: int, q: int, init: str) -> str:
     return f"""
 /* ---- the input quantizer on the device: float32 readings -> input codes (docs/datapath.md,
  * "Float inputs on a device"). input_thr[j][k] is the order key of the smallest float32 whose
