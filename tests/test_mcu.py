@@ -102,14 +102,16 @@ def test_default_model_on_riscv32_and_cortex_m0plus(tmp_path, target):
 
 
 @needs_mcu
-@pytest.mark.parametrize("name,n", [("japanesevowels-hetero", 370), ("basicmotions-hetero", 40)])
-def test_float_data_models_from_raw_readings(tmp_path, name, n):
-    """The shipped float-data models on the emulated Cortex-M4 from the raw float32 readings of
-    every test sequence (variable lengths for JapaneseVowels), through the export's C input path:
-    the simulator's logits, counters and final state for the host's input codes."""
+@pytest.mark.parametrize("name,n,target", [("japanesevowels-hetero", 370, "cortex-m4"), ("basicmotions-hetero", 40, "cortex-m4"),
+                                           ("basicmotions-hetero", 40, "riscv32"),
+                                           pytest.param("japanesevowels-hetero", 370, "riscv32", marks=pytest.mark.slow)])
+def test_float_data_models_from_raw_readings(tmp_path, name, n, target):
+    """The shipped float-data models on the emulated Cortex-M4 and RV32IMC from the raw float32
+    readings of every test sequence (variable lengths for JapaneseVowels), through the export's C
+    input path: the simulator's logits, counters and final state for the host's input codes."""
     from intssm.deploy import deploy
 
-    rep = deploy(CKPT / f"{name}.pt", tmp_path, "cortex-m4", sequences=1000, count_steps=2)
+    rep = deploy(CKPT / f"{name}.pt", tmp_path, target, sequences=1000, count_steps=2)
     assert "error" not in rep and rep["inputs"].startswith("float32")
     assert rep["integer"]["bit_exact_sequences"] == rep["integer"]["sequences"] == n
 
