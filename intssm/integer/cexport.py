@@ -2,16 +2,21 @@
 
 :func:`write_c` turns the integer arrays of a model (named and re-proved by :mod:`intssm.datapath.layout`) into
 
-* ``intssm_model.h`` -- dimensions, the state struct, the four entry points;
-* ``intssm_model.c`` -- every constant as a ``static const`` table of the narrowest C integer type
-  that holds its values, and the step / finalize functions, which follow ``_run_one`` in
+* ``<prefix>_model.h`` -- the library API: dimensions, the state struct and its size, the entry
+  points (reset, step, the streaming readout, classify, state access, and for float-data models
+  the input path), ``extern "C"`` for C++; every name starts with the prefix (default ``intssm``);
+* ``<prefix>_model.c`` -- every constant as a ``static const`` table of the narrowest C integer type
+  that holds its values, and the step / readout functions, which follow ``_run_one`` in
   :mod:`intssm.integer.sim` site by site (same centred operands, same int64 accumulators, same
-  rounding and saturation, same counters);
-* ``main.c`` -- a tiny example: one raw sequence on stdin, logits and class on stdout.
+  rounding and saturation, same counters); the input path from :mod:`intssm.integer.cinput`;
+* ``main.c`` -- a tiny example: a sequence of any length on stdin, logits and class on stdout;
+* ``README.md`` -- the integration steps and build flags (:mod:`intssm.integer.cdoc`).
 
-The generated model code uses ``<stdint.h>`` and ``<string.h>`` only: no floating point, no
-``malloc``, no mutable globals (``.bss`` and ``.data`` are empty; all state is in the caller's
-:c:type:`intssm_state`). Portability notes are in the header comment of the generated ``.c``.
+This module holds the storage plan (:func:`plan`), the sites' C arithmetic (:func:`site_widths`)
+and the emission of the model's C. The generated model code includes ``<stdint.h>`` only and
+calls no library function: no floating-point arithmetic, no ``malloc``, no mutable globals
+(``.bss`` and ``.data`` are empty; all state is in the caller's :c:type:`intssm_state`).
+Portability notes are in the header comment of the generated ``.c``.
 """
 
 from __future__ import annotations
