@@ -487,7 +487,8 @@ def export_(
 def export_c(
     model: Annotated[Path, typer.Argument(help="Quantized/float checkpoint or integer artifact (.npz).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the C files into.")],
-    target: Annotated[str, typer.Option(help="host (write the C only) | cortex-m4 | cortex-m3: also cross-compile, "
+    target: Annotated[str, typer.Option(help="host (write the C only) | cortex-m4 | cortex-m3 | cortex-m0plus | riscv32 "
+                                             "(rv32imc): also cross-compile, "
                                              "run test sequences in the emulator, require the simulator's integers, "
                                              "and measure bytes, instructions and cycles per step.")] = "host",
     sequences: Annotated[int, typer.Option(help="Test sequences the emulated target must reproduce bit for bit.")] = 200,
@@ -498,6 +499,12 @@ def export_c(
     state_layout: Annotated[str, typer.Option(help="packed: the state at its bit widths (the accounted bytes); halves: "
                                                    "Re and Im as 16-bit halves of a word, which the Cortex-M4's dual "
                                                    "multiplies read directly (faster with complex_scale shared; more RAM).")] = "packed",
+    prefix: Annotated[str, typer.Option(help="Name space of the export: every symbol, type and macro starts with "
+                                             "PREFIX_ (PREFIX_ in capitals for macros), the files are PREFIX_model.h/.c; "
+                                             "models with different prefixes link into one program.")] = "intssm",
+    adc_scale: Annotated[str, typer.Option(help="For a model of float data: the scale of int16 ADC codes, one float32 "
+                                                "per input channel (comma-separated) or one for all; adds "
+                                                "PREFIX_input_codes_adc (codes -> input codes, exactly).")] = "",
     as_json: JsonOpt = False,
 ):
     """Write the integer model as C99 (intssm_model.h/.c, example main.c), bit-exact with the simulator;
@@ -505,14 +512,22 @@ def export_c(
     from intssm import sources
     from intssm.integer import cexport
 
+    cexport.check_prefix(prefix)
     outputs.check_dir(out, inputs=[model], what="--out")
+    if target != "host" and (prefix != "intssm" or adc_scale):
+        raise IntssmError("--prefix and --adc-scale are for --target host: the emulator's builds use the default prefix "
+                          "and float32 readings")
     if state_layout not in cexport.STATE_LAYOUTS:
         raise IntssmError(f"--state-layout must be one of {', '.join(cexport.STATE_LAYOUTS)}, got {state_layout!r}")
     if target == "host":
         if report or compare:
             raise IntssmError("--report and --compare need --target cortex-m4 or cortex-m3")
         im = sources.load(model)
-        files = cexport.write_c(im.arrays, im.description(), out, state_layout)
+        try:
+            scales = [float(v) for v in adc_scale.split(",")] if adc_scale else None
+        except ValueError:
+            raise IntssmError(f"--adc-scale must be numbers separated by commas, got {adc_scale!r}") from None
+        files = cexport.write_c(im.arrays, im.description(), out, state_layout, prefix, scales)
         ro = cexport.rodata_bytes_estimate(im.arrays, im.qcfg)
         _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
               as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant data)")
@@ -540,13 +555,15 @@ def _deploy_text(r: dict, path) -> str:
              f"float32 weights {a['fp32_flash_bytes']} B",
              f"  RAM {i['ram_bytes']} B (state {i['bss'] + i['data']}, peak stack {i['stack_peak_bytes']}); accounted {a['ram_bytes']} B",
              f"  per step: {i['instructions_per_step']:.0f} instructions ({i['instructions_per_multiplication']:.2f} per "
-             f"multiplication), ~{i['cycles_per_step']:.0f} cycles; {i['ms_per_sequence_at_80mhz']:.1f} ms per "
-             f"{r['sequence_length']}-step sequence at 80 MHz",
+             + (f"multiplication), ~{i['cycles_per_step']:.0f} cycles; {i['ms_per_sequence_at_80mhz']:.1f} ms per "
+                f"{r['sequence_length']}-step sequence at 80 MHz" if i["cycles_per_step"] is not None
+                else "multiplication); no cycle estimate for this core"),
              f"  64-bit accumulators: {', '.join(r['sites_64bit']) or 'none'}"]
     for name, m in r.get("compare", {}).items():
         if isinstance(m, dict):
             lines.append(f"  {name}: flash {m['flash_bytes']} B, RAM {m['ram_bytes']} B, {m['instructions_per_step']:.0f} "
-                         f"instructions, ~{m['cycles_per_step']:.0f} cycles per step, {m['ms_per_sequence_at_80mhz']:.1f} ms per sequence")
+                         f"instructions, ~{m['cycles_per_step']:.0f} cycles per step, {m['ms_per_sequence_at_80mhz']:.1f} ms per sequence"
+                         if m["cycles_per_step"] is not None else f"  {name}: {m['instructions_per_step']:.0f} instructions per step")
         else:
             lines.append(f"  {name}: {m}")
     if path:

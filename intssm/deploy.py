@@ -22,7 +22,8 @@ CLOCK_HZ = 80e6  # the clock of the milliseconds-per-sequence figures
 
 
 def _scale(rec: dict, L: int) -> dict:
-    rec["ms_per_sequence_at_80mhz"] = (rec["cycles_per_step"] * L + rec["finish_cycles"]) / CLOCK_HZ * 1e3
+    c = rec["cycles_per_step"]  # None where no cycle table is kept (RISC-V)
+    rec["ms_per_sequence_at_80mhz"] = None if c is None else (c * L + rec["finish_cycles"]) / CLOCK_HZ * 1e3
     return rec
 
 
@@ -30,7 +31,7 @@ def _public(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("logits", "counters", "states")}
 
 
-TARGETS = ("cortex-m4", "cortex-m3")
+TARGETS = ("cortex-m4", "cortex-m3", "cortex-m0plus", "riscv32")
 
 
 def check_options(target: str, sequences: int, count_steps: int) -> None:
@@ -42,7 +43,7 @@ def check_options(target: str, sequences: int, count_steps: int) -> None:
     for name, v in (("--sequences", sequences), ("--count-steps", count_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise IntssmError(f"{name} must be a positive integer, got {v!r}")
-    if not mcu.available():
+    if not mcu.available(target):
         raise IntssmError(f"the {target} target needs the cross-compiler and the emulator ({mcu.INSTALL_HINT})")
 
 
@@ -76,7 +77,9 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
     desc = im.description()
     _, dims, cfg, qcfg, widths = cexport.check(im.arrays, desc)
     elf = mcu.build(out_dir, target, L)
-    rec = mcu.measure(elf, target, P, count_steps, progress, lens)
+    # a float-data model runs from the raw float32 readings, through the export's own input path
+    feed = np.ascontiguousarray(ds.x, np.float32) if im.iq is not None else P
+    rec = mcu.measure(elf, target, feed, count_steps, progress, lens)
     # the proof: every sequence's integers equal the simulator's
     same = np.zeros(len(P), bool)
     for b in range(len(P)):  # one traced run per sequence: logits, counters and the state after its last step
@@ -89,6 +92,7 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
     mults = sum(v for k, v in cost.step_ops(cfg, qcfg, im.seq_len).items() if k.startswith("mul"))
     report = {
         "model": str(model), "target": target, "dataset": seq, "sequence_length": L,
+        "inputs": "float32 readings, through the C input path" if im.iq is not None else "uint8 codes",
         "lengths": None if lens is None else [int(lens.min()), int(lens.max())],
         "integer": _public(_scale(rec, L)) | {
             "bit_exact_sequences": int(same.sum()), "sequences": len(P),
@@ -109,7 +113,7 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
         "clock_hz": CLOCK_HZ,
     }
     if compare:
-        report["compare"] = _compare(im, out_dir, P, ds, L, count_steps, target)
+        report["compare"] = _compare(im, out_dir, P, ds, L, count_steps, target, feed)
     report["elf"] = str(elf)
     if not same.all():
         bad = np.flatnonzero(~same)[:5].tolist()
@@ -117,7 +121,7 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
     return report
 
 
-def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str) -> dict:
+def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str, feed) -> dict:
     """The integer build on the other core, and the float32 model on a Cortex-M4F and a Cortex-M3."""
     import torch
 
@@ -125,10 +129,10 @@ def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str) ->
     from intssm.training import cfloat
 
     out = {}
-    other = "cortex-m3" if target == "cortex-m4" else "cortex-m4"
+    other = "cortex-m3" if target == "cortex-m4" else "cortex-m4"  # the float builds run on the M4F and the M3
     elf = mcu.build(out_dir, other, L)
     lens = ds.lengths if ds.varlen else None
-    out[f"integer {other}"] = _public(_scale(mcu.measure(elf, other, P[:1], count_steps, lengths=None if lens is None else lens[:1]), L))
+    out[f"integer {other}"] = _public(_scale(mcu.measure(elf, other, feed[:1], count_steps, lengths=None if lens is None else lens[:1]), L))
     if im.qm is None:
         return out  # an integer artifact: no float weights to compare with
     if im.iq is not None:
@@ -142,7 +146,7 @@ def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str) ->
     with torch.no_grad():
         ref = model(torch.from_numpy(P[:n].astype(np.float32) / 255.0), mode="recurrent").numpy()
     for t in ("cortex-m4f", "cortex-m3"):
-        elf = mcu.build(fdir, t, L)
+        elf = mcu.build(fdir, t, L, libm=True)
         r = mcu.measure(elf, t, P[:n], count_steps)
         err = float(np.abs(r["logits"] - ref).max())
         out[f"float32 {t}"] = _public(_scale(r, L)) | {"max_abs_logit_error_vs_torch": err,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intssm.integer import cexport
@@ -28,19 +26,14 @@ from intssm.errors import IntssmError
 from intssm.integer.export import integer_model
 from intssm.training.model import PRESETS as MODEL_PRESETS
 from intssm.training.model import ModelConfig, S4DModel
-from intssm.training.ptq import ptq
 from intssm.datapath.qspec import PRESETS, QFormat, QuantConfig
 from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path (rootdir-relative, "prepend" import mode)
-from strategies import inputs, models, quant_configs
-
-GCC = shutil.which("gcc")
-SIZE = shutil.which("size")
-needs_gcc = pytest.mark.skipif(GCC is None and not os.environ.get("CI"), reason="gcc not on PATH (CI installs it and never skips)")
-CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
-
-
+from c_helpers import (GCC, SIZE, UBSAN, build_harness, check_against_simulator, gcc, manifest_like, needs_gcc,
+                       quantize, random_case, run_c)
+from strategies import models, quant_configs
+from cli_helpers import assert_clean_error, intssm
 
 @pytest.fixture(autouse=True, scope="module")
 def _restore_torch_threads():
@@ -49,135 +42,7 @@ def _restore_torch_threads():
     torch.set_num_threads(n)
 
 
-def quantize(m, qcfg, calib):
-    """ptq with one Torch thread: on a busy 2-core machine an oversubscribed calibration can be 100x
-    slower. Set before every call: Numba's OpenMP layer may reset the shared OpenMP thread count."""
-    torch.set_num_threads(1)
-    return ptq(m, qcfg, calib)
-
-
-HARNESS = r"""
-/* test harness: harness IN OUT B L -- B sequences of L x INTSSM_D_IN bytes in IN; for each, int64
- * records in OUT: logits (step/logits API), counters, final x_re, final x_im, class and logits
- * (intssm_classify). */
-#include <stdio.h>
-#include <stdlib.h>
-#include "intssm_model.h"
-
-static void put(FILE *f, int64_t v) { fwrite(&v, sizeof v, 1, f); }
-
-int main(int argc, char **argv)
-{
-    FILE *fi, *fo;
-    long B, L, b, t;
-    int i, h, n, o, cls;
-    int32_t xr, xi;
-    uint8_t *seq;
-    static intssm_state s;
-    int32_t lg[INTSSM_D_OUT], lg2[INTSSM_D_OUT];
-    int64_t cnt[INTSSM_N_COUNTERS];
-    if (argc != 5) return 2;
-    fi = fopen(argv[1], "rb");
-    fo = fopen(argv[2], "wb");
-    B = atol(argv[3]);
-    L = atol(argv[4]);
-    seq = malloc((size_t)(L * INTSSM_D_IN));
-    if (!fi || !fo || !seq) return 3;
-    for (b = 0; b < B; ++b) {
-        if (fread(seq, 1, (size_t)(L * INTSSM_D_IN), fi) != (size_t)(L * INTSSM_D_IN)) return 4;
-        intssm_reset(&s);
-        for (t = 0; t < L; ++t) intssm_step(&s, seq + t * INTSSM_D_IN);
-        intssm_logits(&s, lg, cnt);
-        for (o = 0; o < INTSSM_D_OUT; ++o) put(fo, lg[o]);
-        for (o = 0; o < INTSSM_N_COUNTERS; ++o) put(fo, cnt[o]);
-        for (i = 0; i < INTSSM_LAYERS; ++i) for (h = 0; h < INTSSM_H; ++h) for (n = 0; n < INTSSM_N2; ++n) {
-            intssm_state_x(&s, i, h, n, &xr, &xi);
-            put(fo, xr);
-        }
-        for (i = 0; i < INTSSM_LAYERS; ++i) for (h = 0; h < INTSSM_H; ++h) for (n = 0; n < INTSSM_N2; ++n) {
-            intssm_state_x(&s, i, h, n, &xr, &xi);
-            put(fo, xi);
-        }
-        cls = intssm_classify(seq, (int32_t)L, lg2);
-        put(fo, cls);
-        for (o = 0; o < INTSSM_D_OUT; ++o) put(fo, lg2[o]);
-    }
-    free(seq);
-    fclose(fi);
-    return fclose(fo) != 0;
-}
-"""
-
-
-def manifest_like(qm) -> dict:
-    return {"model_config": qm.dp.cfg.to_dict(), "quant_config": qm.dp.qcfg.to_dict(), "seq_len": qm.dp.seq_len,
-            "counters": qm.counters}
-
-
-#: Undefined behaviour (signed overflow, shifts out of range, out-of-bounds tables) ends the run.
-UBSAN = ["-fsanitize=undefined", "-fno-sanitize-recover=all"]
-
-
-def gcc(*args: str, cwd: Path, extra=()):
-    r = subprocess.run([GCC, *CFLAGS, *extra, *args], cwd=cwd, capture_output=True, text=True)
-    assert r.returncode == 0, f"gcc {' '.join(args)} failed:\n{r.stderr[-4000:]}"
-
-
-def build_harness(arrays: dict, man: dict, d: Path, extra=(), state_layout: str = "packed") -> Path:
-    cexport.write_c(arrays, man, d, state_layout)
-    (d / "harness.c").write_text(HARNESS)
-    gcc("harness.c", "intssm_model.c", "-o", "harness", cwd=d, extra=extra)
-    return d / "harness"
-
-
-def run_c(exe: Path, P: np.ndarray, arrays: dict, n_counters: int) -> dict:
-    B, L, _ = P.shape
-    nl, H, N2 = arrays["A_re"].shape
-    C = arrays["dec_w"].shape[0]
-    d = exe.parent
-    np.ascontiguousarray(P).tofile(d / "in.bin")
-    r = subprocess.run([str(exe), "in.bin", "out.bin", str(B), str(L)], cwd=d, capture_output=True, text=True)
-    assert r.returncode == 0, f"harness exited {r.returncode}: {r.stderr}"
-    widths = {"logits": C, "counts": n_counters, "x_re": nl * H * N2, "x_im": nl * H * N2, "cls": 1, "logits2": C}
-    rec = np.fromfile(d / "out.bin", dtype=np.int64).reshape(B, sum(widths.values()))
-    out, o = {}, 0
-    for k, w in widths.items():
-        out[k] = rec[:, o:o + w]
-        o += w
-    out["x_re"] = out["x_re"].reshape(B, nl, H, N2)
-    out["x_im"] = out["x_im"].reshape(B, nl, H, N2)
-    out["cls"] = out["cls"][:, 0]
-    return out
-
-
-def check_against_simulator(arrays: dict, mean_pool: bool, n_counters: int, P: np.ndarray, c: dict):
-    lg, cnt, _ = simulate(arrays, P, mean_pool, n_counters)
-    assert np.array_equal(c["logits"], lg), "C logits differ from the simulator's"
-    assert np.array_equal(c["counts"], cnt), "C saturation counters differ from the simulator's"
-    assert np.array_equal(c["counts"].sum(0), cnt.sum(0))
-    assert np.array_equal(c["logits2"], lg), "intssm_classify logits differ"
-    assert np.array_equal(c["cls"], lg.argmax(1)), "intssm_classify is not the first argmax"
-    for b in range(len(P)):  # final state codes == the last step of the simulator's trace
-        lg1, _, (tr, ti) = simulate(arrays, P[b:b + 1], mean_pool, n_counters, trace=True)
-        assert np.array_equal(lg1[0], lg[b])
-        assert np.array_equal(c["x_re"][b], tr[-1]) and np.array_equal(c["x_im"][b], ti[-1]), f"final state of sequence {b}"
-
-
 # ------------------------------------------------------------------ (a) random models / configs ---
-
-def random_case(m, qcfg, data, max_len: int, calib_scale: float = 1.0, seed: int = 0):
-    """(quantized model, integer arrays, input codes) of a drawn length and input for model ``m``
-    and config ``qcfg``; a configuration the datapath refuses is never run (the example is skipped)."""
-    L = data.draw(st.integers(1, max_len))
-    P = data.draw(inputs(m.cfg.d_input, L))
-    calib = calib_scale * np.random.default_rng(seed).random((3, L, m.cfg.d_input))
-    try:
-        qm, _ = quantize(m, qcfg, torch.from_numpy(calib))
-    except IntssmError as e:
-        assert "2**53" in str(e) or "too large" in str(e)
-        assume(False)
-    return qm, integer_model(qm), P
-
 
 @needs_gcc
 @settings(max_examples=8)
@@ -270,8 +135,14 @@ def test_c_equals_simulator_smnist(smnist_build):
     lines = r.stdout.decode().splitlines()
     assert lines[0] == "logits: " + " ".join(str(v) for v in c["logits"][3])
     assert lines[1] == f"class: {c['cls'][3]}"
+    assert lines[2] == "steps: 784"
+    # any length: 100 steps give the streaming readout of those steps (mean pooling scaled to 784)
     r = subprocess.run([str(d / "demo")], input=P[3].tobytes()[:100], capture_output=True, cwd=d)
-    assert r.returncode != 0 and b"expected 784 bytes" in r.stderr
+    lg, _, _ = simulate(arrays, P[3:4, :100], True, len(qm.counters), pool_len=784)
+    assert r.returncode == 0 and r.stdout.decode().splitlines() == [
+        "logits: " + " ".join(str(v) for v in lg[0]), f"class: {lg[0].argmax()}", "steps: 100"]
+    r = subprocess.run([str(d / "demo")], input=b"", capture_output=True, cwd=d)
+    assert r.returncode == 2 and b"error: 0 steps" in r.stderr
 
 
 # ----------------------------------------------------------------------- (c) section sizes ---
@@ -425,11 +296,18 @@ def test_cli_export_c(tmp_path):
     r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c"), "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
-    assert [Path(f).name for f in res["files"]] == ["intssm_model.h", "intssm_model.c", "main.c"]
+    assert [Path(f).name for f in res["files"]] == ["intssm_model.h", "intssm_model.c", "main.c", "README.md"]
     assert all(Path(f).is_file() for f in res["files"])
     assert res["rodata_bytes_estimate"] == cexport.rodata_bytes_estimate(integer_model(qm), qm.dp.qcfg)
     r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c2")])
     assert r.exit_code == 0 and "intssm_model.c" in r.stdout
+    r = CliRunner().invoke(app, ["export-c", str(npz), "-o", str(tmp_path / "c3"), "--prefix", "kws"])
+    assert r.exit_code == 0 and "kws_model.c" in r.stdout and (tmp_path / "c3" / "kws_model.h").is_file()
+    for bad in ("Kws", "1a", "a-b", "kws_", "x" * 25, ""):
+        with pytest.raises(IntssmError, match="--prefix"):
+            cexport.check_prefix(bad)
+    assert_clean_error(intssm("export-c", npz, "-o", tmp_path / "c4", "--prefix", "a-b"), "--prefix")
+    assert not (tmp_path / "c4").exists()
 
 
 SIZEOF = r"""

@@ -22,12 +22,12 @@ from intssm.integer import cexport, mcu
 from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path
-from test_cexport import manifest_like, random_case
+from c_helpers import manifest_like, random_case
 from strategies import models, quant_configs
 from cli_helpers import assert_clean_error, intssm, ok_json
 
-needs_mcu = pytest.mark.skipif(not mcu.available() and not os.environ.get("CI"),
-                               reason=f"Cortex-M toolchain or emulator missing ({mcu.INSTALL_HINT}); CI installs them")
+needs_mcu = pytest.mark.skipif(not all(mcu.available(t) for t in mcu.TARGETS) and not os.environ.get("CI"),
+                               reason=f"Cortex-M or RISC-V toolchain or emulator missing ({mcu.INSTALL_HINT}); CI installs them")
 
 CKPT = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 
@@ -84,8 +84,41 @@ def test_shared_scale_model_with_16bit_halves(tmp_path, target):
 
 
 @needs_mcu
+@pytest.mark.parametrize("target", ["riscv32", "cortex-m0plus"])
+def test_default_model_on_riscv32_and_cortex_m0plus(tmp_path, target):
+    """The shipped default on an emulated RV32IMC core and an ARMv6-M core (freestanding builds;
+    64-bit products through libgcc where the core has no long multiply): the simulator's logits,
+    counters and final state on real test sequences, bytes and instructions measured (cycles only
+    where the core has a cycle table)."""
+    from intssm.deploy import deploy
+
+    rep = deploy(CKPT / "paper-small-hetero.pt", tmp_path, target, sequences=6, count_steps=2)
+    i = rep["integer"]
+    assert "error" not in rep and i["bit_exact_sequences"] == i["sequences"] == 6
+    assert i["bss"] + i["data"] == rep["c_tables"]["c_ram_bytes"] and 0 < i["instructions_per_step"] < 200_000
+    assert (i["cycles_per_step"] is None) == (target == "riscv32")
+    mnemonics = {m for _, m, _, _ in mcu._disassembly(Path(rep["elf"]), target).values()}
+    assert ({"mul", "c.mv", "mv"} & mnemonics) if target == "riscv32" else ("muls" in mnemonics and "smull" not in mnemonics)
+
+
+@needs_mcu
+@pytest.mark.parametrize("name,n,target", [("japanesevowels-hetero", 370, "cortex-m4"), ("basicmotions-hetero", 40, "cortex-m4"),
+                                           ("basicmotions-hetero", 40, "riscv32"),
+                                           pytest.param("japanesevowels-hetero", 370, "riscv32", marks=pytest.mark.slow)])
+def test_float_data_models_from_raw_readings(tmp_path, name, n, target):
+    """The shipped float-data models on the emulated Cortex-M4 and RV32IMC from the raw float32
+    readings of every test sequence (variable lengths for JapaneseVowels), through the export's C
+    input path: the simulator's logits, counters and final state for the host's input codes."""
+    from intssm.deploy import deploy
+
+    rep = deploy(CKPT / f"{name}.pt", tmp_path, target, sequences=1000, count_steps=2)
+    assert "error" not in rep and rep["inputs"].startswith("float32")
+    assert rep["integer"]["bit_exact_sequences"] == rep["integer"]["sequences"] == n
+
+
+@needs_mcu
 @settings(max_examples=4)
-@given(models(max_layers=2), quant_configs(), st.data(), st.sampled_from(["cortex-m4", "cortex-m3"]),
+@given(models(max_layers=2), quant_configs(), st.data(), st.sampled_from(["cortex-m4", "cortex-m3", "cortex-m0plus", "riscv32"]),
        st.sampled_from(cexport.STATE_LAYOUTS))
 def test_random_models_bit_exact_on_mcu(m, qcfg, data, target, state_layout):
     """Random small models and quantization configs (shared complex scales, dither, 16-bit formats
@@ -119,7 +152,7 @@ def test_float_reference_on_cortex_m4f(tmp_path):
     with torch.no_grad():
         ref = model(torch.from_numpy(P.astype(np.float32) / 255.0), mode="recurrent").numpy()
     for t in ("cortex-m4f", "cortex-m3"):
-        r = mcu.measure(mcu.build(tmp_path, t, P.shape[1]), t, P, count_steps=2)
+        r = mcu.measure(mcu.build(tmp_path, t, P.shape[1], libm=True), t, P, count_steps=2)
         assert np.abs(r["logits"] - ref).max() < 1e-3 * max(1.0, np.abs(ref).max()), t
         assert r["rodata"] >= 4 * 3834  # every float32 parameter of the recurrence is in flash
 

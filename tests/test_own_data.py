@@ -27,7 +27,7 @@ from intssm.training.ptq import ptq_dataset
 from intssm.integer.sim import simulate
 from intssm.data.tsformat import read_ts
 
-from test_cexport import build_harness, manifest_like, run_c
+from c_helpers import build_harness, manifest_like, run_c
 from strategies import models, quant_configs
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,10 @@ Prints the Markdown table of docs/deploy.md and writes the full reports as JSON.
 Each model: the C export built for a Cortex-M4 and a Cortex-M3 (integer), its float parent's
 weights as float32 C for a Cortex-M4F (hardware single precision) and a Cortex-M3 (software
 float, libgcc); every integer build first reproduces the simulator on ``--sequences`` test
-sequences (``intssm export-c MODEL --target cortex-m4 --compare`` per model). Instructions are
+sequences (``intssm export-c MODEL --target cortex-m4 --compare`` per model). ``--more-targets``
+(default: cortex-m0plus, riscv32) adds the integer build on those cores, each reproducing the
+simulator on the same sequences (``intssm export-c MODEL --target riscv32``); RISC-V has no cycle
+table, so its rows give instructions only. Instructions are
 counted by the emulator (exact); cycles are estimated from the Technical Reference Manuals' cycle
 table (intssm/integer/mcu.py), so they do not depend on the machine this runs on.
 """
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from intssm.deploy import deploy  # noqa: E402
 from intssm.outputs import check_file, write_text  # noqa: E402
 
+NAMES = {"cortex-m0plus": "Cortex-M0+", "riscv32": "RV32IMC"}
 DEFAULT = "paper-small-hetero.pt,paper-small-hetero-shared.pt,paper-small-hetero-shared.pt:halves"
 
 
@@ -36,6 +40,7 @@ def main():
     ap.add_argument("--sequences", type=int, default=20, help="test sequences each integer build must reproduce")
     ap.add_argument("--count-steps", type=int, default=64, help="steps over which instructions are counted")
     ap.add_argument("--out", type=Path, default=None, help="write every report as one JSON file")
+    ap.add_argument("--more-targets", default="cortex-m0plus,riscv32", help="integer builds on further cores (comma-separated; '' for none)")
     a = ap.parse_args()
     if a.out is not None:
         check_file(a.out, what="--out", suffix=".json")
@@ -54,11 +59,21 @@ def main():
         i, c = rep["integer"], rep["compare"]
         builds = [("int, Cortex-M4", i), ("int, Cortex-M3", c["integer cortex-m3"]),
                   ("float32, Cortex-M4F", c.get("float32 cortex-m4f")), ("float32, Cortex-M3 (soft)", c.get("float32 cortex-m3"))]
+        for t in filter(None, a.more_targets.split(",")):
+            with tempfile.TemporaryDirectory() as d:
+                r2 = deploy(path, Path(d), t, a.sequences, a.count_steps, state_layout=state_layout)
+            if "error" in r2:
+                sys.exit(f"error: {path.name} on {t}: {r2['error']}")
+            rep[f"integer {t}"] = r2
+            builds.append((f"int, {NAMES.get(t, t)}", r2["integer"]))
+            print(f"{label}: {r2['integer']['bit_exact_sequences']}/{r2['integer']['sequences']} bit-exact on {t}", flush=True)
         for what, m in builds:
             if not isinstance(m, dict):
                 continue
+            cyc = "—" if m["cycles_per_step"] is None else f"{m['cycles_per_step']:,.0f}"
+            ms = "—" if m["ms_per_sequence_at_80mhz"] is None else f"{m['ms_per_sequence_at_80mhz']:,.0f}"
             rows.append(f"| {label} | {what} | {m['text']} | {m['rodata']} | {m['bss'] + m['data']} + {m['stack_peak_bytes']} | "
-                        f"{m['instructions_per_step']:,.0f} | {m['cycles_per_step']:,.0f} | {m['ms_per_sequence_at_80mhz']:,.0f} |")
+                        f"{m['instructions_per_step']:,.0f} | {cyc} | {ms} |")
         print(f"{label}: {i['bit_exact_sequences']}/{i['sequences']} bit-exact on the Cortex-M4; accounted "
               f"{acc['flash_bytes']} B flash + {acc['ram_bytes']} B RAM (float32 {acc['fp32_flash_bytes']} + "
               f"{acc['fp32_bytes'] - acc['fp32_flash_bytes']}); {i['multiplications_per_step']} multiplications per step; "

@@ -2,16 +2,21 @@
 
 :func:`write_c` turns the integer arrays of a model (named and re-proved by :mod:`intssm.datapath.layout`) into
 
-* ``intssm_model.h`` -- dimensions, the state struct, the four entry points;
-* ``intssm_model.c`` -- every constant as a ``static const`` table of the narrowest C integer type
-  that holds its values, and the step / finalize functions, which follow ``_run_one`` in
+* ``<prefix>_model.h`` -- the library API: dimensions, the state struct and its size, the entry
+  points (reset, step, the streaming readout, classify, state access, and for float-data models
+  the input path), ``extern "C"`` for C++; every name starts with the prefix (default ``intssm``);
+* ``<prefix>_model.c`` -- every constant as a ``static const`` table of the narrowest C integer type
+  that holds its values, and the step / readout functions, which follow ``_run_one`` in
   :mod:`intssm.integer.sim` site by site (same centred operands, same int64 accumulators, same
-  rounding and saturation, same counters);
-* ``main.c`` -- a tiny example: one raw sequence on stdin, logits and class on stdout.
+  rounding and saturation, same counters); the input path from :mod:`intssm.integer.cinput`;
+* ``main.c`` -- a tiny example: a sequence of any length on stdin, logits and class on stdout;
+* ``README.md`` -- the integration steps and build flags (:mod:`intssm.integer.cdoc`).
 
-The generated model code uses ``<stdint.h>`` and ``<string.h>`` only: no floating point, no
-``malloc``, no mutable globals (``.bss`` and ``.data`` are empty; all state is in the caller's
-:c:type:`intssm_state`). Portability notes are in the header comment of the generated ``.c``.
+This module holds the storage plan (:func:`plan`), the sites' C arithmetic (:func:`site_widths`)
+and the emission of the model's C. The generated model code includes ``<stdint.h>`` only and
+calls no library function: no floating-point arithmetic, no ``malloc``, no mutable globals
+(``.bss`` and ``.data`` are empty; all state is in the caller's :c:type:`intssm_state`).
+Portability notes are in the header comment of the generated ``.c``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from intssm.datapath import layout
 from intssm import outputs
 from intssm.errors import IntssmError
 
-H_FILE, C_FILE, MAIN_FILE = "intssm_model.h", "intssm_model.c", "main.c"
+H_FILE, C_FILE, MAIN_FILE = "intssm_model.h", "intssm_model.c", "main.c"  # the files of the default prefix
 
 #: Candidate C types, narrowest first: (name, bytes, min, max).
 _CTYPES = (
@@ -88,7 +93,7 @@ class Store:
     ``kind``: ``fold`` (every value equal: a compile-time constant, no bytes; only zero points of
     symmetric formats, which the memory accounting does not count either), ``native`` (an array of
     the C type ``ctype``) or ``bits`` (packed at ``width`` bits per value, little-endian bit order,
-    in the ``intssm_bits`` blob at byte ``offset``)."""
+    in the ``model_bits`` blob at byte ``offset``)."""
 
     name: str
     kind: str
@@ -298,6 +303,8 @@ def check(arrays: dict, manifest_like: dict):
         widths = site_widths(a, cfg, qcfg, seq_len)
     except IntssmError as e:
         raise IntssmError(f"C export: {e}") from None
+    if not 1 <= seq_len < 2**30:
+        raise IntssmError(f"C export: seq_len must lie in 1..2^30 - 1, got {seq_len}")
     N2 = cfg.d_state // 2
     events = cfg.d_model + cfg.n_layers * (2 * cfg.d_model * N2 + 4 * cfg.d_model)  # clamps per step, at most
     pool_bound = (seq_len if cfg.pool == "mean" else 1) * qcfg.h.centered_bound
@@ -307,17 +314,38 @@ def check(arrays: dict, manifest_like: dict):
             "D_OUT": cfg.d_output, "MEAN_POOL": int(cfg.pool == "mean"), "SEQ_LEN": seq_len,
             "N_COUNTERS": layout.n_counters(cfg.n_layers), "EXACT_STEPS": (2**32 - 1) // events,
             "POOL_T": "int32_t" if pool_bound <= INT32_LIMIT else "int64_t"}
+    dims["MAX_STEPS"] = max_steps(cfg.pool == "mean", seq_len, qcfg.h.centered_bound, dims["POOL_T"])
     return a, dims, cfg, qcfg, widths
 
 
-def _input_note(iq: dict | None) -> str:
-    """The header's description of the inputs: raw uint8 codes, or the input quantizer of float data."""
-    if iq is None:
-        return " * Inputs: raw uint8 values (real value p / 255), INTSSM_D_IN per step.\n"
-    rows = "\n".join(f" *   channel {j}: lo {lo:.9g}, scale {sc:.9g}" for j, (lo, sc) in enumerate(zip(iq["lo"], iq["scale"])))
-    return (f" * Inputs: float features quantized per channel j before intssm_step (intssm.datapath.inputq):\n"
-            f" *   p_j = clamp(round_half_up((u_j - lo_j) / scale_j), 0, {2 ** int(iq['bits']) - 1})   ({iq['bits']}-bit codes)\n"
-            f"{rows}\n")
+#: The step counter of the state saturates here; :func:`max_steps` stays below it.
+STEPS_SATURATE = 2**32 - 1
+
+
+def max_steps(mean_pool: bool, seq_len: int, h_bound: int, pool_t: str) -> int:
+    """Steps after a reset for which the C state's arithmetic is proved: any number below the
+    saturating step counter with last-step pooling; with mean pooling, as many as the pooling
+    accumulator (``pool_t``) holds at |h'| <= ``h_bound`` per step, and (int64) as keep the
+    streaming readout's numerator 2 |acc| L + t below 2^63."""
+    if not mean_pool:
+        return STEPS_SATURATE
+    n = INT32_LIMIT // h_bound if pool_t == "int32_t" else 2**62 // (2 * seq_len) // h_bound
+    n = min(n, STEPS_SATURATE - 1)
+    if n < seq_len:
+        raise IntssmError(f"C export: the pooling accumulator cannot hold {seq_len} steps")
+    return n
+
+
+def state_size(p: "Plan", dims: dict, dither: bool) -> tuple[int, int]:
+    """(bytes, alignment) of the C state struct: the step counter, the dither phase (if any), the
+    packed state, the pooling accumulator, the counters; exact for ABIs that align int32 to 4 and
+    int64 to 8 bytes (AAPCS, RISC-V ilp32, x86-64; the generated C checks it when compiled)."""
+    align = 8 if dims["POOL_T"] == "int64_t" else 4
+    size = 4 + (4 if dither else 0) + state_bytes(p, dims["LAYERS"] * dims["H"] * dims["N2"])
+    size += -size % align
+    size += align * dims["H"] + 4 * dims["N_COUNTERS"]
+    size += -size % align
+    return size, align
 
 
 # ------------------------------------------------------------------------------ generated C ---
@@ -429,66 +457,135 @@ def _mac(w: SiteWidth, terms) -> str:
     return text[2:] if text.startswith("+ ") else text
 
 
-def _header(dims: dict, counters: list, widths: dict, p: Plan, dither: bool, iq: dict | None = None) -> str:
+def _input_note(iq: dict | None, NS: str) -> str:
+    """The header's description of the inputs: raw uint8 codes, or the input quantizer of float data."""
+    if iq is None:
+        return f" * Inputs: raw uint8 values (real value p / 255), {NS}_D_IN per step.\n"
+    rows = "\n".join(f" *   channel {j}: lo {lo:.17g}, scale {sc:.17g}  (float64)" for j, (lo, sc) in enumerate(zip(iq["lo"], iq["scale"])))
+    return (f" * Inputs: float features quantized per channel j to the codes the step takes ({NS}_D_IN per step)\n"
+            f" * (intssm.datapath.inputq):\n"
+            f" *   p_j = clamp(round_half_up((u_j - lo_j) / scale_j), 0, {2 ** int(iq['bits']) - 1})   ({iq['bits']}-bit codes)\n"
+            f"{rows}\n")
+
+
+def _input_api(ns: str, iq: dict | None, adc_scale=None) -> str:
+    """The header's declaration of the input path of a float-data model (none for raw uint8 inputs)."""
+    NS = ns.upper()
+    if iq is None:
+        return f"#define {NS}_FLOAT_INPUT 0  /* the step takes raw uint8 values */\n"
+    out = (f"#define {NS}_FLOAT_INPUT 1  /* float32 readings -> input codes: {ns}_input_codes */\n"
+           f"/* The input codes p ({NS}_D_IN) of one step's float32 readings u: exactly the host's input quantizer\n"
+           f" * (above), with integer comparisons only (docs/datapath.md, \"Float inputs on a device\"). */\n"
+           f"void {ns}_input_codes(const float *u, uint8_t *p);\n")
+    if adc_scale is not None:
+        out += (f"/* The same from int16 ADC codes a, read as the float32 products a * s_j, s = "
+                f"({', '.join(f'{float(v):.9g}' for v in adc_scale)}). */\n"
+                f"#define {NS}_ADC_INPUT 1\n"
+                f"void {ns}_input_codes_adc(const int16_t *a, uint8_t *p);\n")
+    return out
+
+
+#: A ``--prefix``: a lower-case C identifier that leaves room for the longest name derived from it.
+PREFIX_RE = r"[a-z][a-z0-9_]{0,23}"
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is a valid name space for the export (:data:`PREFIX_RE`, not ending in ``_``)."""
+    import re
+
+    if not isinstance(prefix, str) or not re.fullmatch(PREFIX_RE, prefix) or prefix.endswith("_"):
+        raise IntssmError(f"--prefix must be a lower-case C identifier of at most 24 characters "
+                          f"(letters, digits, '_'; a letter first, no '_' last), got {prefix!r}")
+    return prefix
+
+
+def file_names(prefix: str = "intssm") -> tuple[str, str]:
+    """(header, source) file names of an export with ``prefix``."""
+    return f"{prefix}_model.h", f"{prefix}_model.c"
+
+
+def _header(ns: str, dims: dict, counters: list, widths: dict, p: Plan, dither: bool, iq: dict | None = None,
+            adc_scale=None) -> str:
+    NS = ns.upper()
     d = dims
     names = "\n".join(f" *   [{i}] {str(n).replace('*/', '* /')}" for i, n in enumerate(counters))
     sites = "\n".join(f" *   {w.describe()}" for w in widths.values())
     x = p.x
     phase = "    uint32_t phase;  /* k * 0x9E3779B9 mod 2^32 at step k: the step phase of the dithered state rounding */\n" if dither else ""
-    return f"""/* intssm_model.h -- generated by intssm (C export). Do not edit.
+    return f"""/* {file_names(ns)[0]} -- generated by intssm (C export). Do not edit.
  *
- * Integer-only S4D classifier, bit-exact with intssm's simulator (docs/datapath.md).
- * Usage: intssm_reset(&s); for each step t: intssm_step(&s, p_t); intssm_logits(&s, logits, counters);
- * or intssm_classify(seq, L, logits) for a whole sequence (state on the stack: sizeof(intssm_state)).
- * A sequence of L steps runs exactly L steps (any L >= 1 with last-step pooling): no padding.
-{_input_note(iq)} *
+ * Integer-only S4D classifier, bit-exact with intssm's simulator (docs/datapath.md). C99, no libc:
+ * every function works on the caller's {ns}_state (no heap, no globals, small stack frames).
+ *
+ *   static {ns}_state s;            (or any memory of {NS}_STATE_BYTES bytes aligned to {NS}_STATE_ALIGN)
+ *   {ns}_reset(&s);
+ *   for each time step: {ns}_step(&s, p);          p: {NS}_D_IN input codes
+ *   any time after a step: cls = {ns}_logits(&s, logits, counters);   counters may be NULL
+ *
+ * Streaming: {ns}_logits may be called after any number t >= 1 of steps (up to {NS}_MAX_STEPS) and
+ * gives the simulator's logits for those t steps: with mean pooling the sum of the t outputs is
+ * scaled to the {NS}_SEQ_LEN steps the pooling multiplier was made for (docs/datapath.md,
+ * "Streaming readout"), with last-step pooling it reads step t's output.
+{_input_note(iq, NS)} *
  * Arithmetic per requantization site (from the datapath's bound proofs; 32-bit wherever they fit):
 {sites}
  *
  * State: each complex mode's (x_re, x_im) codes packed in one {x['bits']}-bit record ({x['wr']} + {x['wi']} bits),
- * mode k at bit k * {x['bits']} of x[], little-endian; intssm_state_x reads one.
+ * mode k at bit k * {x['bits']} of x[], little-endian; {ns}_state_x reads one.
  *
- * Saturation counters (INTSSM_N_COUNTERS), in order; each is exact (no wrap) for up to
- * INTSSM_COUNTERS_EXACT_STEPS steps since the last reset:
+ * Saturation counters ({NS}_N_COUNTERS), in order; each is exact (no wrap) for up to
+ * {NS}_COUNTERS_EXACT_STEPS steps since the last reset:
 {names}
  */
-#ifndef INTSSM_MODEL_H
-#define INTSSM_MODEL_H
+#ifndef {NS}_MODEL_H
+#define {NS}_MODEL_H
 
 #include <stdint.h>
 
-#define INTSSM_H {d['H']}            /* channels of the residual stream (d_model) */
-#define INTSSM_N2 {d['N2']}           /* complex modes per channel (d_state / 2) */
-#define INTSSM_LAYERS {d['LAYERS']}
-#define INTSSM_D_IN {d['D_IN']}         /* uint8 input codes per time step */
-#define INTSSM_D_OUT {d['D_OUT']}        /* classes (logits) */
-#define INTSSM_N_COUNTERS {d['N_COUNTERS']}
-#define INTSSM_MEAN_POOL {d['MEAN_POOL']}     /* 1: mean over time, 0: last step */
-#define INTSSM_SEQ_LEN {d['SEQ_LEN']}      /* length the model was quantized for (mean pooling divides by it) */
-#define INTSSM_X_BITS {x['bits']}     /* bits per mode of packed state */
-#define INTSSM_COUNTERS_EXACT_STEPS {d['EXACT_STEPS']}u
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#define {NS}_H {d['H']}            /* channels of the residual stream (d_model) */
+#define {NS}_N2 {d['N2']}           /* complex modes per channel (d_state / 2) */
+#define {NS}_LAYERS {d['LAYERS']}
+#define {NS}_D_IN {d['D_IN']}         /* uint8 input codes per time step */
+#define {NS}_D_OUT {d['D_OUT']}        /* classes (logits) */
+#define {NS}_N_COUNTERS {d['N_COUNTERS']}
+#define {NS}_MEAN_POOL {d['MEAN_POOL']}     /* 1: mean over time, 0: last step */
+#define {NS}_SEQ_LEN {d['SEQ_LEN']}u     /* length the model was quantized for (the mean pooling's multiplier) */
+#define {NS}_MAX_STEPS {d['MAX_STEPS']}u  /* steps after a reset that {ns}_logits reads (the proved range) */
+#define {NS}_X_BITS {x['bits']}     /* bits per mode of packed state */
+#define {NS}_COUNTERS_EXACT_STEPS {d['EXACT_STEPS']}u
+#define {NS}_STATE_BYTES {d['STATE_BYTES']}  /* sizeof({ns}_state) where int32_t aligns to 4, int64_t to 8 (checked by {file_names(ns)[1]}) */
+#define {NS}_STATE_ALIGN {d['STATE_ALIGN']}
 
 typedef struct {{
+    uint32_t steps;  /* steps since the last reset, saturating at 2^32 - 1 */
 {phase}    uint8_t x[{d['X_BYTES']}];  /* packed state codes (+ {WINDOW_PAD} bytes of window padding) */
-    {d['POOL_T']} pool_acc[INTSSM_H];  /* sum over time (mean) or last value (last) of the centred output */
-    uint32_t counters[INTSSM_N_COUNTERS];  /* saturation events so far */
-}} intssm_state;
+    {d['POOL_T']} pool_acc[{NS}_H];  /* sum over time (mean) or last value (last) of the centred output */
+    uint32_t counters[{NS}_N_COUNTERS];  /* saturation events so far */
+}} {ns}_state;
 
-/* State codes at their zero points (real value 0), accumulators and counters at 0. */
-void intssm_reset(intssm_state *s);
-/* One time step: p points to INTSSM_D_IN raw pixels. The no-overflow proof covers
- * INTSSM_SEQ_LEN steps with mean pooling (any number with last-step pooling). */
-void intssm_step(intssm_state *s, const uint8_t *p);
-/* Finalize: pooling requantization and decoder. Writes INTSSM_D_OUT logit codes; if counters is
- * not NULL, writes INTSSM_N_COUNTERS saturation counts (the state's plus pool and logits). */
-void intssm_logits(const intssm_state *s, int32_t *logits_out, int64_t *counters);
-/* A whole sequence seq (L x INTSSM_D_IN, row-major): the class (first index of the largest logit),
- * logits in logits_out (if not NULL). Returns -1 if L < 1, or if L != INTSSM_SEQ_LEN with mean pooling. */
-int intssm_classify(const uint8_t *seq, int32_t L, int32_t *logits_out);
+/* State codes at their zero points (real value 0), step count, accumulators and counters at 0. */
+void {ns}_reset({ns}_state *s);
+/* One time step: p points to {NS}_D_IN input codes. */
+void {ns}_step({ns}_state *s, const uint8_t *p);
+/* The readout after the steps so far: writes {NS}_D_OUT logit codes to logits_out and, if counters
+ * is not NULL, {NS}_N_COUNTERS saturation counts (the state's, plus this readout's pool and logits
+ * clamps). Returns the class (first index of the largest logit), or -1 (nothing written) before
+ * the first step or after more than {NS}_MAX_STEPS. The state is not changed: call it any time. */
+int {ns}_logits(const {ns}_state *s, int32_t *logits_out, uint32_t *counters);
+/* A whole sequence seq (L x {NS}_D_IN codes, step by step) from a reset of s: {ns}_logits's result. */
+int {ns}_classify({ns}_state *s, const uint8_t *seq, uint32_t L, int32_t *logits_out);
 /* The state codes of mode n of channel hh in layer i. */
-void intssm_state_x(const intssm_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im);
+void {ns}_state_x(const {ns}_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im);
+{_input_api(ns, iq, adc_scale)}
+#ifdef __cplusplus
+}}
+#endif
 
-#endif /* INTSSM_MODEL_H */
+#endif /* {NS}_MODEL_H */
 """
 
 
@@ -505,7 +602,16 @@ _HELPERS = r"""
 #endif
 /* SATB(v, b, cnt): sat() for the full b-bit signed range, with SSAT where the core has it. */
 #if defined(__ARM_FEATURE_SAT) && !defined(INTSSM_NO_DSP)
-#define SATB(v, b, cnt) ssat_count_((v), __ssat((v), (b)), (cnt))
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC's __builtin_arm_ssat (behind ACLE's __ssat) is declared to return unsigned int; its value is
+ * the signed b-bit result, which -Wsign-conversion is told here, and only here */
+#define SSAT_(v, b) (__extension__({ _Pragma("GCC diagnostic push") \
+    _Pragma("GCC diagnostic ignored \"-Wsign-conversion\"") const int32_t r_ = __ssat((v), (b)); \
+    _Pragma("GCC diagnostic pop") r_; }))
+#else
+#define SSAT_(v, b) __ssat((v), (b))
+#endif
+#define SATB(v, b, cnt) ssat_count_((v), SSAT_((v), (b)), (cnt))
 #else
 #define SATB(v, b, cnt) sat((v), -(INT32_C(1) << ((b) - 1)), (INT32_C(1) << ((b) - 1)) - 1, (cnt))
 #endif
@@ -517,14 +623,14 @@ static inline int32_t as_i32(uint32_t r)
     return r < UINT32_C(0x80000000) ? (int32_t)r : -(int32_t)(~r) - 1;
 }
 
-/* Fields of packed tables and state. WINDOW(off, bit): the 32 bits of intssm_bits from byte
+/* Fields of packed tables and state. WINDOW(off, bit): the 32 bits of model_bits from byte
  * off + bit / 8, little-endian, shifted right by bit % 8 -- holds any field of <= 25 bits that
  * starts at that bit. SX / UX: the low w bits as a two's-complement / unsigned value. */
 static inline uint32_t rd32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
-#define WINDOW(off, bit) (rd32(intssm_bits + (off) + ((bit) >> 3)) >> ((bit) & 7u))
+#define WINDOW(off, bit) (rd32(model_bits + (off) + ((bit) >> 3)) >> ((bit) & 7u))
 #define UX(v, w) ((int32_t)((v) & ((UINT32_C(1) << (w)) - 1u)))
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(INTSSM_PORTABLE_SHIFTS)
 #define SX(v, w) ((int32_t)((uint32_t)(v) << (32 - (w))) >> (32 - (w)))  /* SBFX / ASR */
@@ -632,8 +738,9 @@ def shared_update(a: dict) -> bool:
                 and np.array_equal(a["x_re_S"], a["x_im_S"]))
 
 
-def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> str:
-    """The step and finalize functions, with the counter indices of :mod:`intssm.datapath.layout`."""
+def _body(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> str:
+    """The API's functions (reset, step, readout), with the counter indices of :mod:`intssm.datapath.layout`."""
+    NS = ns.upper()
     nlc = len(layout.LAYER_COUNTERS)
     x = p.x
     xr_rd, xi_rd = _field("xw", x["wr"], x["sr"]), _field(f"(xw >> {x['wr']})", x["wi"], x["si"])
@@ -736,8 +843,8 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
                 f"const {_acc_t(wxr)} acc_r = {acc_r};",
                 f"const {_acc_t(wxi)} acc_i = {acc_i};"]
         if dither:  # lanes j = ((2 i + part) H + hh) N2 + n
-            out += [f"const {_acc_t(wxr)} dr = weyl_offset(s->phase, (uint32_t)(((2 * i) * INTSSM_H + hh) * INTSSM_N2 + {n}), sr);",
-                    f"const {_acc_t(wxi)} di = weyl_offset(s->phase, (uint32_t)(((2 * i + 1) * INTSSM_H + hh) * INTSSM_N2 + {n}), si);"]
+            out += [f"const {_acc_t(wxr)} dr = ({_acc_t(wxr)})weyl_offset(s->phase, (uint32_t)(((2 * i) * {NS}_H + hh) * {NS}_N2 + {n}), sr);",
+                    f"const {_acc_t(wxi)} di = ({_acc_t(wxi)})weyl_offset(s->phase, (uint32_t)(((2 * i + 1) * {NS}_H + hh) * {NS}_N2 + {n}), si);"]
         out += [f"nr = {satx('XRE', dims['QR_X_RE'], rounding(wxr, 'acc_r', 'r', half_r) + ' + zr', layout.C_XRE)};",
                 f"ni = {satx('XIM', dims['QR_X_IM'], rounding(wxi, 'acc_i', 'i', half_i) + ' + zi', layout.C_XIM)};",
                 f"xw = {pack};"]
@@ -745,13 +852,13 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
         out += [f"{ind}ty1 += ({ty_t})(nr - zr) * cr;", f"{ind}ty2 += ({ty_t})(ni - zi) * ci;"]
         return "\n".join(out)
 
-    mix_dot = (f"            for (hh = 0; hh < INTSSM_H; ++hh)\n"
+    mix_dot = (f"            for (hh = 0; hh < {NS}_H; ++hh)\n"
                f"                t += ({_term_t(wg)})(AT_mix_w(i, j, hh) - wz) * (a[hh] - az);")
     mw = p.stores["mix_w"]
     if mw.kind == "bits" and dims["H"] * mw.width % 8 == 0 and dims["H"] <= 64:
         # rows start on a byte: the row unrolled, each field at a constant byte and bit
         fw = mw.width
-        lines = [f"            const uint8_t *wp = intssm_bits + {mw.offset} + (i * 2 * INTSSM_H + j) * {dims['H'] * fw // 8};"]
+        lines = [f"            const uint8_t *wp = model_bits + {mw.offset} + (i * 2 * {NS}_H + j) * {dims['H'] * fw // 8};"]
         for q in range(dims["H"]):
             win = f"rd32(wp + {q * fw // 8})" + (f" >> {q * fw % 8}" if q * fw % 8 else "")
             lines.append(f"            t += ({_term_t(wg)})({_field(win, fw, mw.signed)} - wz) * (a[{q}] - az);")
@@ -773,63 +880,73 @@ def _body(p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> s
             ind + "{\n" + mode(None if r is None else (f"rd32(rp + {q * R // 8}) >> {q * R % 8}" if q * R % 8 else f"rd32(rp + {q * R // 8})"),
                                f"n + {q}", ind + "    ", f"xp + {q * XB // 8}", str(q * XB % 8),
                                f"xw{q}" if pre_read else None) + "\n" + ind + "}" for q in range(G))
-        rp = "" if r is None else f"\n            const uint8_t *rp = intssm_bits + {r['offset']} + k0 / {G} * {G * R // 8};"
+        rp = "" if r is None else f"\n            const uint8_t *rp = model_bits + {r['offset']} + k0 / {G} * {G * R // 8};"
         loop = (f"{pre}{rp}\n            uint8_t *xp = s->x + k0 / {G} * {G * XB // 8};\n"
-                f"            for (n = 0; n < INTSSM_N2; n += {G}{', rp += ' + str(G * R // 8) if r is not None else ''}, xp += {G * XB // 8}) {{\n"
+                f"            for (n = 0; n < {NS}_N2; n += {G}{', rp += ' + str(G * R // 8) if r is not None else ''}, xp += {G * XB // 8}) {{\n"
                 + (reads + "\n" if reads else "") + f"{body}\n            }}")
     else:
         rec = None if r is None else f"WINDOW({r['offset']}u, (uint32_t)(k0 + n) * {r['bits']}u)"
-        loop = (f"{pre}\n            for (n = 0; n < INTSSM_N2; ++n) {{\n"
+        loop = (f"{pre}\n            for (n = 0; n < {NS}_N2; ++n) {{\n"
                 f"{ind}const uint32_t xb = (uint32_t)(k0 + n) * {XB}u;\n"
                 f"{mode(rec, 'n', ind, 's->x + (xb >> 3)', '(xb & 7u)')}\n            }}")
     return f"""
-void intssm_reset(intssm_state *s)
+void {ns}_reset({ns}_state *s)
 {{
+    /* the plain loops are written through volatile pointers: GCC turns a zeroing loop into a call
+     * of memset (-ftree-loop-distribute-patterns), which a freestanding image need not have */
+    volatile uint8_t *const xz = s->x;
+    volatile {dims['POOL_T']} *const pz = s->pool_acc;
+    volatile uint32_t *const cz = s->counters;
+    uint32_t k;
     int i, hh, n;
-    memset(s->x, 0, sizeof s->x);
-    for (i = 0; i < INTSSM_LAYERS; ++i)
-        for (hh = 0; hh < INTSSM_H; ++hh) {{
+    for (k = 0; k < (uint32_t)sizeof s->x; ++k)
+        xz[k] = 0;
+    for (i = 0; i < {NS}_LAYERS; ++i)
+        for (hh = 0; hh < {NS}_H; ++hh) {{
             const int32_t nr = AT_x_re_z(i, hh), ni = AT_x_im_z(i, hh);
             const uint32_t xw = {pack};
-            for (n = 0; n < INTSSM_N2; ++n) {{
-                const uint32_t xb = (uint32_t)((i * INTSSM_H + hh) * INTSSM_N2 + n) * {XB}u;
+            for (n = 0; n < {NS}_N2; ++n) {{
+                const uint32_t xb = (uint32_t)((i * {NS}_H + hh) * {NS}_N2 + n) * {XB}u;
 {x_store("s->x + (xb >> 3)", "(xb & 7u)", "                ")}
             }}
         }}
-    memset(s->pool_acc, 0, sizeof s->pool_acc);
-    memset(s->counters, 0, sizeof s->counters);
+    for (k = 0; k < {NS}_H; ++k)
+        pz[k] = 0;
+    for (k = 0; k < {NS}_N_COUNTERS; ++k)
+        cz[k] = 0;
+    s->steps = 0;
 #if INTSSM_DITHER
     s->phase = 0;
 #endif
 }}
 
-void intssm_state_x(const intssm_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im)
+void {ns}_state_x(const {ns}_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im)
 {{
-    const uint32_t xb = (uint32_t)((i * INTSSM_H + hh) * INTSSM_N2 + n) * {XB}u;
+    const uint32_t xb = (uint32_t)((i * {NS}_H + hh) * {NS}_N2 + n) * {XB}u;
     const uint32_t xw = rd32(s->x + (xb >> 3)) >> (xb & 7u);
     *x_re = {xr_rd};
     *x_im = {xi_rd};
 }}
 
-void intssm_step(intssm_state *s, const uint8_t *p)
+void {ns}_step({ns}_state *s, const uint8_t *p)
 {{
-    {h_t} h[INTSSM_H];
-    {a_t} a[INTSSM_H];
-    {g_t} g[2 * INTSSM_H];
+    {h_t} h[{NS}_H];
+    {a_t} a[{NS}_H];
+    {g_t} g[2 * {NS}_H];
     uint32_t *cnt = s->counters;
     int i, hh, n, j;
 
     /* encoder: h0 = requant(enc_b + sum_j (enc_w - z) p_j) */
-    for (hh = 0; hh < INTSSM_H; ++hh) {{
+    for (hh = 0; hh < {NS}_H; ++hh) {{
         const int se = AT_enc_S(hh);
         {_term_t(we)} t = AT_enc_b(hh);
-        for (j = 0; j < INTSSM_D_IN; ++j)
+        for (j = 0; j < {NS}_D_IN; ++j)
             t += ({_term_t(we)})(AT_enc_w(hh, j) - AT_enc_w_z(hh)) * (int32_t)p[j];
         h[hh] = ({h_t})sat({_rq(we, _mac(we, [('+', 't', 'AT_enc_M(hh)')]), _half(we, 'se'), 'se')} + AT_h_z(0), QMIN_H, QMAX_H, &cnt[0]);
     }}
-    for (i = 0; i < INTSSM_LAYERS; ++i) {{
+    for (i = 0; i < {NS}_LAYERS; ++i) {{
         const int base = {layout.layer_base(0)} + {nlc} * i;
-        for (hh = 0; hh < INTSSM_H; ++hh) {{
+        for (hh = 0; hh < {NS}_H; ++hh) {{
             const int32_t u = h[hh] - AT_h_z(i);
             const int32_t zr = AT_x_re_z(i, hh), zi = AT_x_im_z(i, hh);
             const int32_t azr = AT_A_re_z(i, hh), azi = AT_A_im_z(i, hh), bz = AT_B_z(i, hh), cz = AT_C_z(i, hh);
@@ -839,7 +956,7 @@ void intssm_step(intssm_state *s, const uint8_t *p)
             (void)mr0, (void)mr1, (void)mi0, (void)mi1, (void)umr, (void)umi;
             const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);
             (void)si;
-            const int k0 = (i * INTSSM_H + hh) * INTSSM_N2;
+            const int k0 = (i * {NS}_H + hh) * {NS}_N2;
             {ty_t} ty1 = 0, ty2 = 0;
             int32_t y;
 {loop}
@@ -851,7 +968,7 @@ void intssm_step(intssm_state *s, const uint8_t *p)
             a[hh] = ({a_t})AT_gelu_lut(i, y - QMIN_Y);
         }}
         /* GLU mixing: g = requant(mix_b + (mix_w - z) (a - z_act)) */
-        for (j = 0; j < 2 * INTSSM_H; ++j) {{
+        for (j = 0; j < 2 * {NS}_H; ++j) {{
             const int sg = AT_glu_S(i, j);
             const int32_t wz = AT_mix_w_z(i, j), az = AT_act_z(i);
             {_term_t(wg)} t = AT_mix_b(i, j);
@@ -859,98 +976,119 @@ void intssm_step(intssm_state *s, const uint8_t *p)
             g[j] = ({g_t})sat({_rq(wg, _mac(wg, [('+', 't', 'AT_glu_M(i, j)')]), _half(wg, 'sg'), 'sg')} + AT_glu_z(i), QMIN_GLU, QMAX_GLU, &cnt[base + {layout.C_GLU}]);
         }}
         /* residual: h <- requant(h + g_a * sigmoid(g_b)) */
-        for (hh = 0; hh < INTSSM_H; ++hh) {{
+        for (hh = 0; hh < {NS}_H; ++hh) {{
             const int sh = AT_h_S(i, hh);
-            const int32_t sgm = AT_sig_lut(i, g[INTSSM_H + hh] - QMIN_GLU);
+            const int32_t sgm = AT_sig_lut(i, g[{NS}_H + hh] - QMIN_GLU);
             const {_acc_t(wh)} acc = {_mac(wh, [('+', 'h[hh] - AT_h_z(i)', 'AT_h_M(i, 0, hh)'), ('+', '(g[hh] - AT_glu_z(i)) * sgm', 'AT_h_M(i, 1, hh)')])};
             h[hh] = ({h_t})sat({_rq(wh, 'acc', _half(wh, 'sh'), 'sh')} + AT_h_z(i + 1), QMIN_H, QMAX_H, &cnt[base + {layout.C_H}]);
         }}
     }}
-    for (hh = 0; hh < INTSSM_H; ++hh) {{
-#if INTSSM_MEAN_POOL
-        s->pool_acc[hh] += h[hh] - AT_h_z(INTSSM_LAYERS);
+#if {NS}_MEAN_POOL
+    if (s->steps < {NS}_MAX_STEPS)  /* past it the readout refuses: the sum stops, so it never overflows */
+        for (hh = 0; hh < {NS}_H; ++hh)
+            s->pool_acc[hh] += h[hh] - AT_h_z({NS}_LAYERS);
 #else
-        s->pool_acc[hh] = h[hh] - AT_h_z(INTSSM_LAYERS);
+    for (hh = 0; hh < {NS}_H; ++hh)
+        s->pool_acc[hh] = h[hh] - AT_h_z({NS}_LAYERS);
 #endif
-    }}
+    if (s->steps != UINT32_MAX)
+        ++s->steps;
 #if INTSSM_DITHER
     s->phase += UINT32_C(0x9E3779B9);  /* the next step's phase, mod 2^32 */
 #endif
 }}
+#if {NS}_MEAN_POOL
 
-void intssm_logits(const intssm_state *s, int32_t *logits_out, int64_t *counters)
+/* The streaming readout's pooling sum after t steps: round_half_up(acc L / t), L = {NS}_SEQ_LEN,
+ * as floor((2 acc L + t) / (2 t)) (docs/datapath.md, "Streaming readout"); |2 acc L + t| < 2^63
+ * for t <= {NS}_MAX_STEPS, and |result| <= L max|h'|, the pooling site's proved bound. */
+static int64_t mean_rescale(int64_t acc, uint32_t t)
 {{
-    uint32_t c[INTSSM_N_COUNTERS];
-    int32_t pooled[INTSSM_H];
-    const int ci = {layout.head_base(0)} + {nlc} * INTSSM_LAYERS;
-    int hh, o;
-    memcpy(c, s->counters, sizeof c);
-    for (hh = 0; hh < INTSSM_H; ++hh) {{
+    const int64_t num = 2 * acc * (int64_t){NS}_SEQ_LEN + (int64_t)t, den = 2 * (int64_t)t;
+    return num >= 0 ? num / den : -((-num - 1) / den) - 1;
+}}
+#endif
+
+int {ns}_logits(const {ns}_state *s, int32_t *logits_out, uint32_t *counters)
+{{
+    int32_t pooled[{NS}_H];
+    uint32_t c_pool = 0, c_logits = 0;
+    const uint32_t steps = s->steps;
+    const int ci = {layout.head_base(0)} + {nlc} * {NS}_LAYERS;
+    int hh, o, best = 0;
+    if (steps == 0)
+        return -1;
+#if {NS}_MEAN_POOL
+    if (steps > {NS}_MAX_STEPS)
+        return -1;
+#endif
+    for (hh = 0; hh < {NS}_H; ++hh) {{
         const int sp = AT_pool_S(hh);
-        pooled[hh] = sat({_rq(wp, _mac(wp, [('+', 's->pool_acc[hh]', 'AT_pool_M(hh)')]), _half(wp, 'sp'), 'sp')} + AT_pool_z(0),
-                         QMIN_POOL, QMAX_POOL, &c[ci + {layout.C_POOL}]) - AT_pool_z(0);
+        {dims['POOL_T']} v = s->pool_acc[hh];
+#if {NS}_MEAN_POOL
+        if (steps != {NS}_SEQ_LEN)
+            v = ({dims['POOL_T']})mean_rescale(v, steps);
+#endif
+        pooled[hh] = sat({_rq(wp, _mac(wp, [('+', 'v', 'AT_pool_M(hh)')]), _half(wp, 'sp'), 'sp')} + AT_pool_z(0),
+                         QMIN_POOL, QMAX_POOL, &c_pool) - AT_pool_z(0);
     }}
-    for (o = 0; o < INTSSM_D_OUT; ++o) {{
+    for (o = 0; o < {NS}_D_OUT; ++o) {{
         const int sl = AT_logits_S(o);
         {_term_t(wl)} t = AT_dec_b(o);
-        for (hh = 0; hh < INTSSM_H; ++hh)
+        for (hh = 0; hh < {NS}_H; ++hh)
             t += ({_term_t(wl)})(AT_dec_w(o, hh) - AT_dec_w_z(o)) * pooled[hh];
         logits_out[o] = sat({_rq(wl, _mac(wl, [('+', 't', 'AT_logits_M(o)')]), _half(wl, 'sl'), 'sl')} + AT_logits_z(0),
-                            QMIN_LOGITS, QMAX_LOGITS, &c[ci + {layout.C_LOGITS}]);
+                            QMIN_LOGITS, QMAX_LOGITS, &c_logits);
+        if (logits_out[o] > logits_out[best])
+            best = o;
     }}
     if (counters)
-        for (o = 0; o < INTSSM_N_COUNTERS; ++o)
-            counters[o] = (int64_t)c[o];
+        for (o = 0; o < {NS}_N_COUNTERS; ++o)
+            counters[o] = s->counters[o] + (o == ci + {layout.C_POOL} ? c_pool : 0u) + (o == ci + {layout.C_LOGITS} ? c_logits : 0u);
+    return best;
 }}
 
-int intssm_classify(const uint8_t *seq, int32_t L, int32_t *logits_out)
+int {ns}_classify({ns}_state *s, const uint8_t *seq, uint32_t L, int32_t *logits_out)
 {{
-    intssm_state s;
-    int32_t lg[INTSSM_D_OUT];
-    int32_t t;
-    int o, best = 0;
-    if (L < 1 || (INTSSM_MEAN_POOL && L != INTSSM_SEQ_LEN))
-        return -1;
-    intssm_reset(&s);
-    for (t = 0; t < L; ++t)
-        intssm_step(&s, seq + (long)t * INTSSM_D_IN);
-    intssm_logits(&s, lg, 0);
-    for (o = 1; o < INTSSM_D_OUT; ++o)
-        if (lg[o] > lg[best])
-            best = o;
-    if (logits_out)
-        memcpy(logits_out, lg, sizeof lg);
-    return best;
+    uint32_t t;
+    {ns}_reset(s);
+    for (t = 0; t < L; ++t, seq += {NS}_D_IN)
+        {ns}_step(s, seq);
+    return {ns}_logits(s, logits_out, 0);
 }}
 """
 
 
-def _source(a: dict, p: Plan, w: dict, dims: dict) -> str:
+def _source(ns: str, a: dict, p: Plan, w: dict, dims: dict, iq: dict | None = None, adc_scale=None) -> str:
+    NS = ns.upper()
     qr = a["qrange"]
     native = [st for st in p.stores.values() if st.kind == "native"]
     packed = [st for st in p.stores.values() if st.kind == "bits"]
     folded = [st.name for st in p.stores.values() if st.kind == "fold"]
-    out = [f"""/* intssm_model.c -- generated by intssm (C export). Do not edit.
+    out = [f"""/* {file_names(ns)[1]} -- generated by intssm (C export). Do not edit.
  *
  * Integer-only S4D datapath (docs/datapath.md), bit-exact with intssm.integer.sim (_run_one).
  *
- * Portability (C99, freestanding apart from <stdint.h> and <string.h>):
- *  - no floating point, no malloc, no mutable globals: all state lives in the caller's intssm_state;
+ * Portability (C99, freestanding: <stdint.h> only, no libc function; -ffreestanding -nostdlib
+ * links, with libgcc's helpers for 64-bit multiplies and divisions on cores without them):
+ *  - no floating point, no malloc, no mutable globals: all state lives in the caller's {ns}_state;
  *  - 32-bit arithmetic wherever the datapath's bound proofs allow it, 64-bit accumulators of
- *    32 x 32-bit products elsewhere (per site: intssm_model.h); no signed overflow can occur;
+ *    32 x 32-bit products elsewhere (per site: {file_names(ns)[0]}); no signed overflow can occur;
  *  - no right shift of a negative number (implementation-defined in C99): see rq32 below;
  *  - exact-width types are two's complement by definition (C99 7.18.1.1).
  *
  * Constant data: {p.flash_bytes} bytes = {len(native)} tables of whole C integers
  * ({sum(st.nbytes for st in native)} bytes) + {p.blob_bytes} bytes of fields packed at their exact bit
- * widths in intssm_bits ({len(packed)} tables{', the per-mode record of ' + ', '.join(MODE_RECORD) if p.record else ''})
+ * widths in model_bits ({len(packed)} tables{', the per-mode record of ' + ', '.join(MODE_RECORD) if p.record else ''})
  * + {WINDOW_PAD} bytes of window padding, plus alignment. Folded to constants (zero points of
  * symmetric formats, all 0): {', '.join(folded) if folded else 'none'}.
  */
 #include <stdint.h>
-#include <string.h>
 
-#include "{H_FILE}"
+#include "{file_names(ns)[0]}"
+
+/* the header's {NS}_STATE_BYTES and {NS}_STATE_ALIGN hold for this compiler (C99: no _Static_assert) */
+typedef char state_bytes_check_[(sizeof({ns}_state) == {NS}_STATE_BYTES) ? 1 : -1];
 
 /* code ranges [qmin, qmax] of every quantized tensor */"""]
     for j, n in enumerate(map(_qr_macro, layout.QRANGE_ROWS)):
@@ -976,62 +1114,113 @@ def _source(a: dict, p: Plan, w: dict, dims: dict) -> str:
         desc = ", ".join(f"{f} ({w} bits)" for f, w, _, _ in r["fields"])
         lines.insert(0, f"/* one {r['bits']}-bit record per mode at byte {r['offset']}: {desc} */")
     out.append("\n".join(lines))
-    out.append(f"INTSSM_TABLE static const uint8_t intssm_bits[{len(blob)}] = {c_initializer(np.frombuffer(blob, np.uint8))};\n")
+    out.append(f"INTSSM_TABLE static const uint8_t model_bits[{len(blob)}] = {c_initializer(np.frombuffer(blob, np.uint8))};\n")
     out.append(_accessors(a, p))
     out.append(_HELPERS)
-    out.append(_body(p, w, dims, bool(a['x_dither'][0]), shared_update(a)))
+    out.append(_body(ns, p, w, dims, bool(a['x_dither'][0]), shared_update(a)))
+    if iq is not None:
+        from intssm.datapath.inputq import InputQuant
+        from intssm.integer import cinput
+
+        q = InputQuant.from_dict(iq)
+        adc = None if adc_scale is None else cinput.adc_thresholds(q, adc_scale)
+        out.append(cinput.c_source(ns, cinput.thresholds(q), adc, adc_scale))
     return "\n".join(out)
 
 
-_MAIN = r"""/* main.c -- example for the generated intssm model (generated; libc: stdio only here).
+#: First line of every generated example ``main.c``; a ``main.c`` that starts otherwise is the user's, and kept.
+MAIN_MARK = "/* main.c -- example for the generated"
+
+
+def _main(ns: str, float_inputs: bool = False) -> str:
+    NS = ns.upper()
+    h, c = file_names(ns)
+    what = (f"{NS}_D_IN float32 readings (native byte order) per step, which {ns}_input_codes turns into codes"
+            if float_inputs else f"{NS}_D_IN input codes (bytes) per step")
+    read = (f"""    float u[{NS}_D_IN];
+    uint8_t p[{NS}_D_IN];""" if float_inputs else f"""    uint8_t p[{NS}_D_IN];""")
+    buf, feed = ("u", f"""{{
+        {ns}_input_codes(u, p);
+        {ns}_step(&s, p);
+    }}""") if float_inputs else ("p", f"""{ns}_step(&s, p);""")
+    return f"""{MAIN_MARK} {ns} model (generated; libc: stdio only here).
  *
- * Reads one sequence of INTSSM_SEQ_LEN x INTSSM_D_IN raw bytes (row-major: step by step) from
- * stdin, prints the integer logit codes and the class.
- *   cc -std=c99 -O2 main.c intssm_model.c -o intssm_demo && ./intssm_demo < digit.bin
+ * Reads a sequence of any length from stdin, {what},
+ * step by step, runs each step as it arrives and prints the integer logit codes, the class and the step count:
+ *   cc -std=c99 -O2 main.c {c} -o {ns}_demo && ./{ns}_demo < sequence.bin
  */
 #include <stdio.h>
 
-#include "intssm_model.h"
+#include "{h}"
 
 int main(void)
-{
-    uint8_t seq[INTSSM_SEQ_LEN * INTSSM_D_IN];
-    int32_t logits[INTSSM_D_OUT];
-    size_t got = fread(seq, 1, sizeof seq, stdin);
+{{
+    static {ns}_state s;
+{read}
+    int32_t logits[{NS}_D_OUT];
+    size_t got;
     int o, cls;
-    if (got != sizeof seq) {
-        fprintf(stderr, "error: expected %lu bytes (%d steps x %d features) on stdin, got %lu\n",
-                (unsigned long)sizeof seq, INTSSM_SEQ_LEN, INTSSM_D_IN, (unsigned long)got);
+    {ns}_reset(&s);
+    while ((got = fread({buf}, 1, sizeof {buf}, stdin)) == sizeof {buf})
+        {feed}
+    if (got != 0) {{
+        fprintf(stderr, "error: the input ends inside a step (%lu of %lu bytes)\\n", (unsigned long)got, (unsigned long)sizeof {buf});
         return 2;
-    }
-    cls = intssm_classify(seq, INTSSM_SEQ_LEN, logits);
+    }}
+    cls = {ns}_logits(&s, logits, NULL);
+    if (cls < 0) {{
+        fprintf(stderr, "error: %lu steps; the model reads 1 to %lu\\n", (unsigned long)s.steps, (unsigned long){NS}_MAX_STEPS);
+        return 2;
+    }}
     printf("logits:");
-    for (o = 0; o < INTSSM_D_OUT; ++o)
+    for (o = 0; o < {NS}_D_OUT; ++o)
         printf(" %ld", (long)logits[o]);
-    printf("\nclass: %d\n", cls);
+    printf("\\nclass: %d\\nsteps: %lu\\n", cls, (unsigned long)s.steps);
     return 0;
-}
+}}
 """
 
 
-def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str = "packed") -> list[Path]:
-    """Write ``intssm_model.h``, ``intssm_model.c`` and ``main.c`` into ``out_dir`` (each atomically);
-    returns the paths written. An existing ``main.c`` that is not the generated example is kept.
+def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str = "packed",
+            prefix: str = "intssm", adc_scale=None) -> list[Path]:
+    """Write ``<prefix>_model.h``, ``<prefix>_model.c``, ``main.c`` and ``README.md`` into ``out_dir``
+    (each atomically); returns the paths written. An existing ``main.c`` that is not the generated
+    example is kept. Every symbol, type and macro of the header starts with ``prefix`` (``PREFIX``):
+    models exported with different prefixes link into one program.
 
     ``arrays``: the integer model by name (:func:`intssm.integer.export.integer_model` or
     :func:`intssm.integer.export.load`); ``manifest_like``: ``model_config`` (d_model, d_state, n_layers,
     d_input, d_output, pool), ``quant_config``, ``seq_len``, ``counters`` and optionally ``input``
-    (the input quantizer of float data, described in the header).
+    (the input quantizer of float data, described in the header). ``adc_scale``: for a float-data
+    model, one float32 scale per input channel of int16 ADC codes (adds ``<prefix>_input_codes_adc``).
     """
+    from intssm.integer import cdoc
+
+    ns = check_prefix(prefix)
     a, dims, _, qcfg, widths = check(arrays, manifest_like)
+    iq = manifest_like.get("input")
+    if adc_scale is not None:
+        from intssm.datapath.inputq import InputQuant
+        from intssm.integer import cinput
+
+        if iq is None:
+            raise IntssmError("--adc-scale is for models of float data; this one takes raw uint8 inputs")
+        adc_scale = [float(v) for v in adc_scale]
+        if len(adc_scale) == 1:
+            adc_scale *= dims["D_IN"]
+        cinput.adc_thresholds(InputQuant.from_dict(iq), np.array(adc_scale))  # checked before any file is written
     out_dir = outputs.check_dir(out_dir, what="C export directory")
     p = plan(a, qcfg, state_layout)
-    dims["X_BYTES"] = state_bytes(p, dims["LAYERS"] * dims["H"] * dims["N2"])
     dither = qcfg.state_rounding == "dither"
-    files = {H_FILE: _header(dims, layout.counter_names(dims["LAYERS"]), widths, p, dither, manifest_like.get("input")),
-             C_FILE: _source(a, p, widths, dims), MAIN_FILE: _MAIN}
+    dims["X_BYTES"] = state_bytes(p, dims["LAYERS"] * dims["H"] * dims["N2"])
+    dims["STATE_BYTES"], dims["STATE_ALIGN"] = state_size(p, dims, dither)
+    h_name, c_name = file_names(ns)
+    files = {h_name: _header(ns, dims, layout.counter_names(dims["LAYERS"]), widths, p, dither, iq, adc_scale),
+             c_name: _source(ns, a, p, widths, dims, iq, adc_scale),
+             MAIN_FILE: _main(ns, manifest_like.get("input") is not None),
+             cdoc.README: cdoc.readme(ns, dims, p.flash_bytes, manifest_like.get("input") is not None)}
     main = out_dir / MAIN_FILE
-    if main.is_file() and not main.read_text(errors="replace").startswith(_MAIN.splitlines()[0]):
+    if main.is_file() and not main.read_text(errors="replace").startswith(MAIN_MARK):
         del files[MAIN_FILE]  # the user's own main.c (the example is only created): kept
         print(f"keeping {main} (not the generated example)", file=sys.stderr)
     paths = []
@@ -1043,14 +1232,9 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str 
 def c_storage(arrays: dict, manifest_like: dict, state_layout: str = "packed") -> dict:
     """Bytes the C export occupies: flash = its constant data (.rodata: :attr:`Plan.flash_bytes`,
     alignment padding not included), RAM = one ``intssm_state`` (the only mutable memory of the
-    model; .data and .bss are empty), exact for ABIs that align int32 to 4 and int64 to 8 bytes
-    (AAPCS, x86-64). The stack a step needs comes on top (measured by ``intssm export-c --target``)."""
+    model; .data and .bss are empty; :func:`state_size`). The stack a step needs comes on top
+    (measured by ``intssm export-c --target``)."""
     a, dims, _, qcfg, _ = check(arrays, manifest_like)
     p = plan(a, qcfg, state_layout)
-    n = dims["LAYERS"] * dims["H"] * dims["N2"]
-    size = (4 if qcfg.state_rounding == "dither" else 0) + state_bytes(p, n)
-    pool_align = 8 if dims["POOL_T"] == "int64_t" else 4
-    size += -size % pool_align
-    size += pool_align * dims["H"] + 4 * dims["N_COUNTERS"]
-    size += -size % pool_align
+    size, _ = state_size(p, dims, qcfg.state_rounding == "dither")
     return {"c_flash_bytes": p.flash_bytes, "c_ram_bytes": size}

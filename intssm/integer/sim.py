@@ -33,10 +33,20 @@ layer_base = njit(cache=True, inline="always")(layout.layer_base)  # counter ind
 head_base = njit(cache=True, inline="always")(layout.head_base)
 
 
+@njit(cache=True, inline="always")
+def mean_rescale(acc, steps, seq_len):
+    """The streaming readout's pooling sum (docs/datapath.md, "Streaming readout"): the sum ``acc``
+    of ``steps`` centred outputs scaled to the ``seq_len`` steps the pooling multiplier was made
+    for, round_half_up(acc seq_len / steps) = floor((2 acc seq_len + steps) / (2 steps)) (floor
+    division; the identity at steps = seq_len). |result| <= seq_len max|h'|, the pooling bound."""
+    return (2 * acc * seq_len + steps) // (2 * steps)
+
+
 @njit(cache=True)
-def _run_one(P, lengths, b, m, mean_pool, out_logits, cnt, trace_re, trace_im, do_trace):
+def _run_one(P, lengths, b, m, mean_pool, pool_len, out_logits, cnt, trace_re, trace_im, do_trace):
     """One sequence ``P[b]``, its first ``lengths[b]`` steps, through the datapath; writes
-    ``out_logits[b]`` and ``cnt[b]``."""
+    ``out_logits[b]`` and ``cnt[b]``. ``pool_len`` > 0: mean pooling reads out through
+    :func:`mean_rescale` to that length."""
     L, d_in = lengths[b], P.shape[2]
     nl, H, N2 = m.A_re.shape[0], m.A_re.shape[1], m.A_re.shape[2]
     C = m.dec_w.shape[0]
@@ -123,7 +133,10 @@ def _run_one(P, lengths, b, m, mean_pool, out_logits, cnt, trace_re, trace_im, d
     ci = head_base(nl)
     pooled = np.empty(H, np.int64)
     for hh in range(H):
-        v, c = requantize(pool_acc[hh], m.pool_M[hh], m.pool_S[hh], m.pool_z[0], m.qrange[R_POOL, 0], m.qrange[R_POOL, 1])
+        pa = pool_acc[hh]
+        if mean_pool and pool_len > 0:
+            pa = mean_rescale(pa, np.int64(L), pool_len)
+        v, c = requantize(pa, m.pool_M[hh], m.pool_S[hh], m.pool_z[0], m.qrange[R_POOL, 0], m.qrange[R_POOL, 1])
         pooled[hh] = v
         cnt[b, ci + C_POOL] += c
     for o in range(C):
@@ -136,15 +149,15 @@ def _run_one(P, lengths, b, m, mean_pool, out_logits, cnt, trace_re, trace_im, d
 
 
 @njit(cache=True, parallel=True)
-def _run_batch(P, lengths, m, mean_pool, out_logits, cnt):
+def _run_batch(P, lengths, m, mean_pool, pool_len, out_logits, cnt):
     dummy = np.zeros((1, 1, 1, 1), np.int64)
     for b in prange(P.shape[0]):
-        _run_one(P, lengths, b, m, mean_pool, out_logits, cnt, dummy, dummy, False)
+        _run_one(P, lengths, b, m, mean_pool, pool_len, out_logits, cnt, dummy, dummy, False)
 
 
 @njit(cache=True)
-def _run_traced(P, lengths, m, mean_pool, out_logits, cnt, trace_re, trace_im):
-    _run_one(P, lengths, 0, m, mean_pool, out_logits, cnt, trace_re, trace_im, True)
+def _run_traced(P, lengths, m, mean_pool, pool_len, out_logits, cnt, trace_re, trace_im):
+    _run_one(P, lengths, 0, m, mean_pool, pool_len, out_logits, cnt, trace_re, trace_im, True)
 
 
 @njit(cache=True)
@@ -191,7 +204,7 @@ def _encoder_table(enc_w, enc_w_z, enc_b, enc_M, enc_S, h_z, hlo, hhi):
 
 
 @njit(cache=True, parallel=True)
-def _run_blocks_fast(P, lengths, order, bstart, bcount, f, mean_pool, out_logits, cnt):
+def _run_blocks_fast(P, lengths, order, bstart, bcount, f, mean_pool, pool_len, out_logits, cnt):
     """The datapath of :func:`_run_one`, reorganised for speed; bit-exact with it (tests).
 
     Sequences run in blocks of equal length (``order[bstart[j] : bstart[j] + bcount[j]]``), one
@@ -335,7 +348,10 @@ def _run_blocks_fast(P, lengths, order, bstart, bcount, f, mean_pool, out_logits
         for ln in range(nb):
             b = seqs[ln]
             for hh in range(H):
-                v = rounding_rshift(pool_acc[hh, ln] * f.pool_M[hh], f.pool_S[hh]) + f.pool_z[0]
+                pa = pool_acc[hh, ln]
+                if mean_pool and pool_len > 0:
+                    pa = mean_rescale(pa, np.int64(Lb), pool_len)
+                v = rounding_rshift(pa * f.pool_M[hh], f.pool_S[hh]) + f.pool_z[0]
                 c_loc[ci + C_POOL, ln] += (v < plo) + (v > phi)
                 pooled[hh] = min(max(v, plo), phi) - f.pool_z[0]
             for o in range(C):
@@ -433,13 +449,17 @@ def _fast_arrays(a: layout.IntArrays, d_in: int, width: int | None) -> FastArray
 
 
 def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int | None = None, trace: bool = False,
-             reference: bool = False, width: int | None = None, lengths: np.ndarray | None = None):
+             reference: bool = False, width: int | None = None, lengths: np.ndarray | None = None,
+             pool_len: int | None = None):
     """Run the integer model ``arrays`` on input codes ``P`` (B, L, d_input) uint8, sequence b for
     its first ``lengths[b]`` steps (None: all L; a mean-pooling model needs all L).
 
     Returns (logit codes (B, d_output) int64, saturation counts (B, n_counters) int64, trace) where
     trace = (x_re, x_im) codes (L, layers, H, N/2) of sequence 0 when ``trace`` is set, else None
     (steps from lengths[0] on stay 0).
+    ``pool_len``: the length a mean-pooling model was quantized for (its ``seq_len``); with it, each
+    sequence may have any length and gives the streaming readout after its steps (the pooling sum
+    scaled by :func:`mean_rescale`: the C export's ``_logits`` after that many steps).
     The fast kernel runs its mode loop in int32 when :func:`state_fits_int32` proves it safe
     (``width=None``), or at the ``width`` given (64, or 32 where proved); the integers are the same.
     """
@@ -460,7 +480,10 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int | Non
     lengths = np.ascontiguousarray(np.asarray(lengths).astype(np.int64))
     if lengths.shape != (Bsz,) or (Bsz and (lengths.min() < 1 or lengths.max() > P.shape[1])):
         raise IntssmError(f"lengths must be one value in 1..{P.shape[1]} per sequence, got shape {lengths.shape}")
-    if mean_pool and Bsz and lengths.min() != P.shape[1]:
+    if pool_len is not None and (isinstance(pool_len, bool) or not isinstance(pool_len, (int, np.integer))
+                                 or not 1 <= pool_len < 2**30):
+        raise IntssmError(f"pool_len must be an integer in 1..2^30 - 1, got {pool_len!r}")
+    if mean_pool and pool_len is None and Bsz and lengths.min() != P.shape[1]:
         raise IntssmError("a mean-pooling model runs every sequence for its full length; variable-length "
                           "data need a model with pool 'last'")
     nl = arrays["A_re"].shape[0]
@@ -470,17 +493,18 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int | Non
     a = layout.bundle(arrays)
     logits = np.zeros((Bsz, a.dec_w.shape[0]), np.int64)
     cnt = np.zeros((Bsz, layout.n_counters(nl)), np.int64)
+    pl = np.int64(0 if pool_len is None else pool_len)
     if trace:
         _, H, N2 = a.A_re.shape
         tr = np.zeros((P.shape[1], nl, H, N2), np.int64)
         ti = np.zeros_like(tr)
-        _run_traced(P[:1], lengths[:1], a, bool(mean_pool), logits[:1], cnt[:1], tr, ti)
+        _run_traced(P[:1], lengths[:1], a, bool(mean_pool), pl, logits[:1], cnt[:1], tr, ti)
         return logits[:1], cnt[:1], (tr, ti)
     if reference:
-        _run_batch(P, lengths, a, bool(mean_pool), logits, cnt)
+        _run_batch(P, lengths, a, bool(mean_pool), pl, logits, cnt)
         return logits, cnt, None
     f = _fast_arrays(a, P.shape[2], width)
     if Bsz:
         order, start, count = blocks(lengths, lanes_for(Bsz, get_num_threads()))
-        _run_blocks_fast(P, lengths, order, start, count, f, bool(mean_pool), logits, cnt)
+        _run_blocks_fast(P, lengths, order, start, count, f, bool(mean_pool), pl, logits, cnt)
     return logits, cnt, None
