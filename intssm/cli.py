@@ -383,6 +383,10 @@ def qat_(
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
 
 
+SEARCH_FILES = ("points.jsonl", "front.json", "trace.json", "best.json", "pareto.png", "equalized-fp32.pt",
+                "input-folded-fp32.pt")  # what search writes in --out
+
+
 @app.command()
 def search(
     ckpt: Annotated[Path, typer.Argument(help="Float checkpoint (.pt).")],
@@ -416,7 +420,7 @@ def search(
     if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1 or qat_lr <= 0:
         raise IntssmError("--val-limit, --calib, --workers and --qat-lr must be positive, --qat-steps >= 0")
     check_strength(equalize, "--equalize")
-    outputs.check_dir(out, inputs=[ckpt], what="--out")
+    outputs.check_dir(out, inputs=[ckpt, start], what="--out", writes=SEARCH_FILES)
     gs = tuple(g.strip() for g in groups.split(",")) if groups else tuple(GROUPS)
     bad = [g for g in gs if g not in GROUPS]
     if bad:
@@ -460,8 +464,8 @@ def search(
                "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
         if chosen is None:
             write(out, points, trace, None)
-            raise IntssmError(f"the start configuration {start!r} is already below the floor "
-                              f"({trace[0]['accuracy']}); lower --min-accuracy or start wider")
+            raise IntssmError(f"the start configuration {start!r} scores {trace[0]['accuracy']} on validation, already "
+                              f"below the floor --min-accuracy {min_accuracy}; lower --min-accuracy or start wider")
         best = trace[-1]
         res |= {"best": {k: best[k] for k in ("signature", "bytes", "weights_bytes", "reduction", "accuracy")}, "best_config": str(out / "best.json")}
         if equalize:  # the config was chosen for the equalized model: PTQ must equalize the same way
@@ -521,7 +525,7 @@ def export_c(
     from intssm import sources
     from intssm.integer import cexport
 
-    outputs.check_dir(out, inputs=[model], what="--out")
+    outputs.check_dir(out, inputs=[model], what="--out", writes=C_EXPORT_FILES + (UNVERIFIED_MARK,))
     if state_layout not in cexport.STATE_LAYOUTS:
         raise IntssmError(f"--state-layout must be one of {', '.join(cexport.STATE_LAYOUTS)}, got {state_layout!r}")
     if target == "host":
@@ -537,14 +541,23 @@ def export_c(
 
     check_options(target, sequences, count_steps)
     case = load_case(model, sequences)  # a bad model or dataset fails before any work
+    mark = outputs.write_text(out / UNVERIFIED_MARK, f"The C files and ELF in this directory are not yet verified on the "
+                              f"emulated {target}: `intssm export-c --target {target}` removes this file only once "
+                              "every test sequence matched the simulator bit for bit.\n", quiet=True)
     with progress_bar(f"{target} (emulated)", len(case[2]), enabled=not as_json) as adv:
         rep = deploy(model, out, target, sequences, count_steps, compare, progress=adv, case=case, state_layout=state_layout)
+    if "error" not in rep:
+        mark.unlink()
     path = None
     if report:
         path = outputs.write_text(out / target / "report.json", json.dumps(rep, indent=1) + "\n")
     _emit(rep | {"report": str(path) if path else None}, as_json, _deploy_text(rep, path))
     if "error" in rep:
         raise IntssmError(f"emulated {target}: {rep['error']}")
+
+
+C_EXPORT_FILES = ("intssm_model.h", "intssm_model.c", "main.c")  # what export-c writes in --out
+UNVERIFIED_MARK = "UNVERIFIED"  # export-c --target: present until the emulated target matched the simulator
 
 
 def _deploy_text(r: dict, path) -> str:
@@ -828,27 +841,62 @@ def _dataset_entry(seq: str, ds, val_fraction) -> dict:
 _SIGNAL_EXIT = {"code": 130}  # 130 after SIGINT (Ctrl-C), 143 after SIGTERM
 
 
-def _on_sigterm(signum, frame):
-    """SIGTERM is handled like Ctrl-C (the running command keeps its work), then exits 143."""
-    _SIGNAL_EXIT["code"] = 143
+STOP_GRACE_S = 60.0  # after the first Ctrl-C / SIGTERM, further ones are ignored this long (the command is saving)
+_STOPPING = {"since": None}
+
+
+def _on_signal(signum, frame):
+    """Ctrl-C and SIGTERM: the first raises KeyboardInterrupt (the running command saves its work;
+    SIGTERM then exits 143). Further ones within :data:`STOP_GRACE_S` are ignored, so a quick double
+    Ctrl-C does not abandon the save; after that another one interrupts again."""
+    import time as _t
+
+    since = _STOPPING["since"]
+    if since is not None and _t.monotonic() - since < STOP_GRACE_S:
+        return
+    _STOPPING["since"] = _t.monotonic()
+    if signum != 2:  # SIGINT is 2 on every platform intssm runs on
+        _SIGNAL_EXIT["code"] = 143
     raise KeyboardInterrupt
 
 
+def _fail(msg: str):
+    from intssm.outputs import remove_created_dirs
+
+    remove_created_dirs()
+    err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main():
-    """Entry point: runs the app, turning :class:`IntssmError` into one line and exit code 2."""
+    """Entry point: runs the app, turning :class:`IntssmError` into one line and exit code 2; so are
+    a failed write (a full disk), a file too deeply nested to parse, and running out of memory."""
     import signal
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    from intssm.outputs import remove_created_dirs, write_failure
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         rc = app(standalone_mode=False)
     except Interrupted as e:
+        remove_created_dirs()
         _exit_interrupted(str(e))
     except IntssmError as e:
-        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e))
+    except MemoryError:
+        _fail("out of memory: the input asks for more memory than this machine has; use smaller data (--limit) or a smaller model")
+    except RecursionError:
+        _fail("an input is nested too deeply to read")
+    except (OSError, RuntimeError) as e:
+        why = write_failure(e)
+        if why is None:
+            raise
+        _fail(f"a write failed ({why}): {str(e)[:200]}")
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
+        remove_created_dirs()
         _exit_interrupted()
     except Exception as e:  # click (typer's bundled copy) usage errors: format_message + exit_code
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):

@@ -1015,7 +1015,7 @@ int main(void)
 
 
 def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str = "packed") -> list[Path]:
-    """Write ``intssm_model.h``, ``intssm_model.c`` and ``main.c`` into ``out_dir`` (each atomically);
+    """Write ``intssm_model.h``, ``intssm_model.c`` and ``main.c`` into ``out_dir`` (all or none);
     returns the paths written. An existing ``main.c`` that is not the generated example is kept.
 
     ``arrays``: the integer model by name (:func:`intssm.integer.export.integer_model` or
@@ -1034,10 +1034,7 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str 
     if main.is_file() and not main.read_text(errors="replace").startswith(_MAIN.splitlines()[0]):
         del files[MAIN_FILE]  # the user's own main.c (the example is only created): kept
         print(f"keeping {main} (not the generated example)", file=sys.stderr)
-    paths = []
-    for name, text in files.items():
-        paths.append(outputs.write_text(out_dir / name, text))
-    return paths
+    return outputs.write_texts({out_dir / name: text for name, text in files.items()})  # all or none
 
 
 def c_storage(arrays: dict, manifest_like: dict, state_layout: str = "packed") -> dict:

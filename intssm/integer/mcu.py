@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from intssm import procs
 from intssm.errors import IntssmError
 
 GCC, OBJDUMP = "arm-none-eabi-gcc", "arm-none-eabi-objdump"
@@ -185,21 +185,18 @@ def build(c_dir: Path, target: str, max_len: int, opt: str = "-O2") -> Path:
     (out / "harness.c").write_text(HARNESS.replace("@MAXLEN@", str(int(max_len))))
     (out / "link.ld").write_text(LINKER_SCRIPT)
     elf = out / "intssm.elf"
+    elf.unlink(missing_ok=True)  # an ELF left by an earlier build must not pass for this one's
     cmd = [gcc, "-std=c99", "-Wall", "-Wextra", "-Werror", opt, *t.cflags, "-ffunction-sections", "-fdata-sections",
            "-fstack-usage", f"-I{Path(c_dir).resolve()}", "--specs=nano.specs", "-nostartfiles", "-T", "link.ld",
            "-Wl,--gc-sections", "-o", elf.name, str((Path(c_dir) / "intssm_model.c").resolve()), "harness.c", "-lm", "-lc", "-lgcc"]
-    r = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise IntssmError(f"{GCC} failed for {target}:\n{r.stderr[-3000:]}")
-    return elf
+    procs.run(cmd, cwd=out, what=f"{GCC} ({target})")
+    return procs.check_elf(elf, GCC, "EM_ARM", ("intssm_step",))
 
 
 def _disassembly(elf: Path) -> dict:
     """address -> (size in bytes, mnemonic, registers in its list, whether it ends the block's flow)
     of every instruction in the ELF's executable sections (literal pools left out)."""
-    r = subprocess.run([_tool(OBJDUMP), "-d", str(elf)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise IntssmError(f"{OBJDUMP} failed: {r.stderr[-500:]}")
+    r = procs.run([_tool(OBJDUMP), "-d", str(elf)], what=OBJDUMP)
     out = {}
     rx = re.compile(r"^\s*([0-9a-f]+):\s+((?:[0-9a-f]{4}\s)+)\s*(\S+)\s*([^;@]*)")
     for line in r.stdout.splitlines():
@@ -216,6 +213,8 @@ def _disassembly(elf: Path) -> dict:
         cls = instruction_class(mnem)
         flow = cls == "branch" or (cls == "multi" and lst is not None and "pc" in lst.group(1))
         out[int(m.group(1), 16)] = (2 * len(m.group(2).split()), mnem, regs, flow)
+    if not out:
+        raise IntssmError(f"{OBJDUMP} exited 0 but printed no instructions for {elf}; the toolchain is broken")
     return out
 
 
