@@ -81,6 +81,28 @@ def _kernels_status(enabled: bool):
         yield
 
 
+MAX_SEED = 2**32 - 1
+RESUMED_OPTIONS = ("seq", "preset", "epochs", "batch_size", "lr", "ssm_lr", "weight_decay", "seed", "limit", "threads",
+                   "max_minutes", "val_fraction", "d_model", "d_state", "n_layers", "dropout", "pool", "min_decay")
+
+
+def check_seed_threads(seed: int, threads: int = 0) -> None:
+    """Seeds lie in 0..2**32-1 (every generator intssm seeds takes them); --threads >= 0 (0: the default)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise IntssmError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
+    if not 0 <= threads <= 4096:
+        raise IntssmError(f"--threads must be in 0..4096 (0 = Torch's default), got {threads}")
+
+
+def _from_command_line(ctx, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not left at its default)."""
+    try:
+        src = ctx.get_parameter_source(name)
+    except Exception:  # noqa: BLE001 (no click context: treat as not given)
+        return False
+    return src is not None and getattr(src, "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+
+
 def _check_limit(limit):
     if limit is not None and limit < 1:
         raise IntssmError(f"--limit must be a positive number of sequences, got {limit}")
@@ -108,8 +130,9 @@ def train(
     device: Annotated[str, typer.Option(help="Torch device: cpu | cuda.")] = "cpu",
     max_minutes: Annotated[float, typer.Option(help="Stop after the epoch that would pass this many minutes (0 = no limit).")] = 0.0,
     min_decay: Annotated[float, typer.Option(help="Keep 1 - |Abar| >= this for every mode (e.g. 2**-b for a b-bit state; 0 = off).")] = 0.0,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from the checkpoint it saved (its dataset, model and training options are used; the result equals an uninterrupted run's).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from the checkpoint it saved (its dataset, model and training options are used; the result equals an uninterrupted run's; an option given that differs from the run's is refused, as is changed data).")] = None,
     as_json: JsonOpt = False,
+    ctx: typer.Context = None,
 ):
     """Train a float S4D in convolution mode; keeps the best-on-validation weights.
 
@@ -124,9 +147,13 @@ def train(
     from intssm.training.train import train as run_train
 
     _check_limit(limit)
+    check_seed_threads(seed, threads)
     outputs.check_file(out, inputs=[seq, resume], what="--out")
     state = None
+    given = {}
     if resume is not None:
+        now = dict(locals())
+        given = {k: now[k] for k in RESUMED_OPTIONS if _from_command_line(ctx, k)}
         rck = checkpoint.load_raw(resume)
         if not isinstance(rck.get("resume"), dict) or not isinstance(rck.get("train_args"), dict):
             raise IntssmError(f"{resume} is not an interrupted training run (no resume state); only `intssm train` writes one")
@@ -141,6 +168,19 @@ def train(
         except (KeyError, TypeError, AttributeError) as e:
             raise IntssmError(f"{resume}: incomplete training record ({type(e).__name__}: {e})") from None
         state = rck["resume"]
+        checkpoint.check_resume(resume, state)
+        now = dict(seq=seq, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr, weight_decay=weight_decay,
+                   seed=seed, limit=limit, threads=threads, max_minutes=max_minutes, val_fraction=val_fraction,
+                   d_model=d_model, d_state=d_state, n_layers=n_layers, dropout=dropout, pool=pool, min_decay=min_decay)
+        for k, v in given.items():
+            if v != now[k]:
+                opt = "--" + k.replace("_", "-")
+                raise IntssmError(f"{opt} {v} conflicts with the interrupted run's {opt} {now[k]}: a resumed run goes on with "
+                                  f"its own options; drop {opt}, or start a new run without --resume")
+        recorded = (rck.get("dataset") or {}).get("checksum")
+        if recorded is not None and data.load(seq, "test", 1).checksum != recorded:
+            raise IntssmError(f"{resume}: the dataset {seq} changed since the run was interrupted (checksum differs); "
+                              "resuming would mix two datasets: start a new run")
     if preset not in PRESETS:
         raise IntssmError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     nums = {"--lr": lr, "--ssm-lr": ssm_lr, "--max-minutes": max_minutes, "--weight-decay": weight_decay,
@@ -192,9 +232,19 @@ def train(
     ds = data.load(seq, "test")
     extra = {"metrics": history, "dataset": _dataset_entry(seq, ds, val_fraction),
              "train_args": args_dict(args) | {"preset": preset, "overrides": over}}
+    if run.get("diverged") is not None:
+        d = run["diverged"]
+        checkpoint.save(out, model, **extra, diverged=d)
+        kept = f"the best of {len(history)} finite epoch(s)" if history else "the weights it started from"
+        raise IntssmError(f"training diverged in epoch {d['epoch']} (step {d['step']}: {d['what']}); saved {out} with {kept}, "
+                          "marked diverged; lower --lr / --ssm-lr or rescale the data")
     if run["interrupted"] is not None:
-        extra |= {"interrupted": {"epoch": run["interrupted"]}, "resume": {k: v for k, v in run.items() if k != "interrupted"}}
-        checkpoint.save(out, model, **extra)
+        extra |= {"interrupted": {"epoch": run["interrupted"]},
+                  "resume": {k: v for k, v in run.items() if k not in ("interrupted", "diverged")}}
+        try:
+            checkpoint.save(out, model, **extra)
+        except KeyboardInterrupt:  # another Ctrl-C, held until the save was renamed into place (outputs.atomic)
+            pass
         done = len(history)
         kept = (f"the best of {done} completed epoch(s)" if done else "the weights of the unfinished first epoch")
         raise Interrupted(f"interrupted in epoch {run['interrupted']}: saved {out} with {kept}, marked interrupted; "
@@ -348,6 +398,7 @@ def qat_(
     if param not in PARAMS:
         raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
     check_options(epochs, batch_size, lr, max_minutes, distill, distill_temp, ema)
+    check_seed_threads(seed)
     if calib < 1 or val_limit < 1:
         raise IntssmError("--calib and --val-limit must be positive")
     if teacher is not None and distill == 0:
@@ -361,6 +412,15 @@ def qat_(
         if "qspec" in tck:
             raise IntssmError(f"{teacher}: the teacher must be a float checkpoint, not a quantized one")
     st = start_from(ckpt, config, calib, equalize)
+    if teacher_model is not None:
+        sc, tc = st.qm.model.cfg, teacher_model.cfg
+        if (tc.d_input, tc.d_output) != (sc.d_input, sc.d_output):
+            raise IntssmError(f"--teacher {teacher} reads {tc.d_input} features and gives {tc.d_output} classes; the model "
+                              f"trained has {sc.d_input} and {sc.d_output}: give a teacher trained on the same dataset")
+        t_sum, s_sum = (tck.get("dataset") or {}).get("checksum"), (st.ck.get("dataset") or {}).get("checksum")
+        if t_sum is not None and s_sum is not None and t_sum != s_sum:
+            raise IntssmError(f"--teacher {teacher} was trained on another dataset than {ckpt} (checksums differ); "
+                              "give a teacher trained on the same dataset")
     n_train = len(data.load(st.seq, "train", limit, st.val_fraction))
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
         best, history, interrupted = run_qat(st.qm, st.seq, param, epochs, batch_size, lr, limit, val_limit, seed,
