@@ -41,10 +41,6 @@ def integer_model(qm) -> dict:
     return arrays
 
 
-def _refuse_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
 def _check_manifest(p, man) -> None:
     """The manifest's own fields: format, versions and the types of what the loaders read."""
     if not isinstance(man, dict) or man.get("format") != FORMAT:
@@ -146,7 +142,9 @@ def load(path) -> tuple[dict, dict]:
             if dtype != np.uint8 or len(shape) != 1:
                 raise IntssmError(f"{p}: the manifest must be a 1-d uint8 array, got {dtype} {shape}")
             try:
-                man = json.loads(_read_member(z, mi).tobytes().decode(), parse_constant=_refuse_constant)
+                from intssm import jsonfile
+
+                man = jsonfile.loads(_read_member(z, mi).tobytes().decode(), f"{p}: manifest")
             except (UnicodeDecodeError, ValueError, RecursionError):
                 raise IntssmError(f"{p}: manifest is not valid JSON (or nested too deeply)") from None
             _check_manifest(p, man)
