@@ -157,13 +157,22 @@ def _say_replacing(p: Path, quiet: bool) -> None:
 WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
 
 
+_TORCH_WRITE_ERRORS = ("inline_container", "iostream error", "file write failed", "pytorchstreamwriter")
+
+
 def write_failure(e: BaseException) -> str | None:
-    """The reason of a failed write, if ``e`` is one: an OSError with a :data:`WRITE_ERRNOS` errno,
-    or the RuntimeError Torch's zip writer raises on a short write (it drops the errno)."""
-    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
-        return e.strerror or os.strerror(e.errno)
-    if isinstance(e, RuntimeError) and ("write" in str(e).lower() and ("fail" in str(e).lower() or "error" in str(e).lower())):
-        return "the write failed (a full disk or a file-size limit?)"
+    """The reason of a failed write, if ``e`` is one: an OSError with a :data:`WRITE_ERRNOS` errno
+    (also as the cause or context of another exception), or the RuntimeError Torch's zip writer
+    raises on a short write (which drops the errno)."""
+    seen = 0
+    x = e
+    while x is not None and seen < 8:
+        if isinstance(x, OSError) and x.errno in WRITE_ERRNOS:
+            return x.strerror or os.strerror(x.errno)
+        x = x.__cause__ or x.__context__
+        seen += 1
+    if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _TORCH_WRITE_ERRORS):
+        return "the write failed: a full disk or a file-size limit"
     return None
 
 

@@ -63,8 +63,9 @@ def run(cmd: list, cwd=None, what: str | None = None) -> subprocess.CompletedPro
         _kill_group(p)
         raise
     if p.returncode != 0:
-        tail = (err or out or "").strip()[-3000:]
-        raise IntssmError(f"{name} failed (exit {p.returncode})" + (f":\n{tail}" if tail else " without a message"))
+        said = [ln.strip() for ln in (err or out or "").splitlines() if ln.strip()][-10:]
+        tail = " | ".join(said)[-2000:]  # the tool's last lines, on the one error line
+        raise IntssmError(f"{name} failed (exit {p.returncode})" + (f": {tail}" if tail else " without a message"))
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 

@@ -384,6 +384,8 @@ def _source(seq: str) -> _Source:
             src = _idx_dir_arrays(MNIST_DIR, check_known=True)
         else:
             p = Path(seq)
+            if p.suffix == ".npz" and p.is_dir():
+                raise IntssmError(f"npz dataset {p} is a directory; give a file")
             if is_ts_dataset(p):
                 src = _ts_arrays(p)
             elif p.is_dir():
