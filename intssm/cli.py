@@ -140,15 +140,16 @@ def train(
     SIGTERM saves the best epoch so far (marked interrupted) and exits 130 / 143; --resume goes on."""
     import math
 
+    _check_limit(limit)
+    check_seed_threads(seed, threads)  # before Torch is imported: a bad option costs nothing
+    outputs.check_file(out, inputs=[seq, resume], what="--out")
+
     from intssm import data
     from intssm.training import checkpoint
     from intssm.training.model import PRESETS, S4DModel, n_params
     from intssm.training.train import TrainArgs, args_dict, auto_batch_size
     from intssm.training.train import train as run_train
 
-    _check_limit(limit)
-    check_seed_threads(seed, threads)
-    outputs.check_file(out, inputs=[seq, resume], what="--out")
     state = None
     given = {}
     if resume is not None:
@@ -340,18 +341,20 @@ def ptq_(
     as_json: JsonOpt = False,
 ):
     """Post-training quantization: calibrate every range on training data, write a quantized checkpoint."""
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.equalize import check_strength
-    from intssm.training.ptq import ptq_dataset, qspec_entry
     from intssm.datapath.qspec import get_config
 
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
     outputs.check_file(out, inputs=[ckpt, config, seq], what="--out")
+    qcfg = get_config(config)  # before Torch is imported: a bad config costs nothing
+
+    from intssm import data
+    from intssm.training import checkpoint
+    from intssm.training.equalize import check_strength
+    from intssm.training.ptq import ptq_dataset, qspec_entry
+
     check_strength(equalize, "--equalize")
     _small_torch_ops()
-    qcfg = get_config(config)
     model, ck = checkpoint.load(ckpt)
     if "qspec" in ck:
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
@@ -388,6 +391,7 @@ def qat_(
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
+    check_seed_threads(seed)  # before Torch is imported
     from intssm import data
     from intssm.training import checkpoint
     from intssm.training.equalize import check_strength
@@ -398,7 +402,6 @@ def qat_(
     if param not in PARAMS:
         raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
     check_options(epochs, batch_size, lr, max_minutes, distill, distill_temp, ema)
-    check_seed_threads(seed)
     if calib < 1 or val_limit < 1:
         raise IntssmError("--calib and --val-limit must be positive")
     if teacher is not None and distill == 0:

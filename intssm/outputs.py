@@ -224,7 +224,7 @@ def atomic(path, quiet: bool = False):
             _say_replacing(p, quiet)
             os.replace(tmp, p)
         except (OSError, RuntimeError) as e:
-            why = write_failure(e)
+            why = write_failure(e) or (e.strerror if isinstance(e, OSError) and e.strerror else None)
             if why is None:
                 raise
             raise IntssmError(f"cannot write {p} ({why}); the temporary file was removed"
@@ -243,6 +243,37 @@ def write_bytes(path, data: bytes, quiet: bool = False) -> Path:
     with atomic(path, quiet) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def rescue_dir() -> Path | None:
+    """Where a command writes its result when the output cannot be written: ``$INTSSM_RESCUE_DIR``
+    if set (the user's choice: nothing is written anywhere else unasked), else None."""
+    d = os.environ.get("INTSSM_RESCUE_DIR")
+    return Path(d) if d else None
+
+
+def save_or_rescue(path, write, quiet: bool = False) -> Path:
+    """``write(tmp)`` atomically to ``path``; if that fails and :func:`rescue_dir` is set, to a
+    new file there instead, and the error says where the result went (it is still an error: the
+    output the user named was not written)."""
+    try:
+        with atomic(path, quiet) as tmp:
+            write(tmp)
+        return Path(path)
+    except IntssmError as e:
+        d = rescue_dir()
+        if d is None:
+            raise IntssmError(f"{e} (set INTSSM_RESCUE_DIR to a directory on another disk to keep the result "
+                              "when this happens)") from None
+        p = Path(path)
+        alt = d / f"{p.stem}.rescued-{os.getpid()}{p.suffix}"
+        try:
+            _mkdirs(d)
+            with atomic(alt, quiet=True) as tmp:
+                write(tmp)
+        except (IntssmError, OSError) as e2:
+            raise IntssmError(f"{e}; writing it to INTSSM_RESCUE_DIR failed too ({e2})") from None
+        raise IntssmError(f"{e}; the result was saved to {alt} instead (INTSSM_RESCUE_DIR)") from None
 
 
 def write_texts(files: dict, quiet: bool = False) -> list:

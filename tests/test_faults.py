@@ -629,6 +629,38 @@ def _(tmp):
     return dict(args=["train", "--seq", JV, "--preset", "tiny", "--epochs", "1", "-o", "{tmp}/t.pt"], fsize=4096)
 
 
+def _rescued(rc, out, err, tmp):
+    refused("saved to", last_line=True)(rc, out, err, tmp)
+    import torch
+
+    (alt,) = (tmp / "rescue").glob("t.rescued-*.pt")
+    assert str(alt) in err
+    ck = torch.load(alt, weights_only=True)
+    assert len(ck["metrics"]) == 3 and ck["format"] == "intssm-ckpt"
+
+
+def _block_output_after_epoch_1(p):
+    t0 = time.time()
+    while time.time() - t0 < 200 and '"epoch": 1,' not in (p._tmp / ".stderr").read_text():
+        time.sleep(0.01)
+    (p._tmp / "t.pt").mkdir()  # the output path turns into a directory: the final rename fails
+
+
+@case("6_output_unwritable_result_rescued", _rescued, torch=True)
+def _(tmp):
+    return dict(args=["train", "--seq", JV, "--preset", "tiny", "--epochs", "3", "-o", "{tmp}/t.pt"],
+                env={"INTSSM_RESCUE_DIR": str(tmp / "rescue")}, on_start=_block_output_after_epoch_1, tmp_attr=True)
+
+
+@case("1_search_start_inside_out", both(refused("which is its input"),
+                                        lambda rc, o, e, tmp: (tmp / "s" / "best.json").read_text() == '{"x_re": {"bits": 8}}'),
+      torch=True)
+def _(tmp):
+    (tmp / "s").mkdir()
+    (tmp / "s" / "best.json").write_text('{"x_re": {"bits": 8}}')
+    return dict(args=["search", JVF, "--start", "{tmp}/s/best.json", "-o", "{tmp}/s"])
+
+
 TARGET = ["export-c", JVQ, "-o", "{tmp}/c", "--target", "cortex-m4", "--sequences", "2", "--count-steps", "2"]
 
 
@@ -908,21 +940,57 @@ def _order(name):
     return (torch, name)
 
 
-@pytest.mark.parametrize("name", sorted(CASES, key=_order))
-def test_fault(tmp_path, name):
-    """Each case gets what the case table says (a refusal: one ``error:`` line, exit 2, no
-    traceback), under a 4 GiB address-space cap and within the peak RSS limit."""
-    setup, check, _ = CASES[name]
-    spec = setup(tmp_path)
+WORKERS = 2  # cases run two at a time (each in its own process): the suite's wall time on 2 cores
+
+
+def _needs_mcu(name: str) -> bool:
+    return name.startswith(("6_toolchain", "6_sigterm"))  # export-c --target: a fake compiler, the real objdump and emulator
+
+
+def _run_case(name: str, tmp: Path):
+    setup, _, _ = CASES[name]
+    spec = setup(tmp)
     on_start = spec.get("on_start")
     if spec.pop("tmp_attr", False):
         inner = on_start
 
         def on_start(p, inner=inner):
-            p._tmp = tmp_path
+            p._tmp = tmp
             inner(p)
-    rc, out, err, rss = cli(spec["args"], tmp_path, env=spec.get("env"), fsize=spec.get("fsize"), umask=spec.get("umask"),
-                            on_start=on_start)
+    return cli(spec["args"], tmp, env=spec.get("env"), fsize=spec.get("fsize"), umask=spec.get("umask"), on_start=on_start)
+
+
+@pytest.fixture(scope="module")
+def runs(shared, tmp_path_factory):
+    """Every case started at once on a pool of :data:`WORKERS` threads, cheap cases first; each
+    test waits for its own. name -> (future of (rc, stdout, stderr, peak RSS), its directory)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from intssm.integer import mcu
+
+    skip_mcu = not mcu.available() and not os.environ.get("CI")  # CI installs them: never skipped there
+    pool = ThreadPoolExecutor(WORKERS)
+    out = {}
+    for name in sorted(CASES, key=_order):
+        if skip_mcu and _needs_mcu(name):
+            continue
+        d = tmp_path_factory.mktemp(name[:40])
+        out[name] = (pool.submit(_run_case, name, d), d)
+    yield out
+    pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("name", sorted(CASES, key=_order))
+def test_fault(runs, name):
+    """Each case gets what the case table says (a refusal: one ``error:`` line, exit 2, no
+    traceback), under a 4 GiB address-space cap and within the peak RSS limit."""
+    if name not in runs:
+        from intssm.integer import mcu
+
+        pytest.skip(f"Cortex-M toolchain or emulator missing ({mcu.INSTALL_HINT})")
+    fut, tmp = runs[name]
+    rc, out, err, rss = fut.result(timeout=600)
     PEAKS[name] = rss
-    check(rc, out, err, tmp_path)
+    _, check, _ = CASES[name]
+    check(rc, out, err, tmp)
     assert rss < PEAK_RSS_LIMIT_KB, f"peak RSS {rss} kB"

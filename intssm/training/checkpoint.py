@@ -15,14 +15,15 @@ import torch
 
 from intssm import __version__
 from intssm.errors import IntssmError
-from intssm.outputs import atomic
+from intssm.outputs import save_or_rescue
 from intssm.training.model import ModelConfig, S4DModel
 
 FORMAT = "intssm-ckpt"
 
 
 def save(path, model: S4DModel, quiet: bool = False, **extra) -> None:
-    """Write ``model`` and ``extra`` entries atomically (:func:`intssm.outputs.atomic`)."""
+    """Write ``model`` and ``extra`` entries atomically (:func:`intssm.outputs.atomic`); if that
+    fails, to ``$INTSSM_RESCUE_DIR`` when set (:func:`intssm.outputs.save_or_rescue`)."""
     ck = {
         "format": FORMAT,
         "intssm_version": __version__,
@@ -30,8 +31,7 @@ def save(path, model: S4DModel, quiet: bool = False, **extra) -> None:
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
     }
     ck.update(extra)
-    with atomic(path, quiet) as tmp:  # a reader (or a crash) never sees half a file
-        torch.save(ck, tmp)
+    save_or_rescue(path, lambda tmp: torch.save(ck, tmp), quiet)  # a reader (or a crash) never sees half a file
 
 
 MODEL_KEYS = ("format", "intssm_version", "model_config", "state_dict")
