@@ -912,13 +912,13 @@ def _on_signal(signum, frame):
     """Ctrl-C and SIGTERM: the first raises KeyboardInterrupt (the running command saves its work;
     SIGTERM then exits 143). Further ones within :data:`STOP_GRACE_S` are ignored, so a quick double
     Ctrl-C does not abandon the save; after that another one interrupts again."""
-    import time as _t
+    import signal
 
     since = _STOPPING["since"]
-    if since is not None and _t.monotonic() - since < STOP_GRACE_S:
+    if since is not None and time.monotonic() - since < STOP_GRACE_S:
         return
-    _STOPPING["since"] = _t.monotonic()
-    if signum != 2:  # SIGINT is 2 on every platform intssm runs on
+    _STOPPING["since"] = time.monotonic()
+    if signum != signal.SIGINT:
         _SIGNAL_EXIT["code"] = 143
     raise KeyboardInterrupt
 

@@ -191,16 +191,26 @@ _HELD = (signal.SIGINT, signal.SIGTERM)
 
 @contextmanager
 def _signals_held():
-    """Hold Ctrl-C and SIGTERM (deliver them on exit) so a rename never happens half-way through
-    an interrupt; only the main thread may change the mask of the signals Python handles."""
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver the first one that came to the
+    handler that was in place. The Python-level handlers are swapped (not the thread's signal
+    mask), so a signal that the kernel hands to another thread (Torch's pool) is held too; only the
+    main thread may change handlers, elsewhere nothing is held."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    pending: list = []
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in _HELD}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, h in old.items():
+            signal.signal(s, h)
+        if pending:
+            s, h = pending[0], old[pending[0]]
+            if callable(h):
+                h(s, None)
+            elif h == signal.SIG_DFL:
+                os.kill(os.getpid(), s)
 
 
 @contextmanager
@@ -294,9 +304,7 @@ def write_texts(files: dict, quiet: bool = False) -> list:
                 _say_replacing(p, quiet)
                 os.replace(tmp, p)
         except OSError as e:
-            why = write_failure(e)
-            if why is None:
-                raise
+            why = write_failure(e) or e.strerror or type(e).__name__
             raise IntssmError(f"cannot write {', '.join(str(Path(f)) for f in files)} ({why}); none of them "
                               "was written") from None
         finally:

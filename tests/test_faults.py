@@ -899,7 +899,7 @@ def _(tmp):
 
 # -------------------------------------------------------------------------------- fixtures ---
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """What several cases start from: the integer artifact of the JapaneseVowels model, a cache
     entry with its reference logits, and an interrupted training run (with its dataset copy)."""
@@ -994,3 +994,31 @@ def test_fault(runs, name):
     _, check, _ = CASES[name]
     check(rc, out, err, tmp)
     assert rss < PEAK_RSS_LIMIT_KB, f"peak RSS {rss} kB"
+
+
+def test_atomic_holds_ctrl_c_until_the_file_is_in_place(tmp_path):
+    """A Ctrl-C that arrives while a file is being written is delivered only after the rename: the
+    complete file is in place, no temporary is left, and the KeyboardInterrupt still comes."""
+    from intssm import outputs
+
+    target = tmp_path / "a.txt"
+    with pytest.raises(KeyboardInterrupt):
+        with outputs.atomic(target, quiet=True) as tmp:
+            tmp.write_text("half")
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            tmp.write_text("complete")
+    assert target.read_text() == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_write_texts_is_all_or_none(tmp_path):
+    """When the second file of a set cannot be written, neither is: the first keeps its old text."""
+    from intssm import outputs
+    from intssm.errors import IntssmError
+
+    (tmp_path / "a.h").write_text("old header")
+    with pytest.raises(IntssmError, match="none of them was written"):
+        outputs.write_texts({tmp_path / "a.h": "new header", tmp_path / "missing" / "a.c": "source"}, quiet=True)
+    assert (tmp_path / "a.h").read_text() == "old header"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h"]

@@ -112,7 +112,7 @@ def load_raw(path) -> dict:
     p = regular_file(Path(path), "checkpoint")
     kind = _looks_like_torch(p)
     if kind is not None:
-        raise IntssmError(f"{p}: not an intssm checkpoint (it is {kind}; a checkpoint is a .pt file written by intssm)")
+        raise IntssmError(f"{p}: not a readable intssm checkpoint (it is {kind}; a checkpoint is a .pt file written by intssm)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
