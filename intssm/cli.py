@@ -64,6 +64,28 @@ def _kernels_status(enabled: bool):
         yield
 
 
+MAX_SEED = 2**32 - 1
+RESUMED_OPTIONS = ("seq", "preset", "epochs", "batch_size", "lr", "ssm_lr", "weight_decay", "seed", "limit", "threads",
+                   "max_minutes", "val_fraction", "d_model", "d_state", "n_layers", "dropout", "pool", "min_decay")
+
+
+def check_seed_threads(seed: int, threads: int = 0) -> None:
+    """Seeds lie in 0..2**32-1 (every generator intssm seeds takes them); --threads >= 0 (0: the default)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise IntssmError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
+    if not 0 <= threads <= 4096:
+        raise IntssmError(f"--threads must be in 0..4096 (0 = Torch's default), got {threads}")
+
+
+def _from_command_line(ctx, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not left at its default)."""
+    try:
+        src = ctx.get_parameter_source(name)
+    except Exception:  # noqa: BLE001 (no click context: treat as not given)
+        return False
+    return src is not None and getattr(src, "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+
+
 def _check_limit(limit):
     if limit is not None and limit < 1:
         raise IntssmError(f"--limit must be a positive number of sequences, got {limit}")
@@ -91,8 +113,9 @@ def train(
     device: Annotated[str, typer.Option(help="Torch device: cpu | cuda.")] = "cpu",
     max_minutes: Annotated[float, typer.Option(help="Stop after the epoch that would pass this many minutes (0 = no limit).")] = 0.0,
     min_decay: Annotated[float, typer.Option(help="Keep 1 - |Abar| >= this for every mode (e.g. 2**-b for a b-bit state; 0 = off).")] = 0.0,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from the checkpoint it saved (its dataset, model and training options are used; the result equals an uninterrupted run's).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from the checkpoint it saved (its dataset, model and training options are used; the result equals an uninterrupted run's; an option given that differs from the run's is refused, as is changed data).")] = None,
     as_json: JsonOpt = False,
+    ctx: typer.Context = None,
 ):
     """Train a float S4D in convolution mode; keeps the best-on-validation weights.
 
@@ -100,16 +123,21 @@ def train(
     SIGTERM saves the best epoch so far (marked interrupted) and exits 130 / 143; --resume goes on."""
     import math
 
+    _check_limit(limit)
+    check_seed_threads(seed, threads)  # before Torch is imported: a bad option costs nothing
+    outputs.check_file(out, inputs=[seq, resume], what="--out")
+
     from intssm import data
     from intssm.training import checkpoint
     from intssm.training.model import PRESETS, S4DModel, n_params
     from intssm.training.train import TrainArgs, args_dict, auto_batch_size
     from intssm.training.train import train as run_train
 
-    _check_limit(limit)
-    outputs.check_file(out, inputs=[seq, resume], what="--out")
     state = None
+    given = {}
     if resume is not None:
+        now = dict(locals())
+        given = {k: now[k] for k in RESUMED_OPTIONS if _from_command_line(ctx, k)}
         rck = checkpoint.load_raw(resume)
         if not isinstance(rck.get("resume"), dict) or not isinstance(rck.get("train_args"), dict):
             raise IntssmError(f"{resume} is not an interrupted training run (no resume state); only `intssm train` writes one")
@@ -124,6 +152,19 @@ def train(
         except (KeyError, TypeError, AttributeError) as e:
             raise IntssmError(f"{resume}: incomplete training record ({type(e).__name__}: {e})") from None
         state = rck["resume"]
+        checkpoint.check_resume(resume, state)
+        now = dict(seq=seq, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr, weight_decay=weight_decay,
+                   seed=seed, limit=limit, threads=threads, max_minutes=max_minutes, val_fraction=val_fraction,
+                   d_model=d_model, d_state=d_state, n_layers=n_layers, dropout=dropout, pool=pool, min_decay=min_decay)
+        for k, v in given.items():
+            if v != now[k]:
+                opt = "--" + k.replace("_", "-")
+                raise IntssmError(f"{opt} {v} conflicts with the interrupted run's {opt} {now[k]}: a resumed run goes on with "
+                                  f"its own options; drop {opt}, or start a new run without --resume")
+        recorded = (rck.get("dataset") or {}).get("checksum")
+        if recorded is not None and data.load(seq, "test", 1).checksum != recorded:
+            raise IntssmError(f"{resume}: the dataset {seq} changed since the run was interrupted (checksum differs); "
+                              "resuming would mix two datasets: start a new run")
     if preset not in PRESETS:
         raise IntssmError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     nums = {"--lr": lr, "--ssm-lr": ssm_lr, "--max-minutes": max_minutes, "--weight-decay": weight_decay,
@@ -175,9 +216,19 @@ def train(
     ds = data.load(seq, "test")
     extra = {"metrics": history, "dataset": _dataset_entry(seq, ds, val_fraction),
              "train_args": args_dict(args) | {"preset": preset, "overrides": over}}
+    if run.get("diverged") is not None:
+        d = run["diverged"]
+        checkpoint.save(out, model, **extra, diverged=d)
+        kept = f"the best of {len(history)} finite epoch(s)" if history else "the weights it started from"
+        raise IntssmError(f"training diverged in epoch {d['epoch']} (step {d['step']}: {d['what']}); saved {out} with {kept}, "
+                          "marked diverged; lower --lr / --ssm-lr or rescale the data")
     if run["interrupted"] is not None:
-        extra |= {"interrupted": {"epoch": run["interrupted"]}, "resume": {k: v for k, v in run.items() if k != "interrupted"}}
-        checkpoint.save(out, model, **extra)
+        extra |= {"interrupted": {"epoch": run["interrupted"]},
+                  "resume": {k: v for k, v in run.items() if k not in ("interrupted", "diverged")}}
+        try:
+            checkpoint.save(out, model, **extra)
+        except KeyboardInterrupt:  # another Ctrl-C, held until the save was renamed into place (outputs.atomic)
+            pass
         done = len(history)
         kept = (f"the best of {done} completed epoch(s)" if done else "the weights of the unfinished first epoch")
         raise Interrupted(f"interrupted in epoch {run['interrupted']}: saved {out} with {kept}, marked interrupted; "
@@ -273,18 +324,20 @@ def ptq_(
     as_json: JsonOpt = False,
 ):
     """Post-training quantization: calibrate every range on training data, write a quantized checkpoint."""
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.equalize import check_strength
-    from intssm.training.ptq import ptq_dataset, qspec_entry
     from intssm.datapath.qspec import get_config
 
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
     outputs.check_file(out, inputs=[ckpt, config, seq], what="--out")
+    qcfg = get_config(config)  # before Torch is imported: a bad config costs nothing
+
+    from intssm import data
+    from intssm.training import checkpoint
+    from intssm.training.equalize import check_strength
+    from intssm.training.ptq import ptq_dataset, qspec_entry
+
     check_strength(equalize, "--equalize")
     _small_torch_ops()
-    qcfg = get_config(config)
     model, ck = checkpoint.load(ckpt)
     if "qspec" in ck:
         raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
@@ -321,6 +374,7 @@ def qat_(
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
+    check_seed_threads(seed)  # before Torch is imported
     from intssm import data
     from intssm.training import checkpoint
     from intssm.training.equalize import check_strength
@@ -344,6 +398,15 @@ def qat_(
         if "qspec" in tck:
             raise IntssmError(f"{teacher}: the teacher must be a float checkpoint, not a quantized one")
     st = start_from(ckpt, config, calib, equalize)
+    if teacher_model is not None:
+        sc, tc = st.qm.model.cfg, teacher_model.cfg
+        if (tc.d_input, tc.d_output) != (sc.d_input, sc.d_output):
+            raise IntssmError(f"--teacher {teacher} reads {tc.d_input} features and gives {tc.d_output} classes; the model "
+                              f"trained has {sc.d_input} and {sc.d_output}: give a teacher trained on the same dataset")
+        t_sum, s_sum = (tck.get("dataset") or {}).get("checksum"), (st.ck.get("dataset") or {}).get("checksum")
+        if t_sum is not None and s_sum is not None and t_sum != s_sum:
+            raise IntssmError(f"--teacher {teacher} was trained on another dataset than {ckpt} (checksums differ); "
+                              "give a teacher trained on the same dataset")
     n_train = len(data.load(st.seq, "train", limit, st.val_fraction))
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
         best, history, interrupted = run_qat(st.qm, st.seq, param, epochs, batch_size, lr, limit, val_limit, seed,
@@ -364,6 +427,10 @@ def qat_(
     txt = (f"saved {out} (no validation split: last epoch {best_ep} kept)" if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
+
+
+SEARCH_FILES = ("points.jsonl", "front.json", "trace.json", "best.json", "pareto.png", "equalized-fp32.pt",
+                "input-folded-fp32.pt")  # what search writes in --out
 
 
 @app.command()
@@ -400,7 +467,7 @@ def search(
     if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1 or qat_lr <= 0:
         raise IntssmError("--val-limit, --calib, --workers and --qat-lr must be positive, --qat-steps >= 0")
     check_strength(equalize, "--equalize")
-    outputs.check_dir(out, inputs=[ckpt], what="--out")
+    outputs.check_dir(out, inputs=[ckpt, start], what="--out", writes=SEARCH_FILES)
     gs = tuple(g.strip() for g in groups.split(",")) if groups else tuple(GROUPS)
     bad = [g for g in gs if g not in GROUPS]
     if bad:
@@ -444,8 +511,8 @@ def search(
                "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
         if chosen is None:
             write(out, points, trace, None)
-            raise IntssmError(f"the start configuration {start!r} is already below the floor "
-                              f"({trace[0]['accuracy']}); lower --min-accuracy or start wider")
+            raise IntssmError(f"the start configuration {start!r} scores {trace[0]['accuracy']} on validation, already "
+                              f"below the floor --min-accuracy {min_accuracy}; lower --min-accuracy or start wider")
         best = trace[-1]
         res |= {"best": {k: best[k] for k in ("signature", "bytes", "weights_bytes", "reduction", "accuracy")}, "best_config": str(out / "best.json")}
         if equalize:  # the config was chosen for the equalized model: PTQ must equalize the same way
@@ -513,7 +580,7 @@ def export_c(
     from intssm.integer import cexport
 
     cexport.check_prefix(prefix)
-    outputs.check_dir(out, inputs=[model], what="--out")
+    outputs.check_dir(out, inputs=[model], what="--out", writes=(*cexport.file_names(prefix), *C_EXPORT_FILES, UNVERIFIED_MARK))
     if target != "host" and (prefix != "intssm" or adc_scale):
         raise IntssmError("--prefix and --adc-scale are for --target host: the emulator's builds use the default prefix "
                           "and float32 readings")
@@ -536,14 +603,23 @@ def export_c(
 
     check_options(target, sequences, count_steps)
     case = load_case(model, sequences)  # a bad model or dataset fails before any work
+    mark = outputs.write_text(out / UNVERIFIED_MARK, f"The C files and ELF in this directory are not yet verified on the "
+                              f"emulated {target}: `intssm export-c --target {target}` removes this file only once "
+                              "every test sequence matched the simulator bit for bit.\n", quiet=True)
     with progress_bar(f"{target} (emulated)", len(case[2]), enabled=not as_json) as adv:
         rep = deploy(model, out, target, sequences, count_steps, compare, progress=adv, case=case, state_layout=state_layout)
+    if "error" not in rep:
+        mark.unlink()
     path = None
     if report:
         path = outputs.write_text(out / target / "report.json", json.dumps(rep, indent=1) + "\n")
     _emit(rep | {"report": str(path) if path else None}, as_json, _deploy_text(rep, path))
     if "error" in rep:
         raise IntssmError(f"emulated {target}: {rep['error']}")
+
+
+C_EXPORT_FILES = ("main.c", "README.md")  # what export-c writes in --out besides the model's header and source (cexport.file_names)
+UNVERIFIED_MARK = "UNVERIFIED"  # export-c --target: present until the emulated target matched the simulator
 
 
 def _deploy_text(r: dict, path) -> str:
@@ -829,27 +905,62 @@ def _dataset_entry(seq: str, ds, val_fraction) -> dict:
 _SIGNAL_EXIT = {"code": 130}  # 130 after SIGINT (Ctrl-C), 143 after SIGTERM
 
 
-def _on_sigterm(signum, frame):
-    """SIGTERM is handled like Ctrl-C (the running command keeps its work), then exits 143."""
-    _SIGNAL_EXIT["code"] = 143
+STOP_GRACE_S = 60.0  # after the first Ctrl-C / SIGTERM, further ones are ignored this long (the command is saving)
+_STOPPING = {"since": None}
+
+
+def _on_signal(signum, frame):
+    """Ctrl-C and SIGTERM: the first raises KeyboardInterrupt (the running command saves its work;
+    SIGTERM then exits 143). Further ones within :data:`STOP_GRACE_S` are ignored, so a quick double
+    Ctrl-C does not abandon the save; after that another one interrupts again."""
+    import signal
+
+    since = _STOPPING["since"]
+    if since is not None and time.monotonic() - since < STOP_GRACE_S:
+        return
+    _STOPPING["since"] = time.monotonic()
+    if signum != signal.SIGINT:
+        _SIGNAL_EXIT["code"] = 143
     raise KeyboardInterrupt
 
 
+def _fail(msg: str):
+    from intssm.outputs import remove_created_dirs
+
+    remove_created_dirs()
+    err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main():
-    """Entry point: runs the app, turning :class:`IntssmError` into one line and exit code 2."""
+    """Entry point: runs the app, turning :class:`IntssmError` into one line and exit code 2; so are
+    a failed write (a full disk), a file too deeply nested to parse, and running out of memory."""
     import signal
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    from intssm.outputs import remove_created_dirs, write_failure
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         rc = app(standalone_mode=False)
     except Interrupted as e:
+        remove_created_dirs()
         _exit_interrupted(str(e))
     except IntssmError as e:
-        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e))
+    except MemoryError:
+        _fail("out of memory: the input asks for more memory than this machine has; use smaller data (--limit) or a smaller model")
+    except RecursionError:
+        _fail("an input is nested too deeply to read")
+    except (OSError, RuntimeError) as e:
+        why = write_failure(e)
+        if why is None:
+            raise
+        _fail(f"a write failed ({why}): {str(e)[:200]}")
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
+        remove_created_dirs()
         _exit_interrupted()
     except Exception as e:  # click (typer's bundled copy) usage errors: format_message + exit_code
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):

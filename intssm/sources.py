@@ -8,9 +8,18 @@ A quantized checkpoint loaded without its Torch model (``torch_model=False``: no
 verified against it) comes from the integer-model cache when it can: the integer artifact of that
 checkpoint, written the first time it is loaded and named by the SHA-256 of the checkpoint's bytes
 and of intssm's own source, so that a changed checkpoint or a changed intssm never meets a stale
-entry. A cache entry is an artifact like any other (:func:`intssm.integer.export.load` validates
-it and re-proves its bounds); one that does not load is rebuilt. The key also holds the versions of
-Torch and NumPy, which do the conversion. The cache lives in
+entry. The key also holds the versions of Torch and NumPy, which do the conversion.
+
+What the cache trusts: nothing it did not write for this key. An entry is an artifact like any
+other (:func:`intssm.integer.export.load` validates it and re-proves its bounds) whose manifest
+also binds it to its source: ``cache.key`` is the entry's own key (the checkpoint's bytes and the
+code's hash) and ``cache.digest`` the SHA-256 of its integer arrays (:func:`arrays_digest`). An
+entry that does not load, whose stored key is not the key it is read for (an entry copied or
+renamed from another checkpoint, an artifact exported into the cache), or whose arrays do not
+match the digest (edited integers) is rebuilt from the checkpoint, never used. This guards against
+damage, swaps and stale or foreign files; it is a checksum, not a signature: whoever can write the
+cache directory and run intssm's code can write a consistent entry, as they could edit intssm
+itself. The cache lives in
 ``$INTSSM_CACHE_DIR``, else ``$XDG_CACHE_HOME/intssm``, else ``~/.cache/intssm``; a cache that
 cannot be written is skipped. Loading this way needs neither Torch nor the float weights, which
 is what makes a new process fast (``intssm simulate --verify 0``).
@@ -75,11 +84,24 @@ class IntegerModel:
 
 
 def _from_artifact(p: Path, source: str) -> IntegerModel:
+    return _from_loaded(*export.load(p), source)
+
+
+def arrays_digest(arrays: dict) -> str:
+    """SHA-256 of an integer model's arrays: each name, shape and int64 little-endian values, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        v = np.ascontiguousarray(arrays[k], dtype="<i8")
+        h.update(f"{k}\0{v.shape}\0".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
+
+
+def _from_loaded(arrays: dict, man: dict, source: str) -> IntegerModel:
     from intssm.datapath.inputq import InputQuant
     from intssm.datapath.modelconfig import ModelConfig
     from intssm.datapath.qspec import QuantConfig
 
-    arrays, man = export.load(p)
     iq = InputQuant.from_dict(man["input"]) if man.get("input") is not None else None
     cfg = ModelConfig.from_dict(man["model_config"])
     return IntegerModel(arrays, man["counters"], cfg.pool == "mean", man["seq_len"], source, cfg,
@@ -141,7 +163,9 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool 
             entry, hit = None, False
         if hit:
             try:
-                return _from_artifact(entry, f"{p} (quantized checkpoint; integer arrays from the cache)")
+                arrays, man = export.load(entry)
+                if man.get("cache") == {"key": entry.stem, "digest": arrays_digest(arrays)}:
+                    return _from_loaded(arrays, man, f"{p} (quantized checkpoint; integer arrays from the cache)")
             except Exception:  # noqa: BLE001 (a cache entry is untrusted: whatever fails to load is rebuilt below)
                 pass
     from intssm.datapath.qspec import PRESETS
@@ -165,9 +189,9 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool 
     if entry is not None and "qspec" in ck:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            export.save(entry, qm, arrays, quiet=True)
-        except OSError:
-            pass  # no writable cache: the next load converts again
+            export.save(entry, qm, arrays, quiet=True, extra={"cache": {"key": entry.stem, "digest": arrays_digest(arrays)}})
+        except (OSError, IntssmError):
+            pass  # no writable cache (or a full disk): the next load converts again
     return IntegerModel(arrays, qm.counters, qm.dp.cfg.pool == "mean", qm.dp.seq_len, src, qm.dp.cfg, qm.dp.qcfg,
                         qm, dataset, qm.iq)
 

@@ -62,39 +62,98 @@ SPLITS = ("train", "val", "test")
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
+# Limits on what a dataset may hold, checked from headers before a byte of data is inflated, so
+# memory stays bounded by the work and not by what a file claims:
+MAX_STEPS = 1 << 17  # time steps per sequence (131,072; the longest UEA series has 17,984)
+MAX_VALUES = 1 << 27  # values per array (n x L x d: 134,217,728, 512 MiB as float32; sMNIST train: 47M)
+F32_MAX = float(np.finfo(np.float32).max)  # every float value must fit float32 (the float model's type)
+
+
+def check_shape(shape, where: str) -> None:
+    """Refuse an (n, L[, d]) sequence array beyond :data:`MAX_STEPS` or :data:`MAX_VALUES`, from its
+    declared shape alone."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) >= 2 and shape[1] > MAX_STEPS:
+        raise IntssmError(f"{where}: sequences of {shape[1]:,} steps; intssm takes at most {MAX_STEPS:,} "
+                          "(cut them into windows)")
+    n = 1
+    for v in shape:
+        n *= v
+    if n > MAX_VALUES:
+        raise IntssmError(f"{where}: shape {shape} holds {n:,} values; intssm takes at most {MAX_VALUES:,} per array "
+                          "(use fewer or shorter sequences)")
+
+
+def check_range(x: np.ndarray, where: str) -> None:
+    """Refuse float values that are NaN, infinite or beyond the float32 range (they would become
+    inf in the float model and NaN in its loss)."""
+    if not np.issubdtype(x.dtype, np.floating) or x.size == 0:
+        return
+    if not np.isfinite(x).all():
+        raise IntssmError(f"{where} contains NaN or inf")
+    m = float(np.abs(x).max())
+    if m > F32_MAX:
+        raise IntssmError(f"{where} holds a value of magnitude {m:.3g}, beyond float32's {F32_MAX:.4g}; rescale the data")
+
+
+def regular_file(p: Path, what: str) -> Path:
+    """``p`` must be an existing regular file (after symlinks): a missing path, a directory or a
+    FIFO / device (which would block or never end) each get their own message."""
+    import stat
+
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise IntssmError(f"{what} not found: {p}") from None
+    except OSError as e:
+        raise IntssmError(f"{what} {p}: cannot read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise IntssmError(f"{what} {p} is a directory; give a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise IntssmError(f"{what} {p} is not a regular file (a FIFO, socket or device); give a file")
+    return p
+
 
 def read_idx(path: str | Path, check_known: bool = True) -> np.ndarray:
     """Read an IDX file (raw or gzip): magic ``00 00 <dtype> <ndim>``, big-endian dims, payload.
 
     Validates the magic number, the dimension count and that the payload has exactly
-    ``prod(dims) * itemsize`` bytes. Files named like an official MNIST ``.gz`` are also checked
-    against its published MD5 and SHA-256.
+    ``prod(dims) * itemsize`` bytes. The header is read first and the dimensions checked against
+    :func:`check_shape`; a gzip stream is then inflated only up to what the header declares (one
+    byte more shows a longer payload), so a file that inflates far beyond its header costs no
+    memory. Files named like an official MNIST ``.gz`` are also checked against its published MD5
+    and SHA-256.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise IntssmError(f"IDX file not found: {path}")
-    raw = path.read_bytes()
+    path = regular_file(Path(path), "IDX file")
     if check_known and path.name in KNOWN_SHA256:
+        raw = path.read_bytes()  # an official file is 10 MB at most
         if hashlib.sha256(raw).hexdigest() != KNOWN_SHA256[path.name] or (
             hashlib.md5(raw).hexdigest() != KNOWN_MD5[path.name]
         ):
             raise IntssmError(f"{path}: checksum does not match the official MNIST file")
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise IntssmError(f"{path}: corrupt gzip stream ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 4:
-        raise IntssmError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
-    ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim:
-        raise IntssmError(f"{path}: truncated IDX header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    payload = raw[4 + 4 * ndim :]
-    if len(payload) != expected:
-        raise IntssmError(f"{path}: IDX payload has {len(payload)} bytes, dims {dims} need {expected}")
+    with open(path, "rb") as f0:
+        gz = f0.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or not 1 <= head[3] <= 4:
+                raise IntssmError(f"{path}: not an IDX file (bad magic number {head[:4].hex()})")
+            ndim = head[3]
+            dh = f.read(4 * ndim)
+            if len(dh) < 4 * ndim:
+                raise IntssmError(f"{path}: truncated IDX header")
+            dims = tuple(int.from_bytes(dh[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            check_shape(dims if ndim != 3 else (dims[0], dims[1] * dims[2]), str(path))
+            expected = int(np.prod(dims)) * dtype.itemsize
+            payload = f.read(expected + 1)
+            if len(payload) != expected:
+                more = " or more" if len(payload) > expected else ""
+                raise IntssmError(f"{path}: IDX payload has {len(payload)} bytes{more}, dims {dims} need {expected}")
+    except (OSError, EOFError, zlib.error) as e:
+        if not gz:
+            raise IntssmError(f"{path}: cannot read ({e})") from None
+        raise IntssmError(f"{path}: corrupt gzip stream ({e})") from None
     return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -142,18 +201,20 @@ def _idx_dir_arrays(d: Path, check_known: bool):
     names = {}
     for split, stem in (("train", "train"), ("test", "t10k")):
         for kind, idx in (("images", "idx3"), ("labels", "idx1")):
-            for cand in (f"{stem}-{kind}-{idx}-ubyte.gz", f"{stem}-{kind}-{idx}-ubyte", f"{stem}-{kind}.{idx}-ubyte"):
-                if (d / cand).is_file():
-                    names[(split, kind)] = d / cand
-                    break
-            else:
+            cands = [d / c for c in (f"{stem}-{kind}-{idx}-ubyte.gz", f"{stem}-{kind}-{idx}-ubyte", f"{stem}-{kind}.{idx}-ubyte")]
+            found = [c for c in cands if c.exists()]
+            if not found:
                 raise IntssmError(f"{d}: missing {stem}-{kind}-{idx}-ubyte[.gz]")
+            if len(found) > 1:
+                raise IntssmError(f"{d}: holds both {found[0].name} and {found[1].name}; keep one of them so it is "
+                                  "clear which is read")
+            names[(split, kind)] = found[0]
     h = hashlib.sha256()
     arrays = {}
     for key in sorted(names):
         p = names[key]
-        h.update(hashlib.sha256(p.read_bytes()).hexdigest().encode())
         arrays[key] = read_idx(p, check_known)
+        h.update(_file_sha256(p).encode())
     xtr, ytr = arrays[("train", "images")], arrays[("train", "labels")]
     xte, yte = arrays[("test", "images")], arrays[("test", "labels")]
     for x, y, s in ((xtr, ytr, "train"), (xte, yte, "test")):
@@ -184,18 +245,64 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 NPZ_LENGTH_KEYS = ("len_train", "len_test")
 
 
+def _file_sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _npz_member(z: zipfile.ZipFile, p: Path, key: str) -> np.ndarray:
+    """One array of an npz, its header checked before its data is inflated: no object dtype, a
+    shape within :func:`check_shape` (sequence arrays), and a member no larger than its shape holds
+    (so inflation is bounded by the header, whatever the compression ratio)."""
+    info = z.getinfo(f"{key}.npy")
+    with z.open(info) as f:
+        try:
+            major, _ = np.lib.format.read_magic(f)
+            read = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}.get(major)
+            if read is None:
+                raise ValueError(f"npy format version {major}")
+            shape, fortran, dtype = read(f)
+        except ValueError as e:
+            raise IntssmError(f"{p}: array {key} has an unreadable header ({str(e).splitlines()[0][:120]})") from None
+        if dtype.hasobject:
+            raise IntssmError(f"{p}: array {key} holds Python objects (pickled data), which intssm never loads; "
+                              "save plain numeric arrays")
+        n = 1
+        for v in shape:
+            n *= int(v)
+        if key.startswith("x_"):
+            check_shape(shape, f"{p}: {key}")
+        elif n > MAX_VALUES:
+            raise IntssmError(f"{p}: {key} has {n:,} entries; intssm takes at most {MAX_VALUES:,}")
+        if info.file_size > f.tell() + dtype.itemsize * n:
+            raise IntssmError(f"{p}: member {key} inflates to {info.file_size:,} bytes, more than its shape {shape} holds")
+    with z.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
 def _npz_arrays(p: Path):
+    regular_file(p, "npz dataset")
+    if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            head = f.read(6)
+        kind = "a single .npy array" if head == b"\x93NUMPY" else "not a zip archive"
+        raise IntssmError(f"{p}: not a readable npz dataset ({kind}); save the dataset with numpy.savez(path, x_train=..., "
+                          "y_train=..., x_test=..., y_test=...)")
     try:
-        z = np.load(p, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise IntssmError(f"{p}: not an .npz archive (a single array)")
-        with z:
-            arrs = {k: z[k] for k in NPZ_KEYS}
-            arrs |= {k: z[k] for k in NPZ_LENGTH_KEYS if k in z.files}
-    except KeyError as e:
-        raise IntssmError(f"{p}: npz dataset lacks array {e}") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise IntssmError(f"{p}: not a readable npz dataset ({str(e).splitlines()[0]})") from None
+        with zipfile.ZipFile(p) as z:
+            names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
+            missing = [k for k in NPZ_KEYS if k not in names]
+            if missing:
+                raise IntssmError(f"{p}: npz dataset lacks array(s) {', '.join(missing)} (it has: "
+                                  f"{', '.join(sorted(names))[:200] or 'none'})")
+            arrs = {k: _npz_member(z, p, k) for k in NPZ_KEYS + NPZ_LENGTH_KEYS if k in names}
+    except IntssmError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+        raise IntssmError(f"{p}: not a readable npz dataset ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
     out = []
     for s in ("train", "test"):
         x, y = arrs[f"x_{s}"], arrs[f"y_{s}"]
@@ -205,8 +312,7 @@ def _npz_arrays(p: Path):
             raise IntssmError(f"{p}: x_{s} must be [n, L] or [n, L, d] and y_{s} [n], got {x.shape}, {y.shape}")
         if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
             raise IntssmError(f"{p}: x_{s} must be uint8 or float, got {x.dtype}")
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            raise IntssmError(f"{p}: x_{s} contains NaN or inf")
+        check_range(x, f"{p}: x_{s}")
         if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
             raise IntssmError(f"{p}: y_{s} must hold non-negative integer labels")
         lens = arrs.get(f"len_{s}")
@@ -220,7 +326,7 @@ def _npz_arrays(p: Path):
         out += [x if x.dtype == np.uint8 else x.astype(np.float32), y.astype(np.int64), lens]
     if out[0].dtype != out[3].dtype or out[0].shape[2] != out[3].shape[2]:
         raise IntssmError(f"{p}: x_train and x_test must have the same dtype and features per step")
-    return _Source(*out, None, hashlib.sha256(p.read_bytes()).hexdigest())
+    return _Source(*out, None, _file_sha256(p))
 
 
 def _ts_arrays(path: Path):
@@ -234,7 +340,7 @@ def _ts_arrays(path: Path):
         raise IntssmError(f"{path}: train has {tr.x.shape[2]} channels, test {te.x.shape[2]}")
     h = hashlib.sha256()
     for f in (ftr, fte):
-        h.update(hashlib.sha256(f.read_bytes()).hexdigest().encode())
+        h.update(_file_sha256(f).encode())
     return _Source(tr.x, tr.y, tr.lengths, te.x, te.y, te.lengths, tuple(tr.classes), h.hexdigest())
 
 
@@ -278,11 +384,13 @@ def _source(seq: str) -> _Source:
             src = _idx_dir_arrays(MNIST_DIR, check_known=True)
         else:
             p = Path(seq)
+            if p.suffix == ".npz" and p.is_dir():
+                raise IntssmError(f"npz dataset {p} is a directory; give a file")
             if is_ts_dataset(p):
                 src = _ts_arrays(p)
             elif p.is_dir():
                 src = _idx_dir_arrays(p, check_known=False)
-            elif p.is_file() and p.suffix == ".npz":
+            elif p.suffix == ".npz" and p.exists():
                 src = _npz_arrays(p)
             else:
                 raise IntssmError(

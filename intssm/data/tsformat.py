@@ -19,7 +19,10 @@ What this reader refuses, each with one :class:`~intssm.errors.IntssmError` nami
 a header without ``@data``; time stamps (``@timeStamps true``: irregular sampling has no place in a
 fixed-step recurrence); missing values (``?``) or NaN/inf; a non-numeric value; a channel count
 that differs from ``@dimensions`` or between cases; an empty series; channels of one case with
-different lengths; a label not declared by ``@classLabel``; regression targets (``@targetLabel``).
+different lengths; a label not declared by ``@classLabel``; regression targets (``@targetLabel``);
+a value beyond float32's range. The file is read line by line, each case's length checked against
+:data:`intssm.data.MAX_STEPS` before its values are converted and the running total against
+:data:`intssm.data.MAX_VALUES`, so memory stays bounded by what the data may hold.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 from intssm.errors import IntssmError
 
 MAX_BYTES = 512 << 20  # a .ts file larger than this is refused before it is read
+MAX_LINE_CHARS = 64 << 20  # one case per line: a longer line is refused before it is split
 
 
 @dataclass
@@ -65,21 +69,39 @@ def _int(v: str, key: str, where: str) -> int:
 
 def read_ts(path: str | Path) -> TsData:
     """Parse one ``.ts`` file (see the module docstring for what is accepted and refused)."""
-    p = Path(path)
-    if not p.is_file():
-        raise IntssmError(f".ts file not found: {p}")
+    from intssm.data import F32_MAX, MAX_STEPS, MAX_VALUES, regular_file
+
+    p = regular_file(Path(path), ".ts file")
     if p.stat().st_size > MAX_BYTES:
         raise IntssmError(f"{p}: larger than {MAX_BYTES >> 20} MiB")
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, encoding="utf-8") as f:
+            return _parse(p, f, F32_MAX, MAX_STEPS, MAX_VALUES)
     except UnicodeDecodeError as e:
-        raise IntssmError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+        raise IntssmError(f"{p}: not a UTF-8 text file ({e.reason})") from None
+
+
+def _lines(p: Path, f):
+    """(line number, line) of ``f``, refusing a line longer than :data:`MAX_LINE_CHARS`."""
+    ln = 0
+    while True:
+        line = f.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        ln += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise IntssmError(f"{p}:{ln}: a line longer than {MAX_LINE_CHARS >> 20} MiB characters")
+        yield ln, line
+
+
+def _parse(p: Path, f, f32_max: float, max_steps: int, max_values: int) -> TsData:
     head: dict = {}
     classes: list | None = None
     rows: list = []
     labels: list = []
     in_data = False
-    for ln, raw in enumerate(text.splitlines(), 1):
+    total = 0
+    for ln, raw in _lines(p, f):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -122,9 +144,16 @@ def read_ts(path: str | Path) -> TsData:
             raise IntssmError(f"{where}: {len(chans)} channels, expected {d}")
         series = []
         for c, ch in enumerate(chans):
-            vals = ch.split(",")
             if not ch.strip():
                 raise IntssmError(f"{where}: channel {c} is an empty series")
+            steps = ch.count(",") + 1
+            if steps > max_steps:
+                raise IntssmError(f"{where}: channel {c} has {steps:,} steps; intssm takes at most {max_steps:,} "
+                                  "(cut the series into windows)")
+            total += steps
+            if total > max_values:
+                raise IntssmError(f"{p}: more than {max_values:,} values; intssm takes at most that many per file")
+            vals = ch.split(",")
             try:
                 v = [float(s) for s in vals]
             except ValueError:
@@ -133,6 +162,10 @@ def read_ts(path: str | Path) -> TsData:
                 raise IntssmError(f"{where}: channel {c} has {kind}") from None
             if not all(math.isfinite(t) for t in v):
                 raise IntssmError(f"{where}: channel {c} has a NaN or infinite value")
+            big = max(abs(t) for t in v)
+            if big > f32_max:
+                raise IntssmError(f"{where}: channel {c} has a value of magnitude {big:.3g}, beyond float32's "
+                                  f"{f32_max:.4g}; rescale the data")
             series.append(v)
         n = len(series[0])
         if any(len(s) != n for s in series):
@@ -146,6 +179,9 @@ def read_ts(path: str | Path) -> TsData:
     if not rows:
         raise IntssmError(f"{p}: no cases after @data")
     lengths = np.array([len(r) for r in rows], np.int64)
+    from intssm.data import check_shape
+
+    check_shape((len(rows), int(lengths.max()), rows[0].shape[1]), f"{p} (padded to its longest case)")
     x = np.zeros((len(rows), int(lengths.max()), rows[0].shape[1]), np.float32)
     for i, r in enumerate(rows):
         x[i, : len(r)] = r

@@ -13,6 +13,7 @@ nonlinearities. docs/datapath.md gives the arithmetic of every site.
 from __future__ import annotations
 
 import json
+import re
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -113,7 +114,7 @@ class QuantConfig:
             raise IntssmError("quant config: sig must be asymmetric (unsigned codes in [0, 1])")
         if self.sig.range != "minmax":
             raise IntssmError("quant config: sig has a fixed range [0, 1]; its range policy must be 'minmax'")
-        if not (isinstance(self.state_clip, (int, float)) and 0 < self.state_clip <= 16 and math.isfinite(self.state_clip)):
+        if not (isinstance(self.state_clip, (int, float)) and not isinstance(self.state_clip, bool) and 0 < self.state_clip <= 16 and math.isfinite(self.state_clip)):
             raise IntssmError(f"quant config: state_clip must be in (0, 16], got {self.state_clip!r}")
         if not isinstance(self.stable_abar, bool):
             raise IntssmError(f"quant config: stable_abar must be true or false, got {self.stable_abar!r}")
@@ -178,7 +179,7 @@ def parse_range(r: str):
     """("minmax",) | ("mse",) | ("percentile", p) for a valid range policy string, else None."""
     if r in ("minmax", "mse"):
         return (r,)
-    if isinstance(r, str) and r.startswith("p"):
+    if isinstance(r, str) and re.fullmatch(r"p[0-9]+(\.[0-9]+)?", r):
         try:
             p = float(r[1:])
         except ValueError:
@@ -258,8 +259,9 @@ def get_config(name_or_path: str) -> QuantConfig:
     p = Path(name_or_path)
     if not p.is_file():
         raise IntssmError(f"unknown quant config {name_or_path!r}; presets: {', '.join(PRESETS)}, or a JSON file")
-    try:
-        d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IntssmError(f"{p}: not valid JSON ({e})") from None
+    from intssm import jsonfile
+
+    d = jsonfile.load(p, "quant config")
+    if not isinstance(d, dict):
+        raise IntssmError(f"{p}: a quant config must be a JSON object, got {type(d).__name__}")
     return QuantConfig.from_dict(d)

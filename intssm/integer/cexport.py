@@ -1184,7 +1184,7 @@ int main(void)
 def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str = "packed",
             prefix: str = "intssm", adc_scale=None) -> list[Path]:
     """Write ``<prefix>_model.h``, ``<prefix>_model.c``, ``main.c`` and ``README.md`` into ``out_dir``
-    (each atomically); returns the paths written. An existing ``main.c`` that is not the generated
+    (all or none); returns the paths written. An existing ``main.c`` that is not the generated
     example is kept. Every symbol, type and macro of the header starts with ``prefix`` (``PREFIX``):
     models exported with different prefixes link into one program.
 
@@ -1223,10 +1223,7 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str 
     if main.is_file() and not main.read_text(errors="replace").startswith(MAIN_MARK):
         del files[MAIN_FILE]  # the user's own main.c (the example is only created): kept
         print(f"keeping {main} (not the generated example)", file=sys.stderr)
-    paths = []
-    for name, text in files.items():
-        paths.append(outputs.write_text(out_dir / name, text))
-    return paths
+    return outputs.write_texts({out_dir / name: text for name, text in files.items()})  # all or none
 
 
 def c_storage(arrays: dict, manifest_like: dict, state_layout: str = "packed") -> dict:

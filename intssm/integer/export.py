@@ -41,10 +41,6 @@ def integer_model(qm) -> dict:
     return arrays
 
 
-def _refuse_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
 def _check_manifest(p, man) -> None:
     """The manifest's own fields: format, versions and the types of what the loaders read."""
     if not isinstance(man, dict) or man.get("format") != FORMAT:
@@ -85,11 +81,12 @@ def manifest_of(qm) -> dict:
     }
 
 
-def save(path, qm, arrays: dict | None = None, quiet: bool = False) -> dict:
+def save(path, qm, arrays: dict | None = None, quiet: bool = False, extra: dict | None = None) -> dict:
     """Write the integer artifact of ``qm`` (``arrays``: its :func:`integer_model`, if already
-    computed); returns the manifest."""
+    computed; ``extra``: more manifest fields, e.g. the integer-model cache's binding); returns the
+    manifest."""
     arrays = integer_model(qm) if arrays is None else arrays
-    man = manifest_of(qm)
+    man = manifest_of(qm) | (extra or {})
     out = {k: v.astype(_storage_dtype(v)) for k, v in arrays.items()}
     out["manifest"] = np.frombuffer(json.dumps(man).encode(), dtype=np.uint8)
     with atomic(path, quiet) as tmp, open(tmp, "wb") as f:
@@ -145,9 +142,11 @@ def load(path) -> tuple[dict, dict]:
             if dtype != np.uint8 or len(shape) != 1:
                 raise IntssmError(f"{p}: the manifest must be a 1-d uint8 array, got {dtype} {shape}")
             try:
-                man = json.loads(_read_member(z, mi).tobytes().decode(), parse_constant=_refuse_constant)
-            except (UnicodeDecodeError, ValueError):
-                raise IntssmError(f"{p}: manifest is not valid JSON") from None
+                from intssm import jsonfile
+
+                man = jsonfile.loads(_read_member(z, mi).tobytes().decode(), f"{p}: manifest")
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                raise IntssmError(f"{p}: manifest is not valid JSON (or nested too deeply)") from None
             _check_manifest(p, man)
             try:
                 cfg = ModelConfig.from_dict(man.get("model_config"))

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from intssm import procs
 from intssm.errors import IntssmError
 
 GCC, OBJDUMP = "arm-none-eabi-gcc", "arm-none-eabi-objdump"
@@ -238,23 +238,20 @@ def build(c_dir: Path, target: str, max_len: int, opt: str = "-O2", libm: bool =
     (out / "harness.c").write_text(HARNESS.replace("@MAXLEN@", str(int(max_len))))
     (out / "link.ld").write_text(LINKER_SCRIPT)
     elf = out / "intssm.elf"
+    elf.unlink(missing_ok=True)  # an ELF left by an earlier build must not pass for this one's
     cflags, ldflags = build_flags(target, libm)
     cflags = [opt if f == "-O2" else f for f in cflags]
     cmd = [gcc, *cflags, "-fstack-usage", f"-I{Path(c_dir).resolve()}", "-T", "link.ld", "-o", elf.name,
            str((Path(c_dir) / "intssm_model.c").resolve()), "harness.c", *ldflags]
-    r = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise IntssmError(f"{t.gcc} failed for {target}:\n{r.stderr[-3000:]}")
-    return elf
+    procs.run(cmd, cwd=out, what=f"{t.gcc} ({target})")
+    return procs.check_elf(elf, t.gcc, "EM_RISCV" if t.arch == "riscv" else "EM_ARM", ("intssm_step",))
 
 
 def _disassembly(elf: Path, target: str = "cortex-m4") -> dict:
     """address -> (size in bytes, mnemonic, registers in its list, whether it ends the block's flow)
     of every instruction in the ELF's executable sections (literal pools left out)."""
     t = TARGETS[target]
-    r = subprocess.run([_tool(t.objdump), "-d", str(elf)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise IntssmError(f"{t.objdump} failed: {r.stderr[-500:]}")
+    r = procs.run([_tool(t.objdump), "-d", str(elf)], what=t.objdump)
     out = {}
     if t.arch == "riscv":  # one hex word per instruction, 2 (compressed) or 4 bytes; no cycle classes
         rv = re.compile(r"^\s*([0-9a-f]+):\s+([0-9a-f]{4}|[0-9a-f]{8})\s+(\S+)")
@@ -262,9 +259,17 @@ def _disassembly(elf: Path, target: str = "cortex-m4") -> dict:
             m = rv.match(line)
             if m is not None:
                 out[int(m.group(1), 16)] = (len(m.group(2)) // 2, m.group(3), 0, False)
-        return out
+    else:
+        _arm_instructions(r.stdout, out)
+    if not out:
+        raise IntssmError(f"{t.objdump} exited 0 but printed no instructions for {elf}; the toolchain is broken")
+    return out
+
+
+def _arm_instructions(listing: str, out: dict) -> None:
+    """Thumb instructions of an objdump listing into ``out`` (see :func:`_disassembly`)."""
     rx = re.compile(r"^\s*([0-9a-f]+):\s+((?:[0-9a-f]{4}\s)+)\s*(\S+)\s*([^;@]*)")
-    for line in r.stdout.splitlines():
+    for line in listing.splitlines():
         m = rx.match(line)
         if m is None or m.group(3).startswith("."):
             continue
@@ -278,7 +283,6 @@ def _disassembly(elf: Path, target: str = "cortex-m4") -> dict:
         cls = instruction_class(mnem)
         flow = cls == "branch" or (cls == "multi" and lst is not None and "pc" in lst.group(1))
         out[int(m.group(1), 16)] = (2 * len(m.group(2).split()), mnem, regs, flow)
-    return out
 
 
 @dataclass

@@ -77,7 +77,11 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
     random generators, step, history): ``train(..., resume=state)`` picks up there and gives the
     weights an uninterrupted run gives. A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by
     the caller) abandons the current epoch and returns what the completed epochs produced, with
-    ``state["interrupted"]`` set to the epoch it stopped in."""
+    ``state["interrupted"]`` set to the epoch it stopped in.
+
+    A non-finite training loss, validation loss or weight stops the run at once: the best state
+    so far is returned (the initial weights if no epoch completed), nothing after it, with
+    ``state["diverged"]`` saying where (epoch, step, what) and no resume state to go on from."""
     set_determinism(args.seed, args.threads)
     dev = torch.device(args.device)
     model.to(dev)
@@ -105,14 +109,18 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
     def run_state(interrupted=None):
         return {"model": _copy(model.state_dict()), "optimizer": copy.deepcopy(opt.state_dict()), "numpy_rng": gen.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "best": best, "best_acc": best_acc, "history": list(history),
-                "step": step, "interrupted": interrupted}
+                "step": step, "interrupted": interrupted, "diverged": None}
 
     state = run_state()
     try:
         for epoch in range(first, args.epochs):
             ep = _epoch(model, opt, gen, args, epoch, step, total, warm, base_lrs, xtr, ytr, ltr, dev, on_step)
             step = ep["step"]
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise _NonFinite(epoch + 1, step, "a weight became NaN or inf")
             val_acc, val_loss = evaluate(model, xva, yva, lengths=va.lengths)
+            if len(yva) and not math.isfinite(val_loss):
+                raise _NonFinite(epoch + 1, step, "the validation loss is not finite")
             rec = {"epoch": epoch + 1, "train_loss": ep["loss"], "train_acc": ep["acc"], "val_loss": val_loss,
                    "val_acc": val_acc, "seconds": ep["seconds"]}
             history.append(rec)
@@ -134,9 +142,21 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
         state["interrupted"] = len(history) + 1
         if best is None:  # stopped in the first epoch: nothing validated, keep the weights as they were
             best = state["model"]
+    except _NonFinite as e:
+        state["diverged"] = {"epoch": e.epoch, "step": e.step, "what": e.what}
+        if best is None:  # nothing validated: the weights of the last state saved (the initial ones, or the resumed)
+            best = state["model"]
     model.to("cpu")
     best = {k: v.cpu() for k, v in best.items()}
     return best, history, state
+
+
+class _NonFinite(Exception):
+    """Training produced a non-finite loss or weight (:func:`train` stops there)."""
+
+    def __init__(self, epoch: int, step: int, what: str):
+        super().__init__(what)
+        self.epoch, self.step, self.what = epoch, step, what
 
 
 def _epoch(model, opt, gen, args, epoch, step, total, warm, base_lrs, xtr, ytr, ltr, dev, on_step) -> dict:
@@ -154,6 +174,8 @@ def _epoch(model, opt, gen, args, epoch, step, total, warm, base_lrs, xtr, ytr, 
             g["lr"] = lr0 * f
         logits = model(u, lengths=lens)
         loss = F.cross_entropy(logits, t)
+        if not bool(torch.isfinite(loss)):
+            raise _NonFinite(epoch + 1, step + 1, "the training loss is not finite")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
