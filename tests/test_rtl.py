@@ -226,3 +226,58 @@ def test_lanes_must_divide_modes(tmp_path):
     im = sources.load(DEFAULT, torch_model=False)
     with pytest.raises(IntssmError, match="lanes must divide"):
         rtl.write_rtl(im.arrays, im.description(), tmp_path, lanes=3)
+
+
+# ------------------------------------------------------------------- the harness as a product ---
+
+#: A one-bit bug: the lowest bit of every new x_re code is inverted before it is stored.
+GOOD_LINE = "assign x_new[p * XW +: XW] = {sat_i[WXI-1:0], sat_r[WXR-1:0]};"
+BAD_LINE = "assign x_new[p * XW +: XW] = {sat_i[WXI-1:0], sat_r[WXR-1:1], ~sat_r[0]};"
+
+
+@needs("iverilog")
+def test_harness_catches_a_one_bit_bug(tmp_path):
+    """The generated design with one inverted state bit: the harness reports sequence 0, the first
+    step, the site (x_re of layer 0, channel 0, mode 0) and the value (the simulator's code with its
+    lowest bit flipped); the unmodified design passes on the same sequences."""
+    im, srcs, facts = _export(JV, tmp_path / "rtl", 4)
+    ds = data.load(str(ROOT / "data" / "uea" / "JapaneseVowels"), "test", 3)
+    P = im.input_codes(ds)
+    top = (tmp_path / "rtl" / rtl.TOP_FILE).read_text()
+    assert top.count(GOOD_LINE) == 1
+    bad = tmp_path / "buggy_top.v"
+    bad.write_text(top.replace(GOOD_LINE, BAD_LINE))
+    prim = tmp_path / "rtl" / rtl.PRIM_FILE
+    rep = cosim.cosim(facts, [prim, bad], tmp_path / "rtl", im.arrays, im.mean_pool, P, ds.lengths, simulator="icarus")
+    d = rep["first_difference"]
+    assert rep["bit_exact"] == 0 and d is not None
+    assert d["sequence"] == 0 and d["step"] == 0
+    assert d["site"] == "final state x_re[layer 0, channel 0, mode 0]"
+    assert d["got"] == d["expected"] ^ 1
+    assert "sequence 0, after step 0, final state x_re" in cosim.describe_difference(d)
+    good = cosim.cosim(facts, srcs, tmp_path / "rtl", im.arrays, im.mean_pool, P, ds.lengths, simulator="icarus")
+    assert good["first_difference"] is None and good["bit_exact"] == 3
+
+
+@needs("iverilog")
+def test_cli_export_rtl_and_cosim(tmp_path):
+    """``intssm export-rtl`` then ``intssm cosim --dut``: the generated design passes (exit 0, JSON
+    report); a buggy copy fails with exit 2 and one error line naming sequence, step, site and
+    value; golden vectors of another model are refused."""
+    from cli_helpers import intssm, ok_json
+
+    d = tmp_path / "rtl"
+    out = ok_json(intssm("export-rtl", JV, "-o", d, "--lanes", "4", "--json"))
+    assert out["lanes"] == 4 and (d / "rtl.json").is_file()
+    jv = ["--model", JV, "--seq", ROOT / "data" / "uea" / "JapaneseVowels", "--limit", "2", "--simulator", "icarus"]
+    rep = ok_json(intssm("cosim", d, *jv, "--json"))
+    assert rep["bit_exact"] == 2 and rep["first_difference"] is None
+    bad = tmp_path / "bad.v"
+    bad.write_text((d / rtl.TOP_FILE).read_text().replace(GOOD_LINE, BAD_LINE))
+    r = intssm("cosim", d, "--dut", d / rtl.PRIM_FILE, "--dut", bad, *jv)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: the design differs from the simulator: sequence 0, after step 0, "
+                                               "final state x_re[layer 0, channel 0, mode 0]"), r.stderr
+    r = intssm("cosim", d, "--simulator", "icarus", "--limit", "1")  # the default model is not JV's
+    assert r.returncode == 2 and "generated from another model" in r.stderr

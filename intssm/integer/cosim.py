@@ -1,13 +1,14 @@
 """Co-simulation: a design with the ports of docs/hardware.md, run under Verilator, against the
 simulator's golden vectors.
 
-:func:`build` compiles a design (the generated one, or any other with the same top module and
-ports) with a C++ testbench; :func:`run` feeds it input codes and returns, per sequence, its
-output words (logits, saturation counters, final state) and its measured cycles;
+:class:`Harness` compiles a design (the generated one, or any other with the same top module and
+ports) with a testbench (C++ under Verilator, or Verilog under Icarus) and runs it on input codes,
+returning per sequence its output words (logits, saturation counters, final state) and its
+measured cycles;
 :func:`golden` computes the same from :func:`intssm.integer.sim.simulate`; :func:`first_difference`
 names the first sequence, site and value where they differ, and :func:`locate_step` the first step
 at which the design's state or a saturation counter leaves the simulator's (by bisection over
-prefixes of that sequence). All comparisons are of integers, with ``==``.
+prefixes of that sequence), with the site and value there. All comparisons are of integers, with ``==``.
 """
 
 from __future__ import annotations
@@ -319,38 +320,47 @@ def first_difference(facts: Facts, got: list, want: list) -> dict | None:
     return None
 
 
-def _state_and_counters(facts: Facts, words: dict) -> np.ndarray:
-    """A sequence's per-step observables: the site counters up to the last layer's (not pool,
-    logits) and the final state."""
-    d = words["data"]
+def _observable(facts: Facts) -> np.ndarray:
+    """Indices of the output words that every step leaves behind: the site counters before pooling
+    (not pool, logits) and the state."""
     c0 = facts.D_OUT
-    return np.concatenate([d[c0:c0 + facts.n_counters - 2], d[c0 + facts.n_counters:]])
+    return np.concatenate([np.arange(c0, c0 + facts.n_counters - 2),
+                           np.arange(c0 + facts.n_counters, facts.words_per_sequence)])
 
 
-def locate_step(harness: "Harness", facts: Facts, arrays: dict, seq: np.ndarray, length: int) -> int | None:
+def locate_step(harness: "Harness", facts: Facts, arrays: dict, seq: np.ndarray, length: int) -> dict | None:
     """The first step (0-based) after which the design's state or a site's saturation counter
-    (every site before pooling) differs from the simulator's, for one sequence ``seq`` (L, D_IN):
-    bisection over prefixes (the design runs each prefix as a sequence of its own). None if every
-    prefix agrees (the difference arises in pooling or the decoder, at the sequence's end)."""
-    def differs(t: int) -> bool:
+    (every site before pooling) differs from the simulator's, for one sequence ``seq`` (L, D_IN),
+    found by bisection over prefixes (the design runs each prefix as a sequence of its own):
+    {step, site, expected, got} of the first differing word after that step. None if every prefix
+    agrees (the difference arises in pooling or the decoder, at the sequence's end)."""
+    idx = _observable(facts)
+
+    def diff(t: int) -> dict | None:
         P = seq[None, :t]
         lens = np.array([t], np.int64)
         g = harness(P, lens)[0]
         w = golden(arrays, P, lens, False)[0]  # counters and state do not depend on the pooling kind
         if len(g["data"]) != len(w["data"]):
-            return True
-        return not np.array_equal(_state_and_counters(facts, g), _state_and_counters(facts, w))
+            return {"site": "output length", "expected": len(w["data"]), "got": len(g["data"])}
+        bad = idx[g["data"][idx] != w["data"][idx]]
+        if not bad.size:
+            return None
+        j = int(bad[0])
+        return {"site": word_name(facts, j), "expected": int(w["data"][j]), "got": int(g["data"][j])}
 
-    if not differs(length):
+    d = diff(length)
+    if d is None:
         return None
-    lo, hi = 0, length  # differs(hi); not differs(lo) (the empty prefix agrees)
+    lo, hi = 0, length  # diff(hi) is not None; the empty prefix agrees
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if differs(mid):
-            hi = mid
+        dm = diff(mid)
+        if dm is not None:
+            hi, d = mid, dm
         else:
             lo = mid
-    return hi - 1
+    return {"step": hi - 1} | d
 
 
 def cosim(facts: Facts, sources: list, rom_dir: Path, arrays: dict, mean_pool: bool, P: np.ndarray,
@@ -366,10 +376,11 @@ def cosim(facts: Facts, sources: list, rom_dir: Path, arrays: dict, mean_pool: b
         diff = first_difference(facts, got, want)
         if diff is not None and diff["sequence"] < len(P):
             b = diff["sequence"]
-            diff["step"] = locate_step(h, facts, arrays, P[b], int(lengths[b]))
-            if diff["step"] is None:
+            loc = locate_step(h, facts, arrays, P[b], int(lengths[b]))
+            if loc is None:  # state and site counters agree after every step: pooling or the decoder
                 diff["step"] = int(lengths[b]) - 1
-                diff["step_note"] = "state and site counters agree after every earlier step: the difference arises at the end (pooling, decoder)"
+            else:
+                diff = {"sequence": b, **loc, "at_end": {k: diff[k] for k in ("site", "expected", "got")}}
     exact = sum(len(g["data"]) == len(w["data"]) and np.array_equal(g["data"], w["data"]) and np.array_equal(g["kinds"], w["kinds"])
                 for g, w in zip(got, want))
     steps = [(g["step_min"], g["step_max"]) for g in got if g["step_min"] >= 0]
@@ -382,9 +393,11 @@ def cosim(facts: Facts, sources: list, rom_dir: Path, arrays: dict, mean_pool: b
 
 
 def describe_difference(d: dict) -> str:
-    """One line naming the first difference."""
-    step = f", step {d['step']}" if d.get("step") is not None else ""
-    return f"sequence {d['sequence']}{step}, {d['site']}: expected {d['expected']}, got {d['got']}"
+    """One line naming the first difference: sequence, step, site and value."""
+    step = f", after step {d['step']}" if d.get("step") is not None else ""
+    end = d.get("at_end")
+    end = f" (at the sequence's end: {end['site']}: expected {end['expected']}, got {end['got']})" if end else ""
+    return f"sequence {d['sequence']}{step}, {d['site']}: expected {d['expected']}, got {d['got']}{end}"
 
 
 __all__ = ["Harness", "golden", "first_difference", "locate_step", "cosim", "describe_difference"]

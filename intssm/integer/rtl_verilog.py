@@ -283,6 +283,7 @@ BODY = r"""
     reg        [31:0]     lph_r [0:P-1];   // dither lane phases j * WEYL_LANE mod 2^32
     reg        [31:0]     lph_i [0:P-1];
     wire [P-1:0] clip_r, clip_i;
+    wire signed [WACC-1:0] xr_lo = QMIN_XRE, xr_hi = QMAX_XRE, xi_lo = QMIN_XIM, xi_hi = QMAX_XIM;
     wire [XW*P-1:0] x_new;
     genvar p;
     generate for (p = 0; p < P; p = p + 1) begin : lane
@@ -315,8 +316,8 @@ BODY = r"""
         wire signed [WACC-1:0] sh_r, sh_i, sat_r, sat_i;
         intssm_offset_rshift #(.W(WACC), .WS(7)) u_or (.v(acc_r[p]), .d(d_r), .s(c_sr), .r(sh_r));
         intssm_offset_rshift #(.W(WACC), .WS(7)) u_oi (.v(acc_i[p]), .d(d_i), .s(c_si), .r(sh_i));
-        intssm_saturate #(.W(WACC)) u_sr (.v(sh_r + c_zr), .lo(QMIN_XRE), .hi(QMAX_XRE), .r(sat_r), .flag(clip_r[p]));
-        intssm_saturate #(.W(WACC)) u_si (.v(sh_i + c_zi), .lo(QMIN_XIM), .hi(QMAX_XIM), .r(sat_i), .flag(clip_i[p]));
+        intssm_saturate #(.W(WACC)) u_sr (.v(sh_r + c_zr), .lo(xr_lo), .hi(xr_hi), .r(sat_r), .flag(clip_r[p]));
+        intssm_saturate #(.W(WACC)) u_si (.v(sh_i + c_zi), .lo(xi_lo), .hi(xi_hi), .r(sat_i), .flag(clip_i[p]));
         assign x_new[p * XW +: XW] = {sat_i[WXI-1:0], sat_r[WXR-1:0]};
         always @(posedge clk) begin
             if (st == S_PREP) begin
