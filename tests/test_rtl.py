@@ -235,6 +235,7 @@ GOOD_LINE = "assign x_new[p * XW +: XW] = {sat_i[WXI-1:0], sat_r[WXR-1:0]};"
 BAD_LINE = "assign x_new[p * XW +: XW] = {sat_i[WXI-1:0], sat_r[WXR-1:1], ~sat_r[0]};"
 
 
+@pytest.mark.slow
 @needs("iverilog")
 def test_harness_catches_a_one_bit_bug(tmp_path):
     """The generated design with one inverted state bit: the harness reports sequence 0, the first
@@ -274,10 +275,38 @@ def test_cli_export_rtl_and_cosim(tmp_path):
     assert rep["bit_exact"] == 2 and rep["first_difference"] is None
     bad = tmp_path / "bad.v"
     bad.write_text((d / rtl.TOP_FILE).read_text().replace(GOOD_LINE, BAD_LINE))
-    r = intssm("cosim", d, "--dut", d / rtl.PRIM_FILE, "--dut", bad, *jv)
+    r = intssm("cosim", d, "--dut", d / rtl.PRIM_FILE, "--dut", bad, *jv, "--json")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    diff = json.loads(r.stdout.strip())["first_difference"]  # the report, then the error
+    assert diff["sequence"] == 0 and diff["step"] == 0 and diff["got"] == diff["expected"] ^ 1
     err = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("error: the design differs from the simulator: sequence 0, after step 0, "
                                                "final state x_re[layer 0, channel 0, mode 0]"), r.stderr
     r = intssm("cosim", d, "--simulator", "icarus", "--limit", "1")  # the default model is not JV's
     assert r.returncode == 2 and "generated from another model" in r.stderr
+
+
+# ------------------------------------------------------------------------------ synthesis ---
+
+@needs("yosys")
+@needs("nextpnr-ice40")
+def test_small_design_synthesizes_for_ice40(tmp_path):
+    """A small model's design (2 channels, 1 mode, 1 layer) through Yosys synth_ice40 -dsp and
+    nextpnr-ice40 --up5k: it fits, closes timing at a positive clock, and the figures derived from
+    it are consistent (us per step = stated cycles / Fmax); the generic gate count is positive."""
+    from test_cexport import _tiny
+
+    qm = _tiny()
+    from intssm.integer.export import integer_model
+
+    arrays = integer_model(qm)
+    _, facts = rtl.write_rtl(arrays, manifest_like(qm), tmp_path, lanes=1)
+    rep = rtl.synthesize(tmp_path, facts, timeout=600)
+    assert rep["fits"] is True
+    assert 0 < rep["logic_cells"] <= rtl.UP5K["lc"] and rep["luts"] > 0 and rep["flip_flops"] > 0
+    assert rep["sb_mac16"] <= rtl.UP5K["dsp"] and rep["bram_4k"] <= rtl.UP5K["bram"]
+    assert rep["fmax_mhz"] > 1.0
+    assert rep["us_per_step"] == pytest.approx(facts.cycles_per_step / rep["fmax_mhz"])
+    assert rep["generic"]["gates"] > 100 and rep["generic"]["flip_flops"] > 0
+    assert (tmp_path / "synth" / "ice40.asc").stat().st_size > 0
+    assert "max clock" in rtl.describe_synthesis(rep)

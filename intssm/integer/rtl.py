@@ -182,7 +182,7 @@ def design(a: dict, cfg, qcfg, seq_len: int, lanes: int):
     WXR, WXI = swidth(*R["x_re"]), swidth(*R["x_im"])
     cb = lambda f: getattr(qcfg, f).centered_bound  # noqa: E731
     WXV = max(cb("x_re"), cb("x_im"), cb("h")).bit_length() + 1
-    WK, WC = _sw(K), _sw(Cc)
+    WK, WC = _sw(K), _sw(Cc)  # the lanes' constant operand: the wider of the two
     WYM, WDM = _sw(np.concatenate([ym0.ravel(), ym1n.ravel()])), _sw(dm)
     WENC, WMIX, WDEC = _sw(enc_wm), _sw(mix_wm), _sw(dec_wm)
     WBM = _sw(np.concatenate([enc_bm, mix_bm.ravel(), dec_bm]))
@@ -190,21 +190,18 @@ def design(a: dict, cfg, qcfg, seq_len: int, lanes: int):
     WSA = max(WENC, WMIX, WDEC, WYM, WDM, 17, WSIG)
 
     rom = {}
-    # mode ROM: one word per (layer, channel, mode group), lane p's record at bits [p MREC, (p+1) MREC)
-    mfields = ["K0", "K1", "K2", "K3", "K4", "K5", "CR", "CI"]
-    mw = [WK] * 6 + [WC] * 2
-    MREC = sum(mw)
+    # mode ROM: one word per (layer, channel, mode group, slot), lane p's constant at bits
+    # [p WK, (p+1) WK): slots 0..5 K0..K5, 6 and 7 C_re', C_im' (one constant per lane and cycle)
+    WK = max(WK, WC)
     recs = []
     for i in range(NL):
         for h in range(H):
             for m in range(MG):
-                word = 0
-                for p in range(P):
-                    n = m * P + p
-                    vals = [[int(K[i, h, t, n])] for t in range(6)] + [[int(Cc[i, h, 0, n])], [int(Cc[i, h, 1, n])]]
-                    word |= _pack(vals, mw)[0] << (p * MREC)
-                recs.append(word)
-    rom["mode"] = (recs, MREC * P)
+                n = m * P + np.arange(P)
+                for slot in range(8):
+                    v = K[i, h, slot, n] if slot < 6 else Cc[i, h, slot - 6, n]
+                    recs.append(_pack([[int(x)] for x in v], [WK] * P)[0])
+    rom["mode"] = (recs, WK * P)
     # per-channel ROM
     ch = [("SR", a["x_re_S"], 7), ("SI", a["x_im_S"], 7), ("ZR", a["x_re_z"], WXR), ("ZI", a["x_im_z"], WXI),
           ("YM0", ym0, WYM), ("YM1", ym1n, WYM), ("DM", dm, WDM), ("YS", a["y_S"], 7),
@@ -239,15 +236,13 @@ def design(a: dict, cfg, qcfg, seq_len: int, lanes: int):
           "WEYL_STEP": WEYL_STEP, "WEYL_LANE": WEYL_LANE,
           "WACC": WACC, "WSA": WSA, "WSB": WSB, "WTY": WSB, "WXV": WXV, "WK": WK, "WC": WC, "WYM": WYM, "WDM": WDM,
           "WBM": WBM, "WXR": WXR, "WXI": WXI, "XW": WXR + WXI, "WH": swidth(*R["h"]), "WG": swidth(*R["glu"]),
-          "WY": swidth(*R["y"]), "WLOG": swidth(*R["logits"]), "MREC": MREC,
-          "MR_K0": 0, "MR_K1": WK, "MR_K2": 2 * WK, "MR_K3": 3 * WK, "MR_K4": 4 * WK, "MR_K5": 5 * WK,
-          "MR_CR": 6 * WK, "MR_CI": 6 * WK + WC, **lp_ch,
+          "WY": swidth(*R["y"]), "WLOG": swidth(*R["logits"]), **lp_ch,
           "BI_S": 0, "BI_BM": 7, "BI_W": BI_W, "PL_S": 0, "PL_M": 7, "POOL_W": 23,
-          "MODE_W": MREC * P, "CH_W": off + 64, "ENC_W": WENC, "MIX_W": WMIX, "DEC_W": WDEC, "GELU_W": WGELU,
+          "MODE_W": WK * P, "CH_W": off + 64, "ENC_W": WENC, "MIX_W": WMIX, "DEC_W": WDEC, "GELU_W": WGELU,
           "SIG_W": WSIG,
-          "MODE_D": NL * H * MG, "CH_D": NL * H, "ENC_D": H * D_IN, "MIX_D": NL * 2 * H * H, "MIXB_D": NL * 2 * H,
+          "MODE_D": NL * H * MG * 8, "X_D": NL * H * MG, "CH_D": NL * H, "ENC_D": H * D_IN, "MIX_D": NL * 2 * H * H, "MIXB_D": NL * 2 * H,
           "DEC_D": D_OUT * H, "GELU_D": NL * YC, "SIG_D": NL * GC,
-          "MODE_AW": _aw(NL * H * MG), "CH_AW": _aw(NL * H), "ENC_AW": _aw(H * D_IN), "H_AW": _aw(H),
+          "MODE_AW": _aw(NL * H * MG * 8), "X_AW": _aw(NL * H * MG), "CH_AW": _aw(NL * H), "ENC_AW": _aw(H * D_IN), "H_AW": _aw(H),
           "MIX_AW": _aw(NL * 2 * H * H), "MIXB_AW": _aw(NL * 2 * H), "DEC_AW": _aw(D_OUT * H), "DO_AW": _aw(D_OUT),
           "GELU_AW": _aw(NL * YC), "SIG_AW": _aw(NL * GC),
           "POOL_Z": int(a["pool_z"][0]), "LOGITS_Z": int(a["logits_z"][0])}
@@ -433,6 +428,9 @@ def synthesize(d: Path, facts: Facts, place: bool = True, seed: int = 1, timeout
            "sb_mac16": cells.get("SB_MAC16", 0), "bram_4k": cells.get("SB_RAM40_4K", 0), "spram": cells.get("SB_SPRAM256KA", 0),
            "carry": cells.get("SB_CARRY", 0), "up5k": UP5K}
     del log
+    if place and (rep["luts"] > UP5K["lc"] or rep["sb_mac16"] > UP5K["dsp"] or rep["bram_4k"] > UP5K["bram"]):
+        rep["fits"] = False  # nextpnr would stop at packing; the figures above say by how much
+        place = False
     if place:
         npnr = _tool("nextpnr-ice40")
         txt = _run([npnr, "--up5k", "--package", "sg48", "--json", "synth/ice40.json", "--asc", "synth/ice40.asc",
@@ -446,7 +444,7 @@ def synthesize(d: Path, facts: Facts, place: bool = True, seed: int = 1, timeout
             raise IntssmError("nextpnr-ice40 reported no maximum frequency")
         fmax = float(fm[-1])
         us = facts.cycles_per_step / fmax
-        rep |= {"placed": util, "logic_cells": util.get("ICESTORM_LC", [None])[0], "fmax_mhz": fmax,
+        rep |= {"fits": True, "placed": util, "logic_cells": util.get("ICESTORM_LC", [None])[0], "fmax_mhz": fmax,
                 "us_per_step": us, "ms_per_sequence": us * facts.seq_len / 1000, "sequence_steps": facts.seq_len}
     gen = _run([yosys, "-q", "-p", f"read_verilog {PRIM_FILE} {TOP_FILE}; synth -flatten -top {TOP} -run begin:fine; "
                 "opt -fast -full; techmap; opt -fast; abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX; opt_clean; "
@@ -470,6 +468,9 @@ def describe_synthesis(r: dict) -> str:
     """The synthesis figures in a few lines."""
     lines = [f"{r['device']}: {r['luts']} LUTs, {r['flip_flops']} flip-flops, {r['sb_mac16']} SB_MAC16, "
              f"{r['bram_4k']} block RAMs, {r['spram']} SPRAM (Yosys synth_ice40 -dsp)"]
+    if r.get("fits") is False:
+        lines.append(f"  does not fit the UP5K ({r['up5k']['lc']} logic cells, {r['up5k']['dsp']} SB_MAC16, "
+                     f"{r['up5k']['bram']} block RAMs): not placed")
     if "fmax_mhz" in r:
         lines.append(f"  placed and routed: {r['logic_cells']} logic cells; max clock {r['fmax_mhz']:.2f} MHz; "
                      f"{r['cycles_per_step']} cycles per step = {r['us_per_step']:.2f} us; "

@@ -121,7 +121,13 @@ BODY = r"""
     // ------------------------------------------------------------------ ROMs (registered reads)
     wire [31:0] chan_addr = li * H + hh;
     wire [31:0] blk_base = chan_addr * MG;
-    wire [31:0] mode_addr = blk_base + mg + ((st == S_MODE && ph == 4'd8 && mg != MG - 1) ? 1 : 0);
+    // the mode loop reads one constant per lane and cycle: word (mode group, slot), slot 0..5 the
+    // state update's K0..K5 (used at phase 0..5), 6 and 7 the output's C_re', C_im' (phase 7, 8)
+    wire [15:0] mg_next = (st == S_MODE && ph == 4'd8 && mg != MG - 1) ? mg + 1'b1 : mg;
+    wire [3:0]  slot_next = (st != S_MODE) ? 4'd0 : (ph <= 4'd4) ? ph + 4'd1 : (ph <= 4'd6) ? 4'd6
+                          : (ph == 4'd7) ? 4'd7 : 4'd0;
+    wire [31:0] x_addr = blk_base + mg_next;
+    wire [31:0] mode_addr = x_addr * 8 + slot_next;
     wire [31:0] dump_addr = dblk * MG + dn / P;
     wire [31:0] enc_addr = row * D_IN + k;
     wire [31:0] mix_addr = (li * 2 * H + row) * H + k;
@@ -196,16 +202,16 @@ BODY = r"""
     wire        [31:0]      c_li   = chan_q[CH_LI +: 32];
 
     // ------------------------------------------------------------------ state RAM (lanes side by side)
-    reg [XW*P-1:0] xram [0:MODE_D-1];
+    reg [XW*P-1:0] xram [0:X_D-1];
     reg [XW*P-1:0] xram_q;
     reg            x_we;
     reg [31:0]     x_waddr;
     reg [XW*P-1:0] x_wdata;
-    wire [31:0] x_raddr = (st == S_DUMP) ? dump_addr : mode_addr;
+    wire [31:0] x_raddr = (st == S_DUMP) ? dump_addr : x_addr;
     always @(posedge clk) begin
-        xram_q <= xram[x_raddr[MODE_AW-1:0]];
+        xram_q <= xram[x_raddr[X_AW-1:0]];
         if (x_we)
-            xram[x_waddr[MODE_AW-1:0]] <= x_wdata;
+            xram[x_waddr[X_AW-1:0]] <= x_wdata;
     end
 
     // ------------------------------------------------------------------ operands of the step
@@ -287,21 +293,10 @@ BODY = r"""
     wire [XW*P-1:0] x_new;
     genvar p;
     generate for (p = 0; p < P; p = p + 1) begin : lane
-        wire [MREC-1:0] rec = mode_q[p * MREC +: MREC];
-        wire signed [WK-1:0] k0 = rec[MR_K0 +: WK];
-        wire signed [WK-1:0] k1 = rec[MR_K1 +: WK];
-        wire signed [WK-1:0] k2 = rec[MR_K2 +: WK];
-        wire signed [WK-1:0] k3 = rec[MR_K3 +: WK];
-        wire signed [WK-1:0] k4 = rec[MR_K4 +: WK];
-        wire signed [WK-1:0] k5 = rec[MR_K5 +: WK];
-        wire signed [WC-1:0] cr = rec[MR_CR +: WC];
-        wire signed [WC-1:0] ci = rec[MR_CI +: WC];
+        wire signed [WK-1:0] la = mode_q[p * WK +: WK];   // this phase's constant (K0..K5, C_re', C_im')
         wire [XW-1:0] xw = xram_q[p * XW +: XW];
         wire signed [WXV-1:0] xr_c = $signed(xw[0 +: WXR]) - c_zr;    // x_re' = x_re - z
         wire signed [WXV-1:0] xi_c = $signed(xw[WXR +: WXI]) - c_zi;
-        wire signed [WK-1:0]  la = (ph == 4'd0) ? k0 : (ph == 4'd1) ? k1 : (ph == 4'd2) ? k2
-                                 : (ph == 4'd3) ? k3 : (ph == 4'd4) ? k4 : (ph == 4'd5) ? k5
-                                 : (ph == 4'd7) ? cr : ci;
         wire signed [WXV-1:0] lb = (ph == 4'd0 || ph == 4'd4) ? xr_c : (ph == 4'd1 || ph == 4'd3) ? xi_c
                                  : (ph == 4'd2 || ph == 4'd5) ? u_c
                                  : (ph == 4'd7) ? nr_q[p] - c_zr : ni_q[p] - c_zi;
