@@ -217,7 +217,7 @@ class Harness:
         r = subprocess.run(cmd, cwd=self.build_dir, capture_output=True, text=True)
         exe = self.build_dir / "obj" / "tb"
         if r.returncode != 0 or not exe.is_file():
-            raise IntssmError(f"verilator failed on {', '.join(self.sources)}:\n{(r.stderr or r.stdout)[-3000:]}")
+            raise IntssmError(f"verilator failed on {', '.join(self.sources)}: {_first_error(r.stderr + r.stdout)}")
         return exe
 
     def __call__(self, P: np.ndarray, lengths: np.ndarray) -> list:
@@ -242,14 +242,23 @@ class Harness:
                 r = subprocess.run([iv, "-g2005", "-o", str(t / "sim"), *[f"-D{k}={v}" for k, v in defs.items()],
                                     str(t / "tb.v"), *self.sources], capture_output=True, text=True)
                 if r.returncode != 0:
-                    raise IntssmError(f"iverilog failed on {', '.join(self.sources)}:\n{(r.stderr or r.stdout)[-3000:]}")
+                    raise IntssmError(f"iverilog failed on {', '.join(self.sources)}: {_first_error(r.stderr + r.stdout)}")
                 cmd = [shutil.which("vvp") or "vvp", "-n", str(t / "sim")]
             r = subprocess.run(cmd, cwd=self.rom_dir, capture_output=True, text=True)
             text = out.read_text() if out.is_file() else ""
             if r.returncode != 0 or "stall" in text:
-                msg = (r.stderr.strip() or "stall: the design stopped accepting inputs or emitting words")[-2000:]
+                msg = _first_error(r.stderr) if r.stderr.strip() else "stall: the design stopped accepting inputs or emitting words"
                 raise IntssmError(f"the design under test failed: {msg}")
         return _parse(text, B)
+
+
+def _first_error(log: str) -> str:
+    """The first error line of a tool's log (the whole log's last line if none is marked)."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower():
+            return ln
+    return lines[-1] if lines else "no output"
 
 
 def _parse(text: str, B: int) -> list:

@@ -472,12 +472,14 @@ BODY = r"""
                     end
                 end
             end
-            S_POOL: begin
-                for (j = 0; j < H; j = j + 1)
-                    pool_acc[j] <= (MEAN_POOL ? pool_acc[j] : 0) + ($signed(hreg[j]) - hz(NL));
-                phase <= phase + WEYL_STEP;
-                li <= 0; hh <= 0; ph <= 0;
-                st <= last_q ? S_FIN : S_IDLE;
+            S_POOL: begin  // one channel a cycle (one adder)
+                pool_acc[hh] <= (MEAN_POOL ? pool_acc[hh] : 0) + ($signed(hreg[hh]) - hz(NL));
+                if (hh != H - 1) hh <= hh + 1;
+                else begin
+                    phase <= phase + WEYL_STEP;
+                    li <= 0; hh <= 0; ph <= 0;
+                    st <= last_q ? S_FIN : S_IDLE;
+                end
             end
             S_FIN: begin  // pooled = requant(pool_acc M) - z_pool
                 if (ph != 4'd2) ph <= ph + 1;
