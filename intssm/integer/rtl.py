@@ -234,6 +234,8 @@ def design(a: dict, cfg, qcfg, seq_len: int, lanes: int):
     lp = {"H": H, "N2": N2, "NL": NL, "D_IN": D_IN, "D_OUT": D_OUT, "P": P, "MG": MG, "NCNT": ncnt,
           "YC": YC, "GC": GC, "DITHER": int(dither), "MEAN_POOL": int(cfg.pool == "mean"),
           "WEYL_STEP": WEYL_STEP, "WEYL_LANE": WEYL_LANE,
+          "WAC": cb("act").bit_length() + 1, "WPC": cb("pool").bit_length() + 1,
+          "WPA": terms["pool"][0][0].bit_length() + 1,  # |sum of centred h over the pooled steps|
           "WACC": WACC, "WSA": WSA, "WSB": WSB, "WTY": WSB, "WXV": WXV, "WK": WK, "WC": WC, "WYM": WYM, "WDM": WDM,
           "WBM": WBM, "WXR": WXR, "WXI": WXI, "XW": WXR + WXI, "WH": swidth(*R["h"]), "WG": swidth(*R["glu"]),
           "WY": swidth(*R["y"]), "WLOG": swidth(*R["logits"]), **lp_ch,

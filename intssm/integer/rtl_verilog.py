@@ -109,10 +109,10 @@ BODY = r"""
 
     reg        [7:0]        pin      [0:D_IN-1];
     reg signed [WH-1:0]     hreg     [0:H-1];      // residual stream codes
-    reg signed [WSB-1:0]    a_c      [0:H-1];      // GELU outputs, centred (a - z_act)
+    reg signed [WAC-1:0]    a_c      [0:H-1];      // GELU outputs, centred (a - z_act)
     reg signed [WG-1:0]     greg     [0:2*H-1];    // GLU mixing codes
-    reg signed [WSB-1:0]    pool_acc [0:H-1];      // pooling accumulator (centred h)
-    reg signed [WSB-1:0]    pooled_c [0:H-1];      // pooled codes, centred
+    reg signed [WPA-1:0]    pool_acc [0:H-1];      // pooling accumulator (centred h)
+    reg signed [WPC-1:0]    pooled_c [0:H-1];      // pooled codes, centred
     reg signed [WLOG-1:0]   logit    [0:D_OUT-1];
     reg        [31:0]       cnt      [0:NCNT-1];   // saturation counters (docs/datapath.md)
 
@@ -485,7 +485,7 @@ BODY = r"""
                 if (ph != 4'd2) ph <= ph + 1;
                 else begin
                     ph <= 0;
-                    pooled_c[hh] <= q_code[WSB-1:0] - POOL_Z;
+                    pooled_c[hh] <= q_code - POOL_Z;
                     cnt[NCNT - 2] <= cnt[NCNT - 2] + q_flag;
                     if (hh != H - 1) hh <= hh + 1;
                     else begin hh <= 0; st <= S_DOT; dsite <= D_DEC; row <= 0; k <= 0; end
