@@ -622,6 +622,77 @@ C_EXPORT_FILES = ("main.c", "README.md")  # what export-c writes in --out beside
 UNVERIFIED_MARK = "UNVERIFIED"  # export-c --target: present until the emulated target matched the simulator
 
 
+@app.command("export-rtl")
+def export_rtl(
+    model: Annotated[Path, typer.Argument(help="Quantized/float checkpoint or integer artifact (.npz).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the Verilog, ROM files and rtl.json into.")],
+    lanes: Annotated[int, typer.Option(help="Multipliers run over the complex modes in lockstep (must divide d_state/2); "
+                                            "one scalar multiplier runs the other sites.")] = 8,
+    synth: Annotated[bool, typer.Option(help="Also synthesize for the iCE40 UP5K (yosys synth_ice40 -dsp), place and "
+                                             "route (nextpnr-ice40 --up5k) and count generic gates (yosys synth; stat).")] = False,
+    report: Annotated[bool, typer.Option(help="With --synth: write the figures to DIR/report.json.")] = False,
+    as_json: JsonOpt = False,
+):
+    """Write the integer model as synthesizable Verilog (docs/hardware.md), bit-exact with the simulator."""
+    from intssm import sources
+    from intssm.integer import rtl
+
+    outputs.check_dir(out, inputs=[model], what="--out")
+    if report and not synth:
+        raise IntssmError("--report needs --synth")
+    im = sources.load(model, torch_model=False)
+    files, facts = rtl.write_rtl(im.arrays, im.description() | {"source": str(model)}, out, lanes)
+    res = {"out": str(out), "files": [str(f) for f in files], "lanes": facts.P, "multipliers": facts.multipliers,
+           "cycles_per_step": facts.cycles_per_step, "multiplications_per_step": facts.multiplications_per_step}
+    human = (f"wrote {len(files)} files to {out}: {facts.P} lanes + 1 scalar multiplier, {facts.cycles_per_step} cycles "
+             f"per step ({facts.multiplications_per_step} multiplications)")
+    if synth:
+        rep = rtl.synthesize(out, facts)
+        res["synthesis"] = rep
+        human += "\n" + rtl.describe_synthesis(rep)
+        if report:
+            res["report"] = str(outputs.write_text(out / "report.json", json.dumps(res, indent=1) + "\n"))
+            human += f"\nreport: {res['report']}"
+    _emit(res, as_json, human)
+
+
+@app.command("cosim")
+def cosim_(
+    rtl_dir: Annotated[Path, typer.Argument(help="Directory written by export-rtl (rtl.json and the ROM files).")],
+    dut: Annotated[Optional[list[Path]], typer.Option("--dut", help="Verilog file of the design under test (repeat for "
+                                                                     "several); default: the generated design in RTL_DIR.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="The model RTL_DIR was generated from (default: the shipped model).")] = None,
+    seq: SeqOpt = "smnist",
+    split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
+    limit: Annotated[int, typer.Option("--limit", help="Sequences to run.")] = 200,
+    simulator: Annotated[str, typer.Option(help="verilator | icarus.")] = "verilator",
+    top: Annotated[str, typer.Option(help="Top module of the design under test.")] = "intssm_top",
+    as_json: JsonOpt = False,
+):
+    """Run a design with the documented ports (docs/hardware.md) on real sequences and require the
+    simulator's logits, saturation counters and final state; names the first difference."""
+    from intssm import data, sources
+    from intssm.integer import cosim, rtl
+
+    _check_limit(limit)
+    facts = rtl.read_facts(rtl_dir)
+    im = sources.load(model or DEFAULT_QUANT_CKPT, torch_model=False)
+    if rtl.arrays_sha256(im.arrays) != facts.arrays_sha256:
+        raise IntssmError(f"{rtl_dir} was generated from another model than {model or DEFAULT_QUANT_CKPT} (give --model)")
+    ds = data.load(seq, split, limit)
+    P = im.input_codes(ds)
+    im.check_data(ds)
+    srcs = dut or [Path(rtl_dir) / f for f in (rtl.PRIM_FILE, rtl.TOP_FILE)]
+    rep = cosim.cosim(facts, srcs, Path(rtl_dir), im.arrays, im.mean_pool, P, ds.lengths, top=top, simulator=simulator)
+    rep |= {"dut": [str(s) for s in srcs], "seq": seq, "split": split}
+    cyc = rep["cycles_per_step_measured"]
+    human = (f"{', '.join(map(str, srcs))}: bit-exact with the simulator on {rep['bit_exact']} / {rep['sequences']} sequences "
+             f"(logits, saturation counters, final state)" + (f"; {cyc[0]}..{cyc[1]} cycles per step" if cyc else ""))
+    _emit(rep, as_json, human)
+    if rep["first_difference"] is not None:
+        raise IntssmError(f"the design differs from the simulator: {cosim.describe_difference(rep['first_difference'])}")
+
+
 def _deploy_text(r: dict, path) -> str:
     i, a = r["integer"], r["accounted"]
     lines = [f"{r['model']} on an emulated {r['target']} ({r['elf']})",
