@@ -209,6 +209,49 @@ def train(
     _emit({"out": str(out), "best_epoch": best_rec["epoch"], "val_acc": best_rec["val_acc"], "history": history}, as_json, txt)
 
 
+@app.command()
+def fit(
+    seq: Annotated[str, typer.Option("--seq", help="The dataset: UEA/UCR .ts dataset (directory or NAME_TRAIN.ts) | .npz | IDX directory | smnist | psmnist.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for float.pt, int.pt, model.npz, c/, card.md, card.json, front.png.")],
+    max_minutes: Annotated[float, typer.Option(help="Time budget of the whole run, shared by its stages.")] = 15.0,
+    budget_bytes: Annotated[Optional[int], typer.Option(help="Deployed bytes (C constants + state) the integer model must fit.")] = None,
+    max_drop: Annotated[float, typer.Option(help="Points of accuracy the integer model may lose against the float model, on the selection sequences.")] = 1.0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps of each float run (warm-up, cosine decay, early stopping).")] = 1000,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (datasets under 1,000 training sequences).")] = 3,
+    qat_steps: Annotated[int, typer.Option(help="QAT optimizer steps per quantization preset (batch 16); 0 = PTQ only.")] = 300,
+    workers: Annotated[int, typer.Option(help="Parallel float runs (1: in this process).")] = 1,
+    executor: Annotated[str, typer.Option(help="local | ray (with --workers > 1).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray instance).")] = None,
+    target: Annotated[str, typer.Option(help="host | cortex-m4 | cortex-m3: also run the C export on the emulated microcontroller.")] = "host",
+    seed: Annotated[int, typer.Option(help="Seed of the folds, initialisation and batches.")] = 0,
+    as_json: JsonOpt = False,
+):
+    """From a dataset to a small verified integer model: float model selection (cross-validation on
+    small data), quantization to the goal, bit-exact verification, C export and a model card.
+
+    The test split is read only after every choice is made. Ctrl-C writes the card as it stands."""
+    from intssm.fit import FitOptions, check_options
+    from intssm.fit import fit as run_fit
+
+    opts = FitOptions(max_minutes=max_minutes, budget_bytes=budget_bytes, max_drop=max_drop, steps=steps, folds=folds,
+                      qat_steps=qat_steps, workers=workers, executor=executor, ray_address=ray_address, seed=seed, target=target)
+    check_options(opts)
+    outputs.check_dir(out, inputs=[seq], what="--out")
+    _small_torch_ops()
+    say = (lambda m: None) if as_json else (lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))
+    try:
+        card = run_fit(seq, out, opts, say=say)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {out / 'card.json'} holds the stages completed so far") from None
+    v = card["stages"]["verify"]
+    r, m = v["results"], v["memory"]
+    q = card["stages"]["quantize"]
+    human = (f"{out}: {m['config']}, {m['deployed_bytes']:,} B deployed; integer test accuracy {r['test']['int_acc']:.4f} "
+             f"(float {r['test']['float_acc']:.4f}), bit-exact {r['test']['bit_exact']}/{r['test']['n']}; "
+             f"goal {'met' if q['goal_met'] else 'NOT met'} on the selection sequences; {card['seconds']:.0f} s")
+    _emit({"out": str(out), "card": card}, as_json, human)
+
+
 @app.command("eval")
 def eval_(
     ckpt: Annotated[Path, typer.Argument(help="Float checkpoint (.pt).")] = DEFAULT_FLOAT_CKPT,
