@@ -195,6 +195,8 @@ def fit(seq: str, out: Path, opts: FitOptions, say=print) -> dict:
     from intssm import data
 
     check_options(opts)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     deadline = t0 + 60 * opts.max_minutes
     info = data.info(seq)

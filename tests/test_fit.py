@@ -1,0 +1,149 @@
+"""`intssm fit` (intssm/fit.py) and the step-budgeted training it runs (intssm/training/train.py)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from cli_helpers import assert_clean_error, intssm, ok_json
+from intssm.fit import FitOptions, cv_summary, fit, kfold
+from intssm.training.model import ModelConfig, S4DModel
+from intssm.training.train import fold_standardisation, lr_factor, standardisation
+
+
+def _tiny(path, test_labels=None, seed=0):
+    """Two classes told apart by the sign of a slow drift in channel 0, on a large offset and scale
+    (what standardisation is for); 30 training and 16 test sequences of 16 steps, 2 channels."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % 2
+        t = np.linspace(0, 1, 16)[None, :, None]
+        x = rng.normal(0, 0.3, (n, 16, 2)) + (2 * y - 1)[:, None, None] * t * np.array([1.0, 0.0])
+        return (100 + 20 * x).astype(np.float32), y.astype(np.int64)
+
+    xtr, ytr = make(30)
+    xte, yte = make(16)
+    if test_labels is not None:
+        yte = test_labels(yte)
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path
+
+
+@given(st.lists(st.integers(0, 3), min_size=8, max_size=60), st.integers(2, 5))
+def test_kfold_partitions_and_stratifies(y, k):
+    """Every sequence is in exactly one validation fold, train and validation are complements, and
+    each class is dealt evenly: its count in two folds differs by at most one."""
+    y = np.array(y)
+    folds = kfold(y, k)
+    seen = np.concatenate([v for _, v in folds])
+    assert sorted(seen.tolist()) == list(range(len(y)))
+    for tr, va in folds:
+        assert not set(tr) & set(va) and len(tr) + len(va) == len(y)
+    for c in np.unique(y):
+        counts = [int((y[va] == c).sum()) for _, va in folds]
+        assert max(counts) - min(counts) <= 1
+
+
+def test_standardisation_folds_into_the_encoder():
+    """The model trained on (u - mu) / sd, with the standardisation folded into its encoder, gives
+    the same logits on the raw u (float64, to rounding); padding steps do not enter mu and sd."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(50, 7, (6, 12, 3)) * np.array([1, 10, 0.1])
+    lens = np.array([12, 5, 12, 3, 8, 12])
+    x[1, 5:] = 1e6  # padding: must not move the statistics
+    mu, sd = standardisation(x, lens)
+    valid = np.concatenate([x[i, : lens[i]] for i in range(6)])
+    np.testing.assert_allclose(mu, valid.mean(0))
+    np.testing.assert_allclose(sd, valid.std(0))
+    m = S4DModel(ModelConfig(d_input=3, d_output=4, d_model=8, d_state=8, pool="last"), seed=0).double()
+    ref = m(torch.from_numpy((x - mu) / sd), lengths=torch.from_numpy(lens))
+    fold_standardisation(m, mu, sd)
+    got = m(torch.from_numpy(x), lengths=torch.from_numpy(lens))
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    """Linear warm-up reaching 1 at the last warm-up step, then a monotone cosine down to 0 at the end."""
+    f = [lr_factor(s, 100, 10) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[10] == 1.0
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[100] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cv_summary_picks_the_best_mean_step():
+    """The mean over folds at each step, a fold stopped early holding its last score."""
+    runs = [{"curve": [{"step": 10, "val_acc": 0.5, "val_loss": 1.0}, {"step": 20, "val_acc": 1.0, "val_loss": 0.5}]},
+            {"curve": [{"step": 10, "val_acc": 0.75, "val_loss": 0.8}]}]
+    s = cv_summary(runs, 20)
+    assert s["step"] == 20 and s["val_acc"] == pytest.approx(0.875)
+
+
+def _strip(o):
+    """A card's choices without wall-clock seconds and file paths."""
+    if isinstance(o, dict):
+        return {k: _strip(v) for k, v in o.items() if k not in ("seconds", "checkpoint", "fold_seconds")}
+    if isinstance(o, list):
+        return [_strip(v) for v in o]
+    return o
+
+
+SMALL = dict(steps=40, folds=2, qat_steps=8, max_minutes=30.0,
+             candidates=[{"d_model": 4, "n_layers": 1, "dropout": 0.0}, {"d_model": 8, "n_layers": 1, "dropout": 0.1}],
+             ladder=["hetero-3b-x10", "w8a8-state12"])
+
+
+def test_poisoned_test_labels_change_no_choice(tmp_path):
+    """The test split is never used for a choice: with the test labels scrambled, every selection
+    score, the chosen float model and step, every quantization score and the chosen preset are
+    identical, and so are the float and integer weights; only the test accuracies may move."""
+    a = _tiny(tmp_path / "a.npz")
+    b = _tiny(tmp_path / "b.npz", test_labels=lambda y: 1 - y)
+    ca = fit(str(a), tmp_path / "fa", FitOptions(**SMALL), say=lambda m: None)
+    cb = fit(str(b), tmp_path / "fb", FitOptions(**SMALL), say=lambda m: None)
+    for stage in ("select", "float", "quantize"):
+        assert _strip(ca["stages"][stage]) == _strip(cb["stages"][stage]), stage
+    assert ca["stages"]["verify"]["results"]["selection"] == cb["stages"]["verify"]["results"]["selection"]
+    ta, tb = (c["stages"]["verify"]["results"]["test"] for c in (ca, cb))
+    assert ta["int_acc"] == pytest.approx(1 - tb["int_acc"])  # the same predictions, scored against flipped labels
+    for f in ("float.pt", "int.pt"):
+        wa = torch.load(tmp_path / "fa" / f, weights_only=True)["state_dict"]
+        wb = torch.load(tmp_path / "fb" / f, weights_only=True)["state_dict"]
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_fit_command_end_to_end(tmp_path):
+    """`intssm fit` on a tiny float dataset: a float and an integer checkpoint, the artifact, the C
+    export, card.md / card.json / front.png; the integer model bit-exact on every selection and test
+    sequence, and the card's test accuracy is the one `intssm simulate` measures on its own."""
+    d = _tiny(tmp_path / "t.npz")
+    out = tmp_path / "fit"
+    r = ok_json(intssm("fit", "--seq", d, "-o", out, "--steps", 40, "--folds", 2, "--qat-steps", 8, "--json", timeout=600))
+    card = r["card"]
+    assert card["status"] == "done"
+    for f in ("float.pt", "int.pt", "model.npz", "card.md", "card.json", "front.png", "c/intssm_model.c"):
+        assert (out / f).is_file(), f
+    v = card["stages"]["verify"]["results"]
+    assert v["selection"]["bit_exact"] == v["selection"]["n"] == 30
+    assert v["test"]["bit_exact"] == v["test"]["n"] == 16
+    assert json.loads((out / "card.json").read_text())["stages"]["verify"]["results"] == v
+    assert "never read before every choice was made" in (out / "card.md").read_text()
+    sim = ok_json(intssm("simulate", out / "int.pt", "--seq", d, "--verify", "all", "--json"))
+    assert sim["accuracy"] == v["test"]["int_acc"] and sim["bit_exact"] == 16
+    assert card["stages"]["select"]["chosen"] in [c["name"] for c in card["stages"]["select"]["candidates"]]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--max-drop", "-1"], "--max-drop"),
+    (["--max-minutes", "0"], "--max-minutes"),
+    (["--folds", "1"], "--folds"),
+    (["--target", "avr"], "--target"),
+])
+def test_fit_refuses_bad_options(tmp_path, args, fragment):
+    """Bad options end in one error line and exit 2 before any work (no output folder written)."""
+    d = _tiny(tmp_path / "t.npz")
+    r = intssm("fit", "--seq", d, "-o", tmp_path / "o", *args)
+    assert_clean_error(r, fragment)
+    assert not (tmp_path / "o").exists()
