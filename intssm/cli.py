@@ -28,6 +28,8 @@ err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 SeqOpt = Annotated[str, typer.Option("--seq", help="smnist | psmnist | UEA/UCR .ts dataset (directory or NAME_TRAIN.ts) | IDX directory | .npz file.")]
 ValFracOpt = Annotated[Optional[float], typer.Option(help="Validation share of the training sequences, stratified and seeded (default 0.2; 0 = none, the last epoch is kept). sMNIST always holds out its last 10,000.")]
+ModelSeqOpt = Annotated[Optional[str], typer.Option("--seq", help="Dataset (default: the model's own, as its checkpoint records it; smnist if it records none).")]
+OtherDataOpt = Annotated[bool, typer.Option("--other-data", help="Score data other than the model's own dataset (refused without it when the checkpoint records its data's checksum).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N sequences.")]
 EqualizeOpt = Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.training.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")]
 
@@ -206,6 +208,7 @@ def train(
     else:
         best_rec = max(history, key=lambda r: r["val_acc"])
         txt = f"saved {out} (best epoch {best_rec['epoch']}, val acc {best_rec['val_acc']:.4f})"
+    txt += _stopped_words(history, epochs)
     _emit({"out": str(out), "best_epoch": best_rec["epoch"], "val_acc": best_rec["val_acc"], "history": history}, as_json, txt)
 
 
@@ -255,7 +258,8 @@ def fit(
 @app.command("eval")
 def eval_(
     ckpt: Annotated[Path, typer.Argument(help="Float checkpoint (.pt).")] = DEFAULT_FLOAT_CKPT,
-    seq: SeqOpt = "smnist",
+    seq: ModelSeqOpt = None,
+    other_data: OtherDataOpt = False,
     mode: Annotated[str, typer.Option(help="conv | recurrent.")] = "conv",
     split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
     limit: LimitOpt = None,
@@ -270,9 +274,11 @@ def eval_(
     if mode not in ("conv", "recurrent"):
         raise IntssmError(f"--mode must be conv or recurrent, got {mode!r}")
     model, ck = checkpoint.load(ckpt)
+    seq = seq or checkpoint.dataset_seq(ck)
     ds = data.load(seq, split, limit)
     _check_input_dim(model.cfg.d_input, ds)
     ds.check_labels(model.cfg.d_output)
+    _check_own_data(ckpt, ck, ds, other_data)
     x = ds.as_float()
     scored = "float model"
     if "qspec" in ck:  # the float weights of a quantized checkpoint, on the inputs they read
@@ -423,6 +429,7 @@ def qat_(
     which = " (averaged weights)" if kind == "val_int_acc_ema" else ""
     txt = (f"saved {out} (no validation split: last epoch {best_ep} kept)" if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
+    txt += _stopped_words(history[1:], epochs)
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
 
 
@@ -651,7 +658,8 @@ def inspect(
 @app.command()
 def simulate(
     model: Annotated[Optional[Path], typer.Argument(help="Quantized/float checkpoint or .npz (default: the shipped model).")] = None,
-    seq: SeqOpt = "smnist",
+    seq: ModelSeqOpt = None,
+    other_data: OtherDataOpt = False,
     split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
     limit: LimitOpt = None,
     verify: Annotated[str, typer.Option(help="Sequences checked against the Torch quantized model: N or 'all'.")] = "256",
@@ -686,9 +694,14 @@ def simulate(
     if n_verify != 0:
         _small_torch_ops()
     im = sources.load(model, torch_model=n_verify != 0)  # --verify 0: no Torch model, the integer-model cache
+    seq = seq or im.dataset or "smnist"
     ds = data.load(seq, split, limit)
     P = im.input_codes(ds)
     im.check_data(ds)
+    if Path(model).suffix != ".npz":
+        from intssm.training import checkpoint
+
+        _check_own_data(model, checkpoint.load_raw(model), ds, other_data)
     n = len(ds)
     if trace is not None and trace_index >= n:
         raise IntssmError(f"--trace-index {trace_index} is beyond the {n} sequences of {ds.name}")
@@ -861,6 +874,25 @@ def _plot_profile(parts: dict, mem: dict, path: Path):
 def _check_input_dim(d_input, ds):
     if ds.x.shape[-1] != d_input:
         raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {d_input}")
+
+
+def _stopped_words(history: list, epochs: int) -> str:
+    """A stop by the time budget, in words (the per-epoch record's ``stopped`` field)."""
+    r = next((h for h in history if h.get("stopped")), None)
+    return "" if r is None else f"\nstopped by the {r['stopped']} in epoch {r['epoch']} of {epochs} (--max-minutes)"
+
+
+def _check_own_data(path, ck: dict, ds, other_data: bool) -> None:
+    """Refuse data whose checksum differs from the one the checkpoint records of its own dataset
+    (a model scored on other data of the same shape would report an accuracy without a word),
+    unless ``--other-data`` says that is meant."""
+    entry = ck.get("dataset") if isinstance(ck.get("dataset"), dict) else {}
+    own = entry.get("checksum")
+    if own and ds.checksum != own and not other_data:
+        raise IntssmError(f"{path} was trained on {entry.get('seq')!r}; {ds.name.rsplit(':', 1)[0]!r} holds other data "
+                          "(its checksum differs): add --other-data to score it anyway")
+    if own and ds.checksum != own:
+        err.print(f"note: {ds.name} is not the data {path} was trained on (--other-data)", markup=False, highlight=False)
 
 
 def _dataset_entry(seq: str, ds, val_fraction) -> dict:

@@ -147,3 +147,34 @@ def test_fit_refuses_bad_options(tmp_path, args, fragment):
     r = intssm("fit", "--seq", d, "-o", tmp_path / "o", *args)
     assert_clean_error(r, fragment)
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_and_simulate_take_the_models_own_data(tmp_path):
+    """Without --seq, eval and simulate score the model's own dataset; other data of the same
+    shape (another checksum) are refused unless --other-data is given; a stop by the time budget
+    is said in words. (In process, through Typer's runner: the exit codes of the error path are
+    those of every IntssmError, tests/test_hostile.py.)"""
+    from typer.testing import CliRunner
+
+    from intssm import data
+    from intssm.cli import app
+    from intssm.errors import IntssmError
+    from intssm.training import checkpoint
+
+    a, b = _tiny(tmp_path / "a.npz"), _tiny(tmp_path / "b.npz", seed=1)
+    f = tmp_path / "f.pt"
+    m = S4DModel(ModelConfig(d_input=2, d_output=2, d_model=4, d_state=8), seed=0)
+    checkpoint.save(f, m, dataset={"seq": str(a), "checksum": data.load(str(a)).checksum, "val_fraction": None})
+    run = lambda *args: CliRunner().invoke(app, [str(x) for x in args])  # noqa: E731
+    r = run("eval", f, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout.strip().splitlines()[-1])["seq"] == str(a)
+    r = run("eval", f, "--seq", b)
+    assert isinstance(r.exception, IntssmError) and "--other-data" in str(r.exception)
+    r = run("eval", f, "--seq", b, "--other-data", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout.strip().splitlines()[-1])["seq"] == str(b)
+    r = run("simulate", f, "--verify", 0, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout.strip().splitlines()[-1])["seq"] == str(a)
+    r = run("simulate", f, "--seq", b, "--verify", 0)
+    assert isinstance(r.exception, IntssmError) and "--other-data" in str(r.exception)
+    r = run("train", "--seq", a, "--preset", "tiny", "--epochs", 1000, "--max-minutes", 0.0001, "-o", tmp_path / "g.pt")
+    assert r.exit_code == 0 and "stopped by the time budget of 0.0001 min in epoch 1 of 1000" in r.stdout
