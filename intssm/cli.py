@@ -376,7 +376,7 @@ def qat_(
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 1e-3,
     calib: Annotated[int, typer.Option(help="Calibration sequences (float checkpoint).")] = 256,
     limit: LimitOpt = None,
-    val_limit: Annotated[int, typer.Option(help="Validation sequences for model selection (default: the whole split).")] = 10000,
+    val_limit: Annotated[Optional[int], typer.Option(help="Validation sequences for model selection (default: the whole split).")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     max_minutes: Annotated[float, typer.Option(help="Stop training after this many minutes (0 = no limit).")] = 0.0,
     distill: Annotated[float, typer.Option(help="Knowledge-distillation weight alpha in [0, 1]: loss = (1 - alpha) CE + alpha T^2 KL to a float teacher (0 = off).")] = 0.0,
@@ -397,7 +397,7 @@ def qat_(
     if param not in PARAMS:
         raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
     check_options(epochs, batch_size, lr, max_minutes, distill, distill_temp, ema)
-    if calib < 1 or val_limit < 1:
+    if calib < 1 or (val_limit is not None and val_limit < 1):
         raise IntssmError("--calib and --val-limit must be positive")
     if teacher is not None and distill == 0:
         raise IntssmError("--teacher needs --distill > 0")
@@ -427,7 +427,9 @@ def qat_(
                           f"(epoch {best_ep}" + (f", validation accuracy {best_acc:.4f})" if best_acc is not None else ")")
                           + ", marked interrupted")
     which = " (averaged weights)" if kind == "val_int_acc_ema" else ""
-    txt = (f"saved {out} (no validation split: last epoch {best_ep} kept)" if best_acc is None else
+    tr_acc = history[-1].get("train_int_acc")
+    txt = (f"saved {out} (no validation split: last epoch {best_ep} kept"
+           + (f"; integer accuracy {tr_acc:.4f} on the training sequences)" if tr_acc is not None else ")") if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
     txt += _stopped_words(history[1:], epochs)
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)

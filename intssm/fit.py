@@ -406,6 +406,7 @@ def _quantize(seq, opts, cv, fl, deadline, t0, rep, say) -> dict:
 
 def _verify(seq, opts, cv, q, rep, say) -> None:
     from intssm import data, sources
+    from intssm.datapath import layout
     from intssm.integer import cexport, cost, export
 
     say("[4/5 verify] integer simulator == Torch quantized model on every selection and test sequence; artifact; C export")
@@ -421,14 +422,19 @@ def _verify(seq, opts, cv, q, rep, say) -> None:
         fl_acc = _float_acc(rep.out / "float.pt", ds)
         res[name] = {"n": len(ds), "int_acc": float((logits.argmax(1) == ds.y).mean()), "float_acc": fl_acc, "bit_exact": exact,
                      "saturations": {k: int(v) for k, v in zip(im.counters, cnts.sum(0))}}
+        events = layout.counter_events(im.cfg, int(ds.lengths.sum()), len(ds))
+        res[name]["saturation_rates"] = {k: int(v) / events[k] for k, v in zip(im.counters, cnts.sum(0)) if v}
         say(f"  {name}: integer {res[name]['int_acc']:.4f}, float {fl_acc:.4f}, bit-exact {exact}/{len(ds)}")
         if exact != len(ds):
             raise IntssmError(f"simulator and Torch quantized model disagree on {len(ds) - exact} {name} sequences")
+    warnings = integer_warnings(res["selection"])
+    for w in warnings:
+        say(f"  warning: {w}")
     man = export.save(rep.out / "model.npz", im.qm)
     files = cexport.write_c(im.arrays, im.description(), rep.out / "c")
     prof = cost.profile(im.cfg, im.qcfg, im.seq_len)
     ops = int(sum(prof["step_ops"].values()))
-    card = {"results": res, "artifact": str(rep.out / "model.npz"), "format_version": man["format_version"],
+    card = {"results": res, "warnings": warnings, "artifact": str(rep.out / "model.npz"), "format_version": man["format_version"],
             "c_export": [str(f) for f in files], "ops_per_step": ops, "step_ops": prof["step_ops"],
             "memory": q["point"] | {"config": q["point"]["config"]}}
     if opts.target != "host":
@@ -440,6 +446,24 @@ def _verify(seq, opts, cv, q, rep, say) -> None:
                                                           "cycles_per_step", "instructions_per_step")} | ({"error": r["error"]} if "error" in r else {})
     rep.card["stages"]["verify"] = card
     rep.write()
+
+
+STATE_SATURATION_WARN = 1e-3  # share of state updates clipped above which the integer model is not the float one
+COLLAPSE_WARN = 0.05  # integer accuracy this far below the float model's on the selection sequences
+
+
+def integer_warnings(sel: dict) -> list[str]:
+    """What suggests the integer model is not what the float one was, from the selection sequences
+    (never the test split): a state clipped on more than :data:`STATE_SATURATION_WARN` of its
+    updates, or an integer accuracy more than :data:`COLLAPSE_WARN` below the float model's."""
+    out = []
+    for k, r in sel["saturation_rates"].items():
+        if k.split(".")[-1] in ("x_re", "x_im") and r > STATE_SATURATION_WARN:
+            out.append(f"state {k} saturates on {100 * r:.2f}% of its updates (the float model's state is not reproduced)")
+    if sel["int_acc"] < sel["float_acc"] - COLLAPSE_WARN:
+        out.append(f"integer accuracy {100 * sel['int_acc']:.2f}% is {100 * (sel['float_acc'] - sel['int_acc']):.1f} points "
+                   f"below the float model's {100 * sel['float_acc']:.2f}% on the selection sequences")
+    return out
 
 
 def _float_acc(path, ds) -> float:
@@ -527,4 +551,5 @@ def card_markdown(c: dict) -> str:
             lines.append(f"Emulated microcontroller: {json.dumps(v['mcu'])}")
         sats = {k: s for k, s in v["results"]["test"]["saturations"].items() if s}
         lines += [f"Saturations on test: {sats or 'none'}.", ""]
+        lines += [f"**Warning:** {w}." for w in v.get("warnings", [])] + ([""] if v.get("warnings") else [])
     return "\n".join(lines) + "\n"

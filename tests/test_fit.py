@@ -178,3 +178,35 @@ def test_eval_and_simulate_take_the_models_own_data(tmp_path):
     assert isinstance(r.exception, IntssmError) and "--other-data" in str(r.exception)
     r = run("train", "--seq", a, "--preset", "tiny", "--epochs", 1000, "--max-minutes", 0.0001, "-o", tmp_path / "g.pt")
     assert r.exit_code == 0 and "stopped by the time budget of 0.0001 min in epoch 1 of 1000" in r.stdout
+
+
+def test_integer_warnings():
+    """A state clipped on more than 0.1% of its updates, or an integer accuracy more than 5 points
+    below the float model's, is warned about; a clean model gets no warning."""
+    from intssm.fit import integer_warnings
+
+    clean = {"saturation_rates": {"l0.x_re": 1e-4, "l0.y": 0.5}, "int_acc": 0.9, "float_acc": 0.92}
+    assert integer_warnings(clean) == []
+    w = integer_warnings({"saturation_rates": {"l0.x_im": 2e-3}, "int_acc": 0.5, "float_acc": 0.9})
+    assert len(w) == 2 and "l0.x_im" in w[0] and "40.0 points" in w[1]
+
+
+def test_qat_without_validation_shows_train_integer_accuracy(tmp_path):
+    """QAT with no validation split records the integer accuracy on the training sequences each
+    epoch (not null), equal to the simulator's on the weights it keeps (the last epoch's)."""
+    from intssm import data
+    from intssm.training import checkpoint
+    from intssm.training.qat import int_accuracy, restore, start_from
+    from intssm.training.qat import train as run_qat
+
+    a = _tiny(tmp_path / "a.npz")
+    f = tmp_path / "f.pt"
+    m = S4DModel(ModelConfig(d_input=2, d_output=2, d_model=4, d_state=8), seed=0)
+    checkpoint.save(f, m, dataset={"seq": str(a), "checksum": data.load(str(a)).checksum, "val_fraction": 0.0})
+    st = start_from(f, "w8a8", 64)
+    best, history, _ = run_qat(st.qm, str(a), "frozen", 2, 8, 1e-3, val_fraction=0.0)
+    assert [h["val_int_acc"] for h in history] == [None] * 3
+    assert all(0 <= h["train_int_acc"] <= 1 for h in history)
+    restore(st.qm, best)
+    tr = data.load(str(a), "train", None, 0.0)
+    assert history[-1]["train_int_acc"] == int_accuracy(st.qm, st.qm.input_codes(tr.x, tr.lengths), tr.y, tr.lengths)
