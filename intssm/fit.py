@@ -7,14 +7,16 @@ Five stages, each reported as it runs, all inside one time budget (``max_minutes
    early stopping) with per-channel input standardisation, and scored on validation sequences:
    stratified k-fold cross-validation over the training sequences when there are fewer than
    :data:`CV_BELOW` of them, else the dataset's validation split. The runs go through
-   :mod:`intssm.executor` (local processes or Ray). The candidate with the best mean validation
-   accuracy wins, with the step count at which its mean validation curve peaked.
-2. **float** -- the winner is trained once more: on all training sequences up to that step (cross-
-   validation), or kept from its validation run (validation split). The standardisation is folded
+   :mod:`intssm.executor` (local processes or Ray). The smallest candidate within one standard
+   error of the best mean validation accuracy wins (:func:`one_se_choice`), with the step count at
+   which its mean validation curve peaked.
+2. **float** -- the winner is trained once more: on all training sequences with a schedule of that
+   many steps, annealed to 0 at its end (cross-validation), or kept from its validation run
+   (validation split). The standardisation is folded
    into the encoder (:func:`intssm.training.train.fold_standardisation`), so the float checkpoint
    reads the raw data and the input quantizer calibrates on them as for any model.
 3. **quantize** -- quantization presets from the smallest up (:data:`LADDER`): PTQ, then frozen-Abar
-   QAT (:func:`intssm.training.qat.train`) unless PTQ already meets the goal; the first whose integer
+   QAT (:func:`intssm.training.qat.train`; PTQ alone where ``qat_steps`` is 0); the first whose integer
    accuracy on the selection sequences is within ``max_drop`` points of the float model's, and
    whose deployed bytes fit ``budget_bytes``, is kept. With cross-validation the selection sequences
    are the training sequences (every one was seen in training: they measure what quantization loses,
@@ -162,7 +164,8 @@ def float_run(seq: str, cand: dict, fold: int, folds: int, cv: bool, steps: int,
 
 def cv_summary(runs: list[dict], steps: int) -> dict:
     """Mean validation accuracy over the folds at every evaluated step (a fold stopped early holds
-    its last score); the best step (highest mean accuracy, then lowest mean loss, then earliest)."""
+    its last score); the best step: the highest mean accuracy, and of a plateau its last step (the
+    final run anneals its learning rate to 0 at this step: the more of the plateau, the better fit)."""
     grid = sorted({c["step"] for r in runs for c in r["curve"]})
 
     def at(r, s, k):
@@ -171,7 +174,7 @@ def cv_summary(runs: list[dict], steps: int) -> dict:
 
     acc = [float(np.mean([at(r, s, "val_acc") for r in runs])) for s in grid]
     loss = [float(np.mean([at(r, s, "val_loss") for r in runs])) for s in grid]
-    i = max(range(len(grid)), key=lambda j: (acc[j], -loss[j], -grid[j]))
+    i = max(range(len(grid)), key=lambda j: (acc[j], grid[j]))
     return {"val_acc": acc[i], "val_loss": loss[i], "step": grid[i], "curve": [{"step": s, "val_acc": a, "val_loss": v} for s, a, v in zip(grid, acc, loss)]}
 
 
@@ -274,13 +277,30 @@ def _select(seq, opts, cv, deadline, t0, rep, say) -> dict:
                      "params": n_params(S4DModel(model_config(seq, c))),
                      "folds": [{"fold": r["fold"], "best_val_acc": max(x["val_acc"] for x in r["curve"]), "ended": r["ended"],
                                 "seconds": round(r["seconds"], 1)} for r in rs]})
-    best = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"], -r["params"]))
+    n_val = sum(len(_split_arrays(seq, cv, f, folds, opts.seed)[1][1]) for f in range(folds))
+    best, se = one_se_choice(rows, n_val)
     rep.card["stages"]["select"] = {"candidates": rows, "chosen": best["name"], "chosen_step": best["step"],
-                                    "rule": "highest mean validation accuracy, then lowest mean validation loss, then fewest parameters",
+                                    "standard_error": se, "validation_sequences": n_val,
+                                    "rule": "the fewest parameters among the candidates whose mean validation accuracy is within one "
+                                            "standard error of the best (sqrt(p (1 - p) / n) over the n validation sequences), "
+                                            "then the higher accuracy and lower loss",
                                     "seconds": round(time.time() - t0, 1)}
     rep.write()
     say(f"  chosen: {best['name']} (mean val acc {best['val_acc']:.4f} at step {best['step']})")
     return best | {"runs": runs}
+
+
+def one_se_choice(rows: list[dict], n_val: int) -> tuple[dict, float]:
+    """The one-standard-error rule (Breiman et al. 1984): among the candidates whose mean validation
+    accuracy is within one standard error of the best's, the fewest parameters (then the higher
+    accuracy, the lower loss). The standard error is the binomial sqrt(p (1 - p) / n) of the best
+    accuracy p over all ``n_val`` validation sequences; a difference smaller than it is noise, and
+    the smaller model is then the better deployment."""
+    top = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    p = top["val_acc"]
+    se = math.sqrt(max(p * (1 - p), 0.0) / max(1, n_val))
+    near = [r for r in rows if r["val_acc"] >= p - se - 1e-12]
+    return min(near, key=lambda r: (r["params"], -r["val_acc"], r["val_loss"])), se
 
 
 def _cand_name(c: dict) -> str:
@@ -296,9 +316,8 @@ def _final(seq, opts, cv, sel, deadline, t0, rep, say) -> dict:
     stop = _stage_end("float", t0, deadline)
     if cv:
         say(f"[2/5 float] {sel['name']} on all {rep.card['dataset']['n_train']} training sequences, "
-            f"{sel['step']} of {opts.steps} steps")
-        r = float_run(seq, sel["candidate"], -1, opts.folds, cv, opts.steps, opts.seed, max(5.0, stop - time.time()),
-                      stop_at=sel["step"], keep=True)
+            f"a schedule of {sel['step']} steps (the cross-validated step count, learning rate annealed to 0 there)")
+        r = float_run(seq, sel["candidate"], -1, opts.folds, cv, sel["step"], opts.seed, max(5.0, stop - time.time()), keep=True)
         vfrac = 0.0
     else:
         say(f"[2/5 float] {sel['name']}: the weights of its validation run (best validation step)")
@@ -363,7 +382,7 @@ def _quantize(seq, opts, cv, fl, deadline, t0, rep, say) -> dict:
         P = st.qm.input_codes(sel.x, sel.lengths)
         pt["ptq_acc"] = int_accuracy(st.qm, P, sel.y, sel.lengths)
         acc, how = pt["ptq_acc"], "ptq"
-        if acc < goal and opts.qat_steps and time.time() < stop:
+        if opts.qat_steps and time.time() < stop:  # QAT even where PTQ meets the goal: low-bit PTQ generalises worse
             n_tr = len(data.load(seq, "train", None, fl["vfrac"]))
             epochs = max(1, math.ceil(opts.qat_steps / math.ceil(n_tr / 16)))
             left = max(0.2, (stop - time.time()) / 60 / max(1, len(starts) - k))
@@ -511,14 +530,15 @@ def card_markdown(c: dict) -> str:
              f"- test split: {c['test_split']}", ""]
     if "select" in st:
         s = st["select"]
-        lines += ["## 1. Float model selection", "", f"Rule: {s['rule']}.", "",
+        lines += ["## 1. Float model selection", "", f"Rule: {s['rule']}. Here one standard error is "
+                  f"{100 * s['standard_error']:.2f} points over {s['validation_sequences']} validation sequences.", "",
                   "| candidate | parameters | mean validation accuracy | at step |", "|---|---|---|---|"]
         lines += [f"| {r['name']}{' **(chosen)**' if r['name'] == s['chosen'] else ''} | {r['params']:,} | {100 * r['val_acc']:.2f}% | {r['step']} |"
                   for r in s["candidates"]]
         lines.append("")
     if "float" in st:
         f = st["float"]
-        lines += ["## 2. Float model", "", f"`{f['checkpoint']}`: trained on {f['trained_on']} for {f['steps']} steps ({f['ended']}); "
+        lines += ["## 2. Float model", "", f"`{f['checkpoint']}`: trained on {f['trained_on']} for {f['steps']} steps (ended by: {f['ended']}); "
                   f"accuracy on {f['selection_sequences']}: {100 * f['selection_acc']:.2f}%"
                   + (f"; cross-validation estimate {100 * f['cv_estimate']:.2f}%" if f.get("cv_estimate") is not None else "")
                   + ". Input standardisation folded into the encoder.", ""]

@@ -210,3 +210,16 @@ def test_qat_without_validation_shows_train_integer_accuracy(tmp_path):
     restore(st.qm, best)
     tr = data.load(str(a), "train", None, 0.0)
     assert history[-1]["train_int_acc"] == int_accuracy(st.qm, st.qm.input_codes(tr.x, tr.lengths), tr.y, tr.lengths)
+
+
+def test_one_standard_error_rule_prefers_the_smaller_model():
+    """Within one binomial standard error of the best accuracy the fewest parameters win; a
+    candidate outside it never does, however small."""
+    from intssm.fit import one_se_choice
+
+    rows = [{"name": "big", "val_acc": 0.96, "val_loss": 0.1, "params": 9000},
+            {"name": "mid", "val_acc": 0.95, "val_loss": 0.2, "params": 7000},
+            {"name": "tiny", "val_acc": 0.90, "val_loss": 0.3, "params": 1000}]
+    best, se = one_se_choice(rows, 300)  # se = sqrt(0.96 * 0.04 / 300) = 1.13 points
+    assert se == pytest.approx(0.0113, abs=1e-4) and best["name"] == "mid"
+    assert one_se_choice(rows, 100000)[0]["name"] == "big"  # a tight estimate: the difference is real

@@ -212,7 +212,7 @@ class StepArgs:
     weight_decay: float = 0.01
     warmup: float = 0.05  # share of the steps spent warming up
     eval_every: int = 50  # validation every this many steps
-    patience: int = 6  # early stop after this many evaluations without a better validation score
+    patience: int = 10  # early stop after this many evaluations without a better validation score
     stop_at: int | None = None  # end here (a step of the schedule) instead of at ``steps``
     seconds: float = 0.0  # wall-clock limit of the run (0 = none); the schedule is not shortened
     seed: int = 0
