@@ -227,6 +227,7 @@ def fit(
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray instance).")] = None,
     target: Annotated[str, typer.Option(help="host | cortex-m4 | cortex-m3: also run the C export on the emulated microcontroller.")] = "host",
     seed: Annotated[int, typer.Option(help="Seed of the folds, initialisation and batches.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Reuse the stages an earlier (interrupted) run into --out completed (same data and options).")] = False,
     as_json: JsonOpt = False,
 ):
     """From a dataset to a small verified integer model: float model selection (cross-validation on
@@ -237,7 +238,8 @@ def fit(
     from intssm.fit import fit as run_fit
 
     opts = FitOptions(max_minutes=max_minutes, budget_bytes=budget_bytes, max_drop=max_drop, steps=steps, folds=folds,
-                      qat_steps=qat_steps, workers=workers, executor=executor, ray_address=ray_address, seed=seed, target=target)
+                      qat_steps=qat_steps, workers=workers, executor=executor, ray_address=ray_address, seed=seed, target=target,
+                      resume=resume)
     check_options(opts)
     outputs.check_dir(out, inputs=[seq], what="--out")
     _small_torch_ops()
@@ -245,7 +247,8 @@ def fit(
     try:
         card = run_fit(seq, out, opts, say=say)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: {out / 'card.json'} holds the stages completed so far") from None
+        raise Interrupted(f"interrupted: {out / 'card.json'} holds the stages completed so far; "
+                          f"continue with the same command and --resume") from None
     v = card["stages"]["verify"]
     r, m = v["results"], v["memory"]
     q = card["stages"]["quantize"]

@@ -69,6 +69,7 @@ class FitOptions:
     ray_address: str | None = None
     seed: int = 0
     target: str = "host"  # host | cortex-m4 | cortex-m3
+    resume: bool = False  # reuse the stages an earlier (interrupted) run into the same folder completed
     candidates: list = field(default_factory=lambda: [dict(c) for c in CANDIDATES])
     ladder: list = field(default_factory=lambda: list(LADDER))
 
@@ -211,10 +212,29 @@ def fit(seq: str, out: Path, opts: FitOptions, say=print) -> dict:
                             "max_length": info.max_len, "variable_length": info.varlen,
                             "validation": (f"stratified {opts.folds}-fold cross-validation over the {n} training sequences"
                                            if cv else "the dataset's validation split (stratified, seed 0)")}
+    prev = _previous(out, rep.card, opts) if opts.resume else {}
     try:
-        sel = _select(seq, opts, cv, deadline, t0, rep, say)
-        fl = _final(seq, opts, cv, sel, deadline, t0, rep, say)
-        q = _quantize(seq, opts, cv, fl, deadline, t0, rep, say)
+        if "select" in prev:
+            rep.card["stages"]["select"] = s = prev["select"]
+            sel = next(r for r in s["candidates"] if r["name"] == s["chosen"])
+            say(f"[1/5 select] reused from {out / 'card.json'}: {sel['name']} at step {sel['step']}")
+        else:
+            sel = _select(seq, opts, cv, deadline, t0, rep, say)
+        if "float" in prev and "select" in prev:
+            from intssm.training import checkpoint
+
+            rep.card["stages"]["float"] = f = prev["float"]
+            fl = {"path": out / "float.pt", "model": checkpoint.load(out / "float.pt")[0], "selection_acc": f["selection_acc"],
+                  "vfrac": 0.0 if cv else None}
+            say(f"[2/5 float] reused {out / 'float.pt'}")
+        else:
+            fl = _final(seq, opts, cv, sel, deadline, t0, rep, say)
+        if "quantize" in prev and "float" in prev and "select" in prev:
+            rep.card["stages"]["quantize"] = qs = prev["quantize"]
+            q = {"path": out / "int.pt", "point": next(p for p in qs["points"] if p["config"] == qs["chosen"])}
+            say(f"[3/5 quantize] reused {out / 'int.pt'}")
+        else:
+            q = _quantize(seq, opts, cv, fl, deadline, t0, rep, say)
         _verify(seq, opts, cv, q, rep, say)
     except KeyboardInterrupt:
         rep.card["status"] = "interrupted"
@@ -229,6 +249,27 @@ def fit(seq: str, out: Path, opts: FitOptions, say=print) -> dict:
     rep.write()
     say(f"[report] {out / 'card.md'}, {out / 'card.json'}, {out / 'front.png'}")
     return rep.card
+
+
+#: options that change no choice: a resumed run may differ from the first in these
+RESUME_FREE = ("max_minutes", "resume", "workers", "executor", "ray_address", "target")
+
+
+def _previous(out: Path, card: dict, opts: FitOptions) -> dict:
+    """The stages a previous run into ``out`` completed, when its data (checksum) and its options
+    (other than :data:`RESUME_FREE`) are this run's and the files each stage wrote are there."""
+    try:
+        old = json.loads((out / "card.json").read_text())
+        same_data = old["dataset"]["checksum"] == card["dataset"]["checksum"]
+        same_opts = {k: v for k, v in old["options"].items() if k not in RESUME_FREE} == \
+                    {k: v for k, v in asdict(opts).items() if k not in RESUME_FREE}
+        stages = old["stages"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise IntssmError(f"--resume: {out / 'card.json'} is missing or unreadable; run without --resume") from None
+    if not same_data or not same_opts:
+        raise IntssmError(f"--resume: {out} holds a run on other data or with other options; run without --resume or into a new folder")
+    files = {"select": None, "float": "float.pt", "quantize": "int.pt"}
+    return {k: stages[k] for k, f in files.items() if k in stages and (f is None or (out / f).is_file())}
 
 
 def _stage_end(name: str, t0: float, deadline: float) -> float:

@@ -120,7 +120,7 @@ def test_fit_command_end_to_end(tmp_path):
     sequence, and the card's test accuracy is the one `intssm simulate` measures on its own."""
     d = _tiny(tmp_path / "t.npz")
     out = tmp_path / "fit"
-    r = ok_json(intssm("fit", "--seq", d, "-o", out, "--steps", 40, "--folds", 2, "--qat-steps", 8, "--json", timeout=600))
+    r = ok_json(intssm("fit", "--seq", d, "-o", out, "--steps", 40, "--folds", 2, "--qat-steps", 8, "--max-drop", 100, "--json", timeout=600))
     card = r["card"]
     assert card["status"] == "done"
     for f in ("float.pt", "int.pt", "model.npz", "card.md", "card.json", "front.png", "c/intssm_model.c"):
@@ -223,3 +223,24 @@ def test_one_standard_error_rule_prefers_the_smaller_model():
     best, se = one_se_choice(rows, 300)  # se = sqrt(0.96 * 0.04 / 300) = 1.13 points
     assert se == pytest.approx(0.0113, abs=1e-4) and best["name"] == "mid"
     assert one_se_choice(rows, 100000)[0]["name"] == "big"  # a tight estimate: the difference is real
+
+
+def test_resume_reuses_the_completed_stages(tmp_path):
+    """--resume after a run that stopped after its float stage reuses selection and float model
+    (not retrained: their records are the first run's) and ends with the same choices; a resume on
+    other options is refused."""
+    a = _tiny(tmp_path / "a.npz")
+    out = tmp_path / "f"
+    first = fit(str(a), out, FitOptions(**SMALL), say=lambda m: None)
+    card = json.loads((out / "card.json").read_text())
+    for k in ("quantize", "verify"):
+        del card["stages"][k]
+    card["status"] = "interrupted"
+    (out / "card.json").write_text(json.dumps(card))
+    said = []
+    again = fit(str(a), out, FitOptions(**SMALL, resume=True), say=said.append)
+    assert any(m.startswith("[1/5 select] reused") for m in said) and any(m.startswith("[2/5 float] reused") for m in said)
+    assert again["stages"]["select"] == first["stages"]["select"] and again["stages"]["float"] == first["stages"]["float"]
+    assert _strip(again["stages"]["quantize"]) == _strip(first["stages"]["quantize"])
+    with pytest.raises(Exception, match="other options"):
+        fit(str(a), out, FitOptions(**(SMALL | {"steps": 41}), resume=True), say=lambda m: None)
