@@ -323,7 +323,7 @@ def _select(seq, opts, cv, deadline, t0, rep, say) -> dict:
     rep.card["stages"]["select"] = {"candidates": rows, "chosen": best["name"], "chosen_step": best["step"],
                                     "standard_error": se, "validation_sequences": n_val,
                                     "rule": "the fewest parameters among the candidates whose mean validation accuracy is within one "
-                                            "standard error of the best (sqrt(p (1 - p) / n) over the n validation sequences), "
+                                            "standard error of the best (sqrt(p (1 - p) / n) over the n validation sequences, p = (k + 1) / (n + 2)), "
                                             "then the higher accuracy and lower loss",
                                     "seconds": round(time.time() - t0, 1)}
     rep.write()
@@ -334,12 +334,15 @@ def _select(seq, opts, cv, deadline, t0, rep, say) -> dict:
 def one_se_choice(rows: list[dict], n_val: int) -> tuple[dict, float]:
     """The one-standard-error rule (Breiman et al. 1984): among the candidates whose mean validation
     accuracy is within one standard error of the best's, the fewest parameters (then the higher
-    accuracy, the lower loss). The standard error is the binomial sqrt(p (1 - p) / n) of the best
-    accuracy p over all ``n_val`` validation sequences; a difference smaller than it is noise, and
-    the smaller model is then the better deployment."""
+    accuracy, the lower loss). The standard error is the binomial sqrt(p (1 - p) / n) over all
+    ``n_val`` validation sequences, at the best accuracy smoothed by one success and one failure,
+    p = (k + 1) / (n + 2) (Laplace), so that a perfect score does not claim a zero error; a
+    difference smaller than it is noise, and the smaller model is then the better deployment."""
     top = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    n = max(1, n_val)
+    p = (top["val_acc"] * n + 1) / (n + 2)
+    se = math.sqrt(p * (1 - p) / n)
     p = top["val_acc"]
-    se = math.sqrt(max(p * (1 - p), 0.0) / max(1, n_val))
     near = [r for r in rows if r["val_acc"] >= p - se - 1e-12]
     return min(near, key=lambda r: (r["params"], -r["val_acc"], r["val_loss"])), se
 

@@ -220,9 +220,12 @@ def test_one_standard_error_rule_prefers_the_smaller_model():
     rows = [{"name": "big", "val_acc": 0.96, "val_loss": 0.1, "params": 9000},
             {"name": "mid", "val_acc": 0.95, "val_loss": 0.2, "params": 7000},
             {"name": "tiny", "val_acc": 0.90, "val_loss": 0.3, "params": 1000}]
-    best, se = one_se_choice(rows, 300)  # se = sqrt(0.96 * 0.04 / 300) = 1.13 points
-    assert se == pytest.approx(0.0113, abs=1e-4) and best["name"] == "mid"
+    best, se = one_se_choice(rows, 300)  # p = 289 / 302, se = sqrt(p (1 - p) / 300) = 1.17 points
+    assert se == pytest.approx(0.0117, abs=1e-4) and best["name"] == "mid"
     assert one_se_choice(rows, 100000)[0]["name"] == "big"  # a tight estimate: the difference is real
+    perfect = [dict(rows[0], val_acc=1.0), dict(rows[1], val_acc=0.98)]
+    best, se = one_se_choice(perfect, 40)  # a perfect score still has an error: 2.4 points at n = 40
+    assert se == pytest.approx(0.0241, abs=1e-4) and best["name"] == "mid"
 
 
 def test_resume_reuses_the_completed_stages(tmp_path):
