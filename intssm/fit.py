@@ -574,8 +574,9 @@ def card_markdown(c: dict) -> str:
              f"- test split: {c['test_split']}", ""]
     if "select" in st:
         s = st["select"]
-        lines += ["## 1. Float model selection", "", f"Rule: {s['rule']}. Here one standard error is "
-                  f"{100 * s['standard_error']:.2f} points over {s['validation_sequences']} validation sequences.", "",
+        se = (f" Here one standard error is {100 * s['standard_error']:.2f} points over {s['validation_sequences']} "
+              "validation sequences." if "standard_error" in s else "")
+        lines += ["## 1. Float model selection", "", f"Rule: {s['rule']}.{se}", "",
                   "| candidate | parameters | mean validation accuracy | at step |", "|---|---|---|---|"]
         lines += [f"| {r['name']}{' **(chosen)**' if r['name'] == s['chosen'] else ''} | {r['params']:,} | {100 * r['val_acc']:.2f}% | {r['step']} |"
                   for r in s["candidates"]]
@@ -612,7 +613,10 @@ def card_markdown(c: dict) -> str:
                   f"{v['ops_per_step']:,} integer operations per step.",
                   f"Files: `{v['artifact']}` (integer artifact), C export in `{Path(v['c_export'][0]).parent}`."]
         if "mcu" in v:
-            lines.append(f"Emulated microcontroller: {json.dumps(v['mcu'])}")
+            u = v["mcu"]
+            lines.append(f"Emulated {c['options']['target']}: {u['bit_exact_sequences']} / {u['sequences']} test sequences bit-exact "
+                         f"with the simulator; flash {u['flash_bytes']:,} B, RAM {u['ram_bytes']:,} B, "
+                         f"~{u['cycles_per_step']:,.0f} cycles per step" + (f"; error: {u['error']}" if "error" in u else ""))
         sats = {k: s for k, s in v["results"]["test"]["saturations"].items() if s}
         lines += [f"Saturations on test: {sats or 'none'}.", ""]
         lines += [f"**Warning:** {w}." for w in v.get("warnings", [])] + ([""] if v.get("warnings") else [])
