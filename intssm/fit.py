@@ -212,6 +212,8 @@ def fit(seq: str, out: Path, opts: FitOptions, say=print) -> dict:
                             "max_length": info.max_len, "variable_length": info.varlen,
                             "validation": (f"stratified {opts.folds}-fold cross-validation over the {n} training sequences"
                                            if cv else "the dataset's validation split (stratified, seed 0)")}
+    if opts.budget_bytes:
+        opts = _fit_budget(seq, opts, info.max_len, rep, say)
     prev = _previous(out, rep.card, opts) if opts.resume else {}
     try:
         if "select" in prev:
@@ -251,6 +253,32 @@ def fit(seq: str, out: Path, opts: FitOptions, say=print) -> dict:
     return rep.card
 
 
+BUDGET_SLACK = 1.1  # accounted bytes (intssm.integer.cost) may exceed the C export's deployed bytes by this much
+
+
+def _fit_budget(seq: str, opts: FitOptions, L: int, rep: Report, say) -> FitOptions:
+    """Keep the float candidates whose smallest preset can fit ``budget_bytes`` (accounted bytes,
+    which need no training, within :data:`BUDGET_SLACK` of it); none: refuse before any training."""
+    from dataclasses import replace
+
+    from intssm.datapath.qspec import get_config
+    from intssm.integer import cost
+
+    def least(c):
+        return min(cost.memory(model_config(seq, c), get_config(q), L)["bytes"] for q in opts.ladder)
+
+    sizes = {_cand_name(c): least(c) for c in opts.candidates}
+    keep = [c for c in opts.candidates if sizes[_cand_name(c)] <= BUDGET_SLACK * opts.budget_bytes]
+    if not keep:
+        raise IntssmError(f"--budget-bytes {opts.budget_bytes}: the smallest candidate needs about {min(sizes.values()):,} B "
+                          "at the smallest quantization preset")
+    dropped = [n for n in sizes if n not in {_cand_name(c) for c in keep}]
+    if dropped:
+        say(f"[budget] candidates that cannot fit {opts.budget_bytes} B left out: {'; '.join(dropped)}")
+        rep.card["budget_dropped"] = {n: sizes[n] for n in dropped}
+    return replace(opts, candidates=keep)
+
+
 #: options that change no choice: a resumed run may differ from the first in these
 RESUME_FREE = ("max_minutes", "resume", "workers", "executor", "ray_address", "target")
 
@@ -262,7 +290,7 @@ def _previous(out: Path, card: dict, opts: FitOptions) -> dict:
         old = json.loads((out / "card.json").read_text())
         same_data = old["dataset"]["checksum"] == card["dataset"]["checksum"]
         same_opts = {k: v for k, v in old["options"].items() if k not in RESUME_FREE} == \
-                    {k: v for k, v in asdict(opts).items() if k not in RESUME_FREE}
+                    {k: v for k, v in card["options"].items() if k not in RESUME_FREE}
         stages = old["stages"]
     except (OSError, ValueError, KeyError, TypeError):
         raise IntssmError(f"--resume: {out / 'card.json'} is missing or unreadable; run without --resume") from None

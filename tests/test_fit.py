@@ -247,3 +247,23 @@ def test_resume_reuses_the_completed_stages(tmp_path):
     assert _strip(again["stages"]["quantize"]) == _strip(first["stages"]["quantize"])
     with pytest.raises(Exception, match="other options"):
         fit(str(a), out, FitOptions(**(SMALL | {"steps": 41}), resume=True), say=lambda m: None)
+
+
+def test_budget_leaves_out_candidates_before_training(tmp_path):
+    """--budget-bytes drops the float candidates whose smallest preset cannot fit it, and refuses
+    before any training when none can; an interrupt leaves a card marked interrupted."""
+    from intssm.errors import IntssmError
+
+    a = _tiny(tmp_path / "a.npz")
+    with pytest.raises(IntssmError, match="--budget-bytes 100"):
+        fit(str(a), tmp_path / "f", FitOptions(**SMALL, budget_bytes=100), say=lambda m: None)
+    assert not (tmp_path / "f" / "float.pt").exists()
+
+    def stop_at_selection(msg):  # only the choice of candidates matters here: Ctrl-C as selection starts
+        if msg.startswith("[1/5"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(str(a), tmp_path / "g", FitOptions(**SMALL, budget_bytes=1500), say=stop_at_selection)
+    card = json.loads((tmp_path / "g" / "card.json").read_text())
+    assert card["status"] == "interrupted" and list(card["budget_dropped"]) == ["d_model 8, 1 layer, dropout 0.1"]
