@@ -575,7 +575,8 @@ def _front_plot(card: dict, path: Path) -> None:
 
     pts = [p for p in card["stages"]["quantize"]["points"] if "selection_int_acc" in p]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p["deployed_bytes"] for p in pts], [100 * p["selection_int_acc"] for p in pts], "o-", label="integer (selection sequences)")
+    ax.plot([p["deployed_bytes"] for p in pts], [100 * p["selection_int_acc"] for p in pts], "o-", label="integer, kept (selection sequences)")
+    ax.plot([p["deployed_bytes"] for p in pts], [100 * p["ptq_acc"] for p in pts], "x", color="gray", label="integer, PTQ only")
     for p in pts:
         ax.annotate(p["config"], (p["deployed_bytes"], 100 * p["selection_int_acc"]), fontsize=7)
     ax.axhline(100 * card["stages"]["float"]["selection_acc"], color="gray", ls="--", label="float model")
