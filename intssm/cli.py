@@ -28,6 +28,8 @@ err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 SeqOpt = Annotated[str, typer.Option("--seq", help="smnist | psmnist | UEA/UCR .ts dataset (directory or NAME_TRAIN.ts) | IDX directory | .npz file.")]
 ValFracOpt = Annotated[Optional[float], typer.Option(help="Validation share of the training sequences, stratified and seeded (default 0.2; 0 = none, the last epoch is kept). sMNIST always holds out its last 10,000.")]
+ModelSeqOpt = Annotated[Optional[str], typer.Option("--seq", help="Dataset (default: the model's own, as its checkpoint records it; smnist if it records none).")]
+OtherDataOpt = Annotated[bool, typer.Option("--other-data", help="Score data other than the model's own dataset (refused without it when the checkpoint records its data's checksum).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N sequences.")]
 EqualizeOpt = Annotated[float, typer.Option(help="State equalization strength alpha in [0, 1] (intssm.training.equalize): rescale each mode's B and C so its state range approaches its head's before calibrating (0 = off).")]
 
@@ -240,13 +242,64 @@ def train(
     else:
         best_rec = max(history, key=lambda r: r["val_acc"])
         txt = f"saved {out} (best epoch {best_rec['epoch']}, val acc {best_rec['val_acc']:.4f})"
+    txt += _stopped_words(history, epochs)
     _emit({"out": str(out), "best_epoch": best_rec["epoch"], "val_acc": best_rec["val_acc"], "history": history}, as_json, txt)
+
+
+@app.command()
+def fit(
+    seq: Annotated[str, typer.Option("--seq", help="The dataset: UEA/UCR .ts dataset (directory or NAME_TRAIN.ts) | .npz | IDX directory | smnist | psmnist.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for float.pt, int.pt, model.npz, c/, card.md, card.json, front.png.")],
+    max_minutes: Annotated[float, typer.Option(help="Time budget of the whole run, shared by its stages.")] = 15.0,
+    budget_bytes: Annotated[Optional[int], typer.Option(help="Deployed bytes (C constants + state) the integer model must fit.")] = None,
+    max_drop: Annotated[float, typer.Option(help="Points of accuracy the integer model may lose against the float model, on the selection sequences.")] = 1.0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps of each float run (warm-up, cosine decay, early stopping).")] = 1000,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (datasets under 1,000 training sequences).")] = 3,
+    qat_steps: Annotated[int, typer.Option(help="QAT optimizer steps per quantization preset (batch 16); 0 = PTQ only.")] = 300,
+    workers: Annotated[int, typer.Option(help="Parallel float runs (1: in this process).")] = 1,
+    executor: Annotated[str, typer.Option(help="local | ray (with --workers > 1).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray instance).")] = None,
+    target: Annotated[str, typer.Option(help="host | cortex-m4 | cortex-m3: also run the C export on the emulated microcontroller.")] = "host",
+    seed: Annotated[int, typer.Option(help="Seed of the folds, initialisation and batches.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Reuse the stages an earlier (interrupted) run into --out completed (same data and options).")] = False,
+    as_json: JsonOpt = False,
+):
+    """From a dataset to a small verified integer model: float model selection (cross-validation on
+    small data), quantization to the goal, bit-exact verification, C export and a model card.
+
+    The test split is read only after every choice is made. Ctrl-C writes the card as it stands."""
+    from intssm.fit import FitOptions, check_options
+    from intssm.fit import fit as run_fit
+
+    opts = FitOptions(max_minutes=max_minutes, budget_bytes=budget_bytes, max_drop=max_drop, steps=steps, folds=folds,
+                      qat_steps=qat_steps, workers=workers, executor=executor, ray_address=ray_address, seed=seed, target=target,
+                      resume=resume)
+    check_options(opts)
+    from intssm import data
+
+    data.info(seq)  # an unusable dataset is refused before the output folder is made
+    outputs.check_dir(out, inputs=[seq], what="--out")
+    _small_torch_ops()
+    say = (lambda m: None) if as_json else (lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))
+    try:
+        card = run_fit(seq, out, opts, say=say)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {out / 'card.json'} holds the stages completed so far; "
+                          f"continue with the same command and --resume") from None
+    v = card["stages"]["verify"]
+    r, m = v["results"], v["memory"]
+    q = card["stages"]["quantize"]
+    human = (f"{out}: {m['config']}, {m['deployed_bytes']:,} B deployed; integer test accuracy {r['test']['int_acc']:.4f} "
+             f"(float {r['test']['float_acc']:.4f}), bit-exact {r['test']['bit_exact']}/{r['test']['n']}; "
+             f"goal {'met' if q['goal_met'] else 'NOT met'} on the selection sequences; {card['seconds']:.0f} s")
+    _emit({"out": str(out), "card": card}, as_json, human)
 
 
 @app.command("eval")
 def eval_(
     ckpt: Annotated[Path, typer.Argument(help="Float checkpoint (.pt).")] = DEFAULT_FLOAT_CKPT,
-    seq: SeqOpt = "smnist",
+    seq: ModelSeqOpt = None,
+    other_data: OtherDataOpt = False,
     mode: Annotated[str, typer.Option(help="conv | recurrent.")] = "conv",
     split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
     limit: LimitOpt = None,
@@ -261,9 +314,11 @@ def eval_(
     if mode not in ("conv", "recurrent"):
         raise IntssmError(f"--mode must be conv or recurrent, got {mode!r}")
     model, ck = checkpoint.load(ckpt)
+    seq = seq or checkpoint.dataset_seq(ck)
     ds = data.load(seq, split, limit)
     _check_input_dim(model.cfg.d_input, ds)
     ds.check_labels(model.cfg.d_output)
+    _check_own_data(ckpt, ck, ds, other_data)
     x = ds.as_float()
     scored = "float model"
     if "qspec" in ck:  # the float weights of a quantized checkpoint, on the inputs they read
@@ -363,7 +418,7 @@ def qat_(
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 1e-3,
     calib: Annotated[int, typer.Option(help="Calibration sequences (float checkpoint).")] = 256,
     limit: LimitOpt = None,
-    val_limit: Annotated[int, typer.Option(help="Validation sequences for model selection (default: the whole split).")] = 10000,
+    val_limit: Annotated[Optional[int], typer.Option(help="Validation sequences for model selection (default: the whole split).")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     max_minutes: Annotated[float, typer.Option(help="Stop training after this many minutes (0 = no limit).")] = 0.0,
     distill: Annotated[float, typer.Option(help="Knowledge-distillation weight alpha in [0, 1]: loss = (1 - alpha) CE + alpha T^2 KL to a float teacher (0 = off).")] = 0.0,
@@ -385,7 +440,7 @@ def qat_(
     if param not in PARAMS:
         raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
     check_options(epochs, batch_size, lr, max_minutes, distill, distill_temp, ema)
-    if calib < 1 or val_limit < 1:
+    if calib < 1 or (val_limit is not None and val_limit < 1):
         raise IntssmError("--calib and --val-limit must be positive")
     if teacher is not None and distill == 0:
         raise IntssmError("--teacher needs --distill > 0")
@@ -424,8 +479,11 @@ def qat_(
                           f"(epoch {best_ep}" + (f", validation accuracy {best_acc:.4f})" if best_acc is not None else ")")
                           + ", marked interrupted")
     which = " (averaged weights)" if kind == "val_int_acc_ema" else ""
-    txt = (f"saved {out} (no validation split: last epoch {best_ep} kept)" if best_acc is None else
+    tr_acc = history[-1].get("train_int_acc")
+    txt = (f"saved {out} (no validation split: last epoch {best_ep} kept"
+           + (f"; integer accuracy {tr_acc:.4f} on the training sequences)" if tr_acc is not None else ")") if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
+    txt += _stopped_words(history[1:], epochs)
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
 
 
@@ -756,7 +814,8 @@ def inspect(
 @app.command()
 def simulate(
     model: Annotated[Optional[Path], typer.Argument(help="Quantized/float checkpoint or .npz (default: the shipped model).")] = None,
-    seq: SeqOpt = "smnist",
+    seq: ModelSeqOpt = None,
+    other_data: OtherDataOpt = False,
     split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
     limit: LimitOpt = None,
     verify: Annotated[str, typer.Option(help="Sequences checked against the Torch quantized model: N or 'all'.")] = "256",
@@ -791,9 +850,14 @@ def simulate(
     if n_verify != 0:
         _small_torch_ops()
     im = sources.load(model, torch_model=n_verify != 0)  # --verify 0: no Torch model, the integer-model cache
+    seq = seq or im.dataset or "smnist"
     ds = data.load(seq, split, limit)
     P = im.input_codes(ds)
     im.check_data(ds)
+    if Path(model).suffix != ".npz":
+        from intssm.training import checkpoint
+
+        _check_own_data(model, checkpoint.load_raw(model), ds, other_data)
     n = len(ds)
     if trace is not None and trace_index >= n:
         raise IntssmError(f"--trace-index {trace_index} is beyond the {n} sequences of {ds.name}")
@@ -966,6 +1030,25 @@ def _plot_profile(parts: dict, mem: dict, path: Path):
 def _check_input_dim(d_input, ds):
     if ds.x.shape[-1] != d_input:
         raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {d_input}")
+
+
+def _stopped_words(history: list, epochs: int) -> str:
+    """A stop by the time budget, in words (the per-epoch record's ``stopped`` field)."""
+    r = next((h for h in history if h.get("stopped")), None)
+    return "" if r is None else f"\nstopped by the {r['stopped']} in epoch {r['epoch']} of {epochs} (--max-minutes)"
+
+
+def _check_own_data(path, ck: dict, ds, other_data: bool) -> None:
+    """Refuse data whose checksum differs from the one the checkpoint records of its own dataset
+    (a model scored on other data of the same shape would report an accuracy without a word),
+    unless ``--other-data`` says that is meant."""
+    entry = ck.get("dataset") if isinstance(ck.get("dataset"), dict) else {}
+    own = entry.get("checksum")
+    if own and ds.checksum != own and not other_data:
+        raise IntssmError(f"{path} was trained on {entry.get('seq')!r}; {ds.name.rsplit(':', 1)[0]!r} holds other data "
+                          "(its checksum differs): add --other-data to score it anyway")
+    if own and ds.checksum != own:
+        err.print(f"note: {ds.name} is not the data {path} was trained on (--other-data)", markup=False, highlight=False)
 
 
 def _dataset_entry(seq: str, ds, val_fraction) -> dict:

@@ -32,8 +32,8 @@ from intssm.errors import IntssmError
 from intssm.integer import cosim, rtl
 
 # tests/ is not a package: pytest puts it on sys.path
-from test_cexport import manifest_like, random_case
-from test_datapath import models, quant_configs
+from c_helpers import manifest_like, random_case
+from strategies import models, quant_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "data" / "checkpoints" / "paper-small-hetero.pt"

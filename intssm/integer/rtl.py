@@ -146,7 +146,7 @@ def _aw(depth: int) -> int:
 def design(a: dict, cfg, qcfg, seq_len: int, lanes: int):
     """(facts, localparams (name -> value), ROM files (name -> text), constant functions) of the
     design of model ``a`` (arrays re-proved by :func:`intssm.datapath.layout.validate`)."""
-    from intssm.datapath.qspec import site_term_bounds
+    from intssm.datapath.bounds import site_term_bounds
     from intssm.integer.sim import fold_constants
 
     H, N2, NL, D_IN, D_OUT = cfg.d_model, cfg.d_state // 2, cfg.n_layers, cfg.d_input, cfg.d_output

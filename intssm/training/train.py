@@ -191,3 +191,106 @@ def _epoch(model, opt, gen, args, epoch, step, total, warm, base_lrs, xtr, ytr, 
 
 def args_dict(args: TrainArgs) -> dict:
     return asdict(args)
+
+
+# --- step-budgeted training (intssm fit): a schedule in optimizer steps, inputs standardised ---
+
+def standardisation(x: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation (float64, (d,)) of the valid steps of float
+    sequences ``x`` (n, L, d); a constant channel gets sd 1 (it carries nothing to scale)."""
+    valid = np.arange(x.shape[1])[None, :] < np.asarray(lengths)[:, None]  # (n L)
+    v = np.asarray(x, np.float64)[valid]  # (steps, d)
+    mu, sd = v.mean(0), v.std(0)
+    return mu, np.where(sd > 1e-12 * np.maximum(1.0, np.abs(mu)), sd, 1.0)
+
+
+@torch.no_grad()
+def fold_standardisation(model: S4DModel, mu: np.ndarray, sd: np.ndarray) -> None:
+    """Fold ``u -> (u - mu) / sd`` into the encoder in place, so that the model reads the raw
+    inputs: W' = W diag(1 / sd), b' = b - W (mu / sd). The integer datapath then quantizes the raw
+    inputs as for any model (:mod:`intssm.datapath.inputq`); nothing of the standardisation remains."""
+    enc = model.encoder
+    W = enc.weight.detach().to(torch.float64)
+    mu_t, sd_t = torch.as_tensor(mu, dtype=torch.float64), torch.as_tensor(sd, dtype=torch.float64)
+    b = enc.bias.detach().to(torch.float64) - W @ (mu_t / sd_t)
+    enc.weight.copy_((W / sd_t[None, :]).to(enc.weight.dtype))
+    enc.bias.copy_(b.to(enc.bias.dtype))
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """The schedule of every step-budgeted run: linear warm-up over ``warmup`` steps to 1, then
+    cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+@dataclass
+class StepArgs:
+    steps: int = 1000  # optimizer steps of the schedule (warm-up + cosine to 0 at this step)
+    batch_size: int = 32
+    lr: float = 1e-2  # encoder, mixing, decoder, C, D
+    ssm_lr: float = 1e-3  # dt, A, B (no weight decay)
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # share of the steps spent warming up
+    eval_every: int = 50  # validation every this many steps
+    patience: int = 10  # early stop after this many evaluations without a better validation score
+    stop_at: int | None = None  # end here (a step of the schedule) instead of at ``steps``
+    seconds: float = 0.0  # wall-clock limit of the run (0 = none); the schedule is not shortened
+    seed: int = 0
+
+
+def train_steps(model: S4DModel, x: np.ndarray, y: np.ndarray, lengths: np.ndarray, args: StepArgs,
+                val: tuple | None = None, on_eval=None):
+    """Train ``model`` in place on standardised float sequences ``x`` (n, L, d) for a budget of
+    optimizer steps; returns (kept state_dict, curve, why it ended).
+
+    Batches walk seeded permutations of the sequences. With ``val`` = (x, y, lengths) the model is
+    scored every ``eval_every`` steps (``curve``: step, val_acc, val_loss) and the best-scoring
+    weights (accuracy, then loss) are kept; ``patience`` evaluations without improvement end the
+    run (early stopping). Without ``val`` the weights at the end are kept."""
+    set_determinism(args.seed)
+    t0 = time.time()
+    opt = torch.optim.AdamW(model.param_groups(args.lr, args.ssm_lr, args.weight_decay))
+    base = [g["lr"] for g in opt.param_groups]
+    gen = np.random.default_rng(args.seed)
+    end = min(args.steps, args.stop_at or args.steps)
+    warm = max(1, int(args.warmup * args.steps))
+    order, pos = gen.permutation(len(y)), 0
+    best, best_key, curve, since, why = None, None, [], 0, "steps"
+    for step in range(end):
+        if pos + args.batch_size > len(order):
+            order, pos = np.concatenate([order[pos:], gen.permutation(len(y))]), 0
+        idx = np.sort(order[pos : pos + args.batch_size])
+        pos += args.batch_size
+        f = lr_factor(step, args.steps, warm)
+        for g, lr0 in zip(opt.param_groups, base):
+            g["lr"] = lr0 * f
+        model.train()
+        loss = F.cross_entropy(model(torch.from_numpy(x[idx]), lengths=torch.from_numpy(lengths[idx])), torch.from_numpy(y[idx]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.project()
+        done = step + 1
+        out_of_time = args.seconds and time.time() - t0 > args.seconds
+        if val is not None and (done % args.eval_every == 0 or done == end or out_of_time):
+            acc, vloss = evaluate(model, *val[:2], lengths=val[2])
+            curve.append({"step": done, "val_acc": acc, "val_loss": vloss})
+            if on_eval:
+                on_eval(curve[-1])
+            key = (acc, -vloss)
+            if best_key is None or key > best_key:
+                best, best_key, since = _copy(model.state_dict()), key, 0
+            else:
+                since += 1
+                if since >= args.patience:
+                    why = "early stop"
+                    break
+        if out_of_time:
+            why = "time"
+            break
+    if val is None:
+        best = _copy(model.state_dict())
+        curve.append({"step": done, "train_loss": float(loss.item())})
+    return best, curve, why
