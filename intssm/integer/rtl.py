@@ -18,9 +18,9 @@ a site's multipliers are folded into its constant operand where that operand is 
 (``K = (A - z) M``, ``(W - z) M``, ``bias M``: exact integer products, as
 ``intssm.integer.sim.fold_constants`` does for the fast kernel), so every site is a sum of products
 then one rounding shift. Every accumulator is ``WACC`` bits, from the largest bound that
-:func:`intssm.datapath.qspec.site_bound` proves over all sites (via
+:func:`intssm.datapath.bounds.site_bound` proves over all sites (via
 :func:`intssm.integer.cexport.site_widths`); every term operand is ``WSB`` bits, from
-:func:`intssm.datapath.qspec.site_term_bounds`. Nothing wraps.
+:func:`intssm.datapath.bounds.site_term_bounds`. Nothing wraps.
 """
 
 from __future__ import annotations
