@@ -14,9 +14,8 @@ Quantizer of a tensor T:  real ~= s_T * (q - z_T),  q in [qmin, qmax]
 
 from __future__ import annotations
 
-import json
-import re
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
