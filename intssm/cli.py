@@ -158,8 +158,13 @@ def train(
         now = dict(seq=seq, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr, weight_decay=weight_decay,
                    seed=seed, limit=limit, threads=threads, max_minutes=max_minutes, val_fraction=val_fraction,
                    d_model=d_model, d_state=d_state, n_layers=n_layers, dropout=dropout, pool=pool, min_decay=min_decay)
+        def same(k, a, b):  # a dataset path given another way (relative, via a symlink) is the same dataset
+            if k == "seq" and a not in data.SEQS and b not in data.SEQS:
+                return Path(data.resolve(str(a))).resolve() == Path(data.resolve(str(b))).resolve()
+            return a == b
+
         for k, v in given.items():
-            if v != now[k]:
+            if not same(k, v, now[k]):
                 opt = "--" + k.replace("_", "-")
                 raise IntssmError(f"{opt} {v} conflicts with the interrupted run's {opt} {now[k]}: a resumed run goes on with "
                                   f"its own options; drop {opt}, or start a new run without --resume")

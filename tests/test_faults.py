@@ -928,8 +928,11 @@ def shared(tmp_path_factory):
     for s in SOCKETS:
         s.close()
     if PEAKS:
-        worst = max(PEAKS, key=PEAKS.get)
-        print(f"\nlargest peak RSS of a case: {PEAKS[worst] / 1024:.0f} MiB ({worst}); {len(PEAKS)} cases")
+        worst = max(PEAKS, key=lambda k: PEAKS[k][0])
+        ref = [k for k in PEAKS if PEAKS[k][1] == 2]
+        wref = max(ref, key=lambda k: PEAKS[k][0]) if ref else None
+        print(f"\nlargest peak RSS of a case: {PEAKS[worst][0] / 1024:.0f} MiB ({worst}); of a refusal (exit 2): "
+              + (f"{PEAKS[wref][0] / 1024:.0f} MiB ({wref})" if wref else "none") + f"; {len(PEAKS)} cases, {len(ref)} refusals")
 
 
 RESUME: dict = {}
@@ -990,7 +993,7 @@ def test_fault(runs, name):
         pytest.skip(f"Cortex-M toolchain or emulator missing ({mcu.INSTALL_HINT})")
     fut, tmp = runs[name]
     rc, out, err, rss = fut.result(timeout=600)
-    PEAKS[name] = rss
+    PEAKS[name] = (rss, rc)
     _, check, _ = CASES[name]
     check(rc, out, err, tmp)
     assert rss < PEAK_RSS_LIMIT_KB, f"peak RSS {rss} kB"

@@ -12,9 +12,8 @@ nonlinearities. docs/datapath.md gives the arithmetic of every site.
 
 from __future__ import annotations
 
-import json
-import re
 import math
+import re
 from dataclasses import asdict, dataclass, fields, replace
 
 from intssm.errors import IntssmError
