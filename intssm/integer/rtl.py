@@ -88,6 +88,8 @@ class Facts:
     multiplications_per_step: int
     multipliers: int
     words_per_sequence: int
+    rom_bits: int  # every constant ROM, depth x width
+    state_bits: int  # the state RAM
     arrays_sha256: str
 
     @property
@@ -257,7 +259,9 @@ def design(a: dict, cfg, qcfg, seq_len: int, lanes: int):
                   WK=WK, WXV=WXV, cycles_per_step=cycles_per_step(H, N2, NL, D_IN, P),
                   cycles_last_extra=cycles_last_extra(H, N2, NL, D_OUT, ncnt, P),
                   multiplications_per_step=multiplications_per_step(H, N2, NL, D_IN), multipliers=P + 1,
-                  words_per_sequence=D_OUT + ncnt + 2 * NL * H * N2, arrays_sha256=arrays_sha256(a))
+                  words_per_sequence=D_OUT + ncnt + 2 * NL * H * N2,
+                  rom_bits=sum(len(rows) * w for rows, w in rom.values()), state_bits=NL * H * MG * P * (WXR + WXI),
+                  arrays_sha256=arrays_sha256(a))
     return facts, lp, files, funcs, widths
 
 
@@ -471,13 +475,10 @@ def synthesize(d: Path, facts: Facts, place: bool = True, generic: bool = True, 
                 "tee -o synth/generic_stat.txt stat"], d, "yosys synth (generic gates)", timeout)
     del gen
     g = _cells((out / "generic_stat.txt").read_text())
-    mem_bits = 0
-    st = (out / "generic_stat.txt").read_text()
-    mb = re.search(r"Number of memory bits:\s+(\d+)", st)
-    if mb:
-        mem_bits = int(mb.group(1))
-    rep["generic"] = {"gates": sum(v for k, v in g.items() if k.startswith("$_") and "DFF" not in k and "MEM" not in k),
-                      "flip_flops": sum(v for k, v in g.items() if "DFF" in k), "memory_bits": mem_bits, "cells": g}
+    # memories stay memories ($mem_v2: the ROMs, the state RAM and the register files Yosys infers)
+    rep["generic"] = {"gates": sum(v for k, v in g.items() if k.startswith("$_") and "DFF" not in k),
+                      "flip_flops": sum(v for k, v in g.items() if "DFF" in k), "memories": g.get("$mem_v2", 0),
+                      "rom_bits": facts.rom_bits, "state_bits": facts.state_bits, "cells": g}
     return rep
 
 
@@ -495,5 +496,6 @@ def describe_synthesis(r: dict) -> str:
                      f"{r['ms_per_sequence']:.2f} ms per {r['sequence_steps']}-step sequence")
     g = r.get("generic")
     if g:
-        lines.append(f"  generic gates (yosys synth): {g['gates']} gates, {g['flip_flops']} flip-flops, {g['memory_bits']} memory bits")
+        lines.append(f"  generic (yosys synth): {g['gates']} gates, {g['flip_flops']} flip-flops outside {g['memories']} "
+                     f"memories; ROMs {g['rom_bits']} bits, state RAM {g['state_bits']} bits")
     return "\n".join(lines)
