@@ -172,14 +172,15 @@ def _check_report(rep: dict, n: int, facts: rtl.Facts):
 
 
 @needs("verilator")
-def test_default_model_smnist_200(tmp_path):
-    """The default model (paper-small-hetero, 8 lanes) on the first 200 sMNIST test sequences: every
-    logit, saturation counter and final state code equal to the simulator's; every step takes the
-    generator's stated cycles (1,409 at 8 lanes)."""
+@pytest.mark.parametrize("n", [pytest.param(20), pytest.param(200, marks=pytest.mark.slow)])
+def test_default_model_smnist(tmp_path, n):
+    """The default model (paper-small-hetero, 8 lanes) on the first ``n`` sMNIST test sequences (200 in
+    the slow profile, which CI runs): every logit, saturation counter and final state code equal to
+    the simulator's; every step takes the generator's stated cycles (1,409 at 8 lanes)."""
     im, srcs, facts = _export(DEFAULT, tmp_path / "rtl", 8)
-    ds = data.load("smnist", "test", 200)
+    ds = data.load("smnist", "test", n)
     rep = cosim.cosim(facts, srcs, tmp_path / "rtl", im.arrays, im.mean_pool, im.input_codes(ds), ds.lengths)
-    _check_report(rep, 200, facts)
+    _check_report(rep, n, facts)
     assert facts.cycles_per_step == rtl.cycles_per_step(16, 32, 1, 1, 8) == 1409
 
 
@@ -295,6 +296,7 @@ def _small_design(d: Path):
     return rtl.write_rtl(integer_model(qm), manifest_like(qm), d, lanes=1)[1]
 
 
+@pytest.mark.slow
 @needs("yosys")
 def test_small_design_synthesizes_for_ice40(tmp_path):
     """A small model's design (2 channels, 1 mode, 1 layer) through Yosys synth_ice40 -dsp: it maps
