@@ -16,7 +16,8 @@ Five stages, each reported as it runs, all inside one time budget (``max_minutes
    into the encoder (:func:`intssm.training.train.fold_standardisation`), so the float checkpoint
    reads the raw data and the input quantizer calibrates on them as for any model.
 3. **quantize** -- quantization presets from the smallest up (:data:`LADDER`): PTQ, then frozen-Abar
-   QAT (:func:`intssm.training.qat.train`; PTQ alone where ``qat_steps`` is 0); the first whose integer
+   QAT (:func:`intssm.training.qat.train`; PTQ alone where ``qat_steps`` is 0), the better of the
+   two on the selection sequences kept; the first whose integer
    accuracy on the selection sequences is within ``max_drop`` points of the float model's, and
    whose deployed bytes fit ``budget_bytes``, is kept. With cross-validation the selection sequences
    are the training sequences (every one was seen in training: they measure what quantization loses,
@@ -454,6 +455,11 @@ def _quantize(seq, opts, cv, fl, deadline, t0, rep, say) -> dict:
         P = st.qm.input_codes(sel.x, sel.lengths)
         pt["ptq_acc"] = int_accuracy(st.qm, P, sel.y, sel.lengths)
         acc, how = pt["ptq_acc"], "ptq"
+        from intssm.training.ptq import qspec_entry
+
+        ptq_state = {k: v.detach().clone() for k, v in st.qm.model.state_dict().items()}
+        ptq_extra = checkpoint.extras(st.ck, "qspec") | {"qspec": qspec_entry(st.qm, st.ranges), "ptq": {"config": name, "calib": 256, "seq": seq}}
+        extra = ptq_extra
         if opts.qat_steps and time.time() < stop:  # QAT even where PTQ meets the goal: low-bit PTQ generalises worse
             n_tr = len(data.load(seq, "train", None, fl["vfrac"]))
             epochs = max(1, math.ceil(opts.qat_steps / math.ceil(n_tr / 16)))
@@ -463,14 +469,16 @@ def _quantize(seq, opts, cv, fl, deadline, t0, rep, say) -> dict:
             extra = result_entries(st, best, history, None, param="frozen", epochs=epochs, batch_size=16, lr=1e-3)
             pt["qat_epochs"] = len(history) - 1
             pt["qat_stopped"] = next((h["stopped"] for h in history if "stopped" in h), None)
-            acc, how = int_accuracy(st.qm, P, sel.y, sel.lengths), "qat"
-        else:
-            from intssm.training.ptq import qspec_entry
-
-            extra = checkpoint.extras(st.ck, "qspec") | {"qspec": qspec_entry(st.qm, st.ranges), "ptq": {"config": name, "calib": 256, "seq": seq}}
+            pt["qat_acc"] = int_accuracy(st.qm, P, sel.y, sel.lengths)
+            if pt["qat_acc"] >= pt["ptq_acc"]:
+                acc, how = pt["qat_acc"], "qat"
+            else:  # QAT scored lower on the selection sequences than the PTQ model it started from: keep PTQ
+                st.qm.model.load_state_dict(ptq_state)
+                extra = ptq_extra
         pt |= {"selection_int_acc": acc, "method": how, "meets_goal": acc >= goal}
         points.append(pt)
-        say(f"  {name}: {mem['deployed_bytes']} B deployed, PTQ {pt['ptq_acc']:.4f}" + (f", QAT {acc:.4f}" if how == "qat" else "")
+        say(f"  {name}: {mem['deployed_bytes']} B deployed, PTQ {pt['ptq_acc']:.4f}" + (f", QAT {pt['qat_acc']:.4f}" if "qat_acc" in pt else "")
+            + (" (PTQ kept)" if "qat_acc" in pt and how == "ptq" else "")
             + (" -- meets the goal" if acc >= goal else ""))
         if chosen is None or acc > chosen[0]["selection_int_acc"] or acc >= goal:
             chosen = (pt, st, extra)
@@ -625,7 +633,7 @@ def card_markdown(c: dict) -> str:
             if "selection_int_acc" not in p:
                 lines.append(f"| {p['config']} | {p['deployed_bytes']:,} | {p.get('skipped', '')} | | |")
                 continue
-            qat_txt = f"{100 * p['selection_int_acc']:.2f}%" if p["method"] == "qat" else "-"
+            qat_txt = (f"{100 * p['qat_acc']:.2f}%" if "qat_acc" in p else "-") + (" (PTQ kept)" if p["method"] == "ptq" and "qat_acc" in p else "")
             lines.append(f"| {p['config']}{' **(chosen)**' if p['config'] == q['chosen'] else ''} | {p['deployed_bytes']:,} | "
                          f"{100 * p['ptq_acc']:.2f}% | {qat_txt} | "
                          f"{'yes' if p['meets_goal'] else 'no'} |")

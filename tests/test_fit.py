@@ -106,6 +106,8 @@ def test_poisoned_test_labels_change_no_choice(tmp_path):
     for stage in ("select", "float", "quantize"):
         assert _strip(ca["stages"][stage]) == _strip(cb["stages"][stage]), stage
     assert ca["stages"]["verify"]["results"]["selection"] == cb["stages"]["verify"]["results"]["selection"]
+    for p in ca["stages"]["quantize"]["points"]:  # the better of PTQ and QAT on the selection sequences is kept
+        assert p["selection_int_acc"] == max(p["ptq_acc"], p.get("qat_acc", 0.0))
     ta, tb = (c["stages"]["verify"]["results"]["test"] for c in (ca, cb))
     assert ta["int_acc"] == pytest.approx(1 - tb["int_acc"])  # the same predictions, scored against flipped labels
     for f in ("float.pt", "int.pt"):
