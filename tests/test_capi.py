@@ -128,6 +128,8 @@ def test_streaming_readout_equals_simulator(tmp_path, pool):
 
 
 def test_pool_len_refusals():
+    """simulate refuses a mean-pooling readout over a prefix shorter than the full length, and a
+    pool_len that is not a positive integer within range (0, -1, a bool, 2.5, 2**30)."""
     qm = tiny("mean", 5)
     a = integer_model(qm)
     P = np.zeros((1, 3, 2), np.uint8)

@@ -48,6 +48,9 @@ def _restore_torch_threads():
 @settings(max_examples=8)
 @given(models(), quant_configs(), st.data())
 def test_c_equals_simulator_random_models(m, qcfg, data):
+    """The generated C (host build, a drawn state layout) equals the simulator on random models,
+    configs and inputs: logits, every saturation counter, classify's class and logits, and
+    the final state, with ==."""
     qm, arrays, P = random_case(m, qcfg, data, 12, data.draw(st.sampled_from([0.3, 1.0])))
     n = len(qm.counters)
     layout_ = data.draw(st.sampled_from(cexport.STATE_LAYOUTS))
@@ -122,6 +125,9 @@ def smnist_build(tmp_path_factory):
 
 @needs_gcc
 def test_c_equals_simulator_smnist(smnist_build):
+    """The paper-small export on 20 real sMNIST test sequences equals the simulator (logits,
+    counters, final state), and the example main.c prints the same logits, class and step
+    count for one sequence read from stdin."""
     qm, arrays, d, exe = smnist_build
     P = data.load("smnist", "test", 20).x
     assert P.dtype == np.uint8 and P.shape == (20, 784, 1)
@@ -160,6 +166,8 @@ def sections(obj: Path) -> dict:
 @needs_gcc
 @pytest.mark.skipif(SIZE is None, reason="binutils size not on PATH")
 def test_object_sections_match_tables(smnist_build):
+    """The compiled object holds the constants in .rodata/.data with exactly the table bytes the
+    storage plan accounts (packed blob = the fields' bits), and nothing in .bss."""
     qm, arrays, d, _ = smnist_build
     gcc("-c", "intssm_model.c", "-o", "intssm_model.o", cwd=d)
     sec = sections(d / "intssm_model.o")
@@ -252,6 +260,9 @@ def test_c_rounding_shifts_are_floor_half_up(tmp_path, portable):
 
 
 def test_ctype_choice_and_literals():
+    """ctype_for picks the narrowest C integer type holding a range, and C literals at the
+    int32/int64 edges are written without overflow (INT32_MIN as an expression, wide values
+    with INT64_C)."""
     assert cexport.ctype_for(-128, 127) == ("int8_t", 1)
     assert cexport.ctype_for(0, 255) == ("uint8_t", 1)
     assert cexport.ctype_for(-1, 255) == ("int16_t", 2)
@@ -268,6 +279,9 @@ def _tiny():
 
 
 def test_inconsistent_description_refused(tmp_path):
+    """write_c refuses arrays that disagree with the description (a shape, a missing array, the
+    counter list, a missing quant config) and an output path that is a file, each with an
+    IntssmError naming it."""
     qm = _tiny()
     arrays, man = integer_model(qm), manifest_like(qm)
     with pytest.raises(IntssmError, match="shape"):

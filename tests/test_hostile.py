@@ -49,6 +49,8 @@ def _run(*args):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hostile_checkpoint_refused(tmp_path, name):
+    """A crafted checkpoint is refused by simulate with exactly one error line naming the fault,
+    exit 2, under the peak-RSS limit, and the file is left unchanged."""
     make, fragment = CASES[name]
     bad = tmp_path / f"{name}.pt"
     torch.save(make(), bad)
@@ -66,6 +68,7 @@ def test_hostile_checkpoint_refused(tmp_path, name):
     (["simulate", SRC, "--trace", "{tmp}/missing/dir/t.npz", "--trace-index", "-1"], "--trace-index must be >= 0"),
 ])
 def test_hostile_options_refused(tmp_path, args, fragment):
+    """A hostile option value is refused with exit 2, no traceback, and a message naming the option."""
     args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]
     rc, err, _ = _run(*args)
     assert rc == 2 and "Traceback" not in err and fragment in err, err[-1500:]

@@ -36,6 +36,9 @@ def _run_until(args, marker: str, sig) -> tuple[int, str]:
 
 
 def test_train_interrupt_keeps_best_and_resume_equals_uninterrupted(tmp_path):
+    """SIGINT during train exits 130 with a loadable checkpoint marked interrupted (earlier outputs
+    untouched, no temporary left), and --resume from it gives weights equal to an
+    uninterrupted run's."""
     prev = tmp_path / "earlier.pt"
     prev.write_bytes(b"an earlier output")
     out = tmp_path / "m.pt"
@@ -64,6 +67,8 @@ def test_train_interrupt_keeps_best_and_resume_equals_uninterrupted(tmp_path):
 
 
 def test_resume_needs_an_interrupted_run(tmp_path):
+    """train --resume on a checkpoint without a resume state is refused with one error line (exit 2,
+    no traceback)."""
     r = subprocess.run([sys.executable, "-m", "intssm", "train", "--resume",
                         str(ROOT / "data" / "checkpoints" / "japanesevowels-fp32.pt"), "-o", str(tmp_path / "x.pt")],
                        capture_output=True, text=True, timeout=300)
@@ -71,6 +76,8 @@ def test_resume_needs_an_interrupted_run(tmp_path):
 
 
 def test_qat_sigterm_keeps_best_integer_model(tmp_path):
+    """SIGTERM during qat exits 143 and saves a complete quantized checkpoint marked interrupted
+    (loadable as an integer model with its Torch twin); the source checkpoint is unchanged."""
     from intssm import sources as integer
 
     src = ROOT / "data" / "checkpoints" / "japanesevowels-fp32.pt"

@@ -159,6 +159,9 @@ def test_float_reference_on_cortex_m4f(tmp_path):
 
 @needs_mcu
 def test_cli_target_report_and_refusals(tmp_path):
+    """export-c --target cortex-m4 --report: 3 sequences bit-exact and a JSON report equal to the
+    printed figures; a bad target, --report without --target, --sequences 0 and a missing
+    model are one-line refusals before any work."""
     out = tmp_path / "c"
     rep = ok_json(intssm("export-c", CKPT / "paper-small-hetero.pt", "-o", out, "--target", "cortex-m4",
                          "--sequences", "3", "--count-steps", "2", "--report", "--json"))

@@ -39,6 +39,8 @@ BM, JV = UEA / "BasicMotions", UEA / "JapaneseVowels"
 
 @pytest.mark.parametrize("split,n", [("TRAIN", 40), ("TEST", 40)])
 def test_ts_basicmotions(split, n):
+    """The BasicMotions .ts split reads as (n, 100, 6) float32 with the declared class order,
+    balanced labels, the problem name, and the first values of the file."""
     t = read_ts(BM / f"BasicMotions_{split}.ts")
     assert t.x.shape == (n, 100, 6) and t.x.dtype == np.float32
     assert (t.lengths == 100).all()
@@ -50,6 +52,8 @@ def test_ts_basicmotions(split, n):
 
 
 def test_ts_japanesevowels_unequal_lengths():
+    """JapaneseVowels reads with its 270/370 cases, 12 channels, 9 balanced classes and lengths
+    7..29; padding after each series is zero and each series' last step is not."""
     tr, te = read_ts(JV / "JapaneseVowels_TRAIN.ts"), read_ts(JV / "JapaneseVowels_TEST.ts")
     assert tr.x.shape[0] == 270 and te.x.shape[0] == 370 and tr.x.shape[2] == te.x.shape[2] == 12
     assert tr.classes == [str(i) for i in range(1, 10)]
@@ -77,6 +81,7 @@ HEAD = "@problemName T\n@timeStamps false\n@missing false\n@univariate false\n@d
     ("@data\n", "no cases after @data"),
 ])
 def test_ts_malformed(tmp_path, body, fragment):
+    """A malformed .ts body is refused with an IntssmError naming the fault."""
     p = tmp_path / "T_TRAIN.ts"
     p.write_text(HEAD + body)
     with pytest.raises(IntssmError, match=fragment):
@@ -84,6 +89,8 @@ def test_ts_malformed(tmp_path, body, fragment):
 
 
 def test_ts_header_refusals(tmp_path):
+    """A .ts header with time stamps, a regression target or a non-integer @dimensions is refused
+    with a message naming it."""
     p = tmp_path / "T_TRAIN.ts"
     p.write_text(HEAD.replace("@timeStamps false", "@timeStamps true") + "@data\n(1,2):a\n")
     with pytest.raises(IntssmError, match="timeStamps true"):
@@ -109,6 +116,8 @@ def test_ts_cli_one_error_line(tmp_path):
 
 
 def test_ts_dataset_by_directory_or_train_file():
+    """A .ts dataset named by its directory or by its TRAIN file loads the same arrays, lengths and
+    checksum."""
     a, b = data.load(str(JV), "test"), data.load(str(JV / "JapaneseVowels_TRAIN.ts"), "test")
     assert np.array_equal(a.x, b.x) and np.array_equal(a.lengths, b.lengths) and a.checksum == b.checksum
     assert a.varlen and a.classes[0] == "1"
@@ -130,6 +139,8 @@ def test_stratified_split_keeps_every_class(counts, frac):
 
 
 def test_val_fraction_zero_means_no_validation(tmp_path):
+    """--val-fraction 0 gives an empty validation split and every sequence in training; a fraction
+    of 1 is refused."""
     ds = data.load(str(BM), "val", val_fraction=0.0)
     assert len(ds) == 0 and len(data.load(str(BM), "train", val_fraction=0.0)) == 40
     with pytest.raises(IntssmError, match="val-fraction"):
@@ -147,6 +158,7 @@ def _npz(tmp_path, **kw):
 
 
 def test_npz_lengths(tmp_path):
+    """An .npz with len_train/len_test gives those per-sequence lengths (variable-length data)."""
     p = _npz(tmp_path, len_train=np.arange(12) % 6 + 1, len_test=np.array([6, 1, 2, 3, 4]))
     te = data.load(str(p), "test")
     assert te.lengths.tolist() == [6, 1, 2, 3, 4] and te.varlen
@@ -161,6 +173,7 @@ def test_npz_lengths(tmp_path):
     (dict(len_test=np.full(5, 2.0)), "integer array"),
 ])
 def test_npz_lengths_refused(tmp_path, kw, fragment):
+    """len_train/len_test of the wrong shape, type or range are refused with a message naming them."""
     with pytest.raises(IntssmError, match=fragment):
         data.load(str(_npz(tmp_path, **kw)), "test")
 
@@ -262,6 +275,8 @@ def test_torch_equals_numba_on_any_inputs(m, qcfg, draw):
 
 
 def test_mean_pool_refuses_variable_lengths():
+    """A mean-pooling model refuses variable-length sequences, in the simulator and in the Torch
+    quantized model alike."""
     m = S4DModel(ModelConfig(d_input=2, d_output=2, d_model=2, d_state=2, pool="mean")).double()
     x = np.random.default_rng(0).normal(size=(3, 5, 2)).astype(np.float32)
     qm, _ = ptq_dataset(m, __import__("intssm.datapath.qspec", fromlist=["PRESETS"]).PRESETS["w8a8"],
@@ -274,6 +289,8 @@ def test_mean_pool_refuses_variable_lengths():
 
 
 def test_model_kind_must_match_the_data():
+    """A float-data model refuses uint8 data and the wrong feature count; a uint8 model refuses the
+    wrong feature count."""
     m = S4DModel(ModelConfig(d_input=2, d_output=2, d_model=2, d_state=2)).double()
     x = np.random.default_rng(0).normal(size=(3, 5, 2)).astype(np.float32)
     qm, _ = ptq_dataset(m, __import__("intssm.datapath.qspec", fromlist=["PRESETS"]).PRESETS["w8a8"],
@@ -317,6 +334,8 @@ def test_end_to_end_real_dataset(tmp_path, ds, preset, epochs):
 
 
 def test_train_takes_the_ends_from_the_data(tmp_path):
+    """train takes the features per step, classes and last-step pooling from a variable-length
+    dataset, records val_fraction 0, and eval refuses data with another feature count."""
     import json
 
     from intssm.training import checkpoint

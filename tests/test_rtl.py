@@ -223,6 +223,7 @@ def test_rtl_equals_simulator_random_models(m, qcfg, data_):
 
 
 def test_lanes_must_divide_modes(tmp_path):
+    """write_rtl refuses a lane count that does not divide the number of modes."""
     im = sources.load(DEFAULT, torch_model=False)
     with pytest.raises(IntssmError, match="lanes must divide"):
         rtl.write_rtl(im.arrays, im.description(), tmp_path, lanes=3)
