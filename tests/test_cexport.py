@@ -258,7 +258,7 @@ def test_ctype_choice_and_literals():
     assert cexport.ctype_for(0, 65535) == ("uint16_t", 2)
     assert cexport.ctype_for(-(2**31), 2**31 - 1) == ("int32_t", 4)
     assert cexport.ctype_for(-1, 2**31) == ("int64_t", 8)
-    assert cexport._lit(-(2**31)) == "(-2147483647 - 1)" and cexport._lit(2**40) == "INT64_C(1099511627776)"
+    assert cexport.c_int(-(2**31)) == "(-2147483647 - 1)" and cexport.c_int(2**40) == "INT64_C(1099511627776)"
 
 
 def _tiny():
