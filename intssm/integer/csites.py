@@ -41,7 +41,7 @@ def site_widths(a: dict, cfg, qcfg, seq_len: int) -> dict:
     """kind -> :class:`SiteWidth` of every site kind, from :func:`intssm.datapath.bounds.site_bound`
     with the model's own multipliers and shifts. Raises IntssmError where a rounded result could
     leave int32 (the generated code narrows it there)."""
-    from intssm.datapath.bounds import site_bound, site_term_bounds
+    from intssm.datapath.bounds import channel_sums, site_bound, site_term_bounds
 
     T = site_term_bounds(cfg, qcfg, seq_len)
     dither = qcfg.state_rounding == "dither"
@@ -54,9 +54,8 @@ def site_widths(a: dict, cfg, qcfg, seq_len: int) -> dict:
             d = dither and kind in ("x_re", "x_im")
             acc = max(acc, site_bound(kind, terms, bias, M, S, d))
             smax, smin = max(smax, int(S.max())), min(smin, int(S.min()))
-            for c in range(M.shape[1]):
-                b = sum(int(t) * int(M[k, c]) for k, t in enumerate(terms)) + bias * int(M[0, c])
-                post = max(post, (b + (1 << int(S[c]))) >> int(S[c]))
+            for b, s in zip(channel_sums(terms, bias, M), S):
+                post = max(post, (b + (1 << int(s))) >> int(s))
         tb = max(terms) + bias  # a term with its bias (sites with a bias have one term)
         # the bound includes the rounding offset, 2^(S-1) (2^S - 1 dithered): a shift past 31 is int64 already
         out[kind] = SiteWidth(kind, tb, acc, smax, smin, tb > INT32_LIMIT, acc > INT32_LIMIT, post > 2**30)

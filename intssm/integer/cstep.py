@@ -323,45 +323,7 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
         loop = (f"{pre}\n            for (n = 0; n < {NS}_N2; ++n) {{\n"
                 f"{ind}const uint32_t xb = (uint32_t)(k0 + n) * {XB}u;\n"
                 f"{mode(rec, 'n', ind, 's->x + (xb >> 3)', '(xb & 7u)')}\n            }}")
-    return f"""
-void {ns}_reset({ns}_state *s)
-{{
-    /* the plain loops are written through volatile pointers: GCC turns a zeroing loop into a call
-     * of memset (-ftree-loop-distribute-patterns), which a freestanding image need not have */
-    volatile uint8_t *const xz = s->x;
-    volatile {dims['POOL_T']} *const pz = s->pool_acc;
-    volatile uint32_t *const cz = s->counters;
-    uint32_t k;
-    int i, hh, n;
-    for (k = 0; k < (uint32_t)sizeof s->x; ++k)
-        xz[k] = 0;
-    for (i = 0; i < {NS}_LAYERS; ++i)
-        for (hh = 0; hh < {NS}_H; ++hh) {{
-            const int32_t nr = AT_x_re_z(i, hh), ni = AT_x_im_z(i, hh);
-            const uint32_t xw = {pack};
-            for (n = 0; n < {NS}_N2; ++n) {{
-                const uint32_t xb = (uint32_t)((i * {NS}_H + hh) * {NS}_N2 + n) * {XB}u;
-{x_store("s->x + (xb >> 3)", "(xb & 7u)", "                ")}
-            }}
-        }}
-    for (k = 0; k < {NS}_H; ++k)
-        pz[k] = 0;
-    for (k = 0; k < {NS}_N_COUNTERS; ++k)
-        cz[k] = 0;
-    s->steps = 0;
-#if INTSSM_DITHER
-    s->phase = 0;
-#endif
-}}
-
-void {ns}_state_x(const {ns}_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im)
-{{
-    const uint32_t xb = (uint32_t)((i * {NS}_H + hh) * {NS}_N2 + n) * {XB}u;
-    const uint32_t xw = rd32(s->x + (xb >> 3)) >> (xb & 7u);
-    *x_re = {xr_rd};
-    *x_im = {xi_rd};
-}}
-
+    return reset_and_state_x(ns, dims, pack, XB, x_store, xr_rd, xi_rd) + f"""
 void {ns}_step({ns}_state *s, const uint8_t *p)
 {{
     {h_t} h[{NS}_H];
@@ -431,7 +393,61 @@ void {ns}_step({ns}_state *s, const uint8_t *p)
     s->phase += UINT32_C({c_hex32(WEYL_STEP)});  /* the next step's phase, mod 2^32 */
 #endif
 }}
-#if {NS}_MEAN_POOL
+""" + readout(ns, dims, wp, wl)
+
+
+def reset_and_state_x(ns: str, dims: dict, pack: str, XB: int, x_store, xr_rd: str, xi_rd: str) -> str:
+    """C of ``<ns>_reset`` (the state codes at their zero points; ``pack``: the record of (nr, ni),
+    ``x_store``: the writer of one record) and ``<ns>_state_x`` (one mode's codes: ``xr_rd``, ``xi_rd``
+    of the record ``xw``); ``XB`` bits per mode."""
+    NS = ns.upper()
+    return f"""
+void {ns}_reset({ns}_state *s)
+{{
+    /* the plain loops are written through volatile pointers: GCC turns a zeroing loop into a call
+     * of memset (-ftree-loop-distribute-patterns), which a freestanding image need not have */
+    volatile uint8_t *const xz = s->x;
+    volatile {dims['POOL_T']} *const pz = s->pool_acc;
+    volatile uint32_t *const cz = s->counters;
+    uint32_t k;
+    int i, hh, n;
+    for (k = 0; k < (uint32_t)sizeof s->x; ++k)
+        xz[k] = 0;
+    for (i = 0; i < {NS}_LAYERS; ++i)
+        for (hh = 0; hh < {NS}_H; ++hh) {{
+            const int32_t nr = AT_x_re_z(i, hh), ni = AT_x_im_z(i, hh);
+            const uint32_t xw = {pack};
+            for (n = 0; n < {NS}_N2; ++n) {{
+                const uint32_t xb = (uint32_t)((i * {NS}_H + hh) * {NS}_N2 + n) * {XB}u;
+{x_store("s->x + (xb >> 3)", "(xb & 7u)", "                ")}
+            }}
+        }}
+    for (k = 0; k < {NS}_H; ++k)
+        pz[k] = 0;
+    for (k = 0; k < {NS}_N_COUNTERS; ++k)
+        cz[k] = 0;
+    s->steps = 0;
+#if INTSSM_DITHER
+    s->phase = 0;
+#endif
+}}
+
+void {ns}_state_x(const {ns}_state *s, int i, int hh, int n, int32_t *x_re, int32_t *x_im)
+{{
+    const uint32_t xb = (uint32_t)((i * {NS}_H + hh) * {NS}_N2 + n) * {XB}u;
+    const uint32_t xw = rd32(s->x + (xb >> 3)) >> (xb & 7u);
+    *x_re = {xr_rd};
+    *x_im = {xi_rd};
+}}
+"""
+
+
+def readout(ns: str, dims: dict, wp: SiteWidth, wl: SiteWidth) -> str:
+    """C of the streaming readout (``mean_rescale``, ``<ns>_logits``: the pooling and logits sites
+    ``wp``, ``wl``) and ``<ns>_classify``, with the counter indices of :mod:`intssm.datapath.layout`."""
+    NS = ns.upper()
+    nlc = len(layout.LAYER_COUNTERS)
+    return f"""#if {NS}_MEAN_POOL
 
 /* The streaming readout's pooling sum after t steps: round_half_up(acc L / t), L = {NS}_SEQ_LEN,
  * as floor((2 acc L + t) / (2 t)) (docs/datapath.md, "Streaming readout"); |2 acc L + t| < 2^63
