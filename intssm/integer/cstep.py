@@ -181,7 +181,6 @@ def shared_update(a: dict) -> bool:
 def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> str:
     """The API's functions (reset, step, readout), with the counter indices of :mod:`intssm.datapath.layout`."""
     NS = ns.upper()
-    nlc = len(layout.LAYER_COUNTERS)
     x = p.x
     xr_rd, xi_rd = field_read("xw", x["wr"], x["sr"]), field_read(f"(xw >> {x['wr']})", x["wi"], x["si"])
     XB = x["bits"]
@@ -196,7 +195,7 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
                 f"{ind}    const uint32_t ow_ = ({old or 'rd32(xq_)'} & {keep}) | (xw << {sh});\n"
                 + "".join(f"{ind}    xq_[{b}] = (uint8_t)(ow_ >> {8 * b});\n" for b in range(4)) + f"{ind}}}")
 
-    we, wxr, wxi, wy, wg, wh, wp, wl = (w[k] for k in ("enc", "x_re", "x_im", "y", "glu", "h", "pool", "logits"))
+    wxr, wxi, wy, wg, wp, wl = (w[k] for k in ("x_re", "x_im", "y", "glu", "pool", "logits"))
     tx = term_t(wxr) if not wxi.term64 else "int64_t"
     wide = tx == "int64_t"  # the products themselves need int64
     # int32 accumulators: |u M2| <= |B| |u| M2 <= the proved bound, so u M2 (umr, umi) is formed once per channel
@@ -235,7 +234,6 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
         acc_r = mac(wxr, [("+", "pr", "mr0"), ("+", "br * umr") if once else ("+", product("br", "u", ct == "int64_t"), "mr2")])
         acc_i = mac(wxi, [("+", "pi", "mr0"), ("+", "bi * umr") if once else ("+", product("bi", "u", ct == "int64_t"), "mr2")])
     ty_t = term_t(wy)
-    h_t, a_t, g_t = (ctype_for(*dims[k])[0] for k in ("QR_H", "QR_ACT", "QR_GLU"))
     half_r, half_i = _half_trick(wxr, dither), _half_trick(wxi, dither)
     var = {"A_re": ("ar", "azr"), "A_im": ("ai", "azi"), "B_re": ("br", "bz"), "B_im": ("bi", "bz"), "C_re": ("cr", "cz"),
            "C_im": ("ci", "cz")}
@@ -323,7 +321,20 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
         loop = (f"{pre}\n            for (n = 0; n < {NS}_N2; ++n) {{\n"
                 f"{ind}const uint32_t xb = (uint32_t)(k0 + n) * {XB}u;\n"
                 f"{mode(rec, 'n', ind, 's->x + (xb >> 3)', '(xb & 7u)')}\n            }}")
-    return reset_and_state_x(ns, dims, pack, XB, x_store, xr_rd, xi_rd) + f"""
+    return reset_and_state_x(ns, dims, pack, XB, x_store, xr_rd, xi_rd) + step_function(ns, dims, w, loop, mix_dot) + \
+        readout(ns, dims, wp, wl)
+
+
+def step_function(ns: str, dims: dict, w: dict, loop: str, mix_dot: str) -> str:
+    """C of ``<ns>_step``: the encoder; per layer the state loop ``loop`` (every mode's update and
+    the output sums), the output site, the GLU mixing (its dot product ``mix_dot``) and the residual;
+    the pooling sum, the step count and the dither phase. ``w``: the sites' :class:`SiteWidth`."""
+    NS = ns.upper()
+    nlc = len(layout.LAYER_COUNTERS)
+    we, wy, wg, wh = (w[k] for k in ("enc", "y", "glu", "h"))
+    ty_t = term_t(wy)
+    h_t, a_t, g_t = (ctype_for(*dims[k])[0] for k in ("QR_H", "QR_ACT", "QR_GLU"))
+    return f"""
 void {ns}_step({ns}_state *s, const uint8_t *p)
 {{
     {h_t} h[{NS}_H];
@@ -393,7 +404,7 @@ void {ns}_step({ns}_state *s, const uint8_t *p)
     s->phase += UINT32_C({c_hex32(WEYL_STEP)});  /* the next step's phase, mod 2^32 */
 #endif
 }}
-""" + readout(ns, dims, wp, wl)
+"""
 
 
 def reset_and_state_x(ns: str, dims: dict, pack: str, XB: int, x_store, xr_rd: str, xi_rd: str) -> str:
