@@ -269,7 +269,23 @@ def test_ctype_choice_and_literals():
     assert cexport.ctype_for(0, 65535) == ("uint16_t", 2)
     assert cexport.ctype_for(-(2**31), 2**31 - 1) == ("int32_t", 4)
     assert cexport.ctype_for(-1, 2**31) == ("int64_t", 8)
-    assert cexport._lit(-(2**31)) == "(-2147483647 - 1)" and cexport._lit(2**40) == "INT64_C(1099511627776)"
+    assert cexport.c_int(-(2**31)) == "(-2147483647 - 1)" and cexport.c_int(2**40) == "INT64_C(1099511627776)"
+
+
+def test_c_dither_formulas_come_from_fixedpoint():
+    """The C dither lane (cstep.c_lane, built by applying fixedpoint.weyl_lane_of to C operands),
+    evaluated with integers, equals weyl_lane_of for both parts and unrolled modes; the C Weyl
+    constants are fixedpoint's."""
+    from intssm.datapath.fixedpoint import WEYL_LANE, WEYL_STEP, weyl_lane_of
+    from intssm.integer import cstep, ctext
+
+    for part in (0, 1):
+        for n, dn in (("n", 0), ("n + 3", 3)):
+            expr = cstep.c_lane("NS", part, n)
+            for i, H, hh, N2, nv in ((0, 1, 0, 1, 0), (2, 5, 3, 7, 4), (1, 16, 15, 32, 28)):
+                got = eval(expr, {}, {"i": i, "NS_H": H, "hh": hh, "NS_N2": N2, "n": nv})
+                assert got == weyl_lane_of(i, part, H, hh, N2, nv + dn)
+    assert f"UINT32_C(0x{WEYL_LANE:08X})" in cstep.HELPERS and ctext.c_hex32(WEYL_STEP) == "0x9E3779B9"
 
 
 def _tiny():

@@ -39,6 +39,14 @@ def site_term_bounds(cfg: ModelConfig, qcfg: QuantConfig, seq_len: int) -> dict:
     }
 
 
+def channel_sums(terms_bound, bias_bound: int, M: np.ndarray) -> list:
+    """Per channel c of a site, the largest |sum_t term_t M_t + bias M_0| before rounding:
+    sum_t bound_t M[t, c] + bias M[0, c] (exact Python integers; :func:`site_bound` adds the
+    rounding offset)."""
+    return [sum(int(b) * int(M[t, c]) for t, b in enumerate(terms_bound)) + bias_bound * int(M[0, c])
+            for c in range(M.shape[1])]
+
+
 def site_bound(name: str, terms_bound, bias_bound: int, M: np.ndarray, S: np.ndarray, dither: bool) -> int:
     """The largest |accumulator| of one requantization site, proved below 2**53 (else IntssmError).
 
@@ -50,8 +58,7 @@ def site_bound(name: str, terms_bound, bias_bound: int, M: np.ndarray, S: np.nda
     if dither and S.size and int(S.max()) > 32:
         raise IntssmError(f"datapath site {name}: the dithered state rounding needs shifts <= 32, got {int(S.max())}")
     bound = 0
-    for c in range(M.shape[1]):
-        acc = sum(int(b) * int(M[t, c]) for t, b in enumerate(terms_bound)) + bias_bound * int(M[0, c])
+    for c, acc in enumerate(channel_sums(terms_bound, bias_bound, M)):
         acc += ((1 << int(S[c])) - 1) if dither else (1 << int(S[c] - 1)) if S[c] > 0 else 0
         bound = max(bound, acc)
     if bound >= EXACT_LIMIT:

@@ -10,7 +10,7 @@ def readme(ns: str, dims: dict, flash_bytes: int, float_inputs: bool) -> str:
     """The integration guide of an export with prefix ``ns`` (``dims``: :func:`intssm.integer.cexport.check`'s,
     with the state's size; ``flash_bytes``: its constant data)."""
     from intssm.integer import mcu
-    from intssm.integer.cexport import file_names
+    from intssm.integer.ctext import file_names
 
     NS = ns.upper()
     h, c = file_names(ns)

@@ -97,7 +97,7 @@ def codes_from_thresholds(thr: np.ndarray, u: np.ndarray) -> np.ndarray:
 def c_source(ns: str, thr: np.ndarray, adc: np.ndarray | None = None, adc_scale=None) -> str:
     """The C input path of an export with prefix ``ns``: the threshold tables and ``ns_input_codes``
     (and, with ADC thresholds, ``ns_input_codes_adc``)."""
-    from intssm.integer.cexport import c_initializer
+    from intssm.integer.ctext import c_initializer
 
     d, q = thr.shape
     NS = ns.upper()
@@ -106,7 +106,7 @@ def c_source(ns: str, thr: np.ndarray, adc: np.ndarray | None = None, adc_scale=
 
 
 def _adc_source(ns: str, NS: str, adc: np.ndarray, adc_scale) -> str:
-    from intssm.integer.cexport import c_initializer
+    from intssm.integer.ctext import c_initializer
 
     d, q = adc.shape
     scales = ", ".join(f"{float(v):.9g}" for v in adc_scale)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from intssm import outputs
-from intssm.integer.cexport import c_initializer
+from intssm.integer.ctext import c_initializer
 from intssm.errors import IntssmError
 
 H_FILE, C_FILE = "intssm_model.h", "intssm_model.c"
