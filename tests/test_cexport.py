@@ -44,6 +44,7 @@ def _restore_torch_threads():
 
 # ------------------------------------------------------------------ (a) random models / configs ---
 
+@pytest.mark.slow
 @needs_gcc
 @settings(max_examples=8)
 @given(models(), quant_configs(), st.data())
