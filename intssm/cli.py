@@ -438,7 +438,7 @@ def qat_(
     from intssm import data
     from intssm.training import checkpoint
     from intssm.training.equalize import check_strength
-    from intssm.training.qat import PARAMS, check_options, kept, result_entries, start_from
+    from intssm.training.qat import PARAMS, Diverged, check_options, kept, result_entries, start_from
     from intssm.training.qat import train as run_qat
 
     _check_limit(limit)
@@ -468,15 +468,23 @@ def qat_(
             raise IntssmError(f"--teacher {teacher} was trained on another dataset than {ckpt} (checksums differ); "
                               "give a teacher trained on the same dataset")
     n_train = len(data.load(st.seq, "train", limit, st.val_fraction))
+    diverged = None
     with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
-        best, history, interrupted = run_qat(st.qm, st.seq, param, epochs, batch_size, lr, limit, val_limit, seed,
-                                             on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
-                                             on_epoch=lambda r: err.print(json.dumps(r), soft_wrap=True), max_minutes=max_minutes,
-                                             distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema,
-                                             val_fraction=st.val_fraction)
+        try:
+            best, history, interrupted = run_qat(st.qm, st.seq, param, epochs, batch_size, lr, limit, val_limit, seed,
+                                                 on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
+                                                 on_epoch=lambda r: err.print(json.dumps(r), soft_wrap=True), max_minutes=max_minutes,
+                                                 distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema,
+                                                 val_fraction=st.val_fraction)
+        except Diverged as e:
+            best, history, interrupted, diverged = e.best, e.history, None, e
     extra = result_entries(st, best, history, interrupted, param=param, epochs=epochs, batch_size=batch_size, lr=lr,
                            ema=ema, equalize=equalize,
                            distill={"alpha": distill, "temp": distill_temp, "teacher": str(teacher) if teacher else "start"} if distill > 0 else None)
+    if diverged is not None:
+        checkpoint.save(out, st.qm.model, **extra, diverged=diverged.where)
+        raise IntssmError(f"{diverged}; saved {out} with the best finished epoch (epoch {kept(history)[1]}), marked "
+                          "diverged; lower --lr")
     checkpoint.save(out, st.qm.model, **extra)  # float64, as trained: float32 could flip a code at a rounding tie
     best_acc, best_ep, kind = kept(history)
     if interrupted is not None:

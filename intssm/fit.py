@@ -430,7 +430,7 @@ def _deployed(qm, L) -> dict:
 def _quantize(seq, opts, cv, fl, deadline, t0, rep, say) -> dict:
     from intssm import data
     from intssm.training import checkpoint
-    from intssm.training.qat import int_accuracy, result_entries, start_from
+    from intssm.training.qat import Diverged, int_accuracy, result_entries, start_from
     from intssm.training.qat import train as run_qat
 
     stop = _stage_end("quantize", t0, deadline)
@@ -464,8 +464,12 @@ def _quantize(seq, opts, cv, fl, deadline, t0, rep, say) -> dict:
             n_tr = len(data.load(seq, "train", None, fl["vfrac"]))
             epochs = max(1, math.ceil(opts.qat_steps / math.ceil(n_tr / 16)))
             left = max(0.2, (stop - time.time()) / 60 / max(1, len(starts) - k))
-            best, history, _ = run_qat(st.qm, seq, "frozen", epochs, 16, 1e-3, None, None, opts.seed, max_minutes=left,
-                                       val_fraction=fl["vfrac"])
+            try:
+                best, history, _ = run_qat(st.qm, seq, "frozen", epochs, 16, 1e-3, None, None, opts.seed, max_minutes=left,
+                                           val_fraction=fl["vfrac"])
+            except Diverged as e:  # the best finished epoch (at worst the PTQ start) stands
+                best, history = e.best, e.history
+                pt["qat_diverged"] = e.where
             extra = result_entries(st, best, history, None, param="frozen", epochs=epochs, batch_size=16, lr=1e-3)
             pt["qat_epochs"] = len(history) - 1
             pt["qat_stopped"] = next((h["stopped"] for h in history if "stopped" in h), None)

@@ -783,6 +783,20 @@ def _(tmp):
     return dict(args=TRAIN_JV + ["--lr", "1e30", "--ssm-lr", "1e30"])
 
 
+def _qat_diverged(rc, out, err, tmp):
+    refused("QAT diverged in epoch 1", last_line=True)(rc, out, err, tmp)
+    import torch
+
+    ck = torch.load(tmp / "q.pt", weights_only=True)
+    assert ck["diverged"]["epoch"] == 1 and "qspec" in ck
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+@case("2_qat_lr_1e308_stops_with_finite_weights", _qat_diverged, torch=True)
+def _(tmp):
+    return dict(args=["qat", JVQ, "-o", "{tmp}/q.pt", "--epochs", "1", "--batch-size", "16", "--lr", "1e308"])
+
+
 # 8. two Ctrl-C in quick succession ------------------------------------------------------------
 
 def _double_sigint(gap_s):

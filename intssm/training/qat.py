@@ -206,6 +206,15 @@ def result_entries(start: Start, best, history: list, interrupted, **record) -> 
     return extra
 
 
+class Diverged(IntssmError):
+    """QAT met a non-finite loss or weight. ``best`` and ``history`` are the run's result up to the
+    last finished epoch (all finite), ``where`` says where it stopped (epoch, step, what)."""
+
+    def __init__(self, best, history: list, where: dict):
+        super().__init__(f"QAT diverged in epoch {where['epoch']} (step {where['step']}: {where['what']})")
+        self.best, self.history, self.where = best, history, where
+
+
 def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3,
           limit: int | None = None, val_limit: int | None = None, seed: int = 0, on_step=None, on_epoch=None,
           max_minutes: float = 0.0, distill: float = 0.0, temp: float = 2.0, teacher=None, ema: float = 0.0,
@@ -221,6 +230,9 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     accuracy on the training sequences (``train_int_acc``) so that the first integer accuracy a user
     sees is not the test set's. Float data enter through the model's input
     quantizer (``qm.iq``); a user ``teacher`` reads the data's own floats and is folded to read its codes.
+
+    A non-finite loss or weight stops the run with :class:`Diverged`, which carries the best
+    finished epoch's snapshot and the history so far.
 
     ``max_minutes`` > 0 ends training at the first step past the budget (the partial epoch is then
     validated like a full one). ``distill`` > 0 adds knowledge distillation (:func:`qat_step`)
@@ -276,6 +288,9 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
                 for g in opt.param_groups:
                     g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
                 loss = qat_step(qm, opt, params, Ptr[idx], tr.y[idx], teacher, distill, temp, tr.lengths[idx])
+                if not math.isfinite(loss) or not all(bool(torch.isfinite(p).all()) for p in params):
+                    raise Diverged(best, history, {"epoch": ep + 1, "step": step + 1,
+                                                   "what": "non-finite loss" if not math.isfinite(loss) else "non-finite weights"})
                 if avg is not None:
                     avg.update()
                 step += 1
