@@ -659,7 +659,7 @@ def export_c(
         raise IntssmError(f"--state-layout must be one of {', '.join(cexport.STATE_LAYOUTS)}, got {state_layout!r}")
     if target == "host":
         if report or compare:
-            raise IntssmError("--report and --compare need --target cortex-m4 or cortex-m3")
+            raise IntssmError("--report and --compare need an emulated --target (cortex-m4, cortex-m3, cortex-m0plus, riscv32)")
         im = sources.load(model)
         try:
             scales = [float(v) for v in adc_scale.split(",")] if adc_scale else None

@@ -85,7 +85,7 @@ def check_options(o: FitOptions) -> None:
         raise IntssmError(f"--budget-bytes must be positive, got {o.budget_bytes}")
     if o.steps < 1 or o.qat_steps < 0 or o.workers < 1 or not 2 <= o.folds <= 20:
         raise IntssmError("--steps and --workers must be positive, --qat-steps >= 0, --folds in 2..20")
-    if o.target not in ("host", "cortex-m4", "cortex-m3"):
+    if o.target not in ("host", "cortex-m4", "cortex-m3"):  # the cores with a cycle estimate, which the card reports
         raise IntssmError(f"--target must be host, cortex-m4 or cortex-m3, got {o.target!r}")
 
 
@@ -465,11 +465,13 @@ def _quantize(seq, opts, cv, fl, deadline, t0, rep, say) -> dict:
             epochs = max(1, math.ceil(opts.qat_steps / math.ceil(n_tr / 16)))
             left = max(0.2, (stop - time.time()) / 60 / max(1, len(starts) - k))
             try:
-                best, history, _ = run_qat(st.qm, seq, "frozen", epochs, 16, 1e-3, None, None, opts.seed, max_minutes=left,
-                                           val_fraction=fl["vfrac"])
+                best, history, interrupted = run_qat(st.qm, seq, "frozen", epochs, 16, 1e-3, None, None, opts.seed,
+                                                     max_minutes=left, val_fraction=fl["vfrac"])
             except Diverged as e:  # the best finished epoch (at worst the PTQ start) stands
-                best, history = e.best, e.history
+                best, history, interrupted = e.best, e.history, None
                 pt["qat_diverged"] = e.where
+            if interrupted is not None:  # Ctrl-C / SIGTERM inside QAT: the run stops here, its card as it stands
+                raise KeyboardInterrupt
             extra = result_entries(st, best, history, None, param="frozen", epochs=epochs, batch_size=16, lr=1e-3)
             pt["qat_epochs"] = len(history) - 1
             pt["qat_stopped"] = next((h["stopped"] for h in history if "stopped" in h), None)

@@ -43,11 +43,14 @@ def _kill_group(p: subprocess.Popen) -> None:
     p.wait()
 
 
-def run(cmd: list, cwd=None, what: str | None = None) -> subprocess.CompletedProcess:
+def run(cmd: list, cwd=None, what: str | None = None, check: bool = True,
+        timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run ``cmd`` (module docstring); returns the completed process (stdout, stderr as text).
-    Raises IntssmError when it cannot start, runs past the limit or exits non-zero."""
+    Raises IntssmError when it cannot start, runs past the limit (``timeout`` seconds, else
+    :func:`timeout_s`) or, with ``check``, exits non-zero; ``check=False`` leaves the exit status
+    to the caller, which reports it in its own words."""
     name = what or Path(str(cmd[0])).name
-    limit = timeout_s()
+    limit = timeout if timeout is not None else timeout_s()
     try:
         p = subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, errors="replace", start_new_session=True)
@@ -62,7 +65,7 @@ def run(cmd: list, cwd=None, what: str | None = None) -> subprocess.CompletedPro
     except BaseException:  # Ctrl-C / SIGTERM: the tool's whole process group goes too
         _kill_group(p)
         raise
-    if p.returncode != 0:
+    if check and p.returncode != 0:
         said = [ln.strip() for ln in (err or out or "").splitlines() if ln.strip()][-10:]
         tail = " | ".join(said)[-2000:]  # the tool's last lines, on the one error line
         raise IntssmError(f"{name} failed (exit {p.returncode})" + (f": {tail}" if tail else " without a message"))

@@ -1,9 +1,9 @@
 """Faults and hostile inputs through the command line, as a user meets them: each case runs
 ``intssm`` in a subprocess under a 4 GiB address-space cap, measures its peak RSS, and checks what
-it now gets -- one ``error:`` line and exit 2 for a refusal, nothing written over what is not an
+it gets -- one ``error:`` line and exit 2 for a refusal, nothing written over what is not an
 output, no traceback, memory bounded by the work.
 
-Classes (issue 30): 1 outputs that are not ours, 2 finite but out of range, 3 memory bounded by
+Classes: 1 outputs that are not ours, 2 finite but out of range, 3 memory bounded by
 what is read, 4 hostile structure and options, 5 a cache tied to its source, 6 full disks and
 broken toolchains, 7 resume that obeys, 8 a double Ctrl-C, 9 messages that say what is wrong.
 Cheap cases (no Torch) come first; the case table says what each case gets.

@@ -14,12 +14,12 @@ prefixes of that sequence), with the site and value there. All comparisons are o
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from intssm import procs
 from intssm.datapath import layout
 from intssm.errors import IntssmError
 from intssm.integer.rtl import KINDS, TOP, Facts
@@ -214,7 +214,7 @@ class Harness:
         cmd = [vl, "--cc", "--exe", "--build", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", self.top,
                "-O3", "--x-assign", "fast", "--x-initial", "fast", "--Mdir", str(self.build_dir / "obj"),
                "-CFLAGS", "-O2", "-o", "tb", *self.sources, str((self.build_dir / "tb.cpp").resolve())]
-        r = subprocess.run(cmd, cwd=self.build_dir, capture_output=True, text=True)
+        r = procs.run(cmd, cwd=self.build_dir, what="verilator", check=False)
         exe = self.build_dir / "obj" / "tb"
         if r.returncode != 0 or not exe.is_file():
             raise IntssmError(f"verilator failed on {', '.join(self.sources)}: {_first_error(r.stderr + r.stdout)}")
@@ -239,12 +239,12 @@ class Harness:
                 (t / "tb.v").write_text(ICARUS_TB)
                 defs = {"D_IN": f.D_IN, "NBYTES": max(1, P.size), "B": max(1, B), "L": L, "STALL": STALL_LIMIT,
                         "TOP": self.top, "IN_HEX": f'"{t / "in.hex"}"', "LEN_HEX": f'"{t / "len.hex"}"', "OUT_TXT": f'"{out}"'}
-                r = subprocess.run([iv, "-g2005", "-o", str(t / "sim"), *[f"-D{k}={v}" for k, v in defs.items()],
-                                    str(t / "tb.v"), *self.sources], capture_output=True, text=True)
+                r = procs.run([iv, "-g2005", "-o", str(t / "sim"), *[f"-D{k}={v}" for k, v in defs.items()],
+                               str(t / "tb.v"), *self.sources], what="iverilog", check=False)
                 if r.returncode != 0:
                     raise IntssmError(f"iverilog failed on {', '.join(self.sources)}: {_first_error(r.stderr + r.stdout)}")
                 cmd = [shutil.which("vvp") or "vvp", "-n", str(t / "sim")]
-            r = subprocess.run(cmd, cwd=self.rom_dir, capture_output=True, text=True)
+            r = procs.run(cmd, cwd=self.rom_dir, what="the design's simulation", check=False)
             text = out.read_text() if out.is_file() else ""
             if r.returncode != 0 or "stall" in text:
                 msg = _first_error(r.stderr) if r.stderr.strip() else "stall: the design stopped accepting inputs or emitting words"

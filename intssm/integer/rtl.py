@@ -393,12 +393,11 @@ def _tool(name: str) -> str:
 
 
 def _run(cmd: list, cwd: Path, what: str, timeout: int) -> str:
-    import subprocess
+    """Run a synthesis tool (:func:`intssm.procs.run`: its process group is killed on a timeout or
+    an interrupt); its output, or IntssmError with its first error line."""
+    from intssm import procs
 
-    try:
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise IntssmError(f"{what} took longer than {timeout} s") from None
+    r = procs.run(cmd, cwd=cwd, what=what, check=False, timeout=timeout)
     if r.returncode != 0:
         lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
         first = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "no output")
