@@ -1034,10 +1034,7 @@ def _plot_profile(parts: dict, mem: dict, path: Path):
     a2.set_ylabel("bytes")
     a2.set_title(f"memory: {mem['bytes']} B (float32 {mem['fp32_bytes']} B)")
     a2.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    with outputs.atomic(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    outputs.write_png(path, fig)
 
 
 def _check_input_dim(d_input, ds):

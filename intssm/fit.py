@@ -585,7 +585,7 @@ def _front_plot(card: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from intssm.outputs import atomic
+    from intssm.outputs import write_png
 
     pts = [p for p in card["stages"]["quantize"]["points"] if "selection_int_acc" in p]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -600,10 +600,7 @@ def _front_plot(card: dict, path: Path) -> None:
     ax.set_title(f"intssm fit: {Path(card['dataset']['seq']).name}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic(path, quiet=True) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    write_png(path, fig, quiet=True)
 
 
 def card_markdown(c: dict) -> str:

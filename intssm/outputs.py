@@ -249,6 +249,17 @@ def write_text(path, text: str, quiet: bool = False) -> Path:
     return Path(path)
 
 
+def write_png(path, fig, quiet: bool = False, dpi: int = 110) -> Path:
+    """Lay out matplotlib figure ``fig``, write it as a PNG (atomically) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic(path, quiet) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def write_bytes(path, data: bytes, quiet: bool = False) -> Path:
     with atomic(path, quiet) as tmp:
         tmp.write_bytes(data)

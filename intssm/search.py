@@ -17,7 +17,7 @@ import json
 from functools import lru_cache
 
 from intssm.errors import IntssmError
-from intssm.outputs import atomic, write_text
+from intssm.outputs import write_png, write_text
 from intssm.datapath.qspec import QuantConfig
 
 LADDER = (16, 14, 12, 10, 8, 7, 6, 5, 4, 3, 2)
@@ -194,10 +194,7 @@ def plot(points: list[dict], trace: list[dict], floor: float, path):
     ax.set_title("intssm search: mixed precision")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic(path, quiet=True) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    write_png(path, fig, quiet=True)
 
 
 def write(out, points, trace, chosen):
