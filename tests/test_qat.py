@@ -10,7 +10,8 @@ from intssm.training import checkpoint
 from intssm.errors import IntssmError
 from intssm.integer.export import integer_model
 from intssm.training.model import ModelConfig, S4DModel
-from intssm.training.qat import configure
+from intssm.integer.score import int_accuracy
+from intssm.training.qat import QATArgs, configure
 from intssm.training.ptq import from_checkpoint, ptq, qspec_entry
 from intssm.datapath.qspec import PRESETS
 from intssm.integer.sim import simulate
@@ -91,7 +92,7 @@ def test_time_budget_stops_qat_after_a_partial_epoch():
     from intssm.training.qat import train
 
     qm, _ = _qm()
-    best, hist, _ = train(qm, "smnist", "frozen", epochs=3, batch_size=8, limit=64, val_limit=16, max_minutes=1e-6)
+    best, hist, _ = train(qm, "smnist", QATArgs(epochs=3, batch_size=8, limit=64, val_limit=16, max_minutes=1e-6), int_accuracy)
     assert len(hist) == 2  # epoch 0 (before training) and the stopped epoch
     assert "time budget" in hist[1]["stopped"]
     assert 0.0 <= hist[1]["val_int_acc"] <= 1.0
@@ -138,12 +139,12 @@ def test_distillation_settings_are_checked():
     from intssm.training.qat import train
 
     qm, _ = _qm()
-    for bad in ({"distill": 1.5}, {"distill": -0.1}, {"distill": 0.5, "temp": 0.0}):
+    for bad in ({"distill": 1.5}, {"distill": -0.1}, {"distill": 0.5, "distill_temp": 0.0}):
         with pytest.raises(IntssmError):
-            train(qm, "smnist", "frozen", limit=8, val_limit=8, **bad)
+            train(qm, "smnist", QATArgs(limit=8, val_limit=8, **bad), int_accuracy)
     other = S4DModel(ModelConfig(d_model=4, d_state=8, n_layers=1, d_output=3), seed=0)
     with pytest.raises(IntssmError, match="teacher"):
-        train(qm, "smnist", "frozen", limit=8, val_limit=8, distill=0.5, teacher=other)
+        train(qm, "smnist", QATArgs(limit=8, val_limit=8, distill=0.5), int_accuracy, teacher=other)
 
 
 def test_stable_abar_moves_every_mode_inside_the_unit_circle():
@@ -205,14 +206,15 @@ def test_weight_ema_averages_and_swaps_back():
 def test_ema_qat_scores_both_and_keeps_the_reported_snapshot():
     """With ema > 0 every epoch is scored with live and averaged weights; the snapshot train()
     returns is the one kept() reports, and restoring it reproduces that validation accuracy."""
-    from intssm.training.qat import int_accuracy, kept, restore, train
+    from intssm.training.qat import kept, restore, train
 
     qm, _ = _qm(seed=2)
-    best, hist, _ = train(qm, "smnist", "discrete", epochs=2, batch_size=8, limit=48, val_limit=64, lr=3e-3, ema=0.9)
+    best, hist, _ = train(qm, "smnist", QATArgs("discrete", epochs=2, batch_size=8, limit=48, val_limit=64, lr=3e-3, ema=0.9),
+                          int_accuracy)
     assert all("val_int_acc_ema" in r for r in hist[1:])
     acc, ep, key = kept(hist)
     restore(qm, best)
     va = data.load("smnist", "val", 64)
     assert int_accuracy(qm, va.x, va.y) == acc
     with pytest.raises(IntssmError):
-        train(qm, "smnist", "frozen", limit=8, val_limit=8, ema=1.0)
+        train(qm, "smnist", QATArgs(limit=8, val_limit=8, ema=1.0), int_accuracy)
