@@ -418,9 +418,10 @@ def qat_(
     out: Annotated[Path, typer.Option("--out", "-o", help="Quantized checkpoint to write.")],
     config: Annotated[Optional[str], typer.Option(help="Preset or JSON file (default w8a8); for a quantized checkpoint, re-quantizes it at these formats on its stored ranges (default: keep its own).")] = None,
     param: Annotated[str, typer.Option(help="Abar parameterisation: continuous | frozen | discrete.")] = "frozen",
-    epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 64,
+    epochs: Annotated[Optional[int], typer.Option(help="QAT epochs (default: the fewest giving 300 optimizer steps; sMNIST: 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default: n/16 training sequences, 8 to 64).")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 1e-3,
+    warmup: Annotated[Optional[float], typer.Option(help="Share of the steps warming the learning rate up (default: 0.05 when the default runs more than one epoch, else 0).")] = None,
     calib: Annotated[int, typer.Option(help="Calibration sequences (float checkpoint).")] = 256,
     limit: LimitOpt = None,
     val_limit: Annotated[Optional[int], typer.Option(help="Validation sequences for model selection (default: the whole split).")] = None,
@@ -438,7 +439,7 @@ def qat_(
     from intssm.integer.score import int_accuracy
     from intssm.training import qat
 
-    args = qat.QATArgs(param=param, epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, val_limit=val_limit, seed=seed,
+    args = qat.QATArgs(param=param, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup, limit=limit, val_limit=val_limit, seed=seed,
                        max_minutes=max_minutes, distill=distill, distill_temp=distill_temp, ema=ema, config=config,
                        calib=calib, equalize=equalize, teacher=teacher)
     args.check()
@@ -454,7 +455,7 @@ def qat_(
     txt = (f"saved {out} (no validation split: last epoch {best_ep} kept"
            + (f"; integer accuracy {tr_acc:.4f} on the training sequences)" if tr_acc is not None else ")") if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
-    txt += _stopped_words(history[1:], epochs)
+    txt += _stopped_words(history[1:], r["args"].epochs)
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
 
 
