@@ -47,8 +47,7 @@ def ptq_dataset(model: S4DModel, qcfg: QuantConfig, ds, equalize: float = 0.0) -
     codes (:mod:`intssm.datapath.inputq`)."""
     from intssm.datapath.inputq import calibrate_input, fold_input
 
-    if ds.x.shape[-1] != model.cfg.d_input:
-        raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {model.cfg.d_input}")
+    ds.check_features(model.cfg.d_input)
     iq = None
     if ds.is_uint8:
         u = ds.as_float()
