@@ -267,27 +267,12 @@ def ptq_(
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
     outputs.check_file(out, inputs=[ckpt, config, seq], what="--out")
-    qcfg = get_config(config)  # before Torch is imported: a bad config costs nothing
+    get_config(config)  # before Torch is imported: a bad config costs nothing
+    from intssm.training.ptq import PTQOptions, run
 
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.equalize import check_strength
-    from intssm.training.ptq import ptq_dataset, qspec_entry
-
-    check_strength(equalize, "--equalize")
     _small_torch_ops()
-    model, ck = checkpoint.load(ckpt)
-    if "qspec" in ck:
-        raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
-    seq = seq or checkpoint.dataset_seq(ck)
-    cal = data.load(seq, "train", calib, checkpoint.val_fraction(ck))
-    with err.status(f"calibrating {config} on {len(cal)} sequences of {seq}" + (" (with state equalization)" if equalize else "")):
-        qm, ranges = ptq_dataset(model, qcfg, cal, equalize)
-    extra = checkpoint.extras(ck)
-    extra["qspec"] = qspec_entry(qm, ranges)
-    extra["ptq"] = {"config": config, "calib": calib, "seq": seq, "equalize": equalize}
-    checkpoint.save(out, qm.model.float(), **extra)
-    _emit({"out": str(out), "config": config, "calib": calib}, as_json, f"saved {out} ({config}, calibrated on {calib} sequences of {seq})")
+    r = run(PTQOptions(ckpt=ckpt, out=out, config=config, calib=calib, seq=seq, equalize=equalize), status=err.status)
+    _emit({"out": str(out), "config": config, "calib": calib}, as_json, f"saved {out} ({config}, calibrated on {calib} sequences of {r['seq']})")
 
 
 @app.command("qat")
@@ -378,10 +363,6 @@ def qat_(
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
 
 
-SEARCH_FILES = ("points.jsonl", "front.json", "trace.json", "best.json", "pareto.png", "equalized-fp32.pt",
-                "input-folded-fp32.pt")  # what search writes in --out
-
-
 @app.command()
 def search(
     ckpt: Annotated[Path, typer.Argument(help="Float checkpoint (.pt).")],
@@ -402,82 +383,19 @@ def search(
     as_json: JsonOpt = False,
 ):
     """Mixed-precision search: the least-memory bit allocation whose integer validation accuracy stays above the floor."""
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.equalize import check_strength
-    from intssm.executor import get_executor
-    from intssm.training.ptq import ptq_dataset
-    from intssm.datapath.qspec import get_config
-    from intssm.datapath.ranges import ranges_to_json
-    from intssm.search import GROUPS, SearchInterrupted, greedy, pareto, plot, score, write
+    from intssm.search import GROUPS, SearchOptions, run
 
-    if not 0 < min_accuracy <= 1:
-        raise IntssmError(f"--min-accuracy must be in (0, 1], got {min_accuracy}")
-    if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1 or qat_lr <= 0:
-        raise IntssmError("--val-limit, --calib, --workers and --qat-lr must be positive, --qat-steps >= 0")
-    check_strength(equalize, "--equalize")
-    outputs.check_dir(out, inputs=[ckpt, start], what="--out", writes=SEARCH_FILES)
     gs = tuple(g.strip() for g in groups.split(",")) if groups else tuple(GROUPS)
-    bad = [g for g in gs if g not in GROUPS]
-    if bad:
-        raise IntssmError(f"unknown group(s) {bad}; choose from {', '.join(GROUPS)}")
+    opts = SearchOptions(ckpt=ckpt, out=out, min_accuracy=min_accuracy, start=start, val_limit=val_limit, calib=calib,
+                         qat_steps=qat_steps, qat_lr=qat_lr, groups=gs, workers=workers, executor=executor,
+                         ray_address=ray_address, test=test, equalize=equalize, val_fraction=val_fraction)
     _small_torch_ops()
-    q0 = get_config(start)
-    if q0.policies() != {"minmax"}:
-        raise IntssmError("search calibrates min/max ranges once for all candidates; give a start config whose range policies are all 'minmax'")
-    model, ck = checkpoint.load(ckpt)
-    if "qspec" in ck:
-        raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
-    ckpt_in = ckpt
-    seq = checkpoint.dataset_seq(ck)
-    vfrac = val_fraction if val_fraction is not None else checkpoint.val_fraction(ck)
-    if seq not in data.SEQS and not len(data.load(seq, "val", None, vfrac)):
-        raise IntssmError(f"{ckpt} was trained without a validation split (--val-fraction 0) and search scores "
-                          "candidates on validation sequences: give --val-fraction > 0 (those sequences were seen in training)")
-    cal = data.load(seq, "train", calib, vfrac)
-    # ranges calibrated once, by the PTQ step `intssm ptq` runs (equalization included): they do not depend on bits
-    qm0, ranges = ptq_dataset(model, q0, cal, equalize)
-    ranges = ranges_to_json(ranges)
-    if equalize:  # every candidate quantizes the one equalized model
-        ckpt = out / "equalized-fp32.pt"
-        checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), equalized={"alpha": equalize, "calib": calib, "seq": seq},
-                        input_quant=qm0.iq.to_dict() if qm0.iq is not None else None)
-    elif qm0.iq is not None:  # float data: every candidate quantizes the model folded to read the input codes
-        ckpt = out / "input-folded-fp32.pt"
-        checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), input_quant=qm0.iq.to_dict())
-    t0 = time.time()
-    with get_executor(executor, workers, ray_address) as ex:
-        try:
-            chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs, qat_lr=qat_lr,
-                                           val_fraction=vfrac,
-                                           on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
-        except SearchInterrupted as e:
-            chosen, points, trace = e.result
-            write(out, points, trace, chosen)
-            kept = f"best.json holds the last accepted configuration ({trace[-1]['bytes']:.0f} B)" if chosen else "no configuration met the floor yet"
-            raise Interrupted(f"interrupted: {len(points)} scored configurations written to {out}; {kept}") from None
-        res = {"floor": min_accuracy, "start": start, "equalize": equalize, "scored": len(points), "seconds": round(time.time() - t0, 1),
-               "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
-        if chosen is None:
-            write(out, points, trace, None)
-            raise IntssmError(f"the start configuration {start!r} scores {trace[0]['accuracy']} on validation, already "
-                              f"below the floor --min-accuracy {min_accuracy}; lower --min-accuracy or start wider")
-        best = trace[-1]
-        res |= {"best": {k: best[k] for k in ("signature", "bytes", "weights_bytes", "reduction", "accuracy")}, "best_config": str(out / "best.json")}
-        if equalize:  # the config was chosen for the equalized model: PTQ must equalize the same way
-            res["ptq_command"] = f"intssm ptq {ckpt_in} --config {out / 'best.json'} --equalize {equalize} --calib {calib} -o q.pt"
-        if test:
-            r = next(ex.map_unordered(score, [dict(ckpt=str(ckpt), seq=seq, qcfg=chosen, ranges=ranges, val_limit=None,
-                                                   qat_steps=qat_steps, qat_lr=qat_lr, split="test", val_fraction=vfrac)]))[1]
-            res["best"]["test_accuracy"] = r["accuracy"]
-            res["best"]["n_test"] = r["n"]
-    write(out, points, trace, chosen)
-    plot(points, trace, min_accuracy, out / "pareto.png")
+    res = run(opts, on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
     b = res["best"]
-    human = (f"scored {len(points)} configurations in {res['seconds']} s; least memory at val >= {min_accuracy}: "
+    human = (f"scored {res['scored']} configurations in {res['seconds']} s; least memory at val >= {min_accuracy}: "
              f"{b['signature']}\n  {b['bytes']:.0f} B ({b['reduction']:.2f}x vs float32), val {b['accuracy']:.4f}"
              + (f", test {b['test_accuracy']:.4f}" if "test_accuracy" in b else "") + f"\n  config: {out / 'best.json'}; front: {out / 'pareto.png'}"
-             + (f"\n  chosen for the equalized model ({ckpt}); quantize with: {res['ptq_command']}" if equalize else ""))
+             + (f"\n  chosen for the equalized model ({res['equalized_checkpoint']}); quantize with: {res['ptq_command']}" if equalize else ""))
     _emit(res, as_json, human)
 
 
