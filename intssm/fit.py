@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from intssm.errors import IntssmError
+from intssm.training.recipe import step_batch_size as batch_size  # the step schedule's batch: n/8 within [8, 64]
 
 CV_BELOW = 1000  # fewer training sequences than this: k-fold cross-validation, else the validation split
 #: the float models tried (each on top of the paper-small preset: d_state 64)
@@ -102,9 +103,6 @@ def kfold(y: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.nda
     return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)]
 
 
-def batch_size(n: int) -> int:
-    """Sequences per step: n/8 within [8, 64] (tens of sequences still give several steps per pass)."""
-    return int(min(64, max(8, n // 8)))
 
 
 def model_config(seq: str, cand: dict):
