@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from intssm import data
+from intssm.datapath.inputq import model_input
 from intssm.errors import IntssmError
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized
 from intssm.training.qmodel import QuantS4D
 from intssm.integer.sim import simulate
 
@@ -74,7 +75,7 @@ def qat_step(qm: QuantS4D, opt, params: list, P: np.ndarray, y: np.ndarray, teac
     loss = F.cross_entropy(logits, torch.from_numpy(y))
     if teacher is not None and distill > 0:
         with torch.no_grad():
-            t_logits = teacher(torch.from_numpy(P.astype(np.float32) / 255.0), lengths=lens)
+            t_logits = teacher(torch.from_numpy(model_input(P)), lengths=lens)
         loss = (1 - distill) * loss + distill * distill_loss(logits, t_logits, temp)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -133,7 +134,7 @@ def kept(history: list) -> tuple[float, int, str]:
 
 def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
     """Integer-simulator accuracy on input codes ``x`` (n, L, d) of lengths ``lengths``."""
-    lg, _, _ = simulate(integer_model(qm), x, qm.dp.cfg.pool == "mean", len(qm.counters), lengths=lengths)
+    lg, _, _ = simulate(from_quantized(qm), x, lengths=lengths)
     return float((lg.argmax(1) == y).mean())
 
 
@@ -247,7 +248,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     check_options(epochs, batch_size, lr, max_minutes, distill, temp, ema)
     if distill > 0 and teacher is None:
         teacher = copy.deepcopy(qm.model).float()
-    elif teacher is not None and qm.iq is not None:
+    elif teacher is not None and qm.iq.float_data:
         from intssm.datapath.inputq import fold_input
 
         teacher = fold_input(teacher, qm.iq)
