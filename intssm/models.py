@@ -67,8 +67,8 @@ def measure(name: str, progress=None) -> dict:
            "n_test": len(ds)}
     if "qspec" in ck:
         im = sources.load(path)
-        lg, _, _ = sources.run(im, im.input_codes(ds), lengths=ds.lengths, progress=progress)
-        m = cost.memory(im.cfg, im.qcfg, im.seq_len) | c_storage(im.arrays, im.description())
+        lg, _, _ = sources.run(im.model, im.input_codes(ds), lengths=ds.lengths, progress=progress)
+        m = cost.memory(im.model.cfg, im.model.qcfg, im.model.seq_len) | c_storage(im.model)
         rec |= {"kind": "integer", "accuracy": float((lg.argmax(1) == ds.y).mean()), "bytes": m["bytes"],
                 "weights_reduction": round(m["weights_reduction"], 2), "reduction": round(m["reduction"], 2),
                 "deployed_bytes": m["c_flash_bytes"] + m["c_ram_bytes"]}
