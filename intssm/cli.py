@@ -157,11 +157,7 @@ def fit(
     opts = FitOptions(max_minutes=max_minutes, budget_bytes=budget_bytes, max_drop=max_drop, steps=steps, folds=folds,
                       qat_steps=qat_steps, workers=workers, executor=executor, ray_address=ray_address, seed=seed, target=target,
                       resume=resume)
-    check_options(opts)
-    from intssm import data
-
-    data.info(seq)  # an unusable dataset is refused before the output folder is made
-    outputs.check_dir(out, inputs=[seq], what="--out")
+    check_options(opts)  # before Torch is imported: a bad option costs nothing
     _small_torch_ops()
     say = (lambda m: None) if as_json else (lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))
     try:
