@@ -277,9 +277,10 @@ def qat_(
     out: Annotated[Path, typer.Option("--out", "-o", help="Quantized checkpoint to write.")],
     config: Annotated[Optional[str], typer.Option(help="Preset or JSON file (default w8a8); for a quantized checkpoint, re-quantizes it at these formats on its stored ranges (default: keep its own).")] = None,
     param: Annotated[str, typer.Option(help="Abar parameterisation: continuous | frozen | discrete.")] = "frozen",
-    epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 64,
+    epochs: Annotated[Optional[int], typer.Option(help="QAT epochs (default: the fewest giving 300 optimizer steps; sMNIST: 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default: n/16 training sequences, 8 to 64).")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 1e-3,
+    warmup: Annotated[Optional[float], typer.Option(help="Share of the steps warming the learning rate up (default: 0.05 when the default runs more than one epoch, else 0).")] = None,
     calib: Annotated[int, typer.Option(help="Calibration sequences (float checkpoint).")] = 256,
     limit: LimitOpt = None,
     val_limit: Annotated[Optional[int], typer.Option(help="Validation sequences for model selection (default: the whole split).")] = None,
@@ -294,68 +295,26 @@ def qat_(
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
     check_seed_threads(seed)  # before Torch is imported
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.equalize import check_strength
-    from intssm.training.qat import PARAMS, Diverged, check_options, kept, result_entries, start_from
-    from intssm.training.qat import train as run_qat
+    from intssm.integer.score import int_accuracy
+    from intssm.training import qat
 
-    _check_limit(limit)
-    if param not in PARAMS:
-        raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
-    check_options(epochs, batch_size, lr, max_minutes, distill, distill_temp, ema)
-    if calib < 1 or (val_limit is not None and val_limit < 1):
-        raise IntssmError("--calib and --val-limit must be positive")
-    if teacher is not None and distill == 0:
-        raise IntssmError("--teacher needs --distill > 0")
-    check_strength(equalize, "--equalize")
-    outputs.check_file(out, inputs=[ckpt, teacher, config], what="--out")
+    args = qat.QATArgs(param=param, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup, limit=limit, val_limit=val_limit, seed=seed,
+                       max_minutes=max_minutes, distill=distill, distill_temp=distill_temp, ema=ema, config=config,
+                       calib=calib, equalize=equalize, teacher=teacher)
+    args.check()
     _small_torch_ops()
-    teacher_model = None
-    if teacher is not None:
-        teacher_model, tck = checkpoint.load(teacher)
-        if "qspec" in tck:
-            raise IntssmError(f"{teacher}: the teacher must be a float checkpoint, not a quantized one")
-    st = start_from(ckpt, config, calib, equalize)
-    if teacher_model is not None:
-        sc, tc = st.qm.model.cfg, teacher_model.cfg
-        if (tc.d_input, tc.d_output) != (sc.d_input, sc.d_output):
-            raise IntssmError(f"--teacher {teacher} reads {tc.d_input} features and gives {tc.d_output} classes; the model "
-                              f"trained has {sc.d_input} and {sc.d_output}: give a teacher trained on the same dataset")
-        t_sum, s_sum = (tck.get("dataset") or {}).get("checksum"), (st.ck.get("dataset") or {}).get("checksum")
-        if t_sum is not None and s_sum is not None and t_sum != s_sum:
-            raise IntssmError(f"--teacher {teacher} was trained on another dataset than {ckpt} (checksums differ); "
-                              "give a teacher trained on the same dataset")
-    n_train = len(data.load(st.seq, "train", limit, st.val_fraction))
-    diverged = None
-    with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
-        try:
-            best, history, interrupted = run_qat(st.qm, st.seq, param, epochs, batch_size, lr, limit, val_limit, seed,
-                                                 on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
-                                                 on_epoch=lambda r: err.print(json.dumps(r), soft_wrap=True), max_minutes=max_minutes,
-                                                 distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema,
-                                                 val_fraction=st.val_fraction)
-        except Diverged as e:
-            best, history, interrupted, diverged = e.best, e.history, None, e
-    extra = result_entries(st, best, history, interrupted, param=param, epochs=epochs, batch_size=batch_size, lr=lr,
-                           ema=ema, equalize=equalize,
-                           distill={"alpha": distill, "temp": distill_temp, "teacher": str(teacher) if teacher else "start"} if distill > 0 else None)
-    if diverged is not None:
-        checkpoint.save(out, st.qm.model, **extra, diverged=diverged.where)
-        raise IntssmError(f"{diverged}; saved {out} with the best finished epoch (epoch {kept(history)[1]}), marked "
-                          "diverged; lower --lr")
-    checkpoint.save(out, st.qm.model, **extra)  # float64, as trained: float32 could flip a code at a rounding tie
-    best_acc, best_ep, kind = kept(history)
-    if interrupted is not None:
-        raise Interrupted(f"interrupted in epoch {interrupted}: saved {out} with the best integer model so far "
+    r = qat.run(ckpt, out, args, int_accuracy, progress=not as_json, on_epoch=lambda rec: err.print(json.dumps(rec), soft_wrap=True))
+    history, best_acc, best_ep = r["history"], r["best_val_int_acc"], r["epoch"]
+    if r["interrupted"] is not None:
+        raise Interrupted(f"interrupted in epoch {r['interrupted']}: saved {out} with the best integer model so far "
                           f"(epoch {best_ep}" + (f", validation accuracy {best_acc:.4f})" if best_acc is not None else ")")
                           + ", marked interrupted")
-    which = " (averaged weights)" if kind == "val_int_acc_ema" else ""
+    which = " (averaged weights)" if r["kept"] == "val_int_acc_ema" else ""
     tr_acc = history[-1].get("train_int_acc")
     txt = (f"saved {out} (no validation split: last epoch {best_ep} kept"
            + (f"; integer accuracy {tr_acc:.4f} on the training sequences)" if tr_acc is not None else ")") if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
-    txt += _stopped_words(history[1:], epochs)
+    txt += _stopped_words(history[1:], r["args"].epochs)
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
 
 

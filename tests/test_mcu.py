@@ -142,7 +142,8 @@ def test_float_reference_on_cortex_m4f(tmp_path):
     """The float32 C reference computes the Torch model's recurrent logits (to float32 rounding) on
     the emulated Cortex-M4F, and the same with software float on the Cortex-M3."""
     from intssm import data
-    from intssm.training import cfloat, checkpoint
+    from intssm.integer import cfloat
+    from intssm.training import checkpoint
 
     model, _ = checkpoint.load(CKPT / "paper-small-seed7-fp32.pt")
     model = model.float()
