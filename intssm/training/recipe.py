@@ -243,8 +243,10 @@ def run(o: TrainOptions, say=print, on_epoch=None, progress=None) -> TrainResult
     args = plan(o, n_train, info.is_uint8, n_split)
     schedule = "steps" if args.standardise else "epochs"
     model = S4DModel(mcfg, seed=o.seed)
-    how = (f"step schedule (fewer than {SMALL_DATA:,} training sequences or float features): about {o.steps or STEPS} steps, "
-           "inputs standardised, early stopping" if schedule == "steps" else "epoch schedule")
+    has_val = o.seq in data.SEQS or len(data.load(o.seq, "val", o.limit, o.val_fraction)) > 0
+    why = "--steps" if o.steps is not None else "float features" if not info.is_uint8 else f"fewer than {SMALL_DATA:,} sequences"
+    how = (f"step schedule ({why}): about {o.steps or STEPS} steps, inputs standardised" + (", early stopping" if has_val else "")
+           if schedule == "steps" else "epoch schedule")
     say(f"training {o.preset} ({n_params(model)} parameters; {info.d_input} features/step, {info.n_classes} classes, "
         f"pool {mcfg.pool}) on {o.seq}: {n_train} sequences x {args.epochs} epochs, batch {args.batch_size}; {how}")
     with (progress(args.epochs * n_train) if progress else nullcontext(lambda n, info="": None)) as adv:
