@@ -157,11 +157,7 @@ def fit(
     opts = FitOptions(max_minutes=max_minutes, budget_bytes=budget_bytes, max_drop=max_drop, steps=steps, folds=folds,
                       qat_steps=qat_steps, workers=workers, executor=executor, ray_address=ray_address, seed=seed, target=target,
                       resume=resume)
-    check_options(opts)
-    from intssm import data
-
-    data.info(seq)  # an unusable dataset is refused before the output folder is made
-    outputs.check_dir(out, inputs=[seq], what="--out")
+    check_options(opts)  # before Torch is imported: a bad option costs nothing
     _small_torch_ops()
     say = (lambda m: None) if as_json else (lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))
     try:
@@ -199,30 +195,18 @@ def eval_(
 @app.command()
 def models(as_json: JsonOpt = False):
     """The curated shipped models: task, test accuracy, bytes accounted and deployed (C), how each was made."""
-    from intssm.models import load_registry
+    from intssm.models import describe, load_registry
 
     entries = load_registry()
-    if as_json:
-        _emit({"models": entries}, True, "")
-        return
-    for e in entries:
-        acc = f"{100 * e['accuracy']:.2f}% of {e['n_test']}"
-        size = (f"{e['bytes']:,} B accounted, {e['deployed_bytes']:,} B as C, weights {e['weights_reduction']}x" if e["kind"] == "integer"
-                else f"{e['bytes']:,} B float32")
-        typer.echo(f"{e['name']:15s} {e['file']}\n{'':15s} {e['dataset']}: {acc}; {size}\n{'':15s} {e['what']}\n"
-                   f"{'':15s} made by: {e['made_by']}")
+    _emit({"models": entries}, as_json, "\n".join(describe(e) for e in entries))
 
 
 @app.command()
 def configs(as_json: JsonOpt = False):
     """List the quantization config presets."""
-    from intssm.datapath.qspec import ACTIVATIONS, PRESETS, SCALARS, WEIGHTS
+    from intssm.datapath.qspec import preset_table
 
-    rows = {}
-    for name, q in PRESETS.items():
-        rows[name] = {n: f"{getattr(q, n).bits}{'s' if getattr(q, n).symmetric else 'a'}{'/ch' if getattr(q, n).per_channel else ''}"
-                         + ("" if getattr(q, n).range == "minmax" else f"@{getattr(q, n).range}") for n in WEIGHTS + ACTIVATIONS}
-        rows[name].update({k: getattr(q, k) for k in SCALARS})
+    rows = preset_table()
     lines = [f"{name:14s} " + " ".join(f"{k}={v}" for k, v in r.items()) for name, r in rows.items()]
     _emit({"configs": rows}, as_json, "bits, s = symmetric / a = asymmetric, /ch = per channel, @policy = range policy other than min/max\n" + "\n".join(lines))
 

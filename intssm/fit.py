@@ -196,13 +196,13 @@ def fit(seq: str, out: Path, opts: FitOptions, say=print) -> dict:
     """Run the five stages into folder ``out``; returns the card (also ``out/card.json``). A
     KeyboardInterrupt writes the card as it stands (the stages done, their files) and re-raises."""
     from intssm import data
+    from intssm.outputs import check_dir
 
     check_options(opts)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    info = data.info(seq)  # an unusable dataset is refused before the output folder is made
+    out = check_dir(out, inputs=[seq], what="--out")  # created if missing
     t0 = time.time()
     deadline = t0 + 60 * opts.max_minutes
-    info = data.info(seq)
     tr_all = data.load(seq, "train", None, 0.0)
     n = len(tr_all)
     cv = n < CV_BELOW
