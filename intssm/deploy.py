@@ -175,6 +175,8 @@ def export_artifact(ckpt, out) -> tuple[dict, str]:
     out = Path(out)
     outputs.check_file(out, inputs=[ckpt], what="--out", suffix=".npz")
     lm = sources.load(ckpt)
+    if lm.qm is None:  # the manifest's per-tensor scales come from the quantized model
+        raise IntssmError(f"{ckpt} is already an integer artifact; export takes a checkpoint (.pt)")
     man = export.save(out, lm.qm, lm.model)
     size = out.stat().st_size
     return ({"out": str(out), "bytes": size, "format_version": man["format_version"],

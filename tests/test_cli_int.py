@@ -490,3 +490,11 @@ def test_simulate_verify0_uses_the_integer_model_cache_without_torch(work, tmp_p
     for bad in (blocked, tmp_path / ("x" * 300)):  # not a directory; a name the file system refuses
         res, lg4, _ = sim("--verify", "0", env=dict(ENV, INTSSM_CACHE_DIR=str(bad)))
         assert np.array_equal(lg4, lg_ref) and "from the cache" not in res["source"]
+
+
+def test_export_refuses_an_artifact(exported, tmp_path):
+    """`export` of an integer artifact (no Torch model, no scales to write) is one error line, not a
+    traceback, and writes nothing."""
+    out, _ = exported
+    assert_clean_error(intssm("export", out, "-o", tmp_path / "again.npz"), "already an integer artifact")
+    assert not (tmp_path / "again.npz").exists()

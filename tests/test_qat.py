@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from intssm import data
 from intssm.training import checkpoint
 from intssm.errors import IntssmError
-from intssm.integer.export import from_quantized
+from intssm.integer.export import from_quantized, integer_model
 from intssm.training.model import ModelConfig, S4DModel
 from intssm.integer.score import int_accuracy
 from intssm.training.qat import QATArgs, configure
@@ -82,7 +82,7 @@ def test_short_qat_lowers_loss_and_stays_bit_exact(tmp_path):
         lt, _ = qm2(torch.from_numpy(te.x))
     ls, _, _ = simulate(from_quantized(qm2), te.x)
     assert (lt.numpy().astype(np.int64) == ls).all()
-    before, after = from_quantized(qm), from_quantized(qm2)
+    before, after = integer_model(qm), integer_model(qm2)
     assert before.keys() == after.keys()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 

@@ -185,7 +185,9 @@ class SeqData:
     def as_float(self) -> np.ndarray:
         """The float model's input: ``p / 255`` for raw pixels, the values themselves otherwise."""
         if self.is_uint8:
-            return self.x.astype(np.float32) / np.float32(255.0)
+            from intssm.datapath.inputq import model_input
+
+            return model_input(self.x)
         return self.x.astype(np.float32)
 
     def __len__(self) -> int:
