@@ -82,7 +82,7 @@ def test_short_qat_lowers_loss_and_stays_bit_exact(tmp_path):
         lt, _ = qm2(torch.from_numpy(te.x))
     ls, _, _ = simulate(from_quantized(qm2), te.x)
     assert (lt.numpy().astype(np.int64) == ls).all()
-    before, after = from_quantized(qm), from_quantized(qm2)
+    before, after = from_quantized(qm).arrays, from_quantized(qm2).arrays
     assert before.keys() == after.keys()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
