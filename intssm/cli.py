@@ -431,6 +431,7 @@ def qat_(
     teacher: Annotated[Optional[Path], typer.Option(help="Float checkpoint to distill from (default: the float weights QAT starts from).")] = None,
     equalize: EqualizeOpt = 0.0,
     ema: Annotated[float, typer.Option(help="Also score an exponential moving average of the weights with this decay each epoch, e.g. 0.999 (0 = off); the better of live and averaged is kept.")] = 0.0,
+    ranges: Annotated[str, typer.Option(help="config: the config's range policies | calibrated: the activation (and float input) range policies of least integer loss on the calibration sequences, so that rare large values need not set the scale (float checkpoint).")] = "config",
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
@@ -440,10 +441,11 @@ def qat_(
 
     args = qat.QATArgs(param=param, epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, val_limit=val_limit, seed=seed,
                        max_minutes=max_minutes, distill=distill, distill_temp=distill_temp, ema=ema, config=config,
-                       calib=calib, equalize=equalize, teacher=teacher)
+                       calib=calib, equalize=equalize, teacher=teacher, ranges=ranges)
     args.check()
     _small_torch_ops()
-    r = qat.run(ckpt, out, args, int_accuracy, progress=not as_json, on_epoch=lambda rec: err.print(json.dumps(rec), soft_wrap=True))
+    r = qat.run(ckpt, out, args, int_accuracy, progress=not as_json, on_epoch=lambda rec: err.print(json.dumps(rec), soft_wrap=True),
+                on_warning=lambda w: err.print(f"warning: {w}", soft_wrap=True, markup=False))
     history, best_acc, best_ep = r["history"], r["best_val_int_acc"], r["epoch"]
     if r["interrupted"] is not None:
         raise Interrupted(f"interrupted in epoch {r['interrupted']}: saved {out} with the best integer model so far "
@@ -455,7 +457,7 @@ def qat_(
            + (f"; integer accuracy {tr_acc:.4f} on the training sequences)" if tr_acc is not None else ")") if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
     txt += _stopped_words(history[1:], epochs)
-    _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
+    _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc, "checks": r["checks"], "warnings": r["warnings"]}, as_json, txt)
 
 
 SEARCH_FILES = ("points.jsonl", "front.json", "trace.json", "best.json", "pareto.png", "equalized-fp32.pt",
@@ -846,7 +848,17 @@ def simulate(
         exact = int((ref == logits[:nv]).all(axis=1).sum())
     sats = {name: int(v) for name, v in zip(im.counters, cnts.sum(0))}
     steps = int(ds.lengths.sum())
-    res = {"accuracy": acc, "n": n, "n_verified": nv, "bit_exact": exact, "saturations": sats,
+    from intssm.datapath.layout import state_saturation_words
+    from intssm.fit import COLLAPSE_WARN
+
+    warnings = state_saturation_words(im.cfg, sats, steps, n)
+    if im.qm is not None and n_verify != 0:  # a checkpoint: its float weights on the same codes
+        f_acc = sources.float_accuracy(im.qm, P, ds.y, ds.lengths)
+        if acc < f_acc - COLLAPSE_WARN:
+            warnings.append(f"integer accuracy {100 * acc:.2f}% is {100 * (f_acc - acc):.1f} points below the float weights' "
+                            f"{100 * f_acc:.2f}% on the same sequences: the integer model is not what the float one is "
+                            "(intssm qat --ranges calibrated, or more bits)")
+    res = {"accuracy": acc, "n": n, "n_verified": nv, "bit_exact": exact, "saturations": sats, "warnings": warnings,
            "steps_per_s": steps / secs, "sequences_per_s": n / secs, "sim_seconds": secs,
            "model": str(model), "source": im.source, "seq": seq, "split": split}
     if trace:
@@ -867,7 +879,7 @@ def simulate(
                 else "not verified: an .npz artifact holds integers only, no Torch model to compare with")
     human = (f"{im.source}\n{ds.name}: integer accuracy {acc:.4f} ({int((pred == ds.y).sum())}/{n})\n"
              f"{verified}\n"
-             f"saturations: {sat_txt}\n"
+             f"saturations: {sat_txt}\n" + "".join(f"warning: {w}\n" for w in warnings) +
              f"speed: {steps / secs:,.0f} steps/s, {n / secs:,.0f} sequences/s ({secs:.2f} s in the simulator)")
     if nv and exact != nv:
         _emit(res, as_json, human)
