@@ -255,6 +255,7 @@ def qat_(
     teacher: Annotated[Optional[Path], typer.Option(help="Float checkpoint to distill from (default: the float weights QAT starts from).")] = None,
     equalize: EqualizeOpt = 0.0,
     ema: Annotated[float, typer.Option(help="Also score an exponential moving average of the weights with this decay each epoch, e.g. 0.999 (0 = off); the better of live and averaged is kept.")] = 0.0,
+    ranges: Annotated[str, typer.Option(help="config: the config's range policies | calibrated: the activation (and float input) range policies of least integer loss on the calibration sequences, so that rare large values need not set the scale (float checkpoint).")] = "config",
     as_json: JsonOpt = False,
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
@@ -264,10 +265,11 @@ def qat_(
 
     args = qat.QATArgs(param=param, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup, limit=limit, val_limit=val_limit, seed=seed,
                        max_minutes=max_minutes, distill=distill, distill_temp=distill_temp, ema=ema, config=config,
-                       calib=calib, equalize=equalize, teacher=teacher)
+                       calib=calib, equalize=equalize, teacher=teacher, ranges=ranges)
     args.check()
     _small_torch_ops()
-    r = qat.run(ckpt, out, args, int_accuracy, progress=not as_json, on_epoch=lambda rec: err.print(json.dumps(rec), soft_wrap=True))
+    r = qat.run(ckpt, out, args, int_accuracy, progress=not as_json, on_epoch=lambda rec: err.print(json.dumps(rec), soft_wrap=True),
+                on_warning=lambda w: err.print(f"warning: {w}", soft_wrap=True, markup=False))
     history, best_acc, best_ep = r["history"], r["best_val_int_acc"], r["epoch"]
     if r["interrupted"] is not None:
         raise Interrupted(f"interrupted in epoch {r['interrupted']}: saved {out} with the best integer model so far "
@@ -279,7 +281,7 @@ def qat_(
            + (f"; integer accuracy {tr_acc:.4f} on the training sequences)" if tr_acc is not None else ")") if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
     txt += _stopped_words(history[1:], r["args"].epochs)
-    _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
+    _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc, "checks": r["checks"], "warnings": r["warnings"]}, as_json, txt)
 
 
 @app.command()

@@ -46,6 +46,15 @@ CURATED = {
                      "bash tools/uea_models.sh"),
     "japanesevowels": ("japanesevowels-hetero.pt", "data/uea/JapaneseVowels",
                        "JapaneseVowels (12 channels, 7-29 steps), hetero-3b-x10 QAT", "bash tools/uea_models.sh"),
+    # intssm fit with its defaults (no choice read the test split); NAME-fit.log holds the run and its
+    # model card, NAME-fit.card.json every choice with its validation score
+    "japanesevowels-fit": ("japanesevowels-fit.pt", "data/uea/JapaneseVowels",
+                           "JapaneseVowels, intssm fit: d_model 16 chosen by 3-fold cross-validation, hetero-3b-x10 QAT",
+                           "intssm fit --seq data/uea/JapaneseVowels -o runs/fit-jv --max-minutes 8"),
+    "italypowerdemand-fit": ("italypowerdemand-fit.pt", "data/uea/ItalyPowerDemand",
+                             "ItalyPowerDemand (1 channel, 24 steps), intssm fit: d_model 16 x 2 layers chosen by 3-fold "
+                             "cross-validation, hetero-3b-x10 QAT",
+                             "intssm fit --seq data/uea/ItalyPowerDemand -o runs/fit-italy --max-minutes 5"),
 }
 
 

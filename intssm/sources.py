@@ -203,6 +203,23 @@ def torch_logits(qm, P: np.ndarray, chunk: int = 500, progress=None, lengths: np
     return np.concatenate(out)
 
 
+def float_accuracy(qm, P: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None, chunk: int = 500) -> float:
+    """Accuracy of the float weights of the Torch quantized model ``qm`` (``qm.model``, which reads
+    input codes as :func:`intssm.datapath.inputq.model_input`; convolution mode) on input codes ``P``: what the integer model is
+    compared with."""
+    import torch
+
+    from intssm.datapath.inputq import model_input
+
+    hits = 0
+    with torch.no_grad():
+        for i in range(0, len(P), chunk):
+            lens = None if lengths is None else torch.from_numpy(lengths[i : i + chunk])
+            u = torch.from_numpy(model_input(P[i : i + chunk])).to(next(qm.model.parameters()).dtype)
+            hits += int((qm.model.eval()(u, lengths=lens).argmax(1).numpy() == y[i : i + chunk]).sum())
+    return hits / len(P)
+
+
 def describe(path) -> tuple:
     """(model config, quant config, seq_len, source, input bits) of any model source, without
     calibrating (a float checkpoint: the default preset's, and its input width from its data: 8

@@ -105,6 +105,8 @@ def simulate(model, seq: str | None = None, other_data: bool = False, split: str
     from contextlib import nullcontext
 
     from intssm import data, sources
+    from intssm.datapath.layout import state_saturation_words
+    from intssm.fit import COLLAPSE_WARN
     from intssm.integer.sim import simulate as sim
 
     for path, what in ((trace, "--trace"), (logits_out, "--logits")):
@@ -143,7 +145,14 @@ def simulate(model, seq: str | None = None, other_data: bool = False, split: str
         exact = int((ref == logits[:nv]).all(axis=1).sum())
     sats = {name: int(v) for name, v in zip(m.counters, cnts.sum(0))}
     steps = int(ds.lengths.sum())
-    res = {"accuracy": acc, "n": n, "n_verified": nv, "bit_exact": exact, "saturations": sats,
+    warnings = state_saturation_words(m.cfg, sats, steps, n)
+    if lm.qm is not None and n_verify != 0:  # a checkpoint: its float weights on the same codes
+        f_acc = sources.float_accuracy(lm.qm, P, ds.y, ds.lengths)
+        if acc < f_acc - COLLAPSE_WARN:
+            warnings.append(f"integer accuracy {100 * acc:.2f}% is {100 * (f_acc - acc):.1f} points below the float weights' "
+                            f"{100 * f_acc:.2f}% on the same sequences: the integer model is not what the float one is "
+                            "(intssm qat --ranges calibrated, or more bits)")
+    res = {"accuracy": acc, "n": n, "n_verified": nv, "bit_exact": exact, "saturations": sats, "warnings": warnings,
            "steps_per_s": steps / secs, "sequences_per_s": n / secs, "sim_seconds": secs,
            "model": str(model), "source": lm.source, "seq": seq, "split": split}
     if trace:
@@ -164,7 +173,7 @@ def simulate(model, seq: str | None = None, other_data: bool = False, split: str
                 else "not verified: an .npz artifact holds integers only, no Torch model to compare with")
     text = (f"{lm.source}\n{ds.name}: integer accuracy {acc:.4f} ({int((pred == ds.y).sum())}/{n})\n"
             f"{verified}\n"
-            f"saturations: {sat_txt}\n"
+            f"saturations: {sat_txt}\n" + "".join(f"warning: {w}\n" for w in warnings) +
             f"speed: {steps / secs:,.0f} steps/s, {n / secs:,.0f} sequences/s ({secs:.2f} s in the simulator)")
     error = f"simulator and Torch quantized model disagree on {nv - exact} of {nv} sequences" if nv and exact != nv else None
     return res, text, error

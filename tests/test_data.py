@@ -489,3 +489,18 @@ def test_idx_directory_small_dataset_loads(tmp_path):
     _write_idx_dir(tmp_path / "small", n_train=100)
     tr, va = data.load(str(tmp_path / "small"), "train"), data.load(str(tmp_path / "small"), "val")
     assert len(tr) + len(va) == 100 and len(va) >= 1
+
+
+def test_uea_sources_record_every_shipped_file():
+    """data/uea/SOURCES.md lists a SHA-256 for every shipped .ts file, each equal to the file's own;
+    ACSF1 (the long univariate task with rare bursts) loads as 100 / 100 sequences of 1,460 steps."""
+    uea = data.DATA_DIR / "uea"
+    listed = dict(line.split()[::-1] for line in (uea / "SOURCES.md").read_text().splitlines()
+                  if len(line.split()) == 2 and len(line.split()[0]) == 64)
+    shipped = sorted(str(p.relative_to(uea)) for p in uea.glob("*/*.ts"))
+    assert sorted(listed) == shipped
+    for name, sha in listed.items():
+        assert hashlib.sha256((uea / name).read_bytes()).hexdigest() == sha, name
+    tr, te = data.load(str(uea / "ACSF1"), "train", None, 0.0), data.load(str(uea / "ACSF1"), "test")
+    assert tr.x.shape == te.x.shape == (100, 1460, 1) and tr.x.dtype == np.float32
+    assert sorted(set(tr.y.tolist())) == list(range(10))

@@ -20,7 +20,7 @@ def test_registry_lists_every_curated_model():
         assert 0 < e["accuracy"] <= 1 and e["bytes"] > 0
 
 
-@pytest.mark.parametrize("name", ["basicmotions", "japanesevowels"])
+@pytest.mark.parametrize("name", ["basicmotions", "japanesevowels", "japanesevowels-fit"])
 def test_registry_numbers_are_measured(name):
     """The recorded accuracy and bytes are what measuring the model again gives."""
     rec = {e["name"]: e for e in models.load_registry()}[name]
@@ -33,3 +33,19 @@ def test_models_command_json():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [m["name"] for m in out["models"]] == list(models.CURATED)
+
+
+@pytest.mark.parametrize("name", ["japanesevowels-fit", "italypowerdemand-fit"])
+def test_fit_models_match_their_cards(name):
+    """A shipped `intssm fit` model's registry entry says what its model card (NAME.card.json, written
+    by the fit run) measured: the same test accuracy, deployed bytes and config, every test sequence
+    bit-exact, and the run's status done."""
+    import json
+
+    rec = {e["name"]: e for e in models.load_registry()}[name]
+    card = json.loads((DATA_DIR / "checkpoints" / f"{name}.card.json").read_text())
+    v = card["stages"]["verify"]
+    assert card["status"] == "done" and card["dataset"]["seq"].endswith(rec["dataset"].split("/")[-1])
+    assert v["results"]["test"]["int_acc"] == rec["accuracy"] and v["results"]["test"]["n"] == rec["n_test"]
+    assert v["results"]["test"]["bit_exact"] == rec["n_test"]
+    assert v["memory"]["deployed_bytes"] == rec["deployed_bytes"]

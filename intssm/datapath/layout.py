@@ -55,6 +55,21 @@ def counter_events(cfg, steps: int, sequences: int) -> dict:
     return out | {"pool": H * sequences, "logits": cfg.d_output * sequences}
 
 
+STATE_SATURATION_WARN = 1e-3  # share of state updates clipped above which the integer state is not the float one's
+
+
+def state_saturation_words(cfg, counts: dict, steps: int, sequences: int) -> list[str]:
+    """One warning per state site (``l{i}.x_re``, ``l{i}.x_im``) that ``counts`` (counter -> clipped
+    values over ``steps`` time steps of ``sequences`` sequences) shows clipped on more than
+    :data:`STATE_SATURATION_WARN` of its updates: the float model's state is then not reproduced."""
+    events = counter_events(cfg, steps, sequences)
+    out = []
+    for k, v in counts.items():
+        if k.split(".")[-1] in ("x_re", "x_im") and v / events[k] > STATE_SATURATION_WARN:
+            out.append(f"state {k} saturates on {100 * v / events[k]:.2f}% of its updates (the float model's state is not reproduced)")
+    return out
+
+
 def n_counters(n_layers: int) -> int:
     return head_base(n_layers) + 2
 

@@ -35,6 +35,7 @@ from intssm.errors import IntssmError
 from intssm.training.qmodel import QuantS4D
 
 PARAMS = ("continuous", "frozen", "discrete")
+RANGES = ("config", "calibrated")  # QATArgs.ranges
 GRAD_CLIP = 1.0  # global gradient-norm clip: straight-through gradients through 784 steps can spike
 SSM_CONTINUOUS = ("log_dt", "log_A_re", "A_im")
 
@@ -64,6 +65,7 @@ class QATArgs:
     calib: int = 256  # calibration sequences (a float checkpoint's PTQ)
     equalize: float = 0.0  # state equalization strength before calibration (0 = off)
     teacher: str | None = None  # float checkpoint to distill from (None: the float weights QAT starts from)
+    ranges: str = "config"  # config: the config's range policies | calibrated: activation/input ranges chosen on the calibration sequences (intssm.training.start)
 
     def check(self) -> None:
         """Refuse options outside their ranges (NaN and inf included), before any work; messages
@@ -89,6 +91,8 @@ class QATArgs:
         if self.teacher is not None and self.distill == 0:
             raise IntssmError("--teacher needs --distill > 0")
         check_strength(self.equalize, "--equalize")
+        if self.ranges not in RANGES:
+            raise IntssmError(f"--ranges must be one of {', '.join(RANGES)}, got {self.ranges!r}")
 
     def record(self) -> dict:
         """What a quantized checkpoint's ``qat`` entry records of the options (zeros and None left out)."""
@@ -210,10 +214,12 @@ class Start:
     val_fraction: float | None
 
 
-def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: float = 0.0) -> Start:
+def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: float = 0.0, ranges: str = "config") -> Start:
     """A float checkpoint gets PTQ at ``config`` (default w8a8) on ``calib`` training sequences
-    (states equalized first if ``equalize`` > 0); a quantized one is rebuilt, and re-quantized on its
-    stored ranges if ``config`` is given (progressive quantization)."""
+    (states equalized first if ``equalize`` > 0; with ``ranges`` "calibrated" the activation and
+    input range policies of least integer loss on those sequences,
+    :func:`intssm.training.start.calibrated_start`); a quantized one is rebuilt, and re-quantized on
+    its stored ranges if ``config`` is given (progressive quantization)."""
     from intssm.training import checkpoint
     from intssm.training.ptq import from_checkpoint, ptq_dataset, requantize_model
     from intssm.datapath.qspec import get_config
@@ -224,6 +230,8 @@ def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: floa
     seq = checkpoint.dataset_seq(ck)
     vfrac = checkpoint.val_fraction(ck)
     if "qspec" in ck:
+        if ranges != "config":
+            raise IntssmError("--ranges calibrated applies to a float checkpoint, at calibration; this one is already quantized")
         if equalize:
             raise IntssmError("--equalize applies to a float checkpoint, before calibration; this one is already quantized")
         qm = from_checkpoint(model, ck)
@@ -233,8 +241,16 @@ def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: floa
         how = "from checkpoint" if config is None else f"{config} (re-quantized on the checkpoint's ranges)"
     else:
         config = config or "w8a8"
-        qm, ranges = ptq_dataset(model, get_config(config), data.load(seq, "train", calib, vfrac), equalize)
+        cal = data.load(seq, "train", calib, vfrac)
         how = config if not equalize else f"{config}, states equalized (alpha {equalize})"
+        if ranges == "calibrated":
+            from intssm.training.start import calibrated_start
+
+            qm, rng, chose, _ = calibrated_start(model, get_config(config), cal, lambda m, q, ds: ptq_dataset(m, q, ds, equalize))
+            how += f", ranges chosen on the calibration sequences ({chose})"
+        else:
+            qm, rng = ptq_dataset(model, get_config(config), cal, equalize)
+        return Start(qm, rng, how, ck, seq, vfrac)
     return Start(qm, ranges, how, ck, seq, vfrac)
 
 
@@ -395,7 +411,7 @@ def train(qm: QuantS4D, seq: str, args: QATArgs, score: Score, *, teacher=None, 
     return best, history, interrupted
 
 
-def run(ckpt, out, args: QATArgs, score: Score, *, progress: bool = True, on_epoch=None) -> dict:
+def run(ckpt, out, args: QATArgs, score: Score, *, progress: bool = True, on_epoch=None, on_warning=None) -> dict:
     """The ``intssm qat`` recipe: check the options and ``out``, build the start (:func:`start_from`),
     load and check the teacher, train (:func:`train`), write the quantized checkpoint ``out`` with
     the kept snapshot (float64, as trained: float32 could flip a code at a rounding tie).
@@ -403,7 +419,10 @@ def run(ckpt, out, args: QATArgs, score: Score, *, progress: bool = True, on_epo
     Options left at None follow :func:`plan`. Returns {"out", "history", "best_val_int_acc" (None
     without a validation split), "epoch" (the kept one), "kept" (its history key), "interrupted" (the
     epoch a Ctrl-C / SIGTERM stopped, whose checkpoint is marked interrupted; None), "args" (the
-    options as run)}. A diverged run writes its best finished epoch, marked
+    options as run), "checks" (:func:`intssm.training.start.start_quality` of the start and the kept model
+    on the first training sequences), "warnings"}. ``on_warning(text)`` hears each warning when it
+    arises: a start far from the float model (before training), a collapse or a saturating state at
+    the end (:mod:`intssm.training.start`). A diverged run writes its best finished epoch, marked
     diverged, and raises :class:`~intssm.errors.IntssmError`. ``progress``: a progress bar on stderr;
     ``on_epoch(record)`` after every epoch."""
     from intssm import outputs
@@ -417,7 +436,20 @@ def run(ckpt, out, args: QATArgs, score: Score, *, progress: bool = True, on_epo
         teacher, tck = checkpoint.load(args.teacher)
         if "qspec" in tck:
             raise IntssmError(f"{args.teacher}: the teacher must be a float checkpoint, not a quantized one")
-    st = start_from(ckpt, args.config, args.calib, args.equalize)
+    st = start_from(ckpt, args.config, args.calib, args.equalize, args.ranges)
+    from intssm.training.start import CHECK_SEQUENCES, end_words, far_words, start_quality
+
+    warnings = []
+
+    def warn(msg):
+        if msg:
+            warnings.append(msg)
+            if on_warning:
+                on_warning(msg)
+
+    check_ds = data.load(st.seq, "train", CHECK_SEQUENCES, st.val_fraction if args.val_fraction is None else args.val_fraction)
+    checks = {"sequences": len(check_ds), "start": start_quality(st.qm, check_ds)}
+    warn(far_words(checks["start"]))
     if teacher is not None:
         sc, tc = st.qm.model.cfg, teacher.cfg
         if (tc.d_input, tc.d_output) != (sc.d_input, sc.d_output):
@@ -439,6 +471,10 @@ def run(ckpt, out, args: QATArgs, score: Score, *, progress: bool = True, on_epo
         except Diverged as e:
             best, history, interrupted, diverged = e.best, e.history, None, e
     extra = result_entries(st, best, history, interrupted, args)
+    if interrupted is None and diverged is None:
+        checks["end"] = start_quality(st.qm, check_ds)
+        warn(end_words(checks["start"], checks["end"]))
+    extra["qat"]["checks"] = checks
     if diverged is not None:
         checkpoint.save(out, st.qm.model, **extra, diverged=diverged.where)
         raise IntssmError(f"{diverged}; saved {out} with the best finished epoch (epoch {kept(history)[1]}), marked "
@@ -446,4 +482,4 @@ def run(ckpt, out, args: QATArgs, score: Score, *, progress: bool = True, on_epo
     checkpoint.save(out, st.qm.model, **extra)
     best_acc, best_ep, key = kept(history)
     return {"out": str(out), "history": history, "best_val_int_acc": best_acc, "epoch": best_ep, "kept": key,
-            "interrupted": interrupted, "args": args}
+            "interrupted": interrupted, "args": args, "checks": checks, "warnings": warnings}
