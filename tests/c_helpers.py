@@ -106,6 +106,26 @@ def gcc(*args: str, cwd: Path, extra=()):
     assert r.returncode == 0, f"gcc {' '.join(args)} failed:\n{r.stderr[-4000:]}"
 
 
+def usable_layout(arrays: dict, man: dict, state_layout: str) -> str:
+    """``state_layout`` where the export takes it for this model, else the nearest that it takes:
+    unsigned 16-bit state codes fit no signed half (packed); the folded layout refuses dithered
+    models, nonzero state zero points and accumulators past 2^31 (halves; the refusal is tested)."""
+    from intssm.integer import cstorage
+
+    if state_layout == "packed":
+        return state_layout
+    if max(int(arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
+        return "packed"
+    if state_layout == "folded":
+        a, _, _, qcfg, _ = cexport.check(arrays, man)
+        try:
+            cstorage.fold(a, qcfg)
+        except IntssmError as e:
+            assert "state layout 'folded'" in str(e)
+            return "halves"
+    return state_layout
+
+
 def build_harness(arrays: dict, man: dict, d: Path, extra=(), state_layout: str = "packed") -> Path:
     cexport.write_c(arrays, man, d, state_layout)
     (d / "harness.c").write_text(HARNESS)

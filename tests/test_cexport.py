@@ -31,7 +31,7 @@ from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path (rootdir-relative, "prepend" import mode)
 from c_helpers import (GCC, SIZE, UBSAN, build_harness, check_against_simulator, gcc, manifest_like, needs_gcc,
-                       quantize, random_case, run_c)
+                       quantize, random_case, run_c, usable_layout)
 from strategies import models, quant_configs
 from cli_helpers import assert_clean_error, intssm
 
@@ -54,9 +54,7 @@ def test_c_equals_simulator_random_models(m, qcfg, data):
     the final state, with ==."""
     qm, arrays, P = random_case(m, qcfg, data, 12, data.draw(st.sampled_from([0.3, 1.0])))
     n = len(qm.counters)
-    layout_ = data.draw(st.sampled_from(cexport.STATE_LAYOUTS))
-    if max(int(arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
-        layout_ = "packed"  # unsigned 16-bit state codes do not fit a signed half
+    layout_ = usable_layout(arrays, manifest_like(qm), data.draw(st.sampled_from(cexport.STATE_LAYOUTS)))
     with tempfile.TemporaryDirectory() as t:
         c = run_c(build_harness(arrays, manifest_like(qm), Path(t), state_layout=layout_), P, arrays, n)
     check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
@@ -76,12 +74,13 @@ def test_ubsan_catches_signed_overflow(tmp_path):
 @settings(max_examples=6)
 @given(models(), quant_configs(), st.data())
 def test_c_under_ubsan_random_models(m, qcfg, data):
-    """The export compiled with -fsanitize=undefined: no undefined behaviour on random valid models and
-    inputs (including all-255 and all-0 runs), and still the simulator's integers."""
+    """The export compiled with -fsanitize=undefined (a drawn state layout): no undefined behaviour on
+    random valid models and inputs (including all-255 and all-0 runs), and still the simulator's integers."""
     qm, arrays, P = random_case(m, qcfg, data, 10, seed=1)
     n = len(qm.counters)
+    layout_ = usable_layout(arrays, manifest_like(qm), data.draw(st.sampled_from(cexport.STATE_LAYOUTS)))
     with tempfile.TemporaryDirectory() as t:
-        c = run_c(build_harness(arrays, manifest_like(qm), Path(t), extra=UBSAN), P, arrays, n)
+        c = run_c(build_harness(arrays, manifest_like(qm), Path(t), extra=UBSAN, state_layout=layout_), P, arrays, n)
     check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
 
 
@@ -381,3 +380,62 @@ def test_c_shifts_past_31_take_the_64bit_path(tmp_path):
     for extra in ([], ["-DINTSSM_PORTABLE_SHIFTS"], UBSAN):
         c = run_c(build_harness(a, manifest_like(qm), tmp_path, extra=extra), P, a, len(qm.counters))
         check_against_simulator(a, True, len(qm.counters), P, c)
+
+
+# ------------------------------------------------------------------- (d) the folded layout ---
+
+CKPT = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+
+
+def _shipped(name: str):
+    from intssm import sources
+
+    im = sources.load(CKPT / name)
+    return im.arrays, im.description()
+
+
+@needs_gcc
+@pytest.mark.parametrize("name,extra", [("paper-small-hetero.pt", []), ("paper-small-hetero-shared.pt", ["-DINTSSM_PORTABLE_SHIFTS"]),
+                                        ("paper-small-hetero.pt", UBSAN)])
+def test_folded_layout_equals_simulator(tmp_path, name, extra):
+    """The shipped models in the folded layout (the host has no DSP extension: the portable C of
+    every intrinsic), with GCC's and the portable shifts and under UBSan: 12 real sMNIST sequences
+    give the simulator's logits, counters and final state; the per-mode words are 28 bytes."""
+    arrays, man = _shipped(name)
+    exe = build_harness(arrays, man, tmp_path, extra=extra, state_layout="folded")
+    src = (tmp_path / "intssm_model.c").read_text()
+    assert "x_fold[1792]" in src and "T = 17" in src and "__smlabb" in src
+    P = data.load("smnist", "test", 12).x
+    n = len(man["counters"])
+    check_against_simulator(arrays, True, n, P, run_c(exe, P, arrays, n))
+    st_ = cexport.c_storage(arrays, man, "folded")
+    assert st_["c_flash_bytes"] - cexport.c_storage(arrays, man, "halves")["c_flash_bytes"] >= 28 * 512 - 3088
+    assert st_["c_ram_bytes"] == cexport.c_storage(arrays, man, "halves")["c_ram_bytes"]
+
+
+@needs_gcc
+def test_folded_layout_per_channel_shifts_and_refusals(tmp_path):
+    """Where no one shift T keeps every scaled accumulator below 2^31 (a channel's shift cut to 1),
+    the folded layout shifts each channel by its own S, still the simulator's integers (with
+    saturation); a dithered model and nonzero state zero points are refused with a reason."""
+    from intssm.integer import cstorage
+
+    arrays, man = _shipped("paper-small-hetero.pt")
+    a = {k: np.array(v) for k, v in arrays.items()}
+    a["x_re_S"][0, 3] = 1
+    chk, _, _, qcfg, _ = cexport.check(a, man)
+    assert cstorage.fold(chk, qcfg).T is None
+    exe = build_harness(a, man, tmp_path, state_layout="folded")
+    assert "T = " not in (tmp_path / "intssm_model.c").read_text()
+    P = data.load("smnist", "test", 3).x
+    n = len(man["counters"])
+    c = run_c(exe, P, a, n)
+    check_against_simulator(a, True, n, P, c)
+    assert c["counts"][:, 1].min() > 0, "the cut shift should saturate the state"
+    with pytest.raises(IntssmError, match="dithers"):
+        cstorage.fold(chk, qcfg.replace(state_rounding="dither") if hasattr(qcfg, "replace") else
+                      QuantConfig.from_dict({**qcfg.to_dict(), "state_rounding": "dither"}))
+    z = dict(chk)
+    z["x_re_z"] = chk["x_re_z"] + 1
+    with pytest.raises(IntssmError, match="zero point"):
+        cstorage.fold(z, qcfg)

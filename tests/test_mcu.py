@@ -22,7 +22,7 @@ from intssm.integer import cexport, mcu
 from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path
-from c_helpers import manifest_like, random_case
+from c_helpers import manifest_like, random_case, usable_layout
 from strategies import models, quant_configs
 from cli_helpers import assert_clean_error, intssm, ok_json
 
@@ -84,6 +84,24 @@ def test_shared_scale_model_with_16bit_halves(tmp_path, target):
 
 
 @needs_mcu
+@pytest.mark.parametrize("name", ["paper-small-hetero.pt", "paper-small-hetero-shared.pt"])
+def test_folded_layout_on_cortex_m4(tmp_path, name):
+    """The shipped models in the folded layout on the emulated Cortex-M4: the simulator's integers
+    on real sequences, the update on the DSP extension (SSAT, SMLABB, SMLATT, PKHBT), at most 3
+    instructions per multiplication, fewer estimated cycles than the packed layout's published
+    40 k (docs/deploy.md); the per-mode words in flash."""
+    from intssm.deploy import deploy
+
+    rep = deploy(CKPT / name, tmp_path, "cortex-m4", sequences=4, count_steps=2, state_layout="folded")
+    i = rep["integer"]
+    assert "error" not in rep and i["bit_exact_sequences"] == 4
+    mnemonics = {m for _, m, _, _ in mcu._disassembly(Path(rep["elf"])).values()}
+    assert {"ssat", "smlabb", "smlatt", "pkhbt"} <= mnemonics
+    assert i["instructions_per_multiplication"] <= 3.0 and i["cycles_per_step"] < 30_000
+    assert i["rodata"] >= 28 * 512 and i["bss"] + i["data"] == rep["c_tables"]["c_ram_bytes"]
+
+
+@needs_mcu
 @pytest.mark.parametrize("target", ["riscv32", "cortex-m0plus"])
 def test_default_model_on_riscv32_and_cortex_m0plus(tmp_path, target):
     """The shipped default on an emulated RV32IMC core and an ARMv6-M core (freestanding builds;
@@ -125,8 +143,7 @@ def test_random_models_bit_exact_on_mcu(m, qcfg, data, target, state_layout):
     included) on the emulated cores: the simulator's integers."""
     qm, arrays, P = random_case(m, qcfg, data, 8)
     L, n = P.shape[1], len(qm.counters)
-    if state_layout == "halves" and max(int(arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
-        state_layout = "packed"  # unsigned 16-bit state codes do not fit a signed half
+    state_layout = usable_layout(arrays, manifest_like(qm), state_layout)
     with tempfile.TemporaryDirectory() as t:
         cexport.write_c(arrays, manifest_like(qm), Path(t), state_layout)
         r = mcu.measure(mcu.build(Path(t), target, L), target, P, count_steps=1)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from intssm.datapath import layout
-from intssm.integer.cstep import HELPERS, functions, shared_update
-from intssm.integer.cstorage import MODE_RECORD, TABLES, WINDOW_PAD, Plan, blob
+from intssm.integer.cstep import FOLD_HELPERS, HELPERS, functions, shared_update
+from intssm.integer.cstorage import FOLD_WORDS, MODE_RECORD, TABLES, WINDOW_PAD, Plan, blob
 from intssm.integer.ctext import c_initializer, c_int, field_read, file_names, qr_macro
 
 
@@ -83,6 +83,17 @@ typedef char state_bytes_check_[(sizeof({ns}_state) == {NS}_STATE_BYTES) ? 1 : -
         v = a[st.name]
         out.append(f"/* {st.name}: {st.count} x {st.ctype} = {st.nbytes} bytes */\n"
                    f"INTSSM_TABLE static const {st.ctype} {st.name}{''.join(f'[{s}]' for s in v.shape)} = {c_initializer(v)};\n")
+    if p.fold is not None:
+        fo = p.fold
+        shift = f"one shift T = {fo.T} for every channel" if fo.T is not None else "each channel's own shift"
+        u = fo.words.ravel() & 0xFFFFFFFF
+        pairs = [int(lo) | int(hi) << 32 for lo, hi in zip(u[0::2], u[1::2])]
+        out.append(f"/* x_fold: the state update's per-mode words ({fo.words.shape[0]} modes x {fo.stride} x 32 bits = {fo.nbytes} bytes):\n"
+                   " * K0..K5 = (Are' M0, -Aim' M1, Bre' M2, Are' M0', Aim' M1', Bim' M2') scaled to " + shift + ",\n"
+                   f" * then (C_re', C_im') as the low and high 16-bit halves{', then a zero word' if fo.stride > FOLD_WORDS else ''}; as 64-bit\n"
+                   " * pairs, word 2k in the low half (one LDRD per pair; docs/deploy.md, \"The folded layout\") */\n"
+                   f"INTSSM_TABLE static const uint64_t x_fold[{len(pairs)}] = "
+                   f"{c_initializer(np.array(pairs, dtype=object), per_line=6, fmt=lambda v: f'UINT64_C({v:#018x})')};\n")
     data = blob(a, p)
     lines = [f"/* {st.name}: {st.count} x {st.width} bits at byte {st.offset} */" for st in packed]
     if p.record:
@@ -93,6 +104,8 @@ typedef char state_bytes_check_[(sizeof({ns}_state) == {NS}_STATE_BYTES) ? 1 : -
     out.append(f"INTSSM_TABLE static const uint8_t model_bits[{len(data)}] = {c_initializer(np.frombuffer(data, np.uint8))};\n")
     out.append(accessors(a, p))
     out.append(HELPERS)
+    if p.fold is not None:
+        out.append(FOLD_HELPERS)
     out.append(functions(ns, p, w, dims, bool(a['x_dither'][0]), shared_update(a)))
     if iq is not None:
         from intssm.datapath.inputq import InputQuant

@@ -10,7 +10,7 @@ import numpy as np
 from intssm.datapath import layout
 from intssm.datapath.fixedpoint import WEYL_LANE, WEYL_STEP, weyl_lane_of
 from intssm.integer.csites import INT32_LIMIT, SiteWidth, acc_t, half, mac, product, rq, term_t
-from intssm.integer.cstorage import MODE_RECORD, Plan
+from intssm.integer.cstorage import FOLD_WORDS, MODE_RECORD, Plan
 from intssm.integer.ctext import CExpr, c_hex32, ctype_for, field_read
 
 
@@ -178,6 +178,107 @@ def shared_update(a: dict) -> bool:
                 and np.array_equal(a["x_re_S"], a["x_im_S"]))
 
 
+#: Modes per iteration of the folded layout's loop (the loop's branch and pointer steps shared).
+FOLD_UNROLL = 2
+
+#: The folded layout's primitives (after :data:`HELPERS`): one instruction each on a core with the
+#: DSP extension and GCC-compatible inline assembly, the same values in portable C elsewhere.
+FOLD_HELPERS = r"""
+/* The folded state update's primitives.
+ * SSAT_ASR(v, b, t): floor(v / 2^t) saturated to the full b-bit signed range (no count), t in [1, 31]:
+ *   SSAT with its shift. PACK16(lo, hi): lo's low 16 bits, hi's low 16 bits above them (PKHBT).
+ * OPAQUE(v): the compiler keeps v in a register (so that it is the addend of a multiply-accumulate
+ *   instead of a separate add of an immediate); no instruction, no change of value. */
+#if INTSSM_DSP && (defined(__GNUC__) || defined(__clang__))
+#define SSAT_ASR(v, b, t) (__extension__({ int32_t r_; \
+    __asm__("ssat %0, %1, %2, asr %3" : "=r"(r_) : "I"(b), "r"((int32_t)(v)), "I"(t)); r_; }))
+#define PACK16(lo, hi) (__extension__({ uint32_t r_; \
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r_) : "r"((int32_t)(lo)), "r"((int32_t)(hi))); r_; }))
+#define OPAQUE(v) __asm__("" : "+r"(v))
+#else
+static inline int32_t ssat_asr_(int32_t v, int32_t lo, int32_t hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+#define SSAT_ASR(v, b, t) ssat_asr_(rq32((v), 0, (t)), -(INT32_C(1) << ((b) - 1)), (INT32_C(1) << ((b) - 1)) - 1)
+#define PACK16(lo, hi) (((uint32_t)(lo) & 0xffffu) | ((uint32_t)(hi) << 16))
+#define OPAQUE(v) ((void)0)
+#endif
+"""
+
+
+def folded_loop(ns: str, p: Plan, w: dict, dims: dict) -> tuple[str, str]:
+    """(per-channel declarations, mode loop) of the state update in the folded layout
+    (:class:`intssm.integer.cstorage.Fold`): per mode, three multiply-accumulates per part on 32-bit
+    folded constants, one rounding shift by the constant T (or the channel's S), the clamp (SSAT
+    with the shift folded in, where the core has it) with its count out of the common path, the state
+    written back as 16-bit halves (PKHBT), and the output sums (SMLABB / SMLATT with the DSP extension)."""
+    NS = ns.upper()
+    fo = p.fold
+    ty_t = term_t(w["y"])
+    dsp_y = ty_t == "int32_t"  # the output sums fit one 32-bit accumulator each: the DSP's 16 x 16 + 32 MACs
+    if fo.T is not None:
+        pre = [f"int32_t d = INT32_C({1 << (fo.T - 1)});  /* 2^(T-1), T = {fo.T}: every channel's rounding */",
+               "OPAQUE(d);"]
+        sh_r = sh_i = str(fo.T)
+    else:
+        pre = ["const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);",
+               "const int32_t dr = (int32_t)1 << sr >> 1, di = (int32_t)1 << si >> 1;"]
+        sh_r, sh_i = "sr", "si"
+    dr, di = ("d", "d") if fo.T is not None else ("dr", "di")
+    W = fo.stride
+    G = FOLD_UNROLL if dims["N2"] % FOLD_UNROLL == 0 else 1  # W G is even: a group is whole 64-bit pairs
+    pre += [f"const uint64_t *kp = x_fold + (uint32_t)k0 * {W}u / 2u;  /* k0 W is even */",
+            "uint8_t *xp = s->x + (uint32_t)k0 * 4u;"]
+
+    def satx(part: str, qr: tuple, acc: str, sh: str, c: int) -> list:
+        """The clamp of ``acc`` shifted by ``sh`` into n{part}, and its count (the rare path)."""
+        b = qr[1].bit_length() + 1
+        v = f"rq32({acc}, 0, {sh})"
+        if qr != (-(1 << (b - 1)), (1 << (b - 1)) - 1):
+            return [f"    const int32_t n{part} = sat({v}, {qr[0]}, {qr[1]}, &cnt[base + {c}]);"]
+        if fo.T is None:
+            return [f"    const int32_t n{part} = SATB({v}, {b}, &cnt[base + {c}]);"]
+        return [f"    const int32_t n{part} = SSAT_ASR({acc}, {b}, {sh});",
+                f"    if (INTSSM_RARE(n{part} != {v}))",
+                f"        ++cnt[base + {c}];"]
+
+    def mode(q: int) -> list:
+        def k(j: int) -> str:  # word j of mode q: a half of a 64-bit pair (LDRD)
+            w_ = q * W + j
+            return f"as_i32((uint32_t)(kp[{w_ // 2}]{' >> 32' if w_ % 2 else ''}))"
+
+        return [
+            "{",
+            f"    const uint32_t xw = rd32(xp + {4 * q});",
+            "    const int32_t xr = SX(xw, 16), xi = SX(xw >> 16, 16);",
+            f"    const int32_t acc_r = {dr} + {k(2)} * u + {k(0)} * xr + {k(1)} * xi;",
+            f"    const int32_t acc_i = {di} + {k(5)} * u + {k(3)} * xi + {k(4)} * xr;",
+            *satx("r", dims["QR_X_RE"], "acc_r", sh_r, layout.C_XRE),
+            *satx("i", dims["QR_X_IM"], "acc_i", sh_i, layout.C_XIM),
+            "    const uint32_t nw = PACK16(nr, ni);",
+            f"    uint8_t *const xq_ = xp + {4 * q};",
+            *(f"    xq_[{b}] = (uint8_t)(nw >> {8 * b});" for b in range(4)),
+            *(["#if INTSSM_DSP",
+               f"    ty1 = __smlabb(as_i32(nw), {k(6)}, ty1);  /* + nr C_re' */",
+               f"    ty2 = __smlatt(as_i32(nw), {k(6)}, ty2);  /* + ni C_im' */",
+               "#else"] if dsp_y else []),
+            f"    ty1 += ({ty_t})nr * SX((uint32_t){k(6)}, 16);",
+            f"    ty2 += ({ty_t})ni * SX((uint32_t){k(6)} >> 16, 16);",
+            *(["#endif"] if dsp_y else []),
+            "}"]
+
+    ind = " " * 16
+    body = "\n".join(ind + ln if not ln.startswith("#") else ln for q in range(G) for ln in mode(q))
+    loop = ("\n".join(" " * 12 + ln for ln in pre) + "\n"
+            f"            for (n = 0; n < {NS}_N2; n += {G}, kp += {G * W // 2}, xp += {4 * G}) {{\n{body}\n            }}")
+    decl = ("            const int32_t u = h[hh] - AT_h_z(i);\n"
+            f"            const int k0 = (i * {NS}_H + hh) * {NS}_N2;\n"
+            f"            {ty_t} ty1 = 0, ty2 = 0;\n"
+            "            int32_t y;")
+    return decl, loop
+
+
 def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> str:
     """The API's functions (reset, step, readout), with the counter indices of :mod:`intssm.datapath.layout`."""
     NS = ns.upper()
@@ -295,6 +396,10 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
             win = f"rd32(wp + {q * fw // 8})" + (f" >> {q * fw % 8}" if q * fw % 8 else "")
             lines.append(f"            t += ({term_t(wg)})({field_read(win, fw, mw.signed)} - wz) * (a[{q}] - az);")
         mix_dot = "\n".join(lines)
+    if p.fold is not None:
+        decl, loop = folded_loop(ns, p, w, dims)
+        return reset_and_state_x(ns, dims, pack, XB, x_store, xr_rd, xi_rd) + \
+            step_function(ns, dims, w, loop, mix_dot, decl) + readout(ns, dims, wp, wl)
     ind = " " * 16
     pre = []
     if not dither:
@@ -325,15 +430,30 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
         readout(ns, dims, wp, wl)
 
 
-def step_function(ns: str, dims: dict, w: dict, loop: str, mix_dot: str) -> str:
+def step_function(ns: str, dims: dict, w: dict, loop: str, mix_dot: str, decl: str | None = None) -> str:
     """C of ``<ns>_step``: the encoder; per layer the state loop ``loop`` (every mode's update and
     the output sums), the output site, the GLU mixing (its dot product ``mix_dot``) and the residual;
-    the pooling sum, the step count and the dither phase. ``w``: the sites' :class:`SiteWidth`."""
+    the pooling sum, the step count and the dither phase. ``w``: the sites' :class:`SiteWidth`;
+    ``decl``: the state loop's per-channel declarations (None: the tables' zero points, multipliers
+    and shifts)."""
     NS = ns.upper()
     nlc = len(layout.LAYER_COUNTERS)
     we, wy, wg, wh = (w[k] for k in ("enc", "y", "glu", "h"))
     ty_t = term_t(wy)
     h_t, a_t, g_t = (ctype_for(*dims[k])[0] for k in ("QR_H", "QR_ACT", "QR_GLU"))
+    if decl is None:
+        decl = f"""            const int32_t u = h[hh] - AT_h_z(i);
+            const int32_t zr = AT_x_re_z(i, hh), zi = AT_x_im_z(i, hh);
+            const int32_t azr = AT_A_re_z(i, hh), azi = AT_A_im_z(i, hh), bz = AT_B_z(i, hh), cz = AT_C_z(i, hh);
+            const int32_t mr0 = AT_x_re_M(i, 0, hh), mr1 = AT_x_re_M(i, 1, hh), mr2 = AT_x_re_M(i, 2, hh);
+            const int32_t mi0 = AT_x_im_M(i, 0, hh), mi1 = AT_x_im_M(i, 1, hh), mi2 = AT_x_im_M(i, 2, hh);
+            const int32_t umr = u * mr2, umi = u * mi2;
+            (void)mr0, (void)mr1, (void)mi0, (void)mi1, (void)umr, (void)umi;
+            const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);
+            (void)si;
+            const int k0 = (i * {NS}_H + hh) * {NS}_N2;
+            {ty_t} ty1 = 0, ty2 = 0;
+            int32_t y;"""
     return f"""
 void {ns}_step({ns}_state *s, const uint8_t *p)
 {{
@@ -354,18 +474,7 @@ void {ns}_step({ns}_state *s, const uint8_t *p)
     for (i = 0; i < {NS}_LAYERS; ++i) {{
         const int base = {layout.layer_base(0)} + {nlc} * i;
         for (hh = 0; hh < {NS}_H; ++hh) {{
-            const int32_t u = h[hh] - AT_h_z(i);
-            const int32_t zr = AT_x_re_z(i, hh), zi = AT_x_im_z(i, hh);
-            const int32_t azr = AT_A_re_z(i, hh), azi = AT_A_im_z(i, hh), bz = AT_B_z(i, hh), cz = AT_C_z(i, hh);
-            const int32_t mr0 = AT_x_re_M(i, 0, hh), mr1 = AT_x_re_M(i, 1, hh), mr2 = AT_x_re_M(i, 2, hh);
-            const int32_t mi0 = AT_x_im_M(i, 0, hh), mi1 = AT_x_im_M(i, 1, hh), mi2 = AT_x_im_M(i, 2, hh);
-            const int32_t umr = u * mr2, umi = u * mi2;
-            (void)mr0, (void)mr1, (void)mi0, (void)mi1, (void)umr, (void)umi;
-            const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);
-            (void)si;
-            const int k0 = (i * {NS}_H + hh) * {NS}_N2;
-            {ty_t} ty1 = 0, ty2 = 0;
-            int32_t y;
+{decl}
 {loop}
             {{  /* y = 2 Re(C x) + D u (the 2 is folded into the multipliers) */
                 const int sy = AT_y_S(i, hh);

@@ -10,6 +10,7 @@ import numpy as np
 
 from intssm.datapath import layout
 from intssm.errors import IntssmError
+from intssm.integer.csites import INT32_LIMIT
 from intssm.integer.ctext import ctype_for
 
 
@@ -81,18 +82,100 @@ class Plan:
     record: dict | None  # {"offset", "fields": [(name, width, signed, bit)], "bits", "group"}: one mode's weights
     blob_bytes: int
     x: dict  # packed state record: {"wr", "wi", "sr", "si", "bits" per mode, "group": modes per byte-aligned group}
+    fold: "Fold | None" = None  # the folded layout's per-mode words (state layout "folded")
 
     @property
     def flash_bytes(self) -> int:
-        """Bytes of constant data: native tables, the packed blob and its window padding."""
+        """Bytes of constant data: native tables, the packed blob and its window padding, the folded words."""
         native = sum(st.nbytes for st in self.stores.values() if st.kind == "native")
-        return native + (self.blob_bytes + WINDOW_PAD if self.blob_bytes else 0)
+        return native + (self.blob_bytes + WINDOW_PAD if self.blob_bytes else 0) + (self.fold.nbytes if self.fold else 0)
 
 
 #: How the state is held: ``packed`` at its bit widths (the accounted bytes), or ``halves``: each
 #: mode's Re and Im codes as the two 16-bit halves of a word, which a Cortex-M4's dual 16-bit
-#: multiplies (SMUSD, SMUADX) read directly (faster; more RAM when the state is narrower than 16 bits).
-STATE_LAYOUTS = ("packed", "halves")
+#: multiplies (SMUSD, SMUADX) read directly (faster; more RAM when the state is narrower than 16 bits);
+#: ``folded``: the state as halves, and the per-mode weights folded with their multipliers into
+#: 32-bit words (:class:`Fold`; the fastest update, several times the packed constants' flash).
+STATE_LAYOUTS = ("packed", "halves", "folded")
+#: Words per mode of the folded layout: K0..K5 (int32), then (C_re', C_im') as 16-bit halves.
+FOLD_WORDS = 7
+#: Tables the folded layout holds in its per-mode words instead (the state site's multipliers, and
+#: its shifts where one shift serves every channel).
+FOLDED_TABLES = MODE_RECORD + ("x_re_M", "x_im_M")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """The state update with its per-mode constants folded (state layout ``folded``).
+
+    Mode k's update is ``acc_r = d + K0 x_re + K1 x_im + K2 u``, ``acc_i = d + K3 x_im + K4 x_re +
+    K5 u`` on the centred codes, with ``K = (Are' M0, -Aim' M1, Bre' M2, Are' M0', Aim' M1', Bim' M2')
+    << (T - S)`` (:func:`intssm.integer.sim.fold_constants`, scaled) and ``d = 2^(T-1)``: then
+    ``floor(acc / 2^T)`` is the datapath's ``floor((acc0 + 2^(S-1)) / 2^S)`` exactly (multiplying
+    numerator and denominator by ``2^(T-S)``), so every channel shifts by the one constant ``T``
+    (``T`` None: no such T keeps the accumulators below 2^31; each channel shifts by its own S,
+    unscaled). ``words`` (modes, ``stride``): the six K, then ``(C_re - z) & 0xffff |
+    (C_im - z) << 16`` (and a zero word where N/2 is odd: ``stride`` 8, so that the table is read
+    as 64-bit pairs, LDRD, from a whole number of pairs per mode pair or mode)."""
+
+    T: int | None
+    words: np.ndarray  # int64 values of the int32 words
+
+    @property
+    def stride(self) -> int:
+        return int(self.words.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * int(self.words.size)
+
+
+def fold(a: dict, qcfg) -> Fold:
+    """The folded constants of model ``a``; IntssmError where the folded layout cannot hold it
+    (a dithered state rounding, state zero points other than 0, C weights beyond 16 bits, or an
+    accumulator that could pass 2^31). The accumulator bound of channel c is the state site's proved
+    per-channel sum (:func:`intssm.datapath.bounds.channel_sums` of
+    :func:`~intssm.datapath.bounds.state_term_bounds`) scaled by ``2^(T - S_c)``, plus ``2^(T-1)``."""
+    from intssm.datapath.bounds import channel_sums, state_term_bounds
+    from intssm.integer.sim import fold_constants
+
+    if qcfg.state_rounding == "dither":
+        raise IntssmError("state layout 'folded' needs the half-up state rounding; this model dithers")
+    if np.any(a["x_re_z"] != 0) or np.any(a["x_im_z"] != 0):
+        raise IntssmError("state layout 'folded' needs symmetric state codes (zero point 0)")
+    terms = state_term_bounds(qcfg)
+    nl = a["A_re"].shape[0]
+    sums, shifts = [], []
+    for i in range(nl):
+        for kind in ("x_re", "x_im"):
+            M, S = layout.site_arrays(a, kind, i)
+            sums.append(channel_sums(terms[kind], 0, M))
+            shifts.append([int(v) for v in S])
+    half = lambda s: (1 << (s - 1)) if s > 0 else 0  # noqa: E731
+    T = max(max(s) for s in shifts)
+    if T < 1 or any((b << (T - s)) + (1 << (T - 1)) > INT32_LIMIT for bs, ss in zip(sums, shifts) for b, s in zip(bs, ss)):
+        T = None
+        if any(b + half(s) > INT32_LIMIT for bs, ss in zip(sums, shifts) for b, s in zip(bs, ss)):
+            raise IntssmError("state layout 'folded' needs 32-bit state accumulators; this model's pass 2^31")
+    K, Cc = fold_constants(a["A_re"], a["A_im"], a["A_re_z"], a["A_im_z"], a["B_re"], a["B_im"], a["B_z"],
+                           a["C_re"], a["C_im"], a["C_z"], a["x_re_M"], a["x_im_M"])
+    K = np.array(K, dtype=object)  # exact Python integers for the scaling
+    K[:, :, 1] = -K[:, :, 1]  # x_re's Aim term enters with a minus: stored negated, every term added
+    if T is not None:
+        for i in range(nl):
+            for part, kind in ((slice(0, 3), "x_re_S"), (slice(3, 6), "x_im_S")):
+                for hh in range(K.shape[1]):
+                    K[i, hh, part] = K[i, hh, part] * (1 << (T - int(a[kind][i, hh])))
+    if np.abs(Cc).max() > 32767:
+        raise IntssmError("state layout 'folded' needs C weights of at most 16 bits")
+    c2 = (Cc[:, :, 0] & 0xFFFF) | ((Cc[:, :, 1] & 0xFFFF) << 16)  # (nl, H, N2) as uint32 bit patterns
+    N2 = K.shape[3]
+    words = np.zeros((*K.shape[:2], N2, FOLD_WORDS + N2 % 2), dtype=np.int64)  # (nl, H, N2, 7 or 8)
+    words[..., :6] = np.moveaxis(K.astype(np.int64), 2, 3)
+    words[..., 6] = np.where(c2 >= 1 << 31, c2 - (1 << 32), c2)
+    if np.abs(words).max() > INT32_LIMIT:
+        raise IntssmError("state layout 'folded': a folded constant passes 2^31")
+    return Fold(T, words.reshape(-1, words.shape[-1]))
 
 
 def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
@@ -101,20 +184,24 @@ def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
         raise IntssmError(f"state layout must be one of {', '.join(STATE_LAYOUTS)}, got {state_layout!r}")
     stores, offset = {}, 0
     fields = {k: (width_of(*declared_range(k, qcfg)), int(a[k].size)) for k in TABLES}
+    fo = fold(a, qcfg) if state_layout == "folded" else None
+    if fo is not None:  # held in the folded words: not stored on their own
+        drop = FOLDED_TABLES + (("x_re_S", "x_im_S") if fo.T is not None else ())
+        fields = {k: v for k, v in fields.items() if k not in drop}
     rec_fields, bit = [], 0
-    for k in MODE_RECORD:
+    for k in MODE_RECORD if fo is None else ():
         (w, sg), _ = fields[k]
         rec_fields.append((k, w, sg, bit))
         bit += w
     g = math.gcd(bit, 8)
     record = None
     # one 32-bit window per mode: the record plus its largest bit offset in a byte (8 - gcd) fits
-    if bit + 8 - g <= 32 and any(w not in (8, 16) for _, w, _, _ in rec_fields):
+    if fo is None and bit + 8 - g <= 32 and any(w not in (8, 16) for _, w, _, _ in rec_fields):
         n = int(a["A_re"].size)
         record = {"offset": 0, "fields": rec_fields, "bits": bit, "group": 8 // g}
         offset = -(-n * bit // 8)
     for k in TABLES:
-        if record is not None and k in MODE_RECORD:
+        if (record is not None and k in MODE_RECORD) or k not in fields:
             continue
         (w, sg), count = fields[k]
         lo, hi = declared_range(k, qcfg)
@@ -130,17 +217,17 @@ def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
     qr = a["qrange"]
     (wr, sr), (wi, si) = width_of(int(qr[layout.R_XRE, 0]), int(qr[layout.R_XRE, 1])), \
         width_of(int(qr[layout.R_XIM, 0]), int(qr[layout.R_XIM, 1]))
-    if state_layout == "halves":  # 16-bit halves hold every code (formats have at most 16 bits)
+    if state_layout in ("halves", "folded"):  # 16-bit halves hold every code (formats have at most 16 bits)
         wr = wi = 16
         sr = si = True  # sign-extended halves (an unsigned 16-bit code does not fit; refused below)
         if int(qr[layout.R_XRE, 1]) > 32767 or int(qr[layout.R_XIM, 1]) > 32767:
-            raise IntssmError("state layout 'halves' needs signed 16-bit state codes; this state is unsigned 16-bit")
+            raise IntssmError(f"state layout {state_layout!r} needs signed 16-bit state codes; this state is unsigned 16-bit")
     rx = wr + wi
     # a mode's state: packed at rx bits when whole records do not fill bytes (and one window holds
     # one), else in whole bytes
     bits = rx if rx % 8 and rx + 8 - math.gcd(rx, 8) <= 32 else 8 * -(-rx // 8)
     x = {"wr": wr, "wi": wi, "sr": sr, "si": si, "bits": bits, "group": 8 // math.gcd(bits, 8)}
-    return Plan(stores, record, offset, x)
+    return Plan(stores, record, offset, x, fo)
 
 
 def state_bytes(p: Plan, n_modes: int) -> int:
