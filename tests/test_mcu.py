@@ -120,6 +120,29 @@ def test_default_model_on_riscv32_and_cortex_m0plus(tmp_path, target):
 
 
 @needs_mcu
+def test_riscv_sizes_count_small_data(tmp_path):
+    """RV32 builds put tables of up to 8 bytes in .srodata (basicmotions-hetero's dec_b): the linked
+    ELF counts them in its constants -- the linker script merges the small sections into .rodata,
+    .data and .bss -- so .rodata holds every table of the export, and no small section is left apart."""
+    from elftools.elf.elffile import ELFFile
+
+    from intssm import sources
+
+    im = sources.load(CKPT / "basicmotions-hetero.pt")
+    cexport.write_c(im.arrays, im.description(), tmp_path)
+    elf = mcu.build(tmp_path, "riscv32", 4)
+    with open(elf, "rb") as f:
+        ef = ELFFile(f)
+        names = {s.name for s in ef.iter_sections()}
+        ro = ef.get_section_by_name(".rodata")
+        lo, hi = ro["sh_addr"], ro["sh_addr"] + ro["sh_size"]
+        sym = {s.name: s["st_value"] for s in ef.get_section_by_name(".symtab").iter_symbols()}
+    assert not names & {".srodata", ".sdata", ".sbss"}
+    assert lo <= sym["dec_b"] < hi  # an 8-byte table, compiled into .srodata.dec_b
+    assert mcu.sizes(elf).rodata >= cexport.c_storage(im.arrays, im.description())["c_flash_bytes"]
+
+
+@needs_mcu
 @pytest.mark.parametrize("name,n,target", [("japanesevowels-hetero", 370, "cortex-m4"), ("basicmotions-hetero", 40, "cortex-m4"),
                                            ("basicmotions-hetero", 40, "riscv32"),
                                            pytest.param("japanesevowels-hetero", 370, "riscv32", marks=pytest.mark.slow)])
@@ -157,7 +180,10 @@ def test_random_models_bit_exact_on_mcu(m, qcfg, data, target, state_layout):
 @needs_mcu
 def test_float_reference_on_cortex_m4f(tmp_path):
     """The float32 C reference computes the Torch model's recurrent logits (to float32 rounding) on
-    the emulated Cortex-M4F, and the same with software float on the Cortex-M3."""
+    the emulated Cortex-M4F, and the same with software float on the Cortex-M3 and the Cortex-M0+
+    (every build of deploy's comparison)."""
+    from intssm.deploy import FLOAT_TARGETS
+
     from intssm import data
     from intssm.training import cfloat, checkpoint
 
@@ -168,7 +194,8 @@ def test_float_reference_on_cortex_m4f(tmp_path):
     cfloat.write_float_c(model, tmp_path)
     with torch.no_grad():
         ref = model(torch.from_numpy(P.astype(np.float32) / 255.0), mode="recurrent").numpy()
-    for t in ("cortex-m4f", "cortex-m3"):
+    assert FLOAT_TARGETS == ("cortex-m4f", "cortex-m3", "cortex-m0plus")
+    for t in FLOAT_TARGETS:
         r = mcu.measure(mcu.build(tmp_path, t, P.shape[1], libm=True), t, P, count_steps=2)
         assert np.abs(r["logits"] - ref).max() < 1e-3 * max(1.0, np.abs(ref).max()), t
         assert r["rodata"] >= 4 * 3834  # every float32 parameter of the recurrence is in flash
