@@ -404,7 +404,7 @@ def test_folded_layout_equals_simulator(tmp_path, name, extra):
     arrays, man = _shipped(name)
     exe = build_harness(arrays, man, tmp_path, extra=extra, state_layout="folded")
     src = (tmp_path / "intssm_model.c").read_text()
-    assert "x_fold[1792]" in src and "T = 17" in src and "__smlabb" in src
+    assert "x_fold[3584]" in src and "x_mix[128]" in src and "T = 17" in src and "__smlabb" in src
     P = data.load("smnist", "test", 12).x
     n = len(man["counters"])
     check_against_simulator(arrays, True, n, P, run_c(exe, P, arrays, n))

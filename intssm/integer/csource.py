@@ -86,14 +86,15 @@ typedef char state_bytes_check_[(sizeof({ns}_state) == {NS}_STATE_BYTES) ? 1 : -
     if p.fold is not None:
         fo = p.fold
         shift = f"one shift T = {fo.T} for every channel" if fo.T is not None else "each channel's own shift"
-        u = fo.words.ravel() & 0xFFFFFFFF
-        pairs = [int(lo) | int(hi) << 32 for lo, hi in zip(u[0::2], u[1::2])]
-        out.append(f"/* x_fold: the state update's per-mode words ({fo.words.shape[0]} modes x {fo.stride} x 32 bits = {fo.nbytes} bytes):\n"
+        out.append(f"/* x_fold: the state update's per-mode words ({fo.words.shape[0]} modes x {FOLD_WORDS} x int32_t = {4 * fo.words.size} bytes):\n"
                    " * K0..K5 = (Are' M0, -Aim' M1, Bre' M2, Are' M0', Aim' M1', Bim' M2') scaled to " + shift + ",\n"
-                   f" * then (C_re', C_im') as the low and high 16-bit halves{', then a zero word' if fo.stride > FOLD_WORDS else ''}; as 64-bit\n"
-                   " * pairs, word 2k in the low half (one LDRD per pair; docs/deploy.md, \"The folded layout\") */\n"
-                   f"INTSSM_TABLE static const uint64_t x_fold[{len(pairs)}] = "
-                   f"{c_initializer(np.array(pairs, dtype=object), per_line=6, fmt=lambda v: f'UINT64_C({v:#018x})')};\n")
+                   " * then (C_re', C_im') as the low and high 16-bit halves (intssm.integer.cstorage.Fold) */\n"
+                   f"INTSSM_TABLE static const int32_t x_fold[{fo.words.size}] = {c_initializer(fo.words.ravel(), per_line=7)};\n")
+        if fo.mix is not None:
+            out.append(f"/* x_mix: the GLU mixing weights mix_w - mix_w_z as int8, four to a word, byte k of word q the weight of\n"
+                       f" * input 4 q + k ({fo.mix.size} x uint32_t = {4 * fo.mix.size} bytes) */\n"
+                       f"INTSSM_TABLE static const uint32_t x_mix[{fo.mix.size}] = "
+                       f"{c_initializer(fo.mix, per_line=8, fmt=lambda v: f'UINT32_C({int(v):#010x})')};\n")
     data = blob(a, p)
     lines = [f"/* {st.name}: {st.count} x {st.width} bits at byte {st.offset} */" for st in packed]
     if p.record:

@@ -10,7 +10,7 @@ import numpy as np
 from intssm.datapath import layout
 from intssm.datapath.fixedpoint import WEYL_LANE, WEYL_STEP, weyl_lane_of
 from intssm.integer.csites import INT32_LIMIT, SiteWidth, acc_t, half, mac, product, rq, term_t
-from intssm.integer.cstorage import FOLD_WORDS, MODE_RECORD, Plan
+from intssm.integer.cstorage import FOLD_WORDS, MODE_RECORD, Plan, fold_group
 from intssm.integer.ctext import CExpr, c_hex32, ctype_for, field_read
 
 
@@ -178,9 +178,6 @@ def shared_update(a: dict) -> bool:
                 and np.array_equal(a["x_re_S"], a["x_im_S"]))
 
 
-#: Modes per iteration of the folded layout's loop (the loop's branch and pointer steps shared).
-FOLD_UNROLL = 2
-
 #: The folded layout's primitives (after :data:`HELPERS`): one instruction each on a core with the
 #: DSP extension and GCC-compatible inline assembly, the same values in portable C elsewhere.
 FOLD_HELPERS = r"""
@@ -226,57 +223,86 @@ def folded_loop(ns: str, p: Plan, w: dict, dims: dict) -> tuple[str, str]:
                "const int32_t dr = (int32_t)1 << sr >> 1, di = (int32_t)1 << si >> 1;"]
         sh_r, sh_i = "sr", "si"
     dr, di = ("d", "d") if fo.T is not None else ("dr", "di")
-    W = fo.stride
-    G = FOLD_UNROLL if dims["N2"] % FOLD_UNROLL == 0 else 1  # W G is even: a group is whole 64-bit pairs
-    pre += [f"const uint64_t *kp = x_fold + (uint32_t)k0 * {W}u / 2u;  /* k0 W is even */",
+    G = fold_group(dims["N2"])
+    pre += [f"const int32_t *kp = x_fold + (uint32_t)k0 * {FOLD_WORDS}u;",
             "uint8_t *xp = s->x + (uint32_t)k0 * 4u;"]
 
-    def satx(part: str, qr: tuple, acc: str, sh: str, c: int) -> list:
-        """The clamp of ``acc`` shifted by ``sh`` into n{part}, and its count (the rare path)."""
+    def satx(nv: str, qr: tuple, acc: str, sh: str, c: int) -> list:
+        """The clamp of ``acc`` shifted by ``sh`` into ``nv``, and its count (the rare path)."""
         b = qr[1].bit_length() + 1
         v = f"rq32({acc}, 0, {sh})"
         if qr != (-(1 << (b - 1)), (1 << (b - 1)) - 1):
-            return [f"    const int32_t n{part} = sat({v}, {qr[0]}, {qr[1]}, &cnt[base + {c}]);"]
+            return [f"const int32_t {nv} = sat({v}, {qr[0]}, {qr[1]}, &cnt[base + {c}]);"]
         if fo.T is None:
-            return [f"    const int32_t n{part} = SATB({v}, {b}, &cnt[base + {c}]);"]
-        return [f"    const int32_t n{part} = SSAT_ASR({acc}, {b}, {sh});",
-                f"    if (INTSSM_RARE(n{part} != {v}))",
-                f"        ++cnt[base + {c}];"]
+            return [f"const int32_t {nv} = SATB({v}, {b}, &cnt[base + {c}]);"]
+        return [f"const int32_t {nv} = SSAT_ASR({acc}, {b}, {sh});",
+                f"if (INTSSM_RARE({nv} != {v}))",
+                f"    ++cnt[base + {c}];"]
 
     def mode(q: int) -> list:
-        def k(j: int) -> str:  # word j of mode q: a half of a 64-bit pair (LDRD)
-            w_ = q * W + j
-            return f"as_i32((uint32_t)(kp[{w_ // 2}]{' >> 32' if w_ % 2 else ''}))"
+        def k(j: int) -> str:  # word j of mode q
+            return f"kp[{q * FOLD_WORDS + j}]"
 
-        return [
-            "{",
-            f"    const uint32_t xw = rd32(xp + {4 * q});",
-            "    const int32_t xr = SX(xw, 16), xi = SX(xw >> 16, 16);",
-            f"    const int32_t acc_r = {dr} + {k(2)} * u + {k(0)} * xr + {k(1)} * xi;",
-            f"    const int32_t acc_i = {di} + {k(5)} * u + {k(3)} * xi + {k(4)} * xr;",
-            *satx("r", dims["QR_X_RE"], "acc_r", sh_r, layout.C_XRE),
-            *satx("i", dims["QR_X_IM"], "acc_i", sh_i, layout.C_XIM),
-            "    const uint32_t nw = PACK16(nr, ni);",
-            f"    uint8_t *const xq_ = xp + {4 * q};",
-            *(f"    xq_[{b}] = (uint8_t)(nw >> {8 * b});" for b in range(4)),
-            *(["#if INTSSM_DSP",
-               f"    ty1 = __smlabb(as_i32(nw), {k(6)}, ty1);  /* + nr C_re' */",
-               f"    ty2 = __smlatt(as_i32(nw), {k(6)}, ty2);  /* + ni C_im' */",
-               "#else"] if dsp_y else []),
-            f"    ty1 += ({ty_t})nr * SX((uint32_t){k(6)}, 16);",
-            f"    ty2 += ({ty_t})ni * SX((uint32_t){k(6)} >> 16, 16);",
-            *(["#endif"] if dsp_y else []),
-            "}"]
+        out = []
+        out += [f"const uint32_t xw{q} = rd32(xp + {4 * q});",
+                f"const int32_t xr{q} = SX(xw{q}, 16), xi{q} = SX(xw{q} >> 16, 16);"]
+        out += [f"const int32_t acc_r{q} = {dr} + {k(2)} * u + {k(0)} * xr{q} + {k(1)} * xi{q};",
+                f"const int32_t acc_i{q} = {di} + {k(5)} * u + {k(3)} * xi{q} + {k(4)} * xr{q};"]
+        out += satx(f"nr{q}", dims["QR_X_RE"], f"acc_r{q}", sh_r, layout.C_XRE) + \
+            satx(f"ni{q}", dims["QR_X_IM"], f"acc_i{q}", sh_i, layout.C_XIM)
+        c2 = k(6)
+        out += [f"const uint32_t nw{q} = PACK16(nr{q}, ni{q});",
+                *(f"xp[{4 * q + b}] = (uint8_t)(nw{q} >> {8 * b});" for b in range(4)),
+                *(["#if INTSSM_DSP",
+                   f"ty1 = __smlabb(as_i32(nw{q}), {c2}, ty1);  /* + nr C_re' */",
+                   f"ty2 = __smlatt(as_i32(nw{q}), {c2}, ty2);  /* + ni C_im' */",
+                   "#else"] if dsp_y else []),
+                f"ty1 += ({ty_t})nr{q} * SX((uint32_t){c2}, 16);",
+                f"ty2 += ({ty_t})ni{q} * SX((uint32_t){c2} >> 16, 16);",
+                *(["#endif"] if dsp_y else [])]
+        return out
 
     ind = " " * 16
     body = "\n".join(ind + ln if not ln.startswith("#") else ln for q in range(G) for ln in mode(q))
     loop = ("\n".join(" " * 12 + ln for ln in pre) + "\n"
-            f"            for (n = 0; n < {NS}_N2; n += {G}, kp += {G * W // 2}, xp += {4 * G}) {{\n{body}\n            }}")
+            f"            for (n = 0; n < {NS}_N2; n += {G}, kp += {G * FOLD_WORDS}, xp += {4 * G}) {{\n{body}\n            }}")
     decl = ("            const int32_t u = h[hh] - AT_h_z(i);\n"
             f"            const int k0 = (i * {NS}_H + hh) * {NS}_N2;\n"
             f"            {ty_t} ty1 = 0, ty2 = 0;\n"
             "            int32_t y;")
     return decl, loop
+
+
+def folded_mix(ns: str, dims: dict, w: dict) -> tuple[str, str]:
+    """(per-layer preparation, row dot product) of the GLU mixing on the int8 weights of the folded
+    layout (:func:`intssm.integer.cstorage.mix_words`): with the DSP extension the centred
+    activations as 16-bit pairs (a_4q, a_4q+2), (a_4q+1, a_4q+3), and per weight word SXTB16 twice
+    and two SMLAD (four multiply-accumulates); portable C elsewhere. The sum is the datapath's
+    (integer addition in any order; |t| is bounded by the glu site's proof, int32)."""
+    NS = ns.upper()
+    H = dims["H"]
+    tt = term_t(w["glu"])
+    pre = ("#if INTSSM_DSP\n"
+           f"        int16x2_t ap[{H // 2}];  /* (a_4q - az, a_4q+2 - az), (a_4q+1 - az, a_4q+3 - az) */\n"
+           f"        for (hh = 0; hh < {NS}_H; hh += 4) {{\n"
+           "            const int32_t az_ = AT_act_z(i);\n"
+           "            ap[hh / 2] = as_i32(PACK16(a[hh] - az_, a[hh + 2] - az_));\n"
+           "            ap[hh / 2 + 1] = as_i32(PACK16(a[hh + 1] - az_, a[hh + 3] - az_));\n"
+           "        }\n"
+           "#endif\n")
+    lines = [f"            const uint32_t *wq = x_mix + (uint32_t)(i * 2 * {NS}_H + j) * {H // 4}u;", "            (void)wz, (void)az;"]
+    portable = []
+    for q in range(H // 4):
+        portable.append(f"            {{ const uint32_t w_ = wq[{q}];")
+        portable += [f"              t += ({tt})SX(w_{f' >> {8 * k}' if k else ''}, 8) * (a[{4 * q + k}] - az);" for k in range(4)]
+        portable[-1] += " }"
+    if tt != "int32_t":  # 64-bit terms: no 32-bit SMLAD
+        return "", "\n".join(lines + portable)
+    lines.append("#if INTSSM_DSP")
+    for q in range(H // 4):
+        lines += [f"            t = __smlad(__sxtb16(as_i32(wq[{q}])), ap[{2 * q}], t);",
+                  f"            t = __smlad(__sxtb16(as_i32(wq[{q}] >> 8)), ap[{2 * q + 1}], t);"]
+    return pre, "\n".join(lines + ["#else"] + portable + ["#endif"])
 
 
 def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> str:
@@ -387,8 +413,8 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
 
     mix_dot = (f"            for (hh = 0; hh < {NS}_H; ++hh)\n"
                f"                t += ({term_t(wg)})(AT_mix_w(i, j, hh) - wz) * (a[hh] - az);")
-    mw = p.stores["mix_w"]
-    if mw.kind == "bits" and dims["H"] * mw.width % 8 == 0 and dims["H"] <= 64:
+    mw = p.stores.get("mix_w")  # None: the folded layout's int8 words (folded_mix)
+    if mw is not None and mw.kind == "bits" and dims["H"] * mw.width % 8 == 0 and dims["H"] <= 64:
         # rows start on a byte: the row unrolled, each field at a constant byte and bit
         fw = mw.width
         lines = [f"            const uint8_t *wp = model_bits + {mw.offset} + (i * 2 * {NS}_H + j) * {dims['H'] * fw // 8};"]
@@ -398,8 +424,11 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
         mix_dot = "\n".join(lines)
     if p.fold is not None:
         decl, loop = folded_loop(ns, p, w, dims)
+        pre_mix = ""
+        if p.fold.mix is not None:
+            pre_mix, mix_dot = folded_mix(ns, dims, w)
         return reset_and_state_x(ns, dims, pack, XB, x_store, xr_rd, xi_rd) + \
-            step_function(ns, dims, w, loop, mix_dot, decl) + readout(ns, dims, wp, wl)
+            step_function(ns, dims, w, loop, mix_dot, decl, pre_mix) + readout(ns, dims, wp, wl)
     ind = " " * 16
     pre = []
     if not dither:
@@ -430,12 +459,12 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
         readout(ns, dims, wp, wl)
 
 
-def step_function(ns: str, dims: dict, w: dict, loop: str, mix_dot: str, decl: str | None = None) -> str:
+def step_function(ns: str, dims: dict, w: dict, loop: str, mix_dot: str, decl: str | None = None, pre_mix: str = "") -> str:
     """C of ``<ns>_step``: the encoder; per layer the state loop ``loop`` (every mode's update and
     the output sums), the output site, the GLU mixing (its dot product ``mix_dot``) and the residual;
     the pooling sum, the step count and the dither phase. ``w``: the sites' :class:`SiteWidth`;
     ``decl``: the state loop's per-channel declarations (None: the tables' zero points, multipliers
-    and shifts)."""
+    and shifts); ``pre_mix``: C run once per layer before the GLU mixing."""
     NS = ns.upper()
     nlc = len(layout.LAYER_COUNTERS)
     we, wy, wg, wh = (w[k] for k in ("enc", "y", "glu", "h"))
@@ -484,7 +513,7 @@ void {ns}_step({ns}_state *s, const uint8_t *p)
             a[hh] = ({a_t})AT_gelu_lut(i, y - QMIN_Y);
         }}
         /* GLU mixing: g = requant(mix_b + (mix_w - z) (a - z_act)) */
-        for (j = 0; j < 2 * {NS}_H; ++j) {{
+{pre_mix}        for (j = 0; j < 2 * {NS}_H; ++j) {{
             const int sg = AT_glu_S(i, j);
             const int32_t wz = AT_mix_w_z(i, j), az = AT_act_z(i);
             {term_t(wg)} t = AT_mix_b(i, j);

@@ -114,20 +114,16 @@ class Fold:
     ``floor(acc / 2^T)`` is the datapath's ``floor((acc0 + 2^(S-1)) / 2^S)`` exactly (multiplying
     numerator and denominator by ``2^(T-S)``), so every channel shifts by the one constant ``T``
     (``T`` None: no such T keeps the accumulators below 2^31; each channel shifts by its own S,
-    unscaled). ``words`` (modes, ``stride``): the six K, then ``(C_re - z) & 0xffff |
-    (C_im - z) << 16`` (and a zero word where N/2 is odd: ``stride`` 8, so that the table is read
-    as 64-bit pairs, LDRD, from a whole number of pairs per mode pair or mode)."""
+    unscaled). ``words`` (modes, :data:`FOLD_WORDS`): the six K, then ``(C_re - z) & 0xffff |
+    (C_im - z) << 16``."""
 
     T: int | None
     words: np.ndarray  # int64 values of the int32 words
-
-    @property
-    def stride(self) -> int:
-        return int(self.words.shape[1])
+    mix: np.ndarray | None = None  # the centred GLU mixing weights as int8, four to a uint32 word (None: packed as usual)
 
     @property
     def nbytes(self) -> int:
-        return 4 * int(self.words.size)
+        return 4 * int(self.words.size) + (4 * int(self.mix.size) if self.mix is not None else 0)
 
 
 def fold(a: dict, qcfg) -> Fold:
@@ -169,13 +165,29 @@ def fold(a: dict, qcfg) -> Fold:
     if np.abs(Cc).max() > 32767:
         raise IntssmError("state layout 'folded' needs C weights of at most 16 bits")
     c2 = (Cc[:, :, 0] & 0xFFFF) | ((Cc[:, :, 1] & 0xFFFF) << 16)  # (nl, H, N2) as uint32 bit patterns
-    N2 = K.shape[3]
-    words = np.zeros((*K.shape[:2], N2, FOLD_WORDS + N2 % 2), dtype=np.int64)  # (nl, H, N2, 7 or 8)
+    words = np.empty((*K.shape[:2], K.shape[3], FOLD_WORDS), dtype=np.int64)  # (nl, H, N2, 7)
     words[..., :6] = np.moveaxis(K.astype(np.int64), 2, 3)
     words[..., 6] = np.where(c2 >= 1 << 31, c2 - (1 << 32), c2)
     if np.abs(words).max() > INT32_LIMIT:
         raise IntssmError("state layout 'folded': a folded constant passes 2^31")
-    return Fold(T, words.reshape(-1, words.shape[-1]))
+    return Fold(T, words.reshape(-1, words.shape[-1]), mix_words(a))
+
+
+def fold_group(N2: int) -> int:
+    """Modes per iteration of the folded layout's loop: two where N/2 is even (the loop's branch and
+    pointer steps shared), else one."""
+    return 2 if N2 % 2 == 0 else 1
+
+
+def mix_words(a: dict) -> np.ndarray | None:
+    """The centred GLU mixing weights ``mix_w - mix_w_z`` as int8 bytes, four to a little-endian
+    uint32 word per row (byte k of word q: input 4 q + k), which the DSP extension's SXTB16 splits
+    into 16-bit pairs for SMLAD; None where they do not fit int8 or H is not a multiple of 4."""
+    c = a["mix_w"] - a["mix_w_z"][..., None]  # (nl, 2H, H)
+    if c.shape[-1] % 4 or c.min() < -128 or c.max() > 127:
+        return None
+    b = (c & 0xFF).reshape(*c.shape[:-1], -1, 4)
+    return (b[..., 0] | b[..., 1] << 8 | b[..., 2] << 16 | b[..., 3] << 24).reshape(-1)
 
 
 def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
@@ -186,7 +198,7 @@ def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
     fields = {k: (width_of(*declared_range(k, qcfg)), int(a[k].size)) for k in TABLES}
     fo = fold(a, qcfg) if state_layout == "folded" else None
     if fo is not None:  # held in the folded words: not stored on their own
-        drop = FOLDED_TABLES + (("x_re_S", "x_im_S") if fo.T is not None else ())
+        drop = FOLDED_TABLES + (("x_re_S", "x_im_S") if fo.T is not None else ()) + (("mix_w",) if fo.mix is not None else ())
         fields = {k: v for k, v in fields.items() if k not in drop}
     rec_fields, bit = [], 0
     for k in MODE_RECORD if fo is None else ():
