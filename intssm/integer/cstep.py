@@ -185,13 +185,22 @@ FOLD_HELPERS = r"""
  * SSAT_ASR(v, b, t): floor(v / 2^t) saturated to the full b-bit signed range (no count), t in [1, 31]:
  *   SSAT with its shift. PACK16(lo, hi): lo's low 16 bits, hi's low 16 bits above them (PKHBT).
  * OPAQUE(v): the compiler keeps v in a register (so that it is the addend of a multiply-accumulate
- *   instead of a separate add of an immediate); no instruction, no change of value. */
+ *   instead of a separate add of an immediate); no instruction, no change of value.
+ * INTSSM_QFLAG 1: SSAT's sticky saturation flag (APSR.Q) counts the clamps. SAT_FLAG() is nonzero once
+ *   an SSAT clamped since SAT_CLEAR(); the loop clears it per channel, reads it once per group of
+ *   modes and only then counts that group's clamps one by one. Nothing else between sets Q: the
+ *   other Q-setting instructions (SMLAD, SMLABB, SMLATT) overflow nowhere (the sites' bound proofs),
+ *   and an exception returns with the APSR it interrupted. */
 #if INTSSM_DSP && (defined(__GNUC__) || defined(__clang__))
 #define SSAT_ASR(v, b, t) (__extension__({ int32_t r_; \
-    __asm__("ssat %0, %1, %2, asr %3" : "=r"(r_) : "I"(b), "r"((int32_t)(v)), "I"(t)); r_; }))
+    __asm__ __volatile__("ssat %0, %1, %2, asr %3" : "=r"(r_) : "I"(b), "r"((int32_t)(v)), "I"(t)); r_; }))
+#define SAT_FLAG() (__extension__({ uint32_t r_; __asm__ __volatile__("mrs %0, apsr" : "=r"(r_)); r_ & UINT32_C(0x08000000); }))
+#define SAT_CLEAR() do { uint32_t r_; \
+    __asm__ __volatile__("mrs %0, apsr\n\tbic %0, %0, #0x08000000\n\tmsr apsr_nzcvq, %0" : "=&r"(r_) : : "cc"); } while (0)
 #define PACK16(lo, hi) (__extension__({ uint32_t r_; \
     __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r_) : "r"((int32_t)(lo)), "r"((int32_t)(hi))); r_; }))
 #define OPAQUE(v) __asm__("" : "+r"(v))
+#define INTSSM_QFLAG 1
 #else
 static inline int32_t ssat_asr_(int32_t v, int32_t lo, int32_t hi)
 {
@@ -200,12 +209,13 @@ static inline int32_t ssat_asr_(int32_t v, int32_t lo, int32_t hi)
 #define SSAT_ASR(v, b, t) ssat_asr_(rq32((v), 0, (t)), -(INT32_C(1) << ((b) - 1)), (INT32_C(1) << ((b) - 1)) - 1)
 #define PACK16(lo, hi) (((uint32_t)(lo) & 0xffffu) | ((uint32_t)(hi) << 16))
 #define OPAQUE(v) ((void)0)
+#define INTSSM_QFLAG 0
 #endif
 """
 
 
-def folded_loop(ns: str, p: Plan, w: dict, dims: dict) -> tuple[str, str]:
-    """(per-channel declarations, mode loop) of the state update in the folded layout
+def folded_loop(ns: str, p: Plan, w: dict, dims: dict) -> tuple[str, str, str]:
+    """(per-channel declarations, mode loop, its helper function) of the state update in the folded layout
     (:class:`intssm.integer.cstorage.Fold`): per mode, three multiply-accumulates per part on 32-bit
     folded constants, one rounding shift by the constant T (or the channel's S), the clamp (SSAT
     with the shift folded in, where the core has it) with its count out of the common path, the state
@@ -235,24 +245,28 @@ def folded_loop(ns: str, p: Plan, w: dict, dims: dict) -> tuple[str, str]:
             return [f"const int32_t {nv} = sat({v}, {qr[0]}, {qr[1]}, &cnt[base + {c}]);"]
         if fo.T is None:
             return [f"const int32_t {nv} = SATB({v}, {b}, &cnt[base + {c}]);"]
+        qchecks.append((nv, acc, v, c, 1 << (b - 1)))
         return [f"const int32_t {nv} = SSAT_ASR({acc}, {b}, {sh});",
+                "#if !INTSSM_QFLAG",
                 f"if (INTSSM_RARE({nv} != {v}))",
-                f"    ++cnt[base + {c}];"]
+                f"    ++cnt[base + {c}];",
+                "#endif"]
 
-    def mode(q: int) -> list:
+    qchecks = []
+
+    def mode(q: int) -> tuple[list, list]:
+        """(mode q's update, its state store)."""
         def k(j: int) -> str:  # word j of mode q
             return f"kp[{q * FOLD_WORDS + j}]"
 
-        out = []
-        out += [f"const uint32_t xw{q} = rd32(xp + {4 * q});",
-                f"const int32_t xr{q} = SX(xw{q}, 16), xi{q} = SX(xw{q} >> 16, 16);"]
-        out += [f"const int32_t acc_r{q} = {dr} + {k(2)} * u + {k(0)} * xr{q} + {k(1)} * xi{q};",
-                f"const int32_t acc_i{q} = {di} + {k(5)} * u + {k(3)} * xi{q} + {k(4)} * xr{q};"]
+        out = [f"const uint32_t xw{q} = rd32(xp + {4 * q});",
+               f"const int32_t xr{q} = SX(xw{q}, 16), xi{q} = SX(xw{q} >> 16, 16);",
+               f"const int32_t acc_r{q} = {dr} + {k(2)} * u + {k(0)} * xr{q} + {k(1)} * xi{q};",
+               f"const int32_t acc_i{q} = {di} + {k(5)} * u + {k(3)} * xi{q} + {k(4)} * xr{q};"]
         out += satx(f"nr{q}", dims["QR_X_RE"], f"acc_r{q}", sh_r, layout.C_XRE) + \
             satx(f"ni{q}", dims["QR_X_IM"], f"acc_i{q}", sh_i, layout.C_XIM)
         c2 = k(6)
         out += [f"const uint32_t nw{q} = PACK16(nr{q}, ni{q});",
-                *(f"xp[{4 * q + b}] = (uint8_t)(nw{q} >> {8 * b});" for b in range(4)),
                 *(["#if INTSSM_DSP",
                    f"ty1 = __smlabb(as_i32(nw{q}), {c2}, ty1);  /* + nr C_re' */",
                    f"ty2 = __smlatt(as_i32(nw{q}), {c2}, ty2);  /* + ni C_im' */",
@@ -260,17 +274,52 @@ def folded_loop(ns: str, p: Plan, w: dict, dims: dict) -> tuple[str, str]:
                 f"ty1 += ({ty_t})nr{q} * SX((uint32_t){c2}, 16);",
                 f"ty2 += ({ty_t})ni{q} * SX((uint32_t){c2} >> 16, 16);",
                 *(["#endif"] if dsp_y else [])]
-        return out
+        return out, [f"xp[{4 * q + b}] = (uint8_t)(nw{q} >> {8 * b});" for b in range(4)]
 
     ind = " " * 16
-    body = "\n".join(ind + ln if not ln.startswith("#") else ln for q in range(G) for ln in mode(q))
-    loop = ("\n".join(" " * 12 + ln for ln in pre) + "\n"
+    parts = [mode(q) for q in range(G)]
+    lines = [ln for up, _ in parts for ln in up]
+    helper = ""
+    if qchecks:  # the group's clamps counted only where an SSAT clamped, from the state not yet written
+        lines += ["#if INTSSM_QFLAG", "if (INTSSM_RARE(SAT_FLAG())) {",
+                  f"    fold_recount_(kp, xp, u, d, &cnt[base + {layout.C_XRE}], &cnt[base + {layout.C_XIM}]);",
+                  "    SAT_CLEAR();", "}", "#endif"]
+        pre += ["#if INTSSM_QFLAG", "SAT_CLEAR();", "#endif"]
+        (hr, hi) = (qchecks[0][4], qchecks[1][4])
+        helper = f"""
+#if INTSSM_QFLAG
+/* The state clamps of the {G} modes of a group of the folded update, recomputed from their state words
+ * (not yet overwritten) and folded words, added to the counters *cr, *ci: the rare path of the
+ * saturation flag. Out of line, so that the common path keeps no accumulator for it. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static void fold_recount_(const int32_t *kp, const uint8_t *xp, int32_t u, int32_t d, uint32_t *cr, uint32_t *ci)
+{{
+    int q;
+    for (q = 0; q < {G}; ++q, kp += {FOLD_WORDS}, xp += 4) {{
+        const uint32_t xw = rd32(xp);
+        const int32_t xr = SX(xw, 16), xi = SX(xw >> 16, 16);
+        const int32_t vr = rq32(d + kp[2] * u + kp[0] * xr + kp[1] * xi, 0, {sh_r});
+        const int32_t vi = rq32(d + kp[5] * u + kp[3] * xi + kp[4] * xr, 0, {sh_i});
+        if ((uint32_t)(vr + {hr}) > {2 * hr - 1}u)  /* outside [-{hr}, {hr - 1}]: clamped */
+            ++*cr;
+        if ((uint32_t)(vi + {hi}) > {2 * hi - 1}u)
+            ++*ci;
+    }}
+}}
+#endif
+"""
+    lines += [ln for _, st in parts for ln in st]  # the state written after the group's counts
+    body = "\n".join(ind + ln if not ln.startswith("#") else ln for ln in lines)
+    loop = ("\n".join(" " * 12 + ln if not ln.startswith("#") else ln for ln in pre) + "\n"
             f"            for (n = 0; n < {NS}_N2; n += {G}, kp += {G * FOLD_WORDS}, xp += {4 * G}) {{\n{body}\n            }}")
     decl = ("            const int32_t u = h[hh] - AT_h_z(i);\n"
             f"            const int k0 = (i * {NS}_H + hh) * {NS}_N2;\n"
             f"            {ty_t} ty1 = 0, ty2 = 0;\n"
             "            int32_t y;")
-    return decl, loop
+    return decl, loop, helper
+
 
 
 def folded_mix(ns: str, dims: dict, w: dict) -> tuple[str, str]:
@@ -423,11 +472,11 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
             lines.append(f"            t += ({term_t(wg)})({field_read(win, fw, mw.signed)} - wz) * (a[{q}] - az);")
         mix_dot = "\n".join(lines)
     if p.fold is not None:
-        decl, loop = folded_loop(ns, p, w, dims)
+        decl, loop, helper = folded_loop(ns, p, w, dims)
         pre_mix = ""
         if p.fold.mix is not None:
             pre_mix, mix_dot = folded_mix(ns, dims, w)
-        return reset_and_state_x(ns, dims, pack, XB, x_store, xr_rd, xi_rd) + \
+        return helper + reset_and_state_x(ns, dims, pack, XB, x_store, xr_rd, xi_rd) + \
             step_function(ns, dims, w, loop, mix_dot, decl, pre_mix) + readout(ns, dims, wp, wl)
     ind = " " * 16
     pre = []

@@ -176,7 +176,7 @@ def fold(a: dict, qcfg) -> Fold:
 def fold_group(N2: int) -> int:
     """Modes per iteration of the folded layout's loop: two where N/2 is even (the loop's branch and
     pointer steps shared), else one."""
-    return 2 if N2 % 2 == 0 else 1
+    return 4 if N2 % 4 == 0 else 2 if N2 % 2 == 0 else 1
 
 
 def mix_words(a: dict) -> np.ndarray | None:
