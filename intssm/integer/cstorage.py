@@ -174,8 +174,8 @@ def fold(a: dict, qcfg) -> Fold:
 
 
 def fold_group(N2: int) -> int:
-    """Modes per iteration of the folded layout's loop: two where N/2 is even (the loop's branch and
-    pointer steps shared), else one."""
+    """Modes per iteration of the folded layout's loop: four where N/2 allows (the loop's branch,
+    pointer steps and saturation check shared), else two or one."""
     return 4 if N2 % 4 == 0 else 2 if N2 % 2 == 0 else 1
 
 
@@ -220,7 +220,7 @@ def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
         ct, nb = ctype_for(lo, hi)
         if lo == hi:
             stores[k] = Store(k, "fold", 0, lo < 0, ct, count, 0, value=lo)
-        elif w == 8 * nb or w > MAX_PACKED_WIDTH:
+        elif w == 8 * nb or w > MAX_PACKED_WIDTH or fo is not None:  # folded: no unpacking anywhere
             stores[k] = Store(k, "native", 8 * nb, lo < 0, ct, count, count * nb)
         else:
             nbytes = -(-count * w // 8)
