@@ -3,7 +3,7 @@ model: bytes, instructions and estimated cycles per step, milliseconds per seque
 Prints the Markdown table of docs/deploy.md and writes the full reports as JSON.
 
     python tools/bench_mcu.py                     # the default and its shared-scale twin (packed state, the
-                                                  # state as 16-bit halves, the folded layout), ~8 minutes
+                                                  # state as 16-bit halves, the folded layout), ~10 minutes
     python tools/bench_mcu.py --models paper-small-hetero.pt --sequences 50 --out mcu.json
 
 Each model: the C export built for a Cortex-M4 and a Cortex-M3 (integer), its float parent's
@@ -54,7 +54,7 @@ def main():
             rep = deploy(path, Path(t), "cortex-m4", a.sequences, a.count_steps, compare=True, state_layout=state_layout)
         if "error" in rep:
             sys.exit(f"error: {path.name}: {rep['error']}")
-        label = path.stem + ("" if state_layout == "packed" else f", state as {state_layout}")
+        label = path.stem + ("" if state_layout == "packed" else f", --state-layout {state_layout}")
         reports[label] = rep
         acc = rep["accounted"]
         i, c = rep["integer"], rep["compare"]
