@@ -21,6 +21,7 @@ from intssm import outputs
 from intssm.progress import progress_bar
 from intssm.data import DATA_DIR
 from intssm.errors import IntssmError, Interrupted
+from intssm.training.recipe import check_seed_threads  # noqa: F401  (torch-free; qat checks its seed with it)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 err = Console(stderr=True)
@@ -66,19 +67,6 @@ def _kernels_status(enabled: bool):
         yield
 
 
-MAX_SEED = 2**32 - 1
-RESUMED_OPTIONS = ("seq", "preset", "epochs", "batch_size", "lr", "ssm_lr", "weight_decay", "seed", "limit", "threads",
-                   "max_minutes", "val_fraction", "d_model", "d_state", "n_layers", "dropout", "pool", "min_decay")
-
-
-def check_seed_threads(seed: int, threads: int = 0) -> None:
-    """Seeds lie in 0..2**32-1 (every generator intssm seeds takes them); --threads >= 0 (0: the default)."""
-    if not 0 <= seed <= MAX_SEED:
-        raise IntssmError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
-    if not 0 <= threads <= 4096:
-        raise IntssmError(f"--threads must be in 0..4096 (0 = Torch's default), got {threads}")
-
-
 def _from_command_line(ctx, name: str) -> bool:
     """Whether option ``name`` was given on the command line (not left at its default)."""
     try:
@@ -98,8 +86,9 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the checkpoint.")],
     preset: Annotated[str, typer.Option(help="Model preset: paper-small | base | tiny.")] = "paper-small",
     seq: SeqOpt = "smnist",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
-    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default 128, or n/16 (>= 8) for small datasets).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (the epoch schedule). Default: 30, or the step schedule when the training split holds fewer than 2,000 sequences or float features.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps of the step schedule (default 1000): warm-up, cosine decay, inputs standardised and folded into the encoder, early stopping.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default: 128, or n/16 (>= 8) below 2,048 sequences; the step schedule n/8 in [8, 64]).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate (non-SSM parameters).")] = 1e-2,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay of the non-SSM parameters.")] = 0.01,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout after the activation (default: the preset's).")] = None,
@@ -121,134 +110,23 @@ def train(
 ):
     """Train a float S4D in convolution mode; keeps the best-on-validation weights.
 
-    The dataset sets the model's ends (features per step, classes); the preset its body. Ctrl-C or
-    SIGTERM saves the best epoch so far (marked interrupted) and exits 130 / 143; --resume goes on."""
-    import math
+    The dataset sets the model's ends (features per step, classes); the preset its body. Small or
+    float data get the step schedule (docs/usage.md). Ctrl-C or SIGTERM saves the best epoch so far
+    (marked interrupted) and exits 130 / 143; --resume goes on."""
+    from intssm.training.recipe import RESUMED_OPTIONS, TrainOptions, run
 
-    _check_limit(limit)
-    check_seed_threads(seed, threads)  # before Torch is imported: a bad option costs nothing
-    outputs.check_file(out, inputs=[seq, resume], what="--out")
-
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.model import PRESETS, S4DModel, n_params
-    from intssm.training.train import TrainArgs, args_dict, auto_batch_size
-    from intssm.training.train import train as run_train
-
-    state = None
-    given = {}
-    if resume is not None:
-        now = dict(locals())
-        given = {k: now[k] for k in RESUMED_OPTIONS if _from_command_line(ctx, k)}
-        rck = checkpoint.load_raw(resume)
-        if not isinstance(rck.get("resume"), dict) or not isinstance(rck.get("train_args"), dict):
-            raise IntssmError(f"{resume} is not an interrupted training run (no resume state); only `intssm train` writes one")
-        ta = rck["train_args"]
-        try:
-            seq, preset, epochs, batch_size, lr, ssm_lr = rck["dataset"]["seq"], ta["preset"], ta["epochs"], ta["batch_size"], ta["lr"], ta["ssm_lr"]
-            weight_decay, seed, limit, threads, max_minutes = ta["weight_decay"], ta["seed"], ta["limit"], ta["threads"], ta["max_minutes"]
-            val_fraction, over = ta["val_fraction"], ta["overrides"]
-            d_model, d_state, n_layers = over.get("d_model"), over.get("d_state"), over.get("n_layers")
-            mc = rck["model_config"]
-            dropout, pool, min_decay = mc["dropout"], mc["pool"], mc["min_decay"]
-        except (KeyError, TypeError, AttributeError) as e:
-            raise IntssmError(f"{resume}: incomplete training record ({type(e).__name__}: {e})") from None
-        state = rck["resume"]
-        checkpoint.check_resume(resume, state)
-        now = dict(seq=seq, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr, weight_decay=weight_decay,
-                   seed=seed, limit=limit, threads=threads, max_minutes=max_minutes, val_fraction=val_fraction,
-                   d_model=d_model, d_state=d_state, n_layers=n_layers, dropout=dropout, pool=pool, min_decay=min_decay)
-        def same(k, a, b):  # a dataset path given another way (relative, via a symlink) is the same dataset
-            if k == "seq" and a not in data.SEQS and b not in data.SEQS:
-                return Path(data.resolve(str(a))).resolve() == Path(data.resolve(str(b))).resolve()
-            return a == b
-
-        for k, v in given.items():
-            if not same(k, v, now[k]):
-                opt = "--" + k.replace("_", "-")
-                raise IntssmError(f"{opt} {v} conflicts with the interrupted run's {opt} {now[k]}: a resumed run goes on with "
-                                  f"its own options; drop {opt}, or start a new run without --resume")
-        recorded = (rck.get("dataset") or {}).get("checksum")
-        if recorded is not None and data.load(seq, "test", 1).checksum != recorded:
-            raise IntssmError(f"{resume}: the dataset {seq} changed since the run was interrupted (checksum differs); "
-                              "resuming would mix two datasets: start a new run")
-    if preset not in PRESETS:
-        raise IntssmError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    nums = {"--lr": lr, "--ssm-lr": ssm_lr, "--max-minutes": max_minutes, "--weight-decay": weight_decay,
-            "--min-decay": min_decay, "--dropout": dropout or 0.0, "--val-fraction": val_fraction or 0.0}
-    bad = [k for k, v in nums.items() if not math.isfinite(v)]
-    if bad:
-        raise IntssmError(f"{', '.join(bad)} must be finite numbers")
-    if epochs < 1 or (batch_size is not None and batch_size < 1) or lr <= 0 or ssm_lr <= 0 or max_minutes < 0 or weight_decay < 0:
-        raise IntssmError("--epochs, --batch-size, --lr and --ssm-lr must be positive (--max-minutes, --weight-decay >= 0)")
-    if pool is not None and pool not in ("mean", "last"):
-        raise IntssmError(f"--pool must be mean or last, got {pool!r}")
-    import torch
-
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise IntssmError(f"--device must be cpu or cuda (with a GPU present), got {device!r}")
-    over = {k: v for k, v in (("d_model", d_model), ("d_state", d_state), ("n_layers", n_layers)) if v is not None}
-    if any(v < 1 for v in over.values()) or over.get("d_state", 2) % 2:
-        raise IntssmError(f"--d-model, --d-state and --n-layers must be positive (d_state even), got {over}")
-    from dataclasses import replace as dc_replace
-
-    info = data.info(seq)
-    ends = {"d_input": info.d_input, "d_output": info.n_classes}
-    if pool is None and info.varlen:
-        pool = "last"
-    ends |= {"pool": pool} if pool else {}
-    ends |= {"dropout": dropout} if dropout is not None else {}
-    mcfg = dc_replace(PRESETS[preset], **over, **ends, min_decay=min_decay)
-    n_train = len(data.load(seq, "train", limit, val_fraction))
-    args = TrainArgs(epochs=epochs, batch_size=batch_size or auto_batch_size(n_train), lr=lr, ssm_lr=ssm_lr,
-                     weight_decay=weight_decay, seed=seed, limit=limit, threads=threads, device=device,
-                     max_minutes=max_minutes, val_fraction=val_fraction)
-    model = S4DModel(mcfg, seed=seed)
-    err.print(f"training {preset} ({n_params(model)} parameters; {info.d_input} features/step, {info.n_classes} classes, "
-              f"pool {mcfg.pool}) on {seq}: {n_train} sequences x {epochs} epochs, batch {args.batch_size}")
-    with progress_bar("train", epochs * n_train, enabled=not as_json) as adv:
-        def on_step(ep, n, loss, acc):
-            adv(n, info=f"ep {ep + 1} loss {loss:.3f} acc {acc:.3f}")
-
-        def on_epoch(rec):
-            err.print(json.dumps(rec), soft_wrap=True)
-
-        try:
-            best, history, run = run_train(model, seq, args, on_step=on_step, on_epoch=on_epoch, resume=state)
-        except (KeyError, RuntimeError, ValueError) as e:
-            if state is None:
-                raise
-            raise IntssmError(f"{resume}: its resume state does not fit this model ({type(e).__name__})") from None
-    model.load_state_dict(best)
-    ds = data.load(seq, "test")
-    extra = {"metrics": history, "dataset": _dataset_entry(seq, ds, val_fraction),
-             "train_args": args_dict(args) | {"preset": preset, "overrides": over}}
-    if run.get("diverged") is not None:
-        d = run["diverged"]
-        checkpoint.save(out, model, **extra, diverged=d)
-        kept = f"the best of {len(history)} finite epoch(s)" if history else "the weights it started from"
-        raise IntssmError(f"training diverged in epoch {d['epoch']} (step {d['step']}: {d['what']}); saved {out} with {kept}, "
-                          "marked diverged; lower --lr / --ssm-lr or rescale the data")
-    if run["interrupted"] is not None:
-        extra |= {"interrupted": {"epoch": run["interrupted"]},
-                  "resume": {k: v for k, v in run.items() if k not in ("interrupted", "diverged")}}
-        try:
-            checkpoint.save(out, model, **extra)
-        except KeyboardInterrupt:  # another Ctrl-C, held until the save was renamed into place (outputs.atomic)
-            pass
-        done = len(history)
-        kept = (f"the best of {done} completed epoch(s)" if done else "the weights of the unfinished first epoch")
-        raise Interrupted(f"interrupted in epoch {run['interrupted']}: saved {out} with {kept}, marked interrupted; "
-                          f"continue with: intssm train --resume {out} -o FINAL.pt")
-    checkpoint.save(out, model, **extra)
-    if history[-1]["val_acc"] is None:
-        best_rec = history[-1]
-        txt = f"saved {out} (no validation split: last epoch {best_rec['epoch']} kept)"
-    else:
-        best_rec = max(history, key=lambda r: r["val_acc"])
-        txt = f"saved {out} (best epoch {best_rec['epoch']}, val acc {best_rec['val_acc']:.4f})"
-    txt += _stopped_words(history, epochs)
-    _emit({"out": str(out), "best_epoch": best_rec["epoch"], "val_acc": best_rec["val_acc"], "history": history}, as_json, txt)
+    opts = dict(preset=preset, seq=seq, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr,
+                weight_decay=weight_decay, dropout=dropout, pool=pool, val_fraction=val_fraction, seed=seed, limit=limit,
+                threads=threads, d_model=d_model, d_state=d_state, n_layers=n_layers, device=device,
+                max_minutes=max_minutes, min_decay=min_decay)
+    given = tuple(k for k in RESUMED_OPTIONS if _from_command_line(ctx, k))
+    r = run(TrainOptions(out=out, resume=resume, given=given, **opts), say=err.print,
+            on_epoch=lambda rec: err.print(json.dumps(rec), soft_wrap=True),
+            progress=lambda total: progress_bar("train", total, enabled=not as_json))
+    txt = (f"saved {out} (no validation split: last epoch {r.best_epoch} kept)" if r.val_acc is None else
+           f"saved {out} (best epoch {r.best_epoch}, val acc {r.val_acc:.4f})") + _stopped_words(r.history, r.epochs)
+    _emit({"out": str(out), "best_epoch": r.best_epoch, "val_acc": r.val_acc, "schedule": r.schedule, "history": r.history},
+          as_json, txt)
 
 
 @app.command()
@@ -389,27 +267,12 @@ def ptq_(
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
     outputs.check_file(out, inputs=[ckpt, config, seq], what="--out")
-    qcfg = get_config(config)  # before Torch is imported: a bad config costs nothing
+    get_config(config)  # before Torch is imported: a bad config costs nothing
+    from intssm.training.ptq import PTQOptions, run
 
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.equalize import check_strength
-    from intssm.training.ptq import ptq_dataset, qspec_entry
-
-    check_strength(equalize, "--equalize")
     _small_torch_ops()
-    model, ck = checkpoint.load(ckpt)
-    if "qspec" in ck:
-        raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
-    seq = seq or checkpoint.dataset_seq(ck)
-    cal = data.load(seq, "train", calib, checkpoint.val_fraction(ck))
-    with err.status(f"calibrating {config} on {len(cal)} sequences of {seq}" + (" (with state equalization)" if equalize else "")):
-        qm, ranges = ptq_dataset(model, qcfg, cal, equalize)
-    extra = checkpoint.extras(ck)
-    extra["qspec"] = qspec_entry(qm, ranges)
-    extra["ptq"] = {"config": config, "calib": calib, "seq": seq, "equalize": equalize}
-    checkpoint.save(out, qm.model.float(), **extra)
-    _emit({"out": str(out), "config": config, "calib": calib}, as_json, f"saved {out} ({config}, calibrated on {calib} sequences of {seq})")
+    r = run(PTQOptions(ckpt=ckpt, out=out, config=config, calib=calib, seq=seq, equalize=equalize), status=err.status)
+    _emit({"out": str(out), "config": config, "calib": calib}, as_json, f"saved {out} ({config}, calibrated on {calib} sequences of {r['seq']})")
 
 
 @app.command("qat")
@@ -418,9 +281,10 @@ def qat_(
     out: Annotated[Path, typer.Option("--out", "-o", help="Quantized checkpoint to write.")],
     config: Annotated[Optional[str], typer.Option(help="Preset or JSON file (default w8a8); for a quantized checkpoint, re-quantizes it at these formats on its stored ranges (default: keep its own).")] = None,
     param: Annotated[str, typer.Option(help="Abar parameterisation: continuous | frozen | discrete.")] = "frozen",
-    epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 64,
+    epochs: Annotated[Optional[int], typer.Option(help="QAT epochs (default: the fewest giving 300 optimizer steps; sMNIST: 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default: n/16 training sequences, 8 to 64).")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 1e-3,
+    warmup: Annotated[Optional[float], typer.Option(help="Share of the steps warming the learning rate up (default: 0.05 when the default runs more than one epoch, else 0).")] = None,
     calib: Annotated[int, typer.Option(help="Calibration sequences (float checkpoint).")] = 256,
     limit: LimitOpt = None,
     val_limit: Annotated[Optional[int], typer.Option(help="Validation sequences for model selection (default: the whole split).")] = None,
@@ -435,73 +299,27 @@ def qat_(
 ):
     """Quantization-aware training through the quantized recurrence; keeps the best integer validation accuracy."""
     check_seed_threads(seed)  # before Torch is imported
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.equalize import check_strength
-    from intssm.training.qat import PARAMS, Diverged, check_options, kept, result_entries, start_from
-    from intssm.training.qat import train as run_qat
+    from intssm.integer.score import int_accuracy
+    from intssm.training import qat
 
-    _check_limit(limit)
-    if param not in PARAMS:
-        raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {param!r}")
-    check_options(epochs, batch_size, lr, max_minutes, distill, distill_temp, ema)
-    if calib < 1 or (val_limit is not None and val_limit < 1):
-        raise IntssmError("--calib and --val-limit must be positive")
-    if teacher is not None and distill == 0:
-        raise IntssmError("--teacher needs --distill > 0")
-    check_strength(equalize, "--equalize")
-    outputs.check_file(out, inputs=[ckpt, teacher, config], what="--out")
+    args = qat.QATArgs(param=param, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup, limit=limit, val_limit=val_limit, seed=seed,
+                       max_minutes=max_minutes, distill=distill, distill_temp=distill_temp, ema=ema, config=config,
+                       calib=calib, equalize=equalize, teacher=teacher)
+    args.check()
     _small_torch_ops()
-    teacher_model = None
-    if teacher is not None:
-        teacher_model, tck = checkpoint.load(teacher)
-        if "qspec" in tck:
-            raise IntssmError(f"{teacher}: the teacher must be a float checkpoint, not a quantized one")
-    st = start_from(ckpt, config, calib, equalize)
-    if teacher_model is not None:
-        sc, tc = st.qm.model.cfg, teacher_model.cfg
-        if (tc.d_input, tc.d_output) != (sc.d_input, sc.d_output):
-            raise IntssmError(f"--teacher {teacher} reads {tc.d_input} features and gives {tc.d_output} classes; the model "
-                              f"trained has {sc.d_input} and {sc.d_output}: give a teacher trained on the same dataset")
-        t_sum, s_sum = (tck.get("dataset") or {}).get("checksum"), (st.ck.get("dataset") or {}).get("checksum")
-        if t_sum is not None and s_sum is not None and t_sum != s_sum:
-            raise IntssmError(f"--teacher {teacher} was trained on another dataset than {ckpt} (checksums differ); "
-                              "give a teacher trained on the same dataset")
-    n_train = len(data.load(st.seq, "train", limit, st.val_fraction))
-    diverged = None
-    with progress_bar(f"QAT ({param})", epochs * n_train, enabled=not as_json) as adv:
-        try:
-            best, history, interrupted = run_qat(st.qm, st.seq, param, epochs, batch_size, lr, limit, val_limit, seed,
-                                                 on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"),
-                                                 on_epoch=lambda r: err.print(json.dumps(r), soft_wrap=True), max_minutes=max_minutes,
-                                                 distill=distill, temp=distill_temp, teacher=teacher_model, ema=ema,
-                                                 val_fraction=st.val_fraction)
-        except Diverged as e:
-            best, history, interrupted, diverged = e.best, e.history, None, e
-    extra = result_entries(st, best, history, interrupted, param=param, epochs=epochs, batch_size=batch_size, lr=lr,
-                           ema=ema, equalize=equalize,
-                           distill={"alpha": distill, "temp": distill_temp, "teacher": str(teacher) if teacher else "start"} if distill > 0 else None)
-    if diverged is not None:
-        checkpoint.save(out, st.qm.model, **extra, diverged=diverged.where)
-        raise IntssmError(f"{diverged}; saved {out} with the best finished epoch (epoch {kept(history)[1]}), marked "
-                          "diverged; lower --lr")
-    checkpoint.save(out, st.qm.model, **extra)  # float64, as trained: float32 could flip a code at a rounding tie
-    best_acc, best_ep, kind = kept(history)
-    if interrupted is not None:
-        raise Interrupted(f"interrupted in epoch {interrupted}: saved {out} with the best integer model so far "
+    r = qat.run(ckpt, out, args, int_accuracy, progress=not as_json, on_epoch=lambda rec: err.print(json.dumps(rec), soft_wrap=True))
+    history, best_acc, best_ep = r["history"], r["best_val_int_acc"], r["epoch"]
+    if r["interrupted"] is not None:
+        raise Interrupted(f"interrupted in epoch {r['interrupted']}: saved {out} with the best integer model so far "
                           f"(epoch {best_ep}" + (f", validation accuracy {best_acc:.4f})" if best_acc is not None else ")")
                           + ", marked interrupted")
-    which = " (averaged weights)" if kind == "val_int_acc_ema" else ""
+    which = " (averaged weights)" if r["kept"] == "val_int_acc_ema" else ""
     tr_acc = history[-1].get("train_int_acc")
     txt = (f"saved {out} (no validation split: last epoch {best_ep} kept"
            + (f"; integer accuracy {tr_acc:.4f} on the training sequences)" if tr_acc is not None else ")") if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
-    txt += _stopped_words(history[1:], epochs)
+    txt += _stopped_words(history[1:], r["args"].epochs)
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc}, as_json, txt)
-
-
-SEARCH_FILES = ("points.jsonl", "front.json", "trace.json", "best.json", "pareto.png", "equalized-fp32.pt",
-                "input-folded-fp32.pt")  # what search writes in --out
 
 
 @app.command()
@@ -524,82 +342,19 @@ def search(
     as_json: JsonOpt = False,
 ):
     """Mixed-precision search: the least-memory bit allocation whose integer validation accuracy stays above the floor."""
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.equalize import check_strength
-    from intssm.executor import get_executor
-    from intssm.training.ptq import ptq_dataset
-    from intssm.datapath.qspec import get_config
-    from intssm.datapath.ranges import ranges_to_json
-    from intssm.search import GROUPS, SearchInterrupted, greedy, pareto, plot, score, write
+    from intssm.search import GROUPS, SearchOptions, run
 
-    if not 0 < min_accuracy <= 1:
-        raise IntssmError(f"--min-accuracy must be in (0, 1], got {min_accuracy}")
-    if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1 or qat_lr <= 0:
-        raise IntssmError("--val-limit, --calib, --workers and --qat-lr must be positive, --qat-steps >= 0")
-    check_strength(equalize, "--equalize")
-    outputs.check_dir(out, inputs=[ckpt, start], what="--out", writes=SEARCH_FILES)
     gs = tuple(g.strip() for g in groups.split(",")) if groups else tuple(GROUPS)
-    bad = [g for g in gs if g not in GROUPS]
-    if bad:
-        raise IntssmError(f"unknown group(s) {bad}; choose from {', '.join(GROUPS)}")
+    opts = SearchOptions(ckpt=ckpt, out=out, min_accuracy=min_accuracy, start=start, val_limit=val_limit, calib=calib,
+                         qat_steps=qat_steps, qat_lr=qat_lr, groups=gs, workers=workers, executor=executor,
+                         ray_address=ray_address, test=test, equalize=equalize, val_fraction=val_fraction)
     _small_torch_ops()
-    q0 = get_config(start)
-    if q0.policies() != {"minmax"}:
-        raise IntssmError("search calibrates min/max ranges once for all candidates; give a start config whose range policies are all 'minmax'")
-    model, ck = checkpoint.load(ckpt)
-    if "qspec" in ck:
-        raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
-    ckpt_in = ckpt
-    seq = checkpoint.dataset_seq(ck)
-    vfrac = val_fraction if val_fraction is not None else checkpoint.val_fraction(ck)
-    if seq not in data.SEQS and not len(data.load(seq, "val", None, vfrac)):
-        raise IntssmError(f"{ckpt} was trained without a validation split (--val-fraction 0) and search scores "
-                          "candidates on validation sequences: give --val-fraction > 0 (those sequences were seen in training)")
-    cal = data.load(seq, "train", calib, vfrac)
-    # ranges calibrated once, by the PTQ step `intssm ptq` runs (equalization included): they do not depend on bits
-    qm0, ranges = ptq_dataset(model, q0, cal, equalize)
-    ranges = ranges_to_json(ranges)
-    if equalize:  # every candidate quantizes the one equalized model
-        ckpt = out / "equalized-fp32.pt"
-        checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), equalized={"alpha": equalize, "calib": calib, "seq": seq},
-                        input_quant=qm0.iq.to_dict() if qm0.iq is not None else None)
-    elif qm0.iq is not None:  # float data: every candidate quantizes the model folded to read the input codes
-        ckpt = out / "input-folded-fp32.pt"
-        checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), input_quant=qm0.iq.to_dict())
-    t0 = time.time()
-    with get_executor(executor, workers, ray_address) as ex:
-        try:
-            chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs, qat_lr=qat_lr,
-                                           val_fraction=vfrac,
-                                           on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
-        except SearchInterrupted as e:
-            chosen, points, trace = e.result
-            write(out, points, trace, chosen)
-            kept = f"best.json holds the last accepted configuration ({trace[-1]['bytes']:.0f} B)" if chosen else "no configuration met the floor yet"
-            raise Interrupted(f"interrupted: {len(points)} scored configurations written to {out}; {kept}") from None
-        res = {"floor": min_accuracy, "start": start, "equalize": equalize, "scored": len(points), "seconds": round(time.time() - t0, 1),
-               "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
-        if chosen is None:
-            write(out, points, trace, None)
-            raise IntssmError(f"the start configuration {start!r} scores {trace[0]['accuracy']} on validation, already "
-                              f"below the floor --min-accuracy {min_accuracy}; lower --min-accuracy or start wider")
-        best = trace[-1]
-        res |= {"best": {k: best[k] for k in ("signature", "bytes", "weights_bytes", "reduction", "accuracy")}, "best_config": str(out / "best.json")}
-        if equalize:  # the config was chosen for the equalized model: PTQ must equalize the same way
-            res["ptq_command"] = f"intssm ptq {ckpt_in} --config {out / 'best.json'} --equalize {equalize} --calib {calib} -o q.pt"
-        if test:
-            r = next(ex.map_unordered(score, [dict(ckpt=str(ckpt), seq=seq, qcfg=chosen, ranges=ranges, val_limit=None,
-                                                   qat_steps=qat_steps, qat_lr=qat_lr, split="test", val_fraction=vfrac)]))[1]
-            res["best"]["test_accuracy"] = r["accuracy"]
-            res["best"]["n_test"] = r["n"]
-    write(out, points, trace, chosen)
-    plot(points, trace, min_accuracy, out / "pareto.png")
+    res = run(opts, on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
     b = res["best"]
-    human = (f"scored {len(points)} configurations in {res['seconds']} s; least memory at val >= {min_accuracy}: "
+    human = (f"scored {res['scored']} configurations in {res['seconds']} s; least memory at val >= {min_accuracy}: "
              f"{b['signature']}\n  {b['bytes']:.0f} B ({b['reduction']:.2f}x vs float32), val {b['accuracy']:.4f}"
              + (f", test {b['test_accuracy']:.4f}" if "test_accuracy" in b else "") + f"\n  config: {out / 'best.json'}; front: {out / 'pareto.png'}"
-             + (f"\n  chosen for the equalized model ({ckpt}); quantize with: {res['ptq_command']}" if equalize else ""))
+             + (f"\n  chosen for the equalized model ({res['equalized_checkpoint']}); quantize with: {res['ptq_command']}" if equalize else ""))
     _emit(res, as_json, human)
 
 
@@ -1040,32 +795,26 @@ def _plot_profile(parts: dict, mem: dict, path: Path):
 
 
 def _check_input_dim(d_input, ds):
-    if ds.x.shape[-1] != d_input:
-        raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {d_input}")
+    ds.check_features(d_input)
 
 
 def _stopped_words(history: list, epochs: int) -> str:
-    """A stop by the time budget, in words (the per-epoch record's ``stopped`` field)."""
+    """A stop by the time budget or by early stopping, in words (the per-epoch record's
+    ``stopped`` / ``early_stop`` field)."""
     r = next((h for h in history if h.get("stopped")), None)
-    return "" if r is None else f"\nstopped by the {r['stopped']} in epoch {r['epoch']} of {epochs} (--max-minutes)"
+    if r is not None:
+        return f"\nstopped by the {r['stopped']} in epoch {r['epoch']} of {epochs} (--max-minutes)"
+    r = next((h for h in history if h.get("early_stop")), None)
+    return "" if r is None else f"\nearly stop in epoch {r['epoch']} of {epochs}: {r['early_stop']}"
 
 
 def _check_own_data(path, ck: dict, ds, other_data: bool) -> None:
-    """Refuse data whose checksum differs from the one the checkpoint records of its own dataset
-    (a model scored on other data of the same shape would report an accuracy without a word),
-    unless ``--other-data`` says that is meant."""
-    entry = ck.get("dataset") if isinstance(ck.get("dataset"), dict) else {}
-    own = entry.get("checksum")
-    if own and ds.checksum != own and not other_data:
-        raise IntssmError(f"{path} was trained on {entry.get('seq')!r}; {ds.name.rsplit(':', 1)[0]!r} holds other data "
-                          "(its checksum differs): add --other-data to score it anyway")
-    if own and ds.checksum != own:
-        err.print(f"note: {ds.name} is not the data {path} was trained on (--other-data)", markup=False, highlight=False)
+    """:func:`intssm.training.checkpoint.check_own_data`, its note printed."""
+    from intssm.training.checkpoint import check_own_data
 
-
-def _dataset_entry(seq: str, ds, val_fraction) -> dict:
-    """What a checkpoint records of its dataset: the source, its checksum, the validation split."""
-    return {"seq": seq, "checksum": ds.checksum, "val_fraction": val_fraction}
+    note = check_own_data(path, ck, ds, other_data)
+    if note:
+        err.print(note, markup=False, highlight=False)
 
 
 _SIGNAL_EXIT = {"code": 130}  # 130 after SIGINT (Ctrl-C), 143 after SIGTERM

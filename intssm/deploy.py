@@ -6,7 +6,7 @@ export into ``DIR``, builds it for the target (:mod:`intssm.integer.mcu`), runs 
 sequences of the model's dataset and requires logits, saturation counters and final state equal
 to :func:`intssm.integer.sim.simulate`'s; then reports bytes (deployed beside accounted), retired
 instructions and estimated cycles per step. ``compare`` adds the same model as float32 C
-(:mod:`intssm.training.cfloat`) on a Cortex-M4F (hardware single precision) and on a Cortex-M3 and
+(:mod:`intssm.integer.cfloat`) on a Cortex-M4F (hardware single precision) and on a Cortex-M3 and
 a Cortex-M0+ (software float), and the integer build on the Cortex-M3.
 """
 
@@ -130,7 +130,7 @@ def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str, fe
     import torch
 
     from intssm.integer import mcu
-    from intssm.training import cfloat
+    from intssm.integer import cfloat
 
     out = {}
     other = "cortex-m3" if target == "cortex-m4" else "cortex-m4"  # the float builds run on the M4F and the M3

@@ -16,7 +16,7 @@ Five stages, each reported as it runs, all inside one time budget (``max_minutes
    into the encoder (:func:`intssm.training.train.fold_standardisation`), so the float checkpoint
    reads the raw data and the input quantizer calibrates on them as for any model.
 3. **quantize** -- quantization presets from the smallest up (:data:`LADDER`): PTQ, then frozen-Abar
-   QAT (:func:`intssm.training.qat.train`; PTQ alone where ``qat_steps`` is 0), the better of the
+   QAT (:func:`intssm.training.qat.train`, scored by :func:`intssm.integer.score.int_accuracy`; PTQ alone where ``qat_steps`` is 0), the better of the
    two on the selection sequences kept; the first whose integer
    accuracy on the selection sequences is within ``max_drop`` points of the float model's, and
    whose deployed bytes fit ``budget_bytes``, is kept. With cross-validation the selection sequences
@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from intssm.errors import IntssmError
+from intssm.training.recipe import step_batch_size as batch_size  # the step schedule's batch: n/8 within [8, 64]
 
 CV_BELOW = 1000  # fewer training sequences than this: k-fold cross-validation, else the validation split
 #: the float models tried (each on top of the paper-small preset: d_state 64)
@@ -102,9 +103,6 @@ def kfold(y: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.nda
     return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)]
 
 
-def batch_size(n: int) -> int:
-    """Sequences per step: n/8 within [8, 64] (tens of sequences still give several steps per pass)."""
-    return int(min(64, max(8, n // 8)))
 
 
 def model_config(seq: str, cand: dict):
@@ -430,7 +428,8 @@ def _deployed(qm, L) -> dict:
 def _quantize(seq, opts, cv, fl, deadline, t0, rep, say) -> dict:
     from intssm import data
     from intssm.training import checkpoint
-    from intssm.training.qat import Diverged, int_accuracy, result_entries, start_from
+    from intssm.integer.score import int_accuracy
+    from intssm.training.qat import Diverged, QATArgs, result_entries, start_from
     from intssm.training.qat import train as run_qat
 
     stop = _stage_end("quantize", t0, deadline)
@@ -464,15 +463,16 @@ def _quantize(seq, opts, cv, fl, deadline, t0, rep, say) -> dict:
             n_tr = len(data.load(seq, "train", None, fl["vfrac"]))
             epochs = max(1, math.ceil(opts.qat_steps / math.ceil(n_tr / 16)))
             left = max(0.2, (stop - time.time()) / 60 / max(1, len(starts) - k))
+            qargs = QATArgs(param="frozen", epochs=epochs, batch_size=16, lr=1e-3, seed=opts.seed, max_minutes=left,
+                            val_fraction=fl["vfrac"])
             try:
-                best, history, interrupted = run_qat(st.qm, seq, "frozen", epochs, 16, 1e-3, None, None, opts.seed,
-                                                     max_minutes=left, val_fraction=fl["vfrac"])
+                best, history, interrupted = run_qat(st.qm, seq, qargs, int_accuracy)
             except Diverged as e:  # the best finished epoch (at worst the PTQ start) stands
                 best, history, interrupted = e.best, e.history, None
                 pt["qat_diverged"] = e.where
             if interrupted is not None:  # Ctrl-C / SIGTERM inside QAT: the run stops here, its card as it stands
                 raise KeyboardInterrupt
-            extra = result_entries(st, best, history, None, param="frozen", epochs=epochs, batch_size=16, lr=1e-3)
+            extra = result_entries(st, best, history, None, qargs)
             pt["qat_epochs"] = len(history) - 1
             pt["qat_stopped"] = next((h["stopped"] for h in history if "stopped" in h), None)
             pt["qat_acc"] = int_accuracy(st.qm, P, sel.y, sel.lengths)

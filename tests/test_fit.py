@@ -198,7 +198,8 @@ def test_qat_without_validation_shows_train_integer_accuracy(tmp_path):
     epoch (not null), equal to the simulator's on the weights it keeps (the last epoch's)."""
     from intssm import data
     from intssm.training import checkpoint
-    from intssm.training.qat import int_accuracy, restore, start_from
+    from intssm.integer.score import int_accuracy
+    from intssm.training.qat import QATArgs, restore, start_from
     from intssm.training.qat import train as run_qat
 
     a = _tiny(tmp_path / "a.npz")
@@ -206,7 +207,7 @@ def test_qat_without_validation_shows_train_integer_accuracy(tmp_path):
     m = S4DModel(ModelConfig(d_input=2, d_output=2, d_model=4, d_state=8), seed=0)
     checkpoint.save(f, m, dataset={"seq": str(a), "checksum": data.load(str(a)).checksum, "val_fraction": 0.0})
     st = start_from(f, "w8a8", 64)
-    best, history, _ = run_qat(st.qm, str(a), "frozen", 2, 8, 1e-3, val_fraction=0.0)
+    best, history, _ = run_qat(st.qm, str(a), QATArgs(epochs=2, batch_size=8, val_fraction=0.0), int_accuracy)
     assert [h["val_int_acc"] for h in history] == [None] * 3
     assert all(0 <= h["train_int_acc"] <= 1 for h in history)
     restore(st.qm, best)

@@ -191,7 +191,8 @@ def test_float_reference_on_cortex_m4f(tmp_path):
     from intssm.deploy import FLOAT_TARGETS
 
     from intssm import data
-    from intssm.training import cfloat, checkpoint
+    from intssm.integer import cfloat
+    from intssm.training import checkpoint
 
     model, _ = checkpoint.load(CKPT / "paper-small-seed7-fp32.pt")
     model = model.float()

@@ -10,7 +10,8 @@ from intssm.training import checkpoint
 from intssm.errors import IntssmError
 from intssm.integer.export import integer_model
 from intssm.training.model import ModelConfig, S4DModel
-from intssm.training.qat import configure
+from intssm.integer.score import int_accuracy
+from intssm.training.qat import QATArgs, configure
 from intssm.training.ptq import from_checkpoint, ptq, qspec_entry
 from intssm.datapath.qspec import PRESETS
 from intssm.integer.sim import simulate
@@ -91,7 +92,7 @@ def test_time_budget_stops_qat_after_a_partial_epoch():
     from intssm.training.qat import train
 
     qm, _ = _qm()
-    best, hist, _ = train(qm, "smnist", "frozen", epochs=3, batch_size=8, limit=64, val_limit=16, max_minutes=1e-6)
+    best, hist, _ = train(qm, "smnist", QATArgs(epochs=3, batch_size=8, limit=64, val_limit=16, max_minutes=1e-6), int_accuracy)
     assert len(hist) == 2  # epoch 0 (before training) and the stopped epoch
     assert "time budget" in hist[1]["stopped"]
     assert 0.0 <= hist[1]["val_int_acc"] <= 1.0
@@ -138,12 +139,12 @@ def test_distillation_settings_are_checked():
     from intssm.training.qat import train
 
     qm, _ = _qm()
-    for bad in ({"distill": 1.5}, {"distill": -0.1}, {"distill": 0.5, "temp": 0.0}):
+    for bad in ({"distill": 1.5}, {"distill": -0.1}, {"distill": 0.5, "distill_temp": 0.0}):
         with pytest.raises(IntssmError):
-            train(qm, "smnist", "frozen", limit=8, val_limit=8, **bad)
+            train(qm, "smnist", QATArgs(limit=8, val_limit=8, **bad), int_accuracy)
     other = S4DModel(ModelConfig(d_model=4, d_state=8, n_layers=1, d_output=3), seed=0)
     with pytest.raises(IntssmError, match="teacher"):
-        train(qm, "smnist", "frozen", limit=8, val_limit=8, distill=0.5, teacher=other)
+        train(qm, "smnist", QATArgs(limit=8, val_limit=8, distill=0.5), int_accuracy, teacher=other)
 
 
 def test_stable_abar_moves_every_mode_inside_the_unit_circle():
@@ -205,14 +206,63 @@ def test_weight_ema_averages_and_swaps_back():
 def test_ema_qat_scores_both_and_keeps_the_reported_snapshot():
     """With ema > 0 every epoch is scored with live and averaged weights; the snapshot train()
     returns is the one kept() reports, and restoring it reproduces that validation accuracy."""
-    from intssm.training.qat import int_accuracy, kept, restore, train
+    from intssm.training.qat import kept, restore, train
 
     qm, _ = _qm(seed=2)
-    best, hist, _ = train(qm, "smnist", "discrete", epochs=2, batch_size=8, limit=48, val_limit=64, lr=3e-3, ema=0.9)
+    best, hist, _ = train(qm, "smnist", QATArgs("discrete", epochs=2, batch_size=8, limit=48, val_limit=64, lr=3e-3, ema=0.9),
+                          int_accuracy)
     assert all("val_int_acc_ema" in r for r in hist[1:])
     acc, ep, key = kept(hist)
     restore(qm, best)
     va = data.load("smnist", "val", 64)
     assert int_accuracy(qm, va.x, va.y) == acc
     with pytest.raises(IntssmError):
-        train(qm, "smnist", "frozen", limit=8, val_limit=8, ema=1.0)
+        train(qm, "smnist", QATArgs(limit=8, val_limit=8, ema=1.0), int_accuracy)
+
+
+def test_small_data_rule_keeps_smnist_and_gives_small_sets_a_step_budget():
+    """plan() leaves a 50,000-sequence split (sMNIST's) at one epoch of batch 64 without warm-up, the
+    defaults QAT always had; a small split gets batch n/16 (at least 8) and the fewest epochs giving
+    >= MIN_STEPS optimizer steps with a 5% warm-up; options given stay as given (no warm-up when
+    --epochs is)."""
+    from intssm.training.qat import MIN_STEPS, plan
+
+    big = plan(QATArgs(), 50000)
+    assert (big.epochs, big.batch_size, big.warmup) == (1, 64, 0.0)
+    small = plan(QATArgs(), 36)
+    assert small.batch_size == 8 and small.warmup == 0.05
+    per_epoch = -(-36 // 8)
+    assert small.epochs * per_epoch >= MIN_STEPS > (small.epochs - 1) * per_epoch
+    mid = plan(QATArgs(), 1000)  # batch 62: 17 steps per epoch
+    assert mid.batch_size == 62 and mid.epochs == 18
+    given = plan(QATArgs(epochs=3, batch_size=16), 36)
+    assert (given.epochs, given.batch_size, given.warmup) == (3, 16, 0.0)
+    assert plan(QATArgs(batch_size=4), 36).epochs == -(-MIN_STEPS // 9)
+    assert plan(QATArgs(warmup=0.2), 50000).warmup == 0.2
+    with pytest.raises(IntssmError, match="--warmup"):
+        QATArgs(warmup=1.0).check()
+
+
+def test_qat_run_follows_the_small_data_rule(tmp_path):
+    """qat.run with default options on a 30-sequence dataset trains plan()'s epochs at its batch,
+    records them (with the warm-up) in the checkpoint, and the checkpoint simulates to the integer
+    accuracy on the training sequences that the last epoch reported."""
+    from intssm.training.qat import MIN_STEPS, run
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    x = (rng.normal(0, 0.3, (40, 12, 1)) + (2 * y - 1)[:, None, None] * np.linspace(0, 1, 12)[None, :, None]).astype(np.float32)
+    d = tmp_path / "d.npz"
+    np.savez(d, x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+    f = tmp_path / "f.pt"
+    checkpoint.save(f, S4DModel(ModelConfig(d_output=2, d_model=4, d_state=8), seed=0),
+                    dataset={"seq": str(d), "checksum": data.load(str(d)).checksum, "val_fraction": 0.0})
+    r = run(f, tmp_path / "q.pt", QATArgs(), int_accuracy, progress=False)
+    a = r["args"]
+    assert (a.batch_size, a.warmup) == (8, 0.05) and a.epochs == -(-MIN_STEPS // 4)
+    assert [h["epoch"] for h in r["history"]] == list(range(a.epochs + 1))
+    model, ck = checkpoint.load(tmp_path / "q.pt")
+    assert {k: ck["qat"][k] for k in ("epochs", "batch_size", "warmup")} == {"epochs": a.epochs, "batch_size": 8, "warmup": 0.05}
+    qm = from_checkpoint(model, ck)
+    tr = data.load(str(d), "train", None, 0.0)
+    assert int_accuracy(qm, qm.input_codes(tr.x, tr.lengths), tr.y, tr.lengths) == r["history"][-1]["train_int_acc"]

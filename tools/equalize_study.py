@@ -45,7 +45,7 @@ def main():
     from intssm import data
     from intssm.training import checkpoint
     from intssm.progress import progress_bar
-    from intssm.training.qat import int_accuracy
+    from intssm.integer.score import int_accuracy
     from intssm.training.ptq import ptq
     from intssm.datapath.qspec import get_config
 

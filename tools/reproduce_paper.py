@@ -100,7 +100,8 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
     from intssm.integer import cost
     from intssm.errors import IntssmError
     from intssm.integer.export import integer_model
-    from intssm.training.qat import kept, restore, train
+    from intssm.integer.score import int_accuracy
+    from intssm.training.qat import QATArgs, kept, restore, train
     from intssm.training.ptq import ptq
     from intssm.datapath.qspec import QuantConfig
     from intssm.integer.sim import simulate
@@ -124,7 +125,9 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
         return row | {"accuracy": "", "ptq_accuracy": f"refused: {e}"}
     row["ptq_accuracy"] = test_acc(qm)
     t0 = time.time()
-    best, hist, _ = train(qm, "smnist", param, epochs, 64, 1e-3, qat_limit, val_limit, seed, max_minutes=minutes)
+    args = QATArgs(param=param, epochs=epochs, batch_size=64, lr=1e-3, limit=qat_limit, val_limit=val_limit, seed=seed,
+                   max_minutes=minutes)
+    best, hist, _ = train(qm, "smnist", args, int_accuracy)
     restore(qm, best)
     return row | {"accuracy": test_acc(qm), "best_val_int_acc": kept(hist)[0],
                   "epochs_run": len(hist) - 1, "train_sequences": qat_limit or 50000, "seconds": round(time.time() - t0, 1)}

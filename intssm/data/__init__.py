@@ -191,6 +191,11 @@ class SeqData:
     def __len__(self) -> int:
         return len(self.y)
 
+    def check_features(self, d_input: int) -> None:
+        """Refuse sequences whose features per step are not the ``d_input`` a model reads."""
+        if self.x.shape[-1] != d_input:
+            raise IntssmError(f"dataset {self.name} has {self.x.shape[-1]} features per step, the model expects {d_input}")
+
     def check_labels(self, n_classes: int) -> None:
         """Refuse labels a model with ``n_classes`` outputs cannot score."""
         if len(self.y) and int(self.y.max()) >= n_classes:

@@ -3,10 +3,13 @@
 :func:`ptq` calibrates (:mod:`intssm.training.calibrate`), applies the range policies and builds the
 datapath (:func:`intssm.datapath.build.build_datapath`); :func:`qspec_entry` / :func:`from_checkpoint`
 store and rebuild it exactly; :func:`requantize_model` rebuilds a model at other formats on its
-stored ranges.
+stored ranges; :func:`run` is ``intssm ptq``: a float checkpoint in, a quantized checkpoint out.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,8 +50,7 @@ def ptq_dataset(model: S4DModel, qcfg: QuantConfig, ds, equalize: float = 0.0) -
     codes (:mod:`intssm.datapath.inputq`)."""
     from intssm.datapath.inputq import calibrate_input, fold_input
 
-    if ds.x.shape[-1] != model.cfg.d_input:
-        raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {model.cfg.d_input}")
+    ds.check_features(model.cfg.d_input)
     iq = None
     if ds.is_uint8:
         u = ds.as_float()
@@ -107,3 +109,46 @@ def from_checkpoint(model: S4DModel, ck: dict) -> QuantS4D:
             raise IntssmError("checkpoint's discrete Abar/Bbar entry is malformed or not finite")
         qm.make_discrete(disc)
     return qm
+
+
+@dataclass
+class PTQOptions:
+    """What ``intssm ptq`` takes."""
+
+    ckpt: Path  # the float checkpoint
+    out: Path  # the quantized checkpoint written
+    config: str = "w8a8"  # preset name (intssm configs) or JSON file
+    calib: int = 256  # training sequences calibrating the ranges (the first ones)
+    seq: str | None = None  # dataset (None: the checkpoint's)
+    equalize: float = 0.0  # state equalization strength alpha in [0, 1] (0: off)
+
+
+def run(o: PTQOptions, status=None) -> dict:
+    """Calibrate ``o.config`` on the first ``o.calib`` training sequences of the checkpoint's dataset
+    (:func:`ptq_dataset`) and write the quantized checkpoint ``o.out``: the float checkpoint's entries,
+    ``qspec`` (:func:`qspec_entry`) and ``ptq`` (the options). ``status(text)`` is a context manager
+    shown while calibrating (None: none). Returns what was done."""
+    from contextlib import nullcontext
+
+    from intssm import data
+    from intssm.datapath.qspec import get_config
+    from intssm.training import checkpoint
+    from intssm.training.equalize import check_strength
+
+    if o.calib < 1:
+        raise IntssmError(f"--calib must be positive, got {o.calib}")
+    qcfg = get_config(o.config)
+    check_strength(o.equalize, "--equalize")
+    model, ck = checkpoint.load(o.ckpt)
+    if "qspec" in ck:
+        raise IntssmError(f"{o.ckpt} is already quantized; give the float checkpoint")
+    seq = o.seq or checkpoint.dataset_seq(ck)
+    cal = data.load(seq, "train", o.calib, checkpoint.val_fraction(ck))
+    what = f"calibrating {o.config} on {len(cal)} sequences of {seq}" + (" (with state equalization)" if o.equalize else "")
+    with status(what) if status else nullcontext():
+        qm, ranges = ptq_dataset(model, qcfg, cal, o.equalize)
+    extra = checkpoint.extras(ck)
+    extra["qspec"] = qspec_entry(qm, ranges)
+    extra["ptq"] = {"config": o.config, "calib": o.calib, "seq": seq, "equalize": o.equalize}
+    checkpoint.save(o.out, qm.model.float(), **extra)
+    return {"out": str(o.out), "config": o.config, "calib": o.calib, "seq": seq}

@@ -7,16 +7,23 @@ under their quantizers. Three parameterisations of Abar (the paper's):
   frozen      A and dt are frozen (Abar fixed from the float model); B, C, D and the rest train
   discrete    Abar and Bbar are parameters themselves, initialised from the float model
 
-Model selection uses the integer simulator's accuracy on validation sequences.
+Model selection uses the integer model's accuracy on validation sequences. Training never runs the
+integer model itself: the caller passes the scoring function (``score(qm, codes, y, lengths) ->
+accuracy``; :func:`intssm.integer.score.int_accuracy` runs the simulator), so ``intssm.training``
+imports nothing from ``intssm.integer``.
+
+:class:`QATArgs` holds every option; :func:`train` runs QAT on a quantized model in place;
+:func:`run` is the whole ``intssm qat`` recipe (start, checks, training, the checkpoint written).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 import copy
 import math
 import time
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,13 +31,72 @@ import torch.nn.functional as F
 
 from intssm import data
 from intssm.errors import IntssmError
-from intssm.integer.export import integer_model
 from intssm.training.qmodel import QuantS4D
-from intssm.integer.sim import simulate
 
 PARAMS = ("continuous", "frozen", "discrete")
 GRAD_CLIP = 1.0  # global gradient-norm clip: straight-through gradients through 784 steps can spike
 SSM_CONTINUOUS = ("log_dt", "log_A_re", "A_im")
+
+#: score(qm, input codes (n, L, d), labels (n,), lengths (n,) or None) -> the integer model's accuracy
+Score = Callable[[QuantS4D, np.ndarray, np.ndarray, "np.ndarray | None"], float]
+
+
+@dataclass
+class QATArgs:
+    """Every option of a QAT run, passed whole to :func:`train` and :func:`run` (``intssm qat``'s options)."""
+
+    param: str = "frozen"  # Abar parameterisation: continuous | frozen | discrete (PARAMS)
+    epochs: int | None = None  # passes over the training sequences (None: the small-data rule, plan())
+    batch_size: int | None = None  # sequences per optimizer step (None: plan())
+    lr: float = 1e-3  # peak learning rate, cosine-decayed to 0 over the run (AdamW, no weight decay)
+    warmup: float | None = None  # share of the steps warming the learning rate up linearly (None: plan())
+    limit: int | None = None  # first N training sequences (None: all)
+    val_limit: int | None = None  # first N validation sequences score each epoch (None: the whole split)
+    seed: int = 0  # Torch's seed and the order of the training sequences
+    max_minutes: float = 0.0  # end at the first step past this budget (0 = none)
+    distill: float = 0.0  # knowledge-distillation weight alpha in [0, 1] (0 = off)
+    distill_temp: float = 2.0  # distillation temperature T
+    ema: float = 0.0  # decay of the weight average scored beside the live weights, e.g. 0.999 (0 = off)
+    val_fraction: float | None = None  # validation share of the training sequences (None: run() takes the checkpoint's)
+    # how run() builds the model it trains
+    config: str | None = None  # preset or JSON file (None: w8a8 for a float checkpoint; a quantized one keeps its own)
+    calib: int = 256  # calibration sequences (a float checkpoint's PTQ)
+    equalize: float = 0.0  # state equalization strength before calibration (0 = off)
+    teacher: str | None = None  # float checkpoint to distill from (None: the float weights QAT starts from)
+
+    def check(self) -> None:
+        """Refuse options outside their ranges (NaN and inf included), before any work; messages
+        name the command-line options."""
+        from intssm.training.equalize import check_strength
+
+        if self.limit is not None and self.limit < 1:
+            raise IntssmError(f"--limit must be a positive number of sequences, got {self.limit}")
+        if self.param not in PARAMS:
+            raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {self.param!r}")
+        if not all(math.isfinite(v) for v in (self.lr, self.max_minutes, self.distill, self.distill_temp, self.ema)):
+            raise IntssmError("--lr, --max-minutes, --distill, --distill-temp and --ema must be finite numbers")
+        if (self.epochs or 1) < 1 or (self.batch_size or 1) < 1 or self.lr <= 0 or self.max_minutes < 0:
+            raise IntssmError("--epochs, --batch-size and --lr must be positive (--max-minutes >= 0)")
+        if self.warmup is not None and not 0 <= self.warmup < 1:
+            raise IntssmError(f"--warmup must be a share of the steps in [0, 1), got {self.warmup}")
+        if not 0 <= self.distill <= 1 or self.distill_temp <= 0:
+            raise IntssmError(f"--distill must be in [0, 1] and --distill-temp > 0, got {self.distill} and {self.distill_temp}")
+        if not 0 <= self.ema < 1:
+            raise IntssmError(f"--ema must be in [0, 1) (0 = off), got {self.ema}")
+        if self.calib < 1 or (self.val_limit is not None and self.val_limit < 1):
+            raise IntssmError("--calib and --val-limit must be positive")
+        if self.teacher is not None and self.distill == 0:
+            raise IntssmError("--teacher needs --distill > 0")
+        check_strength(self.equalize, "--equalize")
+
+    def record(self) -> dict:
+        """What a quantized checkpoint's ``qat`` entry records of the options (zeros and None left out)."""
+        d = {"param": self.param, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "warmup": self.warmup,
+             "ema": self.ema,
+             "equalize": self.equalize,
+             "distill": {"alpha": self.distill, "temp": self.distill_temp, "teacher": str(self.teacher) if self.teacher else "start"}
+             if self.distill > 0 else None}
+        return {k: v for k, v in d.items() if v}
 
 
 def configure(qm: QuantS4D, param: str) -> list:
@@ -131,26 +197,6 @@ def kept(history: list) -> tuple[float, int, str]:
     return best
 
 
-def int_accuracy(qm: QuantS4D, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
-    """Integer-simulator accuracy on input codes ``x`` (n, L, d) of lengths ``lengths``."""
-    lg, _, _ = simulate(integer_model(qm), x, qm.dp.cfg.pool == "mean", len(qm.counters), lengths=lengths)
-    return float((lg.argmax(1) == y).mean())
-
-
-def check_options(epochs: int = 1, batch_size: int = 1, lr: float = 1e-3, max_minutes: float = 0.0,
-                  distill: float = 0.0, temp: float = 2.0, ema: float = 0.0) -> None:
-    """Refuse QAT options outside their ranges (NaN and inf included), before any work; messages
-    name the command-line options."""
-    if not all(math.isfinite(v) for v in (lr, max_minutes, distill, temp, ema)):
-        raise IntssmError("--lr, --max-minutes, --distill, --distill-temp and --ema must be finite numbers")
-    if epochs < 1 or batch_size < 1 or lr <= 0 or max_minutes < 0:
-        raise IntssmError("--epochs, --batch-size and --lr must be positive (--max-minutes >= 0)")
-    if not 0 <= distill <= 1 or temp <= 0:
-        raise IntssmError(f"--distill must be in [0, 1] and --distill-temp > 0, got {distill} and {temp}")
-    if not 0 <= ema < 1:
-        raise IntssmError(f"--ema must be in [0, 1) (0 = off), got {ema}")
-
-
 @dataclass
 class Start:
     """The quantized model QAT starts from, and where it came from."""
@@ -191,16 +237,16 @@ def start_from(ckpt, config: str | None = None, calib: int = 256, equalize: floa
     return Start(qm, ranges, how, ck, seq, vfrac)
 
 
-def result_entries(start: Start, best, history: list, interrupted, **record) -> dict:
+def result_entries(start: Start, best, history: list, interrupted, args: QATArgs) -> dict:
     """The checkpoint entries of a finished (or interrupted) QAT run: ``start.qm`` set to the kept
-    snapshot ``best``, its qspec, and the ``qat`` record (``record`` plus history and config)."""
+    snapshot ``best``, its qspec, and the ``qat`` record (the options, history and config)."""
     from intssm.training import checkpoint
     from intssm.training.ptq import qspec_entry
 
     restore(start.qm, best)
     extra = checkpoint.extras(start.ck, "qspec")
     extra["qspec"] = qspec_entry(start.qm, start.ranges)
-    extra["qat"] = {k: v for k, v in record.items() if v} | {"history": history, "config": start.how}
+    extra["qat"] = args.record() | {"history": history, "config": start.how}
     if interrupted is not None:
         extra["interrupted"] = {"epoch": interrupted}
     return extra
@@ -215,18 +261,38 @@ class Diverged(IntssmError):
         self.best, self.history, self.where = best, history, where
 
 
-def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3,
-          limit: int | None = None, val_limit: int | None = None, seed: int = 0, on_step=None, on_epoch=None,
-          max_minutes: float = 0.0, distill: float = 0.0, temp: float = 2.0, teacher=None, ema: float = 0.0,
-          val_fraction: float | None = None):
+MIN_STEPS = 300  # optimizer steps a run takes at least when --epochs is not given (fit's QAT budget)
+MAX_BATCH = 64  # the batch of a large training set (sMNIST)
+WARMUP = 0.05  # share of the steps warming up, when the rule runs more than one epoch
+
+
+def plan(args: QATArgs, n_train: int) -> QATArgs:
+    """``args`` with the options left at None filled by the small-data rule, for a training split of
+    ``n_train`` sequences (the whole split, before ``--limit``, so that a quick run stays quick):
+
+    - batch: n/16 sequences, at least 8 and at most :data:`MAX_BATCH` (as ``train``'s);
+    - epochs: the fewest giving at least :data:`MIN_STEPS` optimizer steps at that batch;
+    - warm-up: the first :data:`WARMUP` of the steps when the rule runs more than one epoch, else none;
+      then the cosine decay to 0.
+
+    sMNIST (50,000 training sequences) keeps one epoch of 782 steps at batch 64 with no warm-up; a
+    dataset of 40 sequences gets batch 8 and 60 epochs of 5 steps (300 steps)."""
+    batch = args.batch_size or int(min(MAX_BATCH, max(8, n_train // 16)))
+    epochs = args.epochs or max(1, math.ceil(MIN_STEPS / max(1, math.ceil(n_train / batch))))
+    warmup = args.warmup if args.warmup is not None else WARMUP if args.epochs is None and epochs > 1 else 0.0
+    return replace(args, epochs=epochs, batch_size=batch, warmup=warmup)
+
+
+def train(qm: QuantS4D, seq: str, args: QATArgs, score: Score, *, teacher=None, on_step=None, on_epoch=None):
     """QAT in place; returns (best snapshot (model state, discrete state), history, interrupted):
     ``interrupted`` is the epoch a KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one) stopped,
     whose partial work is dropped, else None.
 
-    After each epoch the integer simulator scores the first ``val_limit`` validation sequences
+    After each epoch ``score`` (the integer model's accuracy, :data:`Score`) rates the first
+    ``args.val_limit`` validation sequences
     (None: the whole validation split); the best epoch is kept. On 2,000 sMNIST sequences the
     score moves by 1-2 points between epochs, enough to pick a worse model. With no validation
-    split (``val_fraction`` 0) the last epoch is kept, and each epoch's record gives the integer
+    split (``args.val_fraction`` 0) the last epoch is kept, and each epoch's record gives the integer
     accuracy on the training sequences (``train_int_acc``) so that the first integer accuracy a user
     sees is not the test set's. Float data enter through the model's input
     quantizer (``qm.iq``); a user ``teacher`` reads the data's own floats and is folded to read its codes.
@@ -234,17 +300,20 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     A non-finite loss or weight stops the run with :class:`Diverged`, which carries the best
     finished epoch's snapshot and the history so far.
 
-    ``max_minutes`` > 0 ends training at the first step past the budget (the partial epoch is then
-    validated like a full one). ``distill`` > 0 adds knowledge distillation (:func:`qat_step`)
+    ``args.max_minutes`` > 0 ends training at the first step past the budget (the partial epoch is then
+    validated like a full one). ``args.distill`` > 0 adds knowledge distillation (:func:`qat_step`)
     from ``teacher``, by default a frozen copy of the float model QAT starts from.
 
-    ``ema`` = d in (0, 1) also keeps an exponential moving average of the trained float weights,
-    w_ema <- d w_ema + (1 - d) w after every step (:class:`WeightEMA`); each epoch the integer
-    simulator scores the averaged weights too (``val_int_acc_ema``), and either may be kept.
+    ``args.ema`` = d in (0, 1) also keeps an exponential moving average of the trained float weights,
+    w_ema <- d w_ema + (1 - d) w after every step (:class:`WeightEMA`); each epoch ``score`` rates
+    the averaged weights too (``val_int_acc_ema``), and either may be kept.
     Averaging damps the weights that oscillate across a rounding threshold under straight-through
     gradients (Nagel et al., 2022, "Overcoming Oscillations in Quantization-Aware Training").
     """
-    check_options(epochs, batch_size, lr, max_minutes, distill, temp, ema)
+    args.check()
+    if None in (args.epochs, args.batch_size, args.warmup):
+        args = plan(args, len(data.load(seq, "train", None, args.val_fraction)))
+    distill, temp, ema, seed, lr = args.distill, args.distill_temp, args.ema, args.seed, args.lr
     if distill > 0 and teacher is None:
         teacher = copy.deepcopy(qm.model).float()
     elif teacher is not None and qm.iq is not None:
@@ -257,20 +326,22 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
             raise IntssmError("the teacher's inputs and outputs must match the model's")
     torch.manual_seed(seed)
     t_start = time.time()
-    params = configure(qm, param)
-    tr = data.load(seq, "train", limit, val_fraction)
-    va = data.load(seq, "val", val_limit, val_fraction)
+    params = configure(qm, args.param)
+    tr = data.load(seq, "train", args.limit, args.val_fraction)
+    va = data.load(seq, "val", args.val_limit, args.val_fraction)
     for ds in (tr, va):
         ds.check_labels(qm.dp.cfg.d_output)
     Ptr, Pva = qm.input_codes(tr.x, tr.lengths), qm.input_codes(va.x, va.lengths)
-    score = (lambda: int_accuracy(qm, Pva, va.y, va.lengths)) if len(va) else (lambda: None)
+    val_score = (lambda: score(qm, Pva, va.y, va.lengths)) if len(va) else (lambda: None)
     # no validation split: the integer accuracy on the training sequences is shown instead (never used to choose)
-    train_score = (lambda: {}) if len(va) else (lambda: {"train_int_acc": int_accuracy(qm, Ptr, tr.y, tr.lengths)})
+    train_score = (lambda: {}) if len(va) else (lambda: {"train_int_acc": score(qm, Ptr, tr.y, tr.lengths)})
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    epochs, batch_size, max_minutes = args.epochs, args.batch_size, args.max_minutes
     steps = epochs * math.ceil(len(tr) / batch_size)
+    warm = int(args.warmup * steps)
     gen = np.random.default_rng(seed)
     snap = lambda: (copy.deepcopy(qm.model.state_dict()), copy.deepcopy(qm.discrete.state_dict()) if qm.discrete is not None else None)  # noqa: E731
-    best_acc = score()
+    best_acc = val_score()
     best = snap()
     avg = WeightEMA(params, ema) if ema > 0 else None
     history = [{"epoch": 0, "val_int_acc": best_acc} | train_score()]
@@ -285,8 +356,9 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
             run_loss, seen = 0.0, 0
             for i in range(0, len(perm), batch_size):
                 idx = np.sort(perm[i : i + batch_size])
-                for g in opt.param_groups:
-                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+                for g in opt.param_groups:  # linear warm-up over `warm` steps, then cosine to 0 at `steps`
+                    g["lr"] = (lr * (step + 1) / warm if step < warm else
+                               lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm))))
                 loss = qat_step(qm, opt, params, Ptr[idx], tr.y[idx], teacher, distill, temp, tr.lengths[idx])
                 if not math.isfinite(loss) or not all(bool(torch.isfinite(p).all()) for p in params):
                     raise Diverged(best, history, {"epoch": ep + 1, "step": step + 1,
@@ -301,7 +373,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
                 if max_minutes and time.time() - t_start > 60 * max_minutes:
                     out_of_time = True
                     break
-            acc = score()
+            acc = val_score()
             rec = {"epoch": ep + 1, "train_loss": run_loss / seen, "val_int_acc": acc} | train_score() | {"seconds": time.time() - t0}
             if out_of_time:
                 rec["stopped"] = f"time budget of {max_minutes} min, after {seen} sequences of this epoch"
@@ -309,7 +381,7 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
                 best_acc, best = acc, snap()
             if avg is not None and len(va):
                 with avg.swapped_in():
-                    rec["val_int_acc_ema"] = acc_ema = score()
+                    rec["val_int_acc_ema"] = acc_ema = val_score()
                     if acc_ema > best_acc:
                         best_acc, best = acc_ema, snap()
             history.append(rec)
@@ -320,3 +392,57 @@ def train(qm: QuantS4D, seq: str, param: str, epochs: int = 1, batch_size: int =
     except KeyboardInterrupt:
         interrupted = len(history)
     return best, history, interrupted
+
+
+def run(ckpt, out, args: QATArgs, score: Score, *, progress: bool = True, on_epoch=None) -> dict:
+    """The ``intssm qat`` recipe: check the options and ``out``, build the start (:func:`start_from`),
+    load and check the teacher, train (:func:`train`), write the quantized checkpoint ``out`` with
+    the kept snapshot (float64, as trained: float32 could flip a code at a rounding tie).
+
+    Options left at None follow :func:`plan`. Returns {"out", "history", "best_val_int_acc" (None
+    without a validation split), "epoch" (the kept one), "kept" (its history key), "interrupted" (the
+    epoch a Ctrl-C / SIGTERM stopped, whose checkpoint is marked interrupted; None), "args" (the
+    options as run)}. A diverged run writes its best finished epoch, marked
+    diverged, and raises :class:`~intssm.errors.IntssmError`. ``progress``: a progress bar on stderr;
+    ``on_epoch(record)`` after every epoch."""
+    from intssm import outputs
+    from intssm.progress import progress_bar
+    from intssm.training import checkpoint
+
+    args.check()
+    outputs.check_file(out, inputs=[ckpt, args.teacher, args.config], what="--out")
+    teacher = None
+    if args.teacher is not None:
+        teacher, tck = checkpoint.load(args.teacher)
+        if "qspec" in tck:
+            raise IntssmError(f"{args.teacher}: the teacher must be a float checkpoint, not a quantized one")
+    st = start_from(ckpt, args.config, args.calib, args.equalize)
+    if teacher is not None:
+        sc, tc = st.qm.model.cfg, teacher.cfg
+        if (tc.d_input, tc.d_output) != (sc.d_input, sc.d_output):
+            raise IntssmError(f"--teacher {args.teacher} reads {tc.d_input} features and gives {tc.d_output} classes; the model "
+                              f"trained has {sc.d_input} and {sc.d_output}: give a teacher trained on the same dataset")
+        t_sum, s_sum = (tck.get("dataset") or {}).get("checksum"), (st.ck.get("dataset") or {}).get("checksum")
+        if t_sum is not None and s_sum is not None and t_sum != s_sum:
+            raise IntssmError(f"--teacher {args.teacher} was trained on another dataset than {ckpt} (checksums differ); "
+                              "give a teacher trained on the same dataset")
+    if args.val_fraction is None:
+        args = replace(args, val_fraction=st.val_fraction)
+    args = plan(args, len(data.load(st.seq, "train", None, args.val_fraction)))
+    n_train = len(data.load(st.seq, "train", args.limit, args.val_fraction))
+    diverged = None
+    with progress_bar(f"QAT ({args.param})", args.epochs * n_train, enabled=progress) as adv:
+        try:
+            best, history, interrupted = train(st.qm, st.seq, args, score, teacher=teacher, on_epoch=on_epoch,
+                                               on_step=lambda n, loss: adv(n, info=f"loss {loss:.3f}"))
+        except Diverged as e:
+            best, history, interrupted, diverged = e.best, e.history, None, e
+    extra = result_entries(st, best, history, interrupted, args)
+    if diverged is not None:
+        checkpoint.save(out, st.qm.model, **extra, diverged=diverged.where)
+        raise IntssmError(f"{diverged}; saved {out} with the best finished epoch (epoch {kept(history)[1]}), marked "
+                          "diverged; lower --lr")
+    checkpoint.save(out, st.qm.model, **extra)
+    best_acc, best_ep, key = kept(history)
+    return {"out": str(out), "history": history, "best_val_int_acc": best_acc, "epoch": best_ep, "kept": key,
+            "interrupted": interrupted, "args": args}
