@@ -423,7 +423,7 @@ def export_c(
         except ValueError:
             raise IntssmError(f"--adc-scale must be numbers separated by commas, got {adc_scale!r}") from None
         files = cexport.write_c(im.arrays, im.description(), out, state_layout, prefix, scales)
-        ro = cexport.rodata_bytes_estimate(im.arrays, im.qcfg)
+        ro = cexport.rodata_bytes_estimate(im.arrays, im.qcfg, state_layout)
         _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
               as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant data)")
         return

@@ -266,11 +266,12 @@ def table_layout(arrays: dict, qcfg) -> dict:
     return out
 
 
-def rodata_bytes_estimate(arrays: dict, qcfg) -> int:
-    """Bytes of constant data (flash / ``.rodata``) the C model holds, without alignment padding."""
+def rodata_bytes_estimate(arrays: dict, qcfg, state_layout: str = "packed") -> int:
+    """Bytes of constant data (flash / ``.rodata``) the C model holds in ``state_layout``, without
+    alignment padding."""
     from intssm.datapath.qspec import QuantConfig
 
-    return plan(arrays, qcfg if isinstance(qcfg, QuantConfig) else QuantConfig.from_dict(qcfg)).flash_bytes
+    return plan(arrays, qcfg if isinstance(qcfg, QuantConfig) else QuantConfig.from_dict(qcfg), state_layout).flash_bytes
 
 
 def state_size(p: "Plan", dims: dict, dither: bool) -> tuple[int, int]:
