@@ -104,7 +104,7 @@ def test_folded_layout_on_cortex_m4(tmp_path, name):
     mnemonics = {m for _, m, _, _ in mcu._disassembly(Path(rep["elf"])).values()}
     assert {"ssat", "smlabb", "smlatt", "pkhbt", "smlad", "mrs"} <= mnemonics
     assert i["instructions_per_multiplication"] <= 3.0 and i["cycles_per_step"] < 30_000
-    assert i["rodata"] >= 28 * 512 and i["bss"] + i["data"] == rep["c_tables"]["c_ram_bytes"]
+    assert i["rodata"] >= (20 if "shared" in name else 28) * 512 and i["bss"] + i["data"] == rep["c_tables"]["c_ram_bytes"]
 
 
 @needs_mcu

@@ -7,7 +7,7 @@ import numpy as np
 
 from intssm.datapath import layout
 from intssm.integer.cstep import FOLD_HELPERS, HELPERS, functions, shared_update
-from intssm.integer.cstorage import FOLD_WORDS, MODE_RECORD, TABLES, WINDOW_PAD, Plan, blob
+from intssm.integer.cstorage import MODE_RECORD, TABLES, WINDOW_PAD, Plan, blob
 from intssm.integer.ctext import c_initializer, c_int, field_read, file_names, qr_macro
 
 
@@ -87,10 +87,12 @@ typedef char state_bytes_check_[(sizeof({ns}_state) == {NS}_STATE_BYTES) ? 1 : -
     if p.fold is not None:
         fo = p.fold
         shift = f"one shift T = {fo.T} for every channel" if fo.T is not None else "each channel's own shift"
-        out.append(f"/* x_fold: the state update's per-mode words ({fo.words.shape[0]} modes x {FOLD_WORDS} x int32_t = {4 * fo.words.size} bytes):\n"
-                   " * K0..K5 = (Are' M0, -Aim' M1, Bre' M2, Are' M0', Aim' M1', Bim' M2') scaled to " + shift + ",\n"
+        ks = "K0..K5 = (Are' M0, -Aim' M1, Bre' M2, Are' M0', Aim' M1', Bim' M2')" if not fo.shared else \
+            "K0, K1, K2, K5 = (Are' M0, -Aim' M1, Bre' M2, Bim' M2') (shared scales: K3 = K0, K4 = -K1)"
+        out.append(f"/* x_fold: the state update's per-mode words ({fo.words.shape[0]} modes x {fo.words.shape[1]} x int32_t = {4 * fo.words.size} bytes):\n"
+                   f" * {ks} scaled to " + shift + ",\n"
                    " * then (C_re', C_im') as the low and high 16-bit halves (intssm.integer.cstorage.Fold) */\n"
-                   f"INTSSM_TABLE static const int32_t x_fold[{fo.words.size}] = {c_initializer(fo.words.ravel(), per_line=7)};\n")
+                   f"INTSSM_TABLE static const int32_t x_fold[{fo.words.size}] = {c_initializer(fo.words.ravel(), per_line=fo.words.shape[1])};\n")
         if fo.mix is not None:
             out.append(f"/* x_mix: the GLU mixing weights mix_w - mix_w_z as int8, four to a word, byte k of word q the weight of\n"
                        f" * input 4 q + k ({fo.mix.size} x uint32_t = {4 * fo.mix.size} bytes) */\n"

@@ -10,7 +10,7 @@ import numpy as np
 from intssm.datapath import layout
 from intssm.datapath.fixedpoint import WEYL_LANE, WEYL_STEP, weyl_lane_of
 from intssm.integer.csites import INT32_LIMIT, SiteWidth, acc_t, half, mac, product, rq, term_t
-from intssm.integer.cstorage import FOLD_WORDS, MODE_RECORD, Plan, fold_group
+from intssm.integer.cstorage import MODE_RECORD, Plan, fold_group
 from intssm.integer.ctext import CExpr, c_hex32, ctype_for, field_read
 
 
@@ -234,7 +234,8 @@ def folded_loop(ns: str, p: Plan, w: dict, dims: dict) -> tuple[str, str, str]:
         sh_r, sh_i = "sr", "si"
     dr, di = ("d", "d") if fo.T is not None else ("dr", "di")
     G = fold_group(dims["N2"])
-    pre += [f"const int32_t *kp = x_fold + (uint32_t)k0 * {FOLD_WORDS}u;",
+    W = fo.words.shape[1]  # words per mode: 7, or 5 with shared scales
+    pre += [f"const int32_t *kp = x_fold + (uint32_t)k0 * {W}u;",
             "uint8_t *xp = s->x + (uint32_t)k0 * 4u;"]
 
     def satx(nv: str, qr: tuple, acc: str, sh: str, c: int) -> list:
@@ -256,13 +257,14 @@ def folded_loop(ns: str, p: Plan, w: dict, dims: dict) -> tuple[str, str, str]:
 
     def mode(q: int) -> tuple[list, list]:
         """(mode q's update, its state store)."""
-        def k(j: int) -> str:  # word j of mode q
-            return f"kp[{q * FOLD_WORDS + j}]"
+        def k(j: int) -> str:  # word j (K0..K5, C) of mode q
+            return f"kp[{q * W + (j if not fo.shared else (0, 1, 2, None, None, 3, 4)[j])}]"
 
+        xim = (f"{k(3)} * xi{q} + {k(4)} * xr{q}" if not fo.shared else f"{k(0)} * xi{q} - {k(1)} * xr{q}")  # K3 = K0, K4 = -K1
         out = [f"const uint32_t xw{q} = rd32(xp + {4 * q});",
                f"const int32_t xr{q} = SX(xw{q}, 16), xi{q} = SX(xw{q} >> 16, 16);",
                f"const int32_t acc_r{q} = {dr} + {k(2)} * u + {k(0)} * xr{q} + {k(1)} * xi{q};",
-               f"const int32_t acc_i{q} = {di} + {k(5)} * u + {k(3)} * xi{q} + {k(4)} * xr{q};"]
+               f"const int32_t acc_i{q} = {di} + {k(5)} * u + {xim};"]
         out += satx(f"nr{q}", dims["QR_X_RE"], f"acc_r{q}", sh_r, layout.C_XRE) + \
             satx(f"ni{q}", dims["QR_X_IM"], f"acc_i{q}", sh_i, layout.C_XIM)
         c2 = k(6)
@@ -297,11 +299,11 @@ __attribute__((noinline))
 static void fold_recount_(const int32_t *kp, const uint8_t *xp, int32_t u, int32_t d, uint32_t *cr, uint32_t *ci)
 {{
     int q;
-    for (q = 0; q < {G}; ++q, kp += {FOLD_WORDS}, xp += 4) {{
+    for (q = 0; q < {G}; ++q, kp += {W}, xp += 4) {{
         const uint32_t xw = rd32(xp);
         const int32_t xr = SX(xw, 16), xi = SX(xw >> 16, 16);
         const int32_t vr = rq32(d + kp[2] * u + kp[0] * xr + kp[1] * xi, 0, {sh_r});
-        const int32_t vi = rq32(d + kp[5] * u + kp[3] * xi + kp[4] * xr, 0, {sh_i});
+        const int32_t vi = rq32(d + {"kp[5] * u + kp[3] * xi + kp[4] * xr" if not fo.shared else "kp[3] * u + kp[0] * xi - kp[1] * xr"}, 0, {sh_i});
         if ((uint32_t)(vr + {hr}) > {2 * hr - 1}u)  /* outside [-{hr}, {hr - 1}]: clamped */
             ++*cr;
         if ((uint32_t)(vi + {hi}) > {2 * hi - 1}u)
@@ -313,7 +315,7 @@ static void fold_recount_(const int32_t *kp, const uint8_t *xp, int32_t u, int32
     lines += [ln for _, st in parts for ln in st]  # the state written after the group's counts
     body = "\n".join(ind + ln if not ln.startswith("#") else ln for ln in lines)
     loop = ("\n".join(" " * 12 + ln if not ln.startswith("#") else ln for ln in pre) + "\n"
-            f"            for (n = 0; n < {NS}_N2; n += {G}, kp += {G * FOLD_WORDS}, xp += {4 * G}) {{\n{body}\n            }}")
+            f"            for (n = 0; n < {NS}_N2; n += {G}, kp += {G * W}, xp += {4 * G}) {{\n{body}\n            }}")
     decl = ("            const int32_t u = h[hh] - AT_h_z(i);\n"
             f"            const int k0 = (i * {NS}_H + hh) * {NS}_N2;\n"
             f"            {ty_t} ty1 = 0, ty2 = 0;\n"

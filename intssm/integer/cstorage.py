@@ -115,11 +115,18 @@ class Fold:
     numerator and denominator by ``2^(T-S)``), so every channel shifts by the one constant ``T``
     (``T`` None: no such T keeps the accumulators below 2^31; each channel shifts by its own S,
     unscaled). ``words`` (modes, :data:`FOLD_WORDS`): the six K, then ``(C_re - z) & 0xffff |
-    (C_im - z) << 16``."""
+    (C_im - z) << 16``; with shared scales (K3 = K0, K4 = -K1) only K0, K1, K2, K5 and that word
+    (:attr:`shared`)."""
 
     T: int | None
     words: np.ndarray  # int64 values of the int32 words
     mix: np.ndarray | None = None  # the centred GLU mixing weights as int8, four to a uint32 word (None: packed as usual)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the x_im words repeat the x_re ones (K3 = K0, K4 = -K1: a model with
+        ``complex_scale`` "shared"); the table then holds K0, K1, K2, K5 and the C word, 5 per mode."""
+        return self.words.shape[1] == FOLD_WORDS - 2
 
     @property
     def nbytes(self) -> int:
@@ -168,6 +175,8 @@ def fold(a: dict, qcfg) -> Fold:
     words = np.empty((*K.shape[:2], K.shape[3], FOLD_WORDS), dtype=np.int64)  # (nl, H, N2, 7)
     words[..., :6] = np.moveaxis(K.astype(np.int64), 2, 3)
     words[..., 6] = np.where(c2 >= 1 << 31, c2 - (1 << 32), c2)
+    if np.array_equal(words[..., 3], words[..., 0]) and np.array_equal(words[..., 4], -words[..., 1]):
+        words = words[..., [0, 1, 2, 5, 6]]  # shared scales: x_im's Abar words are x_re's
     if np.abs(words).max() > INT32_LIMIT:
         raise IntssmError("state layout 'folded': a folded constant passes 2^31")
     return Fold(T, words.reshape(-1, words.shape[-1]), mix_words(a))
