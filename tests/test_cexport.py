@@ -441,3 +441,15 @@ def test_folded_layout_per_channel_shifts_and_refusals(tmp_path):
     z["x_re_z"] = chk["x_re_z"] + 1
     with pytest.raises(IntssmError, match="zero point"):
         cstorage.fold(z, qcfg)
+
+
+def test_cli_folded_layout_refuses_a_dithered_model(tmp_path):
+    """export-c --state-layout folded on a model with the dithered state rounding: one error line
+    naming the reason, exit 2, no file written."""
+    from intssm.integer import export
+
+    m = S4DModel(ModelConfig(d_model=4, d_state=4, n_layers=1), seed=0).double()
+    qm, _ = quantize(m, PRESETS["hetero-3b-x8-dither"], torch.rand(2, 8, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    export.save(tmp_path / "m.npz", qm, quiet=True)
+    assert_clean_error(intssm("export-c", tmp_path / "m.npz", "-o", tmp_path / "c", "--state-layout", "folded"), "dithers")
+    assert not (tmp_path / "c" / "intssm_model.c").exists()
