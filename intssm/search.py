@@ -65,7 +65,7 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     from intssm import data
     from intssm.training import checkpoint
     from intssm.integer import cost
-    from intssm.integer.export import integer_model
+    from intssm.integer.export import from_quantized
     from intssm.training.qat import configure, qat_step
     from intssm.training.qmodel import QuantS4D
     from intssm.datapath.build import build_datapath
@@ -80,18 +80,15 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
         raise IntssmError(f"{seq}: the {split} split is empty (trained with --val-fraction 0?); "
                           "search scores candidates on validation sequences: give --val-fraction > 0")
     L = va.x.shape[1]
-    iq = None
-    if ck.get("input_quant") is not None:  # float data: the model was folded to read this quantizer's codes
-        from intssm.datapath.inputq import InputQuant
+    from intssm.datapath.inputq import from_entry
 
-        iq = InputQuant.from_dict(ck["input_quant"])
+    iq = from_entry(ck.get("input_quant"), model.cfg.d_input)  # float data: the model was folded to read its codes
     mem = cost.memory(model.cfg, q, L)
     out = {"config": qcfg, "n": len(va), "bytes": mem["bytes"], "weights_bytes": mem["weights_bytes"], "reduction": mem["reduction"]}
     try:
-        qm = QuantS4D(model, build_datapath(model.cfg, q, ranges_from_json(ranges), L))
+        qm = QuantS4D(model, build_datapath(model.cfg, q, ranges_from_json(ranges), L), iq)
     except IntssmError as e:
         return out | {"accuracy": None, "error": str(e)}
-    qm.iq = iq
     if qat_steps:
         torch.manual_seed(seed)
         tr = data.load(seq, "train", 64 * qat_steps, val_fraction)
@@ -101,8 +98,7 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
         for i in range(qat_steps):
             b = slice(64 * i, 64 * (i + 1))
             qat_step(qm, opt, params, Ptr[b], tr.y[b], lengths=tr.lengths[b])
-    lg, cnt, _ = simulate(integer_model(qm), qm.input_codes(va.x, va.lengths), model.cfg.pool == "mean",
-                          len(qm.counters), lengths=va.lengths)
+    lg, cnt, _ = simulate(from_quantized(qm), qm.input_codes(va.x, va.lengths), lengths=va.lengths)
     return out | {"accuracy": float((lg.argmax(1) == va.y).mean()), "saturations": int(np.sum(cnt))}
 
 
@@ -256,13 +252,13 @@ def _candidates_checkpoint(o: SearchOptions, qm0, ck: dict, seq: str) -> Path:
     -- the equalized model (``equalize`` > 0) or the model folded to read the input codes (float data)."""
     from intssm.training import checkpoint
 
-    iq = qm0.iq.to_dict() if qm0.iq is not None else None
+    iq = qm0.iq.to_dict()
     if o.equalize:
         path = o.out / "equalized-fp32.pt"
         checkpoint.save(path, qm0.model, **checkpoint.extras(ck), equalized={"alpha": o.equalize, "calib": o.calib, "seq": seq},
                         input_quant=iq)
         return path
-    if iq is not None:
+    if qm0.iq.float_data:
         path = o.out / "input-folded-fp32.pt"
         checkpoint.save(path, qm0.model, **checkpoint.extras(ck), input_quant=iq)
         return path

@@ -23,14 +23,14 @@ from hypothesis import strategies as st
 from intssm.integer import cexport
 from intssm import data
 from intssm.errors import IntssmError
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized, integer_model
 from intssm.training.model import PRESETS as MODEL_PRESETS
 from intssm.training.model import ModelConfig, S4DModel
 from intssm.datapath.qspec import PRESETS, QFormat, QuantConfig
 from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path (rootdir-relative, "prepend" import mode)
-from c_helpers import (GCC, SIZE, UBSAN, build_harness, check_against_simulator, gcc, manifest_like, needs_gcc,
+from c_helpers import (GCC, SIZE, UBSAN, build_harness, check_against_simulator, gcc, needs_gcc,
                        quantize, random_case, run_c, usable_layout)
 from strategies import models, quant_configs
 from cli_helpers import assert_clean_error, intssm
@@ -53,11 +53,10 @@ def test_c_equals_simulator_random_models(m, qcfg, data):
     configs and inputs: logits, every saturation counter, classify's class and logits, and
     the final state, with ==."""
     qm, arrays, P = random_case(m, qcfg, data, 12, data.draw(st.sampled_from([0.3, 1.0])))
-    n = len(qm.counters)
-    layout_ = usable_layout(arrays, manifest_like(qm), data.draw(st.sampled_from(cexport.STATE_LAYOUTS)))
+    layout_ = usable_layout(arrays, data.draw(st.sampled_from(cexport.STATE_LAYOUTS)))
     with tempfile.TemporaryDirectory() as t:
-        c = run_c(build_harness(arrays, manifest_like(qm), Path(t), state_layout=layout_), P, arrays, n)
-    check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
+        c = run_c(build_harness(arrays, Path(t), state_layout=layout_), P, arrays)
+    check_against_simulator(arrays, P, c)
 
 
 @needs_gcc
@@ -77,11 +76,10 @@ def test_c_under_ubsan_random_models(m, qcfg, data):
     """The export compiled with -fsanitize=undefined (a drawn state layout): no undefined behaviour on
     random valid models and inputs (including all-255 and all-0 runs), and still the simulator's integers."""
     qm, arrays, P = random_case(m, qcfg, data, 10, seed=1)
-    n = len(qm.counters)
-    layout_ = usable_layout(arrays, manifest_like(qm), data.draw(st.sampled_from(cexport.STATE_LAYOUTS)))
+    layout_ = usable_layout(arrays, data.draw(st.sampled_from(cexport.STATE_LAYOUTS)))
     with tempfile.TemporaryDirectory() as t:
-        c = run_c(build_harness(arrays, manifest_like(qm), Path(t), extra=UBSAN, state_layout=layout_), P, arrays, n)
-    check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
+        c = run_c(build_harness(arrays, Path(t), extra=UBSAN, state_layout=layout_), P, arrays)
+    check_against_simulator(arrays, P, c)
 
 
 @needs_gcc
@@ -95,15 +93,14 @@ def test_c_wide_and_unsigned_codes(tmp_path):
     m = S4DModel(ModelConfig(d_model=3, d_state=6, n_layers=2, d_input=2, d_output=4, pool="last"), seed=1).double()
     rng = np.random.default_rng(3)
     qm, _ = quantize(m, qcfg, torch.from_numpy(0.2 * rng.random((3, 9, 2))))
-    arrays = integer_model(qm)
+    arrays = from_quantized(qm)
     P = rng.integers(0, 256, (3, 9, 2)).astype(np.uint8)
-    exe = build_harness(arrays, manifest_like(qm), tmp_path)
+    exe = build_harness(arrays, tmp_path)
     src = (tmp_path / "intssm_model.h").read_text()
     assert "#define INTSSM_X_BITS 32 " in src and "(16 + 16 bits" in src  # unsigned and signed 16-bit codes
     assert "int64" in src  # 16-bit formats need 64-bit accumulators somewhere
-    n = len(qm.counters)
-    c = run_c(exe, P, arrays, n)
-    check_against_simulator(arrays, False, n, P, c)
+    c = run_c(exe, P, arrays)
+    check_against_simulator(arrays, P, c)
     assert c["counts"].sum() > 0, "the test should exercise saturation"
 
 
@@ -117,9 +114,9 @@ def smnist_build(tmp_path_factory):
     model = S4DModel(MODEL_PRESETS["paper-small"], seed=0)
     calib = torch.from_numpy(data.load("smnist", "train", 16).as_float())
     qm, _ = quantize(model.double(), PRESETS["w8a8"], calib)
-    arrays = integer_model(qm)
+    arrays = from_quantized(qm)
     d = tmp_path_factory.mktemp("cexport_smnist")
-    exe = build_harness(arrays, manifest_like(qm), d)
+    exe = build_harness(arrays, d)
     return qm, arrays, d, exe
 
 
@@ -131,9 +128,8 @@ def test_c_equals_simulator_smnist(smnist_build):
     qm, arrays, d, exe = smnist_build
     P = data.load("smnist", "test", 20).x
     assert P.dtype == np.uint8 and P.shape == (20, 784, 1)
-    n = len(qm.counters)
-    c = run_c(exe, P, arrays, n)
-    check_against_simulator(arrays, True, n, P, c)
+    c = run_c(exe, P, arrays)
+    check_against_simulator(arrays, P, c)
     # the example program: one sequence on stdin -> the same logits and class
     gcc("main.c", "intssm_model.c", "-o", "demo", cwd=d)
     r = subprocess.run([str(d / "demo")], input=P[3].tobytes(), capture_output=True, cwd=d)
@@ -144,7 +140,7 @@ def test_c_equals_simulator_smnist(smnist_build):
     assert lines[2] == "steps: 784"
     # any length: 100 steps give the streaming readout of those steps (mean pooling scaled to 784)
     r = subprocess.run([str(d / "demo")], input=P[3].tobytes()[:100], capture_output=True, cwd=d)
-    lg, _, _ = simulate(arrays, P[3:4, :100], True, len(qm.counters), pool_len=784)
+    lg, _, _ = simulate(arrays, P[3:4, :100], pool_len=784)
     assert r.returncode == 0 and r.stdout.decode().splitlines() == [
         "logits: " + " ".join(str(v) for v in lg[0]), f"class: {lg[0].argmax()}", "steps: 100"]
     r = subprocess.run([str(d / "demo")], input=b"", capture_output=True, cwd=d)
@@ -172,10 +168,10 @@ def test_object_sections_match_tables(smnist_build):
     gcc("-c", "intssm_model.c", "-o", "intssm_model.o", cwd=d)
     sec = sections(d / "intssm_model.o")
     qcfg = qm.dp.qcfg
-    layout = cexport.table_layout(arrays, qcfg)
-    p = cexport.plan(cexport.layout.validate(arrays, qm.dp.cfg, qcfg, qm.dp.seq_len), qcfg)
+    layout = cexport.table_layout(arrays.arrays, qcfg)
+    p = cexport.plan(arrays.arrays, qcfg)
     tables = p.flash_bytes
-    assert tables == cexport.rodata_bytes_estimate(arrays, qcfg)
+    assert tables == cexport.rodata_bytes_estimate(arrays.arrays, qcfg)
     # packed fields: the blob is the tables' exact bits; native tables whole C integers
     assert p.blob_bytes == sum(-(-n * int(w.split(":")[1]) // 8) for w, n, _ in layout.values() if w.startswith("bits:"))
     ro = sum(v for k, v in sec.items() if k.startswith(".rodata") or k.startswith(".data"))
@@ -225,7 +221,7 @@ def test_c_rounding_shifts_are_floor_half_up(tmp_path, portable):
     rq64x: any |v| < 2^53)."""
     from intssm.datapath.fixedpoint import rounding_rshift
 
-    cexport.write_c(integer_model(_tiny()), manifest_like(_tiny()), tmp_path)
+    cexport.write_c(from_quantized(_tiny()), tmp_path)
     (tmp_path / "prim.c").write_text(PRIMITIVE)
     gcc("prim.c", "-o", "prim", cwd=tmp_path, extra=["-DINTSSM_PORTABLE_SHIFTS"] if portable else [])
     rng = np.random.default_rng(0)
@@ -294,23 +290,23 @@ def _tiny():
     return qm
 
 
-def test_inconsistent_description_refused(tmp_path):
-    """write_c refuses arrays that disagree with the description (a shape, a missing array, the
-    counter list, a missing quant config) and an output path that is a file, each with an
-    IntssmError naming it."""
+def test_write_c_takes_only_a_validated_model(tmp_path):
+    """write_c takes an IntModel, never loose arrays (a dict is a TypeError: models are validated
+    at the one door, layout.validate, which refuses arrays that disagree with the description --
+    a shape, a missing array -- naming it); an output path that is a file is an IntssmError."""
+    from dataclasses import replace
+
     qm = _tiny()
-    arrays, man = integer_model(qm), manifest_like(qm)
+    raw = integer_model(qm)
+    with pytest.raises(TypeError, match="IntModel"):
+        cexport.write_c(raw, tmp_path)
     with pytest.raises(IntssmError, match="shape"):
-        cexport.write_c(arrays, {**man, "model_config": {**man["model_config"], "d_model": 3}}, tmp_path)
+        cexport.layout.validate(raw, replace(qm.dp.cfg, d_model=3), qm.dp.qcfg, qm.dp.seq_len)
     with pytest.raises(IntssmError, match="missing arrays"):
-        cexport.write_c({k: v for k, v in arrays.items() if k != "sig_lut"}, man, tmp_path)
-    with pytest.raises(IntssmError, match="counters"):
-        cexport.write_c(arrays, {**man, "counters": man["counters"][:-1]}, tmp_path)
-    with pytest.raises(IntssmError, match="C export: quant config"):
-        cexport.write_c(arrays, {"model_config": man["model_config"]}, tmp_path)
+        cexport.layout.validate({k: v for k, v in raw.items() if k != "sig_lut"}, qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len)
     (tmp_path / "f").write_text("")
     with pytest.raises(IntssmError, match="not a directory"):
-        cexport.write_c(arrays, man, tmp_path / "f")
+        cexport.write_c(from_quantized(qm), tmp_path / "f")
 
 
 def test_cli_export_c(tmp_path):
@@ -353,11 +349,11 @@ def test_memory_map_matches_compiled_object(smnist_build):
     """`intssm memory`'s C storage figures agree with the compiler: flash = .rodata within alignment
     padding, RAM = sizeof(intssm_state) exactly, and .data + .bss are empty."""
     qm, arrays, d, _ = smnist_build
-    cs = cexport.c_storage(arrays, manifest_like(qm))
+    cs = cexport.c_storage(arrays)
     gcc("-c", "intssm_model.c", "-o", "intssm_model.o", cwd=d)
     sec = sections(d / "intssm_model.o")
     ro = sum(v for k, v in sec.items() if k.startswith(".rodata"))
-    assert cs["c_flash_bytes"] <= ro <= cs["c_flash_bytes"] + 8 * len(cexport.table_layout(arrays, qm.dp.qcfg))
+    assert cs["c_flash_bytes"] <= ro <= cs["c_flash_bytes"] + 8 * len(cexport.table_layout(arrays.arrays, qm.dp.qcfg))
     assert sum(v for k, v in sec.items() if k.startswith((".data", ".bss"))) == 0
     (d / "sizeof.c").write_text(SIZEOF)
     gcc("sizeof.c", "-o", "sizeof", cwd=d)
@@ -371,15 +367,15 @@ def test_c_shifts_past_31_take_the_64bit_path(tmp_path):
     offset 2^(S-1), puts it on the 64-bit path with the wide rounding shift; the simulator's integers
     under UBSan and with the portable shifts too."""
     qm = _tiny()
-    a = integer_model(qm)
-    a["pool_M"], a["pool_S"] = np.ones_like(a["pool_M"]), np.full_like(a["pool_S"], 40)
-    w = cexport.site_widths(cexport.layout.validate(a, qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len), qm.dp.cfg, qm.dp.qcfg,
-                            qm.dp.seq_len)
+    raw = integer_model(qm)
+    raw["pool_M"], raw["pool_S"] = np.ones_like(raw["pool_M"]), np.full_like(raw["pool_S"], 40)
+    a = cexport.layout.validate(raw, qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len)
+    w = cexport.site_widths(a)
     assert w["pool"].acc64 and w["pool"].wide_shift
     P = np.random.default_rng(0).integers(0, 256, (3, 5, 1)).astype(np.uint8)
     for extra in ([], ["-DINTSSM_PORTABLE_SHIFTS"], UBSAN):
-        c = run_c(build_harness(a, manifest_like(qm), tmp_path, extra=extra), P, a, len(qm.counters))
-        check_against_simulator(a, True, len(qm.counters), P, c)
+        c = run_c(build_harness(a, tmp_path, extra=extra), P, a)
+        check_against_simulator(a, P, c)
 
 
 # ------------------------------------------------------------------- (d) the folded layout ---
@@ -388,10 +384,10 @@ CKPT = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 
 
 def _shipped(name: str):
+    """The IntModel of a shipped checkpoint."""
     from intssm import sources
 
-    im = sources.load(CKPT / name)
-    return im.arrays, im.description()
+    return sources.load(CKPT / name).model
 
 
 @needs_gcc
@@ -402,17 +398,17 @@ def test_folded_layout_equals_simulator(tmp_path, name, extra):
     every intrinsic), with GCC's and the portable shifts and under UBSan: 12 real sMNIST sequences
     give the simulator's logits, counters and final state; the per-mode words are 28 bytes, 20 with
     shared complex scales."""
-    arrays, man = _shipped(name)
-    exe = build_harness(arrays, man, tmp_path, extra=extra, state_layout="folded")
+    m = _shipped(name)
+    exe = build_harness(m, tmp_path, extra=extra, state_layout="folded")
     src = (tmp_path / "intssm_model.c").read_text()
     shared = "shared" in name  # complex_scale shared: K3 = K0 and K4 = -K1, 5 words per mode instead of 7
     assert f"x_fold[{(5 if shared else 7) * 512}]" in src and "x_mix[128]" in src and "T = 17" in src and "__smlabb" in src
     P = data.load("smnist", "test", 12).x
-    n = len(man["counters"])
-    check_against_simulator(arrays, True, n, P, run_c(exe, P, arrays, n))
-    st_ = cexport.c_storage(arrays, man, "folded")
-    assert st_["c_flash_bytes"] - cexport.c_storage(arrays, man, "halves")["c_flash_bytes"] >= (5 if shared else 7) * 4 * 512 - 3088
-    assert st_["c_ram_bytes"] == cexport.c_storage(arrays, man, "halves")["c_ram_bytes"]
+    check_against_simulator(m, P, run_c(exe, P, m))
+    st_ = cexport.c_storage(m, "folded")
+    assert st_["c_flash_bytes"] - cexport.c_storage(m, "halves")["c_flash_bytes"] >= (5 if shared else 7) * 4 * 512 - 3088
+    assert st_["c_ram_bytes"] == cexport.c_storage(m, "halves")["c_ram_bytes"]
+    assert st_["c_flash_bytes"] == cexport.rodata_bytes_estimate(m.arrays, m.qcfg, "folded")
 
 
 @needs_gcc
@@ -420,27 +416,27 @@ def test_folded_layout_per_channel_shifts_and_refusals(tmp_path):
     """Where no one shift T keeps every scaled accumulator below 2^31 (a channel's shift cut to 1),
     the folded layout shifts each channel by its own S, still the simulator's integers (with
     saturation); a dithered model and nonzero state zero points are refused with a reason."""
+    import dataclasses
+
     from intssm.integer import cstorage
 
-    arrays, man = _shipped("paper-small-hetero.pt")
-    a = {k: np.array(v) for k, v in arrays.items()}
-    a["x_re_S"][0, 3] = 1
-    chk, _, _, qcfg, _ = cexport.check(a, man)
-    assert cstorage.fold(chk, qcfg).T is None
-    exe = build_harness(a, man, tmp_path, state_layout="folded")
+    m0 = _shipped("paper-small-hetero.pt")
+    raw = {k: np.array(v) for k, v in m0.arrays.items()}
+    raw["x_re_S"][0, 3] = 1
+    m = cexport.layout.validate(raw, m0.cfg, m0.qcfg, m0.seq_len, m0.input)
+    assert cstorage.fold(m.arrays, m.qcfg).T is None
+    exe = build_harness(m, tmp_path, state_layout="folded")
     assert "T = " not in (tmp_path / "intssm_model.c").read_text()
     P = data.load("smnist", "test", 3).x
-    n = len(man["counters"])
-    c = run_c(exe, P, a, n)
-    check_against_simulator(a, True, n, P, c)
+    c = run_c(exe, P, m)
+    check_against_simulator(m, P, c)
     assert c["counts"][:, 1].min() > 0, "the cut shift should saturate the state"
     with pytest.raises(IntssmError, match="dithers"):
-        cstorage.fold(chk, qcfg.replace(state_rounding="dither") if hasattr(qcfg, "replace") else
-                      QuantConfig.from_dict({**qcfg.to_dict(), "state_rounding": "dither"}))
-    z = dict(chk)
-    z["x_re_z"] = chk["x_re_z"] + 1
+        cstorage.fold(m.arrays, dataclasses.replace(m.qcfg, state_rounding="dither"))
+    z = dict(m.arrays)
+    z["x_re_z"] = m.arrays["x_re_z"] + 1
     with pytest.raises(IntssmError, match="zero point"):
-        cstorage.fold(z, qcfg)
+        cstorage.fold(z, m.qcfg)
 
 
 def test_cli_folded_layout_refuses_a_dithered_model(tmp_path):

@@ -22,7 +22,7 @@ from intssm.integer import cexport, mcu
 from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path
-from c_helpers import manifest_like, random_case, usable_layout
+from c_helpers import random_case, usable_layout
 from strategies import models, quant_configs
 from cli_helpers import assert_clean_error, intssm, ok_json
 
@@ -46,14 +46,21 @@ def test_instruction_classes():
 
 
 @needs_mcu
-def test_default_model_bit_exact_on_cortex_m4(tmp_path):
-    """The shipped default on an emulated Cortex-M4: 200 real sMNIST test sequences give the
-    simulator's logits, saturation counters and final state; bytes and counts are measured."""
-    from intssm.deploy import deploy
+def test_default_model_bit_exact_on_cortex_m4(tmp_path, monkeypatch):
+    """The shipped default on an emulated Cortex-M4 (`export-c --target cortex-m4`'s recipe): 200
+    real sMNIST test sequences give the simulator's logits, saturation counters and final state;
+    bytes and counts are measured; the model is validated once in the whole run."""
+    from intssm import deploy
+    from intssm.datapath import layout
 
-    rep = deploy(CKPT / "paper-small-hetero.pt", tmp_path, "cortex-m4", sequences=200, count_steps=8)
+    calls = []
+    real = layout.validate
+    monkeypatch.setattr(layout, "validate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rep, _, error = deploy.export_c(CKPT / "paper-small-hetero.pt", tmp_path, "cortex-m4", sequences=200, count_steps=8,
+                                    show=False)
+    assert len(calls) == 1
     i = rep["integer"]
-    assert "error" not in rep
+    assert "error" not in rep and error is None and not (tmp_path / deploy.UNVERIFIED_MARK).exists()
     assert i["bit_exact_sequences"] == i["sequences"] == 200
     assert i["test_accuracy_on_these"] > 0.9
     # the constants in flash are the accounted bytes (packed fields), within 5%
@@ -99,7 +106,7 @@ def test_folded_layout_on_cortex_m4(tmp_path, name):
     i = rep["integer"]
     assert "error" not in rep and i["bit_exact_sequences"] == 4
     im = sources.load(CKPT / name)  # the state clamps: counted through the saturation flag's rare path
-    _, cnt, _ = simulate(im.arrays, im.input_codes(data.load("smnist", "test", 4)), True, len(im.counters))
+    _, cnt, _ = simulate(im.model, im.input_codes(data.load("smnist", "test", 4)))
     assert cnt[:, 1].min() > 0
     mnemonics = {m for _, m, _, _ in mcu._disassembly(Path(rep["elf"])).values()}
     assert {"ssat", "smlabb", "smlatt", "pkhbt", "smlad", "mrs"} <= mnemonics
@@ -134,8 +141,8 @@ def test_riscv_sizes_count_small_data(tmp_path):
 
     from intssm import sources
 
-    im = sources.load(CKPT / "basicmotions-hetero.pt")
-    cexport.write_c(im.arrays, im.description(), tmp_path)
+    m = sources.load(CKPT / "basicmotions-hetero.pt").model
+    cexport.write_c(m, tmp_path)
     elf = mcu.build(tmp_path, "riscv32", 4)
     with open(elf, "rb") as f:
         ef = ELFFile(f)
@@ -145,7 +152,7 @@ def test_riscv_sizes_count_small_data(tmp_path):
         sym = {s.name: s["st_value"] for s in ef.get_section_by_name(".symtab").iter_symbols()}
     assert not names & {".srodata", ".sdata", ".sbss"}
     assert lo <= sym["dec_b"] < hi  # an 8-byte table, compiled into .srodata.dec_b
-    assert mcu.sizes(elf).rodata >= cexport.c_storage(im.arrays, im.description())["c_flash_bytes"]
+    assert mcu.sizes(elf).rodata >= cexport.c_storage(m)["c_flash_bytes"]
 
 
 @needs_mcu
@@ -172,14 +179,14 @@ def test_random_models_bit_exact_on_mcu(m, qcfg, data, target, state_layout):
     included) on the emulated cores: the simulator's integers."""
     qm, arrays, P = random_case(m, qcfg, data, 8)
     L, n = P.shape[1], len(qm.counters)
-    state_layout = usable_layout(arrays, manifest_like(qm), state_layout)
+    state_layout = usable_layout(arrays, state_layout)
     with tempfile.TemporaryDirectory() as t:
-        cexport.write_c(arrays, manifest_like(qm), Path(t), state_layout)
+        cexport.write_c(arrays, Path(t), state_layout)
         r = mcu.measure(mcu.build(Path(t), target, L), target, P, count_steps=1)
-    lg, cnt, _ = simulate(arrays, P, m.cfg.pool == "mean", n)
+    lg, cnt, _ = simulate(arrays, P)
     assert np.array_equal(r["logits"], lg) and np.array_equal(r["counters"], cnt)
     for b in range(len(P)):
-        _, _, (tr, ti) = simulate(arrays, P[b:b + 1], m.cfg.pool == "mean", n, trace=True)
+        _, _, (tr, ti) = simulate(arrays, P[b:b + 1], trace=True)
         assert np.array_equal(r["states"][b][0], tr[-1]) and np.array_equal(r["states"][b][1], ti[-1])
 
 

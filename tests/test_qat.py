@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from intssm import data
 from intssm.training import checkpoint
 from intssm.errors import IntssmError
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized
 from intssm.training.model import ModelConfig, S4DModel
 from intssm.integer.score import int_accuracy
 from intssm.training.qat import QATArgs, configure
@@ -80,9 +80,9 @@ def test_short_qat_lowers_loss_and_stays_bit_exact(tmp_path):
     te = data.load("smnist", "test", 6)
     with torch.no_grad():
         lt, _ = qm2(torch.from_numpy(te.x))
-    ls, _, _ = simulate(integer_model(qm2), te.x, True, len(qm2.counters))
+    ls, _, _ = simulate(from_quantized(qm2), te.x)
     assert (lt.numpy().astype(np.int64) == ls).all()
-    before, after = integer_model(qm), integer_model(qm2)
+    before, after = from_quantized(qm), from_quantized(qm2)
     assert before.keys() == after.keys()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
@@ -184,7 +184,7 @@ def test_stable_abar_moves_every_mode_inside_the_unit_circle():
     assert len(params) > 0
     with torch.no_grad():
         lt, _ = stable(torch.from_numpy(x.x))
-    ls, _, _ = simulate(integer_model(stable), x.x, True, len(stable.counters))
+    ls, _, _ = simulate(from_quantized(stable), x.x)
     assert (lt.numpy().astype(np.int64) == ls).all()
 
 

@@ -18,13 +18,15 @@ JV = Path(__file__).resolve().parent.parent / "data" / "uea" / "JapaneseVowels"
 
 def test_small_data_rule_by_size_and_dtype():
     """The step schedule is chosen for fewer than SMALL_DATA training sequences or float features,
-    the epoch schedule for sMNIST-sized uint8 data, and --epochs always means the epoch schedule
-    (--steps the step schedule) whatever the data."""
+    the epoch schedule for sMNIST-sized uint8 data (also when --limit trains on a few of them), and
+    --epochs always means the epoch schedule (--steps the step schedule) whatever the data."""
     o = TrainOptions(out=Path("x.pt"))
     assert uses_steps(o, SMALL_DATA - 1, True) and uses_steps(o, 40, False) and uses_steps(o, 50_000, False)
     assert not uses_steps(o, SMALL_DATA, True) and not uses_steps(o, 50_000, True)
     assert not uses_steps(TrainOptions(out=Path("x.pt"), epochs=3), 40, False)
     assert uses_steps(TrainOptions(out=Path("x.pt"), steps=10), 50_000, True)
+    quick = plan(TrainOptions(out=Path("x.pt"), limit=200), 200, True, n_split=50_000)  # --limit keeps the schedule
+    assert (quick.epochs, quick.standardise) == (EPOCHS, False)
 
 
 def test_plan_keeps_smnist_schedule_and_budgets_small_data_in_steps():

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from intssm import data
+from intssm.datapath.inputq import model_input
 from intssm.errors import IntssmError
 from intssm.training.qmodel import QuantS4D
 
@@ -140,7 +141,7 @@ def qat_step(qm: QuantS4D, opt, params: list, P: np.ndarray, y: np.ndarray, teac
     loss = F.cross_entropy(logits, torch.from_numpy(y))
     if teacher is not None and distill > 0:
         with torch.no_grad():
-            t_logits = teacher(torch.from_numpy(P.astype(np.float32) / 255.0), lengths=lens)
+            t_logits = teacher(torch.from_numpy(model_input(P)), lengths=lens)
         loss = (1 - distill) * loss + distill * distill_loss(logits, t_logits, temp)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -316,7 +317,7 @@ def train(qm: QuantS4D, seq: str, args: QATArgs, score: Score, *, teacher=None, 
     distill, temp, ema, seed, lr = args.distill, args.distill_temp, args.ema, args.seed, args.lr
     if distill > 0 and teacher is None:
         teacher = copy.deepcopy(qm.model).float()
-    elif teacher is not None and qm.iq is not None:
+    elif teacher is not None and qm.iq.float_data:
         from intssm.datapath.inputq import fold_input
 
         teacher = fold_input(teacher, qm.iq)

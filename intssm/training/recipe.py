@@ -105,13 +105,14 @@ def overrides(o: TrainOptions) -> dict:
     return {k: getattr(o, k) for k in ("d_model", "d_state", "n_layers") if getattr(o, k) is not None}
 
 
-def uses_steps(o: TrainOptions, n_train: int, is_uint8: bool) -> bool:
+def uses_steps(o: TrainOptions, n_split: int, is_uint8: bool) -> bool:
     """The small-data rule: the step schedule unless ``--epochs`` is given, when ``--steps`` is given,
-    the training split holds fewer than :data:`SMALL_DATA` sequences, or the features are floats.
+    the training split (``n_split`` sequences, counted before ``--limit``, so a quick run of a large
+    dataset keeps its schedule) holds fewer than :data:`SMALL_DATA`, or the features are floats.
     sMNIST and psMNIST (50,000 uint8 sequences) keep the epoch schedule."""
     if o.epochs is not None:
         return False
-    return o.steps is not None or n_train < SMALL_DATA or not is_uint8
+    return o.steps is not None or n_split < SMALL_DATA or not is_uint8
 
 
 def step_batch_size(n: int) -> int:
@@ -120,13 +121,14 @@ def step_batch_size(n: int) -> int:
     return int(min(64, max(8, n // 8)))
 
 
-def plan(o: TrainOptions, n_train: int, is_uint8: bool):
-    """The :class:`~intssm.training.train.TrainArgs` of the schedule :func:`uses_steps` chooses."""
+def plan(o: TrainOptions, n_train: int, is_uint8: bool, n_split: int | None = None):
+    """The :class:`~intssm.training.train.TrainArgs` of the schedule :func:`uses_steps` chooses for
+    a training split of ``n_split`` sequences (None: ``n_train``), ``n_train`` of them trained on."""
     from intssm.training.train import TrainArgs, auto_batch_size
 
     common = dict(lr=o.lr, ssm_lr=o.ssm_lr, weight_decay=o.weight_decay, seed=o.seed, limit=o.limit, threads=o.threads,
                   device=o.device, max_minutes=o.max_minutes, val_fraction=o.val_fraction)
-    if not uses_steps(o, n_train, is_uint8):
+    if not uses_steps(o, n_train if n_split is None else n_split, is_uint8):
         return TrainArgs(epochs=o.epochs or EPOCHS, batch_size=o.batch_size or auto_batch_size(n_train), **common)
     b = o.batch_size or step_batch_size(n_train)
     epochs = max(1, math.ceil((o.steps or STEPS) / math.ceil(n_train / b)))
@@ -236,12 +238,15 @@ def run(o: TrainOptions, say=print, on_epoch=None, progress=None) -> TrainResult
         raise IntssmError(f"--device must be cpu or cuda (with a GPU present), got {o.device!r}")
     info = data.info(o.seq)
     mcfg = model_config(o, info)
-    n_train = len(data.load(o.seq, "train", o.limit, o.val_fraction))
-    args = plan(o, n_train, info.is_uint8)
+    n_split = len(data.load(o.seq, "train", None, o.val_fraction))
+    n_train = min(n_split, o.limit or n_split)
+    args = plan(o, n_train, info.is_uint8, n_split)
     schedule = "steps" if args.standardise else "epochs"
     model = S4DModel(mcfg, seed=o.seed)
-    how = (f"step schedule (fewer than {SMALL_DATA:,} training sequences or float features): about {o.steps or STEPS} steps, "
-           "inputs standardised, early stopping" if schedule == "steps" else "epoch schedule")
+    has_val = o.seq in data.SEQS or len(data.load(o.seq, "val", o.limit, o.val_fraction)) > 0
+    why = "--steps" if o.steps is not None else "float features" if not info.is_uint8 else f"fewer than {SMALL_DATA:,} sequences"
+    how = (f"step schedule ({why}): about {o.steps or STEPS} steps, inputs standardised" + (", early stopping" if has_val else "")
+           if schedule == "steps" else "epoch schedule")
     say(f"training {o.preset} ({n_params(model)} parameters; {info.d_input} features/step, {info.n_classes} classes, "
         f"pool {mcfg.pool}) on {o.seq}: {n_train} sequences x {args.epochs} epochs, batch {args.batch_size}; {how}")
     with (progress(args.epochs * n_train) if progress else nullcontext(lambda n, info="": None)) as adv:
