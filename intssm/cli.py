@@ -344,12 +344,14 @@ def export_c(
                                              "and measure bytes, instructions and cycles per step.")] = "host",
     sequences: Annotated[int, typer.Option(help="Test sequences the emulated target must reproduce bit for bit.")] = 200,
     count_steps: Annotated[int, typer.Option(help="Time steps over which instructions and cycles are counted.")] = 64,
-    compare: Annotated[bool, typer.Option(help="Also measure the float32 model in C on a Cortex-M4F and a Cortex-M3 "
-                                               "(software float), and the integer build on the other core.")] = False,
+    compare: Annotated[bool, typer.Option(help="Also measure the float32 model in C on a Cortex-M4F, a Cortex-M3 and a "
+                                               "Cortex-M0+ (software float), and the integer build on the other core.")] = False,
     report: Annotated[bool, typer.Option(help="Write the measurements to DIR/<target>/report.json.")] = False,
     state_layout: Annotated[str, typer.Option(help="packed: the state at its bit widths (the accounted bytes); halves: "
                                                    "Re and Im as 16-bit halves of a word, which the Cortex-M4's dual "
-                                                   "multiplies read directly (faster with complex_scale shared; more RAM).")] = "packed",
+                                                   "multiplies read directly (faster with complex_scale shared; more RAM); "
+                                                   "folded: halves, and the per-mode weights folded with their multipliers "
+                                                   "into 32-bit words (fastest; several times the flash).")] = "packed",
     prefix: Annotated[str, typer.Option(help="Name space of the export: every symbol, type and macro starts with "
                                              "PREFIX_ (PREFIX_ in capitals for macros), the files are PREFIX_model.h/.c; "
                                              "models with different prefixes link into one program.")] = "intssm",

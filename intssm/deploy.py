@@ -12,8 +12,8 @@ export into ``DIR``, builds it for the target (:mod:`intssm.integer.mcu`), runs 
 sequences of the model's dataset and requires logits, saturation counters and final state equal
 to :func:`intssm.integer.sim.simulate`'s; then reports bytes (deployed beside accounted), retired
 instructions and estimated cycles per step. ``compare`` adds the same model as float32 C
-(:mod:`intssm.integer.cfloat`) on a Cortex-M4F (hardware single precision) and on a Cortex-M3
-(software float), and the integer build on the Cortex-M3.
+(:mod:`intssm.integer.cfloat`) on a Cortex-M4F (hardware single precision) and on a Cortex-M3 and
+a Cortex-M0+ (software float), and the integer build on the Cortex-M3.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def _public(rec: dict) -> dict:
 
 
 TARGETS = ("cortex-m4", "cortex-m3", "cortex-m0plus", "riscv32")
+#: The float32 reference's builds of ``compare``: hardware single precision, and software float
+#: (libgcc) on an ARMv7-M and an ARMv6-M core.
+FLOAT_TARGETS = ("cortex-m4f", "cortex-m3", "cortex-m0plus")
 
 
 def check_options(target: str, sequences: int, count_steps: int) -> None:
@@ -130,7 +133,8 @@ def deploy(model, out_dir: Path, target: str = "cortex-m4", sequences: int = 200
 
 
 def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str, feed) -> dict:
-    """The integer build on the other core, and the float32 model on a Cortex-M4F and a Cortex-M3."""
+    """The integer build on the other core, and the float32 model on a Cortex-M4F, a Cortex-M3 and a
+    Cortex-M0+ (:data:`FLOAT_TARGETS`)."""
     import torch
 
     from intssm.datapath.inputq import model_input
@@ -154,7 +158,7 @@ def _compare(im, out_dir: Path, P, ds, L: int, count_steps: int, target: str, fe
     n = min(len(P), 2)  # a few sequences check the float build; software float on an M3 is slow to emulate
     with torch.no_grad():
         ref = model(torch.from_numpy(model_input(P[:n])), mode="recurrent").numpy()
-    for t in ("cortex-m4f", "cortex-m3"):
+    for t in FLOAT_TARGETS:
         elf = mcu.build(fdir, t, L, libm=True)
         r = mcu.measure(elf, t, P[:n], count_steps)
         err = float(np.abs(r["logits"] - ref).max())
@@ -218,7 +222,7 @@ def export_c(model, out, target: str = "host", sequences: int = 200, count_steps
         except ValueError:
             raise IntssmError(f"--adc-scale must be numbers separated by commas, got {adc_scale!r}") from None
         files = cexport.write_c(m, out, state_layout, prefix, scales)
-        ro = cexport.rodata_bytes_estimate(m.arrays, m.qcfg)
+        ro = cexport.rodata_bytes_estimate(m.arrays, m.qcfg, state_layout)
         return ({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
                 "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant data)", None)
     check_options(target, sequences, count_steps)

@@ -101,6 +101,25 @@ def gcc(*args: str, cwd: Path, extra=()):
     assert r.returncode == 0, f"gcc {' '.join(args)} failed:\n{r.stderr[-4000:]}"
 
 
+def usable_layout(m, state_layout: str) -> str:
+    """``state_layout`` where the export takes it for IntModel ``m``, else the nearest that it takes:
+    unsigned 16-bit state codes fit no signed half (packed); the folded layout refuses dithered
+    models, nonzero state zero points and accumulators past 2^31 (halves; the refusal is tested)."""
+    from intssm.integer import cstorage
+
+    if state_layout == "packed":
+        return state_layout
+    if max(f.qmax for f in m.state_formats) > 32767:
+        return "packed"
+    if state_layout == "folded":
+        try:
+            cstorage.fold(m.arrays, m.qcfg)
+        except IntssmError as e:
+            assert "state layout 'folded'" in str(e)
+            return "halves"
+    return state_layout
+
+
 def build_harness(m, d: Path, extra=(), state_layout: str = "packed") -> Path:
     """The C export of IntModel ``m`` in ``d``, compiled with the test harness (stdin/stdout of int64 records)."""
     cexport.write_c(m, d, state_layout)

@@ -233,13 +233,15 @@ int run_model(void) { return intssm_classify(&s, seq, 5, lg); }
 
 
 @needs_cc
-@pytest.mark.parametrize("qcfg", ["w8a8", "w16a16", "hetero-3b-x8-dither"])
-def test_freestanding_build_needs_no_libc(tmp_path, qcfg):
-    """The export compiles with -ffreestanding and the strict warnings as errors, references no
-    symbol it does not define (nm -u: no memset, no memcpy), and links with -nostdlib into a
-    shared object that may not leave any symbol undefined."""
+@pytest.mark.parametrize("qcfg,state_layout", [("w8a8", "packed"), ("w16a16", "packed"), ("hetero-3b-x8-dither", "packed"),
+                                                ("w8a8", "folded")])
+def test_freestanding_build_needs_no_libc(tmp_path, qcfg, state_layout):
+    """The export (and its folded layout) compiles with -ffreestanding and the strict warnings as
+    errors, references no symbol it does not define (nm -u: no memset, no memcpy), and links with
+    -nostdlib into a shared object that may not leave any symbol undefined."""
     qm = tiny("mean", 5, qcfg=qcfg)
-    cexport.write_c(from_quantized(qm), tmp_path)
+    cexport.write_c(from_quantized(qm), tmp_path, state_layout)
+    assert ("x_fold" in (tmp_path / "intssm_model.c").read_text()) == (state_layout == "folded")
     (tmp_path / "entry.c").write_text(ENTRY)
     flags = [*CFLAGS, "-ffreestanding", "-fPIC"]
     run([GCC, *flags, "-c", "intssm_model.c", "-o", "m.o"], tmp_path)

@@ -31,7 +31,7 @@ from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path (rootdir-relative, "prepend" import mode)
 from c_helpers import (GCC, SIZE, UBSAN, build_harness, check_against_simulator, gcc, needs_gcc,
-                       quantize, random_case, run_c)
+                       quantize, random_case, run_c, usable_layout)
 from strategies import models, quant_configs
 from cli_helpers import assert_clean_error, intssm
 
@@ -53,9 +53,7 @@ def test_c_equals_simulator_random_models(m, qcfg, data):
     configs and inputs: logits, every saturation counter, classify's class and logits, and
     the final state, with ==."""
     qm, arrays, P = random_case(m, qcfg, data, 12, data.draw(st.sampled_from([0.3, 1.0])))
-    layout_ = data.draw(st.sampled_from(cexport.STATE_LAYOUTS))
-    if max(int(arrays.arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
-        layout_ = "packed"  # unsigned 16-bit state codes do not fit a signed half
+    layout_ = usable_layout(arrays, data.draw(st.sampled_from(cexport.STATE_LAYOUTS)))
     with tempfile.TemporaryDirectory() as t:
         c = run_c(build_harness(arrays, Path(t), state_layout=layout_), P, arrays)
     check_against_simulator(arrays, P, c)
@@ -75,11 +73,12 @@ def test_ubsan_catches_signed_overflow(tmp_path):
 @settings(max_examples=6)
 @given(models(), quant_configs(), st.data())
 def test_c_under_ubsan_random_models(m, qcfg, data):
-    """The export compiled with -fsanitize=undefined: no undefined behaviour on random valid models and
-    inputs (including all-255 and all-0 runs), and still the simulator's integers."""
+    """The export compiled with -fsanitize=undefined (a drawn state layout): no undefined behaviour on
+    random valid models and inputs (including all-255 and all-0 runs), and still the simulator's integers."""
     qm, arrays, P = random_case(m, qcfg, data, 10, seed=1)
+    layout_ = usable_layout(arrays, data.draw(st.sampled_from(cexport.STATE_LAYOUTS)))
     with tempfile.TemporaryDirectory() as t:
-        c = run_c(build_harness(arrays, Path(t), extra=UBSAN), P, arrays)
+        c = run_c(build_harness(arrays, Path(t), extra=UBSAN, state_layout=layout_), P, arrays)
     check_against_simulator(arrays, P, c)
 
 
@@ -377,3 +376,76 @@ def test_c_shifts_past_31_take_the_64bit_path(tmp_path):
     for extra in ([], ["-DINTSSM_PORTABLE_SHIFTS"], UBSAN):
         c = run_c(build_harness(a, tmp_path, extra=extra), P, a)
         check_against_simulator(a, P, c)
+
+
+# ------------------------------------------------------------------- (d) the folded layout ---
+
+CKPT = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+
+
+def _shipped(name: str):
+    """The IntModel of a shipped checkpoint."""
+    from intssm import sources
+
+    return sources.load(CKPT / name).model
+
+
+@needs_gcc
+@pytest.mark.parametrize("name,extra", [("paper-small-hetero.pt", []), ("paper-small-hetero-shared.pt", ["-DINTSSM_PORTABLE_SHIFTS"]),
+                                        ("paper-small-hetero.pt", UBSAN)])
+def test_folded_layout_equals_simulator(tmp_path, name, extra):
+    """The shipped models in the folded layout (the host has no DSP extension: the portable C of
+    every intrinsic), with GCC's and the portable shifts and under UBSan: 12 real sMNIST sequences
+    give the simulator's logits, counters and final state; the per-mode words are 28 bytes, 20 with
+    shared complex scales."""
+    m = _shipped(name)
+    exe = build_harness(m, tmp_path, extra=extra, state_layout="folded")
+    src = (tmp_path / "intssm_model.c").read_text()
+    shared = "shared" in name  # complex_scale shared: K3 = K0 and K4 = -K1, 5 words per mode instead of 7
+    assert f"x_fold[{(5 if shared else 7) * 512}]" in src and "x_mix[128]" in src and "T = 17" in src and "__smlabb" in src
+    P = data.load("smnist", "test", 12).x
+    check_against_simulator(m, P, run_c(exe, P, m))
+    st_ = cexport.c_storage(m, "folded")
+    assert st_["c_flash_bytes"] - cexport.c_storage(m, "halves")["c_flash_bytes"] >= (5 if shared else 7) * 4 * 512 - 3088
+    assert st_["c_ram_bytes"] == cexport.c_storage(m, "halves")["c_ram_bytes"]
+    assert st_["c_flash_bytes"] == cexport.rodata_bytes_estimate(m.arrays, m.qcfg, "folded")
+
+
+@needs_gcc
+def test_folded_layout_per_channel_shifts_and_refusals(tmp_path):
+    """Where no one shift T keeps every scaled accumulator below 2^31 (a channel's shift cut to 1),
+    the folded layout shifts each channel by its own S, still the simulator's integers (with
+    saturation); a dithered model and nonzero state zero points are refused with a reason."""
+    import dataclasses
+
+    from intssm.integer import cstorage
+
+    m0 = _shipped("paper-small-hetero.pt")
+    raw = {k: np.array(v) for k, v in m0.arrays.items()}
+    raw["x_re_S"][0, 3] = 1
+    m = cexport.layout.validate(raw, m0.cfg, m0.qcfg, m0.seq_len, m0.input)
+    assert cstorage.fold(m.arrays, m.qcfg).T is None
+    exe = build_harness(m, tmp_path, state_layout="folded")
+    assert "T = " not in (tmp_path / "intssm_model.c").read_text()
+    P = data.load("smnist", "test", 3).x
+    c = run_c(exe, P, m)
+    check_against_simulator(m, P, c)
+    assert c["counts"][:, 1].min() > 0, "the cut shift should saturate the state"
+    with pytest.raises(IntssmError, match="dithers"):
+        cstorage.fold(m.arrays, dataclasses.replace(m.qcfg, state_rounding="dither"))
+    z = dict(m.arrays)
+    z["x_re_z"] = m.arrays["x_re_z"] + 1
+    with pytest.raises(IntssmError, match="zero point"):
+        cstorage.fold(z, m.qcfg)
+
+
+def test_cli_folded_layout_refuses_a_dithered_model(tmp_path):
+    """export-c --state-layout folded on a model with the dithered state rounding: one error line
+    naming the reason, exit 2, no file written."""
+    from intssm.integer import export
+
+    m = S4DModel(ModelConfig(d_model=4, d_state=4, n_layers=1), seed=0).double()
+    qm, _ = quantize(m, PRESETS["hetero-3b-x8-dither"], torch.rand(2, 8, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    export.save(tmp_path / "m.npz", qm, quiet=True)
+    assert_clean_error(intssm("export-c", tmp_path / "m.npz", "-o", tmp_path / "c", "--state-layout", "folded"), "dithers")
+    assert not (tmp_path / "c" / "intssm_model.c").exists()

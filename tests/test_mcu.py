@@ -22,7 +22,7 @@ from intssm.integer import cexport, mcu
 from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path
-from c_helpers import random_case
+from c_helpers import random_case, usable_layout
 from strategies import models, quant_configs
 from cli_helpers import assert_clean_error, intssm, ok_json
 
@@ -91,6 +91,30 @@ def test_shared_scale_model_with_16bit_halves(tmp_path, target):
 
 
 @needs_mcu
+@pytest.mark.parametrize("name", ["paper-small-hetero.pt", "paper-small-hetero-shared.pt"])
+def test_folded_layout_on_cortex_m4(tmp_path, name):
+    """The shipped models in the folded layout on the emulated Cortex-M4: the simulator's integers
+    (logits, counters, final state) on real sequences whose state clamps (the saturation flag's
+    rare path), the update on the DSP extension (SSAT, SMLABB, SMLATT, PKHBT, SMLAD, MRS), at most
+    3 instructions per multiplication, fewer estimated cycles than the float32 build's published
+    30.9 k (docs/deploy.md); the per-mode words in flash."""
+    from intssm.deploy import deploy
+
+    from intssm import data, sources
+
+    rep = deploy(CKPT / name, tmp_path, "cortex-m4", sequences=4, count_steps=2, state_layout="folded")
+    i = rep["integer"]
+    assert "error" not in rep and i["bit_exact_sequences"] == 4
+    im = sources.load(CKPT / name)  # the state clamps: counted through the saturation flag's rare path
+    _, cnt, _ = simulate(im.model, im.input_codes(data.load("smnist", "test", 4)))
+    assert cnt[:, 1].min() > 0
+    mnemonics = {m for _, m, _, _ in mcu._disassembly(Path(rep["elf"])).values()}
+    assert {"ssat", "smlabb", "smlatt", "pkhbt", "smlad", "mrs"} <= mnemonics
+    assert i["instructions_per_multiplication"] <= 3.0 and i["cycles_per_step"] < 30_000
+    assert i["rodata"] >= (20 if "shared" in name else 28) * 512 and i["bss"] + i["data"] == rep["c_tables"]["c_ram_bytes"]
+
+
+@needs_mcu
 @pytest.mark.parametrize("target", ["riscv32", "cortex-m0plus"])
 def test_default_model_on_riscv32_and_cortex_m0plus(tmp_path, target):
     """The shipped default on an emulated RV32IMC core and an ARMv6-M core (freestanding builds;
@@ -106,6 +130,29 @@ def test_default_model_on_riscv32_and_cortex_m0plus(tmp_path, target):
     assert (i["cycles_per_step"] is None) == (target == "riscv32")
     mnemonics = {m for _, m, _, _ in mcu._disassembly(Path(rep["elf"]), target).values()}
     assert ({"mul", "c.mv", "mv"} & mnemonics) if target == "riscv32" else ("muls" in mnemonics and "smull" not in mnemonics)
+
+
+@needs_mcu
+def test_riscv_sizes_count_small_data(tmp_path):
+    """RV32 builds put tables of up to 8 bytes in .srodata (basicmotions-hetero's dec_b): the linked
+    ELF counts them in its constants -- the linker script merges the small sections into .rodata,
+    .data and .bss -- so .rodata holds every table of the export, and no small section is left apart."""
+    from elftools.elf.elffile import ELFFile
+
+    from intssm import sources
+
+    m = sources.load(CKPT / "basicmotions-hetero.pt").model
+    cexport.write_c(m, tmp_path)
+    elf = mcu.build(tmp_path, "riscv32", 4)
+    with open(elf, "rb") as f:
+        ef = ELFFile(f)
+        names = {s.name for s in ef.iter_sections()}
+        ro = ef.get_section_by_name(".rodata")
+        lo, hi = ro["sh_addr"], ro["sh_addr"] + ro["sh_size"]
+        sym = {s.name: s["st_value"] for s in ef.get_section_by_name(".symtab").iter_symbols()}
+    assert not names & {".srodata", ".sdata", ".sbss"}
+    assert lo <= sym["dec_b"] < hi  # an 8-byte table, compiled into .srodata.dec_b
+    assert mcu.sizes(elf).rodata >= cexport.c_storage(m)["c_flash_bytes"]
 
 
 @needs_mcu
@@ -132,8 +179,7 @@ def test_random_models_bit_exact_on_mcu(m, qcfg, data, target, state_layout):
     included) on the emulated cores: the simulator's integers."""
     qm, arrays, P = random_case(m, qcfg, data, 8)
     L, n = P.shape[1], len(qm.counters)
-    if state_layout == "halves" and max(int(arrays.arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
-        state_layout = "packed"  # unsigned 16-bit state codes do not fit a signed half
+    state_layout = usable_layout(arrays, state_layout)
     with tempfile.TemporaryDirectory() as t:
         cexport.write_c(arrays, Path(t), state_layout)
         r = mcu.measure(mcu.build(Path(t), target, L), target, P, count_steps=1)
@@ -147,7 +193,10 @@ def test_random_models_bit_exact_on_mcu(m, qcfg, data, target, state_layout):
 @needs_mcu
 def test_float_reference_on_cortex_m4f(tmp_path):
     """The float32 C reference computes the Torch model's recurrent logits (to float32 rounding) on
-    the emulated Cortex-M4F, and the same with software float on the Cortex-M3."""
+    the emulated Cortex-M4F, and the same with software float on the Cortex-M3 and the Cortex-M0+
+    (every build of deploy's comparison)."""
+    from intssm.deploy import FLOAT_TARGETS
+
     from intssm import data
     from intssm.integer import cfloat
     from intssm.training import checkpoint
@@ -159,7 +208,8 @@ def test_float_reference_on_cortex_m4f(tmp_path):
     cfloat.write_float_c(model, tmp_path)
     with torch.no_grad():
         ref = model(torch.from_numpy(P.astype(np.float32) / 255.0), mode="recurrent").numpy()
-    for t in ("cortex-m4f", "cortex-m3"):
+    assert FLOAT_TARGETS == ("cortex-m4f", "cortex-m3", "cortex-m0plus")
+    for t in FLOAT_TARGETS:
         r = mcu.measure(mcu.build(tmp_path, t, P.shape[1], libm=True), t, P, count_steps=2)
         assert np.abs(r["logits"] - ref).max() < 1e-3 * max(1.0, np.abs(ref).max()), t
         assert r["rodata"] >= 4 * 3834  # every float32 parameter of the recurrence is in flash

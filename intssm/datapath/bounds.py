@@ -26,9 +26,7 @@ def site_term_bounds(cfg: ModelConfig, qcfg: QuantConfig, seq_len: int) -> dict:
     L = seq_len if cfg.pool == "mean" else 1
     return {
         "enc": ([cfg.d_input * cb("enc_w") * 255], bias),
-        # x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u
-        "x_re": ([cb("A_re") * cb("x_re"), cb("A_im") * cb("x_im"), cb("B") * cb("h")], 0),
-        "x_im": ([cb("A_re") * cb("x_im"), cb("A_im") * cb("x_re"), cb("B") * cb("h")], 0),
+        **{k: (t, 0) for k, t in state_term_bounds(qcfg).items()},
         # y = 2 (sum Cre x_re - sum Cim x_im) + D u
         "y": ([N2 * cb("C") * cb("x_re"), N2 * cb("C") * cb("x_im"), cb("D") * cb("h")], 0),
         "glu": ([H * cb("mix_w") * cb("act")], bias),
@@ -37,6 +35,15 @@ def site_term_bounds(cfg: ModelConfig, qcfg: QuantConfig, seq_len: int) -> dict:
         "pool": ([L * cb("h")], 0),
         "logits": ([H * cb("dec_w") * cb("pool")], bias),
     }
+
+
+def state_term_bounds(qcfg: QuantConfig) -> dict:
+    """The state update's terms (no bias): ``{"x_re": [bound_t, ...], "x_im": [...]}``, in the
+    order of the datapath's sums (docs/datapath.md, step 2)."""
+    cb = lambda comp: getattr(qcfg, comp).centered_bound  # noqa: E731
+    # x_re' = Are x_re - Aim x_im + Bre u ;  x_im' = Are x_im + Aim x_re + Bim u
+    return {"x_re": [cb("A_re") * cb("x_re"), cb("A_im") * cb("x_im"), cb("B") * cb("h")],
+            "x_im": [cb("A_re") * cb("x_im"), cb("A_im") * cb("x_re"), cb("B") * cb("h")]}
 
 
 def channel_sums(terms_bound, bias_bound: int, M: np.ndarray) -> list:

@@ -10,7 +10,7 @@ import numpy as np
 from intssm.datapath import layout
 from intssm.datapath.fixedpoint import WEYL_LANE, WEYL_STEP, weyl_lane_of
 from intssm.integer.csites import INT32_LIMIT, SiteWidth, acc_t, half, mac, product, rq, term_t
-from intssm.integer.cstorage import MODE_RECORD, Plan
+from intssm.integer.cstorage import MODE_RECORD, Plan, fold_group
 from intssm.integer.ctext import CExpr, c_hex32, ctype_for, field_read
 
 
@@ -178,6 +178,184 @@ def shared_update(a: dict) -> bool:
                 and np.array_equal(a["x_re_S"], a["x_im_S"]))
 
 
+#: The folded layout's primitives (after :data:`HELPERS`): one instruction each on a core with the
+#: DSP extension and GCC-compatible inline assembly, the same values in portable C elsewhere.
+FOLD_HELPERS = r"""
+/* The folded state update's primitives.
+ * SSAT_ASR(v, b, t): floor(v / 2^t) saturated to the full b-bit signed range (no count), t in [1, 31]:
+ *   SSAT with its shift. PACK16(lo, hi): lo's low 16 bits, hi's low 16 bits above them (PKHBT).
+ * OPAQUE(v): the compiler keeps v in a register (so that it is the addend of a multiply-accumulate
+ *   instead of a separate add of an immediate); no instruction, no change of value.
+ * INTSSM_QFLAG 1: SSAT's sticky saturation flag (APSR.Q) counts the clamps. SAT_FLAG() is nonzero once
+ *   an SSAT clamped since SAT_CLEAR(); the loop clears it per channel, reads it once per group of
+ *   modes and only then counts that group's clamps one by one. Nothing else between sets Q: the
+ *   other Q-setting instructions (SMLAD, SMLABB, SMLATT) overflow nowhere (the sites' bound proofs),
+ *   and an exception returns with the APSR it interrupted. */
+#if INTSSM_DSP && (defined(__GNUC__) || defined(__clang__))
+#define SSAT_ASR(v, b, t) (__extension__({ int32_t r_; \
+    __asm__ __volatile__("ssat %0, %1, %2, asr %3" : "=r"(r_) : "I"(b), "r"((int32_t)(v)), "I"(t)); r_; }))
+#define SAT_FLAG() (__extension__({ uint32_t r_; __asm__ __volatile__("mrs %0, apsr" : "=r"(r_)); r_ & UINT32_C(0x08000000); }))
+#define SAT_CLEAR() do { uint32_t r_; \
+    __asm__ __volatile__("mrs %0, apsr\n\tbic %0, %0, #0x08000000\n\tmsr apsr_nzcvq, %0" : "=&r"(r_) : : "cc"); } while (0)
+#define PACK16(lo, hi) (__extension__({ uint32_t r_; \
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r_) : "r"((int32_t)(lo)), "r"((int32_t)(hi))); r_; }))
+#define OPAQUE(v) __asm__("" : "+r"(v))
+#define INTSSM_QFLAG 1
+#else
+static inline int32_t ssat_asr_(int32_t v, int32_t lo, int32_t hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+#define SSAT_ASR(v, b, t) ssat_asr_(rq32((v), 0, (t)), -(INT32_C(1) << ((b) - 1)), (INT32_C(1) << ((b) - 1)) - 1)
+#define PACK16(lo, hi) (((uint32_t)(lo) & 0xffffu) | ((uint32_t)(hi) << 16))
+#define OPAQUE(v) ((void)0)
+#define INTSSM_QFLAG 0
+#endif
+"""
+
+
+def folded_loop(ns: str, p: Plan, w: dict, dims: dict) -> tuple[str, str, str]:
+    """(per-channel declarations, mode loop, its helper function) of the state update in the folded layout
+    (:class:`intssm.integer.cstorage.Fold`): per mode, three multiply-accumulates per part on 32-bit
+    folded constants, one rounding shift by the constant T (or the channel's S), the clamp (SSAT
+    with the shift folded in, where the core has it) with its count out of the common path, the state
+    written back as 16-bit halves (PKHBT), and the output sums (SMLABB / SMLATT with the DSP extension)."""
+    NS = ns.upper()
+    fo = p.fold
+    ty_t = term_t(w["y"])
+    dsp_y = ty_t == "int32_t"  # the output sums fit one 32-bit accumulator each: the DSP's 16 x 16 + 32 MACs
+    if fo.T is not None:
+        pre = [f"int32_t d = INT32_C({1 << (fo.T - 1)});  /* 2^(T-1), T = {fo.T}: every channel's rounding */",
+               "OPAQUE(d);"]
+        sh_r = sh_i = str(fo.T)
+    else:
+        pre = ["const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);",
+               "const int32_t dr = (int32_t)1 << sr >> 1, di = (int32_t)1 << si >> 1;"]
+        sh_r, sh_i = "sr", "si"
+    dr, di = ("d", "d") if fo.T is not None else ("dr", "di")
+    G = fold_group(dims["N2"])
+    W = fo.words.shape[1]  # words per mode: 7, or 5 with shared scales
+    pre += [f"const int32_t *kp = x_fold + (uint32_t)k0 * {W}u;",
+            "uint8_t *xp = s->x + (uint32_t)k0 * 4u;"]
+
+    def satx(nv: str, qr: tuple, acc: str, sh: str, c: int) -> list:
+        """The clamp of ``acc`` shifted by ``sh`` into ``nv``, and its count (the rare path)."""
+        b = qr[1].bit_length() + 1
+        v = f"rq32({acc}, 0, {sh})"
+        if qr != (-(1 << (b - 1)), (1 << (b - 1)) - 1):
+            return [f"const int32_t {nv} = sat({v}, {qr[0]}, {qr[1]}, &cnt[base + {c}]);"]
+        if fo.T is None:
+            return [f"const int32_t {nv} = SATB({v}, {b}, &cnt[base + {c}]);"]
+        qchecks.append((nv, acc, v, c, 1 << (b - 1)))
+        return [f"const int32_t {nv} = SSAT_ASR({acc}, {b}, {sh});",
+                "#if !INTSSM_QFLAG",
+                f"if (INTSSM_RARE({nv} != {v}))",
+                f"    ++cnt[base + {c}];",
+                "#endif"]
+
+    qchecks = []
+
+    def mode(q: int) -> tuple[list, list]:
+        """(mode q's update, its state store)."""
+        def k(j: int) -> str:  # word j (K0..K5, C) of mode q
+            return f"kp[{q * W + (j if not fo.shared else (0, 1, 2, None, None, 3, 4)[j])}]"
+
+        xim = (f"{k(3)} * xi{q} + {k(4)} * xr{q}" if not fo.shared else f"{k(0)} * xi{q} - {k(1)} * xr{q}")  # K3 = K0, K4 = -K1
+        out = [f"const uint32_t xw{q} = rd32(xp + {4 * q});",
+               f"const int32_t xr{q} = SX(xw{q}, 16), xi{q} = SX(xw{q} >> 16, 16);",
+               f"const int32_t acc_r{q} = {dr} + {k(2)} * u + {k(0)} * xr{q} + {k(1)} * xi{q};",
+               f"const int32_t acc_i{q} = {di} + {k(5)} * u + {xim};"]
+        out += satx(f"nr{q}", dims["QR_X_RE"], f"acc_r{q}", sh_r, layout.C_XRE) + \
+            satx(f"ni{q}", dims["QR_X_IM"], f"acc_i{q}", sh_i, layout.C_XIM)
+        c2 = k(6)
+        out += [f"const uint32_t nw{q} = PACK16(nr{q}, ni{q});",
+                *(["#if INTSSM_DSP",
+                   f"ty1 = __smlabb(as_i32(nw{q}), {c2}, ty1);  /* + nr C_re' */",
+                   f"ty2 = __smlatt(as_i32(nw{q}), {c2}, ty2);  /* + ni C_im' */",
+                   "#else"] if dsp_y else []),
+                f"ty1 += ({ty_t})nr{q} * SX((uint32_t){c2}, 16);",
+                f"ty2 += ({ty_t})ni{q} * SX((uint32_t){c2} >> 16, 16);",
+                *(["#endif"] if dsp_y else [])]
+        return out, [f"xp[{4 * q + b}] = (uint8_t)(nw{q} >> {8 * b});" for b in range(4)]
+
+    ind = " " * 16
+    parts = [mode(q) for q in range(G)]
+    lines = [ln for up, _ in parts for ln in up]
+    helper = ""
+    if qchecks:  # the group's clamps counted only where an SSAT clamped, from the state not yet written
+        lines += ["#if INTSSM_QFLAG", "if (INTSSM_RARE(SAT_FLAG())) {",
+                  f"    fold_recount_(kp, xp, u, d, &cnt[base + {layout.C_XRE}], &cnt[base + {layout.C_XIM}]);",
+                  "    SAT_CLEAR();", "}", "#endif"]
+        pre += ["#if INTSSM_QFLAG", "SAT_CLEAR();", "#endif"]
+        (hr, hi) = (qchecks[0][4], qchecks[1][4])
+        helper = f"""
+#if INTSSM_QFLAG
+/* The state clamps of the {G} modes of a group of the folded update, recomputed from their state words
+ * (not yet overwritten) and folded words, added to the counters *cr, *ci: the rare path of the
+ * saturation flag. Out of line, so that the common path keeps no accumulator for it. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static void fold_recount_(const int32_t *kp, const uint8_t *xp, int32_t u, int32_t d, uint32_t *cr, uint32_t *ci)
+{{
+    int q;
+    for (q = 0; q < {G}; ++q, kp += {W}, xp += 4) {{
+        const uint32_t xw = rd32(xp);
+        const int32_t xr = SX(xw, 16), xi = SX(xw >> 16, 16);
+        const int32_t vr = rq32(d + kp[2] * u + kp[0] * xr + kp[1] * xi, 0, {sh_r});
+        const int32_t vi = rq32(d + {"kp[5] * u + kp[3] * xi + kp[4] * xr" if not fo.shared else "kp[3] * u + kp[0] * xi - kp[1] * xr"}, 0, {sh_i});
+        if ((uint32_t)(vr + {hr}) > {2 * hr - 1}u)  /* outside [-{hr}, {hr - 1}]: clamped */
+            ++*cr;
+        if ((uint32_t)(vi + {hi}) > {2 * hi - 1}u)
+            ++*ci;
+    }}
+}}
+#endif
+"""
+    lines += [ln for _, st in parts for ln in st]  # the state written after the group's counts
+    body = "\n".join(ind + ln if not ln.startswith("#") else ln for ln in lines)
+    loop = ("\n".join(" " * 12 + ln if not ln.startswith("#") else ln for ln in pre) + "\n"
+            f"            for (n = 0; n < {NS}_N2; n += {G}, kp += {G * W}, xp += {4 * G}) {{\n{body}\n            }}")
+    decl = ("            const int32_t u = h[hh] - AT_h_z(i);\n"
+            f"            const int k0 = (i * {NS}_H + hh) * {NS}_N2;\n"
+            f"            {ty_t} ty1 = 0, ty2 = 0;\n"
+            "            int32_t y;")
+    return decl, loop, helper
+
+
+
+def folded_mix(ns: str, dims: dict, w: dict) -> tuple[str, str]:
+    """(per-layer preparation, row dot product) of the GLU mixing on the int8 weights of the folded
+    layout (:func:`intssm.integer.cstorage.mix_words`): with the DSP extension the centred
+    activations as 16-bit pairs (a_4q, a_4q+2), (a_4q+1, a_4q+3), and per weight word SXTB16 twice
+    and two SMLAD (four multiply-accumulates); portable C elsewhere. The sum is the datapath's
+    (integer addition in any order; |t| is bounded by the glu site's proof, int32)."""
+    NS = ns.upper()
+    H = dims["H"]
+    tt = term_t(w["glu"])
+    pre = ("#if INTSSM_DSP\n"
+           f"        int16x2_t ap[{H // 2}];  /* (a_4q - az, a_4q+2 - az), (a_4q+1 - az, a_4q+3 - az) */\n"
+           f"        for (hh = 0; hh < {NS}_H; hh += 4) {{\n"
+           "            const int32_t az_ = AT_act_z(i);\n"
+           "            ap[hh / 2] = as_i32(PACK16(a[hh] - az_, a[hh + 2] - az_));\n"
+           "            ap[hh / 2 + 1] = as_i32(PACK16(a[hh + 1] - az_, a[hh + 3] - az_));\n"
+           "        }\n"
+           "#endif\n")
+    lines = [f"            const uint32_t *wq = x_mix + (uint32_t)(i * 2 * {NS}_H + j) * {H // 4}u;", "            (void)wz, (void)az;"]
+    portable = []
+    for q in range(H // 4):
+        portable.append(f"            {{ const uint32_t w_ = wq[{q}];")
+        portable += [f"              t += ({tt})SX(w_{f' >> {8 * k}' if k else ''}, 8) * (a[{4 * q + k}] - az);" for k in range(4)]
+        portable[-1] += " }"
+    if tt != "int32_t":  # 64-bit terms: no 32-bit SMLAD
+        return "", "\n".join(lines + portable)
+    lines.append("#if INTSSM_DSP")
+    for q in range(H // 4):
+        lines += [f"            t = __smlad(__sxtb16(as_i32(wq[{q}])), ap[{2 * q}], t);",
+                  f"            t = __smlad(__sxtb16(as_i32(wq[{q}] >> 8)), ap[{2 * q + 1}], t);"]
+    return pre, "\n".join(lines + ["#else"] + portable + ["#endif"])
+
+
 def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool = False) -> str:
     """The API's functions (reset, step, readout), with the counter indices of :mod:`intssm.datapath.layout`."""
     NS = ns.upper()
@@ -286,8 +464,8 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
 
     mix_dot = (f"            for (hh = 0; hh < {NS}_H; ++hh)\n"
                f"                t += ({term_t(wg)})(AT_mix_w(i, j, hh) - wz) * (a[hh] - az);")
-    mw = p.stores["mix_w"]
-    if mw.kind == "bits" and dims["H"] * mw.width % 8 == 0 and dims["H"] <= 64:
+    mw = p.stores.get("mix_w")  # None: the folded layout's int8 words (folded_mix)
+    if mw is not None and mw.kind == "bits" and dims["H"] * mw.width % 8 == 0 and dims["H"] <= 64:
         # rows start on a byte: the row unrolled, each field at a constant byte and bit
         fw = mw.width
         lines = [f"            const uint8_t *wp = model_bits + {mw.offset} + (i * 2 * {NS}_H + j) * {dims['H'] * fw // 8};"]
@@ -295,6 +473,13 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
             win = f"rd32(wp + {q * fw // 8})" + (f" >> {q * fw % 8}" if q * fw % 8 else "")
             lines.append(f"            t += ({term_t(wg)})({field_read(win, fw, mw.signed)} - wz) * (a[{q}] - az);")
         mix_dot = "\n".join(lines)
+    if p.fold is not None:
+        decl, loop, helper = folded_loop(ns, p, w, dims)
+        pre_mix = ""
+        if p.fold.mix is not None:
+            pre_mix, mix_dot = folded_mix(ns, dims, w)
+        return helper + reset_and_state_x(ns, dims, pack, XB, x_store, xr_rd, xi_rd) + \
+            step_function(ns, dims, w, loop, mix_dot, decl, pre_mix) + readout(ns, dims, wp, wl)
     ind = " " * 16
     pre = []
     if not dither:
@@ -325,15 +510,30 @@ def functions(ns: str, p: Plan, w: dict, dims: dict, dither: bool, shared: bool 
         readout(ns, dims, wp, wl)
 
 
-def step_function(ns: str, dims: dict, w: dict, loop: str, mix_dot: str) -> str:
+def step_function(ns: str, dims: dict, w: dict, loop: str, mix_dot: str, decl: str | None = None, pre_mix: str = "") -> str:
     """C of ``<ns>_step``: the encoder; per layer the state loop ``loop`` (every mode's update and
     the output sums), the output site, the GLU mixing (its dot product ``mix_dot``) and the residual;
-    the pooling sum, the step count and the dither phase. ``w``: the sites' :class:`SiteWidth`."""
+    the pooling sum, the step count and the dither phase. ``w``: the sites' :class:`SiteWidth`;
+    ``decl``: the state loop's per-channel declarations (None: the tables' zero points, multipliers
+    and shifts); ``pre_mix``: C run once per layer before the GLU mixing."""
     NS = ns.upper()
     nlc = len(layout.LAYER_COUNTERS)
     we, wy, wg, wh = (w[k] for k in ("enc", "y", "glu", "h"))
     ty_t = term_t(wy)
     h_t, a_t, g_t = (ctype_for(*dims[k])[0] for k in ("QR_H", "QR_ACT", "QR_GLU"))
+    if decl is None:
+        decl = f"""            const int32_t u = h[hh] - AT_h_z(i);
+            const int32_t zr = AT_x_re_z(i, hh), zi = AT_x_im_z(i, hh);
+            const int32_t azr = AT_A_re_z(i, hh), azi = AT_A_im_z(i, hh), bz = AT_B_z(i, hh), cz = AT_C_z(i, hh);
+            const int32_t mr0 = AT_x_re_M(i, 0, hh), mr1 = AT_x_re_M(i, 1, hh), mr2 = AT_x_re_M(i, 2, hh);
+            const int32_t mi0 = AT_x_im_M(i, 0, hh), mi1 = AT_x_im_M(i, 1, hh), mi2 = AT_x_im_M(i, 2, hh);
+            const int32_t umr = u * mr2, umi = u * mi2;
+            (void)mr0, (void)mr1, (void)mi0, (void)mi1, (void)umr, (void)umi;
+            const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);
+            (void)si;
+            const int k0 = (i * {NS}_H + hh) * {NS}_N2;
+            {ty_t} ty1 = 0, ty2 = 0;
+            int32_t y;"""
     return f"""
 void {ns}_step({ns}_state *s, const uint8_t *p)
 {{
@@ -354,18 +554,7 @@ void {ns}_step({ns}_state *s, const uint8_t *p)
     for (i = 0; i < {NS}_LAYERS; ++i) {{
         const int base = {layout.layer_base(0)} + {nlc} * i;
         for (hh = 0; hh < {NS}_H; ++hh) {{
-            const int32_t u = h[hh] - AT_h_z(i);
-            const int32_t zr = AT_x_re_z(i, hh), zi = AT_x_im_z(i, hh);
-            const int32_t azr = AT_A_re_z(i, hh), azi = AT_A_im_z(i, hh), bz = AT_B_z(i, hh), cz = AT_C_z(i, hh);
-            const int32_t mr0 = AT_x_re_M(i, 0, hh), mr1 = AT_x_re_M(i, 1, hh), mr2 = AT_x_re_M(i, 2, hh);
-            const int32_t mi0 = AT_x_im_M(i, 0, hh), mi1 = AT_x_im_M(i, 1, hh), mi2 = AT_x_im_M(i, 2, hh);
-            const int32_t umr = u * mr2, umi = u * mi2;
-            (void)mr0, (void)mr1, (void)mi0, (void)mi1, (void)umr, (void)umi;
-            const int sr = AT_x_re_S(i, hh), si = AT_x_im_S(i, hh);
-            (void)si;
-            const int k0 = (i * {NS}_H + hh) * {NS}_N2;
-            {ty_t} ty1 = 0, ty2 = 0;
-            int32_t y;
+{decl}
 {loop}
             {{  /* y = 2 Re(C x) + D u (the 2 is folded into the multipliers) */
                 const int sy = AT_y_S(i, hh);
@@ -375,7 +564,7 @@ void {ns}_step({ns}_state *s, const uint8_t *p)
             a[hh] = ({a_t})AT_gelu_lut(i, y - QMIN_Y);
         }}
         /* GLU mixing: g = requant(mix_b + (mix_w - z) (a - z_act)) */
-        for (j = 0; j < 2 * {NS}_H; ++j) {{
+{pre_mix}        for (j = 0; j < 2 * {NS}_H; ++j) {{
             const int sg = AT_glu_S(i, j);
             const int32_t wz = AT_mix_w_z(i, j), az = AT_act_z(i);
             {term_t(wg)} t = AT_mix_b(i, j);

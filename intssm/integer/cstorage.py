@@ -10,6 +10,7 @@ import numpy as np
 
 from intssm.datapath import layout
 from intssm.errors import IntssmError
+from intssm.integer.csites import INT32_LIMIT
 from intssm.integer.ctext import ctype_for
 
 
@@ -81,18 +82,121 @@ class Plan:
     record: dict | None  # {"offset", "fields": [(name, width, signed, bit)], "bits", "group"}: one mode's weights
     blob_bytes: int
     x: dict  # packed state record: {"wr", "wi", "sr", "si", "bits" per mode, "group": modes per byte-aligned group}
+    fold: "Fold | None" = None  # the folded layout's per-mode words (state layout "folded")
 
     @property
     def flash_bytes(self) -> int:
-        """Bytes of constant data: native tables, the packed blob and its window padding."""
+        """Bytes of constant data: native tables, the packed blob and its window padding, the folded words."""
         native = sum(st.nbytes for st in self.stores.values() if st.kind == "native")
-        return native + (self.blob_bytes + WINDOW_PAD if self.blob_bytes else 0)
+        return native + (self.blob_bytes + WINDOW_PAD if self.blob_bytes else 0) + (self.fold.nbytes if self.fold else 0)
 
 
 #: How the state is held: ``packed`` at its bit widths (the accounted bytes), or ``halves``: each
 #: mode's Re and Im codes as the two 16-bit halves of a word, which a Cortex-M4's dual 16-bit
-#: multiplies (SMUSD, SMUADX) read directly (faster; more RAM when the state is narrower than 16 bits).
-STATE_LAYOUTS = ("packed", "halves")
+#: multiplies (SMUSD, SMUADX) read directly (faster; more RAM when the state is narrower than 16 bits);
+#: ``folded``: the state as halves, and the per-mode weights folded with their multipliers into
+#: 32-bit words (:class:`Fold`; the fastest update, several times the packed constants' flash).
+STATE_LAYOUTS = ("packed", "halves", "folded")
+#: Words per mode of the folded layout: K0..K5 (int32), then (C_re', C_im') as 16-bit halves.
+FOLD_WORDS = 7
+#: Tables the folded layout holds in its per-mode words instead (the state site's multipliers, and
+#: its shifts where one shift serves every channel).
+FOLDED_TABLES = MODE_RECORD + ("x_re_M", "x_im_M")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """The state update with its per-mode constants folded (state layout ``folded``).
+
+    Mode k's update is ``acc_r = d + K0 x_re + K1 x_im + K2 u``, ``acc_i = d + K3 x_im + K4 x_re +
+    K5 u`` on the centred codes, with ``K = (Are' M0, -Aim' M1, Bre' M2, Are' M0', Aim' M1', Bim' M2')
+    << (T - S)`` (:func:`intssm.integer.sim.fold_constants`, scaled) and ``d = 2^(T-1)``: then
+    ``floor(acc / 2^T)`` is the datapath's ``floor((acc0 + 2^(S-1)) / 2^S)`` exactly (multiplying
+    numerator and denominator by ``2^(T-S)``), so every channel shifts by the one constant ``T``
+    (``T`` None: no such T keeps the accumulators below 2^31; each channel shifts by its own S,
+    unscaled). ``words`` (modes, :data:`FOLD_WORDS`): the six K, then ``(C_re - z) & 0xffff |
+    (C_im - z) << 16``; with shared scales (K3 = K0, K4 = -K1) only K0, K1, K2, K5 and that word
+    (:attr:`shared`)."""
+
+    T: int | None
+    words: np.ndarray  # int64 values of the int32 words
+    mix: np.ndarray | None = None  # the centred GLU mixing weights as int8, four to a uint32 word (None: packed as usual)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the x_im words repeat the x_re ones (K3 = K0, K4 = -K1: a model with
+        ``complex_scale`` "shared"); the table then holds K0, K1, K2, K5 and the C word, 5 per mode."""
+        return self.words.shape[1] == FOLD_WORDS - 2
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * int(self.words.size) + (4 * int(self.mix.size) if self.mix is not None else 0)
+
+
+def fold(a: dict, qcfg) -> Fold:
+    """The folded constants of model ``a``; IntssmError where the folded layout cannot hold it
+    (a dithered state rounding, state zero points other than 0, C weights beyond 16 bits, or an
+    accumulator that could pass 2^31). The accumulator bound of channel c is the state site's proved
+    per-channel sum (:func:`intssm.datapath.bounds.channel_sums` of
+    :func:`~intssm.datapath.bounds.state_term_bounds`) scaled by ``2^(T - S_c)``, plus ``2^(T-1)``."""
+    from intssm.datapath.bounds import channel_sums, state_term_bounds
+    from intssm.integer.sim import fold_constants
+
+    if qcfg.state_rounding == "dither":
+        raise IntssmError("state layout 'folded' needs the half-up state rounding; this model dithers")
+    if np.any(a["x_re_z"] != 0) or np.any(a["x_im_z"] != 0):
+        raise IntssmError("state layout 'folded' needs symmetric state codes (zero point 0)")
+    terms = state_term_bounds(qcfg)
+    nl = a["A_re"].shape[0]
+    sums, shifts = [], []
+    for i in range(nl):
+        for kind in ("x_re", "x_im"):
+            M, S = layout.site_arrays(a, kind, i)
+            sums.append(channel_sums(terms[kind], 0, M))
+            shifts.append([int(v) for v in S])
+    half = lambda s: (1 << (s - 1)) if s > 0 else 0  # noqa: E731
+    T = max(max(s) for s in shifts)
+    if T < 1 or any((b << (T - s)) + (1 << (T - 1)) > INT32_LIMIT for bs, ss in zip(sums, shifts) for b, s in zip(bs, ss)):
+        T = None
+        if any(b + half(s) > INT32_LIMIT for bs, ss in zip(sums, shifts) for b, s in zip(bs, ss)):
+            raise IntssmError("state layout 'folded' needs 32-bit state accumulators; this model's pass 2^31")
+    K, Cc = fold_constants(a["A_re"], a["A_im"], a["A_re_z"], a["A_im_z"], a["B_re"], a["B_im"], a["B_z"],
+                           a["C_re"], a["C_im"], a["C_z"], a["x_re_M"], a["x_im_M"])
+    K = np.array(K, dtype=object)  # exact Python integers for the scaling
+    K[:, :, 1] = -K[:, :, 1]  # x_re's Aim term enters with a minus: stored negated, every term added
+    if T is not None:
+        for i in range(nl):
+            for part, kind in ((slice(0, 3), "x_re_S"), (slice(3, 6), "x_im_S")):
+                for hh in range(K.shape[1]):
+                    K[i, hh, part] = K[i, hh, part] * (1 << (T - int(a[kind][i, hh])))
+    if np.abs(Cc).max() > 32767:
+        raise IntssmError("state layout 'folded' needs C weights of at most 16 bits")
+    c2 = (Cc[:, :, 0] & 0xFFFF) | ((Cc[:, :, 1] & 0xFFFF) << 16)  # (nl, H, N2) as uint32 bit patterns
+    words = np.empty((*K.shape[:2], K.shape[3], FOLD_WORDS), dtype=np.int64)  # (nl, H, N2, 7)
+    words[..., :6] = np.moveaxis(K.astype(np.int64), 2, 3)
+    words[..., 6] = np.where(c2 >= 1 << 31, c2 - (1 << 32), c2)
+    if np.array_equal(words[..., 3], words[..., 0]) and np.array_equal(words[..., 4], -words[..., 1]):
+        words = words[..., [0, 1, 2, 5, 6]]  # shared scales: x_im's Abar words are x_re's
+    if np.abs(words).max() > INT32_LIMIT:
+        raise IntssmError("state layout 'folded': a folded constant passes 2^31")
+    return Fold(T, words.reshape(-1, words.shape[-1]), mix_words(a))
+
+
+def fold_group(N2: int) -> int:
+    """Modes per iteration of the folded layout's loop: four where N/2 allows (the loop's branch,
+    pointer steps and saturation check shared), else two or one."""
+    return 4 if N2 % 4 == 0 else 2 if N2 % 2 == 0 else 1
+
+
+def mix_words(a: dict) -> np.ndarray | None:
+    """The centred GLU mixing weights ``mix_w - mix_w_z`` as int8 bytes, four to a little-endian
+    uint32 word per row (byte k of word q: input 4 q + k), which the DSP extension's SXTB16 splits
+    into 16-bit pairs for SMLAD; None where they do not fit int8 or H is not a multiple of 4."""
+    c = a["mix_w"] - a["mix_w_z"][..., None]  # (nl, 2H, H)
+    if c.shape[-1] % 4 or c.min() < -128 or c.max() > 127:
+        return None
+    b = (c & 0xFF).reshape(*c.shape[:-1], -1, 4)
+    return (b[..., 0] | b[..., 1] << 8 | b[..., 2] << 16 | b[..., 3] << 24).reshape(-1)
 
 
 def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
@@ -101,27 +205,31 @@ def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
         raise IntssmError(f"state layout must be one of {', '.join(STATE_LAYOUTS)}, got {state_layout!r}")
     stores, offset = {}, 0
     fields = {k: (width_of(*declared_range(k, qcfg)), int(a[k].size)) for k in TABLES}
+    fo = fold(a, qcfg) if state_layout == "folded" else None
+    if fo is not None:  # held in the folded words: not stored on their own
+        drop = FOLDED_TABLES + (("x_re_S", "x_im_S") if fo.T is not None else ()) + (("mix_w",) if fo.mix is not None else ())
+        fields = {k: v for k, v in fields.items() if k not in drop}
     rec_fields, bit = [], 0
-    for k in MODE_RECORD:
+    for k in MODE_RECORD if fo is None else ():
         (w, sg), _ = fields[k]
         rec_fields.append((k, w, sg, bit))
         bit += w
     g = math.gcd(bit, 8)
     record = None
     # one 32-bit window per mode: the record plus its largest bit offset in a byte (8 - gcd) fits
-    if bit + 8 - g <= 32 and any(w not in (8, 16) for _, w, _, _ in rec_fields):
+    if fo is None and bit + 8 - g <= 32 and any(w not in (8, 16) for _, w, _, _ in rec_fields):
         n = int(a["A_re"].size)
         record = {"offset": 0, "fields": rec_fields, "bits": bit, "group": 8 // g}
         offset = -(-n * bit // 8)
     for k in TABLES:
-        if record is not None and k in MODE_RECORD:
+        if (record is not None and k in MODE_RECORD) or k not in fields:
             continue
         (w, sg), count = fields[k]
         lo, hi = declared_range(k, qcfg)
         ct, nb = ctype_for(lo, hi)
         if lo == hi:
             stores[k] = Store(k, "fold", 0, lo < 0, ct, count, 0, value=lo)
-        elif w == 8 * nb or w > MAX_PACKED_WIDTH:
+        elif w == 8 * nb or w > MAX_PACKED_WIDTH or fo is not None:  # folded: no unpacking anywhere
             stores[k] = Store(k, "native", 8 * nb, lo < 0, ct, count, count * nb)
         else:
             nbytes = -(-count * w // 8)
@@ -129,17 +237,17 @@ def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
             offset += nbytes
     fr, fi = qcfg.x_re, qcfg.x_im  # the state's formats (IntModel.state_formats): b bits, signed if symmetric
     (wr, sr), (wi, si) = (fr.bits, fr.symmetric), (fi.bits, fi.symmetric)
-    if state_layout == "halves":  # 16-bit halves hold every code (formats have at most 16 bits)
+    if state_layout in ("halves", "folded"):  # 16-bit halves hold every code (formats have at most 16 bits)
         wr = wi = 16
         sr = si = True  # sign-extended halves (an unsigned 16-bit code does not fit; refused below)
         if fr.qmax > 32767 or fi.qmax > 32767:
-            raise IntssmError("state layout 'halves' needs signed 16-bit state codes; this state is unsigned 16-bit")
+            raise IntssmError(f"state layout {state_layout!r} needs signed 16-bit state codes; this state is unsigned 16-bit")
     rx = wr + wi
     # a mode's state: packed at rx bits when whole records do not fill bytes (and one window holds
     # one), else in whole bytes
     bits = rx if rx % 8 and rx + 8 - math.gcd(rx, 8) <= 32 else 8 * -(-rx // 8)
     x = {"wr": wr, "wi": wi, "sr": sr, "si": si, "bits": bits, "group": 8 // math.gcd(bits, 8)}
-    return Plan(stores, record, offset, x)
+    return Plan(stores, record, offset, x, fo)
 
 
 def state_bytes(p: Plan, n_modes: int) -> int:
@@ -166,11 +274,12 @@ def table_layout(arrays: dict, qcfg) -> dict:
     return out
 
 
-def rodata_bytes_estimate(arrays: dict, qcfg) -> int:
-    """Bytes of constant data (flash / ``.rodata``) the C model holds, without alignment padding."""
+def rodata_bytes_estimate(arrays: dict, qcfg, state_layout: str = "packed") -> int:
+    """Bytes of constant data (flash / ``.rodata``) the C model holds in ``state_layout``, without
+    alignment padding."""
     from intssm.datapath.qspec import QuantConfig
 
-    return plan(arrays, qcfg if isinstance(qcfg, QuantConfig) else QuantConfig.from_dict(qcfg)).flash_bytes
+    return plan(arrays, qcfg if isinstance(qcfg, QuantConfig) else QuantConfig.from_dict(qcfg), state_layout).flash_bytes
 
 
 def state_size(p: "Plan", dims: dict, dither: bool) -> tuple[int, int]:

@@ -138,7 +138,9 @@ def available(target: str = "cortex-m4") -> bool:
     return shutil.which(t.gcc) is not None and shutil.which(t.objdump) is not None
 
 
-LINKER_SCRIPT = f"""/* intssm bare-metal layout for the emulator: flash, RAM, and an I/O region outside both. */
+LINKER_SCRIPT = f"""/* intssm bare-metal layout for the emulator: flash, RAM, and an I/O region outside both. RISC-V
+ * compilers put objects of up to 8 bytes in small sections (.srodata, .sdata, .sbss): they are
+ * constants, initialised data and zeroed data like the others, and counted with them. */
 MEMORY {{
     FLASH (rx) : ORIGIN = {FLASH_BASE:#x}, LENGTH = {FLASH_SIZE}
     RAM (rwx)  : ORIGIN = {RAM_BASE:#x}, LENGTH = {RAM_SIZE}
@@ -147,10 +149,10 @@ MEMORY {{
 ENTRY(harness_run)
 SECTIONS {{
     .text : {{ *(.text .text.*) }} > FLASH
-    .rodata : {{ *(.rodata .rodata.*) }} > FLASH
+    .rodata : {{ *(.rodata .rodata.*) *(.srodata .srodata.*) }} > FLASH
     .harness : {{ KEEP(*(.harness .harness.*)) KEEP(*(.harness_ro)) }} > FLASH
-    .data : {{ *(.data .data.*) }} > RAM
-    .bss (NOLOAD) : {{ *(.bss .bss.*) *(COMMON) }} > RAM
+    .data : {{ *(.data .data.*) *(.sdata .sdata.*) }} > RAM
+    .bss (NOLOAD) : {{ *(.bss .bss.*) *(.sbss .sbss.*) *(COMMON) }} > RAM
     .io (NOLOAD) : {{ *(.io .io.*) }} > IO
     /DISCARD/ : {{ *(.ARM.exidx*) *(.ARM.extab*) }}
 }}
@@ -301,12 +303,18 @@ class Sizes:
         return self.data + self.bss
 
 
+#: Output sections counted as each kind of bytes (the RISC-V small-data sections with their kind,
+#: where a linker script keeps them apart; :data:`LINKER_SCRIPT` merges them).
+SECTION_KINDS = {"text": (".text",), "rodata": (".rodata", ".srodata"), "data": (".data", ".sdata"), "bss": (".bss", ".sbss")}
+
+
 def sizes(elf: Path) -> Sizes:
+    """The bytes of the ELF's output sections by kind (:data:`SECTION_KINDS`)."""
     from elftools.elf.elffile import ELFFile
 
     with open(elf, "rb") as f:
         secs = {s.name: s["sh_size"] for s in ELFFile(f).iter_sections()}
-    return Sizes(secs.get(".text", 0), secs.get(".rodata", 0), secs.get(".data", 0), secs.get(".bss", 0))
+    return Sizes(*(sum(secs.get(n, 0) for n in SECTION_KINDS[k]) for k in ("text", "rodata", "data", "bss")))
 
 
 class Emulator:
