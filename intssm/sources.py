@@ -16,7 +16,7 @@ entry. The key also holds the versions of Torch and NumPy, which do the conversi
 
 What the cache trusts: nothing it did not write for this key. An entry is an artifact like any
 other (:func:`intssm.integer.export.load` validates it and re-proves its bounds) whose manifest
-also binds it to its source: ``cache.key`` is the entry's own key (the checkpoint's bytes and the
+also binds it to its source (and records the checkpoint's dataset, ``dataset``): ``cache.key`` is the entry's own key (the checkpoint's bytes and the
 code's hash) and ``cache.digest`` the SHA-256 of its integer arrays (:func:`arrays_digest`). An
 entry that does not load, whose stored key is not the key it is read for (an entry copied or
 renamed from another checkpoint, an artifact exported into the cache), or whose arrays do not
@@ -141,7 +141,9 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool 
             try:
                 m, man = export.load_with_manifest(entry)
                 if man.get("cache") == {"key": entry.stem, "digest": arrays_digest(m.arrays)}:
-                    return LoadedModel(m, f"{p} (quantized checkpoint; integer arrays from the cache)")
+                    ds = man.get("dataset")  # the checkpoint's dataset, recorded when the entry was written
+                    return LoadedModel(m, f"{p} (quantized checkpoint; integer arrays from the cache)",
+                                       dataset=ds if isinstance(ds, str) else None)
             except Exception:  # noqa: BLE001 (a cache entry is untrusted: whatever fails to load is rebuilt below)
                 pass
     from intssm.datapath.qspec import PRESETS
@@ -165,7 +167,8 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool 
     if entry is not None and "qspec" in ck:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            export.save(entry, qm, m, quiet=True, extra={"cache": {"key": entry.stem, "digest": arrays_digest(m.arrays)}})
+            export.save(entry, qm, m, quiet=True, extra={"cache": {"key": entry.stem, "digest": arrays_digest(m.arrays)},
+                                                            "dataset": dataset})
         except (OSError, IntssmError):
             pass  # no writable cache (or a full disk): the next load converts again
     return LoadedModel(m, src, qm if torch_model else None, dataset)

@@ -453,3 +453,19 @@ def test_cli_refusals_leave_inputs_untouched(cli_runs, bad_files):
     assert cli_runs  # every CLI run is done
     for n in CLI_CASES + CLI_BUG_CASES:
         assert hashlib.sha256(bad_files[n].read_bytes()).hexdigest() == WRITTEN[n], n
+
+
+def test_cached_model_keeps_its_dataset(tmp_path, monkeypatch):
+    """A quantized checkpoint loaded twice without its Torch model (the second time from the
+    integer-model cache) names its own dataset both times, so `simulate --verify 0` scores the
+    model's data (not sMNIST) from the cache too; the integers are the same."""
+    from pathlib import Path
+
+    from intssm import sources
+
+    monkeypatch.setenv("INTSSM_CACHE_DIR", str(tmp_path))
+    p = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "japanesevowels-hetero.pt"
+    a, b = sources.load(p, torch_model=False), sources.load(p, torch_model=False)
+    assert "from the cache" not in a.source and "from the cache" in b.source
+    assert a.dataset == b.dataset and "JapaneseVowels" in a.dataset
+    assert sources.arrays_digest(a.model.arrays) == sources.arrays_digest(b.model.arrays)
