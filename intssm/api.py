@@ -6,10 +6,16 @@ The commands (``intssm simulate``, ``export``, ``export-c``) are thin layers ove
     import intssm
 
     m = intssm.load("data/checkpoints/japanesevowels-hetero.pt")    # .pt (quantized or float) or .npz artifact
+    print(m.model.cfg, m.model.qcfg, m.model.seq_len, m.model.input)  # the validated IntModel
     ds = intssm.load_data("data/uea/JapaneseVowels", "test")          # or your own arrays
     r = intssm.run(m, ds.x, ds.lengths)                               # the simulator's integers
     print((r.pred == ds.y).mean(), r.saturations)
     intssm.export_c(m, "jv_c/")                                       # C99, the same integers
+
+:func:`load` returns an :class:`intssm.sources.LoadedModel`: its ``model`` is the
+:class:`intssm.datapath.intmodel.IntModel` (arrays, configs, ``seq_len``, input quantizer; built and
+validated once, by :func:`intssm.datapath.layout.validate`), beside the source's description, its
+dataset and, if asked for, the Torch quantized model. :func:`run` and :func:`export_c` take either.
 
 Inputs are the data as stored: ``uint8`` arrays are raw codes (a model quantized on uint8 data),
 float arrays go through the model's input quantizer (``docs/datapath.md``, *From a data file to
@@ -51,7 +57,7 @@ def load(source, calib: int = 64, config: str = "w8a8", torch_model: bool = Fals
     float checkpoint (quantized with preset ``config``, ranges calibrated on its first ``calib``
     training sequences). ``torch_model=True`` also builds the Torch quantized model (``.qm``) for
     verification; otherwise a quantized checkpoint may come from the integer-model cache.
-    Returns :class:`intssm.sources.IntegerModel`."""
+    Returns :class:`intssm.sources.LoadedModel` (``.model`` the IntModel)."""
     from intssm import sources
 
     return sources.load(Path(source), calib=calib, config=config, torch_model=torch_model)
@@ -65,14 +71,25 @@ def load_data(seq: str, split: str = "test", limit: int | None = None):
     return data.load(seq, split, limit)
 
 
+def _int_model(model):
+    """The IntModel of what :func:`load` returned (or an IntModel itself)."""
+    from intssm.datapath.intmodel import IntModel
+
+    m = getattr(model, "model", model)
+    if not isinstance(m, IntModel):
+        raise IntssmError(f"expected a model from intssm.load (or an IntModel), got {type(model).__name__}")
+    return m
+
+
 def run(model, x, lengths=None) -> Result:
-    """Run the integer simulator on sequences ``x`` (n, L, d) (or (n, L) for one feature), sequence
+    """Run the integer simulator of ``model`` (:func:`load`'s result or an
+    :class:`~intssm.datapath.intmodel.IntModel`) on sequences ``x`` (n, L, d) (or (n, L) for one feature), sequence
     ``i`` for ``lengths[i]`` steps (default: all ``L``). Refuses data the model cannot run: another
     number of features, float data for a uint8 model and vice versa, NaN or infinite values, or
     lengths other than ``seq_len`` for a mean-pooling model."""
-    from intssm.datapath.inputq import input_codes
     from intssm.integer.sim import simulate
 
+    model = _int_model(model)
     x = np.asarray(x)
     if x.ndim == 2:
         x = x[:, :, None]
@@ -96,16 +113,15 @@ def run(model, x, lengths=None) -> Result:
     if model.mean_pool and (L != model.seq_len or int(lengths.min()) != L):
         raise IntssmError(f"model mean-pools over exactly {model.seq_len} steps; x has sequences of "
                           f"length {int(lengths.min())}..{int(lengths.max())}")
-    P = input_codes(model.iq, model.cfg.d_input, x, lengths)
-    logits, counters, _ = simulate(model.arrays, np.ascontiguousarray(P), model.mean_pool, len(model.counters),
-                                   lengths=lengths)
+    P = model.input_codes(x, lengths)
+    logits, counters, _ = simulate(model, np.ascontiguousarray(P), lengths=lengths)
     return Result(logits, logits.argmax(1), counters, tuple(model.counters))
 
 
 def export_c(model, out_dir) -> list:
-    """Write ``model`` as portable C99 into ``out_dir`` (``intssm export-c``); returns the paths."""
+    """Write ``model`` (:func:`load`'s result or an IntModel) as portable C99 into ``out_dir`` (``intssm export-c``); returns the paths."""
     from intssm.integer.cexport import write_c
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return write_c(model.arrays, model.description(), out)
+    return write_c(_int_model(model), out)

@@ -21,6 +21,7 @@ from intssm import outputs
 from intssm.progress import progress_bar
 from intssm.data import DATA_DIR
 from intssm.errors import IntssmError, Interrupted
+from intssm.training.recipe import check_seed_threads  # noqa: F401  (torch-free; qat checks its seed with it)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 err = Console(stderr=True)
@@ -66,19 +67,6 @@ def _kernels_status(enabled: bool):
         yield
 
 
-MAX_SEED = 2**32 - 1
-RESUMED_OPTIONS = ("seq", "preset", "epochs", "batch_size", "lr", "ssm_lr", "weight_decay", "seed", "limit", "threads",
-                   "max_minutes", "val_fraction", "d_model", "d_state", "n_layers", "dropout", "pool", "min_decay")
-
-
-def check_seed_threads(seed: int, threads: int = 0) -> None:
-    """Seeds lie in 0..2**32-1 (every generator intssm seeds takes them); --threads >= 0 (0: the default)."""
-    if not 0 <= seed <= MAX_SEED:
-        raise IntssmError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
-    if not 0 <= threads <= 4096:
-        raise IntssmError(f"--threads must be in 0..4096 (0 = Torch's default), got {threads}")
-
-
 def _from_command_line(ctx, name: str) -> bool:
     """Whether option ``name`` was given on the command line (not left at its default)."""
     try:
@@ -98,8 +86,9 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the checkpoint.")],
     preset: Annotated[str, typer.Option(help="Model preset: paper-small | base | tiny.")] = "paper-small",
     seq: SeqOpt = "smnist",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
-    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default 128, or n/16 (>= 8) for small datasets).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (the epoch schedule). Default: 30, or the step schedule when the training split holds fewer than 2,000 sequences or float features.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps of the step schedule (default 1000): warm-up, cosine decay, inputs standardised and folded into the encoder, early stopping.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default: 128, or n/16 (>= 8) below 2,048 sequences; the step schedule n/8 in [8, 64]).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate (non-SSM parameters).")] = 1e-2,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay of the non-SSM parameters.")] = 0.01,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout after the activation (default: the preset's).")] = None,
@@ -121,134 +110,23 @@ def train(
 ):
     """Train a float S4D in convolution mode; keeps the best-on-validation weights.
 
-    The dataset sets the model's ends (features per step, classes); the preset its body. Ctrl-C or
-    SIGTERM saves the best epoch so far (marked interrupted) and exits 130 / 143; --resume goes on."""
-    import math
+    The dataset sets the model's ends (features per step, classes); the preset its body. Small or
+    float data get the step schedule (docs/usage.md). Ctrl-C or SIGTERM saves the best epoch so far
+    (marked interrupted) and exits 130 / 143; --resume goes on."""
+    from intssm.training.recipe import RESUMED_OPTIONS, TrainOptions, run
 
-    _check_limit(limit)
-    check_seed_threads(seed, threads)  # before Torch is imported: a bad option costs nothing
-    outputs.check_file(out, inputs=[seq, resume], what="--out")
-
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.model import PRESETS, S4DModel, n_params
-    from intssm.training.train import TrainArgs, args_dict, auto_batch_size
-    from intssm.training.train import train as run_train
-
-    state = None
-    given = {}
-    if resume is not None:
-        now = dict(locals())
-        given = {k: now[k] for k in RESUMED_OPTIONS if _from_command_line(ctx, k)}
-        rck = checkpoint.load_raw(resume)
-        if not isinstance(rck.get("resume"), dict) or not isinstance(rck.get("train_args"), dict):
-            raise IntssmError(f"{resume} is not an interrupted training run (no resume state); only `intssm train` writes one")
-        ta = rck["train_args"]
-        try:
-            seq, preset, epochs, batch_size, lr, ssm_lr = rck["dataset"]["seq"], ta["preset"], ta["epochs"], ta["batch_size"], ta["lr"], ta["ssm_lr"]
-            weight_decay, seed, limit, threads, max_minutes = ta["weight_decay"], ta["seed"], ta["limit"], ta["threads"], ta["max_minutes"]
-            val_fraction, over = ta["val_fraction"], ta["overrides"]
-            d_model, d_state, n_layers = over.get("d_model"), over.get("d_state"), over.get("n_layers")
-            mc = rck["model_config"]
-            dropout, pool, min_decay = mc["dropout"], mc["pool"], mc["min_decay"]
-        except (KeyError, TypeError, AttributeError) as e:
-            raise IntssmError(f"{resume}: incomplete training record ({type(e).__name__}: {e})") from None
-        state = rck["resume"]
-        checkpoint.check_resume(resume, state)
-        now = dict(seq=seq, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr, weight_decay=weight_decay,
-                   seed=seed, limit=limit, threads=threads, max_minutes=max_minutes, val_fraction=val_fraction,
-                   d_model=d_model, d_state=d_state, n_layers=n_layers, dropout=dropout, pool=pool, min_decay=min_decay)
-        def same(k, a, b):  # a dataset path given another way (relative, via a symlink) is the same dataset
-            if k == "seq" and a not in data.SEQS and b not in data.SEQS:
-                return Path(data.resolve(str(a))).resolve() == Path(data.resolve(str(b))).resolve()
-            return a == b
-
-        for k, v in given.items():
-            if not same(k, v, now[k]):
-                opt = "--" + k.replace("_", "-")
-                raise IntssmError(f"{opt} {v} conflicts with the interrupted run's {opt} {now[k]}: a resumed run goes on with "
-                                  f"its own options; drop {opt}, or start a new run without --resume")
-        recorded = (rck.get("dataset") or {}).get("checksum")
-        if recorded is not None and data.load(seq, "test", 1).checksum != recorded:
-            raise IntssmError(f"{resume}: the dataset {seq} changed since the run was interrupted (checksum differs); "
-                              "resuming would mix two datasets: start a new run")
-    if preset not in PRESETS:
-        raise IntssmError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    nums = {"--lr": lr, "--ssm-lr": ssm_lr, "--max-minutes": max_minutes, "--weight-decay": weight_decay,
-            "--min-decay": min_decay, "--dropout": dropout or 0.0, "--val-fraction": val_fraction or 0.0}
-    bad = [k for k, v in nums.items() if not math.isfinite(v)]
-    if bad:
-        raise IntssmError(f"{', '.join(bad)} must be finite numbers")
-    if epochs < 1 or (batch_size is not None and batch_size < 1) or lr <= 0 or ssm_lr <= 0 or max_minutes < 0 or weight_decay < 0:
-        raise IntssmError("--epochs, --batch-size, --lr and --ssm-lr must be positive (--max-minutes, --weight-decay >= 0)")
-    if pool is not None and pool not in ("mean", "last"):
-        raise IntssmError(f"--pool must be mean or last, got {pool!r}")
-    import torch
-
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise IntssmError(f"--device must be cpu or cuda (with a GPU present), got {device!r}")
-    over = {k: v for k, v in (("d_model", d_model), ("d_state", d_state), ("n_layers", n_layers)) if v is not None}
-    if any(v < 1 for v in over.values()) or over.get("d_state", 2) % 2:
-        raise IntssmError(f"--d-model, --d-state and --n-layers must be positive (d_state even), got {over}")
-    from dataclasses import replace as dc_replace
-
-    info = data.info(seq)
-    ends = {"d_input": info.d_input, "d_output": info.n_classes}
-    if pool is None and info.varlen:
-        pool = "last"
-    ends |= {"pool": pool} if pool else {}
-    ends |= {"dropout": dropout} if dropout is not None else {}
-    mcfg = dc_replace(PRESETS[preset], **over, **ends, min_decay=min_decay)
-    n_train = len(data.load(seq, "train", limit, val_fraction))
-    args = TrainArgs(epochs=epochs, batch_size=batch_size or auto_batch_size(n_train), lr=lr, ssm_lr=ssm_lr,
-                     weight_decay=weight_decay, seed=seed, limit=limit, threads=threads, device=device,
-                     max_minutes=max_minutes, val_fraction=val_fraction)
-    model = S4DModel(mcfg, seed=seed)
-    err.print(f"training {preset} ({n_params(model)} parameters; {info.d_input} features/step, {info.n_classes} classes, "
-              f"pool {mcfg.pool}) on {seq}: {n_train} sequences x {epochs} epochs, batch {args.batch_size}")
-    with progress_bar("train", epochs * n_train, enabled=not as_json) as adv:
-        def on_step(ep, n, loss, acc):
-            adv(n, info=f"ep {ep + 1} loss {loss:.3f} acc {acc:.3f}")
-
-        def on_epoch(rec):
-            err.print(json.dumps(rec), soft_wrap=True)
-
-        try:
-            best, history, run = run_train(model, seq, args, on_step=on_step, on_epoch=on_epoch, resume=state)
-        except (KeyError, RuntimeError, ValueError) as e:
-            if state is None:
-                raise
-            raise IntssmError(f"{resume}: its resume state does not fit this model ({type(e).__name__})") from None
-    model.load_state_dict(best)
-    ds = data.load(seq, "test")
-    extra = {"metrics": history, "dataset": _dataset_entry(seq, ds, val_fraction),
-             "train_args": args_dict(args) | {"preset": preset, "overrides": over}}
-    if run.get("diverged") is not None:
-        d = run["diverged"]
-        checkpoint.save(out, model, **extra, diverged=d)
-        kept = f"the best of {len(history)} finite epoch(s)" if history else "the weights it started from"
-        raise IntssmError(f"training diverged in epoch {d['epoch']} (step {d['step']}: {d['what']}); saved {out} with {kept}, "
-                          "marked diverged; lower --lr / --ssm-lr or rescale the data")
-    if run["interrupted"] is not None:
-        extra |= {"interrupted": {"epoch": run["interrupted"]},
-                  "resume": {k: v for k, v in run.items() if k not in ("interrupted", "diverged")}}
-        try:
-            checkpoint.save(out, model, **extra)
-        except KeyboardInterrupt:  # another Ctrl-C, held until the save was renamed into place (outputs.atomic)
-            pass
-        done = len(history)
-        kept = (f"the best of {done} completed epoch(s)" if done else "the weights of the unfinished first epoch")
-        raise Interrupted(f"interrupted in epoch {run['interrupted']}: saved {out} with {kept}, marked interrupted; "
-                          f"continue with: intssm train --resume {out} -o FINAL.pt")
-    checkpoint.save(out, model, **extra)
-    if history[-1]["val_acc"] is None:
-        best_rec = history[-1]
-        txt = f"saved {out} (no validation split: last epoch {best_rec['epoch']} kept)"
-    else:
-        best_rec = max(history, key=lambda r: r["val_acc"])
-        txt = f"saved {out} (best epoch {best_rec['epoch']}, val acc {best_rec['val_acc']:.4f})"
-    txt += _stopped_words(history, epochs)
-    _emit({"out": str(out), "best_epoch": best_rec["epoch"], "val_acc": best_rec["val_acc"], "history": history}, as_json, txt)
+    opts = dict(preset=preset, seq=seq, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, ssm_lr=ssm_lr,
+                weight_decay=weight_decay, dropout=dropout, pool=pool, val_fraction=val_fraction, seed=seed, limit=limit,
+                threads=threads, d_model=d_model, d_state=d_state, n_layers=n_layers, device=device,
+                max_minutes=max_minutes, min_decay=min_decay)
+    given = tuple(k for k in RESUMED_OPTIONS if _from_command_line(ctx, k))
+    r = run(TrainOptions(out=out, resume=resume, given=given, **opts), say=err.print,
+            on_epoch=lambda rec: err.print(json.dumps(rec), soft_wrap=True),
+            progress=lambda total: progress_bar("train", total, enabled=not as_json))
+    txt = (f"saved {out} (no validation split: last epoch {r.best_epoch} kept)" if r.val_acc is None else
+           f"saved {out} (best epoch {r.best_epoch}, val acc {r.val_acc:.4f})") + _stopped_words(r.history, r.epochs)
+    _emit({"out": str(out), "best_epoch": r.best_epoch, "val_acc": r.val_acc, "schedule": r.schedule, "history": r.history},
+          as_json, txt)
 
 
 @app.command()
@@ -279,11 +157,7 @@ def fit(
     opts = FitOptions(max_minutes=max_minutes, budget_bytes=budget_bytes, max_drop=max_drop, steps=steps, folds=folds,
                       qat_steps=qat_steps, workers=workers, executor=executor, ray_address=ray_address, seed=seed, target=target,
                       resume=resume)
-    check_options(opts)
-    from intssm import data
-
-    data.info(seq)  # an unusable dataset is refused before the output folder is made
-    outputs.check_dir(out, inputs=[seq], what="--out")
+    check_options(opts)  # before Torch is imported: a bad option costs nothing
     _small_torch_ops()
     say = (lambda m: None) if as_json else (lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))
     try:
@@ -311,64 +185,28 @@ def eval_(
     as_json: JsonOpt = False,
 ):
     """Accuracy of a float checkpoint (convolution or recurrent mode)."""
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.train import evaluate
+    from intssm import verify
 
     _check_limit(limit)
-    if mode not in ("conv", "recurrent"):
-        raise IntssmError(f"--mode must be conv or recurrent, got {mode!r}")
-    model, ck = checkpoint.load(ckpt)
-    seq = seq or checkpoint.dataset_seq(ck)
-    ds = data.load(seq, split, limit)
-    _check_input_dim(model.cfg.d_input, ds)
-    ds.check_labels(model.cfg.d_output)
-    _check_own_data(ckpt, ck, ds, other_data)
-    x = ds.as_float()
-    scored = "float model"
-    if "qspec" in ck:  # the float weights of a quantized checkpoint, on the inputs they read
-        from intssm.training.ptq import from_checkpoint
-
-        qm = from_checkpoint(model, ck)
-        x = qm.input_codes(ds.x, ds.lengths).astype(np.float32) / np.float32(255.0)
-        err.print(f"{ckpt} is quantized: scoring its float weights (intssm simulate scores the integer model)")
-        scored = "float weights of a quantized checkpoint (not the integer model)"
-    t0 = time.time()
-    with progress_bar(f"eval {mode}", len(ds), enabled=not as_json) as adv:
-        acc, loss = evaluate(model, x, ds.y, mode=mode, progress=adv, lengths=ds.lengths)
-    dt = time.time() - t0
-    _emit({"accuracy": acc, "loss": loss, "n": len(ds), "mode": mode, "seq": seq, "split": split, "scored": scored,
-           "seconds": dt, "sequences_per_s": len(ds) / dt}, as_json,
-          f"{ds.name} {mode}: accuracy {acc:.4f} ({round(acc * len(ds))}/{len(ds)}), loss {loss:.4f}, {dt:.1f} s")
+    res, text = verify.evaluate_float(ckpt, seq, other_data, mode, split, limit, show=not as_json, note=_note)
+    _emit(res, as_json, text)
 
 
 @app.command()
 def models(as_json: JsonOpt = False):
     """The curated shipped models: task, test accuracy, bytes accounted and deployed (C), how each was made."""
-    from intssm.models import load_registry
+    from intssm.models import describe, load_registry
 
     entries = load_registry()
-    if as_json:
-        _emit({"models": entries}, True, "")
-        return
-    for e in entries:
-        acc = f"{100 * e['accuracy']:.2f}% of {e['n_test']}"
-        size = (f"{e['bytes']:,} B accounted, {e['deployed_bytes']:,} B as C, weights {e['weights_reduction']}x" if e["kind"] == "integer"
-                else f"{e['bytes']:,} B float32")
-        typer.echo(f"{e['name']:15s} {e['file']}\n{'':15s} {e['dataset']}: {acc}; {size}\n{'':15s} {e['what']}\n"
-                   f"{'':15s} made by: {e['made_by']}")
+    _emit({"models": entries}, as_json, "\n".join(describe(e) for e in entries))
 
 
 @app.command()
 def configs(as_json: JsonOpt = False):
     """List the quantization config presets."""
-    from intssm.datapath.qspec import ACTIVATIONS, PRESETS, SCALARS, WEIGHTS
+    from intssm.datapath.qspec import preset_table
 
-    rows = {}
-    for name, q in PRESETS.items():
-        rows[name] = {n: f"{getattr(q, n).bits}{'s' if getattr(q, n).symmetric else 'a'}{'/ch' if getattr(q, n).per_channel else ''}"
-                         + ("" if getattr(q, n).range == "minmax" else f"@{getattr(q, n).range}") for n in WEIGHTS + ACTIVATIONS}
-        rows[name].update({k: getattr(q, k) for k in SCALARS})
+    rows = preset_table()
     lines = [f"{name:14s} " + " ".join(f"{k}={v}" for k, v in r.items()) for name, r in rows.items()]
     _emit({"configs": rows}, as_json, "bits, s = symmetric / a = asymmetric, /ch = per channel, @policy = range policy other than min/max\n" + "\n".join(lines))
 
@@ -389,27 +227,12 @@ def ptq_(
     if calib < 1:
         raise IntssmError(f"--calib must be positive, got {calib}")
     outputs.check_file(out, inputs=[ckpt, config, seq], what="--out")
-    qcfg = get_config(config)  # before Torch is imported: a bad config costs nothing
+    get_config(config)  # before Torch is imported: a bad config costs nothing
+    from intssm.training.ptq import PTQOptions, run
 
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.equalize import check_strength
-    from intssm.training.ptq import ptq_dataset, qspec_entry
-
-    check_strength(equalize, "--equalize")
     _small_torch_ops()
-    model, ck = checkpoint.load(ckpt)
-    if "qspec" in ck:
-        raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
-    seq = seq or checkpoint.dataset_seq(ck)
-    cal = data.load(seq, "train", calib, checkpoint.val_fraction(ck))
-    with err.status(f"calibrating {config} on {len(cal)} sequences of {seq}" + (" (with state equalization)" if equalize else "")):
-        qm, ranges = ptq_dataset(model, qcfg, cal, equalize)
-    extra = checkpoint.extras(ck)
-    extra["qspec"] = qspec_entry(qm, ranges)
-    extra["ptq"] = {"config": config, "calib": calib, "seq": seq, "equalize": equalize}
-    checkpoint.save(out, qm.model.float(), **extra)
-    _emit({"out": str(out), "config": config, "calib": calib}, as_json, f"saved {out} ({config}, calibrated on {calib} sequences of {seq})")
+    r = run(PTQOptions(ckpt=ckpt, out=out, config=config, calib=calib, seq=seq, equalize=equalize), status=err.status)
+    _emit({"out": str(out), "config": config, "calib": calib}, as_json, f"saved {out} ({config}, calibrated on {calib} sequences of {r['seq']})")
 
 
 @app.command("qat")
@@ -418,9 +241,10 @@ def qat_(
     out: Annotated[Path, typer.Option("--out", "-o", help="Quantized checkpoint to write.")],
     config: Annotated[Optional[str], typer.Option(help="Preset or JSON file (default w8a8); for a quantized checkpoint, re-quantizes it at these formats on its stored ranges (default: keep its own).")] = None,
     param: Annotated[str, typer.Option(help="Abar parameterisation: continuous | frozen | discrete.")] = "frozen",
-    epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 64,
+    epochs: Annotated[Optional[int], typer.Option(help="QAT epochs (default: the fewest giving 300 optimizer steps; sMNIST: 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (default: n/16 training sequences, 8 to 64).")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 1e-3,
+    warmup: Annotated[Optional[float], typer.Option(help="Share of the steps warming the learning rate up (default: 0.05 when the default runs more than one epoch, else 0).")] = None,
     calib: Annotated[int, typer.Option(help="Calibration sequences (float checkpoint).")] = 256,
     limit: LimitOpt = None,
     val_limit: Annotated[Optional[int], typer.Option(help="Validation sequences for model selection (default: the whole split).")] = None,
@@ -439,7 +263,7 @@ def qat_(
     from intssm.integer.score import int_accuracy
     from intssm.training import qat
 
-    args = qat.QATArgs(param=param, epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, val_limit=val_limit, seed=seed,
+    args = qat.QATArgs(param=param, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup, limit=limit, val_limit=val_limit, seed=seed,
                        max_minutes=max_minutes, distill=distill, distill_temp=distill_temp, ema=ema, config=config,
                        calib=calib, equalize=equalize, teacher=teacher, ranges=ranges)
     args.check()
@@ -456,12 +280,8 @@ def qat_(
     txt = (f"saved {out} (no validation split: last epoch {best_ep} kept"
            + (f"; integer accuracy {tr_acc:.4f} on the training sequences)" if tr_acc is not None else ")") if best_acc is None else
            f"saved {out} (best integer validation accuracy {best_acc:.4f} at epoch {best_ep}{which})")
-    txt += _stopped_words(history[1:], epochs)
+    txt += _stopped_words(history[1:], r["args"].epochs)
     _emit({"out": str(out), "history": history, "best_val_int_acc": best_acc, "checks": r["checks"], "warnings": r["warnings"]}, as_json, txt)
-
-
-SEARCH_FILES = ("points.jsonl", "front.json", "trace.json", "best.json", "pareto.png", "equalized-fp32.pt",
-                "input-folded-fp32.pt")  # what search writes in --out
 
 
 @app.command()
@@ -484,82 +304,19 @@ def search(
     as_json: JsonOpt = False,
 ):
     """Mixed-precision search: the least-memory bit allocation whose integer validation accuracy stays above the floor."""
-    from intssm import data
-    from intssm.training import checkpoint
-    from intssm.training.equalize import check_strength
-    from intssm.executor import get_executor
-    from intssm.training.ptq import ptq_dataset
-    from intssm.datapath.qspec import get_config
-    from intssm.datapath.ranges import ranges_to_json
-    from intssm.search import GROUPS, SearchInterrupted, greedy, pareto, plot, score, write
+    from intssm.search import GROUPS, SearchOptions, run
 
-    if not 0 < min_accuracy <= 1:
-        raise IntssmError(f"--min-accuracy must be in (0, 1], got {min_accuracy}")
-    if val_limit < 1 or calib < 1 or qat_steps < 0 or workers < 1 or qat_lr <= 0:
-        raise IntssmError("--val-limit, --calib, --workers and --qat-lr must be positive, --qat-steps >= 0")
-    check_strength(equalize, "--equalize")
-    outputs.check_dir(out, inputs=[ckpt, start], what="--out", writes=SEARCH_FILES)
     gs = tuple(g.strip() for g in groups.split(",")) if groups else tuple(GROUPS)
-    bad = [g for g in gs if g not in GROUPS]
-    if bad:
-        raise IntssmError(f"unknown group(s) {bad}; choose from {', '.join(GROUPS)}")
+    opts = SearchOptions(ckpt=ckpt, out=out, min_accuracy=min_accuracy, start=start, val_limit=val_limit, calib=calib,
+                         qat_steps=qat_steps, qat_lr=qat_lr, groups=gs, workers=workers, executor=executor,
+                         ray_address=ray_address, test=test, equalize=equalize, val_fraction=val_fraction)
     _small_torch_ops()
-    q0 = get_config(start)
-    if q0.policies() != {"minmax"}:
-        raise IntssmError("search calibrates min/max ranges once for all candidates; give a start config whose range policies are all 'minmax'")
-    model, ck = checkpoint.load(ckpt)
-    if "qspec" in ck:
-        raise IntssmError(f"{ckpt} is already quantized; give the float checkpoint")
-    ckpt_in = ckpt
-    seq = checkpoint.dataset_seq(ck)
-    vfrac = val_fraction if val_fraction is not None else checkpoint.val_fraction(ck)
-    if seq not in data.SEQS and not len(data.load(seq, "val", None, vfrac)):
-        raise IntssmError(f"{ckpt} was trained without a validation split (--val-fraction 0) and search scores "
-                          "candidates on validation sequences: give --val-fraction > 0 (those sequences were seen in training)")
-    cal = data.load(seq, "train", calib, vfrac)
-    # ranges calibrated once, by the PTQ step `intssm ptq` runs (equalization included): they do not depend on bits
-    qm0, ranges = ptq_dataset(model, q0, cal, equalize)
-    ranges = ranges_to_json(ranges)
-    if equalize:  # every candidate quantizes the one equalized model
-        ckpt = out / "equalized-fp32.pt"
-        checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), equalized={"alpha": equalize, "calib": calib, "seq": seq},
-                        input_quant=qm0.iq.to_dict() if qm0.iq is not None else None)
-    elif qm0.iq is not None:  # float data: every candidate quantizes the model folded to read the input codes
-        ckpt = out / "input-folded-fp32.pt"
-        checkpoint.save(ckpt, qm0.model, **checkpoint.extras(ck), input_quant=qm0.iq.to_dict())
-    t0 = time.time()
-    with get_executor(executor, workers, ray_address) as ex:
-        try:
-            chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, min_accuracy, ex, val_limit, qat_steps, gs, qat_lr=qat_lr,
-                                           val_fraction=vfrac,
-                                           on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
-        except SearchInterrupted as e:
-            chosen, points, trace = e.result
-            write(out, points, trace, chosen)
-            kept = f"best.json holds the last accepted configuration ({trace[-1]['bytes']:.0f} B)" if chosen else "no configuration met the floor yet"
-            raise Interrupted(f"interrupted: {len(points)} scored configurations written to {out}; {kept}") from None
-        res = {"floor": min_accuracy, "start": start, "equalize": equalize, "scored": len(points), "seconds": round(time.time() - t0, 1),
-               "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
-        if chosen is None:
-            write(out, points, trace, None)
-            raise IntssmError(f"the start configuration {start!r} scores {trace[0]['accuracy']} on validation, already "
-                              f"below the floor --min-accuracy {min_accuracy}; lower --min-accuracy or start wider")
-        best = trace[-1]
-        res |= {"best": {k: best[k] for k in ("signature", "bytes", "weights_bytes", "reduction", "accuracy")}, "best_config": str(out / "best.json")}
-        if equalize:  # the config was chosen for the equalized model: PTQ must equalize the same way
-            res["ptq_command"] = f"intssm ptq {ckpt_in} --config {out / 'best.json'} --equalize {equalize} --calib {calib} -o q.pt"
-        if test:
-            r = next(ex.map_unordered(score, [dict(ckpt=str(ckpt), seq=seq, qcfg=chosen, ranges=ranges, val_limit=None,
-                                                   qat_steps=qat_steps, qat_lr=qat_lr, split="test", val_fraction=vfrac)]))[1]
-            res["best"]["test_accuracy"] = r["accuracy"]
-            res["best"]["n_test"] = r["n"]
-    write(out, points, trace, chosen)
-    plot(points, trace, min_accuracy, out / "pareto.png")
+    res = run(opts, on_round=lambda r: err.print(f"  {r['move']:6s} -> {r['bytes']:8.0f} B  val {r['accuracy']:.4f}   {r['signature']}"))
     b = res["best"]
-    human = (f"scored {len(points)} configurations in {res['seconds']} s; least memory at val >= {min_accuracy}: "
+    human = (f"scored {res['scored']} configurations in {res['seconds']} s; least memory at val >= {min_accuracy}: "
              f"{b['signature']}\n  {b['bytes']:.0f} B ({b['reduction']:.2f}x vs float32), val {b['accuracy']:.4f}"
              + (f", test {b['test_accuracy']:.4f}" if "test_accuracy" in b else "") + f"\n  config: {out / 'best.json'}; front: {out / 'pareto.png'}"
-             + (f"\n  chosen for the equalized model ({ckpt}); quantize with: {res['ptq_command']}" if equalize else ""))
+             + (f"\n  chosen for the equalized model ({res['equalized_checkpoint']}); quantize with: {res['ptq_command']}" if equalize else ""))
     _emit(res, as_json, human)
 
 
@@ -570,15 +327,11 @@ def export_(
     as_json: JsonOpt = False,
 ):
     """Write the integer-only model: integer arrays, multipliers, shifts, LUTs and a JSON manifest."""
-    from intssm import sources
-    from intssm.integer import export
+    from intssm import deploy
 
-    outputs.check_file(out, inputs=[ckpt], what="--out", suffix=".npz")
     _small_torch_ops()
-    im = sources.load(ckpt)
-    man = export.save(out, im.qm)
-    _emit({"out": str(out), "bytes": out.stat().st_size, "format_version": man["format_version"],
-           "datapath_version": man["datapath_version"]}, as_json, f"wrote {out} ({out.stat().st_size} bytes)")
+    res, text = deploy.export_artifact(ckpt, out)
+    _emit(res, as_json, text)
 
 
 @app.command("export-c")
@@ -607,50 +360,13 @@ def export_c(
 ):
     """Write the integer model as C99 (intssm_model.h/.c, example main.c), bit-exact with the simulator;
     with --target, prove it on an emulated microcontroller and measure its cost there."""
-    from intssm import sources
-    from intssm.integer import cexport
+    from intssm import deploy
 
-    cexport.check_prefix(prefix)
-    outputs.check_dir(out, inputs=[model], what="--out", writes=(*cexport.file_names(prefix), *C_EXPORT_FILES, UNVERIFIED_MARK))
-    if target != "host" and (prefix != "intssm" or adc_scale):
-        raise IntssmError("--prefix and --adc-scale are for --target host: the emulator's builds use the default prefix "
-                          "and float32 readings")
-    if state_layout not in cexport.STATE_LAYOUTS:
-        raise IntssmError(f"--state-layout must be one of {', '.join(cexport.STATE_LAYOUTS)}, got {state_layout!r}")
-    if target == "host":
-        if report or compare:
-            raise IntssmError("--report and --compare need an emulated --target (cortex-m4, cortex-m3, cortex-m0plus, riscv32)")
-        im = sources.load(model)
-        try:
-            scales = [float(v) for v in adc_scale.split(",")] if adc_scale else None
-        except ValueError:
-            raise IntssmError(f"--adc-scale must be numbers separated by commas, got {adc_scale!r}") from None
-        files = cexport.write_c(im.arrays, im.description(), out, state_layout, prefix, scales)
-        ro = cexport.rodata_bytes_estimate(im.arrays, im.qcfg)
-        _emit({"out": str(out), "files": [str(f) for f in files], "rodata_bytes_estimate": ro, "model": str(model)},
-              as_json, "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant data)")
-        return
-    from intssm.deploy import check_options, deploy, load_case
-
-    check_options(target, sequences, count_steps)
-    case = load_case(model, sequences)  # a bad model or dataset fails before any work
-    mark = outputs.write_text(out / UNVERIFIED_MARK, f"The C files and ELF in this directory are not yet verified on the "
-                              f"emulated {target}: `intssm export-c --target {target}` removes this file only once "
-                              "every test sequence matched the simulator bit for bit.\n", quiet=True)
-    with progress_bar(f"{target} (emulated)", len(case[2]), enabled=not as_json) as adv:
-        rep = deploy(model, out, target, sequences, count_steps, compare, progress=adv, case=case, state_layout=state_layout)
-    if "error" not in rep:
-        mark.unlink()
-    path = None
-    if report:
-        path = outputs.write_text(out / target / "report.json", json.dumps(rep, indent=1) + "\n")
-    _emit(rep | {"report": str(path) if path else None}, as_json, _deploy_text(rep, path))
-    if "error" in rep:
-        raise IntssmError(f"emulated {target}: {rep['error']}")
-
-
-C_EXPORT_FILES = ("main.c", "README.md")  # what export-c writes in --out besides the model's header and source (cexport.file_names)
-UNVERIFIED_MARK = "UNVERIFIED"  # export-c --target: present until the emulated target matched the simulator
+    res, text, error = deploy.export_c(model, out, target, sequences, count_steps, compare, report, state_layout, prefix,
+                                       adc_scale, show=not as_json)
+    _emit(res, as_json, text)
+    if error:
+        raise IntssmError(error)
 
 
 @app.command("export-rtl")
@@ -665,26 +381,10 @@ def export_rtl(
     as_json: JsonOpt = False,
 ):
     """Write the integer model as synthesizable Verilog (docs/hardware.md), bit-exact with the simulator."""
-    from intssm import sources
-    from intssm.integer import rtl
+    from intssm import deploy
 
-    outputs.check_dir(out, inputs=[model], what="--out")
-    if report and not synth:
-        raise IntssmError("--report needs --synth")
-    im = sources.load(model, torch_model=False)
-    files, facts = rtl.write_rtl(im.arrays, im.description() | {"source": str(model)}, out, lanes)
-    res = {"out": str(out), "files": [str(f) for f in files], "lanes": facts.P, "multipliers": facts.multipliers,
-           "cycles_per_step": facts.cycles_per_step, "multiplications_per_step": facts.multiplications_per_step}
-    human = (f"wrote {len(files)} files to {out}: {facts.P} lanes + 1 scalar multiplier, {facts.cycles_per_step} cycles "
-             f"per step ({facts.multiplications_per_step} multiplications)")
-    if synth:
-        rep = rtl.synthesize(out, facts)
-        res["synthesis"] = rep
-        human += "\n" + rtl.describe_synthesis(rep)
-        if report:
-            res["report"] = str(outputs.write_text(out / "report.json", json.dumps(res, indent=1) + "\n"))
-            human += f"\nreport: {res['report']}"
-    _emit(res, as_json, human)
+    res, text = deploy.export_rtl(model, out, lanes, synth, report)
+    _emit(res, as_json, text)
 
 
 @app.command("cosim")
@@ -702,51 +402,13 @@ def cosim_(
 ):
     """Run a design with the documented ports (docs/hardware.md) on real sequences and require the
     simulator's logits, saturation counters and final state; names the first difference."""
-    from intssm import data, sources
-    from intssm.integer import cosim, rtl
+    from intssm import deploy
 
     _check_limit(limit)
-    facts = rtl.read_facts(rtl_dir)
-    im = sources.load(model or DEFAULT_QUANT_CKPT, torch_model=False)
-    if rtl.arrays_sha256(im.arrays) != facts.arrays_sha256:
-        raise IntssmError(f"{rtl_dir} was generated from another model than {model or DEFAULT_QUANT_CKPT} (give --model)")
-    ds = data.load(seq, split, limit)
-    P = im.input_codes(ds)
-    im.check_data(ds)
-    srcs = dut or [Path(rtl_dir) / f for f in (rtl.PRIM_FILE, rtl.TOP_FILE)]
-    rep = cosim.cosim(facts, srcs, Path(rtl_dir), im.arrays, im.mean_pool, P, ds.lengths, top=top, simulator=simulator)
-    rep |= {"dut": [str(s) for s in srcs], "seq": seq, "split": split}
-    cyc = rep["cycles_per_step_measured"]
-    human = (f"{', '.join(map(str, srcs))}: bit-exact with the simulator on {rep['bit_exact']} / {rep['sequences']} sequences "
-             f"(logits, saturation counters, final state)" + (f"; {cyc[0]}..{cyc[1]} cycles per step" if cyc else ""))
-    _emit(rep, as_json, human)
-    if rep["first_difference"] is not None:
-        raise IntssmError(f"the design differs from the simulator: {cosim.describe_difference(rep['first_difference'])}")
-
-
-def _deploy_text(r: dict, path) -> str:
-    i, a = r["integer"], r["accounted"]
-    lines = [f"{r['model']} on an emulated {r['target']} ({r['elf']})",
-             f"  bit-exact with the simulator: {i['bit_exact_sequences']} / {i['sequences']} test sequences "
-             f"(logits, saturation counters, final state)",
-             f"  flash {i['flash_bytes']} B (code {i['text']}, constants {i['rodata']}); accounted constants {a['flash_bytes']} B; "
-             f"float32 weights {a['fp32_flash_bytes']} B",
-             f"  RAM {i['ram_bytes']} B (state {i['bss'] + i['data']}, peak stack {i['stack_peak_bytes']}); accounted {a['ram_bytes']} B",
-             f"  per step: {i['instructions_per_step']:.0f} instructions ({i['instructions_per_multiplication']:.2f} per "
-             + (f"multiplication), ~{i['cycles_per_step']:.0f} cycles; {i['ms_per_sequence_at_80mhz']:.1f} ms per "
-                f"{r['sequence_length']}-step sequence at 80 MHz" if i["cycles_per_step"] is not None
-                else "multiplication); no cycle estimate for this core"),
-             f"  64-bit accumulators: {', '.join(r['sites_64bit']) or 'none'}"]
-    for name, m in r.get("compare", {}).items():
-        if isinstance(m, dict):
-            lines.append(f"  {name}: flash {m['flash_bytes']} B, RAM {m['ram_bytes']} B, {m['instructions_per_step']:.0f} "
-                         f"instructions, ~{m['cycles_per_step']:.0f} cycles per step, {m['ms_per_sequence_at_80mhz']:.1f} ms per sequence"
-                         if m["cycles_per_step"] is not None else f"  {name}: {m['instructions_per_step']:.0f} instructions per step")
-        else:
-            lines.append(f"  {name}: {m}")
-    if path:
-        lines.append(f"  report: {path}")
-    return "\n".join(lines)
+    res, text, error = deploy.cosim(rtl_dir, model or DEFAULT_QUANT_CKPT, dut, seq, split, limit, simulator, top)
+    _emit(res, as_json, text)
+    if error:
+        raise IntssmError(error)
 
 
 @app.command()
@@ -755,33 +417,10 @@ def inspect(
     as_json: JsonOpt = False,
 ):
     """Table of the artifact's tensors: shape, bits, scale, code range."""
-    from intssm.integer import export
-    from intssm.datapath.qspec import QFormat
+    from intssm import modelinfo
 
-    arrays, man = export.load(model)
-    rows = []
-    for k, v in arrays.items():
-        rows.append({"name": k, "shape": list(v.shape), "min": int(v.min()) if v.size else 0,
-                     "max": int(v.max()) if v.size else 0})
-    tens = man["tensors"]
-    if as_json:
-        _emit({"manifest": {k: v for k, v in man.items() if k != "tensors"}, "arrays": rows, "tensors": tens}, True, "")
-        return
-    typer.echo(f"{model}: format {man['format']} v{man['format_version']}, datapath v{man['datapath_version']}, "
-               f"seq_len {man['seq_len']}, model {man['model_config']}")
-    typer.echo(f"{'array':12s} {'shape':>14s} {'min':>12s} {'max':>12s}")
-    for r in rows:
-        typer.echo(f"{r['name']:12s} {str(tuple(r['shape'])):>14s} {r['min']:>12d} {r['max']:>12d}")
-    typer.echo(f"\n{'quantizer':12s} {'bits':>4s} {'sym':>4s} {'per-ch':>6s} {'scale (min..max)':>24s} {'real range':>22s}")
-    for k, t in tens.items():
-        sc = np.asarray(t["scale"])
-        b, sym = t["bits"], t["symmetric"]
-        f = QFormat(b, sym)
-        qmin, qmax = f.qmin, f.qmax
-        z = np.asarray(t["zero"])
-        lo, hi = float((sc * (qmin - z)).min()), float((sc * (qmax - z)).max())
-        typer.echo(f"{k:12s} {b:>4d} {'y' if sym else 'n':>4s} {'y' if t['per_channel'] else 'n':>6s} "
-                   f"{sc.min():>11.4g}..{sc.max():<11.4g} {lo:>10.4g}..{hi:<10.4g}")
+    res, text = modelinfo.inspect(model)
+    _emit(res, as_json, text)
 
 
 @app.command()
@@ -791,100 +430,25 @@ def simulate(
     other_data: OtherDataOpt = False,
     split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
     limit: LimitOpt = None,
-    verify: Annotated[str, typer.Option(help="Sequences checked against the Torch quantized model: N or 'all'.")] = "256",
+    verify_: Annotated[str, typer.Option("--verify", help="Sequences checked against the Torch quantized model: N or 'all'.")] = "256",
     trace: Annotated[Optional[Path], typer.Option(help="Write the integer state trace (x_re, x_im codes per step) of one sequence (.npz).")] = None,
     trace_index: Annotated[int, typer.Option(help="Which sequence --trace records (0-based, in the split).")] = 0,
     logits_out: Annotated[Optional[Path], typer.Option("--logits", help="Write golden vectors (.npz): integer logits, predictions, labels, lengths and per-sequence saturation counters.")] = None,
     as_json: JsonOpt = False,
 ):
     """Run the integer simulator on a dataset; verify it bit for bit against the Torch quantized model."""
-    from intssm import data
-    from intssm import sources
-    from intssm.integer.sim import simulate as sim
+    from intssm import verify
 
     _check_limit(limit)
-    model = model or DEFAULT_QUANT_CKPT
-    for path, what in ((trace, "--trace"), (logits_out, "--logits")):
-        if path is not None:
-            outputs.check_file(path, inputs=[model, seq], what=what, suffix=".npz")
-    if trace is not None and logits_out is not None and Path(trace).resolve() == Path(logits_out).resolve():
-        raise IntssmError("--trace and --logits must be different files")
-    if trace_index < 0:
-        raise IntssmError(f"--trace-index must be >= 0, got {trace_index}")
-    if verify == "all":
-        n_verify = None
-    else:
-        try:
-            n_verify = int(verify)
-        except ValueError:
-            raise IntssmError(f"--verify takes a number or 'all', got {verify!r}") from None
-        if n_verify < 0:
-            raise IntssmError(f"--verify must be >= 0, got {n_verify}")
+    n_verify = verify.parse_verify(verify_)
     if n_verify != 0:
         _small_torch_ops()
-    im = sources.load(model, torch_model=n_verify != 0)  # --verify 0: no Torch model, the integer-model cache
-    seq = seq or im.dataset or "smnist"
-    ds = data.load(seq, split, limit)
-    P = im.input_codes(ds)
-    im.check_data(ds)
-    if Path(model).suffix != ".npz":
-        from intssm.training import checkpoint
-
-        _check_own_data(model, checkpoint.load_raw(model), ds, other_data)
-    n = len(ds)
-    if trace is not None and trace_index >= n:
-        raise IntssmError(f"--trace-index {trace_index} is beyond the {n} sequences of {ds.name}")
-    with _kernels_status(not as_json):  # compile (first run) / load the JIT cache outside the timing
-        sim(im.arrays, P[:1], im.mean_pool, len(im.counters), lengths=ds.lengths[:1])
-    with progress_bar("simulate", n, enabled=not as_json) as adv:
-        logits, cnts, secs = sources.run(im, P, progress=adv, lengths=ds.lengths)
-    pred = logits.argmax(1)
-    acc = float((pred == ds.y).mean())
-    nv = 0 if im.qm is None else (n if n_verify is None else min(n_verify, n))
-    exact = 0
-    if nv:
-        with progress_bar("verify (Torch)", nv, enabled=not as_json) as adv:
-            ref = sources.torch_logits(im.qm, P[:nv], progress=adv, lengths=ds.lengths[:nv])
-        exact = int((ref == logits[:nv]).all(axis=1).sum())
-    sats = {name: int(v) for name, v in zip(im.counters, cnts.sum(0))}
-    steps = int(ds.lengths.sum())
-    from intssm.datapath.layout import state_saturation_words
-    from intssm.fit import COLLAPSE_WARN
-
-    warnings = state_saturation_words(im.cfg, sats, steps, n)
-    if im.qm is not None and n_verify != 0:  # a checkpoint: its float weights on the same codes
-        f_acc = sources.float_accuracy(im.qm, P, ds.y, ds.lengths)
-        if acc < f_acc - COLLAPSE_WARN:
-            warnings.append(f"integer accuracy {100 * acc:.2f}% is {100 * (f_acc - acc):.1f} points below the float weights' "
-                            f"{100 * f_acc:.2f}% on the same sequences: the integer model is not what the float one is "
-                            "(intssm qat --ranges calibrated, or more bits)")
-    res = {"accuracy": acc, "n": n, "n_verified": nv, "bit_exact": exact, "saturations": sats, "warnings": warnings,
-           "steps_per_s": steps / secs, "sequences_per_s": n / secs, "sim_seconds": secs,
-           "model": str(model), "source": im.source, "seq": seq, "split": split}
-    if trace:
-        j = slice(trace_index, trace_index + 1)
-        lg1, c1, (tr, ti) = sim(im.arrays, P[j], im.mean_pool, len(im.counters), trace=True, lengths=ds.lengths[j])
-        L1 = int(ds.lengths[trace_index])
-        with outputs.atomic(trace) as tmp:
-            np.savez_compressed(tmp, x_re=tr[:L1], x_im=ti[:L1], logits=lg1[0], counters=c1[0], index=np.int64(trace_index))
-        res["trace"] = str(trace)
-    if logits_out:
-        with outputs.atomic(logits_out) as tmp:
-            np.savez_compressed(tmp, logits=logits, pred=pred, labels=ds.y.astype(np.int64), lengths=ds.lengths.astype(np.int64),
-                                counters=cnts, counter_names=np.array(im.counters))
-        res["logits"] = str(logits_out)
-    sat_txt = ", ".join(f"{k} {v}" for k, v in sats.items() if v) or "none"
-    verified = (f"verified against Torch quantized model: {exact}/{nv} sequences with identical integer logits" if nv
-                else "not verified (--verify 0)" if n_verify == 0
-                else "not verified: an .npz artifact holds integers only, no Torch model to compare with")
-    human = (f"{im.source}\n{ds.name}: integer accuracy {acc:.4f} ({int((pred == ds.y).sum())}/{n})\n"
-             f"{verified}\n"
-             f"saturations: {sat_txt}\n" + "".join(f"warning: {w}\n" for w in warnings) +
-             f"speed: {steps / secs:,.0f} steps/s, {n / secs:,.0f} sequences/s ({secs:.2f} s in the simulator)")
-    if nv and exact != nv:
-        _emit(res, as_json, human)
-        raise IntssmError(f"simulator and Torch quantized model disagree on {nv - exact} of {nv} sequences")
-    _emit(res, as_json, human)
+    res, text, error = verify.simulate(model or DEFAULT_QUANT_CKPT, seq, other_data, split, limit, n_verify, trace,
+                                       trace_index, logits_out, show=not as_json, note=_note,
+                                       loading=lambda: _kernels_status(not as_json))
+    _emit(res, as_json, text)
+    if error:
+        raise IntssmError(error)
 
 
 @app.command()
@@ -893,28 +457,11 @@ def memory(
     as_json: JsonOpt = False,
 ):
     """Exact memory of the integer model (flash: constants; RAM: state and buffers) vs float32."""
-    from intssm import sources
-    from intssm.integer import cost
-    from intssm.integer.cexport import c_storage
+    from intssm import modelinfo
 
     _small_torch_ops()
-    im = sources.load(model or DEFAULT_QUANT_CKPT)  # one read: config, quantization and arrays
-    src = im.source
-    m = cost.memory(im.cfg, im.qcfg, im.seq_len) | c_storage(im.arrays, im.description())
-    if as_json:
-        _emit(m | {"model": src}, True, "")
-        return
-    typer.echo(f"{src}")
-    typer.echo(f"{'tensor':18s} {'kind':11s} {'count':>7s} {'bits':>5s} {'bytes':>9s}")
-    for r in m["rows"]:
-        typer.echo(f"{r['name']:18s} {r['kind']:11s} {r['count']:>7d} {r['bits_each']:>5d} {r['bits'] / 8:>9.1f}")
-    typer.echo(f"\nflash {m['flash_bytes']} B + RAM {m['ram_bytes']} B = {m['bytes']} B;  float32: "
-               f"{m['fp32_flash_bytes']} + {m['fp32_ram_bytes']} = {m['fp32_bytes']} B;  reduction {m['reduction']:.2f}x")
-    typer.echo(f"weights and biases only: {m['weights_bytes']} B vs {m['fp32_weights_bytes']} B float32 "
-               f"({m['weights_reduction']:.2f}x)")
-    typer.echo(f"as exported to C (intssm export-c; sub-byte and odd widths packed): constants {m['c_flash_bytes']} B "
-               f"(.rodata, before alignment) vs {m['flash_bytes']} B accounted; state {m['c_ram_bytes']} B "
-               f"(sizeof(intssm_state)) vs {m['ram_bytes']} B accounted; code and stack: intssm export-c --target cortex-m4")
+    res, text = modelinfo.memory(model or DEFAULT_QUANT_CKPT)
+    _emit(res, as_json, text)
 
 
 @app.command()
@@ -926,114 +473,40 @@ def profile(
     as_json: JsonOpt = False,
 ):
     """Exact integer work of one recurrent step (by kind and width), traffic, energy vs float32, saturation rates."""
-    from intssm import sources
-    from intssm.integer import cost
-    from intssm import data
-    from intssm.datapath import layout
+    from intssm import modelinfo
 
-    if limit < 0:
-        raise IntssmError(f"--limit must be >= 0, got {limit}")
-    src = model or DEFAULT_QUANT_CKPT
-    if plot is not None:
-        outputs.check_file(plot, inputs=[src, seq], what="--plot", suffix=".png")
     _small_torch_ops()
-    cfg, qcfg, L, name = sources.describe(src)
-    prof = cost.profile(cfg, qcfg, L)
-    parts = {k: dict(sorted(v.items())) for k, v in cost.step_parts(cfg, qcfg, L).items()}
-    mem = cost.memory(cfg, qcfg, L)
-    prof["parts"] = parts
-    prof["memory"] = {k: v for k, v in mem.items() if k != "rows"}
-    if limit:
-        im = sources.load(src)
-        ds = data.load(seq, "test", limit)
-        im.check_data(ds)
-        with _kernels_status(not as_json):
-            sources.run(im, im.input_codes(ds)[:1], lengths=ds.lengths[:1])
-        with progress_bar("saturation rates", len(ds), enabled=not as_json) as adv:
-            _, cnts, _ = sources.run(im, im.input_codes(ds), progress=adv, lengths=ds.lengths)
-        events = layout.counter_events(cfg, int(ds.lengths.sum()), len(ds))
-        prof["saturation_rates"] = {n: {"saturations": int(c), "events": events[n], "rate": int(c) / events[n]}
-                                    for n, c in zip(im.counters, cnts.sum(0))}
-    if plot:
-        _plot_profile(parts, mem, plot)
-        prof["plot"] = str(plot)
-    if as_json:
-        _emit(prof | {"model": name}, True, "")
-        return
-    typer.echo(f"{name}: one recurrent step, then per sequence of {L} steps")
-    kinds = sorted({k for v in parts.values() for k in v})
-    w = {p: max(10, len(p) + 2) for p in parts}
-    hdr = f"{'operation':22s}" + "".join(f"{p:>{w[p]}s}" for p in parts) + f"{'step':>10s}{'sequence':>13s}"
-    typer.echo(hdr)
-    for k in kinds:
-        row = f"{k:22s}" + "".join(f"{parts[p].get(k, 0):>{w[p]}d}" for p in parts)
-        typer.echo(row + f"{prof['step_ops'].get(k, 0):>10d}{prof['sequence_ops'].get(k, 0):>13d}")
-    t = prof["traffic_bits"]
-    typer.echo(f"\nper step: reads {t['read_const_bits']} const + {t['read_lut_bits']} LUT + {t['read_state_bits']} state "
-               f"+ {t['read_act_bits']} activation bits; writes {t['write_state_bits']} state + {t['write_act_bits']} activation bits")
-    typer.echo(f"state held between steps: {t['state_bits_held']} bits; memory: flash {mem['flash_bytes']} B, RAM {mem['ram_bytes']} B")
-    e, f = prof["energy_pj_per_step"], prof["fp32"]["energy_pj_per_step"]
-    typer.echo(f"energy per step (Horowitz 45 nm): integer {e['total'] / 1000:.2f} nJ (ops {e['ops'] / 1000:.2f}, memory "
-               f"{e['memory'] / 1000:.2f}); float32 {f['total'] / 1000:.2f} nJ; ratio {prof['energy_ratio_fp32_over_int']:.1f}x")
-    if limit:
-        typer.echo("\nsaturation / clip rates measured on " + f"{limit} {seq} test sequences:")
-        for k, r in prof["saturation_rates"].items():
-            typer.echo(f"  {k:10s} {r['saturations']:>10d} / {r['events']:<12d} = {r['rate']:.2e}")
+    res, text = modelinfo.profile(model or DEFAULT_QUANT_CKPT, seq, limit, plot, show=not as_json,
+                                  loading=lambda: _kernels_status(not as_json))
+    _emit(res, as_json, text)
 
 
-def _plot_profile(parts: dict, mem: dict, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    kinds = sorted({k for v in parts.values() for k in v})
-    bottom = np.zeros(len(parts))
-    for k in kinds:
-        vals = np.array([parts[p].get(k, 0) for p in parts], dtype=float)
-        a1.bar(list(parts), vals, bottom=bottom, label=k)
-        bottom += vals
-    a1.set_ylabel("operations per step")
-    a1.set_title("integer operations per step, by part")
-    a1.legend(fontsize=7)
-    kinds_m = {}
-    for r in mem["rows"]:
-        kinds_m[r["kind"]] = kinds_m.get(r["kind"], 0) + r["bits"] / 8
-    a2.bar(list(kinds_m), list(kinds_m.values()), color="tab:gray")
-    a2.set_ylabel("bytes")
-    a2.set_title(f"memory: {mem['bytes']} B (float32 {mem['fp32_bytes']} B)")
-    a2.tick_params(axis="x", rotation=30)
-    outputs.write_png(path, fig)
+def _note(line: str) -> None:
+    """A remark of a library function, on stderr (never on stdout, which carries ``--json``)."""
+    err.print(line, markup=False, highlight=False)
 
 
 def _check_input_dim(d_input, ds):
-    if ds.x.shape[-1] != d_input:
-        raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {d_input}")
+    ds.check_features(d_input)
 
 
 def _stopped_words(history: list, epochs: int) -> str:
-    """A stop by the time budget, in words (the per-epoch record's ``stopped`` field)."""
+    """A stop by the time budget or by early stopping, in words (the per-epoch record's
+    ``stopped`` / ``early_stop`` field)."""
     r = next((h for h in history if h.get("stopped")), None)
-    return "" if r is None else f"\nstopped by the {r['stopped']} in epoch {r['epoch']} of {epochs} (--max-minutes)"
+    if r is not None:
+        return f"\nstopped by the {r['stopped']} in epoch {r['epoch']} of {epochs} (--max-minutes)"
+    r = next((h for h in history if h.get("early_stop")), None)
+    return "" if r is None else f"\nearly stop in epoch {r['epoch']} of {epochs}: {r['early_stop']}"
 
 
 def _check_own_data(path, ck: dict, ds, other_data: bool) -> None:
-    """Refuse data whose checksum differs from the one the checkpoint records of its own dataset
-    (a model scored on other data of the same shape would report an accuracy without a word),
-    unless ``--other-data`` says that is meant."""
-    entry = ck.get("dataset") if isinstance(ck.get("dataset"), dict) else {}
-    own = entry.get("checksum")
-    if own and ds.checksum != own and not other_data:
-        raise IntssmError(f"{path} was trained on {entry.get('seq')!r}; {ds.name.rsplit(':', 1)[0]!r} holds other data "
-                          "(its checksum differs): add --other-data to score it anyway")
-    if own and ds.checksum != own:
-        err.print(f"note: {ds.name} is not the data {path} was trained on (--other-data)", markup=False, highlight=False)
+    """:func:`intssm.training.checkpoint.check_own_data`, its note printed."""
+    from intssm.training.checkpoint import check_own_data
 
-
-def _dataset_entry(seq: str, ds, val_fraction) -> dict:
-    """What a checkpoint records of its dataset: the source, its checksum, the validation split."""
-    return {"seq": seq, "checksum": ds.checksum, "val_fraction": val_fraction}
+    note = check_own_data(path, ck, ds, other_data)
+    if note:
+        err.print(note, markup=False, highlight=False)
 
 
 _SIGNAL_EXIT = {"code": 130}  # 130 after SIGINT (Ctrl-C), 143 after SIGTERM

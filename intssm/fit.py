@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from intssm.errors import IntssmError
+from intssm.training.recipe import step_batch_size as batch_size  # the step schedule's batch: n/8 within [8, 64]
 
 CV_BELOW = 1000  # fewer training sequences than this: k-fold cross-validation, else the validation split
 #: the float models tried (each on top of the paper-small preset: d_state 64)
@@ -102,9 +103,6 @@ def kfold(y: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.nda
     return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)]
 
 
-def batch_size(n: int) -> int:
-    """Sequences per step: n/8 within [8, 64] (tens of sequences still give several steps per pass)."""
-    return int(min(64, max(8, n // 8)))
 
 
 def model_config(seq: str, cand: dict):
@@ -198,13 +196,13 @@ def fit(seq: str, out: Path, opts: FitOptions, say=print) -> dict:
     """Run the five stages into folder ``out``; returns the card (also ``out/card.json``). A
     KeyboardInterrupt writes the card as it stands (the stages done, their files) and re-raises."""
     from intssm import data
+    from intssm.outputs import check_dir
 
     check_options(opts)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    info = data.info(seq)  # an unusable dataset is refused before the output folder is made
+    out = check_dir(out, inputs=[seq], what="--out")  # created if missing
     t0 = time.time()
     deadline = t0 + 60 * opts.max_minutes
-    info = data.info(seq)
     tr_all = data.load(seq, "train", None, 0.0)
     n = len(tr_all)
     cv = n < CV_BELOW
@@ -417,12 +415,9 @@ def _final(seq, opts, cv, sel, deadline, t0, rep, say) -> dict:
 def _deployed(qm, L) -> dict:
     from intssm.integer import cost
     from intssm.integer.cexport import c_storage
-    from intssm.integer.export import integer_model
-    from intssm.datapath import layout
+    from intssm.integer.export import from_quantized
 
-    desc = {"model_config": qm.dp.cfg.to_dict(), "quant_config": qm.dp.qcfg.to_dict(), "seq_len": L,
-            "counters": layout.counter_names(qm.dp.cfg.n_layers), "input": qm.iq.to_dict() if qm.iq is not None else None}
-    m = cost.memory(qm.dp.cfg, qm.dp.qcfg, L) | c_storage(integer_model(qm), desc)
+    m = cost.memory(qm.dp.cfg, qm.dp.qcfg, L) | c_storage(from_quantized(qm))
     return {"bytes": m["bytes"], "deployed_bytes": m["c_flash_bytes"] + m["c_ram_bytes"], "c_flash_bytes": m["c_flash_bytes"],
             "c_ram_bytes": m["c_ram_bytes"], "fp32_bytes": m["fp32_bytes"]}
 
@@ -518,28 +513,29 @@ def _verify(seq, opts, cv, q, rep, say) -> None:
 
     say("[4/5 verify] integer simulator == Torch quantized model on every selection and test sequence; artifact; C export")
     im = sources.load(q["path"])
+    m = im.model
     res = {}
     for name, ds in (("selection", data.load(seq, "train" if cv else "val", None, 0.0 if cv else None)),
                      ("test", data.load(seq, "test"))):
         im.check_data(ds)
         P = im.input_codes(ds)
-        logits, cnts, _ = sources.run(im, P, lengths=ds.lengths)
+        logits, cnts, _ = sources.run(m, P, lengths=ds.lengths)
         ref = sources.torch_logits(im.qm, P, lengths=ds.lengths)
         exact = int((ref == logits).all(axis=1).sum())
         fl_acc = _float_acc(rep.out / "float.pt", ds)
         res[name] = {"n": len(ds), "int_acc": float((logits.argmax(1) == ds.y).mean()), "float_acc": fl_acc, "bit_exact": exact,
-                     "saturations": {k: int(v) for k, v in zip(im.counters, cnts.sum(0))}}
-        events = layout.counter_events(im.cfg, int(ds.lengths.sum()), len(ds))
-        res[name]["saturation_rates"] = {k: int(v) / events[k] for k, v in zip(im.counters, cnts.sum(0)) if v}
+                     "saturations": {k: int(v) for k, v in zip(m.counters, cnts.sum(0))}}
+        events = layout.counter_events(m.cfg, int(ds.lengths.sum()), len(ds))
+        res[name]["saturation_rates"] = {k: int(v) / events[k] for k, v in zip(m.counters, cnts.sum(0)) if v}
         say(f"  {name}: integer {res[name]['int_acc']:.4f}, float {fl_acc:.4f}, bit-exact {exact}/{len(ds)}")
         if exact != len(ds):
             raise IntssmError(f"simulator and Torch quantized model disagree on {len(ds) - exact} {name} sequences")
     warnings = integer_warnings(res["selection"])
     for w in warnings:
         say(f"  warning: {w}")
-    man = export.save(rep.out / "model.npz", im.qm)
-    files = cexport.write_c(im.arrays, im.description(), rep.out / "c")
-    prof = cost.profile(im.cfg, im.qcfg, im.seq_len)
+    man = export.save(rep.out / "model.npz", im.qm, m)
+    files = cexport.write_c(m, rep.out / "c")
+    prof = cost.profile(m.cfg, m.qcfg, m.seq_len, m.input.bits)
     ops = int(sum(prof["step_ops"].values()))
     card = {"results": res, "warnings": warnings, "artifact": str(rep.out / "model.npz"), "format_version": man["format_version"],
             "c_export": [str(f) for f in files], "ops_per_step": ops, "step_ops": prof["step_ops"],

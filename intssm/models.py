@@ -76,8 +76,8 @@ def measure(name: str, progress=None) -> dict:
            "n_test": len(ds)}
     if "qspec" in ck:
         im = sources.load(path)
-        lg, _, _ = sources.run(im, im.input_codes(ds), lengths=ds.lengths, progress=progress)
-        m = cost.memory(im.cfg, im.qcfg, im.seq_len) | c_storage(im.arrays, im.description())
+        lg, _, _ = sources.run(im.model, im.input_codes(ds), lengths=ds.lengths, progress=progress)
+        m = cost.memory(im.model.cfg, im.model.qcfg, im.model.seq_len) | c_storage(im.model)
         rec |= {"kind": "integer", "accuracy": float((lg.argmax(1) == ds.y).mean()), "bytes": m["bytes"],
                 "weights_reduction": round(m["weights_reduction"], 2), "reduction": round(m["reduction"], 2),
                 "deployed_bytes": m["c_flash_bytes"] + m["c_ram_bytes"]}
@@ -100,3 +100,12 @@ def load_registry() -> list[dict]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
         raise IntssmError(f"model registry {REGISTRY} is malformed; regenerate with python tools/models.py")
     return entries
+
+
+def describe(e: dict) -> str:
+    """One registry entry as ``intssm models`` prints it: name and file, task and accuracy, bytes, what, how made."""
+    acc = f"{100 * e['accuracy']:.2f}% of {e['n_test']}"
+    size = (f"{e['bytes']:,} B accounted, {e['deployed_bytes']:,} B as C, weights {e['weights_reduction']}x" if e["kind"] == "integer"
+            else f"{e['bytes']:,} B float32")
+    pad = " " * 15
+    return f"{e['name']:15s} {e['file']}\n{pad} {e['dataset']}: {acc}; {size}\n{pad} {e['what']}\n{pad} made by: {e['made_by']}"

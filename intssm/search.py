@@ -14,7 +14,10 @@ Candidates of a round are independent: they run through :mod:`intssm.executor`.
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from intssm.errors import IntssmError
 from intssm.outputs import write_png, write_text
@@ -62,7 +65,7 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
     from intssm import data
     from intssm.training import checkpoint
     from intssm.integer import cost
-    from intssm.integer.export import integer_model
+    from intssm.integer.export import from_quantized
     from intssm.training.qat import configure, qat_step
     from intssm.training.qmodel import QuantS4D
     from intssm.datapath.build import build_datapath
@@ -77,18 +80,15 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
         raise IntssmError(f"{seq}: the {split} split is empty (trained with --val-fraction 0?); "
                           "search scores candidates on validation sequences: give --val-fraction > 0")
     L = va.x.shape[1]
-    iq = None
-    if ck.get("input_quant") is not None:  # float data: the model was folded to read this quantizer's codes
-        from intssm.datapath.inputq import InputQuant
+    from intssm.datapath.inputq import from_entry
 
-        iq = InputQuant.from_dict(ck["input_quant"])
+    iq = from_entry(ck.get("input_quant"), model.cfg.d_input)  # float data: the model was folded to read its codes
     mem = cost.memory(model.cfg, q, L)
     out = {"config": qcfg, "n": len(va), "bytes": mem["bytes"], "weights_bytes": mem["weights_bytes"], "reduction": mem["reduction"]}
     try:
-        qm = QuantS4D(model, build_datapath(model.cfg, q, ranges_from_json(ranges), L))
+        qm = QuantS4D(model, build_datapath(model.cfg, q, ranges_from_json(ranges), L), iq)
     except IntssmError as e:
         return out | {"accuracy": None, "error": str(e)}
-    qm.iq = iq
     if qat_steps:
         torch.manual_seed(seed)
         tr = data.load(seq, "train", 64 * qat_steps, val_fraction)
@@ -98,8 +98,7 @@ def score(ckpt: str, seq: str, qcfg: dict, ranges: dict, val_limit: int | None, 
         for i in range(qat_steps):
             b = slice(64 * i, 64 * (i + 1))
             qat_step(qm, opt, params, Ptr[b], tr.y[b], lengths=tr.lengths[b])
-    lg, cnt, _ = simulate(integer_model(qm), qm.input_codes(va.x, va.lengths), model.cfg.pool == "mean",
-                          len(qm.counters), lengths=va.lengths)
+    lg, cnt, _ = simulate(from_quantized(qm), qm.input_codes(va.x, va.lengths), lengths=va.lengths)
     return out | {"accuracy": float((lg.argmax(1) == va.y).mean()), "saturations": int(np.sum(cnt))}
 
 
@@ -204,3 +203,127 @@ def write(out, points, trace, chosen):
     write_text(out / "trace.json", json.dumps([{k: p.get(k) for k in ("move", "signature", "bytes", "accuracy")} for p in trace], indent=1), quiet=True)
     if chosen is not None:
         write_text(out / "best.json", json.dumps(chosen, indent=1), quiet=True)
+
+
+#: what :func:`run` writes in its output folder
+FILES = ("points.jsonl", "front.json", "trace.json", "best.json", "pareto.png", "equalized-fp32.pt", "input-folded-fp32.pt")
+
+
+@dataclass
+class SearchOptions:
+    """What ``intssm search`` takes."""
+
+    ckpt: Path  # the float checkpoint
+    out: Path = Path("runs/search")  # folder for FILES
+    min_accuracy: float = 0.97  # floor on integer validation accuracy (0..1)
+    start: str = "w8a8-state12"  # start configuration: preset or JSON file (min/max range policies)
+    val_limit: int = 2000  # validation sequences scoring each candidate
+    calib: int = 256  # calibration sequences (ranges are calibrated once)
+    qat_steps: int = 0  # discrete-Abar QAT steps (batch 64) fine-tuning each candidate before scoring
+    qat_lr: float = QAT_LR
+    groups: tuple = tuple(GROUPS)  # groups to lower
+    workers: int = 2  # parallel candidates
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None
+    test: bool = True  # also score the chosen configuration on the full test set
+    equalize: float = 0.0  # state equalization strength (intssm.training.equalize)
+    val_fraction: float | None = None  # None: the checkpoint's
+
+
+def check_options(o: SearchOptions) -> None:
+    """Refuse options outside their ranges (messages name the CLI options)."""
+    from intssm.outputs import check_dir
+
+    if not 0 < o.min_accuracy <= 1:
+        raise IntssmError(f"--min-accuracy must be in (0, 1], got {o.min_accuracy}")
+    if o.val_limit < 1 or o.calib < 1 or o.qat_steps < 0 or o.workers < 1 or o.qat_lr <= 0:
+        raise IntssmError("--val-limit, --calib, --workers and --qat-lr must be positive, --qat-steps >= 0")
+    from intssm.training.equalize import check_strength
+
+    check_strength(o.equalize, "--equalize")
+    check_dir(o.out, inputs=[o.ckpt, o.start], what="--out", writes=FILES)
+    bad = [g for g in o.groups if g not in GROUPS]
+    if bad:
+        raise IntssmError(f"unknown group(s) {bad}; choose from {', '.join(GROUPS)}")
+
+
+def _candidates_checkpoint(o: SearchOptions, qm0, ck: dict, seq: str) -> Path:
+    """The float checkpoint every candidate quantizes: the given one, or -- written into ``o.out``
+    -- the equalized model (``equalize`` > 0) or the model folded to read the input codes (float data)."""
+    from intssm.training import checkpoint
+
+    iq = qm0.iq.to_dict()
+    if o.equalize:
+        path = o.out / "equalized-fp32.pt"
+        checkpoint.save(path, qm0.model, **checkpoint.extras(ck), equalized={"alpha": o.equalize, "calib": o.calib, "seq": seq},
+                        input_quant=iq)
+        return path
+    if qm0.iq.float_data:
+        path = o.out / "input-folded-fp32.pt"
+        checkpoint.save(path, qm0.model, **checkpoint.extras(ck), input_quant=iq)
+        return path
+    return o.ckpt
+
+
+def run(o: SearchOptions, on_round=None) -> dict:
+    """The search as ``intssm search`` runs it: ranges calibrated once (:func:`intssm.training.ptq.ptq_dataset`,
+    equalization included), :func:`greedy` from ``o.start`` through the executor, the results
+    written in ``o.out`` (:func:`write`, :func:`plot`), and with ``o.test`` the chosen configuration
+    scored on the test split after the choice. Returns the summary; an interrupt writes what was
+    scored and raises :class:`intssm.errors.Interrupted`."""
+    from intssm import data
+    from intssm.datapath.qspec import get_config
+    from intssm.datapath.ranges import ranges_to_json
+    from intssm.errors import Interrupted
+    from intssm.executor import get_executor
+    from intssm.training import checkpoint
+    from intssm.training.ptq import ptq_dataset
+
+    check_options(o)
+    q0 = get_config(o.start)
+    if q0.policies() != {"minmax"}:
+        raise IntssmError("search calibrates min/max ranges once for all candidates; give a start config whose range policies are all 'minmax'")
+    model, ck = checkpoint.load(o.ckpt)
+    if "qspec" in ck:
+        raise IntssmError(f"{o.ckpt} is already quantized; give the float checkpoint")
+    seq = checkpoint.dataset_seq(ck)
+    vfrac = o.val_fraction if o.val_fraction is not None else checkpoint.val_fraction(ck)
+    if seq not in data.SEQS and not len(data.load(seq, "val", None, vfrac)):
+        raise IntssmError(f"{o.ckpt} was trained without a validation split (--val-fraction 0) and search scores "
+                          "candidates on validation sequences: give --val-fraction > 0 (those sequences were seen in training)")
+    cal = data.load(seq, "train", o.calib, vfrac)
+    qm0, ranges = ptq_dataset(model, q0, cal, o.equalize)  # ranges do not depend on bits: calibrated once
+    ranges = ranges_to_json(ranges)
+    ckpt = _candidates_checkpoint(o, qm0, ck, seq)
+    t0 = time.time()
+    with get_executor(o.executor, o.workers, o.ray_address) as ex:
+        try:
+            chosen, points, trace = greedy(str(ckpt), seq, q0, ranges, o.min_accuracy, ex, o.val_limit, o.qat_steps, o.groups,
+                                           qat_lr=o.qat_lr, val_fraction=vfrac, on_round=on_round)
+        except SearchInterrupted as e:
+            chosen, points, trace = e.result
+            write(o.out, points, trace, chosen)
+            kept = f"best.json holds the last accepted configuration ({trace[-1]['bytes']:.0f} B)" if chosen else "no configuration met the floor yet"
+            raise Interrupted(f"interrupted: {len(points)} scored configurations written to {o.out}; {kept}") from None
+        res = {"floor": o.min_accuracy, "start": o.start, "equalize": o.equalize, "scored": len(points),
+               "seconds": round(time.time() - t0, 1),
+               "front": [{k: p[k] for k in ("signature", "bytes", "accuracy")} for p in pareto(points)]}
+        if chosen is None:
+            write(o.out, points, trace, None)
+            raise IntssmError(f"the start configuration {o.start!r} scores {trace[0]['accuracy']} on validation, already "
+                              f"below the floor --min-accuracy {o.min_accuracy}; lower --min-accuracy or start wider")
+        best = trace[-1]
+        res |= {"best": {k: best[k] for k in ("signature", "bytes", "weights_bytes", "reduction", "accuracy")},
+                "best_config": str(o.out / "best.json")}
+        if o.equalize:  # the config was chosen for the equalized model: PTQ must equalize the same way
+            res["ptq_command"] = (f"intssm ptq {o.ckpt} --config {o.out / 'best.json'} --equalize {o.equalize} "
+                                  f"--calib {o.calib} -o q.pt")
+            res["equalized_checkpoint"] = str(ckpt)
+        if o.test:
+            r = next(ex.map_unordered(score, [dict(ckpt=str(ckpt), seq=seq, qcfg=chosen, ranges=ranges, val_limit=None,
+                                                   qat_steps=o.qat_steps, qat_lr=o.qat_lr, split="test", val_fraction=vfrac)]))[1]
+            res["best"]["test_accuracy"] = r["accuracy"]
+            res["best"]["n_test"] = r["n"]
+    write(o.out, points, trace, chosen)
+    plot(points, trace, o.min_accuracy, o.out / "pareto.png")
+    return res

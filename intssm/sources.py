@@ -1,5 +1,9 @@
 """Loading an integer model from any of its sources, and running it over a dataset.
 
+:func:`load` returns a :class:`LoadedModel`: the :class:`~intssm.datapath.intmodel.IntModel`
+(validated once, by :func:`intssm.datapath.layout.validate`) with what its source adds (a
+description, the checkpoint's dataset, the Torch quantized model when asked for).
+
 Sources: an exported ``.npz`` (integer arrays only: nothing to verify against), a quantized
 checkpoint (``qspec`` entry), or a float checkpoint, which gets the default PTQ (``w8a8``,
 ranges calibrated on the first ``calib`` training sequences).
@@ -43,48 +47,31 @@ from intssm.integer.sim import simulate
 DEFAULT_CONFIG = "w8a8"
 
 
-@dataclass
-class IntegerModel:
-    arrays: dict  # int64 arrays in the simulator's layout
-    counters: list  # saturation counter names
-    mean_pool: bool
-    seq_len: int
-    source: str
-    cfg: object = None  # ModelConfig
-    qcfg: object = None  # QuantConfig
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model loaded from a source: the validated integer model (:class:`~intssm.datapath.intmodel.IntModel`,
+    which every execution and exporter takes) and what its source adds."""
+
+    model: object  # the IntModel
+    source: str  # what was loaded, in words
     qm: object = None  # the Torch quantized model (QuantS4D), when the source has float weights and it was asked for
-    dataset: str | None = None
-    iq: object = None  # intssm.datapath.inputq.InputQuant of a model for float data, else None (raw uint8 inputs)
+    dataset: str | None = None  # the checkpoint's dataset (None for an artifact)
 
     def input_codes(self, ds) -> np.ndarray:
-        """The uint8 codes the datapath takes for dataset ``ds`` (:func:`intssm.datapath.inputq.input_codes`)."""
-        from intssm.datapath.inputq import input_codes
-
+        """The uint8 codes the datapath takes for dataset ``ds`` (the model's input quantizer)."""
         try:
-            return input_codes(self.iq, self.cfg.d_input, ds.x, ds.lengths)
+            return self.model.input_codes(ds.x, ds.lengths)
         except IntssmError as e:
             raise IntssmError(f"{ds.name}: {e}") from None
-
-    def description(self) -> dict:
-        """What the exporters need besides the arrays: model and quant config, sequence length,
-        counter names, input quantizer (the manifest's fields)."""
-        from intssm.datapath import layout
-
-        return {"model_config": self.cfg.to_dict(), "quant_config": self.qcfg.to_dict(), "seq_len": self.seq_len,
-                "counters": layout.counter_names(self.cfg.n_layers),
-                "input": self.iq.to_dict() if self.iq is not None else None}
 
     def check_data(self, ds) -> None:
         """Refuse data the integer model cannot score: labels beyond its classes, or sequences of
         another length for a mean-pooling model."""
-        ds.check_labels(self.cfg.d_output)
-        if self.mean_pool and (ds.x.shape[1] != self.seq_len or ds.varlen):
-            raise IntssmError(f"model mean-pools over exactly {self.seq_len} steps; {ds.name} has sequences of "
+        m = self.model
+        ds.check_labels(m.cfg.d_output)
+        if m.mean_pool and (ds.x.shape[1] != m.seq_len or ds.varlen):
+            raise IntssmError(f"model mean-pools over exactly {m.seq_len} steps; {ds.name} has sequences of "
                               f"length {int(ds.lengths.min())}..{int(ds.lengths.max())}")
-
-
-def _from_artifact(p: Path, source: str) -> IntegerModel:
-    return _from_loaded(*export.load(p), source)
 
 
 def arrays_digest(arrays: dict) -> str:
@@ -95,17 +82,6 @@ def arrays_digest(arrays: dict) -> str:
         h.update(f"{k}\0{v.shape}\0".encode())
         h.update(v.tobytes())
     return h.hexdigest()
-
-
-def _from_loaded(arrays: dict, man: dict, source: str) -> IntegerModel:
-    from intssm.datapath.inputq import InputQuant
-    from intssm.datapath.modelconfig import ModelConfig
-    from intssm.datapath.qspec import QuantConfig
-
-    iq = InputQuant.from_dict(man["input"]) if man.get("input") is not None else None
-    cfg = ModelConfig.from_dict(man["model_config"])
-    return IntegerModel(arrays, man["counters"], cfg.pool == "mean", man["seq_len"], source, cfg,
-                        QuantConfig.from_dict(man["quant_config"]), iq=iq)
 
 
 def cache_dir() -> Path:
@@ -147,13 +123,13 @@ def _cache_entry(p: Path) -> Path:
     return cache_dir() / "integer-models" / f"{h.hexdigest()}.npz"
 
 
-def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool = True) -> IntegerModel:
-    """The integer model of ``path`` (module docstring). ``torch_model=False``: the caller will not
-    verify against the Torch quantized model, so a quantized checkpoint may come from the cache
-    (``qm`` is then None)."""
+def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool = True) -> LoadedModel:
+    """The integer model of ``path`` (module docstring), validated once. ``torch_model=False``: the
+    caller will not verify against the Torch quantized model, so a quantized checkpoint may come
+    from the cache (``qm`` is then None)."""
     p = Path(path)
     if p.suffix == ".npz":
-        return _from_artifact(p, f"{p} (integer artifact)")
+        return LoadedModel(export.load(p), f"{p} (integer artifact)")
     entry = None
     if not torch_model:
         try:
@@ -163,9 +139,9 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool 
             entry, hit = None, False
         if hit:
             try:
-                arrays, man = export.load(entry)
-                if man.get("cache") == {"key": entry.stem, "digest": arrays_digest(arrays)}:
-                    return _from_loaded(arrays, man, f"{p} (quantized checkpoint; integer arrays from the cache)")
+                m, man = export.load_with_manifest(entry)
+                if man.get("cache") == {"key": entry.stem, "digest": arrays_digest(m.arrays)}:
+                    return LoadedModel(m, f"{p} (quantized checkpoint; integer arrays from the cache)")
             except Exception:  # noqa: BLE001 (a cache entry is untrusted: whatever fails to load is rebuilt below)
                 pass
     from intssm.datapath.qspec import PRESETS
@@ -184,26 +160,26 @@ def load(path, calib: int = 64, config: str = DEFAULT_CONFIG, torch_model: bool 
         cal = data.load(seq, "train", calib)
         qm, _ = ptq_dataset(model, PRESETS[config], cal)
         src = f"{p} (float checkpoint, default PTQ {config} calibrated on {calib} training sequences)"
-    arrays = export.integer_model(qm)
+    m = export.from_quantized(qm)
     dataset = checkpoint.dataset_seq(ck, None)
     if entry is not None and "qspec" in ck:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            export.save(entry, qm, arrays, quiet=True, extra={"cache": {"key": entry.stem, "digest": arrays_digest(arrays)}})
+            export.save(entry, qm, m, quiet=True, extra={"cache": {"key": entry.stem, "digest": arrays_digest(m.arrays)}})
         except (OSError, IntssmError):
             pass  # no writable cache (or a full disk): the next load converts again
-    return IntegerModel(arrays, qm.counters, qm.dp.cfg.pool == "mean", qm.dp.seq_len, src, qm.dp.cfg, qm.dp.qcfg,
-                        qm, dataset, qm.iq)
+    return LoadedModel(m, src, qm if torch_model else None, dataset)
 
 
-def run(im: IntegerModel, P: np.ndarray, chunk: int = 1000, progress=None, lengths: np.ndarray | None = None):
-    """(logit codes (n, C), saturation counts (n, counters), seconds in the simulator) of input
-    codes ``P`` (n, L, d), sequence i run for ``lengths[i]`` steps (None: all L)."""
+def run(m, P: np.ndarray, chunk: int = 1000, progress=None, lengths: np.ndarray | None = None):
+    """(logit codes (n, C), saturation counts (n, counters), seconds in the simulator) of the
+    integer model ``m`` (an IntModel) on input codes ``P`` (n, L, d), sequence i run for
+    ``lengths[i]`` steps (None: all L)."""
     out, cnts, t = [], [], 0.0
     for i in range(0, len(P), chunk):
         t0 = time.perf_counter()
         lens = None if lengths is None else lengths[i : i + chunk]
-        lg, c, _ = simulate(im.arrays, P[i : i + chunk], im.mean_pool, len(im.counters), lengths=lens)
+        lg, c, _ = simulate(m, P[i : i + chunk], lengths=lens)
         t += time.perf_counter() - t0
         out.append(lg)
         cnts.append(c)
@@ -229,34 +205,42 @@ def torch_logits(qm, P: np.ndarray, chunk: int = 500, progress=None, lengths: np
 
 def float_accuracy(qm, P: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None, chunk: int = 500) -> float:
     """Accuracy of the float weights of the Torch quantized model ``qm`` (``qm.model``, which reads
-    input codes as ``p / 255``; convolution mode) on input codes ``P``: what the integer model is
+    input codes as :func:`intssm.datapath.inputq.model_input`; convolution mode) on input codes ``P``: what the integer model is
     compared with."""
     import torch
+
+    from intssm.datapath.inputq import model_input
 
     hits = 0
     with torch.no_grad():
         for i in range(0, len(P), chunk):
             lens = None if lengths is None else torch.from_numpy(lengths[i : i + chunk])
-            u = torch.from_numpy(P[i : i + chunk]).to(next(qm.model.parameters()).dtype) / 255.0
+            u = torch.from_numpy(model_input(P[i : i + chunk])).to(next(qm.model.parameters()).dtype)
             hits += int((qm.model.eval()(u, lengths=lens).argmax(1).numpy() == y[i : i + chunk]).sum())
     return hits / len(P)
 
 
 def describe(path) -> tuple:
-    """(model config, quant config, seq_len, source) of any model source, without calibrating."""
+    """(model config, quant config, seq_len, source, input bits) of any model source, without
+    calibrating (a float checkpoint: the default preset's, and its input width from its data: 8
+    for raw uint8 data, else the preset's ``input_bits``)."""
     from intssm.datapath.modelconfig import ModelConfig
     from intssm.datapath.qspec import PRESETS, QuantConfig
 
     p = Path(path)
     if p.suffix == ".npz":
-        _, man = export.load(p)
-        return ModelConfig.from_dict(man["model_config"]), QuantConfig.from_dict(man["quant_config"]), man["seq_len"], str(p)
+        m = export.load(p)
+        return m.cfg, m.qcfg, m.seq_len, str(p), m.input.bits
+    from intssm.datapath.inputq import from_entry
     from intssm.training import checkpoint
 
     ck = checkpoint.load_raw(p)
     cfg = ModelConfig.from_dict(dict(ck["model_config"]))
     if "qspec" in ck:
-        return cfg, QuantConfig.from_dict(dict(ck["qspec"]["quant_config"])), int(ck["qspec"]["seq_len"]), str(p)
+        qs = ck["qspec"]
+        return (cfg, QuantConfig.from_dict(dict(qs["quant_config"])), int(qs["seq_len"]), str(p),
+                from_entry(qs.get("input"), cfg.d_input).bits)
     ds = ck.get("dataset")
-    L = data.info(ds.get("seq", "smnist") if isinstance(ds, dict) else "smnist").max_len
-    return cfg, PRESETS[DEFAULT_CONFIG], L, f"{p} (float; default {DEFAULT_CONFIG})"
+    info = data.info(ds.get("seq", "smnist") if isinstance(ds, dict) else "smnist")
+    q = PRESETS[DEFAULT_CONFIG]
+    return cfg, q, info.max_len, f"{p} (float; default {DEFAULT_CONFIG})", 8 if info.is_uint8 else q.input_bits

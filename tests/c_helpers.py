@@ -18,7 +18,7 @@ from strategies import inputs
 
 from intssm.errors import IntssmError
 from intssm.integer import cexport
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized
 from intssm.integer.sim import simulate
 from intssm.training.ptq import ptq
 
@@ -92,11 +92,6 @@ int main(int argc, char **argv)
 """
 
 
-def manifest_like(qm) -> dict:
-    return {"model_config": qm.dp.cfg.to_dict(), "quant_config": qm.dp.qcfg.to_dict(), "seq_len": qm.dp.seq_len,
-            "counters": qm.counters}
-
-
 #: Undefined behaviour (signed overflow, shifts out of range, out-of-bounds tables) ends the run.
 UBSAN = ["-fsanitize=undefined", "-fno-sanitize-recover=all"]
 
@@ -106,17 +101,20 @@ def gcc(*args: str, cwd: Path, extra=()):
     assert r.returncode == 0, f"gcc {' '.join(args)} failed:\n{r.stderr[-4000:]}"
 
 
-def build_harness(arrays: dict, man: dict, d: Path, extra=(), state_layout: str = "packed") -> Path:
-    cexport.write_c(arrays, man, d, state_layout)
+def build_harness(m, d: Path, extra=(), state_layout: str = "packed") -> Path:
+    """The C export of IntModel ``m`` in ``d``, compiled with the test harness (stdin/stdout of int64 records)."""
+    cexport.write_c(m, d, state_layout)
     (d / "harness.c").write_text(HARNESS)
     gcc("harness.c", "intssm_model.c", "-o", "harness", cwd=d, extra=extra)
     return d / "harness"
 
 
-def run_c(exe: Path, P: np.ndarray, arrays: dict, n_counters: int) -> dict:
+def run_c(exe: Path, P: np.ndarray, m) -> dict:
+    """The harness's outputs on input codes ``P``: logits, counters, final state, class."""
     B, L, _ = P.shape
-    nl, H, N2 = arrays["A_re"].shape
-    C = arrays["dec_w"].shape[0]
+    nl, H, N2 = m.arrays["A_re"].shape
+    C = m.arrays["dec_w"].shape[0]
+    n_counters = m.n_counters
     d = exe.parent
     np.ascontiguousarray(P).tofile(d / "in.bin")
     r = subprocess.run([str(exe), "in.bin", "out.bin", str(B), str(L)], cwd=d, capture_output=True, text=True)
@@ -133,21 +131,22 @@ def run_c(exe: Path, P: np.ndarray, arrays: dict, n_counters: int) -> dict:
     return out
 
 
-def check_against_simulator(arrays: dict, mean_pool: bool, n_counters: int, P: np.ndarray, c: dict):
-    lg, cnt, _ = simulate(arrays, P, mean_pool, n_counters)
+def check_against_simulator(m, P: np.ndarray, c: dict):
+    """The C harness's outputs ``c`` equal the simulator's for IntModel ``m`` on ``P``."""
+    lg, cnt, _ = simulate(m, P)
     assert np.array_equal(c["logits"], lg), "C logits differ from the simulator's"
     assert np.array_equal(c["counts"], cnt), "C saturation counters differ from the simulator's"
     assert np.array_equal(c["counts"].sum(0), cnt.sum(0))
     assert np.array_equal(c["logits2"], lg), "intssm_classify logits differ"
     assert np.array_equal(c["cls"], lg.argmax(1)), "intssm_classify is not the first argmax"
     for b in range(len(P)):  # final state codes == the last step of the simulator's trace
-        lg1, _, (tr, ti) = simulate(arrays, P[b:b + 1], mean_pool, n_counters, trace=True)
+        lg1, _, (tr, ti) = simulate(m, P[b:b + 1], trace=True)
         assert np.array_equal(lg1[0], lg[b])
         assert np.array_equal(c["x_re"][b], tr[-1]) and np.array_equal(c["x_im"][b], ti[-1]), f"final state of sequence {b}"
 
 
 def random_case(m, qcfg, data, max_len: int, calib_scale: float = 1.0, seed: int = 0):
-    """(quantized model, integer arrays, input codes) of a drawn length and input for model ``m``
+    """(quantized model, its IntModel, input codes) of a drawn length and input for model ``m``
     and config ``qcfg``; a configuration the datapath refuses is never run (the example is skipped)."""
     L = data.draw(st.integers(1, max_len))
     P = data.draw(inputs(m.cfg.d_input, L))
@@ -157,4 +156,4 @@ def random_case(m, qcfg, data, max_len: int, calib_scale: float = 1.0, seed: int
     except IntssmError as e:
         assert "2**53" in str(e) or "too large" in str(e)
         assume(False)
-    return qm, integer_model(qm), P
+    return qm, from_quantized(qm), P

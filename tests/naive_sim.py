@@ -25,8 +25,9 @@ def clamp(v, lo, hi):
     return min(max(v, lo), hi)
 
 
-def run(arrays, cfg, q, P):
-    """Simulate one sequence P (L, d_in) of Python-int-convertible values -> (logits, OpCounter)."""
+def run(arrays, cfg, q, P, input_bits: int = 8):
+    """Simulate one sequence P (L, d_in) of Python-int-convertible values (codes of ``input_bits``
+    bits) -> (logits, OpCounter)."""
     a = {k: v.tolist() for k, v in arrays.items()}
     H, N2, nl, d, C = cfg.d_model, cfg.d_state // 2, cfg.n_layers, cfg.d_input, cfg.d_output
     L = len(P)
@@ -65,7 +66,7 @@ def run(arrays, cfg, q, P):
             acc = a["enc_b"][hh]
             for j in range(d):
                 acc += (a["enc_w"][hh][j] - a["enc_w_z"][hh]) * int(P[k][j])
-                o.mul(opw(q.enc_w), 9)
+                o.mul(opw(q.enc_w), (2**input_bits - 1).bit_length() + 1)  # the largest code, signed
                 o.add(A["enc"][0])
             h.append(requant([acc], [a["enc_M"][hh]], a["enc_S"][hh], a["h_z"][0], qr["h"], A["enc"], q.h, [1]))
         for i in range(nl):

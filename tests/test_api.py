@@ -33,7 +33,8 @@ def test_run_equals_torch_quantized_model_on_float_data():
     ref = sources.torch_logits(m.qm, m.input_codes(ds), lengths=ds.lengths)
     assert r.logits.dtype == np.int64 and (r.logits == ref).all()
     assert (r.pred == r.logits.argmax(1)).all()
-    assert set(r.saturations) == set(m.counters)
+    assert set(r.saturations) == set(m.model.counters)
+    assert (intssm.run(m.model, ds.x, ds.lengths).logits == r.logits).all()  # the IntModel itself runs too
     # float64 input is float32 first: the same codes, the same integers
     assert (intssm.run(m, ds.x.astype(np.float64), ds.lengths).logits == r.logits).all()
 

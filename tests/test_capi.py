@@ -21,13 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intssm.integer import cdoc, cexport, mcu
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized
 from intssm.integer.sim import mean_rescale, simulate
 from intssm.datapath.qspec import PRESETS
 from intssm.training.model import ModelConfig, S4DModel
 
 # tests/ is not a package: pytest puts it on sys.path
-from c_helpers import CFLAGS, manifest_like, quantize
+from c_helpers import CFLAGS, quantize
 
 GCC, GXX, NM = shutil.which("gcc"), shutil.which("g++"), shutil.which("nm")
 needs_cc = pytest.mark.skipif((GCC is None or GXX is None or NM is None) and not os.environ.get("CI"),
@@ -103,8 +103,8 @@ def test_streaming_readout_equals_simulator(tmp_path, pool):
     prefix (``simulate(P[:, :t], pool_len=L)``, fast and reference kernels), and its class."""
     L, T = 7, 12
     qm = tiny(pool, L, seed=3)
-    a, n = integer_model(qm), len(qm.counters)
-    cexport.write_c(a, manifest_like(qm), tmp_path)
+    a, n = from_quantized(qm), len(qm.counters)
+    cexport.write_c(a, tmp_path)
     (tmp_path / "stream.c").write_text(STREAM)
     run([GCC, *CFLAGS, "stream.c", "intssm_model.c", "-o", "stream"], tmp_path)
     P = np.random.default_rng(1).integers(0, 256, (1, T, 2)).astype(np.uint8)
@@ -113,33 +113,33 @@ def test_streaming_readout_equals_simulator(tmp_path, pool):
     run([str(tmp_path / "stream"), "in.bin", "out.bin"], tmp_path)
     rec = np.fromfile(tmp_path / "out.bin", np.int64).reshape(T, 1 + 3 + n)
     for t in range(1, T + 1):
-        lg, cnt, _ = simulate(a, P[:, :t], pool == "mean", n, pool_len=L)
-        lr, cr, _ = simulate(a, P[:, :t], pool == "mean", n, pool_len=L, reference=True)
+        lg, cnt, _ = simulate(a, P[:, :t], pool_len=L)
+        lr, cr, _ = simulate(a, P[:, :t], pool_len=L, reference=True)
         assert np.array_equal(lg, lr) and np.array_equal(cnt, cr)
         assert np.array_equal(rec[t - 1, 1:4], lg[0]), t
         assert np.array_equal(rec[t - 1, 4:], cnt[0]), t
         assert rec[t - 1, 0] == lg[0].argmax()
     # at t = L the streaming readout is the plain one
-    lg, cnt, _ = simulate(a, P[:, :L], pool == "mean", n)
+    lg, cnt, _ = simulate(a, P[:, :L])
     assert np.array_equal(rec[L - 1, 1:4], lg[0]) and np.array_equal(rec[L - 1, 4:], cnt[0])
     if pool == "mean":  # and elsewhere it is not the unscaled sum: scaling matters
-        lg_unscaled, _, _ = simulate(a, P[:, :3], True, n, pool_len=3)
-        assert not np.array_equal(simulate(a, P[:, :3], True, n, pool_len=L)[0], lg_unscaled)
+        lg_unscaled, _, _ = simulate(a, P[:, :3], pool_len=3)
+        assert not np.array_equal(simulate(a, P[:, :3], pool_len=L)[0], lg_unscaled)
 
 
 def test_pool_len_refusals():
     """simulate refuses a mean-pooling readout over a prefix shorter than the full length, and a
     pool_len that is not a positive integer within range (0, -1, a bool, 2.5, 2**30)."""
     qm = tiny("mean", 5)
-    a = integer_model(qm)
+    a = from_quantized(qm)
     P = np.zeros((1, 3, 2), np.uint8)
     from intssm.errors import IntssmError
 
     with pytest.raises(IntssmError, match="full length"):
-        simulate(a, P, True, lengths=np.array([2]))
+        simulate(a, P, lengths=np.array([2]))
     for bad in (0, -1, True, 2.5, 2**30):
         with pytest.raises(IntssmError, match="pool_len"):
-            simulate(a, P, True, pool_len=bad)
+            simulate(a, P, pool_len=bad)
 
 
 # ---------------------------------------------------------------------- two models, C and C++ ---
@@ -189,9 +189,9 @@ def test_two_prefixed_models_in_one_c_and_one_cpp_program(tmp_path):
     program (the header's extern "C"), each model giving the simulator's logits."""
     T = 6
     qa, qb = tiny("mean", T, d_in=2, d_out=3, seed=1), tiny("last", 9, d_in=3, d_out=4, seed=2)
-    aa, ab = integer_model(qa), integer_model(qb)
-    cexport.write_c(aa, manifest_like(qa), tmp_path / "kws", prefix="kws")
-    cexport.write_c(ab, manifest_like(qb), tmp_path / "gest", prefix="gest")
+    aa, ab = from_quantized(qa), from_quantized(qb)
+    cexport.write_c(aa, tmp_path / "kws", prefix="kws")
+    cexport.write_c(ab, tmp_path / "gest", prefix="gest")
     for ns in ("kws", "gest"):
         run([GCC, *CFLAGS, "-c", f"{ns}/{ns}_model.c", "-o", f"{ns}.o"], tmp_path)
         syms = run([NM, "-g", "--defined-only", f"{ns}.o"], tmp_path, text=True).stdout.split()[2::3]
@@ -210,13 +210,13 @@ def test_two_prefixed_models_in_one_c_and_one_cpp_program(tmp_path):
     rng = np.random.default_rng(4)
     Pa, Pb = rng.integers(0, 256, (1, T, 2)).astype(np.uint8), rng.integers(0, 256, (1, T, 3)).astype(np.uint8)
     (tmp_path / "in.bin").write_bytes(Pa.tobytes() + Pb.tobytes())
-    la, _, _ = simulate(aa, Pa, True, len(qa.counters))
-    lb, _, _ = simulate(ab, Pb, False, len(qb.counters))
+    la, _, _ = simulate(aa, Pa)
+    lb, _, _ = simulate(ab, Pb)
     want = [f"{la[0].argmax()} " + " ".join(map(str, la[0])), f"{lb[0].argmax()} " + " ".join(map(str, lb[0]))]
     for exe in ("two_c", "two_cpp"):
         out = run([str(tmp_path / exe), "in.bin", str(T)], tmp_path, text=True).stdout.splitlines()
         assert out[:2] == want, exe
-        sizes = [cexport.c_storage(aa, manifest_like(qa))["c_ram_bytes"], cexport.c_storage(ab, manifest_like(qb))["c_ram_bytes"]]
+        sizes = [cexport.c_storage(aa)["c_ram_bytes"], cexport.c_storage(ab)["c_ram_bytes"]]
         assert out[2] == f"{sizes[0]} {sizes[1]}"
 
 
@@ -239,7 +239,7 @@ def test_freestanding_build_needs_no_libc(tmp_path, qcfg):
     symbol it does not define (nm -u: no memset, no memcpy), and links with -nostdlib into a
     shared object that may not leave any symbol undefined."""
     qm = tiny("mean", 5, qcfg=qcfg)
-    cexport.write_c(integer_model(qm), manifest_like(qm), tmp_path)
+    cexport.write_c(from_quantized(qm), tmp_path)
     (tmp_path / "entry.c").write_text(ENTRY)
     flags = [*CFLAGS, "-ffreestanding", "-fPIC"]
     run([GCC, *flags, "-c", "intssm_model.c", "-o", "m.o"], tmp_path)
@@ -250,7 +250,7 @@ def test_freestanding_build_needs_no_libc(tmp_path, qcfg):
 def test_readme_states_the_measured_build(tmp_path):
     """The generated README gives the prefix's names and the exact flags the emulator's builds use."""
     qm = tiny("last", 5)
-    cexport.write_c(integer_model(qm), manifest_like(qm), tmp_path, prefix="gest")
+    cexport.write_c(from_quantized(qm), tmp_path, prefix="gest")
     text = (tmp_path / cdoc.README).read_text()
     cf, lf = mcu.build_flags("cortex-m4")
     assert " ".join(cf) in text and " ".join(lf) in text

@@ -23,14 +23,14 @@ from hypothesis import strategies as st
 from intssm.integer import cexport
 from intssm import data
 from intssm.errors import IntssmError
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized, integer_model
 from intssm.training.model import PRESETS as MODEL_PRESETS
 from intssm.training.model import ModelConfig, S4DModel
 from intssm.datapath.qspec import PRESETS, QFormat, QuantConfig
 from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path (rootdir-relative, "prepend" import mode)
-from c_helpers import (GCC, SIZE, UBSAN, build_harness, check_against_simulator, gcc, manifest_like, needs_gcc,
+from c_helpers import (GCC, SIZE, UBSAN, build_harness, check_against_simulator, gcc, needs_gcc,
                        quantize, random_case, run_c)
 from strategies import models, quant_configs
 from cli_helpers import assert_clean_error, intssm
@@ -53,13 +53,12 @@ def test_c_equals_simulator_random_models(m, qcfg, data):
     configs and inputs: logits, every saturation counter, classify's class and logits, and
     the final state, with ==."""
     qm, arrays, P = random_case(m, qcfg, data, 12, data.draw(st.sampled_from([0.3, 1.0])))
-    n = len(qm.counters)
     layout_ = data.draw(st.sampled_from(cexport.STATE_LAYOUTS))
-    if max(int(arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
+    if max(int(arrays.arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
         layout_ = "packed"  # unsigned 16-bit state codes do not fit a signed half
     with tempfile.TemporaryDirectory() as t:
-        c = run_c(build_harness(arrays, manifest_like(qm), Path(t), state_layout=layout_), P, arrays, n)
-    check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
+        c = run_c(build_harness(arrays, Path(t), state_layout=layout_), P, arrays)
+    check_against_simulator(arrays, P, c)
 
 
 @needs_gcc
@@ -79,10 +78,9 @@ def test_c_under_ubsan_random_models(m, qcfg, data):
     """The export compiled with -fsanitize=undefined: no undefined behaviour on random valid models and
     inputs (including all-255 and all-0 runs), and still the simulator's integers."""
     qm, arrays, P = random_case(m, qcfg, data, 10, seed=1)
-    n = len(qm.counters)
     with tempfile.TemporaryDirectory() as t:
-        c = run_c(build_harness(arrays, manifest_like(qm), Path(t), extra=UBSAN), P, arrays, n)
-    check_against_simulator(arrays, m.cfg.pool == "mean", n, P, c)
+        c = run_c(build_harness(arrays, Path(t), extra=UBSAN), P, arrays)
+    check_against_simulator(arrays, P, c)
 
 
 @needs_gcc
@@ -96,15 +94,14 @@ def test_c_wide_and_unsigned_codes(tmp_path):
     m = S4DModel(ModelConfig(d_model=3, d_state=6, n_layers=2, d_input=2, d_output=4, pool="last"), seed=1).double()
     rng = np.random.default_rng(3)
     qm, _ = quantize(m, qcfg, torch.from_numpy(0.2 * rng.random((3, 9, 2))))
-    arrays = integer_model(qm)
+    arrays = from_quantized(qm)
     P = rng.integers(0, 256, (3, 9, 2)).astype(np.uint8)
-    exe = build_harness(arrays, manifest_like(qm), tmp_path)
+    exe = build_harness(arrays, tmp_path)
     src = (tmp_path / "intssm_model.h").read_text()
     assert "#define INTSSM_X_BITS 32 " in src and "(16 + 16 bits" in src  # unsigned and signed 16-bit codes
     assert "int64" in src  # 16-bit formats need 64-bit accumulators somewhere
-    n = len(qm.counters)
-    c = run_c(exe, P, arrays, n)
-    check_against_simulator(arrays, False, n, P, c)
+    c = run_c(exe, P, arrays)
+    check_against_simulator(arrays, P, c)
     assert c["counts"].sum() > 0, "the test should exercise saturation"
 
 
@@ -118,9 +115,9 @@ def smnist_build(tmp_path_factory):
     model = S4DModel(MODEL_PRESETS["paper-small"], seed=0)
     calib = torch.from_numpy(data.load("smnist", "train", 16).as_float())
     qm, _ = quantize(model.double(), PRESETS["w8a8"], calib)
-    arrays = integer_model(qm)
+    arrays = from_quantized(qm)
     d = tmp_path_factory.mktemp("cexport_smnist")
-    exe = build_harness(arrays, manifest_like(qm), d)
+    exe = build_harness(arrays, d)
     return qm, arrays, d, exe
 
 
@@ -132,9 +129,8 @@ def test_c_equals_simulator_smnist(smnist_build):
     qm, arrays, d, exe = smnist_build
     P = data.load("smnist", "test", 20).x
     assert P.dtype == np.uint8 and P.shape == (20, 784, 1)
-    n = len(qm.counters)
-    c = run_c(exe, P, arrays, n)
-    check_against_simulator(arrays, True, n, P, c)
+    c = run_c(exe, P, arrays)
+    check_against_simulator(arrays, P, c)
     # the example program: one sequence on stdin -> the same logits and class
     gcc("main.c", "intssm_model.c", "-o", "demo", cwd=d)
     r = subprocess.run([str(d / "demo")], input=P[3].tobytes(), capture_output=True, cwd=d)
@@ -145,7 +141,7 @@ def test_c_equals_simulator_smnist(smnist_build):
     assert lines[2] == "steps: 784"
     # any length: 100 steps give the streaming readout of those steps (mean pooling scaled to 784)
     r = subprocess.run([str(d / "demo")], input=P[3].tobytes()[:100], capture_output=True, cwd=d)
-    lg, _, _ = simulate(arrays, P[3:4, :100], True, len(qm.counters), pool_len=784)
+    lg, _, _ = simulate(arrays, P[3:4, :100], pool_len=784)
     assert r.returncode == 0 and r.stdout.decode().splitlines() == [
         "logits: " + " ".join(str(v) for v in lg[0]), f"class: {lg[0].argmax()}", "steps: 100"]
     r = subprocess.run([str(d / "demo")], input=b"", capture_output=True, cwd=d)
@@ -173,10 +169,10 @@ def test_object_sections_match_tables(smnist_build):
     gcc("-c", "intssm_model.c", "-o", "intssm_model.o", cwd=d)
     sec = sections(d / "intssm_model.o")
     qcfg = qm.dp.qcfg
-    layout = cexport.table_layout(arrays, qcfg)
-    p = cexport.plan(cexport.layout.validate(arrays, qm.dp.cfg, qcfg, qm.dp.seq_len), qcfg)
+    layout = cexport.table_layout(arrays.arrays, qcfg)
+    p = cexport.plan(arrays.arrays, qcfg)
     tables = p.flash_bytes
-    assert tables == cexport.rodata_bytes_estimate(arrays, qcfg)
+    assert tables == cexport.rodata_bytes_estimate(arrays.arrays, qcfg)
     # packed fields: the blob is the tables' exact bits; native tables whole C integers
     assert p.blob_bytes == sum(-(-n * int(w.split(":")[1]) // 8) for w, n, _ in layout.values() if w.startswith("bits:"))
     ro = sum(v for k, v in sec.items() if k.startswith(".rodata") or k.startswith(".data"))
@@ -226,7 +222,7 @@ def test_c_rounding_shifts_are_floor_half_up(tmp_path, portable):
     rq64x: any |v| < 2^53)."""
     from intssm.datapath.fixedpoint import rounding_rshift
 
-    cexport.write_c(integer_model(_tiny()), manifest_like(_tiny()), tmp_path)
+    cexport.write_c(from_quantized(_tiny()), tmp_path)
     (tmp_path / "prim.c").write_text(PRIMITIVE)
     gcc("prim.c", "-o", "prim", cwd=tmp_path, extra=["-DINTSSM_PORTABLE_SHIFTS"] if portable else [])
     rng = np.random.default_rng(0)
@@ -295,23 +291,23 @@ def _tiny():
     return qm
 
 
-def test_inconsistent_description_refused(tmp_path):
-    """write_c refuses arrays that disagree with the description (a shape, a missing array, the
-    counter list, a missing quant config) and an output path that is a file, each with an
-    IntssmError naming it."""
+def test_write_c_takes_only_a_validated_model(tmp_path):
+    """write_c takes an IntModel, never loose arrays (a dict is a TypeError: models are validated
+    at the one door, layout.validate, which refuses arrays that disagree with the description --
+    a shape, a missing array -- naming it); an output path that is a file is an IntssmError."""
+    from dataclasses import replace
+
     qm = _tiny()
-    arrays, man = integer_model(qm), manifest_like(qm)
+    raw = integer_model(qm)
+    with pytest.raises(TypeError, match="IntModel"):
+        cexport.write_c(raw, tmp_path)
     with pytest.raises(IntssmError, match="shape"):
-        cexport.write_c(arrays, {**man, "model_config": {**man["model_config"], "d_model": 3}}, tmp_path)
+        cexport.layout.validate(raw, replace(qm.dp.cfg, d_model=3), qm.dp.qcfg, qm.dp.seq_len)
     with pytest.raises(IntssmError, match="missing arrays"):
-        cexport.write_c({k: v for k, v in arrays.items() if k != "sig_lut"}, man, tmp_path)
-    with pytest.raises(IntssmError, match="counters"):
-        cexport.write_c(arrays, {**man, "counters": man["counters"][:-1]}, tmp_path)
-    with pytest.raises(IntssmError, match="C export: quant config"):
-        cexport.write_c(arrays, {"model_config": man["model_config"]}, tmp_path)
+        cexport.layout.validate({k: v for k, v in raw.items() if k != "sig_lut"}, qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len)
     (tmp_path / "f").write_text("")
     with pytest.raises(IntssmError, match="not a directory"):
-        cexport.write_c(arrays, man, tmp_path / "f")
+        cexport.write_c(from_quantized(qm), tmp_path / "f")
 
 
 def test_cli_export_c(tmp_path):
@@ -354,11 +350,11 @@ def test_memory_map_matches_compiled_object(smnist_build):
     """`intssm memory`'s C storage figures agree with the compiler: flash = .rodata within alignment
     padding, RAM = sizeof(intssm_state) exactly, and .data + .bss are empty."""
     qm, arrays, d, _ = smnist_build
-    cs = cexport.c_storage(arrays, manifest_like(qm))
+    cs = cexport.c_storage(arrays)
     gcc("-c", "intssm_model.c", "-o", "intssm_model.o", cwd=d)
     sec = sections(d / "intssm_model.o")
     ro = sum(v for k, v in sec.items() if k.startswith(".rodata"))
-    assert cs["c_flash_bytes"] <= ro <= cs["c_flash_bytes"] + 8 * len(cexport.table_layout(arrays, qm.dp.qcfg))
+    assert cs["c_flash_bytes"] <= ro <= cs["c_flash_bytes"] + 8 * len(cexport.table_layout(arrays.arrays, qm.dp.qcfg))
     assert sum(v for k, v in sec.items() if k.startswith((".data", ".bss"))) == 0
     (d / "sizeof.c").write_text(SIZEOF)
     gcc("sizeof.c", "-o", "sizeof", cwd=d)
@@ -372,12 +368,12 @@ def test_c_shifts_past_31_take_the_64bit_path(tmp_path):
     offset 2^(S-1), puts it on the 64-bit path with the wide rounding shift; the simulator's integers
     under UBSan and with the portable shifts too."""
     qm = _tiny()
-    a = integer_model(qm)
-    a["pool_M"], a["pool_S"] = np.ones_like(a["pool_M"]), np.full_like(a["pool_S"], 40)
-    w = cexport.site_widths(cexport.layout.validate(a, qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len), qm.dp.cfg, qm.dp.qcfg,
-                            qm.dp.seq_len)
+    raw = integer_model(qm)
+    raw["pool_M"], raw["pool_S"] = np.ones_like(raw["pool_M"]), np.full_like(raw["pool_S"], 40)
+    a = cexport.layout.validate(raw, qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len)
+    w = cexport.site_widths(a)
     assert w["pool"].acc64 and w["pool"].wide_shift
     P = np.random.default_rng(0).integers(0, 256, (3, 5, 1)).astype(np.uint8)
     for extra in ([], ["-DINTSSM_PORTABLE_SHIFTS"], UBSAN):
-        c = run_c(build_harness(a, manifest_like(qm), tmp_path, extra=extra), P, a, len(qm.counters))
-        check_against_simulator(a, True, len(qm.counters), P, c)
+        c = run_c(build_harness(a, tmp_path, extra=extra), P, a)
+        check_against_simulator(a, P, c)

@@ -88,8 +88,8 @@ def test_thresholds_are_exact_for_random_quantizers(bits, chans):
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
 def shipped(request):
     im = sources.load(ROOT / "data" / "checkpoints" / f"{request.param}.pt")
-    assert im.iq is not None
-    x = np.concatenate([data.load(ROOT / SHIPPED[request.param], s).x.reshape(-1, im.iq.lo.size) for s in ("train", "test")])
+    assert im.model.float_input
+    x = np.concatenate([data.load(ROOT / SHIPPED[request.param], s).x.reshape(-1, im.model.input.lo.size) for s in ("train", "test")])
     assert x.dtype == np.float32
     return request.param, im, x
 
@@ -98,9 +98,9 @@ def test_thresholds_give_every_dataset_code(shipped):
     """Every value of the shipped float dataset (train and test, padding included) and every probe:
     the thresholds' count equals the host's code."""
     _, im, x = shipped
-    thr = cinput.thresholds(im.iq)
-    for v in (x, probes(im.iq, thr)):
-        assert np.array_equal(cinput.codes_from_thresholds(thr, v), im.iq.codes(v[None])[0])
+    thr = cinput.thresholds(im.model.input)
+    for v in (x, probes(im.model.input, thr)):
+        assert np.array_equal(cinput.codes_from_thresholds(thr, v), im.model.input.codes(v[None])[0])
 
 
 CODES = r"""
@@ -128,23 +128,23 @@ def test_c_input_path_gives_the_hosts_codes(shipped, tmp_path):
     ulps around them, special values) gives the host quantizer's codes; main.c, fed raw float32
     readings of variable-length test sequences, gives the simulator's logits for their codes."""
     name, im, x = shipped
-    cexport.write_c(im.arrays, im.description(), tmp_path)
+    cexport.write_c(im.model, tmp_path)
     assert "#define INTSSM_FLOAT_INPUT 1" in (tmp_path / "intssm_model.h").read_text()
     (tmp_path / "codes.c").write_text(CODES)
     for src, exe in (("codes.c", "codes"), ("main.c", "demo")):
         r = subprocess.run([GCC, *CFLAGS, src, "intssm_model.c", "-o", exe], cwd=tmp_path, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-    v = np.concatenate([x, probes(im.iq, cinput.thresholds(im.iq))]).astype(np.float32)
+    v = np.concatenate([x, probes(im.model.input, cinput.thresholds(im.model.input))]).astype(np.float32)
     v.tofile(tmp_path / "in.bin")
     subprocess.run([str(tmp_path / "codes"), "in.bin", "out.bin"], cwd=tmp_path, check=True)
     got = np.fromfile(tmp_path / "out.bin", np.uint8).reshape(v.shape)
-    assert np.array_equal(got, im.iq.codes(v[None])[0])
+    assert np.array_equal(got, im.model.input.codes(v[None])[0])
     ds = data.load(ROOT / SHIPPED[name], "test", 6)
     P = im.input_codes(ds)
     for b in range(len(P)):
         n = int(ds.lengths[b])
         r = subprocess.run([str(tmp_path / "demo")], input=ds.x[b, :n].astype(np.float32).tobytes(), capture_output=True, cwd=tmp_path)
-        lg, _, _ = simulate(im.arrays, P[b:b + 1, :n], im.mean_pool, len(im.counters), pool_len=im.seq_len)
+        lg, _, _ = simulate(im.model, P[b:b + 1, :n], pool_len=im.model.seq_len)
         assert r.returncode == 0 and r.stdout.decode().splitlines()[0] == "logits: " + " ".join(map(str, lg[0]))
 
 
@@ -177,19 +177,19 @@ def test_c_adc_path_gives_the_hosts_codes_on_every_int16(shipped, tmp_path):
     _, im, x = shipped
     span = (x.max(0).astype(np.float64) - x.min(0)) / 30000.0  # readings of +-32768 codes cover the data's range
     s = span.astype(np.float32)
-    cexport.write_c(im.arrays, im.description(), tmp_path, adc_scale=s.tolist())
+    cexport.write_c(im.model, tmp_path, adc_scale=s.tolist())
     assert "#define INTSSM_ADC_INPUT 1" in (tmp_path / "intssm_model.h").read_text()
     (tmp_path / "adc.c").write_text(ADC)
     r = subprocess.run([GCC, *CFLAGS, "adc.c", "intssm_model.c", "-o", "adc"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     subprocess.run([str(tmp_path / "adc"), "out.bin"], cwd=tmp_path, check=True)
     got = np.fromfile(tmp_path / "out.bin", np.uint8).reshape(65536, -1)
-    want = im.iq.codes(cinput.adc_readings(s)[None])[0]
-    assert np.array_equal(got, want) and len(np.unique(want)) > im.iq.qmax // 2  # most codes reached
+    want = im.model.input.codes(cinput.adc_readings(s)[None])[0]
+    assert np.array_equal(got, want) and len(np.unique(want)) > im.model.input.qmax // 2  # most codes reached
     from intssm.errors import IntssmError
 
     with pytest.raises(IntssmError, match="ADC scale"):
-        cexport.write_c(im.arrays, im.description(), tmp_path / "bad", adc_scale=[0.1, -1.0] + [0.1] * (len(s) - 2))
+        cexport.write_c(im.model, tmp_path / "bad", adc_scale=[0.1, -1.0] + [0.1] * (len(s) - 2))
     u8 = sources.load(ROOT / "data" / "checkpoints" / "paper-small-hetero.pt")
     with pytest.raises(IntssmError, match="adc-scale"):
-        cexport.write_c(u8.arrays, u8.description(), tmp_path / "bad2", adc_scale=[0.1])
+        cexport.write_c(u8.model, tmp_path / "bad2", adc_scale=[0.1])

@@ -129,7 +129,7 @@ def test_simulate_trace(work):
         assert x.min() >= -128 and x.max() <= 127  # w8a8: 8-bit symmetric state codes
     im = integer.load(work["quant"])
     ds = data.load("smnist", "test", 2)
-    _, _, (ref_re, ref_im) = simulate(im.arrays, ds.x[:1], im.mean_pool, len(im.counters), trace=True)
+    _, _, (ref_re, ref_im) = simulate(im.model, ds.x[:1], trace=True)
     assert np.array_equal(x_re, ref_re)
     assert np.array_equal(x_im, ref_im)
 
@@ -147,12 +147,12 @@ def test_simulate_golden_vectors(work):
     assert out["logits"] == str(gold)
     im = integer.load(work["quant"])
     ds = data.load("smnist", "test", 4)
-    lg, cnt, _ = simulate(im.arrays, ds.x, im.mean_pool)
+    lg, cnt, _ = simulate(im.model, ds.x)
     with np.load(gold, allow_pickle=False) as z:
         assert np.array_equal(z["logits"], lg) and np.array_equal(z["counters"], cnt)
         assert np.array_equal(z["pred"], lg.argmax(1)) and np.array_equal(z["labels"], ds.y)
-        assert z["counter_names"].tolist() == im.counters and z["lengths"].tolist() == [L_SMNIST] * 4
-    _, _, (ref_re, _) = simulate(im.arrays, ds.x[3:4], im.mean_pool, trace=True)
+        assert z["counter_names"].tolist() == list(im.model.counters) and z["lengths"].tolist() == [L_SMNIST] * 4
+    _, _, (ref_re, _) = simulate(im.model, ds.x[3:4], trace=True)
     with np.load(tr, allow_pickle=False) as z:
         assert int(z["index"]) == 3 and np.array_equal(z["x_re"], ref_re) and np.array_equal(z["logits"], lg[3])
     r = intssm("simulate", work["quant"], "--limit", "2", "--trace", tr, "--trace-index", "2")
@@ -345,7 +345,7 @@ def test_memory_json_matches_cost_model(exported):
     out, _ = exported
     r = intssm("memory", out, "--json")
     d = ok_json(r)
-    _, man = export.load(out)
+    _, man = export.load_with_manifest(out)
     from intssm.training.model import ModelConfig
     from intssm.datapath.qspec import QuantConfig
 
@@ -490,3 +490,11 @@ def test_simulate_verify0_uses_the_integer_model_cache_without_torch(work, tmp_p
     for bad in (blocked, tmp_path / ("x" * 300)):  # not a directory; a name the file system refuses
         res, lg4, _ = sim("--verify", "0", env=dict(ENV, INTSSM_CACHE_DIR=str(bad)))
         assert np.array_equal(lg4, lg_ref) and "from the cache" not in res["source"]
+
+
+def test_export_refuses_an_artifact(exported, tmp_path):
+    """`export` of an integer artifact (no Torch model, no scales to write) is one error line, not a
+    traceback, and writes nothing."""
+    out, _ = exported
+    assert_clean_error(intssm("export", out, "-o", tmp_path / "again.npz"), "already an integer artifact")
+    assert not (tmp_path / "again.npz").exists()

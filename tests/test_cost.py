@@ -4,15 +4,15 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from naive_sim import run as naive_run
 from strategies import models, quant_configs
 
 from intssm.integer.cost import final_ops, memory, step_ops
 from intssm.errors import IntssmError
-from intssm.integer.export import integer_model
-from intssm.training.model import ModelConfig
+from intssm.integer.export import from_quantized
+from intssm.training.model import ModelConfig, S4DModel
 from intssm.training.ptq import ptq
 from intssm.datapath.qspec import PRESETS, QFormat, QuantConfig
 from intssm.integer.sim import simulate
@@ -28,15 +28,46 @@ def test_op_counts_equal_instrumented_simulator(m, q, L, seed):
         qm, _ = ptq(m, q, torch.from_numpy(rng.random((2, L, m.cfg.d_input))))
     except IntssmError:
         return
-    arr = integer_model(qm)
-    logits, ops = naive_run(arr, m.cfg, q, P[0])
-    ls, _, _ = simulate(arr, P, m.cfg.pool == "mean", len(qm.counters))
+    arr = from_quantized(qm)
+    logits, ops = naive_run(arr.arrays, m.cfg, q, P[0])
+    ls, _, _ = simulate(arr, P)
     assert logits == ls[0].tolist()
     want = step_ops(m.cfg, q, L)
     for k, v in list(want.items()):
         want[k] = v * L
     want.update(final_ops(m.cfg, q, L))
     assert +ops == +want
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(2, 8))
+def test_input_operand_width_follows_the_input_quantizer(bits):
+    """The encoder's input operand is counted at the width the model's input quantizer gives: an
+    unsigned b-bit code is a (b + 1)-bit signed operand (raw uint8 data: 9 bits). A float-data
+    model quantized with input_bits b: step_ops(..., m.input.bits) equals the naive simulator's
+    count, which derives the width from the largest code, and holds mul (b+1)x(weight) products."""
+    from intssm import data
+    from intssm.integer.cost import opw
+    from intssm.training.ptq import ptq_dataset
+
+    rng = np.random.default_rng(bits)
+    model = S4DModel(ModelConfig(d_input=2, d_output=3, d_model=2, d_state=2, n_layers=1), seed=1).double()
+    x = rng.normal(size=(4, 3, 2)).astype(np.float32)
+    q = replace(PRESETS["w8a8"], input_bits=bits)
+    qm, _ = ptq_dataset(model, q, data.SeqData(x, np.zeros(4, np.int64), "h", ""))
+    m = from_quantized(qm)
+    assert m.input.bits == bits and m.float_input
+    P = m.input_codes(x)
+    _, ops = naive_run(m.arrays, m.cfg, q, P[0], m.input.bits)
+    want = step_ops(m.cfg, q, 3, m.input.bits)
+    for k, v in list(want.items()):
+        want[k] = v * 3
+    want.update(final_ops(m.cfg, q, 3))
+    assert +ops == +want
+    w = opw(q.enc_w)
+    assert want[f"mul {max(w, bits + 1)}x{min(w, bits + 1)}"] >= 3 * 2 * 2  # H x d_in products per step
+    raw = step_ops(m.cfg, q, 3)  # the same model counted as if it read raw uint8 inputs
+    assert (raw == step_ops(m.cfg, q, 3, m.input.bits)) == (bits == 8)
 
 
 def test_memory_hand_count():

@@ -14,7 +14,7 @@ from intssm import data
 from intssm.training import checkpoint
 from intssm.training.equalize import equalize_states, mode_ranges
 from intssm.errors import IntssmError
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized
 from intssm.training.model import ModelConfig, S4DModel
 from intssm.training.ptq import ptq
 from intssm.datapath.qspec import PRESETS, QFormat
@@ -80,7 +80,7 @@ def test_equalized_6bit_state_scores_higher_and_is_bit_exact():
     acc = {}
     for alpha in (0.0, 1.0):
         qm, _ = ptq(m, cfg, u, equalize=alpha)
-        lg, _, _ = simulate(integer_model(qm), te.x, True, len(qm.counters))
+        lg, _, _ = simulate(from_quantized(qm), te.x)
         acc[alpha] = float((lg.argmax(1) == te.y).mean())
     assert acc[1.0] > acc[0.0] + 0.25, acc
     with torch.no_grad():

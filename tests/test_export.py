@@ -64,9 +64,12 @@ def inputs(n: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def test_roundtrip_arrays(good):
-    """load(save(qm)) gives exactly the arrays of integer_model(qm): same names, int64, equal values."""
-    _, arrays, path, _ = good
-    loaded, _ = intssm.integer.export.load(path)
+    """load(save(qm)) gives the IntModel of exactly the arrays of integer_model(qm): same names,
+    int64, equal values, and the model's configs and sequence length."""
+    qm, arrays, path, _ = good
+    m = intssm.integer.export.load(path)
+    assert (m.cfg, m.qcfg, m.seq_len, m.input) == (qm.dp.cfg, qm.dp.qcfg, SEQ_LEN, qm.iq)
+    loaded = m.arrays
     assert sorted(loaded) == sorted(arrays)
     for k, v in arrays.items():
         assert loaded[k].dtype == np.int64, k
@@ -77,7 +80,7 @@ def test_roundtrip_arrays(good):
 def test_roundtrip_manifest(good):
     """The manifest read back is the one written: versions, configs, sequence length, counter names."""
     qm, _, path, man = good
-    _, loaded = intssm.integer.export.load(path)
+    _, loaded = intssm.integer.export.load_with_manifest(path)
     assert loaded == json.loads(json.dumps(man))
     assert loaded["format"] == intssm.integer.export.FORMAT
     assert loaded["format_version"] == intssm.integer.export.FORMAT_VERSION
@@ -102,12 +105,10 @@ def test_storage_is_narrow_integers(good):
 def test_roundtrip_simulation_identical(good):
     """The simulator gives identical logits and saturation counts from the loaded and the in-memory arrays (and Torch agrees)."""
     qm, arrays, path, _ = good
-    loaded, man = intssm.integer.export.load(path)
+    loaded = intssm.integer.export.load(path)
     P = inputs(5)
-    n_cnt = len(man["counters"])
-    mean_pool = man["model_config"]["pool"] == "mean"
-    lg_mem, c_mem, _ = intssm.integer.sim.simulate(arrays, P, mean_pool, n_cnt)
-    lg_file, c_file, _ = intssm.integer.sim.simulate(loaded, P, mean_pool, n_cnt)
+    lg_mem, c_mem, _ = intssm.integer.sim.simulate(intssm.integer.export.from_quantized(qm), P)
+    lg_file, c_file, _ = intssm.integer.sim.simulate(loaded, P)
     assert np.array_equal(lg_mem, lg_file)
     assert np.array_equal(c_mem, c_file)
     with torch.no_grad():
@@ -131,8 +132,9 @@ def test_resave_identical(good, tmp_path):
     qm, _, path, _ = good
     again = tmp_path / "sub" / "again.npz"
     intssm.integer.export.save(again, qm)
-    a1, m1 = intssm.integer.export.load(path)
-    a2, m2 = intssm.integer.export.load(again)
+    i1, m1 = intssm.integer.export.load_with_manifest(path)
+    i2, m2 = intssm.integer.export.load_with_manifest(again)
+    a1, a2 = i1.arrays, i2.arrays
     assert m1 == m2
     assert sorted(a1) == sorted(a2) and all(np.array_equal(a1[k], a2[k]) for k in a1)
 
@@ -362,7 +364,7 @@ def test_load_integer_model_source(good, bad_files):
     from intssm import sources as integer
 
     im = integer.load(good[2])
-    assert im.qm is None and im.seq_len == SEQ_LEN and im.counters == good[0].counters
+    assert im.qm is None and im.model.seq_len == SEQ_LEN and list(im.model.counters) == good[0].counters
     with pytest.raises(IntssmError, match="format version 99"):
         integer.load(bad_files["format_version"])
 

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from intssm.datapath import layout
+from intssm.datapath.inputq import RAW_UINT8
+from intssm.datapath.intmodel import IntModel
 from intssm.errors import IntssmError
 from intssm.integer.export import integer_model
 from intssm.training.model import ModelConfig, S4DModel
@@ -37,10 +39,20 @@ def test_layout_matches_the_built_model():
 
 def test_validate_accepts_a_built_model_and_reproves_it():
     """validate accepts the arrays of a PTQ-built model (bound proof included, no error) and returns
-    them all as int64."""
+    the IntModel: all arrays int64 and read-only, the configs, seq_len and the identity input
+    quantizer it was given none."""
     qm = _qm()
     a = layout.validate(integer_model(qm), qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len)
-    assert all(v.dtype == np.int64 for v in a.values())
+    assert isinstance(a, IntModel) and list(a.arrays) == list(layout.NAMES)
+    assert all(v.dtype == np.int64 and not v.flags.writeable for v in a.arrays.values())
+    assert (a.cfg, a.qcfg, a.seq_len, a.input) == (qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len, RAW_UINT8)
+    assert a.counters == tuple(layout.counter_names(2)) and a.n_counters == 13
+    assert set(a.site_bounds) == {"enc", "pool", "logits"} | {f"l{i}.{k}" for i in range(2) for k in
+                                                                ("x_re", "x_im", "y", "glu", "h")}
+    with pytest.raises(ValueError):
+        a.arrays["enc_b"][0] = 1  # read-only
+    with pytest.raises(TypeError):
+        a.arrays["enc_b"] = a.arrays["enc_b"]  # a mapping proxy
 
 
 @pytest.mark.parametrize("name,value,msg", [
@@ -147,3 +159,50 @@ def test_spec_manifest_fields_match_export():
     section = doc.split("The manifest's fields:")[1].split("A reader refuses")[0]
     for k in manifest_of(_qm()):
         assert f"`{k}`" in section, k
+
+
+def test_intmodel_is_made_only_by_validate():
+    """An IntModel cannot be constructed, copied with changes (dataclasses.replace) or mutated
+    other than through layout.validate: each raises, so every model that exists was checked."""
+    import dataclasses
+
+    qm = _qm()
+    m = layout.validate(integer_model(qm), qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len)
+    with pytest.raises(TypeError, match="layout.validate"):
+        IntModel(m.arrays, m.cfg, m.qcfg, m.seq_len, m.input, m.site_bounds)
+    with pytest.raises(TypeError, match="layout.validate"):
+        dataclasses.replace(m, seq_len=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.seq_len = 5
+
+
+def test_validate_checks_the_input_quantizer():
+    """The input quantizer is a required part of the model: validate keeps the one it is given
+    (an InputQuant for float data) and refuses one whose channels disagree with d_input."""
+    from intssm.datapath.inputq import InputQuant
+
+    qm = _qm()
+    iq = InputQuant(np.zeros(1), np.full(1, 0.5), 6)
+    m = layout.validate(integer_model(qm), qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len, iq)
+    assert m.input is iq and m.float_input and m.description()["input"] == iq.to_dict()
+    with pytest.raises(IntssmError, match="2 channels, the model 1"):
+        layout.validate(integer_model(qm), qm.dp.cfg, qm.dp.qcfg, qm.dp.seq_len, InputQuant(np.zeros(2), np.ones(2), 6))
+
+
+def test_validate_runs_once_per_export_c(tmp_path, monkeypatch):
+    """`export-c` of an artifact validates its model once (the load); the C export, its site
+    widths and storage figures take that IntModel without validating again."""
+    from intssm import deploy
+    from intssm.integer import cexport, export
+
+    npz = tmp_path / "m.npz"
+    export.save(npz, _qm())
+    calls = []
+    real = layout.validate
+    monkeypatch.setattr(layout, "validate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    res, _, _ = deploy.export_c(npz, tmp_path / "host", show=False)
+    assert len(calls) == 1 and len(res["files"]) == 4
+    m = export.load(npz)
+    cexport.write_c(m, tmp_path / "again")
+    cexport.c_storage(m)
+    assert len(calls) == 2  # the second load only

@@ -22,7 +22,7 @@ from intssm.integer import cexport, mcu
 from intssm.integer.sim import simulate
 
 # tests/ is not a package: pytest puts it on sys.path
-from c_helpers import manifest_like, random_case
+from c_helpers import random_case
 from strategies import models, quant_configs
 from cli_helpers import assert_clean_error, intssm, ok_json
 
@@ -46,14 +46,21 @@ def test_instruction_classes():
 
 
 @needs_mcu
-def test_default_model_bit_exact_on_cortex_m4(tmp_path):
-    """The shipped default on an emulated Cortex-M4: 200 real sMNIST test sequences give the
-    simulator's logits, saturation counters and final state; bytes and counts are measured."""
-    from intssm.deploy import deploy
+def test_default_model_bit_exact_on_cortex_m4(tmp_path, monkeypatch):
+    """The shipped default on an emulated Cortex-M4 (`export-c --target cortex-m4`'s recipe): 200
+    real sMNIST test sequences give the simulator's logits, saturation counters and final state;
+    bytes and counts are measured; the model is validated once in the whole run."""
+    from intssm import deploy
+    from intssm.datapath import layout
 
-    rep = deploy(CKPT / "paper-small-hetero.pt", tmp_path, "cortex-m4", sequences=200, count_steps=8)
+    calls = []
+    real = layout.validate
+    monkeypatch.setattr(layout, "validate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rep, _, error = deploy.export_c(CKPT / "paper-small-hetero.pt", tmp_path, "cortex-m4", sequences=200, count_steps=8,
+                                    show=False)
+    assert len(calls) == 1
     i = rep["integer"]
-    assert "error" not in rep
+    assert "error" not in rep and error is None and not (tmp_path / deploy.UNVERIFIED_MARK).exists()
     assert i["bit_exact_sequences"] == i["sequences"] == 200
     assert i["test_accuracy_on_these"] > 0.9
     # the constants in flash are the accounted bytes (packed fields), within 5%
@@ -125,15 +132,15 @@ def test_random_models_bit_exact_on_mcu(m, qcfg, data, target, state_layout):
     included) on the emulated cores: the simulator's integers."""
     qm, arrays, P = random_case(m, qcfg, data, 8)
     L, n = P.shape[1], len(qm.counters)
-    if state_layout == "halves" and max(int(arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
+    if state_layout == "halves" and max(int(arrays.arrays["qrange"][r, 1]) for r in (1, 2)) > 32767:
         state_layout = "packed"  # unsigned 16-bit state codes do not fit a signed half
     with tempfile.TemporaryDirectory() as t:
-        cexport.write_c(arrays, manifest_like(qm), Path(t), state_layout)
+        cexport.write_c(arrays, Path(t), state_layout)
         r = mcu.measure(mcu.build(Path(t), target, L), target, P, count_steps=1)
-    lg, cnt, _ = simulate(arrays, P, m.cfg.pool == "mean", n)
+    lg, cnt, _ = simulate(arrays, P)
     assert np.array_equal(r["logits"], lg) and np.array_equal(r["counters"], cnt)
     for b in range(len(P)):
-        _, _, (tr, ti) = simulate(arrays, P[b:b + 1], m.cfg.pool == "mean", n, trace=True)
+        _, _, (tr, ti) = simulate(arrays, P[b:b + 1], trace=True)
         assert np.array_equal(r["states"][b][0], tr[-1]) and np.array_equal(r["states"][b][1], ti[-1])
 
 
@@ -142,7 +149,8 @@ def test_float_reference_on_cortex_m4f(tmp_path):
     """The float32 C reference computes the Torch model's recurrent logits (to float32 rounding) on
     the emulated Cortex-M4F, and the same with software float on the Cortex-M3."""
     from intssm import data
-    from intssm.training import cfloat, checkpoint
+    from intssm.integer import cfloat
+    from intssm.training import checkpoint
 
     model, _ = checkpoint.load(CKPT / "paper-small-seed7-fp32.pt")
     model = model.float()

@@ -20,14 +20,15 @@ from hypothesis import strategies as st
 
 from intssm import data
 from intssm.errors import IntssmError
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized
 from intssm.datapath.inputq import InputQuant, calibrate_input, fold_input
 from intssm.training.model import ModelConfig, S4DModel
 from intssm.training.ptq import ptq_dataset
+from intssm.training.qmodel import QuantS4D
 from intssm.integer.sim import simulate
 from intssm.data.tsformat import read_ts
 
-from c_helpers import build_harness, manifest_like, run_c
+from c_helpers import build_harness, run_c
 from strategies import models, quant_configs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,23 +255,23 @@ def test_torch_equals_numba_on_any_inputs(m, qcfg, draw):
     P = qm.input_codes(x, lens)
     with torch.no_grad():
         lt, ct = qm(torch.from_numpy(P), counts=True, lengths=torch.from_numpy(lens))
-    arr = integer_model(qm)
-    mean, n = cfg.pool == "mean", len(qm.counters)
-    ls, cs, _ = simulate(arr, P, mean, n, lengths=lens)
-    lr, cr, _ = simulate(arr, P, mean, n, lengths=lens, reference=True)
+    arr = from_quantized(qm)
+    mean = cfg.pool == "mean"
+    ls, cs, _ = simulate(arr, P, lengths=lens)
+    lr, cr, _ = simulate(arr, P, lengths=lens, reference=True)
     assert np.array_equal(ls, lr) and np.array_equal(cs, cr)
     assert np.array_equal(lt.numpy().astype(np.int64), ls)
     assert [ct[k] for k in qm.counters] == cs.sum(0).tolist()
     P2 = P.copy()
     for b in range(B):
         P2[b, lens[b]:] = rng.integers(0, 256, (L - lens[b], d_in))
-    ls2, cs2, _ = simulate(arr, P2, mean, n, lengths=lens)
+    ls2, cs2, _ = simulate(arr, P2, lengths=lens)
     with torch.no_grad():
         lt2, _ = qm(torch.from_numpy(P2), lengths=torch.from_numpy(lens))
     assert np.array_equal(ls2, ls) and np.array_equal(cs2, cs) and np.array_equal(lt2.numpy().astype(np.int64), ls)
     if not mean:
         for b in range(B):
-            l1, c1, _ = simulate(arr, P[b:b + 1, : lens[b]], mean, n)
+            l1, c1, _ = simulate(arr, P[b:b + 1, : lens[b]])
             assert np.array_equal(l1[0], ls[b]) and np.array_equal(c1[0], cs[b])
 
 
@@ -283,7 +284,7 @@ def test_mean_pool_refuses_variable_lengths():
                         data.SeqData(x, np.zeros(3, np.int64), "h", ""))
     P, lens = qm.input_codes(x), np.array([5, 3, 5])
     with pytest.raises(IntssmError, match="pool 'last'"):
-        simulate(integer_model(qm), P, True, len(qm.counters), lengths=lens)
+        simulate(from_quantized(qm), P, lengths=lens)
     with pytest.raises(IntssmError, match="pool 'last'"):
         qm(torch.from_numpy(P), lengths=torch.from_numpy(lens))
 
@@ -299,7 +300,7 @@ def test_model_kind_must_match_the_data():
         qm.input_codes(np.zeros((1, 5, 2), np.uint8))
     with pytest.raises(IntssmError, match="features per step"):
         qm.input_codes(np.zeros((1, 5, 3), np.float32))
-    qm.iq = None
+    qm = QuantS4D(qm.model, qm.dp)  # the same datapath for raw uint8 data (the identity input quantizer)
     with pytest.raises(IntssmError, match="features per step, the model expects 2"):
         qm.input_codes(np.zeros((1, 5, 3), np.uint8))
 
@@ -360,19 +361,17 @@ def test_train_takes_the_ends_from_the_data(tmp_path):
 def _c_equals_simulator(qm, P, lens, tmp: Path):
     """Run the exported C (harness of test_cexport) per length group; logits, counters and final
     state equal the simulator's, each sequence stepped exactly lengths[b] times."""
-    arr = integer_model(qm)
-    n = len(qm.counters)
-    man = manifest_like(qm) | {"input": qm.iq.to_dict() if qm.iq is not None else None}
-    exe = build_harness(arr, man, tmp)
-    assert "Inputs: float features quantized per channel" in (tmp / "intssm_model.h").read_text() or qm.iq is None
-    lg, cnt, _ = simulate(arr, P, qm.dp.cfg.pool == "mean", n, lengths=lens)
+    arr = from_quantized(qm)
+    exe = build_harness(arr, tmp)
+    assert "Inputs: float features quantized per channel" in (tmp / "intssm_model.h").read_text() or not arr.float_input
+    lg, cnt, _ = simulate(arr, P, lengths=lens)
     for L in np.unique(lens):
         idx = np.flatnonzero(lens == L)
-        c = run_c(exe, np.ascontiguousarray(P[idx, :L]), arr, n)
+        c = run_c(exe, np.ascontiguousarray(P[idx, :L]), arr)
         assert np.array_equal(c["logits"], lg[idx]) and np.array_equal(c["logits2"], lg[idx])
         assert np.array_equal(c["counts"], cnt[idx])
         for j, b in enumerate(idx[:3]):
-            _, _, (tr, ti) = simulate(arr, P[b:b + 1], qm.dp.cfg.pool == "mean", n, trace=True, lengths=lens[b:b + 1])
+            _, _, (tr, ti) = simulate(arr, P[b:b + 1], trace=True, lengths=lens[b:b + 1])
             assert np.array_equal(c["x_re"][j], tr[L - 1]) and np.array_equal(c["x_im"][j], ti[L - 1])
     return lg
 
@@ -430,7 +429,7 @@ def test_shipped_uea_models(name, ds_path, floor):
     im = integer.load(ROOT / "data" / "checkpoints" / f"{name}.pt")
     te = data.load(str(ds_path), "test")
     P = im.input_codes(te)
-    lg, _, _ = integer.run(im, P, lengths=te.lengths)
+    lg, _, _ = integer.run(im.model, P, lengths=te.lengths)
     assert (lg.argmax(1) == te.y).mean() >= floor
     assert np.array_equal(integer.torch_logits(im.qm, P, lengths=te.lengths), lg)
     with tempfile.TemporaryDirectory() as t:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from intssm import data
 from intssm.training import checkpoint
 from intssm.errors import IntssmError
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized, integer_model
 from intssm.training.model import ModelConfig, S4DModel
 from intssm.integer.score import int_accuracy
 from intssm.training.qat import QATArgs, configure
@@ -80,7 +80,7 @@ def test_short_qat_lowers_loss_and_stays_bit_exact(tmp_path):
     te = data.load("smnist", "test", 6)
     with torch.no_grad():
         lt, _ = qm2(torch.from_numpy(te.x))
-    ls, _, _ = simulate(integer_model(qm2), te.x, True, len(qm2.counters))
+    ls, _, _ = simulate(from_quantized(qm2), te.x)
     assert (lt.numpy().astype(np.int64) == ls).all()
     before, after = integer_model(qm), integer_model(qm2)
     assert before.keys() == after.keys()
@@ -184,7 +184,7 @@ def test_stable_abar_moves_every_mode_inside_the_unit_circle():
     assert len(params) > 0
     with torch.no_grad():
         lt, _ = stable(torch.from_numpy(x.x))
-    ls, _, _ = simulate(integer_model(stable), x.x, True, len(stable.counters))
+    ls, _, _ = simulate(from_quantized(stable), x.x)
     assert (lt.numpy().astype(np.int64) == ls).all()
 
 
@@ -218,3 +218,51 @@ def test_ema_qat_scores_both_and_keeps_the_reported_snapshot():
     assert int_accuracy(qm, va.x, va.y) == acc
     with pytest.raises(IntssmError):
         train(qm, "smnist", QATArgs(limit=8, val_limit=8, ema=1.0), int_accuracy)
+
+
+def test_small_data_rule_keeps_smnist_and_gives_small_sets_a_step_budget():
+    """plan() leaves a 50,000-sequence split (sMNIST's) at one epoch of batch 64 without warm-up, the
+    defaults QAT always had; a small split gets batch n/16 (at least 8) and the fewest epochs giving
+    >= MIN_STEPS optimizer steps with a 5% warm-up; options given stay as given (no warm-up when
+    --epochs is)."""
+    from intssm.training.qat import MIN_STEPS, plan
+
+    big = plan(QATArgs(), 50000)
+    assert (big.epochs, big.batch_size, big.warmup) == (1, 64, 0.0)
+    small = plan(QATArgs(), 36)
+    assert small.batch_size == 8 and small.warmup == 0.05
+    per_epoch = -(-36 // 8)
+    assert small.epochs * per_epoch >= MIN_STEPS > (small.epochs - 1) * per_epoch
+    mid = plan(QATArgs(), 1000)  # batch 62: 17 steps per epoch
+    assert mid.batch_size == 62 and mid.epochs == 18
+    given = plan(QATArgs(epochs=3, batch_size=16), 36)
+    assert (given.epochs, given.batch_size, given.warmup) == (3, 16, 0.0)
+    assert plan(QATArgs(batch_size=4), 36).epochs == -(-MIN_STEPS // 9)
+    assert plan(QATArgs(warmup=0.2), 50000).warmup == 0.2
+    with pytest.raises(IntssmError, match="--warmup"):
+        QATArgs(warmup=1.0).check()
+
+
+def test_qat_run_follows_the_small_data_rule(tmp_path):
+    """qat.run with default options on a 30-sequence dataset trains plan()'s epochs at its batch,
+    records them (with the warm-up) in the checkpoint, and the checkpoint simulates to the integer
+    accuracy on the training sequences that the last epoch reported."""
+    from intssm.training.qat import MIN_STEPS, run
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    x = (rng.normal(0, 0.3, (40, 12, 1)) + (2 * y - 1)[:, None, None] * np.linspace(0, 1, 12)[None, :, None]).astype(np.float32)
+    d = tmp_path / "d.npz"
+    np.savez(d, x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+    f = tmp_path / "f.pt"
+    checkpoint.save(f, S4DModel(ModelConfig(d_output=2, d_model=4, d_state=8), seed=0),
+                    dataset={"seq": str(d), "checksum": data.load(str(d)).checksum, "val_fraction": 0.0})
+    r = run(f, tmp_path / "q.pt", QATArgs(), int_accuracy, progress=False)
+    a = r["args"]
+    assert (a.batch_size, a.warmup) == (8, 0.05) and a.epochs == -(-MIN_STEPS // 4)
+    assert [h["epoch"] for h in r["history"]] == list(range(a.epochs + 1))
+    model, ck = checkpoint.load(tmp_path / "q.pt")
+    assert {k: ck["qat"][k] for k in ("epochs", "batch_size", "warmup")} == {"epochs": a.epochs, "batch_size": 8, "warmup": 0.05}
+    qm = from_checkpoint(model, ck)
+    tr = data.load(str(d), "train", None, 0.0)
+    assert int_accuracy(qm, qm.input_codes(tr.x, tr.lengths), tr.y, tr.lengths) == r["history"][-1]["train_int_acc"]

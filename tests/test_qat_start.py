@@ -14,7 +14,7 @@ import pytest
 
 from intssm import data
 from intssm.datapath.qspec import get_config
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized
 from intssm.integer.score import int_accuracy
 from intssm.integer.sim import simulate
 from intssm.training import checkpoint, qat
@@ -58,7 +58,7 @@ def test_start_quality_agrees_with_the_simulator(spiky):
     qm, _ = ptq_dataset(model.double(), get_config("hetero-3b-x10"), ds)
     q = start_quality(qm, ds)
     P = qm.input_codes(ds.x, ds.lengths)
-    lg, cnt, _ = simulate(integer_model(qm), P, True, len(qm.counters), lengths=ds.lengths)
+    lg, cnt, _ = simulate(from_quantized(qm), P, lengths=ds.lengths)
     assert q["int_acc"] == float((lg.argmax(1) == ds.y).mean()) == int_accuracy(qm, P, ds.y, ds.lengths)
     assert q["saturations"] == {k: int(v) for k, v in zip(qm.counters, cnt.sum(0)) if v}
     state = q["saturations"].get("l0.x_re", 0) + q["saturations"].get("l0.x_im", 0)

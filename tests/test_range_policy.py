@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 from intssm import data
 from intssm.training import checkpoint
 from intssm.errors import IntssmError
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized
 from intssm.training.model import PRESETS, S4DModel
 from intssm.training.ptq import from_checkpoint, ptq, qspec_entry
 from intssm.datapath.qspec import QFormat, QuantConfig, parse_range
@@ -75,7 +75,7 @@ def test_ptq_with_policies_is_bit_exact_and_reloads_exactly(tmp_path):
     cal = data.load("smnist", "train", 16)
     qm, ranges = ptq(m, q, torch.from_numpy(cal.as_float()))
     te = data.load("smnist", "test", 20)
-    lg, cnt, _ = simulate(integer_model(qm), te.x, True, len(qm.counters))
+    lg, cnt, _ = simulate(from_quantized(qm), te.x)
     lt, ct = qm(torch.from_numpy(te.x), counts=True)
     assert np.array_equal(lg, lt.detach().numpy().astype(np.int64))
     assert [int(c) for c in cnt.sum(0)] == [ct[n] for n in qm.counters]
@@ -83,5 +83,5 @@ def test_ptq_with_policies_is_bit_exact_and_reloads_exactly(tmp_path):
     checkpoint.save(path, m, qspec=qspec_entry(qm, ranges))
     m2, ck = checkpoint.load(path)
     qm2 = from_checkpoint(m2.double(), ck)
-    lg2, _, _ = simulate(integer_model(qm2), te.x, True, len(qm2.counters))
+    lg2, _, _ = simulate(from_quantized(qm2), te.x)
     assert np.array_equal(lg, lg2)

@@ -32,7 +32,7 @@ from intssm.errors import IntssmError
 from intssm.integer import cosim, rtl
 
 # tests/ is not a package: pytest puts it on sys.path
-from c_helpers import manifest_like, random_case
+from c_helpers import random_case
 from strategies import models, quant_configs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,7 @@ def test_primitives_match_fixedpoint(tmp_path):
 
 def _export(path: Path, d: Path, lanes: int):
     im = sources.load(path, torch_model=False)
-    paths, facts = rtl.write_rtl(im.arrays, im.description(), d, lanes=lanes)
+    paths, facts = rtl.write_rtl(im.model, d, lanes=lanes)
     return im, [p for p in paths if p.suffix == ".v"], facts
 
 
@@ -179,7 +179,7 @@ def test_default_model_smnist(tmp_path, n):
     the simulator's; every step takes the generator's stated cycles (1,409 at 8 lanes)."""
     im, srcs, facts = _export(DEFAULT, tmp_path / "rtl", 8)
     ds = data.load("smnist", "test", n)
-    rep = cosim.cosim(facts, srcs, tmp_path / "rtl", im.arrays, im.mean_pool, im.input_codes(ds), ds.lengths)
+    rep = cosim.cosim(facts, srcs, tmp_path / "rtl", im.model, im.input_codes(ds), ds.lengths)
     _check_report(rep, n, facts)
     assert facts.cycles_per_step == rtl.cycles_per_step(16, 32, 1, 1, 8) == 1409
 
@@ -191,7 +191,7 @@ def test_japanesevowels_all_370(tmp_path):
     im, srcs, facts = _export(JV, tmp_path / "rtl", 4)
     ds = data.load(str(ROOT / "data" / "uea" / "JapaneseVowels"), "test", None)
     assert len(ds) == 370
-    rep = cosim.cosim(facts, srcs, tmp_path / "rtl", im.arrays, im.mean_pool, im.input_codes(ds), ds.lengths)
+    rep = cosim.cosim(facts, srcs, tmp_path / "rtl", im.model, im.input_codes(ds), ds.lengths)
     _check_report(rep, 370, facts)
 
 
@@ -212,8 +212,8 @@ def test_rtl_equals_simulator_random_models(m, qcfg, data_):
     L = P.shape[1]
     lengths = np.full(len(P), L) if m.cfg.pool == "mean" else np.array([data_.draw(st.integers(1, L)) for _ in P])
     with tempfile.TemporaryDirectory() as t:
-        paths, facts = rtl.write_rtl(arrays, manifest_like(qm), Path(t), lanes=lanes)
-        rep = cosim.cosim(facts, [p for p in paths if p.suffix == ".v"], Path(t), arrays, m.cfg.pool == "mean", P, lengths,
+        paths, facts = rtl.write_rtl(arrays, Path(t), lanes=lanes)
+        rep = cosim.cosim(facts, [p for p in paths if p.suffix == ".v"], Path(t), arrays, P, lengths,
                           simulator="icarus")
     assert rep["first_difference"] is None, cosim.describe_difference(rep["first_difference"])
     assert rep["bit_exact"] == len(P)
@@ -226,7 +226,7 @@ def test_lanes_must_divide_modes(tmp_path):
     """write_rtl refuses a lane count that does not divide the number of modes."""
     im = sources.load(DEFAULT, torch_model=False)
     with pytest.raises(IntssmError, match="lanes must divide"):
-        rtl.write_rtl(im.arrays, im.description(), tmp_path, lanes=3)
+        rtl.write_rtl(im.model, tmp_path, lanes=3)
 
 
 # ------------------------------------------------------------------- the harness as a product ---
@@ -250,14 +250,14 @@ def test_harness_catches_a_one_bit_bug(tmp_path):
     bad = tmp_path / "buggy_top.v"
     bad.write_text(top.replace(GOOD_LINE, BAD_LINE))
     prim = tmp_path / "rtl" / rtl.PRIM_FILE
-    rep = cosim.cosim(facts, [prim, bad], tmp_path / "rtl", im.arrays, im.mean_pool, P, ds.lengths, simulator="icarus")
+    rep = cosim.cosim(facts, [prim, bad], tmp_path / "rtl", im.model, P, ds.lengths, simulator="icarus")
     d = rep["first_difference"]
     assert rep["bit_exact"] == 0 and d is not None
     assert d["sequence"] == 0 and d["step"] == 0
     assert d["site"] == "final state x_re[layer 0, channel 0, mode 0]"
     assert d["got"] == d["expected"] ^ 1
     assert "sequence 0, after step 0, final state x_re" in cosim.describe_difference(d)
-    good = cosim.cosim(facts, srcs, tmp_path / "rtl", im.arrays, im.mean_pool, P, ds.lengths, simulator="icarus")
+    good = cosim.cosim(facts, srcs, tmp_path / "rtl", im.model, P, ds.lengths, simulator="icarus")
     assert good["first_difference"] is None and good["bit_exact"] == 3
 
 
@@ -290,11 +290,11 @@ def test_cli_export_rtl_and_cosim(tmp_path):
 # ------------------------------------------------------------------------------ synthesis ---
 
 def _small_design(d: Path):
-    from intssm.integer.export import integer_model
+    from intssm.integer.export import from_quantized
     from test_cexport import _tiny
 
     qm = _tiny()  # 2 channels, 1 mode, 1 layer, w8a8
-    return rtl.write_rtl(integer_model(qm), manifest_like(qm), d, lanes=1)[1]
+    return rtl.write_rtl(from_quantized(qm), d, lanes=1)[1]
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ def main() -> int:
     for p in lanes:
         t0 = time.time()
         with tempfile.TemporaryDirectory() as d:
-            _, facts = rtl.write_rtl(im.arrays, im.description() | {"source": args.model}, Path(d), p)
+            _, facts = rtl.write_rtl(im.model, Path(d), p, source=args.model)
             r = rtl.synthesize(Path(d), facts, seed=args.seed)
         r["seconds"] = time.time() - t0
         rows.append(r)

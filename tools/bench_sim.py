@@ -71,7 +71,7 @@ def scaling(im, X, png):
         best = float("inf")
         for _ in range(reps):
             t = time.perf_counter()
-            simulate(im.arrays, P, im.mean_pool, len(im.counters))
+            simulate(im.model, P)
             best = min(best, time.perf_counter() - t)
         return best
 
@@ -119,24 +119,30 @@ def main():
     from intssm.integer.sim import simulate
 
     im = integer.load(a.model)
-    cfg, qcfg, L, _ = integer.describe(a.model)
+    cfg, qcfg, L, _, input_bits = integer.describe(a.model)
     ds = data.load("smnist", "test", a.n)
-    muls = sum(v for k, v in cost.step_ops(cfg, qcfg, L).items() if k.startswith("mul"))
-    simulate(im.arrays, ds.x[:2], im.mean_pool, len(im.counters))  # warm
-    simulate(im.arrays, ds.x[:2], im.mean_pool, len(im.counters), reference=True)
+    muls = sum(v for k, v in cost.step_ops(cfg, qcfg, L, input_bits).items() if k.startswith("mul"))
+    simulate(im.model, ds.x[:2])  # warm
+    simulate(im.model, ds.x[:2], reference=True)
     roof = roofline_macs_per_s()
     t = time.perf_counter()
-    simulate(im.arrays, ds.x, im.mean_pool, len(im.counters))
+    simulate(im.model, ds.x)
     t_fast = time.perf_counter() - t
     t = time.perf_counter()
-    simulate(im.arrays, ds.x[: a.ref_n], im.mean_pool, len(im.counters), reference=True)
+    simulate(im.model, ds.x[: a.ref_n], reference=True)
     t_ref = (time.perf_counter() - t) * len(ds) / a.ref_n
     # the same model with the dithered state rounding (docs/datapath.md, step 2): the same constants,
     # only the rounding offsets differ (refreshed every step), so the time ratio is the option's cost
-    dith = dict(im.arrays, x_dither=np.ones(1, np.int64))
-    simulate(dith, ds.x[:2], im.mean_pool, len(im.counters))
+    from dataclasses import replace
+
+    from intssm.datapath import layout
+
+    m = im.model
+    dith = layout.validate(dict(m.arrays, x_dither=np.ones(1, np.int64)), m.cfg, replace(m.qcfg, state_rounding="dither"),
+                           m.seq_len)
+    simulate(dith, ds.x[:2])
     t = time.perf_counter()
-    simulate(dith, ds.x, im.mean_pool, len(im.counters))
+    simulate(dith, ds.x)
     t_dither = time.perf_counter() - t
     roof2 = roofline_macs_per_s()
     roof = max(roof, roof2)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from intssm import data
+from intssm.datapath.inputq import model_input
 from intssm.training.model import PRESETS, S4DModel, n_params
 
 
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     batches = []
     for s in range(n_steps):
         idx = np.sort(perm[(s * args.batch_size) % n_train:][: args.batch_size])
-        x = tr.x[idx].astype(np.float32) / np.float32(255.0) if tr.is_uint8 else tr.x[idx].astype(np.float32)
+        x = model_input(tr.x[idx]) if tr.is_uint8 else tr.x[idx].astype(np.float32)
         batches.append((torch.from_numpy(x), torch.from_numpy(tr.y[idx])))
     L = tr.x.shape[1]
 

@@ -62,8 +62,8 @@ def main():
             print(f"{name:34s} skipped: not in {a.dir} (docs/results.md has the command that makes it)")
             continue
         im = integer.load(path)
-        lg, _, _ = integer.run(im, te.x)
-        mem = cost.memory(im.cfg, im.qcfg, im.seq_len)
+        lg, _, _ = integer.run(im.model, te.x)
+        mem = cost.memory(im.model.cfg, im.model.qcfg, im.model.seq_len)
         rows.append({"checkpoint": name, "how": how, "test_accuracy": float((lg.argmax(1) == te.y).mean()),
                      "bytes": mem["bytes"], "reduction": mem["reduction"], "weights_bytes": mem["weights_bytes"],
                      "weights_reduction": mem["weights_reduction"], "fp32_weights_bytes": mem["fp32_weights_bytes"]})

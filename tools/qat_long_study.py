@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from intssm import data  # noqa: E402
 from intssm.datapath.qspec import get_config  # noqa: E402
-from intssm.integer.export import integer_model  # noqa: E402
+from intssm.integer.export import from_quantized  # noqa: E402
 from intssm.integer.sim import simulate  # noqa: E402
 from intssm.training import checkpoint  # noqa: E402
 from intssm.training.qat import Diverged, QATArgs, Start, restore, train  # noqa: E402
@@ -67,7 +67,7 @@ def rows(base):
 
 def counts(qm, ds):
     P = qm.input_codes(ds.x, ds.lengths)
-    lg, cnt, _ = simulate(integer_model(qm), P, qm.dp.cfg.pool == "mean", len(qm.counters), lengths=ds.lengths)
+    lg, cnt, _ = simulate(from_quantized(qm), P, lengths=ds.lengths)
     sat = {k: int(v) for k, v in zip(qm.counters, cnt.sum(0)) if v}
     return float((lg.argmax(1) == ds.y).mean()), sat
 

@@ -99,7 +99,7 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
     from intssm.training import checkpoint
     from intssm.integer import cost
     from intssm.errors import IntssmError
-    from intssm.integer.export import integer_model
+    from intssm.integer.export import from_quantized
     from intssm.integer.score import int_accuracy
     from intssm.training.qat import QATArgs, kept, restore, train
     from intssm.training.ptq import ptq
@@ -116,7 +116,7 @@ def _run_qat(ckpt, part, name, qcfg_dict, limit, calib, epochs, qat_limit, minut
            "bytes": mem["bytes"], "reduction": round(mem["reduction"], 4)}
 
     def test_acc(qm):
-        lg, _, _ = simulate(integer_model(qm), te.x, model.cfg.pool == "mean", len(qm.counters))
+        lg, _, _ = simulate(from_quantized(qm), te.x)
         return float((lg.argmax(1) == te.y).mean())
 
     try:
@@ -140,7 +140,7 @@ def _run_one(ckpt, part, name, qcfg_dict, limit, calib):
     from intssm.training import checkpoint
     from intssm.integer import cost
     from intssm.errors import IntssmError
-    from intssm.integer.export import integer_model
+    from intssm.integer.export import from_quantized
     from intssm.training.ptq import ptq
     from intssm.datapath.qspec import QuantConfig
     from intssm.integer.sim import simulate
@@ -156,7 +156,7 @@ def _run_one(ckpt, part, name, qcfg_dict, limit, calib):
         qm, _ = ptq(model.double(), q, torch.from_numpy(cal.as_float()))
     except IntssmError as e:
         return row | {"accuracy": "", "saturations": f"refused: {e}"}
-    lg, cnt, _ = simulate(integer_model(qm), te.x, model.cfg.pool == "mean", len(qm.counters))
+    lg, cnt, _ = simulate(from_quantized(qm), te.x)
     return row | {"accuracy": float((lg.argmax(1) == te.y).mean()), "saturations": int(cnt.sum())}
 
 

@@ -185,11 +185,18 @@ class SeqData:
     def as_float(self) -> np.ndarray:
         """The float model's input: ``p / 255`` for raw pixels, the values themselves otherwise."""
         if self.is_uint8:
-            return self.x.astype(np.float32) / np.float32(255.0)
+            from intssm.datapath.inputq import model_input
+
+            return model_input(self.x)
         return self.x.astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def check_features(self, d_input: int) -> None:
+        """Refuse sequences whose features per step are not the ``d_input`` a model reads."""
+        if self.x.shape[-1] != d_input:
+            raise IntssmError(f"dataset {self.name} has {self.x.shape[-1]} features per step, the model expects {d_input}")
 
     def check_labels(self, n_classes: int) -> None:
         """Refuse labels a model with ``n_classes`` outputs cannot score."""

@@ -1,6 +1,9 @@
 """The input quantizer: float features -> the unsigned codes the integer datapath takes.
 
-Raw ``uint8`` data (MNIST pixels) enters the datapath as itself, real value ``p / 255``. Float
+Every model has an input quantizer, a required field of its datapath (:class:`IntModel`'s
+``input``, :class:`~intssm.training.qmodel.QuantS4D`'s ``iq``, set when the model is built).
+Raw ``uint8`` data (MNIST pixels) enter the datapath as themselves, real value ``p / 255``: the
+identity quantizer :data:`RAW_UINT8` (8-bit codes). Float
 features (sensor readings, speech coefficients) are quantized per channel j before the first
 integer operation, on the host or in the sensor's front end:
 
@@ -22,6 +25,37 @@ import numpy as np
 
 from intssm.errors import IntssmError
 from intssm.datapath.fixedpoint import round_half_up
+from intssm.datapath.qspec import INPUT_SCALE
+
+
+def model_input(P: np.ndarray) -> np.ndarray:
+    """The float32 values the float model reads for input codes ``P``: ``p / 255``
+    (:data:`intssm.datapath.qspec.INPUT_SCALE`, the datapath's one input scale), as a float32
+    division rounded to nearest (``np.float32(1 / INPUT_SCALE)`` is exactly 255)."""
+    return np.asarray(P).astype(np.float32) / np.float32(1.0 / INPUT_SCALE)
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """The identity input quantizer of a model quantized on raw ``uint8`` data: the codes are the
+    data, 8 bits unsigned (0..255). Stored as ``null`` (the checkpoint's ``qspec.input``, the
+    artifact's ``input``)."""
+
+    bits: int = 8
+    float_data = False
+
+    def codes(self, x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        """uint8 sequences as themselves; anything else is refused."""
+        if x.dtype != np.uint8:
+            raise IntssmError("float data, but this model takes raw uint8 inputs (it was quantized on uint8 data)")
+        return x
+
+    def to_dict(self) -> None:
+        return None
+
+
+#: The identity quantizer (raw uint8 inputs).
+RAW_UINT8 = RawInput()
 
 
 @dataclass
@@ -31,6 +65,7 @@ class InputQuant:
     lo: np.ndarray
     scale: np.ndarray
     bits: int
+    float_data = True
 
     @property
     def qmax(self) -> int:
@@ -66,6 +101,17 @@ class InputQuant:
         if not (np.isfinite(lo).all() and np.isfinite(scale).all() and (scale > 0).all()):
             raise IntssmError("input quantizer entry: lo must be finite and scale finite and positive")
         return cls(lo, scale, bits)
+
+
+def from_entry(d, d_input: int | None = None):
+    """The input quantizer stored as ``d``: None is :data:`RAW_UINT8`, an object an
+    :class:`InputQuant` (checked, and against ``d_input`` channels when given)."""
+    if d is None:
+        return RAW_UINT8
+    iq = InputQuant.from_dict(d)
+    if d_input is not None and len(iq.lo) != d_input:
+        raise IntssmError(f"the input quantizer has {len(iq.lo)} channels, the model {d_input} (d_input)")
+    return iq
 
 
 def calibrate_input(x: np.ndarray, lengths: np.ndarray, bits: int, policy: str = "minmax") -> InputQuant:
@@ -107,17 +153,16 @@ def fold_input(model, iq: InputQuant):
     return out
 
 
-def input_codes(iq: InputQuant | None, d_input: int, x: np.ndarray, lengths=None) -> np.ndarray:
+def input_codes(iq, d_input: int, x: np.ndarray, lengths=None) -> np.ndarray:
     """The datapath's uint8 input codes of sequences ``x`` (n, L, d) for a model with input
-    quantizer ``iq`` and ``d_input`` features per step: raw uint8 data as themselves (``iq`` None),
-    float data through ``iq``; a model calibrated on one kind refuses the other."""
+    quantizer ``iq`` and ``d_input`` features per step: raw uint8 data as themselves
+    (:data:`RAW_UINT8`), float data through an :class:`InputQuant`; a model calibrated on one kind
+    refuses the other."""
     if x.ndim != 3 or x.shape[-1] != d_input:
         raise IntssmError(f"data have {x.shape[-1] if x.ndim == 3 else x.shape} features per step, "
                           f"the model expects {d_input}")
-    if iq is None:
-        if x.dtype != np.uint8:
-            raise IntssmError("float data, but this model takes raw uint8 inputs (it was quantized on uint8 data)")
-        return x
+    if not iq.float_data:
+        return iq.codes(x, lengths)
     if x.dtype == np.uint8:
         raise IntssmError("uint8 data, but this model quantizes float inputs (it was calibrated on float data)")
     return iq.codes(x, lengths)

@@ -237,9 +237,10 @@ def from_datapath(dp) -> dict:
     return {k: np.ascontiguousarray(np.asarray(v, dtype=np.int64)) for k, v in a.items()}
 
 
-def bundle(arrays: dict) -> IntArrays:
-    """The arrays as contiguous int64, in one :data:`IntArrays` bundle."""
-    return IntArrays(*(np.ascontiguousarray(np.asarray(arrays[k]).astype(np.int64, copy=False)) for k in NAMES))
+def bundle(arrays) -> IntArrays:
+    """The arrays (a dict, or an IntModel's read-only ones) as writable contiguous int64 copies, in
+    one :data:`IntArrays` bundle: what the Numba kernels take."""
+    return IntArrays(*(np.array(arrays[k], dtype=np.int64, order="C") for k in NAMES))
 
 
 def site_arrays(a: dict, kind: str, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -251,16 +252,22 @@ def site_arrays(a: dict, kind: str, layer: int | None = None) -> tuple[np.ndarra
     raise KeyError(kind)
 
 
-def validate(raw: dict, cfg, qcfg, seq_len: int) -> dict:
+def validate(raw: dict, cfg, qcfg, seq_len: int, input_quant=None):
     """Check that ``raw`` (name -> integer array, from any source) is one model of ``cfg`` /
-    ``qcfg`` that the datapath's proof covers, and return it as int64 arrays.
+    ``qcfg`` that the datapath's proof covers, and return it as the
+    :class:`~intssm.datapath.intmodel.IntModel` (the only way one is made). ``input_quant``: the
+    model's input quantizer (:mod:`intssm.datapath.inputq`; None: raw uint8 inputs,
+    :data:`~intssm.datapath.inputq.RAW_UINT8`), checked against ``d_input``.
 
     Checked: every name present and no other; integer dtypes; shapes; every weight code, zero
     point, bias, lookup-table entry, multiplier and shift within its declared width and range
     (zero points of symmetric formats are 0); ``qrange`` and ``x_dither`` equal to the quant
     config's; and, site by site with the model's own multipliers and shifts, the bound proof of
-    :func:`intssm.datapath.build.build_datapath`: no accumulator can reach 2**53. Raises IntssmError."""
+    :func:`intssm.datapath.build.build_datapath`: no accumulator can reach 2**53 (and the dithered
+    state rounding's shifts are <= 32). Raises IntssmError."""
     from intssm.datapath.bounds import site_bound, site_term_bounds
+    from intssm.datapath.inputq import RAW_UINT8
+    from intssm.datapath.intmodel import _build
 
     if not isinstance(seq_len, int) or isinstance(seq_len, bool) or not 1 <= seq_len <= MAX_SEQ_LEN:
         raise IntssmError(f"seq_len must be an integer in 1..{MAX_SEQ_LEN}, got {seq_len!r}")
@@ -310,13 +317,17 @@ def validate(raw: dict, cfg, qcfg, seq_len: int) -> dict:
     if int(a["x_dither"][0]) != int(dither):
         raise IntssmError(f"x_dither {int(a['x_dither'][0])} disagrees with state_rounding {qcfg.state_rounding!r}")
     T = site_term_bounds(cfg, qcfg, seq_len)
+    proved = {}
     for kind, _, _, per_layer in SITES:
         for i in (range(cfg.n_layers) if per_layer else [None]):
             M, S = site_arrays(a, kind, i)
             name = kind if i is None else f"l{i}.{kind}"
             terms, bias = T[kind]
-            site_bound(name, terms, bias, M, S, dither and kind in ("x_re", "x_im"))
-    return a
+            proved[name] = site_bound(name, terms, bias, M, S, dither and kind in ("x_re", "x_im"))
+    iq = RAW_UINT8 if input_quant is None else input_quant
+    if iq.float_data and len(iq.lo) != cfg.d_input:
+        raise IntssmError(f"the input quantizer has {len(iq.lo)} channels, the model {cfg.d_input} (d_input)")
+    return _build(a, cfg, qcfg, seq_len, iq, proved)
 
 
 def describe() -> list[dict]:

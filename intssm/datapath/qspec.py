@@ -264,3 +264,13 @@ def get_config(name_or_path: str) -> QuantConfig:
     if not isinstance(d, dict):
         raise IntssmError(f"{p}: a quant config must be a JSON object, got {type(d).__name__}")
     return QuantConfig.from_dict(d)
+
+
+def preset_table() -> dict:
+    """Every preset as one row (``intssm configs``): per component ``{bits}{s|a}[/ch][@policy]``
+    (s symmetric, a asymmetric, /ch per channel, @ a range policy other than min/max), then the scalars."""
+    def short(f: QFormat) -> str:
+        return f"{f.bits}{'s' if f.symmetric else 'a'}{'/ch' if f.per_channel else ''}" + ("" if f.range == "minmax" else f"@{f.range}")
+
+    return {name: {n: short(getattr(q, n)) for n in WEIGHTS + ACTIVATIONS} | {k: getattr(q, k) for k in SCALARS}
+            for name, q in PRESETS.items()}

@@ -1,6 +1,7 @@
 """C export: the integer model as portable C99 that runs bit-exactly like the simulator.
 
-:func:`write_c` turns the integer arrays of a model (named and re-proved by :mod:`intssm.datapath.layout`) into
+:func:`write_c` turns an integer model (:class:`~intssm.datapath.intmodel.IntModel`, validated once where
+it was made, by :func:`intssm.datapath.layout.validate`) into
 
 * ``<prefix>_model.h`` -- the library API: dimensions, the state struct and its size, the entry
   points (reset, step, the streaming readout, classify, state access, and for float-data models
@@ -45,35 +46,27 @@ from intssm.integer.csource import MAIN_MARK, main_c, source  # noqa: F401
 H_FILE, C_FILE, MAIN_FILE = "intssm_model.h", "intssm_model.c", "main.c"  # the files of the default prefix
 
 
-def check(arrays: dict, manifest_like: dict):
-    """(arrays re-proved by :func:`intssm.datapath.layout.validate` (int64), dimensions, model config,
-    quant config, :func:`site_widths`) of a model for the C export; IntssmError if it cannot be exported."""
-    from intssm.datapath.modelconfig import ModelConfig
-    from intssm.datapath.qspec import QuantConfig
+def check(m):
+    """(dimensions, :func:`site_widths`) of the model ``m`` (an
+    :class:`~intssm.datapath.intmodel.IntModel`, validated where it was made) for the C export;
+    IntssmError if it cannot be exported."""
+    from intssm.datapath.intmodel import require
 
-    try:
-        cfg = ModelConfig.from_dict(manifest_like.get("model_config"))
-        qcfg = QuantConfig.from_dict(manifest_like.get("quant_config"))
-        seq_len = manifest_like.get("seq_len")
-        a = layout.validate(arrays, cfg, qcfg, seq_len)
-        if manifest_like.get("counters", layout.counter_names(cfg.n_layers)) != layout.counter_names(cfg.n_layers):
-            raise IntssmError(f"counters must be the {layout.n_counters(cfg.n_layers)} names of intssm.datapath.layout.counter_names")
-        widths = site_widths(a, cfg, qcfg, seq_len)
-    except IntssmError as e:
-        raise IntssmError(f"C export: {e}") from None
+    cfg, qcfg, seq_len = require(m, "the C export").cfg, m.qcfg, m.seq_len
     if not 1 <= seq_len < 2**30:
         raise IntssmError(f"C export: seq_len must lie in 1..2^30 - 1, got {seq_len}")
+    widths = site_widths(m)
     N2 = cfg.d_state // 2
     events = cfg.d_model + cfg.n_layers * (2 * cfg.d_model * N2 + 4 * cfg.d_model)  # clamps per step, at most
     pool_bound = (seq_len if cfg.pool == "mean" else 1) * qcfg.h.centered_bound
-    qr = a["qrange"]
+    qr = m.arrays["qrange"]
     dims = {**{f"QR_{k.upper()}": (int(qr[j, 0]), int(qr[j, 1])) for j, k in enumerate(layout.QRANGE_ROWS)},
             "H": cfg.d_model, "N2": N2, "LAYERS": cfg.n_layers, "D_IN": cfg.d_input,
             "D_OUT": cfg.d_output, "MEAN_POOL": int(cfg.pool == "mean"), "SEQ_LEN": seq_len,
-            "N_COUNTERS": layout.n_counters(cfg.n_layers), "EXACT_STEPS": (2**32 - 1) // events,
+            "N_COUNTERS": m.n_counters, "EXACT_STEPS": (2**32 - 1) // events,
             "POOL_T": "int32_t" if pool_bound <= INT32_LIMIT else "int64_t"}
     dims["MAX_STEPS"] = max_steps(cfg.pool == "mean", seq_len, qcfg.h.centered_bound, dims["POOL_T"])
-    return a, dims, cfg, qcfg, widths
+    return dims, widths
 
 
 #: The step counter of the state saturates here; :func:`max_steps` stays below it.
@@ -95,34 +88,31 @@ def max_steps(mean_pool: bool, seq_len: int, h_bound: int, pool_t: str) -> int:
 
 
 
-def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str = "packed",
-            prefix: str = "intssm", adc_scale=None) -> list[Path]:
+def write_c(m, out_dir: Path, state_layout: str = "packed", prefix: str = "intssm", adc_scale=None) -> list[Path]:
     """Write ``<prefix>_model.h``, ``<prefix>_model.c``, ``main.c`` and ``README.md`` into ``out_dir``
     (all or none); returns the paths written. An existing ``main.c`` that is not the generated
     example is kept. Every symbol, type and macro of the header starts with ``prefix`` (``PREFIX``):
     models exported with different prefixes link into one program.
 
-    ``arrays``: the integer model by name (:func:`intssm.integer.export.integer_model` or
-    :func:`intssm.integer.export.load`); ``manifest_like``: ``model_config`` (d_model, d_state, n_layers,
-    d_input, d_output, pool), ``quant_config``, ``seq_len``, ``counters`` and optionally ``input``
-    (the input quantizer of float data, described in the header). ``adc_scale``: for a float-data
+    ``m``: the :class:`~intssm.datapath.intmodel.IntModel` (its input quantizer, for float data,
+    is described in the header and gets a C input path). ``adc_scale``: for a float-data
     model, one float32 scale per input channel of int16 ADC codes (adds ``<prefix>_input_codes_adc``).
     """
     from intssm.integer import cdoc
 
     ns = check_prefix(prefix)
-    a, dims, _, qcfg, widths = check(arrays, manifest_like)
-    iq = manifest_like.get("input")
+    dims, widths = check(m)
+    a, qcfg = m.arrays, m.qcfg
+    iq = m.input.to_dict()
     if adc_scale is not None:
-        from intssm.datapath.inputq import InputQuant
         from intssm.integer import cinput
 
-        if iq is None:
+        if not m.float_input:
             raise IntssmError("--adc-scale is for models of float data; this one takes raw uint8 inputs")
         adc_scale = [float(v) for v in adc_scale]
         if len(adc_scale) == 1:
             adc_scale *= dims["D_IN"]
-        cinput.adc_thresholds(InputQuant.from_dict(iq), np.array(adc_scale))  # checked before any file is written
+        cinput.adc_thresholds(m.input, np.array(adc_scale))  # checked before any file is written
     out_dir = outputs.check_dir(out_dir, what="C export directory")
     p = plan(a, qcfg, state_layout)
     dither = qcfg.state_rounding == "dither"
@@ -131,8 +121,8 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str 
     h_name, c_name = file_names(ns)
     files = {h_name: header(ns, dims, layout.counter_names(dims["LAYERS"]), widths, p, dither, iq, adc_scale),
              c_name: source(ns, a, p, widths, dims, iq, adc_scale),
-             MAIN_FILE: main_c(ns, manifest_like.get("input") is not None),
-             cdoc.README: cdoc.readme(ns, dims, p.flash_bytes, manifest_like.get("input") is not None)}
+             MAIN_FILE: main_c(ns, m.float_input),
+             cdoc.README: cdoc.readme(ns, dims, p.flash_bytes, m.float_input)}
     main = out_dir / MAIN_FILE
     if main.is_file() and not main.read_text(errors="replace").startswith(MAIN_MARK):
         del files[MAIN_FILE]  # the user's own main.c (the example is only created): kept
@@ -140,12 +130,12 @@ def write_c(arrays: dict, manifest_like: dict, out_dir: Path, state_layout: str 
     return outputs.write_texts({out_dir / name: text for name, text in files.items()})  # all or none
 
 
-def c_storage(arrays: dict, manifest_like: dict, state_layout: str = "packed") -> dict:
+def c_storage(m, state_layout: str = "packed") -> dict:
     """Bytes the C export occupies: flash = its constant data (.rodata: :attr:`Plan.flash_bytes`,
     alignment padding not included), RAM = one ``intssm_state`` (the only mutable memory of the
     model; .data and .bss are empty; :func:`state_size`). The stack a step needs comes on top
-    (measured by ``intssm export-c --target``)."""
-    a, dims, _, qcfg, _ = check(arrays, manifest_like)
-    p = plan(a, qcfg, state_layout)
-    size, _ = state_size(p, dims, qcfg.state_rounding == "dither")
+    (measured by ``intssm export-c --target``). ``m``: an :class:`~intssm.datapath.intmodel.IntModel`."""
+    dims, _ = check(m)
+    p = plan(m.arrays, m.qcfg, state_layout)
+    size, _ = state_size(p, dims, m.qcfg.state_rounding == "dither")
     return {"c_flash_bytes": p.flash_bytes, "c_ram_bytes": size}

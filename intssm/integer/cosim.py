@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from intssm import procs
-from intssm.datapath import layout
 from intssm.errors import IntssmError
 from intssm.integer.rtl import KINDS, TOP, Facts
 
@@ -276,17 +275,17 @@ def _parse(text: str, B: int) -> list:
     return out
 
 
-def golden(arrays: dict, P: np.ndarray, lengths: np.ndarray, mean_pool: bool) -> list:
-    """The simulator's output words per sequence, in the design's order (docs/hardware.md):
+def golden(m, P: np.ndarray, lengths: np.ndarray) -> list:
+    """The simulator's output words per sequence of the model ``m`` (an
+    :class:`~intssm.datapath.intmodel.IntModel`), in the design's order (docs/hardware.md):
     (kinds, values) of logits, counters, final x_re and x_im (layer, channel, mode order)."""
     from intssm.integer.sim import simulate
 
-    nl = arrays["A_re"].shape[0]
-    n = layout.n_counters(nl)
-    lg, cnt, _ = simulate(arrays, P, mean_pool, n, lengths=lengths)
+    n = m.n_counters
+    lg, cnt, _ = simulate(m, P, lengths=lengths)
     out = []
     for b in range(len(P)):
-        _, _, (tr, ti) = simulate(arrays, P[b:b + 1], mean_pool, n, trace=True, lengths=lengths[b:b + 1])
+        _, _, (tr, ti) = simulate(m, P[b:b + 1], trace=True, lengths=lengths[b:b + 1])
         L = int(lengths[b])
         vals = np.concatenate([lg[b], cnt[b], tr[L - 1].reshape(-1), ti[L - 1].reshape(-1)]).astype(np.int64)
         kinds = np.concatenate([np.full(lg.shape[1], 0), np.full(n, 1), np.full(tr[0].size, 2), np.full(ti[0].size, 3)])
@@ -337,7 +336,7 @@ def _observable(facts: Facts) -> np.ndarray:
                            np.arange(c0 + facts.n_counters, facts.words_per_sequence)])
 
 
-def locate_step(harness: "Harness", facts: Facts, arrays: dict, seq: np.ndarray, length: int) -> dict | None:
+def locate_step(harness: "Harness", facts: Facts, m, seq: np.ndarray, length: int) -> dict | None:
     """The first step (0-based) after which the design's state or a site's saturation counter
     (every site before pooling) differs from the simulator's, for one sequence ``seq`` (L, D_IN),
     found by bisection over prefixes (the design runs each prefix as a sequence of its own):
@@ -349,7 +348,7 @@ def locate_step(harness: "Harness", facts: Facts, arrays: dict, seq: np.ndarray,
         P = seq[None, :t]
         lens = np.array([t], np.int64)
         g = harness(P, lens)[0]
-        w = golden(arrays, P, lens, False)[0]  # counters and state do not depend on the pooling kind
+        w = golden(m, P, lens)[0]  # only the counters and state before pooling are compared
         if len(g["data"]) != len(w["data"]):
             return {"site": "output length", "expected": len(w["data"]), "got": len(g["data"])}
         bad = idx[g["data"][idx] != w["data"][idx]]
@@ -372,20 +371,21 @@ def locate_step(harness: "Harness", facts: Facts, arrays: dict, seq: np.ndarray,
     return {"step": hi - 1} | d
 
 
-def cosim(facts: Facts, sources: list, rom_dir: Path, arrays: dict, mean_pool: bool, P: np.ndarray,
+def cosim(facts: Facts, sources: list, rom_dir: Path, m, P: np.ndarray,
           lengths: np.ndarray, build_dir: Path | None = None, top: str = TOP, simulator: str = "verilator") -> dict:
-    """Build ``sources``, run them on ``P`` and compare with the simulator. Returns a report:
+    """Build ``sources``, run them on ``P`` and compare with the simulator running the model ``m``
+    (an :class:`~intssm.datapath.intmodel.IntModel`). Returns a report:
     sequences, bit_exact (sequences whose every word is equal), cycles per step measured (min,
     max over all sequences' steps), the tail cycles, and ``first_difference`` (with ``step`` where
     it could be located) or None."""
     with tempfile.TemporaryDirectory() as t:
         h = Harness(sources, facts, Path(build_dir) if build_dir else Path(t), rom_dir, top, simulator)
         got = h(P, lengths)
-        want = golden(arrays, P, lengths, mean_pool)
+        want = golden(m, P, lengths)
         diff = first_difference(facts, got, want)
         if diff is not None and diff["sequence"] < len(P):
             b = diff["sequence"]
-            loc = locate_step(h, facts, arrays, P[b], int(lengths[b]))
+            loc = locate_step(h, facts, m, P[b], int(lengths[b]))
             if loc is None:  # state and site counters agree after every step: pooling or the decoder
                 diff["step"] = int(lengths[b]) - 1
             else:

@@ -168,26 +168,35 @@ class OpCounter(Counter):
             self.add(16, n)
 
 
-def step_ops(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> OpCounter:
-    """Operations of one recurrent step (all layers), following docs/datapath.md.
+def input_operand_bits(input_bits: int) -> int:
+    """Width of the encoder's input operand: an unsigned ``input_bits``-bit input code (zero point
+    0, never centred) as a signed operand, ``input_bits`` + 1 bits (9 for raw uint8 data)."""
+    return input_bits + 1
+
+
+def step_ops(cfg: ModelConfig, q: QuantConfig, L: int = 784, input_bits: int = 8) -> OpCounter:
+    """Operations of one recurrent step (all layers), following docs/datapath.md. ``input_bits``:
+    the width of the input codes, the input quantizer's ``bits`` (8 for raw uint8 data,
+    :attr:`intssm.datapath.intmodel.IntModel.input`).
 
     Weight operands are stored centred (constants); only asymmetric *activations* pay a
     subtraction, counted where they are used.
     """
     o = OpCounter()
-    for part in step_parts(cfg, q, L).values():
+    for part in step_parts(cfg, q, L, input_bits).values():
         o.update(part)
     return o
 
 
-def step_parts(cfg: ModelConfig, q: QuantConfig, L: int = 784) -> dict:
-    """Per-step operations split into ``encoder``, ``layer i`` and ``pooling``."""
+def step_parts(cfg: ModelConfig, q: QuantConfig, L: int = 784, input_bits: int = 8) -> dict:
+    """Per-step operations split into ``encoder``, ``layer i`` and ``pooling`` (``input_bits`` as
+    for :func:`step_ops`)."""
     H, N2, nl, d = cfg.d_model, cfg.d_state // 2, cfg.n_layers, cfg.d_input
     A = site_acc_bits(cfg, q, L)
     parts = {}
     o = parts["encoder"] = OpCounter()
     # encoder: H x (d products accumulated onto the bias) + requant
-    o.mul(opw(q.enc_w), 9, H * d)
+    o.mul(opw(q.enc_w), input_operand_bits(input_bits), H * d)
     o.add(A["enc"][0], H * d)
     o.requant(A["enc"], 1, q.h, H)
     for i in range(nl):
@@ -308,9 +317,10 @@ def fp32_step(cfg: ModelConfig) -> dict:
     return {"mults": mul, "adds": add, "read_bits": 32 * (weights + state + acts), "write_bits": 32 * (state + acts)}
 
 
-def profile(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784) -> dict:
-    """Per-step and per-sequence integer work, traffic and energy, beside float32."""
-    ops = step_ops(cfg, q, seq_len)
+def profile(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784, input_bits: int = 8) -> dict:
+    """Per-step and per-sequence integer work, traffic and energy, beside float32 (``input_bits``
+    as for :func:`step_ops`); ``parts``: :func:`step_parts`."""
+    ops = step_ops(cfg, q, seq_len, input_bits)
     fin = final_ops(cfg, q, seq_len)
     tr = step_traffic(cfg, q, seq_len)
     e_ops = sum(op_energy_pj(k, v) for k, v in ops.items())
@@ -327,4 +337,6 @@ def profile(cfg: ModelConfig, q: QuantConfig, seq_len: int = 784) -> dict:
         "energy_ratio_fp32_over_int": (e_fp_ops + e_fp_mem) / (e_ops + e_mem),
         "seq_len": seq_len,
         "energy_table": HOROWITZ_45NM_PJ,
+        "input_bits": input_bits,
+        "parts": {k: dict(sorted(v.items())) for k, v in step_parts(cfg, q, seq_len, input_bits).items()},
     }

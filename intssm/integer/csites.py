@@ -37,22 +37,22 @@ class SiteWidth:
                 f"accumulator {acc} (|acc| <= 2^{math.log2(max(self.acc_bound, 1)):.1f}), shifts <= {self.max_shift}")
 
 
-def site_widths(a: dict, cfg, qcfg, seq_len: int) -> dict:
-    """kind -> :class:`SiteWidth` of every site kind, from :func:`intssm.datapath.bounds.site_bound`
-    with the model's own multipliers and shifts. Raises IntssmError where a rounded result could
-    leave int32 (the generated code narrows it there)."""
-    from intssm.datapath.bounds import channel_sums, site_bound, site_term_bounds
+def site_widths(m) -> dict:
+    """kind -> :class:`SiteWidth` of every site kind of the model ``m`` (an
+    :class:`~intssm.datapath.intmodel.IntModel`): the accumulator bound is the one
+    :func:`intssm.datapath.bounds.site_bound` proved when ``m`` was validated
+    (``m.site_bounds``), the largest over the layers."""
+    from intssm.datapath.bounds import channel_sums, site_term_bounds
 
-    T = site_term_bounds(cfg, qcfg, seq_len)
-    dither = qcfg.state_rounding == "dither"
+    cfg, a = m.cfg, m.arrays
+    T = site_term_bounds(cfg, m.qcfg, m.seq_len)
     out = {}
     for kind, _, _, per_layer in layout.SITES:
         terms, bias = T[kind]
         acc, smax, post, smin = 0, 0, 0, 64
         for i in (range(cfg.n_layers) if per_layer else [None]):
             M, S = layout.site_arrays(a, kind, i)
-            d = dither and kind in ("x_re", "x_im")
-            acc = max(acc, site_bound(kind, terms, bias, M, S, d))
+            acc = max(acc, m.site_bounds[kind if i is None else f"l{i}.{kind}"])
             smax, smin = max(smax, int(S.max())), min(smin, int(S.min()))
             for b, s in zip(channel_sums(terms, bias, M), S):
                 post = max(post, (b + (1 << int(s))) >> int(s))

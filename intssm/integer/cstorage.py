@@ -127,13 +127,12 @@ def plan(a: dict, qcfg, state_layout: str = "packed") -> Plan:
             nbytes = -(-count * w // 8)
             stores[k] = Store(k, "bits", w, sg, ct, count, nbytes, offset=offset)
             offset += nbytes
-    qr = a["qrange"]
-    (wr, sr), (wi, si) = width_of(int(qr[layout.R_XRE, 0]), int(qr[layout.R_XRE, 1])), \
-        width_of(int(qr[layout.R_XIM, 0]), int(qr[layout.R_XIM, 1]))
+    fr, fi = qcfg.x_re, qcfg.x_im  # the state's formats (IntModel.state_formats): b bits, signed if symmetric
+    (wr, sr), (wi, si) = (fr.bits, fr.symmetric), (fi.bits, fi.symmetric)
     if state_layout == "halves":  # 16-bit halves hold every code (formats have at most 16 bits)
         wr = wi = 16
         sr = si = True  # sign-extended halves (an unsigned 16-bit code does not fit; refused below)
-        if int(qr[layout.R_XRE, 1]) > 32767 or int(qr[layout.R_XIM, 1]) > 32767:
+        if fr.qmax > 32767 or fi.qmax > 32767:
             raise IntssmError("state layout 'halves' needs signed 16-bit state codes; this state is unsigned 16-bit")
     rx = wr + wi
     # a mode's state: packed at rx bits when whole records do not fill bytes (and one window holds

@@ -41,6 +41,14 @@ def integer_model(qm) -> dict:
     return arrays
 
 
+def from_quantized(qm):
+    """The :class:`~intssm.datapath.intmodel.IntModel` of a :class:`~intssm.training.qmodel.QuantS4D`:
+    its :func:`integer_model` arrays, configs, ``seq_len`` and input quantizer, through
+    :func:`intssm.datapath.layout.validate`."""
+    dp = qm.dp
+    return layout.validate(integer_model(qm), dp.cfg, dp.qcfg, dp.seq_len, qm.iq)
+
+
 def _check_manifest(p, man) -> None:
     """The manifest's own fields: format, versions and the types of what the loaders read."""
     if not isinstance(man, dict) or man.get("format") != FORMAT:
@@ -75,19 +83,19 @@ def manifest_of(qm) -> dict:
         "format": FORMAT, "format_version": FORMAT_VERSION, "datapath_version": DATAPATH_VERSION,
         "intssm_version": __version__, "model_config": dp.cfg.to_dict(), "quant_config": dp.qcfg.to_dict(),
         "seq_len": dp.seq_len, "counters": layout.counter_names(dp.cfg.n_layers),
-        "input": qm.iq.to_dict() if qm.iq is not None else None,
+        "input": qm.iq.to_dict(),
         "tensors": {k: {"bits": t.fmt.bits, "symmetric": t.fmt.symmetric, "per_channel": t.fmt.per_channel,
                         "scale": t.scale.tolist(), "zero": t.zero.tolist()} for k, t in dp.tq.items()},
     }
 
 
-def save(path, qm, arrays: dict | None = None, quiet: bool = False, extra: dict | None = None) -> dict:
-    """Write the integer artifact of ``qm`` (``arrays``: its :func:`integer_model`, if already
-    computed; ``extra``: more manifest fields, e.g. the integer-model cache's binding); returns the
+def save(path, qm, m=None, quiet: bool = False, extra: dict | None = None) -> dict:
+    """Write the integer artifact of ``qm`` (``m``: its :func:`from_quantized` model, if already
+    built; ``extra``: more manifest fields, e.g. the integer-model cache's binding); returns the
     manifest."""
-    arrays = integer_model(qm) if arrays is None else arrays
+    m = from_quantized(qm) if m is None else m
     man = manifest_of(qm) | (extra or {})
-    out = {k: v.astype(_storage_dtype(v)) for k, v in arrays.items()}
+    out = {k: v.astype(_storage_dtype(v)) for k, v in m.arrays.items()}
     out["manifest"] = np.frombuffer(json.dumps(man).encode(), dtype=np.uint8)
     with atomic(path, quiet) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **out)
@@ -114,9 +122,14 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
         return np.lib.format.read_array(f, allow_pickle=False)
 
 
-def load(path) -> tuple[dict, dict]:
-    """(int64 arrays, manifest) of an artifact, validated and re-proved (:func:`intssm.datapath.layout.validate`);
-    every problem is an IntssmError.
+def load(path):
+    """The :class:`~intssm.datapath.intmodel.IntModel` of an artifact (:func:`load_with_manifest`)."""
+    return load_with_manifest(path)[0]
+
+
+def load_with_manifest(path):
+    """(IntModel, manifest) of an artifact, validated and re-proved once
+    (:func:`intssm.datapath.layout.validate`); every problem is an IntssmError.
 
     Memory stays bounded for any file: the manifest is read first (at most
     :data:`MAX_MANIFEST_BYTES`), then every member's header, whose shape and dtype must be the
@@ -178,15 +191,12 @@ def load(path) -> tuple[dict, dict]:
     except (OSError, EOFError, zipfile.BadZipFile, KeyError, zlib.error, NotImplementedError) as e:
         raise IntssmError(f"{p}: not a readable npz ({type(e).__name__}: {str(e)[:160]})") from None
     try:
-        arrays = layout.validate(raw, cfg, qcfg, man.get("seq_len"))
+        from intssm.datapath.inputq import from_entry
+
         if man.get("counters") != layout.counter_names(cfg.n_layers):
             raise IntssmError(f"counters must be the {layout.n_counters(cfg.n_layers)} names "
                               f"{layout.counter_names(cfg.n_layers)[:3]}...")
-        if man.get("input") is not None:
-            from intssm.datapath.inputq import InputQuant
-
-            if len(InputQuant.from_dict(man["input"]).lo) != cfg.d_input:
-                raise IntssmError(f"the input quantizer's channels disagree with d_input {cfg.d_input}")
+        m = layout.validate(raw, cfg, qcfg, man.get("seq_len"), from_entry(man.get("input"), cfg.d_input))
     except IntssmError as e:
         raise IntssmError(f"{p}: {e}") from None
-    return arrays, man
+    return m, man

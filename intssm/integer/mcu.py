@@ -1,7 +1,7 @@
 """The C export on a 32-bit microcontroller: cross-compiled for Cortex-M, run in an emulator.
 
 :func:`build` compiles a C model directory (the integer export of :mod:`intssm.integer.cexport`, or
-the float32 reference of :mod:`intssm.training.cfloat`) with ``arm-none-eabi-gcc`` for one of
+the float32 reference of :mod:`intssm.integer.cfloat`) with ``arm-none-eabi-gcc`` for one of
 :data:`TARGETS`, linked with a small harness into a bare-metal ELF; :class:`Emulator` loads it
 into Unicorn (QEMU's CPU models as a library) and calls the model's functions on real inputs.
 
@@ -173,7 +173,7 @@ IO float io_raw[@MAXLEN@ * INTSSM_D_IN];
 IO uint8_t io_seq[@MAXLEN@ * INTSSM_D_IN];
 #define FEED(t) intssm_step(&harness_state, io_seq + (uint32_t)(t) * INTSSM_D_IN)
 #endif
-#if defined(INTSSM_FLOAT)  /* the float32 reference (intssm.training.cfloat) */
+#if defined(INTSSM_FLOAT)  /* the float32 reference (intssm.integer.cfloat) */
 IO float io_logits[INTSSM_D_OUT];
 #define FINISH() intssm_logits(&harness_state, io_logits)
 #else

@@ -145,17 +145,20 @@ def _aw(depth: int) -> int:
     return max(1, (depth - 1).bit_length())
 
 
-def design(a: dict, cfg, qcfg, seq_len: int, lanes: int):
+def design(m, lanes: int):
     """(facts, localparams (name -> value), ROM files (name -> text), constant functions) of the
-    design of model ``a`` (arrays re-proved by :func:`intssm.datapath.layout.validate`)."""
+    design of model ``m`` (an :class:`~intssm.datapath.intmodel.IntModel`)."""
     from intssm.datapath.bounds import site_term_bounds
     from intssm.integer.sim import fold_constants
 
+    from intssm.datapath.intmodel import require
+
+    a, cfg, qcfg, seq_len = require(m, "the RTL export").arrays, m.cfg, m.qcfg, m.seq_len
     H, N2, NL, D_IN, D_OUT = cfg.d_model, cfg.d_state // 2, cfg.n_layers, cfg.d_input, cfg.d_output
     if not isinstance(lanes, int) or lanes < 1 or N2 % lanes:
         raise IntssmError(f"lanes must divide the {N2} complex modes per channel (d_state / 2), got {lanes}")
     P, MG = lanes, N2 // lanes
-    widths = cexport.site_widths(a, cfg, qcfg, seq_len)
+    widths = cexport.site_widths(m)
     terms = site_term_bounds(cfg, qcfg, seq_len)
     qr = a["qrange"]
     R = {k: (int(qr[j, 0]), int(qr[j, 1])) for j, k in enumerate(layout.QRANGE_ROWS)}
@@ -316,17 +319,17 @@ module {TOP} (
     return head + BODY
 
 
-def write_rtl(arrays: dict, manifest_like: dict, out_dir: Path, lanes: int = 8) -> tuple[list[Path], Facts]:
-    """Write the design of one model into ``out_dir`` (each file atomically); returns the paths
-    written and the design's :class:`Facts`. ``arrays`` / ``manifest_like`` as for
-    :func:`intssm.integer.cexport.write_c`."""
+def write_rtl(m, out_dir: Path, lanes: int = 8, source: str = "an intssm integer model") -> tuple[list[Path], Facts]:
+    """Write the design of the model ``m`` (an :class:`~intssm.datapath.intmodel.IntModel`) into
+    ``out_dir`` (each file atomically); returns the paths written and the design's :class:`Facts`.
+    ``source``: what the generated files name as their origin."""
     try:
-        a, _, cfg, qcfg, _ = cexport.check(arrays, manifest_like)  # the validation and the site widths, as for C
+        cexport.check(m)  # the limits the C export has (the RTL shares its site widths)
     except IntssmError as e:
         raise IntssmError(str(e).replace("C export: ", "RTL export: ", 1)) from None
     out_dir = outputs.check_dir(out_dir, what="RTL export directory")
-    facts, lp, files, funcs, widths = design(a, cfg, qcfg, manifest_like["seq_len"], lanes)
-    src = manifest_like.get("source", "an intssm integer model")
+    facts, lp, files, funcs, widths = design(m, lanes)
+    src = source
     files[TOP_FILE] = top_source(facts, lp, funcs, widths, src)
     files[PRIM_FILE] = PRIMITIVES
     files[FACTS_FILE] = json.dumps(asdict(facts) | {"top": TOP, "sources": [PRIM_FILE, TOP_FILE],

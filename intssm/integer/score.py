@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from intssm.integer.export import integer_model
+from intssm.integer.export import from_quantized
 from intssm.integer.sim import simulate
 
 
 def int_accuracy(qm, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
-    """Share of sequences whose integer-simulator logits (``qm``'s arrays, :func:`integer_model`) put
+    """Share of sequences whose integer-simulator logits (``qm``'s :class:`~intssm.datapath.intmodel.IntModel`, :func:`from_quantized`) put
     the label ``y`` first, on input codes ``x`` (n, L, d) uint8 of lengths ``lengths`` (None: all L)."""
-    lg, _, _ = simulate(integer_model(qm), x, qm.dp.cfg.pool == "mean", len(qm.counters), lengths=lengths)
+    lg, _, _ = simulate(from_quantized(qm), x, lengths=lengths)
     return float((lg.argmax(1) == y).mean())

@@ -421,9 +421,10 @@ def _folded(a: layout.IntArrays):
     return K, Cc, mode_constants(d), d
 
 
-def state_width(arrays: dict) -> int:
-    """32 if the fast kernel's mode loop provably stays in int32 for this model (:func:`state_fits_int32`), else 64."""
-    K, Cc, clip, d = _folded(layout.bundle(arrays))
+def state_width(m) -> int:
+    """32 if the fast kernel's mode loop provably stays in int32 for the model ``m`` (an
+    :class:`~intssm.datapath.intmodel.IntModel`) (:func:`state_fits_int32`), else 64."""
+    K, Cc, clip, d = _folded(layout.bundle(m.arrays))
     return 32 if state_fits_int32(d, K, Cc, clip) else 64
 
 
@@ -448,13 +449,13 @@ def _fast_arrays(a: layout.IntArrays, d_in: int, width: int | None) -> FastArray
                       clip=clip, mwc=mwc)
 
 
-def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int | None = None, trace: bool = False,
-             reference: bool = False, width: int | None = None, lengths: np.ndarray | None = None,
-             pool_len: int | None = None):
-    """Run the integer model ``arrays`` on input codes ``P`` (B, L, d_input) uint8, sequence b for
-    its first ``lengths[b]`` steps (None: all L; a mean-pooling model needs all L).
+def simulate(m, P: np.ndarray, trace: bool = False, reference: bool = False, width: int | None = None,
+             lengths: np.ndarray | None = None, pool_len: int | None = None):
+    """Run the integer model ``m`` (an :class:`~intssm.datapath.intmodel.IntModel`: validated, so
+    its bounds are proved) on input codes ``P`` (B, L, d_input) uint8, sequence b for its first
+    ``lengths[b]`` steps (None: all L; a mean-pooling model needs all L).
 
-    Returns (logit codes (B, d_output) int64, saturation counts (B, n_counters) int64, trace) where
+    Returns (logit codes (B, d_output) int64, saturation counts (B, ``m.n_counters``) int64, trace) where
     trace = (x_re, x_im) codes (L, layers, H, N/2) of sequence 0 when ``trace`` is set, else None
     (steps from lengths[0] on stay 0).
     ``pool_len``: the length a mean-pooling model was quantized for (its ``seq_len``); with it, each
@@ -463,16 +464,18 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int | Non
     The fast kernel runs its mode loop in int32 when :func:`state_fits_int32` proves it safe
     (``width=None``), or at the ``width`` given (64, or 32 where proved); the integers are the same.
     """
+    from intssm.datapath.intmodel import require
+
+    require(m, "simulate")
     if width not in (None, 32, 64):
         raise IntssmError(f"simulator width must be 32 or 64, got {width}")
     if not isinstance(P, np.ndarray) or P.dtype != np.uint8:
         raise TypeError(f"simulator input must be a uint8 array of raw pixels, got {getattr(P, 'dtype', type(P))}")
     if P.ndim != 3:
         raise IntssmError(f"simulator input must be (batch, length, features), got shape {P.shape}")
-    if P.shape[2] != arrays["enc_w"].shape[1]:
-        raise IntssmError(f"input has {P.shape[2]} features per step, the model expects {arrays['enc_w'].shape[1]}")
-    if arrays["x_dither"][0] and max(arrays["x_re_S"].max(), arrays["x_im_S"].max()) > 32:
-        raise IntssmError("the dithered state rounding needs state shifts <= 32")
+    if P.shape[2] != m.cfg.d_input:
+        raise IntssmError(f"input has {P.shape[2]} features per step, the model expects {m.cfg.d_input}")
+    mean_pool = m.mean_pool
     P = np.ascontiguousarray(P)
     Bsz = P.shape[0]
     if lengths is None:
@@ -486,13 +489,11 @@ def simulate(arrays: dict, P: np.ndarray, mean_pool: bool, n_counters: int | Non
     if mean_pool and pool_len is None and Bsz and lengths.min() != P.shape[1]:
         raise IntssmError("a mean-pooling model runs every sequence for its full length; variable-length "
                           "data need a model with pool 'last'")
-    nl = arrays["A_re"].shape[0]
-    if n_counters is not None and n_counters != layout.n_counters(nl):
-        raise IntssmError(f"a {nl}-layer model has {layout.n_counters(nl)} counters, got {n_counters}")
+    nl = m.cfg.n_layers
     numba_setup()
-    a = layout.bundle(arrays)
+    a = layout.bundle(m.arrays)
     logits = np.zeros((Bsz, a.dec_w.shape[0]), np.int64)
-    cnt = np.zeros((Bsz, layout.n_counters(nl)), np.int64)
+    cnt = np.zeros((Bsz, m.n_counters), np.int64)
     pl = np.int64(0 if pool_len is None else pool_len)
     if trace:
         _, H, N2 = a.A_re.shape

@@ -48,6 +48,25 @@ def dataset_seq(ck: dict, default: str | None = "smnist"):
     return ck.get("dataset", {}).get("seq", default)
 
 
+def dataset_entry(seq: str, ds, val_fraction) -> dict:
+    """What a checkpoint records of its dataset: the source, its checksum, the validation split."""
+    return {"seq": seq, "checksum": ds.checksum, "val_fraction": val_fraction}
+
+
+def check_own_data(path, ck: dict, ds, other_data: bool) -> str | None:
+    """Refuse data ``ds`` whose checksum differs from the one checkpoint ``ck`` records of its own
+    dataset (a model scored on other data of the same shape would report an accuracy without a
+    word), unless ``other_data`` says that is meant; then returns the note to print (else None)."""
+    entry = ck.get("dataset") if isinstance(ck.get("dataset"), dict) else {}
+    own = entry.get("checksum")
+    if not own or ds.checksum == own:
+        return None
+    if not other_data:
+        raise IntssmError(f"{path} was trained on {entry.get('seq')!r}; {ds.name.rsplit(':', 1)[0]!r} holds other data "
+                          "(its checksum differs): add --other-data to score it anyway")
+    return f"note: {ds.name} is not the data {path} was trained on (--other-data)"
+
+
 def val_fraction(ck: dict):
     """The validation fraction a checkpoint was trained with (None: the default split)."""
     v = ck.get("dataset", {}).get("val_fraction")

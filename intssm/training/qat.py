@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from intssm import data
+from intssm.datapath.inputq import model_input
 from intssm.errors import IntssmError
 from intssm.training.qmodel import QuantS4D
 
@@ -47,9 +48,10 @@ class QATArgs:
     """Every option of a QAT run, passed whole to :func:`train` and :func:`run` (``intssm qat``'s options)."""
 
     param: str = "frozen"  # Abar parameterisation: continuous | frozen | discrete (PARAMS)
-    epochs: int = 1  # passes over the training sequences
-    batch_size: int = 64  # sequences per optimizer step
+    epochs: int | None = None  # passes over the training sequences (None: the small-data rule, plan())
+    batch_size: int | None = None  # sequences per optimizer step (None: plan())
     lr: float = 1e-3  # peak learning rate, cosine-decayed to 0 over the run (AdamW, no weight decay)
+    warmup: float | None = None  # share of the steps warming the learning rate up linearly (None: plan())
     limit: int | None = None  # first N training sequences (None: all)
     val_limit: int | None = None  # first N validation sequences score each epoch (None: the whole split)
     seed: int = 0  # Torch's seed and the order of the training sequences
@@ -76,8 +78,10 @@ class QATArgs:
             raise IntssmError(f"--param must be one of {', '.join(PARAMS)}, got {self.param!r}")
         if not all(math.isfinite(v) for v in (self.lr, self.max_minutes, self.distill, self.distill_temp, self.ema)):
             raise IntssmError("--lr, --max-minutes, --distill, --distill-temp and --ema must be finite numbers")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_minutes < 0:
+        if (self.epochs or 1) < 1 or (self.batch_size or 1) < 1 or self.lr <= 0 or self.max_minutes < 0:
             raise IntssmError("--epochs, --batch-size and --lr must be positive (--max-minutes >= 0)")
+        if self.warmup is not None and not 0 <= self.warmup < 1:
+            raise IntssmError(f"--warmup must be a share of the steps in [0, 1), got {self.warmup}")
         if not 0 <= self.distill <= 1 or self.distill_temp <= 0:
             raise IntssmError(f"--distill must be in [0, 1] and --distill-temp > 0, got {self.distill} and {self.distill_temp}")
         if not 0 <= self.ema < 1:
@@ -92,7 +96,8 @@ class QATArgs:
 
     def record(self) -> dict:
         """What a quantized checkpoint's ``qat`` entry records of the options (zeros and None left out)."""
-        d = {"param": self.param, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "ema": self.ema,
+        d = {"param": self.param, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "warmup": self.warmup,
+             "ema": self.ema,
              "equalize": self.equalize,
              "distill": {"alpha": self.distill, "temp": self.distill_temp, "teacher": str(self.teacher) if self.teacher else "start"}
              if self.distill > 0 else None}
@@ -140,7 +145,7 @@ def qat_step(qm: QuantS4D, opt, params: list, P: np.ndarray, y: np.ndarray, teac
     loss = F.cross_entropy(logits, torch.from_numpy(y))
     if teacher is not None and distill > 0:
         with torch.no_grad():
-            t_logits = teacher(torch.from_numpy(P.astype(np.float32) / 255.0), lengths=lens)
+            t_logits = teacher(torch.from_numpy(model_input(P)), lengths=lens)
         loss = (1 - distill) * loss + distill * distill_loss(logits, t_logits, temp)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -273,6 +278,28 @@ class Diverged(IntssmError):
         self.best, self.history, self.where = best, history, where
 
 
+MIN_STEPS = 300  # optimizer steps a run takes at least when --epochs is not given (fit's QAT budget)
+MAX_BATCH = 64  # the batch of a large training set (sMNIST)
+WARMUP = 0.05  # share of the steps warming up, when the rule runs more than one epoch
+
+
+def plan(args: QATArgs, n_train: int) -> QATArgs:
+    """``args`` with the options left at None filled by the small-data rule, for a training split of
+    ``n_train`` sequences (the whole split, before ``--limit``, so that a quick run stays quick):
+
+    - batch: n/16 sequences, at least 8 and at most :data:`MAX_BATCH` (as ``train``'s);
+    - epochs: the fewest giving at least :data:`MIN_STEPS` optimizer steps at that batch;
+    - warm-up: the first :data:`WARMUP` of the steps when the rule runs more than one epoch, else none;
+      then the cosine decay to 0.
+
+    sMNIST (50,000 training sequences) keeps one epoch of 782 steps at batch 64 with no warm-up; a
+    dataset of 40 sequences gets batch 8 and 60 epochs of 5 steps (300 steps)."""
+    batch = args.batch_size or int(min(MAX_BATCH, max(8, n_train // 16)))
+    epochs = args.epochs or max(1, math.ceil(MIN_STEPS / max(1, math.ceil(n_train / batch))))
+    warmup = args.warmup if args.warmup is not None else WARMUP if args.epochs is None and epochs > 1 else 0.0
+    return replace(args, epochs=epochs, batch_size=batch, warmup=warmup)
+
+
 def train(qm: QuantS4D, seq: str, args: QATArgs, score: Score, *, teacher=None, on_step=None, on_epoch=None):
     """QAT in place; returns (best snapshot (model state, discrete state), history, interrupted):
     ``interrupted`` is the epoch a KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one) stopped,
@@ -301,10 +328,12 @@ def train(qm: QuantS4D, seq: str, args: QATArgs, score: Score, *, teacher=None, 
     gradients (Nagel et al., 2022, "Overcoming Oscillations in Quantization-Aware Training").
     """
     args.check()
+    if None in (args.epochs, args.batch_size, args.warmup):
+        args = plan(args, len(data.load(seq, "train", None, args.val_fraction)))
     distill, temp, ema, seed, lr = args.distill, args.distill_temp, args.ema, args.seed, args.lr
     if distill > 0 and teacher is None:
         teacher = copy.deepcopy(qm.model).float()
-    elif teacher is not None and qm.iq is not None:
+    elif teacher is not None and qm.iq.float_data:
         from intssm.datapath.inputq import fold_input
 
         teacher = fold_input(teacher, qm.iq)
@@ -326,6 +355,7 @@ def train(qm: QuantS4D, seq: str, args: QATArgs, score: Score, *, teacher=None, 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     epochs, batch_size, max_minutes = args.epochs, args.batch_size, args.max_minutes
     steps = epochs * math.ceil(len(tr) / batch_size)
+    warm = int(args.warmup * steps)
     gen = np.random.default_rng(seed)
     snap = lambda: (copy.deepcopy(qm.model.state_dict()), copy.deepcopy(qm.discrete.state_dict()) if qm.discrete is not None else None)  # noqa: E731
     best_acc = val_score()
@@ -343,8 +373,9 @@ def train(qm: QuantS4D, seq: str, args: QATArgs, score: Score, *, teacher=None, 
             run_loss, seen = 0.0, 0
             for i in range(0, len(perm), batch_size):
                 idx = np.sort(perm[i : i + batch_size])
-                for g in opt.param_groups:
-                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+                for g in opt.param_groups:  # linear warm-up over `warm` steps, then cosine to 0 at `steps`
+                    g["lr"] = (lr * (step + 1) / warm if step < warm else
+                               lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm))))
                 loss = qat_step(qm, opt, params, Ptr[idx], tr.y[idx], teacher, distill, temp, tr.lengths[idx])
                 if not math.isfinite(loss) or not all(bool(torch.isfinite(p).all()) for p in params):
                     raise Diverged(best, history, {"epoch": ep + 1, "step": step + 1,
@@ -385,12 +416,13 @@ def run(ckpt, out, args: QATArgs, score: Score, *, progress: bool = True, on_epo
     load and check the teacher, train (:func:`train`), write the quantized checkpoint ``out`` with
     the kept snapshot (float64, as trained: float32 could flip a code at a rounding tie).
 
-    Returns {"out", "history", "best_val_int_acc" (None without a validation split), "epoch" (the
-    kept one), "kept" (its history key), "interrupted" (the epoch a Ctrl-C / SIGTERM stopped, whose
-    checkpoint is marked interrupted; None), "checks" (:func:`intssm.training.start.start_quality` of the
-    start and the kept model on the first training sequences), "warnings"}. ``on_warning(text)``
-    hears each warning when it arises: a start far from the float model (before training), a
-    collapse or a saturating state at the end (:mod:`intssm.training.start`). A diverged run writes its best finished epoch, marked
+    Options left at None follow :func:`plan`. Returns {"out", "history", "best_val_int_acc" (None
+    without a validation split), "epoch" (the kept one), "kept" (its history key), "interrupted" (the
+    epoch a Ctrl-C / SIGTERM stopped, whose checkpoint is marked interrupted; None), "args" (the
+    options as run), "checks" (:func:`intssm.training.start.start_quality` of the start and the kept model
+    on the first training sequences), "warnings"}. ``on_warning(text)`` hears each warning when it
+    arises: a start far from the float model (before training), a collapse or a saturating state at
+    the end (:mod:`intssm.training.start`). A diverged run writes its best finished epoch, marked
     diverged, and raises :class:`~intssm.errors.IntssmError`. ``progress``: a progress bar on stderr;
     ``on_epoch(record)`` after every epoch."""
     from intssm import outputs
@@ -429,6 +461,7 @@ def run(ckpt, out, args: QATArgs, score: Score, *, progress: bool = True, on_epo
                               "give a teacher trained on the same dataset")
     if args.val_fraction is None:
         args = replace(args, val_fraction=st.val_fraction)
+    args = plan(args, len(data.load(st.seq, "train", None, args.val_fraction)))
     n_train = len(data.load(st.seq, "train", args.limit, args.val_fraction))
     diverged = None
     with progress_bar(f"QAT ({args.param})", args.epochs * n_train, enabled=progress) as adv:
@@ -449,4 +482,4 @@ def run(ckpt, out, args: QATArgs, score: Score, *, progress: bool = True, on_epo
     checkpoint.save(out, st.qm.model, **extra)
     best_acc, best_ep, key = kept(history)
     return {"out": str(out), "history": history, "best_val_int_acc": best_acc, "epoch": best_ep, "kept": key,
-            "interrupted": interrupted, "checks": checks, "warnings": warnings}
+            "interrupted": interrupted, "args": args, "checks": checks, "warnings": warnings}

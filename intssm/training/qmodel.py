@@ -24,6 +24,7 @@ from intssm.training.calibrate import discrete_parts
 from intssm.training.model import S4DModel
 from intssm.training.pointwise import layer_tail, lut_surrogate, tail_constants
 from intssm.datapath.build import Datapath
+from intssm.datapath.inputq import RAW_UINT8
 from intssm.datapath.qspec import INPUT_SCALE
 
 T64 = torch.float64
@@ -32,7 +33,7 @@ T64 = torch.float64
 class QuantS4D(torch.nn.Module):
     """Quantized recurrent S4D over a float :class:`S4DModel` (whose weights QAT trains)."""
 
-    def __init__(self, model: S4DModel, dp: Datapath):
+    def __init__(self, model: S4DModel, dp: Datapath, iq=None):
         super().__init__()
         self.model = model
         self.dp = dp
@@ -41,7 +42,9 @@ class QuantS4D(torch.nn.Module):
         self.fused_tail = True  # ... and each layer's pointwise steps in intssm.training.pointwise
         self._tail_k: dict = {}
         self.discrete = None  # nn.ParameterDict of Abar/Bbar per layer when QAT learns them directly
-        self.iq = None  # intssm.datapath.inputq.InputQuant for float data (self.model then reads its codes / 255)
+        # the input quantizer (intssm.datapath.inputq), set here once: RAW_UINT8 (None) for raw uint8 data,
+        # an InputQuant for float data (self.model then reads its codes / 255)
+        self.iq = RAW_UINT8 if iq is None else iq
 
     @property
     def counters(self) -> list[str]:

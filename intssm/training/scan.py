@@ -23,6 +23,7 @@ the thread count.
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,10 +34,24 @@ from intssm.datapath.kernels import (clip_counted, fill_state_offsets, max_offse
                                    state_update)
 
 
+class ScanConsts(NamedTuple):
+    """The per-channel constants of one layer's scan, fixed while it runs: int64 arrays (H,) and the
+    rounding switch. Numba takes the bundle whole and the kernels read its fields by name."""
+
+    Sr: np.ndarray  # rounding shift of the x_re update
+    Si: np.ndarray  # rounding shift of the x_im update
+    lor: np.ndarray  # clip range of the centred x_re: [lor, hir]
+    hir: np.ndarray
+    loi: np.ndarray  # clip range of the centred x_im: [loi, hii]
+    hii: np.ndarray
+    jr0: np.ndarray  # dither lane of x_re's mode 0 (mode n: jr0 + n; fixedpoint.weyl_lane_of)
+    ji0: np.ndarray  # dither lane of x_im's mode 0
+    dither: bool  # dithered state rounding (else half up)
+
+
 @njit(cache=True, parallel=True)
-def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2, vr_all, vi_all, nsat, jr0, ji0, dither,
-              nchunks):
-    """u (B L H) integers (in float64); K* (3 H N2); C* (H N2); S*, lo*, hi* (H). Writes t1, t2
+def _scan_fwd(u, KR, KI, Cr, Ci, c, smin, smax, t1, t2, vr_all, vi_all, nsat, nchunks):
+    """u (B L H) integers (in float64); K* (3 H N2); C* (H N2); ``c`` the layer's :class:`ScanConsts`. Writes t1, t2
     (B L H, float64 holding the integer sums), each step's state before the clip, saturated to
     [smin, smax], the range of the store's type (H L N2 B), and per-channel clip counts nsat (2, H).
 
@@ -55,13 +70,14 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2,
     both from the one stored value.
 
     The rounding shift is ``(acc + 2**(S-1)) >> S`` (``rounding_rshift``: half up; the constant
-    is 0 for S = 0), or with ``dither`` ``(acc + weyl_offset(k WEYL_STEP, j, S)) >> S`` for the
-    lanes j = jr0[h] + n (Re) and ji0[h] + n (Im).
+    is 0 for S = 0), or with ``c.dither`` ``(acc + weyl_offset(k WEYL_STEP, j, S)) >> S`` for the
+    lanes j = c.jr0[h] + n (Re) and c.ji0[h] + n (Im).
     """
     B, L, H = u.shape
     N2 = KR.shape[2]
-    for c in prange(nchunks):
-        h0, h1 = c * H // nchunks, (c + 1) * H // nchunks
+    Sr, Si, lor, hir, loi, hii, jr0, ji0, dither = c.Sr, c.Si, c.lor, c.hir, c.loi, c.hii, c.jr0, c.ji0, c.dither
+    for ch in prange(nchunks):
+        h0, h1 = ch * H // nchunks, (ch + 1) * H // nchunks
         nh = h1 - h0
         offr = np.empty((nh, N2), KR.dtype)  # rounding offsets: 2**(S-1) (0 for S = 0), or the dither's
         offi = np.empty((nh, N2), KR.dtype)
@@ -127,8 +143,8 @@ def _scan_fwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, smin, smax, t1, t2,
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
-def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, vr_all, vi_all, g1, g2, gKR, gKI, gCr, gCi, gu, nchunks):
-    """Reverse scan, in float64. u, g1, g2 (B L H): the inputs and dLoss/dt1, dLoss/dt2; pre-clip
+def _scan_bwd(u, KR, KI, Cr, Ci, c, vr_all, vi_all, g1, g2, gKR, gKI, gCr, gCi, gu, nchunks):
+    """Reverse scan, in float64, with the forward's :class:`ScanConsts` ``c``. u, g1, g2 (B L H): the inputs and dLoss/dt1, dLoss/dt2; pre-clip
     states v (H L N2 B) as stored by :func:`_scan_fwd`, from which x = clamp(v, lo, hi) and the
     clip mask m = (lo <= v <= hi). Writes the gradients gKR, gKI, gCr, gCi and gu (B L H). With
     d_r = (g_r + g1_k Cre') m_r 2**-Sr (straight-through rounding) and likewise d_i:
@@ -144,8 +160,9 @@ def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, vr_all, vi_all, g1,
     """
     B, L, H = u.shape
     N2 = KR.shape[2]
-    for c in prange(nchunks):
-        h0, h1 = c * H // nchunks, (c + 1) * H // nchunks
+    Sr, Si, lor, hir, loi, hii = c.Sr, c.Si, c.lor, c.hir, c.loi, c.hii
+    for ch in prange(nchunks):
+        h0, h1 = ch * H // nchunks, (ch + 1) * H // nchunks
         nh = h1 - h0
         acc = np.zeros((nh, 8, N2))  # dKR0..2, dKI0..2, dCre', dCim' of each channel
         gr = np.zeros((nh, N2, B))  # dLoss/dx_k carried backwards through the recurrence
@@ -222,10 +239,10 @@ def _scan_bwd(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, vr_all, vi_all, g1,
                 gCi[h, n] = acc[j, 7, n]
 
 
-def _store_type(lor, hir, loi, hii):
+def _store_type(c: ScanConsts):
     """The narrowest of int16 / int32 whose range holds every clip bound strictly inside it (so a
     value saturated to the type's range is clipped, and masked, exactly as the original)."""
-    lo, hi = min(lor.min(), loi.min()), max(hir.max(), hii.max())
+    lo, hi = min(c.lor.min(), c.loi.min()), max(c.hir.max(), c.hii.max())
     return np.int16 if lo > -(1 << 15) and hi < (1 << 15) - 1 else np.int32
 
 
@@ -259,10 +276,10 @@ class _Buffers:
 _BUFFERS = _Buffers()
 
 
-def _fits_int32(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither) -> bool:
+def _fits_int32(u, KR, KI, Cr, Ci, c: ScanConsts) -> bool:
     """:func:`intssm.datapath.kernels.mode_loop_fits_int32` for this call, |u'| bounded by the batch's own max."""
     K = np.concatenate([KR, KI]).transpose(1, 0, 2)  # (H 6 N2)
-    clip = np.stack([lor, hir, loi, hii, *max_offsets(Sr, Si, dither), Sr, Si], -1)  # (H 8)
+    clip = np.stack([c.lor, c.hir, c.loi, c.hii, *max_offsets(c.Sr, c.Si, c.dither), c.Sr, c.Si], -1)  # (H 8)
     return mode_loop_fits_int32(K, np.stack([Cr, Ci], 1), clip, int(max(u.max(), -u.min())) if u.size else 0)
 
 
@@ -271,44 +288,43 @@ def _i64(t: torch.Tensor) -> np.ndarray:
 
 
 class QuantScan(torch.autograd.Function):
-    """(u, KR, KI, Cr, Ci) -> (t1, t2); constants Sr, Si, lo/hi ranges as int64 numpy arrays."""
+    """(u, KR, KI, Cr, Ci) -> (t1, t2) with the layer's :class:`ScanConsts`; adds the clip counts
+    of x_re and x_im per channel to ``nsat`` (2, H) int64."""
 
     @staticmethod
-    def forward(ctx, u, KR, KI, Cr, Ci, consts):
-        Sr, Si, lor, hir, loi, hii, nsat, jr0, ji0, dither = consts
+    def forward(ctx, u, KR, KI, Cr, Ci, consts: ScanConsts, nsat: np.ndarray):
         B, L, H = u.shape
         N2 = KR.shape[-1]
         uf = np.ascontiguousarray(u.detach().numpy(), dtype=np.float64)  # integers: read exactly by the kernels
         KRi, KIi, Cri, Cii = _i64(KR), _i64(KI), _i64(Cr), _i64(Ci)
         t1 = np.empty((B, L, H))  # the kernel's integer sums, stored exactly (|t| < 2**53)
         t2 = np.empty((B, L, H))
-        shape, st = (H, L, N2, B), _store_type(lor, hir, loi, hii)
+        shape, st = (H, L, N2, B), _store_type(consts)
         vr = _BUFFERS.take(shape, st)
         vi = _BUFFERS.take(shape, st)
         Kf, Cf = (KRi, KIi), (Cri, Cii)
-        if _fits_int32(uf, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, dither):  # 8 int32 lanes, same integers
+        if _fits_int32(uf, KRi, KIi, Cri, Cii, consts):  # 8 int32 lanes, same integers
             Kf, Cf = (KRi.astype(np.int32), KIi.astype(np.int32)), (Cri.astype(np.int32), Cii.astype(np.int32))
         lim = np.iinfo(st)
-        _scan_fwd(uf, *Kf, *Cf, Sr, Si, lor, hir, loi, hii, lim.min, lim.max, t1, t2, vr, vi, nsat, jr0, ji0, dither,
-                  _chunks(H))
-        ctx.saved = (uf, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, vr, vi)
+        _scan_fwd(uf, *Kf, *Cf, consts, lim.min, lim.max, t1, t2, vr, vi, nsat, _chunks(H))
+        ctx.saved = (uf, KRi, KIi, Cri, Cii, consts, vr, vi)
         return torch.from_numpy(t1), torch.from_numpy(t2)
 
     @staticmethod
     def backward(ctx, g1, g2):
-        uf, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, vr, vi = ctx.saved
+        uf, KRi, KIi, Cri, Cii, consts, vr, vi = ctx.saved
         gKR = np.zeros(KRi.shape)
         gKI = np.zeros(KIi.shape)
         gCr = np.zeros(Cri.shape)
         gCi = np.zeros(Cii.shape)
         gu = np.empty(uf.shape)
-        _scan_bwd(uf, KRi, KIi, Cri, Cii, Sr, Si, lor, hir, loi, hii, vr, vi,
+        _scan_bwd(uf, KRi, KIi, Cri, Cii, consts, vr, vi,
                   np.ascontiguousarray(g1.numpy(), dtype=np.float64), np.ascontiguousarray(g2.numpy(), dtype=np.float64),
                   gKR, gKI, gCr, gCi, gu, _chunks(uf.shape[2]))
         ctx.saved = None
         _BUFFERS.give(vr, vi)
         t = torch.from_numpy
-        return t(gu), t(gKR), t(gKI), t(gCr), t(gCi), None
+        return t(gu), t(gKR), t(gKI), t(gCr), t(gCi), None, None
 
 
 def _chunks(H: int) -> int:
@@ -317,7 +333,8 @@ def _chunks(H: int) -> int:
 
 
 def fused_scan(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither_layer: int = -1):
-    """(t1, t2, clips of x_re, clips of x_im) for u' (B L H); K* (3 H N2) tensors; S*, lo*, hi* (H).
+    """(t1, t2, clips of x_re, clips of x_im) for u' (B L H); K* (3 H N2) tensors; S*, lo*, hi* (H),
+    bundled by name into the kernels' :class:`ScanConsts`.
     ``dither_layer`` >= 0: the state is rounded with the dither of that layer's lanes (else half up)."""
     numba_setup()
     H, N2 = u.shape[-1], KR.shape[-1]
@@ -326,6 +343,7 @@ def fused_scan(u, KR, KI, Cr, Ci, Sr, Si, lor, hir, loi, hii, dither_layer: int 
     i = max(dither_layer, 0)
     hs = np.arange(H, dtype=np.int64)
     jr0, ji0 = weyl_lane_of(i, 0, H, hs, N2, 0), weyl_lane_of(i, 1, H, hs, N2, 0)  # + n: the mode's lane
-    consts = tuple(as64(a) for a in (Sr, Si, lor, hir, loi, hii)) + (nsat, jr0, ji0, dither_layer >= 0)
-    t1, t2 = QuantScan.apply(u, KR, KI, Cr, Ci, consts)
+    consts = ScanConsts(Sr=as64(Sr), Si=as64(Si), lor=as64(lor), hir=as64(hir), loi=as64(loi), hii=as64(hii), jr0=jr0, ji0=ji0,
+                        dither=dither_layer >= 0)
+    t1, t2 = QuantScan.apply(u, KR, KI, Cr, Ci, consts, nsat)
     return t1, t2, int(nsat[0].sum()), int(nsat[1].sum())

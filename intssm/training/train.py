@@ -29,6 +29,9 @@ class TrainArgs:
     device: str = "cpu"  # torch device for float training ("cuda" where one is present)
     max_minutes: float = 0.0  # stop at the epoch boundary that would pass this budget (0 = none)
     val_fraction: float | None = None  # validation share of the training sequences (None: data.VAL_FRACTION; sMNIST: fixed 10k)
+    standardise: bool = False  # standardise the inputs per channel (training split); folded into the encoder of the weights returned
+    patience: int = 0  # stop after this many epochs without a better validation score (0: run every epoch)
+    loss_breaks_ties: bool = False  # of epochs with equal validation accuracy keep the lower loss (else the first)
 
 
 def auto_batch_size(n_train: int) -> int:
@@ -73,6 +76,12 @@ def _copy(sd: dict) -> dict:
 def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=None, resume: dict | None = None):
     """Train ``model`` in place; returns (best state_dict, history list of per-epoch dicts, run state).
 
+    With ``args.standardise`` the inputs are standardised per channel on the training sequences
+    (:func:`standardisation`) and the returned best weights have it folded into the encoder
+    (:func:`fold_standardisation`: they read the raw inputs; ``state["standardisation"]`` records
+    it); the run state's weights stay those of the standardised inputs. With ``args.patience`` the
+    run stops after that many epochs without a better validation score (the record's ``early_stop``).
+
     The run state holds what continuing needs at the last completed epoch (weights, optimizer,
     random generators, step, history): ``train(..., resume=state)`` picks up there and gives the
     weights an uninterrupted run gives. A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by
@@ -91,25 +100,29 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
     xtr, ytr, ltr = tr.as_float(), tr.y, tr.lengths
     xva, yva = va.as_float(), va.y
     tr.check_labels(model.cfg.d_output)
+    mu_sd = standardisation(xtr, ltr) if args.standardise else None
+    if mu_sd is not None:
+        xtr, xva = _standardised(xtr, *mu_sd), _standardised(xva, *mu_sd)
     opt = torch.optim.AdamW(model.param_groups(args.lr, args.ssm_lr, args.weight_decay))
     steps_per_epoch = math.ceil(len(ytr) / args.batch_size)
     total = args.epochs * steps_per_epoch
     warm = int(args.warmup_epochs * steps_per_epoch)
     base_lrs = [g["lr"] for g in opt.param_groups]
     gen = np.random.default_rng(args.seed)
-    best, best_acc, history, step, first = None, -1.0, [], 0, 0
+    best, best_acc, best_loss, best_epoch, history, step, first = None, -1.0, math.inf, 0, [], 0, 0
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         gen.bit_generator.state = resume["numpy_rng"]
         torch.set_rng_state(resume["torch_rng"])
         best, best_acc, history, step = _copy(resume["best"]), resume["best_acc"], list(resume["history"]), resume["step"]
+        best_loss, best_epoch = resume.get("best_loss", math.inf), resume.get("best_epoch", 0)
         first = len(history)
 
     def run_state(interrupted=None):
         return {"model": _copy(model.state_dict()), "optimizer": copy.deepcopy(opt.state_dict()), "numpy_rng": gen.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "best": best, "best_acc": best_acc, "history": list(history),
-                "step": step, "interrupted": interrupted, "diverged": None}
+                "torch_rng": torch.get_rng_state(), "best": best, "best_acc": best_acc, "best_loss": best_loss,
+                "best_epoch": best_epoch, "history": list(history), "step": step, "interrupted": interrupted, "diverged": None}
 
     state = run_state()
     try:
@@ -126,14 +139,17 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
             history.append(rec)
             if len(yva) == 0:  # no validation split (val_fraction 0): the last epoch is kept
                 rec["val_acc"] = rec["val_loss"] = None
-                best = _copy(model.state_dict())
-            elif val_acc > best_acc:
-                best_acc = val_acc
+                best, best_epoch = _copy(model.state_dict()), epoch + 1
+            elif val_acc > best_acc or (args.loss_breaks_ties and val_acc == best_acc and val_loss < best_loss):
+                best_acc, best_loss, best_epoch = val_acc, val_loss, epoch + 1
                 best = _copy(model.state_dict())
             state = run_state()
             stop = args.max_minutes and time.time() - t_start + rec["seconds"] > 60 * args.max_minutes and epoch + 1 < args.epochs
             if stop:
                 rec["stopped"] = f"time budget of {args.max_minutes} min"
+            elif args.patience and len(yva) and epoch + 1 - best_epoch >= args.patience and epoch + 1 < args.epochs:
+                rec["early_stop"] = f"no better validation score in {args.patience} epochs"
+                stop = True
             if on_epoch:
                 on_epoch(rec)
             if stop:
@@ -148,7 +164,16 @@ def train(model: S4DModel, seq: str, args: TrainArgs, on_step=None, on_epoch=Non
             best = state["model"]
     model.to("cpu")
     best = {k: v.cpu() for k, v in best.items()}
+    if mu_sd is not None:  # the weights returned read the raw inputs
+        model.load_state_dict(best)
+        fold_standardisation(model, *mu_sd)
+        best = _copy(model.state_dict())
+        state["standardisation"] = {"mean": mu_sd[0].tolist(), "sd": mu_sd[1].tolist(), "folded": "into the encoder"}
     return best, history, state
+
+
+def _standardised(x: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    return ((x - mu) / sd).astype(np.float32)
 
 
 class _NonFinite(Exception):
@@ -193,7 +218,7 @@ def args_dict(args: TrainArgs) -> dict:
     return asdict(args)
 
 
-# --- step-budgeted training (intssm fit): a schedule in optimizer steps, inputs standardised ---
+# --- step-budgeted training (intssm fit; intssm train's step schedule): inputs standardised ---
 
 def standardisation(x: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation (float64, (d,)) of the valid steps of float
