@@ -5,6 +5,7 @@ several quantization starts (range policies, state rounding), each measured at t
     python tools/qat_long_study.py runs/acsf1-fp32.pt                     # ACSF1 (1,460 steps), every row
     python tools/qat_long_study.py data/checkpoints/paper-small-fp32.pt --limit 2000 --test-limit 2000   # sMNIST's 784 steps, a subset
     python tools/qat_long_study.py M.pt --rows minmax,calibrated          # a few rows
+    python tools/qat_long_study.py M.pt --rows minmax --calib 25 --csv '' --png ''   # a smaller calibration set
 
 Per row: the integer model's cross-entropy and accuracy at the QAT start on the calibration
 (training) sequences beside the float model's, the saturation counts per site, the slow modes'
@@ -81,6 +82,7 @@ def main():
     ap.add_argument("--config", default="hetero-3b-x10")
     ap.add_argument("--limit", type=int, default=None, help="training sequences (calibration and QAT); default all")
     ap.add_argument("--test-limit", type=int, default=None)
+    ap.add_argument("--calib", type=int, default=None, help="calibrate on the first N training sequences (default: all of --limit)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
@@ -94,21 +96,22 @@ def main():
     seq, vf = checkpoint.dataset_seq(ck), checkpoint.val_fraction(ck)
     tr = data.load(seq, "train", a.limit, vf)
     te = data.load(seq, "test", a.test_limit)
+    cal = tr if a.calib is None else data.load(seq, "train", a.calib, vf)
     base = get_config(a.config)
     todo = rows(base)
     if a.rows:
         todo = {k: todo[k] for k in a.rows.split(",")}
     out = []
-    print(f"{seq}: {len(tr)} training / {len(te)} test sequences of up to {tr.x.shape[1]} steps; config {a.config}; "
+    print(f"{seq}: {len(tr)} training ({len(cal)} calibrating) / {len(te)} test sequences of up to {tr.x.shape[1]} steps; config {a.config}; "
           f"QAT {a.epochs} epochs, batch {a.batch_size}", flush=True)
     for name, q in todo.items():
         t0 = time.time()
         m = copy.deepcopy(model)  # QAT trains the float weights in place: every row starts from the same ones
         if q == "calibrated":
-            qm, ranges, how, _ = calibrated_start(m, base, tr)
+            qm, ranges, how, _ = calibrated_start(m, base, cal)
             name = f"calibrated ({how})"
         else:
-            qm, ranges = ptq_dataset(m, q, tr)
+            qm, ranges = ptq_dataset(m, q, cal)
         sq = start_quality(qm, tr)
         P = qm.input_codes(tr.x, tr.lengths)
         start_acc, start_sat = counts(qm, tr)

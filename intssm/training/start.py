@@ -56,7 +56,8 @@ def start_quality(qm: QuantS4D, ds, batch: int = 64) -> dict:
     y = torch.from_numpy(np.asarray(ds.y)).long()
     lens = torch.from_numpy(np.asarray(ds.lengths)).long()
     fl, il, sat = [], [], {n: 0 for n in qm.counters}
-    model = qm.model.eval()
+    model, was_training = qm.model, qm.model.training
+    model.eval()  # no dropout in the float reference; the mode is restored below
     for i in range(0, len(P), batch):
         p = torch.from_numpy(P[i:i + batch])
         li = lens[i:i + batch]
@@ -65,6 +66,7 @@ def start_quality(qm: QuantS4D, ds, batch: int = 64) -> dict:
         il.append(qm.real_logits(codes))
         for k, v in cnt.items():
             sat[k] += v
+    model.train(was_training)
     fl, il = torch.cat(fl), torch.cat(il)
     events = layout.counter_events(qm.dp.cfg, int(lens.sum()), len(P))
     state = sum(v for k, v in sat.items() if k.split(".")[-1] in ("x_re", "x_im"))
