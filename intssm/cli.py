@@ -593,3 +593,7 @@ def _exit_interrupted(msg: str = "interrupted"):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_SIGNAL_EXIT["code"])
+
+
+if __name__ == "__main__":  # python -m intssm.cli, as python -m intssm
+    main()
