@@ -551,15 +551,14 @@ def _verify(seq, opts, cv, q, rep, say) -> None:
     rep.write()
 
 
-COLLAPSE_WARN = 0.05  # integer accuracy this far below the float model's on the selection sequences
 
 
 def integer_warnings(sel: dict) -> list[str]:
     """What suggests the integer model is not what the float one was, from the selection sequences
     (never the test split): a state clipped on more than
     :data:`intssm.datapath.layout.STATE_SATURATION_WARN` of its updates, or an integer accuracy more
-    than :data:`COLLAPSE_WARN` below the float model's."""
-    from intssm.datapath.layout import STATE_SATURATION_WARN
+    than :data:`~intssm.datapath.layout.COLLAPSE_WARN` below the float model's."""
+    from intssm.datapath.layout import COLLAPSE_WARN, STATE_SATURATION_WARN
 
     out = []
     for k, r in sel["saturation_rates"].items():

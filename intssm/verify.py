@@ -105,8 +105,7 @@ def simulate(model, seq: str | None = None, other_data: bool = False, split: str
     from contextlib import nullcontext
 
     from intssm import data, sources
-    from intssm.datapath.layout import state_saturation_words
-    from intssm.fit import COLLAPSE_WARN
+    from intssm.datapath.layout import COLLAPSE_WARN, state_saturation_words
     from intssm.integer.sim import simulate as sim
 
     for path, what in ((trace, "--trace"), (logits_out, "--logits")):

@@ -55,6 +55,7 @@ def counter_events(cfg, steps: int, sequences: int) -> dict:
     return out | {"pool": H * sequences, "logits": cfg.d_output * sequences}
 
 
+COLLAPSE_WARN = 0.05  # integer accuracy this far below the float model's on the same sequences: a collapse
 STATE_SATURATION_WARN = 1e-3  # share of state updates clipped above which the integer state is not the float one's
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intssm.datapath.layout import STATE_SATURATION_WARN
+from intssm.datapath.layout import COLLAPSE_WARN, STATE_SATURATION_WARN
 from intssm.datapath.qspec import QuantConfig
 from intssm.training.qmodel import QuantS4D
 
@@ -35,7 +35,6 @@ INPUT_POLICY = "p99.9"
 #: a start is "far" from its float model when its integer cross-entropy on the calibration
 #: sequences exceeds the float model's by this much (nats): the warning of :func:`far_words`
 FAR_LOSS = 1.0
-COLLAPSE_WARN = 0.05  # integer accuracy this far below the float model's on the same sequences: a collapse
 CHECK_SEQUENCES = 64  # training sequences the QAT start and end are checked on (intssm.training.qat.run)
 DEAD_ZONE_SHARE = 0.1  # a mode is "slow" when its round-to-nearest dead zone exceeds this share of the state's range
 
