@@ -23,20 +23,6 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def check_own_data(path, ck: dict, ds, other_data: bool) -> str | None:
-    """Refuse data whose checksum differs from the one the checkpoint records of its own dataset
-    (a model scored on other data of the same shape would report an accuracy without a word),
-    unless ``other_data`` says that is meant; then returns a note saying so (else None)."""
-    entry = ck.get("dataset") if isinstance(ck.get("dataset"), dict) else {}
-    own = entry.get("checksum")
-    if own and ds.checksum != own and not other_data:
-        raise IntssmError(f"{path} was trained on {entry.get('seq')!r}; {ds.name.rsplit(':', 1)[0]!r} holds other data "
-                          "(its checksum differs): add --other-data to score it anyway")
-    if own and ds.checksum != own:
-        return f"note: {ds.name} is not the data {path} was trained on (--other-data)"
-    return None
-
-
 def evaluate_float(ckpt, seq: str | None = None, other_data: bool = False, mode: str = "conv", split: str = "test",
                    limit: int | None = None, show: bool = True, note=_stderr) -> tuple[dict, str]:
     """Accuracy of a float checkpoint's model (convolution or recurrent mode) on ``split`` of its
@@ -55,7 +41,7 @@ def evaluate_float(ckpt, seq: str | None = None, other_data: bool = False, mode:
     if ds.x.shape[-1] != model.cfg.d_input:
         raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {model.cfg.d_input}")
     ds.check_labels(model.cfg.d_output)
-    remark = check_own_data(ckpt, ck, ds, other_data)
+    remark = checkpoint.check_own_data(ckpt, ck, ds, other_data)
     if remark:
         note(remark)
     x = ds.as_float()
@@ -124,7 +110,7 @@ def simulate(model, seq: str | None = None, other_data: bool = False, split: str
     if Path(model).suffix != ".npz":
         from intssm.training import checkpoint
 
-        remark = check_own_data(model, checkpoint.load_raw(model), ds, other_data)
+        remark = checkpoint.check_own_data(model, checkpoint.load_raw(model), ds, other_data)
         if remark:
             note(remark)
     n = len(ds)
