@@ -30,7 +30,7 @@ Five stages, each reported as it runs, all inside one time budget (``max_minutes
    ``front.png`` (integer accuracy against deployed bytes).
 
 The test split is read in stage 4 only, after every choice is made: no choice can depend on it
-(``tests/test_fit.py`` poisons the test labels and demands identical choices).
+(``tests/commands/test_fit.py`` poisons the test labels and demands identical choices).
 """
 
 from __future__ import annotations

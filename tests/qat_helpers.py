@@ -1,4 +1,4 @@
-"""Helpers of the QAT kernel properties (tests/test_scan.py, tests/test_pointwise.py): a drawn PTQ
+"""Helpers of the QAT kernel properties (tests/training/test_scan.py, tests/training/test_pointwise.py): a drawn PTQ
 case, one straight-through step's codes, loss and gradients, and their comparison."""
 
 import numpy as np

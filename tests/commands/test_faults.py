@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CK = ROOT / "data" / "checkpoints"
 JV = ROOT / "data" / "uea" / "JapaneseVowels"
 JVF, JVQ, BMQ, BMF = CK / "japanesevowels-fp32.pt", CK / "japanesevowels-hetero.pt", CK / "basicmotions-hetero.pt", CK / "basicmotions-fp32.pt"

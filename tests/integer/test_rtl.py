@@ -35,7 +35,7 @@ from intssm.integer import cosim, rtl
 from c_helpers import random_case
 from strategies import models, quant_configs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "data" / "checkpoints" / "paper-small-hetero.pt"
 JV = ROOT / "data" / "checkpoints" / "japanesevowels-hetero.pt"
 

@@ -3,7 +3,7 @@
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parent.parent / "intssm"
+PKG = Path(__file__).resolve().parents[2] / "intssm"
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -380,7 +380,7 @@ def test_c_shifts_past_31_take_the_64bit_path(tmp_path):
 
 # ------------------------------------------------------------------- (d) the folded layout ---
 
-CKPT = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+CKPT = Path(__file__).resolve().parents[2] / "data" / "checkpoints"
 
 
 def _shipped(name: str):

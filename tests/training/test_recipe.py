@@ -13,7 +13,7 @@ from intssm.training import checkpoint
 from intssm.training.recipe import (EPOCHS, SMALL_DATA, STEPS, TrainOptions, model_config, plan, recorded_options, run,
                                     uses_steps)
 
-JV = Path(__file__).resolve().parent.parent / "data" / "uea" / "JapaneseVowels"
+JV = Path(__file__).resolve().parents[2] / "data" / "uea" / "JapaneseVowels"
 
 
 def test_small_data_rule_by_size_and_dtype():

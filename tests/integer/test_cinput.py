@@ -26,7 +26,7 @@ from c_helpers import CFLAGS
 
 GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None and not os.environ.get("CI"), reason="gcc not on PATH (CI installs it and never skips)")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: the host quantizer's round_half_up(+-inf) passes through inf - inf (the result is +-inf, exact)
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in subtract:RuntimeWarning")
 SHIPPED = {"japanesevowels-hetero": "data/uea/JapaneseVowels", "basicmotions-hetero": "data/uea/BasicMotions"}

@@ -29,7 +29,7 @@ from cli_helpers import assert_clean_error, intssm, ok_json
 needs_mcu = pytest.mark.skipif(not all(mcu.available(t) for t in mcu.TARGETS) and not os.environ.get("CI"),
                                reason=f"Cortex-M or RISC-V toolchain or emulator missing ({mcu.INSTALL_HINT}); CI installs them")
 
-CKPT = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+CKPT = Path(__file__).resolve().parents[2] / "data" / "checkpoints"
 
 
 def test_instruction_classes():

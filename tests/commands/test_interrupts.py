@@ -13,7 +13,7 @@ import torch
 
 from intssm.training import checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 JV = ROOT / "data" / "uea" / "JapaneseVowels"
 TRAIN = ["train", "--seq", str(JV), "--preset", "tiny", "--epochs", "6", "--seed", "3"]
 

@@ -464,7 +464,7 @@ def test_cached_model_keeps_its_dataset(tmp_path, monkeypatch):
     from intssm import sources
 
     monkeypatch.setenv("INTSSM_CACHE_DIR", str(tmp_path))
-    p = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "japanesevowels-hetero.pt"
+    p = Path(__file__).resolve().parents[2] / "data" / "checkpoints" / "japanesevowels-hetero.pt"
     a, b = sources.load(p, torch_model=False), sources.load(p, torch_model=False)
     assert "from the cache" not in a.source and "from the cache" in b.source
     assert a.dataset == b.dataset and "JapaneseVowels" in a.dataset

@@ -55,7 +55,7 @@ def test_config_doc_lists_every_field():
 
     from intssm.datapath.qspec import ACTIVATIONS, SCALARS, WEIGHTS, QuantConfig
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
     comp = doc.split("<!-- config-components")[1].split("<!-- /config-components -->")[0]
     rows = {ln.split("|")[1].strip().strip("`"): ln.split("|")[3].strip() for ln in comp.splitlines() if ln.startswith("| `")}
     q = QuantConfig()
@@ -76,7 +76,7 @@ def test_default_model_config_is_a_named_preset():
     from intssm.datapath.qspec import PRESETS, QuantConfig, get_config
     from intssm.training import checkpoint
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     assert get_config(str(root / "docs/configs/progressive/hetero-x10-6x-x12.json")) == PRESETS["hetero-3b-x12"]
     ck = checkpoint.load_raw(root / "data/checkpoints/paper-small-hetero.pt")
     assert QuantConfig.from_dict(dict(ck["qspec"]["quant_config"])) == PRESETS["hetero-3b-x12"]
@@ -90,7 +90,7 @@ def test_a6_x6_model_config_is_a_named_preset():
     from intssm.datapath.qspec import PRESETS, QuantConfig, get_config
     from intssm.training import checkpoint
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     p = PRESETS["a6asym-x6-dither"]
     assert get_config(str(root / "docs/configs/progressive/hetero-A6asym-x6-dither-a8-BCD8.json")) == p
     ck = checkpoint.load_raw(root / "data/checkpoints/paper-small-hetero-A6asym-x6-eq.pt")

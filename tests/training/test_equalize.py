@@ -20,7 +20,7 @@ from intssm.training.ptq import ptq
 from intssm.datapath.qspec import PRESETS, QFormat
 from intssm.integer.sim import simulate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _model(seed=0, n_layers=2):

@@ -140,7 +140,7 @@ def test_spec_artifact_table_matches_layout():
     import re
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "datapath.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "datapath.md").read_text()
     block = doc.split("<!-- artifact-table")[1].split("<!-- /artifact-table -->")[0]
     rows = [ln for ln in block.splitlines() if ln.startswith("| `")]
     got = [tuple(c.strip().strip("`") for c in ln.strip("|").split("|"))[:3] for ln in rows]
@@ -155,7 +155,7 @@ def test_spec_manifest_fields_match_export():
 
     from intssm.integer.export import manifest_of
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "datapath.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "datapath.md").read_text()
     section = doc.split("The manifest's fields:")[1].split("A reader refuses")[0]
     for k in manifest_of(_qm()):
         assert f"`{k}`" in section, k

@@ -11,7 +11,7 @@ from conftest import load_tool
 from intssm.training import checkpoint
 from intssm.training.model import PRESETS, S4DModel
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _study():

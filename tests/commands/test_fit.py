@@ -155,7 +155,7 @@ def test_eval_and_simulate_take_the_models_own_data(tmp_path):
     """Without --seq, eval and simulate score the model's own dataset; other data of the same
     shape (another checksum) are refused unless --other-data is given; a stop by the time budget
     is said in words. (In process, through Typer's runner: the exit codes of the error path are
-    those of every IntssmError, tests/test_hostile.py.)"""
+    those of every IntssmError, tests/commands/test_hostile.py.)"""
     from typer.testing import CliRunner
 
     from intssm import data

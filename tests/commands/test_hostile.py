@@ -1,6 +1,6 @@
 """Hostile checkpoints and options: one `error:` line, exit 2, no traceback, bounded memory, the
-input untouched. (Hostile integer artifacts: tests/test_export.py; datasets: tests/test_data.py,
-tests/test_own_data.py; configs: tests/test_config.py.)"""
+input untouched. (Hostile integer artifacts: tests/integer/test_export.py; datasets: tests/data/test_data.py,
+tests/data/test_own_data.py; configs: tests/datapath/test_config.py.)"""
 
 import hashlib
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "data" / "checkpoints" / "japanesevowels-fp32.pt"
 PEAK_RSS_LIMIT_KB = 1_200_000  # an interpreter with Torch and Numba is ~0.5 GB; the files below ask for terabytes
 

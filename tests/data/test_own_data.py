@@ -31,7 +31,7 @@ from intssm.data.tsformat import read_ts
 from c_helpers import build_harness, run_c
 from strategies import models, quant_configs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UEA = ROOT / "data" / "uea"
 BM, JV = UEA / "BasicMotions", UEA / "JapaneseVowels"
 
