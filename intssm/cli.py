@@ -393,7 +393,7 @@ def cosim_(
     dut: Annotated[Optional[list[Path]], typer.Option("--dut", help="Verilog file of the design under test (repeat for "
                                                                      "several); default: the generated design in RTL_DIR.")] = None,
     model: Annotated[Optional[Path], typer.Option(help="The model RTL_DIR was generated from (default: the shipped model).")] = None,
-    seq: SeqOpt = "smnist",
+    seq: ModelSeqOpt = None,
     split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
     limit: Annotated[int, typer.Option("--limit", help="Sequences to run.")] = 200,
     simulator: Annotated[str, typer.Option(help="verilator | icarus.")] = "verilator",
@@ -467,7 +467,7 @@ def memory(
 @app.command()
 def profile(
     model: Annotated[Optional[Path], typer.Argument(help="Checkpoint or .npz (default: the shipped model).")] = None,
-    seq: SeqOpt = "smnist",
+    seq: ModelSeqOpt = None,
     limit: Annotated[int, typer.Option("--limit", help="Sequences simulated to measure saturation rates (0: none).")] = 100,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG bar chart of operations and bits per part.")] = None,
     as_json: JsonOpt = False,

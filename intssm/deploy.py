@@ -227,6 +227,8 @@ def export_c(model, out, target: str = "host", sequences: int = 200, count_steps
                 "\n".join(str(f) for f in files) + f"\n({ro} bytes of constant data)", None)
     check_options(target, sequences, count_steps)
     case = load_case(model, sequences)  # a bad model or dataset fails before any work
+    m = case[0].model
+    cexport.c_storage(m, state_layout)  # a layout the model cannot take (e.g. folded and dithered) is refused before any write
     mark = outputs.write_text(out / UNVERIFIED_MARK, f"The C files and ELF in this directory are not yet verified on the "
                               f"emulated {target}: `intssm export-c --target {target}` removes this file only once "
                               "every test sequence matched the simulator bit for bit.\n", quiet=True)
@@ -293,11 +295,12 @@ def export_rtl(model, out, lanes: int = 8, synth: bool = False, report: bool = F
     return res, text
 
 
-def cosim(rtl_dir, model, dut=None, seq: str = "smnist", split: str = "test", limit: int = 200,
+def cosim(rtl_dir, model, dut=None, seq: str | None = None, split: str = "test", limit: int = 200,
           simulator: str = "verilator", top: str = "intssm_top") -> tuple[dict, str, str | None]:
     """``intssm cosim``: run a design with the documented ports on ``limit`` sequences and require
     the simulator's logits, saturation counters and final state (:mod:`intssm.integer.cosim`).
-    Returns (result, text, error): ``error`` names the first difference (None if none)."""
+    ``seq``: the dataset (None: the model's own). Returns (result, text, error): ``error`` names the
+    first difference (None if none)."""
     from intssm import data, sources
     from intssm.integer import cosim as co
     from intssm.integer import rtl
@@ -306,6 +309,7 @@ def cosim(rtl_dir, model, dut=None, seq: str = "smnist", split: str = "test", li
     lm = sources.load(model, torch_model=False)
     if rtl.arrays_sha256(lm.model.arrays) != facts.arrays_sha256:
         raise IntssmError(f"{rtl_dir} was generated from another model than {model} (give --model)")
+    seq = seq or lm.dataset or "smnist"
     ds = data.load(seq, split, limit)
     P = lm.input_codes(ds)
     lm.check_data(ds)

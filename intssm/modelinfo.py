@@ -66,10 +66,10 @@ def memory(path) -> tuple[dict, str]:
     return r | {"model": lm.source}, "\n".join(lines)
 
 
-def profile(path, seq: str = "smnist", limit: int = 100, plot=None, show: bool = True, loading=None) -> tuple[dict, str]:
+def profile(path, seq: str | None = None, limit: int = 100, plot=None, show: bool = True, loading=None) -> tuple[dict, str]:
     """Exact integer work of one recurrent step of ``path``'s model (by kind and width), traffic,
     energy against float32 (:func:`intssm.integer.cost.profile`), and with ``limit`` > 0 the
-    saturation rates measured on that many ``seq`` test sequences; ``plot``: a PNG of operations
+    saturation rates measured on that many ``seq`` test sequences (None: the model's own dataset); ``plot``: a PNG of operations
     and bytes per part. A float checkpoint is described with the default preset without
     calibrating; the saturation rates need its PTQ."""
     from contextlib import nullcontext
@@ -89,6 +89,7 @@ def profile(path, seq: str = "smnist", limit: int = 100, plot=None, show: bool =
     prof["memory"] = {k: v for k, v in mem.items() if k != "rows"}
     if limit:
         lm = sources.load(path)
+        seq = seq or lm.dataset or "smnist"
         ds = data.load(seq, "test", limit)
         lm.check_data(ds)
         P = lm.input_codes(ds)

@@ -19,7 +19,7 @@ a site's multipliers are folded into its constant operand where that operand is 
 ``intssm.integer.sim.fold_constants`` does for the fast kernel), so every site is a sum of products
 then one rounding shift. Every accumulator is ``WACC`` bits, from the largest bound that
 :func:`intssm.datapath.bounds.site_bound` proves over all sites (via
-:func:`intssm.integer.cexport.site_widths`); every term operand is ``WSB`` bits, from
+:func:`intssm.integer.csites.site_widths`); every term operand is ``WSB`` bits, from
 :func:`intssm.datapath.bounds.site_term_bounds`. Nothing wraps.
 """
 

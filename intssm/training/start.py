@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from intssm.datapath.inputq import model_input
 from intssm.datapath.layout import COLLAPSE_WARN, STATE_SATURATION_WARN
 from intssm.datapath.qspec import QuantConfig
 from intssm.training.qmodel import QuantS4D
@@ -60,7 +61,7 @@ def start_quality(qm: QuantS4D, ds, batch: int = 64) -> dict:
     for i in range(0, len(P), batch):
         p = torch.from_numpy(P[i:i + batch])
         li = lens[i:i + batch]
-        fl.append(model(p.to(next(model.parameters()).dtype) / 255.0, lengths=li).double())
+        fl.append(model(torch.from_numpy(model_input(P[i:i + batch])).to(next(model.parameters()).dtype), lengths=li).double())
         codes, cnt = qm(p, counts=True, lengths=li)
         il.append(qm.real_logits(codes))
         for k, v in cnt.items():
@@ -82,7 +83,7 @@ def dead_zone_share(qm: QuantS4D) -> float:
     exceeds :data:`DEAD_ZONE_SHARE` of the state's largest code: inside it, Abar_q x rounds back to x."""
     W = qm.weight_codes()
     tq, qc = qm.dp.tq, qm.dp.qcfg
-    qmax = 2 ** (qc.x_re.bits - 1) - 1 if qc.x_re.symmetric else 2 ** qc.x_re.bits - 1
+    qmax = qc.x_re.qmax
     slow = total = 0
     for i in range(qm.dp.cfg.n_layers):
         p = f"l{i}."
@@ -98,7 +99,7 @@ def far_words(q: dict) -> str | None:
     """A warning when start ``q`` (:func:`start_quality`) is far from its float model, else None."""
     why = []
     if q["int_loss"] > q["float_loss"] + FAR_LOSS:
-        why.append(f"its cross-entropy on the calibration sequences is {q['int_loss']:.2f} against the float model's "
+        why.append(f"its cross-entropy on the sequences checked (the first training sequences) is {q['int_loss']:.2f} against the float model's "
                    f"{q['float_loss']:.2f} (accuracy {100 * q['int_acc']:.1f}% against {100 * q['float_acc']:.1f}%)")
     if q["state_saturation"] > STATE_SATURATION_WARN:
         why.append(f"the state saturates on {100 * q['state_saturation']:.2f}% of its updates")
@@ -115,7 +116,7 @@ def end_words(start: dict, end: dict) -> str | None:
     state saturates on more than :data:`STATE_SATURATION_WARN` of the updates; else None."""
     why = []
     if end["int_acc"] < start["float_acc"] - COLLAPSE_WARN:
-        why.append(f"it scores {100 * end['int_acc']:.1f}% on training sequences it was trained on, against the float "
+        why.append(f"it scores {100 * end['int_acc']:.1f}% on the first training sequences, against the float "
                    f"model's {100 * start['float_acc']:.1f}%")
     if end["state_saturation"] > STATE_SATURATION_WARN:
         why.append(f"its state saturates on {100 * end['state_saturation']:.2f}% of the updates")
