@@ -103,7 +103,7 @@ def write_c(m, out_dir: Path, state_layout: str = "packed", prefix: str = "intss
     ns = check_prefix(prefix)
     dims, widths = check(m)
     a, qcfg = m.arrays, m.qcfg
-    iq = m.input.to_dict()
+    iq = m.input  # the input quantizer (RAW_UINT8 for raw uint8 inputs)
     if adc_scale is not None:
         from intssm.integer import cinput
 

@@ -7,21 +7,21 @@ from intssm.datapath.fixedpoint import WEYL_STEP
 from intssm.integer.ctext import c_hex32, file_names
 
 
-def _input_note(iq: dict | None, NS: str) -> str:
+def _input_note(iq, NS: str) -> str:
     """The header's description of the inputs: raw uint8 codes, or the input quantizer of float data."""
-    if iq is None:
+    if not iq.float_data:
         return f" * Inputs: raw uint8 values (real value p / 255), {NS}_D_IN per step.\n"
-    rows = "\n".join(f" *   channel {j}: lo {lo:.17g}, scale {sc:.17g}  (float64)" for j, (lo, sc) in enumerate(zip(iq["lo"], iq["scale"])))
+    rows = "\n".join(f" *   channel {j}: lo {lo:.17g}, scale {sc:.17g}  (float64)" for j, (lo, sc) in enumerate(zip(iq.lo, iq.scale)))
     return (f" * Inputs: float features quantized per channel j to the codes the step takes ({NS}_D_IN per step)\n"
             f" * (intssm.datapath.inputq):\n"
-            f" *   p_j = clamp(round_half_up((u_j - lo_j) / scale_j), 0, {2 ** int(iq['bits']) - 1})   ({iq['bits']}-bit codes)\n"
+            f" *   p_j = clamp(round_half_up((u_j - lo_j) / scale_j), 0, {iq.qmax})   ({int(iq.bits)}-bit codes)\n"
             f"{rows}\n")
 
 
-def _input_api(ns: str, iq: dict | None, adc_scale=None) -> str:
+def _input_api(ns: str, iq, adc_scale=None) -> str:
     """The header's declaration of the input path of a float-data model (none for raw uint8 inputs)."""
     NS = ns.upper()
-    if iq is None:
+    if not iq.float_data:
         return f"#define {NS}_FLOAT_INPUT 0  /* the step takes raw uint8 values */\n"
     out = (f"#define {NS}_FLOAT_INPUT 1  /* float32 readings -> input codes: {ns}_input_codes */\n"
            f"/* The input codes p ({NS}_D_IN) of one step's float32 readings u: exactly the host's input quantizer\n"
@@ -35,7 +35,7 @@ def _input_api(ns: str, iq: dict | None, adc_scale=None) -> str:
     return out
 
 
-def header(ns: str, dims: dict, counters: list, widths: dict, p: Plan, dither: bool, iq: dict | None = None,
+def header(ns: str, dims: dict, counters: list, widths: dict, p: Plan, dither: bool, iq,
             adc_scale=None) -> str:
     NS = ns.upper()
     d = dims

@@ -35,7 +35,7 @@ def accessors(a: dict, p: Plan) -> str:
     return "\n".join(out)
 
 
-def source(ns: str, a: dict, p: Plan, w: dict, dims: dict, iq: dict | None = None, adc_scale=None) -> str:
+def source(ns: str, a: dict, p: Plan, w: dict, dims: dict, iq, adc_scale=None) -> str:
     NS = ns.upper()
     qr = a["qrange"]
     native = [st for st in p.stores.values() if st.kind == "native"]
@@ -111,13 +111,11 @@ typedef char state_bytes_check_[(sizeof({ns}_state) == {NS}_STATE_BYTES) ? 1 : -
     if p.fold is not None:
         out.append(FOLD_HELPERS)
     out.append(functions(ns, p, w, dims, bool(a['x_dither'][0]), shared_update(a)))
-    if iq is not None:
-        from intssm.datapath.inputq import InputQuant
+    if iq.float_data:
         from intssm.integer import cinput
 
-        q = InputQuant.from_dict(iq)
-        adc = None if adc_scale is None else cinput.adc_thresholds(q, adc_scale)
-        out.append(cinput.c_source(ns, cinput.thresholds(q), adc, adc_scale))
+        adc = None if adc_scale is None else cinput.adc_thresholds(iq, adc_scale)
+        out.append(cinput.c_source(ns, cinput.thresholds(iq), adc, adc_scale))
     return "\n".join(out)
 
 
