@@ -366,6 +366,7 @@ def test_profile_json_and_plot(work, tmp_path):
     assert d["energy_ratio_fp32_over_int"] > 1
 
 
+@pytest.mark.slow  # QAT option end to end (about 20-40 s); CI runs the slow profile
 def test_qat_requantizes_a_quantized_checkpoint_at_new_formats(work, tmp_path):
     """`qat q.pt --config NEW` keeps the stored ranges and learned weights, switches to NEW's formats
     (progressive bit lowering), and the result simulates bit-exactly; without --config it keeps its own."""
@@ -391,6 +392,7 @@ def test_qat_requantizes_a_quantized_checkpoint_at_new_formats(work, tmp_path):
     assert out["n_verified"] == out["bit_exact"] == 12
 
 
+@pytest.mark.slow  # QAT option end to end (about 20-40 s); CI runs the slow profile
 def test_qat_distillation_from_a_float_teacher(work, tmp_path):
     """`qat --distill A --teacher F` trains, records the setting, and the result simulates bit-exactly;
     bad distillation settings are one-line errors."""
@@ -410,6 +412,7 @@ def test_qat_distillation_from_a_float_teacher(work, tmp_path):
     assert not bad.exists()
 
 
+@pytest.mark.slow  # QAT option end to end (about 20-40 s); CI runs the slow profile
 def test_qat_ema_weight_averaging(work, tmp_path):
     """`qat --ema D` scores the averaged weights each epoch, records the decay, and the kept model
     simulates bit-exactly; a decay outside [0, 1) is a one-line error."""
