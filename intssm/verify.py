@@ -38,8 +38,7 @@ def evaluate_float(ckpt, seq: str | None = None, other_data: bool = False, mode:
     model, ck = checkpoint.load(ckpt)
     seq = seq or checkpoint.dataset_seq(ck)
     ds = data.load(seq, split, limit)
-    if ds.x.shape[-1] != model.cfg.d_input:
-        raise IntssmError(f"dataset {ds.name} has {ds.x.shape[-1]} features per step, the model expects {model.cfg.d_input}")
+    ds.check_features(model.cfg.d_input)
     ds.check_labels(model.cfg.d_output)
     remark = checkpoint.check_own_data(ckpt, ck, ds, other_data)
     if remark:

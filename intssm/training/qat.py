@@ -278,7 +278,7 @@ class Diverged(IntssmError):
         self.best, self.history, self.where = best, history, where
 
 
-MIN_STEPS = 300  # optimizer steps a run takes at least when --epochs is not given (fit's QAT budget)
+MIN_STEPS = 300  # optimizer steps a run takes at least when --epochs is not given (the small-data rule)
 MAX_BATCH = 64  # the batch of a large training set (sMNIST)
 WARMUP = 0.05  # share of the steps warming up, when the rule runs more than one epoch
 
